@@ -1,0 +1,3 @@
+from hexamesh.cli import main
+
+main()

@@ -1,0 +1,164 @@
+"""The agent: wires identity, swarm key, transport and cores into one nursery.
+
+This is the foundation-stage agent: it binds the peer port (UDP + TCP), runs
+the RTT probe core over the sealed wire, probes its seeds, and reports who it
+is. The founder of a swarm (no seeds) takes the centre cell 0,0; a joiner's
+cell is chosen by the honeycomb (see docs/decisions.md until that lands).
+
+While running, the agent keeps ``<data_dir>/agent.json`` up to date (node id,
+address, cell, pid, RTT to each seed), so tools and tests can see its state
+without scraping logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket as _stdlib_socket
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from random import Random
+
+import trio
+
+from hexamesh import __version__
+from hexamesh.config import AgentConfig
+from hexamesh.hexgrid import Hex
+from hexamesh.identity import Identity
+from hexamesh.net.base import Addr, format_addr, parse_addr
+from hexamesh.net.driver import CoreDriver
+from hexamesh.net.rtt import RttConfig, RttProbe
+from hexamesh.net.udp import open_udp_transport
+from hexamesh.swarmkey import JoinToken, SwarmKeyError, create_key_file, load_key_file
+from hexamesh.wire import Codec, KeyRing
+
+__all__ = ["STATUS_FILE_NAME", "AgentStatus", "resolve_keyring", "run_agent"]
+
+log = logging.getLogger(__name__)
+
+STATUS_FILE_NAME = "agent.json"
+STATUS_INTERVAL = 1.0  # s between rewrites of agent.json
+
+
+@dataclass
+class AgentStatus:
+    node_id: str
+    address: str
+    cell: str | None
+    pid: int
+    version: str
+    founder: bool
+    seeds: dict[str, float | None] = field(default_factory=dict)  # seed -> srtt in ms
+
+
+def resolve_keyring(config: AgentConfig) -> tuple[KeyRing, tuple[str, ...], bool]:
+    """The swarm key ring, the seeds to join, and whether we found a new swarm.
+
+    A join token supplies both key and seed. With no seeds and no key file, this
+    node founds a swarm and writes a new key (mode 0600). With seeds but no
+    key, it refuses: a node without the key can neither join nor read.
+    """
+    seeds = config.join
+    if config.token:
+        token = JoinToken.decode(config.token)
+        seeds = (*seeds, format_addr((token.host, token.port)))
+        return KeyRing(token.key), seeds, False
+    path = config.swarm_key_path
+    if not path.exists() and not seeds:
+        log.info("founding a new swarm; wrote its key to %s", path)
+        return create_key_file(path), seeds, True
+    if not path.exists():
+        raise SwarmKeyError(
+            f"joining needs the swarm key: copy it to {path}, or pass --token from "
+            "`hexamesh swarm invite` on a member"
+        )
+    return load_key_file(path), seeds, not seeds
+
+
+async def _resolve(seed: str) -> Addr:
+    host, port = parse_addr(seed)
+    infos = await trio.socket.getaddrinfo(host, port, type=_stdlib_socket.SOCK_DGRAM)
+    if not infos:
+        raise OSError(f"cannot resolve {host}")
+    sockaddr = infos[0][4]
+    return str(sockaddr[0]), int(sockaddr[1])
+
+
+def _advertised_host(config: AgentConfig, bound: Addr, seeds: list[Addr]) -> str:
+    if config.advertise:
+        return config.advertise
+    if bound[0] not in ("0.0.0.0", "::"):
+        return bound[0]
+    # Ask the kernel which local address routes to a seed (connect on UDP sends nothing).
+    for seed in seeds:
+        with _stdlib_socket.socket(_stdlib_socket.AF_INET, _stdlib_socket.SOCK_DGRAM) as s:
+            try:
+                s.connect(seed)
+                return str(s.getsockname()[0])
+            except OSError:
+                continue
+    return "127.0.0.1"
+
+
+def _write_status(path: Path, status: AgentStatus) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(status), indent=2) + "\n")
+    os.replace(tmp, path)  # atomic: readers never see half a file
+
+
+async def run_agent(
+    config: AgentConfig,
+    *,
+    on_ready: Callable[[AgentStatus], None] | None = None,
+    task_status: trio.TaskStatus[AgentStatus] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run until cancelled. ``task_status.started`` gets the status once bound."""
+    identity = Identity.load_or_create(config.data_dir)
+    keyring, seeds, founder = resolve_keyring(config)
+    seed_addrs = [await _resolve(s) for s in seeds]
+    async with open_udp_transport(config.host, config.port) as transport:
+        bound = transport.local_address
+        address = (_advertised_host(config, bound, seed_addrs), bound[1])
+        probe = RttProbe(identity.node_id, RttConfig(), Random())
+        driver = CoreDriver(probe, transport, Codec(keyring), node_id=identity.node_id)
+        status = AgentStatus(
+            node_id=identity.node_id.hex(),
+            address=format_addr(address),
+            cell=str(Hex(0, 0)) if founder else None,
+            pid=os.getpid(),
+            version=__version__,
+            founder=founder,
+            seeds={format_addr(a): None for a in seed_addrs},
+        )
+        status_path = config.data_dir / STATUS_FILE_NAME
+        log.info(
+            "node %s listening on %s (bound %s)", identity.short, status.address, format_addr(bound)
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(driver.run)
+            now = trio.current_time()
+            for addr in seed_addrs:
+                probe.watch(addr, now)
+            driver.poke()
+            _write_status(status_path, status)
+            if on_ready is not None:
+                on_ready(status)
+            task_status.started(status)
+            try:
+                while True:
+                    await trio.sleep(STATUS_INTERVAL)
+                    for sample in probe.samples():
+                        key = format_addr(sample.addr)
+                        before = status.seeds.get(key)
+                        if sample.rtt is None:
+                            log.debug("probe to %s lost", key)
+                            continue
+                        srtt = probe.srtt(sample.addr)
+                        status.seeds[key] = None if srtt is None else round(srtt * 1000, 3)
+                        if before is None:
+                            log.info("seed %s reachable, rtt %.2f ms", key, sample.rtt * 1000)
+                    _write_status(status_path, status)
+            finally:
+                status_path.unlink(missing_ok=True)

@@ -1,0 +1,229 @@
+"""The ``hexamesh`` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+from random import Random
+from typing import Annotated
+
+import trio
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from hexamesh import __version__
+from hexamesh.agent import AgentStatus, run_agent
+from hexamesh.config import AgentConfig, ConfigError, default_data_dir, load_config
+from hexamesh.identity import Identity, IdentityError
+from hexamesh.net.base import format_addr, parse_addr
+from hexamesh.net.driver import CoreDriver
+from hexamesh.net.rtt import RttConfig, RttProbe
+from hexamesh.net.udp import open_udp_transport
+from hexamesh.swarmkey import (
+    SWARM_KEY_FILE_NAME,
+    JoinToken,
+    SwarmKeyError,
+    create_key_file,
+    load_key_file,
+)
+from hexamesh.wire import Codec, KeyRing
+
+app = typer.Typer(
+    help="hexamesh: a peer-to-peer swarm that serves LLM inference with no central coordinator.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+swarm_app = typer.Typer(help="Create and share the swarm key.", no_args_is_help=True)
+app.add_typer(swarm_app, name="swarm")
+
+console = Console()
+err = Console(stderr=True)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Node key and state [env: HEXAMESH_DATA_DIR]", show_default=False),
+]
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code=2)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(name)s: %(message)s",
+        handlers=[RichHandler(console=err, show_path=False)],
+    )
+
+
+@app.command()
+def version() -> None:
+    """Print the hexamesh version."""
+    console.print(f"hexamesh {__version__}")
+
+
+@swarm_app.command("init")
+def swarm_init(
+    data_dir: DataDir = None,
+    out: Annotated[Path | None, typer.Option(help="Key file (default <data-dir>/swarm.key)")] = None,
+) -> None:
+    """Create a new swarm key (mode 0600). Every member needs a copy."""
+    path = out or (data_dir or default_data_dir()) / SWARM_KEY_FILE_NAME
+    try:
+        create_key_file(path)
+    except SwarmKeyError as e:
+        raise _fail(str(e)) from None
+    console.print(f"wrote swarm key [bold]{path}[/] (mode 0600)")
+
+
+@swarm_app.command("invite")
+def swarm_invite(
+    addr: Annotated[str, typer.Argument(help="HOST:PORT of a member that newcomers can reach")],
+    data_dir: DataDir = None,
+    key: Annotated[Path | None, typer.Option(help="Key file (default <data-dir>/swarm.key)")] = None,
+) -> None:
+    """Print a join token (seed address + swarm key): a secret, share it carefully."""
+    path = key or (data_dir or default_data_dir()) / SWARM_KEY_FILE_NAME
+    try:
+        ring = load_key_file(path)
+        host, port = parse_addr(addr)
+    except (SwarmKeyError, ValueError) as e:
+        raise _fail(str(e)) from None
+    console.print(JoinToken(host, port, ring.primary).encode(), soft_wrap=True)
+
+
+def _print_ready(status: AgentStatus) -> None:
+    table = Table(show_header=False, box=None)
+    table.add_row("node id", f"[bold]{status.node_id}[/]")
+    table.add_row("address", status.address)
+    table.add_row("cell", status.cell or "pending (chosen by the honeycomb when it lands)")
+    table.add_row("role", "founder of a new swarm" if status.founder else "joining")
+    for seed in status.seeds:
+        table.add_row("seed", seed)
+    console.print(table)
+    console.print("[dim]running; Ctrl-C or SIGTERM stops it[/]")
+
+
+async def _agent_main(config: AgentConfig) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(lambda task_status: run_agent(config, on_ready=_print_ready, task_status=task_status))
+            async for signum in signals:
+                logging.getLogger("hexamesh").info("%s: stopping", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+    console.print("stopped")
+
+
+@app.command()
+def agent(
+    port: Annotated[int | None, typer.Option(help="Peer UDP+TCP port, 0 = any free [default: 7420]")] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address [default: 0.0.0.0]")] = None,
+    data_dir: DataDir = None,
+    join: Annotated[
+        list[str] | None, typer.Option(help="Seed HOST:PORT to join (repeatable)", show_default=False)
+    ] = None,
+    token: Annotated[str | None, typer.Option(help="Join token from `hexamesh swarm invite`")] = None,
+    swarm_key: Annotated[Path | None, typer.Option(help="Swarm key file")] = None,
+    advertise: Annotated[str | None, typer.Option(help="Host peers should dial")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML config file [env: HEXAMESH_CONFIG]")] = None,
+    log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = None,
+) -> None:
+    """Run an agent on this machine until Ctrl-C / SIGTERM.
+
+    Every option can also come from a HEXAMESH_<NAME> environment variable or
+    the TOML file given by --config; flags win over the environment, which wins
+    over the file.
+    """
+    overrides = {
+        "port": port,
+        "host": host,
+        "data_dir": data_dir,
+        "join": join or None,
+        "token": token,
+        "swarm_key": swarm_key,
+        "advertise": advertise,
+        "log_level": log_level,
+    }
+    try:
+        cfg = load_config(config, overrides=overrides)
+    except ConfigError as e:
+        raise _fail(str(e)) from None
+    _setup_logging(cfg.log_level)
+    try:
+        trio.run(_agent_main, cfg)
+    except (IdentityError, SwarmKeyError, ConfigError) as e:
+        raise _fail(str(e)) from None
+    except OSError as e:
+        raise _fail(f"cannot start the agent: {e}") from None
+
+
+async def _ping(target: tuple[str, int], ring: KeyRing, count: int, interval: float) -> list[float | None]:
+    identity = Identity.generate()  # a throwaway identity: ping needs no membership
+    probe = RttProbe(identity.node_id, RttConfig(timeout=max(interval, 1.0)), Random())
+    results: list[float | None] = []
+    async with open_udp_transport("0.0.0.0", 0) as transport, trio.open_nursery() as nursery:
+        driver = CoreDriver(probe, transport, Codec(ring), node_id=identity.node_id)
+        await nursery.start(driver.run)
+        timeout = max(interval, 1.0)
+        for _ in range(count):
+            probe.ping(target, trio.current_time())
+            driver.poke()
+            rtt: float | None = None
+            with trio.move_on_after(timeout + 0.1):
+                while True:
+                    samples = probe.samples()
+                    if samples:
+                        rtt = samples[0].rtt
+                        break
+                    await trio.sleep(0.002)  # a CLI, not a hot path: polling is fine
+            results.append(rtt)
+            shown = f"rtt {rtt * 1000:.2f} ms" if rtt is not None else "lost"
+            console.print(f"{format_addr(target)}: {shown}")
+            await trio.sleep(interval)
+        nursery.cancel_scope.cancel()
+    return results
+
+
+@app.command()
+def ping(
+    addr: Annotated[str, typer.Argument(help="HOST:PORT of an agent")],
+    count: Annotated[int, typer.Option("--count", "-c", min=1, max=1000)] = 3,
+    interval: Annotated[float, typer.Option(min=0.0)] = 0.2,
+    data_dir: DataDir = None,
+    swarm_key: Annotated[Path | None, typer.Option(help="Swarm key file")] = None,
+    token: Annotated[str | None, typer.Option(help="Join token instead of a key file")] = None,
+) -> None:
+    """Measure round-trip time to an agent over the sealed wire (needs the swarm key)."""
+    try:
+        if token:
+            ring = KeyRing(JoinToken.decode(token).key)
+        else:
+            ring = load_key_file(swarm_key or (data_dir or default_data_dir()) / SWARM_KEY_FILE_NAME)
+        target = parse_addr(addr)
+    except (SwarmKeyError, ValueError) as e:
+        raise _fail(str(e)) from None
+    results = trio.run(_ping, target, ring, count, interval)
+    if all(r is None for r in results):
+        raise _fail(f"no answer from {addr} (down, firewalled, or another swarm key)")
+
+
+@app.command()
+def demo(
+    agents: Annotated[int, typer.Option(min=1, max=32, help="Agents to start")] = 3,
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds")] = None,
+    workdir: Annotated[Path, typer.Option(help="Where the agents keep their data")] = Path(".demo"),
+) -> None:
+    """Start a local swarm of agent processes on 127.0.0.1 and show it; Ctrl-C stops it."""
+    from hexamesh.demo import run_demo
+
+    raise typer.Exit(code=run_demo(console, agents=agents, duration=duration, workdir=workdir))
+
+
+def main() -> None:
+    app()

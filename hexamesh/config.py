@@ -1,0 +1,139 @@
+"""Agent configuration: one frozen dataclass, filled from four layers.
+
+Precedence, lowest to highest: the defaults below, a TOML file (``--config``
+or ``HEXAMESH_CONFIG``), ``HEXAMESH_*`` environment variables, command-line
+flags. Every field has the same name in all layers (TOML key ``port``, variable
+``HEXAMESH_PORT``, flag ``--port``); list fields are comma-separated in the
+environment. Unknown keys and bad values fail with a message naming the layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hexamesh.net.base import parse_addr
+
+__all__ = ["DEFAULT_PORT", "AgentConfig", "ConfigError", "default_data_dir", "load_config"]
+
+DEFAULT_PORT = 7420  # UDP and TCP; unassigned by IANA, clear of memberlist's 7946
+ENV_PREFIX = "HEXAMESH_"
+
+
+class ConfigError(Exception):
+    """A configuration value or file is wrong; the message says which and where."""
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "hexamesh"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentConfig:
+    data_dir: Path = dataclasses.field(default_factory=default_data_dir)  # keys, state
+    host: str = "0.0.0.0"  # bind address for peer UDP+TCP; all interfaces by default
+    port: int = DEFAULT_PORT  # peer UDP+TCP port; 0 = any free port
+    advertise: str | None = None  # host peers should dial, if not the bound one
+    join: tuple[str, ...] = ()  # seeds, HOST:PORT each; none = found a new swarm
+    swarm_key: Path | None = None  # key file; default <data_dir>/swarm.key
+    token: str | None = None  # join token from `hexamesh swarm invite` (key + seed)
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port < 65536:
+            raise ConfigError(f"port must be in 0..65535, got {self.port}")
+        for seed in self.join:
+            try:
+                parse_addr(seed)
+            except ValueError as e:
+                raise ConfigError(f"join: {e}") from None
+        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not {self.log_level!r}")
+
+    @property
+    def swarm_key_path(self) -> Path:
+        return self.swarm_key if self.swarm_key is not None else self.data_dir / "swarm.key"
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(AgentConfig)
+
+
+def _convert(name: str, tp: Any, value: Any, layer: str) -> Any:
+    """Coerce a TOML value or an environment string to the field's type."""
+    if typing.get_origin(tp) in (types.UnionType, typing.Union):
+        if value is None or value == "":
+            return None
+        (tp,) = [a for a in typing.get_args(tp) if a is not type(None)]
+    try:
+        if tp is Path:
+            return Path(value).expanduser()
+        if tp is int:
+            if isinstance(value, bool):
+                raise ValueError("a number, not a boolean")
+            return int(value)
+        if tp is str:
+            if not isinstance(value, str):
+                raise ValueError("a string")
+            return value
+        if typing.get_origin(tp) is tuple:
+            if isinstance(value, str):
+                return tuple(v.strip() for v in value.split(",") if v.strip())
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return tuple(value)
+            raise ValueError("a list of strings")
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{layer}: {name}={value!r} is not valid ({e})") from None
+    raise ConfigError(f"{layer}: cannot set {name}")  # pragma: no cover - all types handled
+
+
+def load_config(
+    file: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> AgentConfig:
+    """Merge defaults, TOML ``file``, ``env`` (``HEXAMESH_*``) and CLI ``overrides``.
+
+    ``overrides`` holds only the flags the user gave (None values are ignored).
+    """
+    env = os.environ if env is None else env
+    types_ = _field_types()
+    values: dict[str, Any] = {}
+
+    if file is None and env.get(ENV_PREFIX + "CONFIG"):
+        file = Path(env[ENV_PREFIX + "CONFIG"])
+    if file is not None:
+        try:
+            data = tomllib.loads(file.read_text())
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {file}: {e}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{file}: {e}") from None
+        for key, value in data.items():
+            name = key.replace("-", "_")
+            if name not in types_:
+                raise ConfigError(f"{file}: unknown key {key!r}; known: {', '.join(sorted(types_))}")
+            values[name] = _convert(name, types_[name], value, str(file))
+
+    for name, tp in types_.items():
+        var = ENV_PREFIX + name.upper()
+        if var in env:
+            values[name] = _convert(name, tp, env[var], f"${var}")
+
+    for name, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if name not in types_:
+            raise ConfigError(f"unknown option {name!r}")
+        values[name] = _convert(name, types_[name], value, f"--{name.replace('_', '-')}")
+
+    return AgentConfig(**values)

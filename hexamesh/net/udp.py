@@ -1,0 +1,182 @@
+"""The real transport: trio UDP for datagrams, TCP on the same port for streams.
+
+As in memberlist, one port number serves both: UDP for the small, frequent
+messages (probes, gossip, DHT RPCs) and TCP for anything over one datagram.
+Streams carry frames with a 4-byte big-endian length prefix; a frame over
+``max_frame`` or a peer that stalls mid-frame ends the stream with an error.
+Accepted streams wait in a bounded queue (``stream_backlog``); when it is full
+new connections are closed at once and counted, so a flood of connections
+cannot grow memory.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket as _stdlib_socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import trio
+
+from hexamesh.net.base import Addr, FrameStream
+from hexamesh.wire import MAX_STREAM_FRAME, WireError
+
+__all__ = ["TcpFrameStream", "TransportStats", "UdpTransport", "open_udp_transport"]
+
+log = logging.getLogger(__name__)
+
+RECV_BUFFER = 65536  # bytes; larger than any datagram, so nothing is truncated
+STREAM_BACKLOG = 16  # accepted streams waiting for a reader; more are refused
+BIND_ATTEMPTS = 20  # with port 0: tries to find a port free for both UDP and TCP
+_LENGTH = 4
+
+
+@dataclass
+class TransportStats:
+    datagrams_sent: int = 0
+    datagrams_received: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    send_errors: int = 0  # sendto failed (unreachable, no route, buffer full)
+    streams_refused: int = 0  # backlog full
+
+
+class TcpFrameStream:
+    """Length-prefixed frames over a trio stream."""
+
+    def __init__(self, stream: trio.abc.Stream, *, max_frame: int = MAX_STREAM_FRAME) -> None:
+        self._stream = stream
+        self._buffer = bytearray()
+        self.max_frame = max_frame
+
+    async def send_frame(self, frame: bytes) -> None:
+        if len(frame) > self.max_frame:
+            raise ValueError(f"frame of {len(frame)} bytes over the {self.max_frame}-byte limit")
+        await self._stream.send_all(len(frame).to_bytes(_LENGTH, "big") + frame)
+
+    async def _fill(self, n: int) -> None:
+        while len(self._buffer) < n:
+            chunk = await self._stream.receive_some(RECV_BUFFER)
+            if not chunk:
+                if self._buffer:
+                    raise WireError("stream closed in the middle of a frame")
+                raise EOFError
+            self._buffer += chunk
+
+    async def receive_frame(self) -> bytes:
+        await self._fill(_LENGTH)
+        size = int.from_bytes(self._buffer[:_LENGTH], "big")
+        if size > self.max_frame:
+            raise WireError(f"frame of {size} bytes over the {self.max_frame}-byte limit")
+        await self._fill(_LENGTH + size)
+        frame = bytes(self._buffer[_LENGTH : _LENGTH + size])
+        del self._buffer[: _LENGTH + size]
+        return frame
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+def _family(host: str) -> int:
+    return _stdlib_socket.AF_INET6 if ":" in host else _stdlib_socket.AF_INET
+
+
+class UdpTransport:
+    """Bound UDP socket plus a TCP listener on the same port."""
+
+    def __init__(self, udp: trio.socket.SocketType, tcp: trio.socket.SocketType) -> None:
+        self._udp = udp
+        self._listener = trio.SocketListener(tcp)
+        host, port = udp.getsockname()[:2]
+        self._local: Addr = (host, port)
+        self.stats = TransportStats()
+        self._streams_in, self._streams_out = trio.open_memory_channel[tuple[Addr, TcpFrameStream]](
+            STREAM_BACKLOG
+        )
+
+    @property
+    def local_address(self) -> Addr:
+        return self._local
+
+    async def send(self, addr: Addr, data: bytes) -> None:
+        try:
+            await self._udp.sendto(data, addr)
+        except OSError as e:
+            self.stats.send_errors += 1
+            log.debug("sendto %s failed: %s", addr, e)
+            return
+        self.stats.datagrams_sent += 1
+        self.stats.bytes_sent += len(data)
+
+    async def receive(self) -> tuple[Addr, bytes]:
+        while True:
+            try:
+                data, addr = await self._udp.recvfrom(RECV_BUFFER)
+            except OSError as e:
+                # ICMP errors from earlier sends can surface here on some systems.
+                log.debug("recvfrom error ignored: %s", e)
+                continue
+            self.stats.datagrams_received += 1
+            self.stats.bytes_received += len(data)
+            return (addr[0], addr[1]), data
+
+    async def open_stream(self, addr: Addr) -> FrameStream:
+        stream = await trio.open_tcp_stream(addr[0], addr[1])
+        return TcpFrameStream(stream)
+
+    async def accept_stream(self) -> tuple[Addr, TcpFrameStream]:
+        """The next incoming stream and the peer's (host, ephemeral port)."""
+        return await self._streams_out.receive()
+
+    async def _accept_loop(self) -> None:
+        while True:
+            stream = await self._listener.accept()
+            peer = stream.socket.getpeername()
+            try:
+                self._streams_in.send_nowait(((peer[0], peer[1]), TcpFrameStream(stream)))
+            except trio.WouldBlock:
+                self.stats.streams_refused += 1
+                await stream.aclose()
+
+    async def aclose(self) -> None:
+        self._udp.close()
+        await self._listener.aclose()
+
+
+async def _bind(host: str, port: int) -> tuple[trio.socket.SocketType, trio.socket.SocketType]:
+    family = _family(host)
+    for _ in range(BIND_ATTEMPTS if port == 0 else 1):
+        udp = trio.socket.socket(family, _stdlib_socket.SOCK_DGRAM)
+        await udp.bind((host, port))
+        bound_port = udp.getsockname()[1]
+        tcp = trio.socket.socket(family, _stdlib_socket.SOCK_STREAM)
+        tcp.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEADDR, 1)
+        try:
+            await tcp.bind((host, bound_port))
+        except OSError as e:
+            udp.close()
+            tcp.close()
+            if e.errno == errno.EADDRINUSE and port == 0:
+                continue  # the TCP side of this port is taken; draw another
+            raise
+        tcp.listen(128)
+        return udp, tcp
+    raise OSError(errno.EADDRINUSE, f"no port free for both UDP and TCP on {host}")
+
+
+@asynccontextmanager
+async def open_udp_transport(host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[UdpTransport]:
+    """Bind UDP and TCP on ``host:port`` (0 = any free port) for the block's duration."""
+    udp, tcp = await _bind(host, port)
+    transport = UdpTransport(udp, tcp)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(transport._accept_loop)
+            try:
+                yield transport
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        await transport.aclose()

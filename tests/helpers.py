@@ -1,0 +1,148 @@
+"""Test-only messages, a recording core, and hypothesis strategies for wire types."""
+
+from __future__ import annotations
+
+import enum
+import math
+import types
+import typing
+from dataclasses import dataclass, fields
+from typing import Any
+
+from hypothesis import strategies as st
+
+from hexamesh.net.base import Addr
+from hexamesh.wire import (
+    MAX_BYTES,
+    MAX_ITEMS,
+    MAX_STR,
+    Envelope,
+    Len,
+    MaxLen,
+    Message,
+    Struct,
+    message,
+    message_types,
+    struct,
+)
+
+
+class Colour(enum.IntEnum):
+    RED = 1
+    GREEN = 2
+
+
+@struct
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Point(Struct):
+    x: float
+    y: float
+    label: typing.Annotated[str, MaxLen(16)] = ""
+
+
+# Test-only message types live in 0xFFxx, far from the real ranges.
+@message(0xFF01)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Blob(Message):
+    data: bytes
+
+
+@message(0xFF02)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Kitchen(Message):
+    """One field of every kind the wire allows."""
+
+    flag: bool
+    count: int
+    ratio: float
+    name: str
+    node: typing.Annotated[bytes, Len(20)]
+    tags: typing.Annotated[tuple[str, ...], MaxLen(8)]
+    colour: Colour
+    maybe: int | None
+    points: tuple[Point, ...]
+    pair: tuple[str, int]
+
+
+class RecordingCore:
+    """A core that records what it receives and sends what it is told to."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[Envelope, Addr, float]] = []
+        self.timers: list[float] = []
+        self.wake_at: float | None = None
+        self._outbox: list[tuple[Addr, Envelope]] = []
+
+    def send(self, addr: Addr, env: Envelope) -> None:
+        self._outbox.append((addr, env))
+
+    def receive(self, env: Envelope, sender: Addr, now: float) -> None:
+        self.received.append((env, sender, now))
+
+    def handle_timer(self, now: float) -> None:
+        self.timers.append(now)
+        self.wake_at = None
+
+    def next_timer(self) -> float | None:
+        return self.wake_at
+
+    def outbox(self) -> list[tuple[Addr, Envelope]]:
+        out, self._outbox = self._outbox, []
+        return out
+
+
+def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
+    """Values that fit a wire field type (small, to keep examples fast)."""
+    exact: int | None = None
+    limit: int | None = None
+    if typing.get_origin(tp) is typing.Annotated:
+        tp, *extras = typing.get_args(tp)
+        for extra in extras:
+            if isinstance(extra, Len):
+                exact = extra.n
+            elif isinstance(extra, MaxLen):
+                limit = extra.n
+
+    def size(cap: int, small: int) -> dict[str, int]:
+        if exact is not None:
+            return {"min_size": exact, "max_size": exact}
+        return {"max_size": min(cap, small, limit if limit is not None else math.inf)}
+
+    if tp is bool:
+        return st.booleans()
+    if tp is int:
+        return st.integers(-(2**63), 2**64 - 1)
+    if tp is float:
+        return st.floats(allow_nan=False, allow_infinity=False)
+    if tp is str:
+        return st.text(**size(MAX_STR, 40))
+    if tp is bytes:
+        return st.binary(**size(MAX_BYTES, 64))
+    if isinstance(tp, type) and issubclass(tp, enum.IntEnum):
+        return st.sampled_from(list(tp))
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return st.none() | strategy_for(inner)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return st.lists(strategy_for(args[0]), **size(MAX_ITEMS, 4)).map(tuple)
+        return st.tuples(*(strategy_for(a) for a in args))
+    if isinstance(tp, type) and issubclass(tp, Struct):
+        hints = typing.get_type_hints(tp, include_extras=True)
+        return st.builds(tp, **{f.name: strategy_for(hints[f.name]) for f in fields(tp)})
+    raise TypeError(f"no strategy for {tp!r}")
+
+
+def envelopes(cls: type[Message]) -> st.SearchStrategy[Envelope]:
+    return st.builds(
+        Envelope,
+        sender=st.binary(min_size=20, max_size=20),
+        msg_id=st.integers(0, 2**64 - 1),
+        message=strategy_for(cls),
+    )
+
+
+def any_envelope() -> st.SearchStrategy[Envelope]:
+    return st.one_of([envelopes(cls) for cls in message_types().values()])
