@@ -34,7 +34,14 @@ from hexamesh.net.udp import open_udp_transport
 from hexamesh.swarmkey import JoinToken, SwarmKeyError, create_key_file, load_key_file
 from hexamesh.wire import Codec, KeyRing
 
-__all__ = ["STATUS_FILE_NAME", "AgentStatus", "resolve_keyring", "run_agent"]
+__all__ = [
+    "STATUS_FILE_NAME",
+    "AgentStatus",
+    "PreparedAgent",
+    "prepare_agent",
+    "resolve_keyring",
+    "run_agent",
+]
 
 log = logging.getLogger(__name__)
 
@@ -108,16 +115,35 @@ def _write_status(path: Path, status: AgentStatus) -> None:
     os.replace(tmp, path)  # atomic: readers never see half a file
 
 
+@dataclass(frozen=True)
+class PreparedAgent:
+    """What an agent needs before it binds: checked early, outside any nursery."""
+
+    config: AgentConfig
+    identity: Identity
+    keyring: KeyRing
+    seeds: tuple[str, ...]
+    founder: bool
+
+
+def prepare_agent(config: AgentConfig) -> PreparedAgent:
+    """Load (or create) the node key and the swarm key; raises IdentityError/SwarmKeyError."""
+    identity = Identity.load_or_create(config.data_dir)
+    keyring, seeds, founder = resolve_keyring(config)
+    return PreparedAgent(config, identity, keyring, seeds, founder)
+
+
 async def run_agent(
-    config: AgentConfig,
+    agent: AgentConfig | PreparedAgent,
     *,
     on_ready: Callable[[AgentStatus], None] | None = None,
     task_status: trio.TaskStatus[AgentStatus] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run until cancelled. ``task_status.started`` gets the status once bound."""
-    identity = Identity.load_or_create(config.data_dir)
-    keyring, seeds, founder = resolve_keyring(config)
-    seed_addrs = [await _resolve(s) for s in seeds]
+    if isinstance(agent, AgentConfig):
+        agent = prepare_agent(agent)
+    config, identity, keyring, founder = agent.config, agent.identity, agent.keyring, agent.founder
+    seed_addrs = [await _resolve(s) for s in agent.seeds]
     async with open_udp_transport(config.host, config.port) as transport:
         bound = transport.local_address
         address = (_advertised_host(config, bound, seed_addrs), bound[1])

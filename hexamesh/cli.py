@@ -15,8 +15,8 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from hexamesh import __version__
-from hexamesh.agent import AgentStatus, run_agent
-from hexamesh.config import AgentConfig, ConfigError, default_data_dir, load_config
+from hexamesh.agent import AgentStatus, PreparedAgent, prepare_agent, run_agent
+from hexamesh.config import ConfigError, default_data_dir, load_config
 from hexamesh.identity import Identity, IdentityError
 from hexamesh.net.base import format_addr, parse_addr
 from hexamesh.net.driver import CoreDriver
@@ -44,7 +44,9 @@ err = Console(stderr=True)
 
 DataDir = Annotated[
     Path | None,
-    typer.Option("--data-dir", help="Node key and state [env: HEXAMESH_DATA_DIR]", show_default=False),
+    typer.Option(
+        "--data-dir", help="Node key and state [env: HEXAMESH_DATA_DIR]", show_default=False
+    ),
 ]
 
 
@@ -70,7 +72,9 @@ def version() -> None:
 @swarm_app.command("init")
 def swarm_init(
     data_dir: DataDir = None,
-    out: Annotated[Path | None, typer.Option(help="Key file (default <data-dir>/swarm.key)")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Key file (default <data-dir>/swarm.key)")
+    ] = None,
 ) -> None:
     """Create a new swarm key (mode 0600). Every member needs a copy."""
     path = out or (data_dir or default_data_dir()) / SWARM_KEY_FILE_NAME
@@ -85,7 +89,9 @@ def swarm_init(
 def swarm_invite(
     addr: Annotated[str, typer.Argument(help="HOST:PORT of a member that newcomers can reach")],
     data_dir: DataDir = None,
-    key: Annotated[Path | None, typer.Option(help="Key file (default <data-dir>/swarm.key)")] = None,
+    key: Annotated[
+        Path | None, typer.Option(help="Key file (default <data-dir>/swarm.key)")
+    ] = None,
 ) -> None:
     """Print a join token (seed address + swarm key): a secret, share it carefully."""
     path = key or (data_dir or default_data_dir()) / SWARM_KEY_FILE_NAME
@@ -109,10 +115,19 @@ def _print_ready(status: AgentStatus) -> None:
     console.print("[dim]running; Ctrl-C or SIGTERM stops it[/]")
 
 
-async def _agent_main(config: AgentConfig) -> None:
+def _leaf_errors(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaf_errors(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
+async def _agent_main(agent: PreparedAgent) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(lambda task_status: run_agent(config, on_ready=_print_ready, task_status=task_status))
+            await nursery.start(
+                lambda task_status: run_agent(agent, on_ready=_print_ready, task_status=task_status)
+            )
             async for signum in signals:
                 logging.getLogger("hexamesh").info("%s: stopping", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
@@ -122,16 +137,23 @@ async def _agent_main(config: AgentConfig) -> None:
 
 @app.command()
 def agent(
-    port: Annotated[int | None, typer.Option(help="Peer UDP+TCP port, 0 = any free [default: 7420]")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Peer UDP+TCP port, 0 = any free [default: 7420]")
+    ] = None,
     host: Annotated[str | None, typer.Option(help="Bind address [default: 0.0.0.0]")] = None,
     data_dir: DataDir = None,
     join: Annotated[
-        list[str] | None, typer.Option(help="Seed HOST:PORT to join (repeatable)", show_default=False)
+        list[str] | None,
+        typer.Option(help="Seed HOST:PORT to join (repeatable)", show_default=False),
     ] = None,
-    token: Annotated[str | None, typer.Option(help="Join token from `hexamesh swarm invite`")] = None,
+    token: Annotated[
+        str | None, typer.Option(help="Join token from `hexamesh swarm invite`")
+    ] = None,
     swarm_key: Annotated[Path | None, typer.Option(help="Swarm key file")] = None,
     advertise: Annotated[str | None, typer.Option(help="Host peers should dial")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="TOML config file [env: HEXAMESH_CONFIG]")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="TOML config file [env: HEXAMESH_CONFIG]")
+    ] = None,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = None,
 ) -> None:
     """Run an agent on this machine until Ctrl-C / SIGTERM.
@@ -156,14 +178,22 @@ def agent(
         raise _fail(str(e)) from None
     _setup_logging(cfg.log_level)
     try:
-        trio.run(_agent_main, cfg)
-    except (IdentityError, SwarmKeyError, ConfigError) as e:
+        prepared = prepare_agent(cfg)
+    except (IdentityError, SwarmKeyError) as e:
         raise _fail(str(e)) from None
-    except OSError as e:
-        raise _fail(f"cannot start the agent: {e}") from None
+    try:
+        trio.run(_agent_main, prepared)
+    except BaseExceptionGroup as group:
+        # Binding or resolving failed inside the nursery: say so, no traceback.
+        errors = _leaf_errors(group)
+        if errors and all(isinstance(e, OSError) for e in errors):
+            raise _fail(f"cannot start the agent: {errors[0]}") from None
+        raise
 
 
-async def _ping(target: tuple[str, int], ring: KeyRing, count: int, interval: float) -> list[float | None]:
+async def _ping(
+    target: tuple[str, int], ring: KeyRing, count: int, interval: float
+) -> list[float | None]:
     identity = Identity.generate()  # a throwaway identity: ping needs no membership
     probe = RttProbe(identity.node_id, RttConfig(timeout=max(interval, 1.0)), Random())
     results: list[float | None] = []
@@ -204,7 +234,9 @@ def ping(
         if token:
             ring = KeyRing(JoinToken.decode(token).key)
         else:
-            ring = load_key_file(swarm_key or (data_dir or default_data_dir()) / SWARM_KEY_FILE_NAME)
+            ring = load_key_file(
+                swarm_key or (data_dir or default_data_dir()) / SWARM_KEY_FILE_NAME
+            )
         target = parse_addr(addr)
     except (SwarmKeyError, ValueError) as e:
         raise _fail(str(e)) from None

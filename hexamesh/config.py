@@ -56,7 +56,9 @@ class AgentConfig:
             except ValueError as e:
                 raise ConfigError(f"join: {e}") from None
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-            raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not {self.log_level!r}")
+            raise ConfigError(
+                f"log_level must be DEBUG, INFO, WARNING or ERROR, not {self.log_level!r}"
+            )
 
     @property
     def swarm_key_path(self) -> Path:
@@ -121,7 +123,9 @@ def load_config(
         for key, value in data.items():
             name = key.replace("-", "_")
             if name not in types_:
-                raise ConfigError(f"{file}: unknown key {key!r}; known: {', '.join(sorted(types_))}")
+                raise ConfigError(
+                    f"{file}: unknown key {key!r}; known: {', '.join(sorted(types_))}"
+                )
             values[name] = _convert(name, types_[name], value, str(file))
 
     for name, tp in types_.items():

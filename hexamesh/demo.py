@@ -117,7 +117,14 @@ def run_demo(console: Console, *, agents: int, duration: float | None, workdir: 
             procs.append(
                 start_agent(
                     workdir / f"agent{i}",
-                    "--host", "127.0.0.1", "--port", "0", "--join", seed, "--swarm-key", key,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--join",
+                    seed,
+                    "--swarm-key",
+                    key,
                 )
             )
         for p in procs:

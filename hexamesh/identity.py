@@ -59,7 +59,9 @@ class IdentityError(Exception):
 def node_id_for(public_key: bytes) -> bytes:
     """160-bit BLAKE2b digest of a raw 32-byte Ed25519 public key."""
     if len(public_key) != PUBLIC_KEY_BYTES:
-        raise ValueError(f"an Ed25519 public key has {PUBLIC_KEY_BYTES} bytes, got {len(public_key)}")
+        raise ValueError(
+            f"an Ed25519 public key has {PUBLIC_KEY_BYTES} bytes, got {len(public_key)}"
+        )
     return hashlib.blake2b(public_key, digest_size=NODE_ID_BYTES).digest()
 
 

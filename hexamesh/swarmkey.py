@@ -69,7 +69,9 @@ def load_key_file(path: Path) -> KeyRing:
         )
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
-        raise SwarmKeyError(f"{path} is readable by others (mode {mode:04o}); run `chmod 600 {path}`")
+        raise SwarmKeyError(
+            f"{path} is readable by others (mode {mode:04o}); run `chmod 600 {path}`"
+        )
     keys = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         line = line.strip()

@@ -245,10 +245,10 @@ def _compile(tp: Any, depth: int) -> tuple[Encoder, Decoder]:
         return int, dec_enum
 
     if origin is types.UnionType or origin is typing.Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) != 1 or len(typing.get_args(tp)) != 2:
+        members = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(members) != 1 or len(typing.get_args(tp)) != 2:
             raise TypeError(f"only `X | None` unions are allowed on the wire, got {tp}")
-        inner_enc, inner_dec = _compile(args[0], depth)
+        inner_enc, inner_dec = _compile(members[0], depth)
 
         def enc_opt(v: Any) -> Any:
             return None if v is None else inner_enc(v)
@@ -302,7 +302,7 @@ _S = TypeVar("_S", bound=type[Struct])
 
 
 def _register_struct(cls: type[Struct]) -> None:
-    if not dataclasses.is_dataclass(cls) or not cls.__dataclass_params__.frozen:  # type: ignore[attr-defined]
+    if not dataclasses.is_dataclass(cls) or not cls.__dataclass_params__.frozen:
         raise TypeError(f"{cls.__name__} must be a frozen dataclass to go on the wire")
     hints = typing.get_type_hints(cls, include_extras=True)
     fields = [f for f in dataclasses.fields(cls) if f.init]
@@ -399,10 +399,11 @@ class Envelope:
 def encode_frame(env: Envelope) -> bytes:
     """The plaintext msgpack frame of an envelope (not sealed)."""
     msg = env.message
-    return msgpack.packb(
+    frame: bytes = msgpack.packb(
         (msg.TYPE_ID, env.sender, env.msg_id, _ENCODERS[type(msg)](msg)),
         use_bin_type=True,
     )
+    return frame
 
 
 def decode_frame(frame: bytes) -> Envelope:

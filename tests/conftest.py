@@ -3,7 +3,5 @@ import os
 from hypothesis import HealthCheck, settings
 
 # Shared machines are noisy: no per-example deadline. CI uses the same profile.
-settings.register_profile(
-    "default", deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+settings.register_profile("default", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))

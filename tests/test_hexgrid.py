@@ -68,7 +68,7 @@ def test_spiral_index_is_the_position_in_the_spiral(c: Hex) -> None:
 
 
 def test_directions_have_the_documented_order() -> None:
-    assert DIRECTIONS == (Hex(1, 0), Hex(1, -1), Hex(0, -1), Hex(-1, 0), Hex(-1, 1), Hex(0, 1))
+    assert (Hex(1, 0), Hex(1, -1), Hex(0, -1), Hex(-1, 0), Hex(-1, 1), Hex(0, 1)) == DIRECTIONS
     assert ring(ORIGIN, 1) == [Hex(-1, 1), Hex(0, 1), Hex(1, 0), Hex(1, -1), Hex(0, -1), Hex(-1, 0)]
 
 
@@ -122,7 +122,9 @@ def test_nearest_in_direction_prefers_adjacent_then_skips_holes() -> None:
     assert nearest_in_direction(ORIGIN, 3, live.__contains__, 5) is None
 
 
-@given(st.sets(st.builds(Hex, st.integers(-4, 4), st.integers(-4, 4)), max_size=30), st.integers(0, 5))
+@given(
+    st.sets(st.builds(Hex, st.integers(-4, 4), st.integers(-4, 4)), max_size=30), st.integers(0, 5)
+)
 def test_nearest_in_direction_is_live_in_sector_and_nearest(live: set[Hex], d: int) -> None:
     live.discard(ORIGIN)
     found = nearest_in_direction(ORIGIN, d, live.__contains__, 8)

@@ -53,7 +53,8 @@ def test_sign_verify_and_tampering(data: bytes) -> None:
 
 
 @pytest.mark.parametrize(
-    ("public", "sig"), [(b"", bytes(64)), (bytes(32), b""), (bytes(31), bytes(64)), (bytes(32), bytes(64))]
+    ("public", "sig"),
+    [(b"", bytes(64)), (bytes(32), b""), (bytes(31), bytes(64)), (bytes(32), bytes(64))],
 )
 def test_verify_never_raises_on_garbage(public: bytes, sig: bytes) -> None:
     assert verify(public, sig, b"data") is False

@@ -105,7 +105,7 @@ class CoreDriver:
         self._stream_in, self._stream_out = trio.open_memory_channel[tuple[Addr, bytes]](
             self.config.stream_queue
         )
-        self._readers = trio.CapacityLimiter(self.config.stream_readers)
+        self._readers = trio.Semaphore(self.config.stream_readers)
 
     # -- public -----------------------------------------------------------
 
@@ -142,7 +142,9 @@ class CoreDriver:
             self.core.receive(env, sender, self._clock())
         except Exception:
             self.stats.core_errors += 1
-            log.exception("%s: core failed on %s", self.node_id[:4].hex(), type(env.message).__name__)
+            log.exception(
+                "%s: core failed on %s", self.node_id[:4].hex(), type(env.message).__name__
+            )
         self.poke()
 
     async def _receive_loop(self) -> None:

@@ -42,9 +42,9 @@ class MemoryTransport:
         self._addr = addr
         self.stats = TransportStats()
         self._inbox_in, self._inbox_out = trio.open_memory_channel[tuple[Addr, bytes]](INBOX_SIZE)
-        self._streams_in, self._streams_out = trio.open_memory_channel[
-            tuple[Addr, TcpFrameStream]
-        ](STREAM_BACKLOG)
+        self._streams_in, self._streams_out = trio.open_memory_channel[tuple[Addr, TcpFrameStream]](
+            STREAM_BACKLOG
+        )
         self.closed = False
 
     @property
@@ -148,7 +148,9 @@ class MemoryNetwork:
             copies = 2
         now = trio.current_time()
         for _ in range(copies):
-            heapq.heappush(self._heap, (now + self.delay(self.rng), next(self._seq), src, dst, data))
+            heapq.heappush(
+                self._heap, (now + self.delay(self.rng), next(self._seq), src, dst, data)
+            )
         self._wakeup.set()
 
     async def _run(self) -> None:

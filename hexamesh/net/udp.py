@@ -149,7 +149,11 @@ async def _bind(host: str, port: int) -> tuple[trio.socket.SocketType, trio.sock
     family = _family(host)
     for _ in range(BIND_ATTEMPTS if port == 0 else 1):
         udp = trio.socket.socket(family, _stdlib_socket.SOCK_DGRAM)
-        await udp.bind((host, port))
+        try:
+            await udp.bind((host, port))
+        except OSError:
+            udp.close()
+            raise
         bound_port = udp.getsockname()[1]
         tcp = trio.socket.socket(family, _stdlib_socket.SOCK_STREAM)
         tcp.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEADDR, 1)

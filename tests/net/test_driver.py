@@ -1,0 +1,181 @@
+"""The trio driver on the in-memory terrible network (ladder rung 2: mock clock)."""
+
+import random
+
+import pytest
+import trio
+import trio.testing
+
+from hexamesh.net.driver import CoreDriver, StreamHello
+from hexamesh.net.memory import MemoryNetwork, open_memory_network
+from hexamesh.net.rtt import RttConfig, RttProbe
+from hexamesh.wire import MAX_DATAGRAM, Codec, Envelope, KeyRing
+from tests.helpers import Blob, RecordingCore
+
+A, B = ("10.0.0.1", 7420), ("10.0.0.2", 7420)
+CODEC = Codec(KeyRing(bytes(32)))
+
+
+def node_id(n: int) -> bytes:
+    return bytes([n]) * 20
+
+
+async def start(
+    nursery: trio.Nursery, net: MemoryNetwork, addr: tuple[str, int], core: object, n: int
+) -> CoreDriver:
+    driver = CoreDriver(core, net.endpoint(addr), CODEC, node_id=node_id(n))  # type: ignore[arg-type]
+    await nursery.start(driver.run)
+    return driver
+
+
+async def test_rtt_probes_over_a_delayed_lossy_network(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with (
+        open_memory_network(random.Random(1), delay=lambda r: 0.010, loss=0.2) as net,
+        trio.open_nursery() as nursery,
+    ):
+        a = RttProbe(node_id(1), RttConfig(interval=1.0, timeout=0.5), random.Random(1))
+        b = RttProbe(node_id(2), RttConfig(), random.Random(2))
+        da = await start(nursery, net, A, a, 1)
+        await start(nursery, net, B, b, 2)
+        a.watch(B, trio.current_time())
+        da.poke()
+        await trio.sleep(100)
+        samples = a.samples()
+        assert a.srtt(B) == pytest.approx(0.020)
+        answered = [s for s in samples if s.rtt is not None]
+        # 100 probes, each needing 2 datagrams through 20% loss: ~64% answered.
+        assert 45 <= len(answered) <= 80
+        assert len(samples) - len(answered) == a.lost
+        nursery.cancel_scope.cancel()
+
+
+async def test_bad_datagrams_are_dropped_and_counted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_memory_network(random.Random(1)) as net, trio.open_nursery() as nursery:
+        core = RecordingCore()
+        driver = await start(nursery, net, B, core, 2)
+        attacker = net.endpoint(A)
+        other_swarm = Codec(KeyRing(bytes([9]) * 32))
+        good = Envelope(sender=node_id(1), msg_id=7, message=Blob(data=b"hi"))
+        await attacker.send(B, b"garbage")
+        await attacker.send(B, other_swarm.seal(good))
+        await attacker.send(B, bytes(MAX_DATAGRAM + 1))
+        await attacker.send(
+            B, CODEC.seal(Envelope(sender=node_id(1), msg_id=0, message=StreamHello(port=1)))
+        )
+        await attacker.send(B, CODEC.seal(good))
+        await trio.sleep(1)
+        assert [env for env, _, _ in core.received] == [good]
+        assert core.received[0][1] == A
+        assert driver.stats.malformed == 4 and driver.stats.received == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_large_envelopes_travel_over_a_stream_attributed_to_the_datagram_address(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with (
+        open_memory_network(random.Random(1), loss=1.0) as net,
+        trio.open_nursery() as nursery,
+    ):
+        sender, receiver = RecordingCore(), RecordingCore()
+        ds = await start(nursery, net, A, sender, 1)
+        await start(nursery, net, B, receiver, 2)
+        big = Envelope(sender=node_id(1), msg_id=3, message=Blob(data=bytes(50_000)))
+        sender.send(B, big)
+        ds.poke()
+        await trio.sleep(1)
+        assert [(env, addr) for env, addr, _ in receiver.received] == [(big, A)]
+        assert ds.stats.streams_sent == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_stream_without_hello_or_that_stalls_is_closed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_memory_network(random.Random(1)) as net, trio.open_nursery() as nursery:
+        core = RecordingCore()
+        driver = await start(nursery, net, B, core, 2)
+        rogue = net.endpoint(A)
+        s1 = await rogue.open_stream(B)
+        await s1.send_frame(
+            CODEC.seal(Envelope(sender=node_id(1), msg_id=1, message=Blob(data=b"x")))
+        )
+        s2 = await rogue.open_stream(B)  # says nothing: times out
+        await trio.sleep(10)
+        assert core.received == []
+        assert driver.stats.stream_errors == 2
+        await s1.aclose()
+        await s2.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_streams_are_refused_across_a_partition(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_memory_network(random.Random(1)) as net, trio.open_nursery() as nursery:
+        sender, receiver = RecordingCore(), RecordingCore()
+        ds = await start(nursery, net, A, sender, 1)
+        await start(nursery, net, B, receiver, 2)
+        net.partition([A], [B])
+        sender.send(B, Envelope(sender=node_id(1), msg_id=3, message=Blob(data=bytes(5000))))
+        sender.send(B, Envelope(sender=node_id(1), msg_id=4, message=Blob(data=b"small")))
+        ds.poke()
+        await trio.sleep(10)
+        assert receiver.received == []
+        assert ds.stats.stream_errors == 1 and net.partitioned == 1
+        nursery.cancel_scope.cancel()
+
+
+class ExplodingCore(RecordingCore):
+    def receive(self, env: Envelope, sender: tuple[str, int], now: float) -> None:
+        super().receive(env, sender, now)
+        raise RuntimeError("bug")
+
+
+async def test_a_core_bug_is_logged_and_counted_not_fatal(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_memory_network(random.Random(1)) as net, trio.open_nursery() as nursery:
+        core = ExplodingCore()
+        driver = await start(nursery, net, B, core, 2)
+        peer = net.endpoint(A)
+        for i in range(3):
+            await peer.send(
+                B, CODEC.seal(Envelope(sender=node_id(1), msg_id=i, message=Blob(data=b"")))
+            )
+        await trio.sleep(1)
+        assert len(core.received) == 3 and driver.stats.core_errors == 3
+        nursery.cancel_scope.cancel()
+
+
+async def test_timers_fire_on_the_mock_clock(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_memory_network(random.Random(1)) as net, trio.open_nursery() as nursery:
+        core = RecordingCore()
+        t0 = trio.current_time()
+        core.wake_at = t0 + 3.0
+        await start(nursery, net, A, core, 1)
+        await trio.sleep(5)
+        assert core.timers == [t0 + 3.0]
+        nursery.cancel_scope.cancel()
+
+
+async def test_full_send_queue_drops_and_counts(autojump_clock: trio.testing.MockClock) -> None:
+    from hexamesh.net.driver import DriverConfig
+
+    async with open_memory_network(random.Random(1)) as net, trio.open_nursery() as nursery:
+        core = RecordingCore()
+        driver = CoreDriver(
+            core, net.endpoint(A), CODEC, node_id=node_id(1), config=DriverConfig(send_queue=4)
+        )  # type: ignore[arg-type]
+        await nursery.start(driver.run)
+        for i in range(10):
+            core.send(B, Envelope(sender=node_id(1), msg_id=i, message=Blob(data=b"")))
+        driver.poke()
+        # The idle sender task takes one at once; four more fit in the queue.
+        assert driver.stats.sent in (4, 5)
+        assert driver.stats.send_dropped == 10 - driver.stats.sent
+        nursery.cancel_scope.cancel()

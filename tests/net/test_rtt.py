@@ -1,0 +1,59 @@
+"""The RTT probe, stepped by hand (ladder rung 1: pure, exact times)."""
+
+import random
+
+import pytest
+
+from hexamesh.net.rtt import Ping, Pong, RttConfig, RttProbe
+from hexamesh.wire import Envelope
+
+A, B = ("10.0.0.1", 1), ("10.0.0.2", 1)
+
+
+def probe(**cfg: float) -> RttProbe:
+    return RttProbe(b"a" * 20, RttConfig(**cfg), random.Random(1))  # type: ignore[arg-type]
+
+
+def test_answers_a_ping_with_a_pong_carrying_the_same_id() -> None:
+    p = probe()
+    p.receive(Envelope(sender=b"b" * 20, msg_id=42, message=Ping()), B, 0.0)
+    [(addr, env)] = p.outbox()
+    assert addr == B and env.msg_id == 42 and isinstance(env.message, Pong)
+    assert p.outbox() == []
+
+
+def test_watch_probes_every_interval_and_smooths_rtt() -> None:
+    p = probe(interval=1.0, timeout=0.5)
+    p.watch(B, now=0.0)
+    assert p.next_timer() == 0.0
+    p.handle_timer(0.0)
+    [(_, ping)] = p.outbox()
+    assert p.next_timer() == 0.5  # the pong deadline comes before the next probe
+    p.receive(Envelope(sender=b"b" * 20, msg_id=ping.msg_id, message=Pong()), B, 0.100)
+    assert p.srtt(B) == pytest.approx(0.100)
+    assert p.next_timer() == 1.0
+    p.handle_timer(1.0)
+    [(_, ping2)] = p.outbox()
+    p.receive(Envelope(sender=b"b" * 20, msg_id=ping2.msg_id, message=Pong()), B, 1.020)
+    assert p.srtt(B) == pytest.approx(0.100 + (0.020 - 0.100) / 8)  # RFC 6298 smoothing
+    assert [s.rtt for s in p.samples()] == pytest.approx([0.100, 0.020])
+
+
+def test_lost_probe_is_reported_once_and_late_pong_ignored() -> None:
+    p = probe(interval=10.0, timeout=0.5)
+    msg_id = p.ping(B, 0.0)
+    p.handle_timer(0.5)
+    [sample] = p.samples()
+    assert sample.rtt is None and p.lost == 1
+    p.receive(Envelope(sender=b"b" * 20, msg_id=msg_id, message=Pong()), B, 0.9)
+    assert p.samples() == [] and p.srtt(B) is None
+
+
+def test_limits_on_watched_and_outstanding() -> None:
+    p = probe(max_watched=1, max_outstanding=2)
+    p.watch(A, 0.0)
+    with pytest.raises(ValueError, match="already watching 1"):
+        p.watch(B, 0.0)
+    for _ in range(5):
+        p.ping(B, 0.0)
+    assert len(p._outstanding) == 2

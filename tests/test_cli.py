@@ -1,0 +1,54 @@
+import stat
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from hexamesh import __version__
+from hexamesh.cli import app
+from hexamesh.swarmkey import JoinToken, load_key_file
+
+runner = CliRunner()
+
+
+def test_help_and_version() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("agent", "swarm", "version", "ping", "demo"):
+        assert command in result.output
+    result = runner.invoke(app, ["version"])
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_swarm_init_and_invite(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["swarm", "init", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    key = tmp_path / "swarm.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    again = runner.invoke(app, ["swarm", "init", "--data-dir", str(tmp_path)])
+    assert again.exit_code == 2 and "refusing to overwrite" in again.output
+    result = runner.invoke(app, ["swarm", "invite", "10.1.2.3:7420", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    token = JoinToken.decode(result.output.strip())
+    assert (token.host, token.port, token.key) == ("10.1.2.3", 7420, load_key_file(key).primary)
+
+
+def test_agent_refuses_bad_input_with_clear_errors(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["agent", "--port", "99999", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "port must be in 0..65535" in result.output
+    result = runner.invoke(app, ["agent", "--join", "127.0.0.1:9", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "joining needs the swarm key" in result.output
+    result = runner.invoke(app, ["agent", "--token", "hxm1.garbage", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "join token" in result.output
+
+
+def test_agent_reports_a_taken_port_without_a_traceback(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        result = runner.invoke(
+            app, ["agent", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(tmp_path)]
+        )
+    assert result.exit_code == 2
+    assert "cannot start the agent" in result.output and "Traceback" not in result.output
