@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import socket as _stdlib_socket
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,11 +26,15 @@ import trio
 
 from hexamesh import __version__
 from hexamesh.config import AgentConfig
+from hexamesh.dht.contact import Contact
+from hexamesh.dht.core import DhtConfig, DhtCore
+from hexamesh.dht.service import DHT_MESSAGES, Dht, DhtError, load_contacts, save_contacts
 from hexamesh.hexgrid import Hex
 from hexamesh.identity import Identity
 from hexamesh.net.base import Addr, format_addr, parse_addr
 from hexamesh.net.driver import CoreDriver
-from hexamesh.net.rtt import RttConfig, RttProbe
+from hexamesh.net.mux import Mux
+from hexamesh.net.rtt import Ping, Pong, RttConfig, RttProbe
 from hexamesh.net.udp import open_udp_transport
 from hexamesh.swarmkey import JoinToken, SwarmKeyError, create_key_file, load_key_file
 from hexamesh.wire import Codec, KeyRing
@@ -47,6 +52,9 @@ log = logging.getLogger(__name__)
 
 STATUS_FILE_NAME = "agent.json"
 STATUS_INTERVAL = 1.0  # s between rewrites of agent.json
+CONTACTS_FILE_NAME = "contacts.json"
+CONTACTS_SAVE_TICKS = 60  # status intervals between saves of the DHT contacts
+JOIN_RETRY_MAX = 60.0  # s; longest wait between DHT bootstrap attempts
 
 
 @dataclass
@@ -58,6 +66,7 @@ class AgentStatus:
     version: str
     founder: bool
     seeds: dict[str, float | None] = field(default_factory=dict)  # seed -> srtt in ms
+    dht_contacts: int = 0  # contacts in the DHT routing table
 
 
 def resolve_keyring(config: AgentConfig) -> tuple[KeyRing, tuple[str, ...], bool]:
@@ -133,6 +142,11 @@ def prepare_agent(config: AgentConfig) -> PreparedAgent:
     return PreparedAgent(config, identity, keyring, seeds, founder)
 
 
+def wall_clock() -> float:
+    """Unix time: DHT record expiries are absolute, so agents must agree on the clock."""
+    return time.time()
+
+
 async def run_agent(
     agent: AgentConfig | PreparedAgent,
     *,
@@ -142,13 +156,24 @@ async def run_agent(
     """Run until cancelled. ``task_status.started`` gets the status once bound."""
     if isinstance(agent, AgentConfig):
         agent = prepare_agent(agent)
-    config, identity, keyring, founder = agent.config, agent.identity, agent.keyring, agent.founder
+    config, identity, keyring = agent.config, agent.identity, agent.keyring
     seed_addrs = [await _resolve(s) for s in agent.seeds]
+    contacts_path = config.data_dir / CONTACTS_FILE_NAME
+    known = [c for c in load_contacts(contacts_path) if c.id != identity.node_id]
+    founder = agent.founder and not known
     async with open_udp_transport(config.host, config.port) as transport:
         bound = transport.local_address
         address = (_advertised_host(config, bound, seed_addrs), bound[1])
-        probe = RttProbe(identity.node_id, RttConfig(), Random())
-        driver = CoreDriver(probe, transport, Codec(keyring), node_id=identity.node_id)
+        rng = Random()
+        probe = RttProbe(identity.node_id, RttConfig(), rng)
+        dht_core = DhtCore(identity, address, DhtConfig(), rng, wall_clock())
+        mux = Mux()
+        mux.add(probe, Ping, Pong)
+        mux.add(dht_core, *DHT_MESSAGES)
+        driver = CoreDriver(
+            mux, transport, Codec(keyring), node_id=identity.node_id, clock=wall_clock
+        )
+        dht = Dht(dht_core, driver, clock=wall_clock)
         status = AgentStatus(
             node_id=identity.node_id.hex(),
             address=format_addr(address),
@@ -164,27 +189,59 @@ async def run_agent(
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(driver.run)
-            now = trio.current_time()
+            now = wall_clock()
             for addr in seed_addrs:
                 probe.watch(addr, now)
             driver.poke()
+            if seed_addrs or known:
+                nursery.start_soon(_join_dht, dht, seed_addrs, known)
             _write_status(status_path, status)
             if on_ready is not None:
                 on_ready(status)
             task_status.started(status)
+            ticks = 0
             try:
                 while True:
                     await trio.sleep(STATUS_INTERVAL)
-                    for sample in probe.samples():
-                        key = format_addr(sample.addr)
-                        before = status.seeds.get(key)
-                        if sample.rtt is None:
-                            log.debug("probe to %s lost", key)
-                            continue
-                        srtt = probe.srtt(sample.addr)
-                        status.seeds[key] = None if srtt is None else round(srtt * 1000, 3)
-                        if before is None:
-                            log.info("seed %s reachable, rtt %.2f ms", key, sample.rtt * 1000)
+                    ticks += 1
+                    _note_rtts(probe, status)
+                    status.dht_contacts = len(dht_core.table)
                     _write_status(status_path, status)
+                    if ticks % CONTACTS_SAVE_TICKS == 0 and len(dht_core.table):
+                        save_contacts(contacts_path, dht_core.closest(identity.node_id, 200))
             finally:
                 status_path.unlink(missing_ok=True)
+                if len(dht_core.table):
+                    save_contacts(contacts_path, dht_core.closest(identity.node_id, 200))
+
+
+def _note_rtts(probe: RttProbe, status: AgentStatus) -> None:
+    for sample in probe.samples():
+        key = format_addr(sample.addr)
+        before = status.seeds.get(key)
+        if sample.rtt is None:
+            log.debug("probe to %s lost", key)
+            continue
+        srtt = probe.srtt(sample.addr)
+        status.seeds[key] = None if srtt is None else round(srtt * 1000, 3)
+        if before is None:
+            log.info("seed %s reachable, rtt %.2f ms", key, sample.rtt * 1000)
+
+
+async def _join_dht(dht: Dht, seeds: list[Addr], known: list[Contact]) -> None:
+    """Bootstrap the DHT, retrying with backoff while nobody answers."""
+    delay = 1.0
+    while True:
+        try:
+            neighbours = await dht.bootstrap(seeds, known)
+        except DhtError as e:
+            log.warning("DHT bootstrap failed: %s", e)
+            neighbours = []
+        if neighbours:
+            log.info(
+                "joined the DHT: %d neighbours, %d contacts", len(neighbours), len(dht.core.table)
+            )
+            return
+        log.info("DHT bootstrap found nobody; retrying in %.0f s", delay)
+        await trio.sleep(delay)
+        delay = min(delay * 2, JOIN_RETRY_MAX)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from random import Random
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import trio
 import typer
@@ -17,6 +19,7 @@ from rich.table import Table
 from hexamesh import __version__
 from hexamesh.agent import AgentStatus, PreparedAgent, prepare_agent, run_agent
 from hexamesh.config import ConfigError, default_data_dir, load_config
+from hexamesh.dht.service import Dht, DhtError, open_dht_node
 from hexamesh.identity import Identity, IdentityError
 from hexamesh.net.base import format_addr, parse_addr
 from hexamesh.net.driver import CoreDriver
@@ -38,7 +41,12 @@ app = typer.Typer(
 )
 swarm_app = typer.Typer(help="Create and share the swarm key.", no_args_is_help=True)
 app.add_typer(swarm_app, name="swarm")
+dht_app = typer.Typer(
+    help="Read and write the swarm's DHT through a short-lived node.", no_args_is_help=True
+)
+app.add_typer(dht_app, name="dht")
 
+T = TypeVar("T")
 console = Console()
 err = Console(stderr=True)
 
@@ -220,6 +228,21 @@ async def _ping(
     return results
 
 
+def _keyring(
+    data_dir: Path | None, swarm_key: Path | None, token: str | None
+) -> tuple[KeyRing, list[str]]:
+    """The swarm key ring from a token or a key file, and the token's seed if any."""
+    try:
+        if token:
+            t = JoinToken.decode(token)
+            return KeyRing(t.key), [format_addr((t.host, t.port))]
+        return load_key_file(
+            swarm_key or (data_dir or default_data_dir()) / SWARM_KEY_FILE_NAME
+        ), []
+    except SwarmKeyError as e:
+        raise _fail(str(e)) from None
+
+
 @app.command()
 def ping(
     addr: Annotated[str, typer.Argument(help="HOST:PORT of an agent")],
@@ -255,6 +278,94 @@ def demo(
     from hexamesh.demo import run_demo
 
     raise typer.Exit(code=run_demo(console, agents=agents, duration=duration, workdir=workdir))
+
+
+Join = Annotated[
+    list[str] | None, typer.Option(help="Seed HOST:PORT (repeatable)", show_default=False)
+]
+SwarmKey = Annotated[Path | None, typer.Option(help="Swarm key file")]
+Token = Annotated[str | None, typer.Option(help="Join token instead of a key file and seed")]
+
+
+async def _with_dht(
+    ring: KeyRing, seeds: list[str], action: Callable[[Dht], Awaitable[T]]
+) -> tuple[T | None, str | None]:
+    """Join through ``seeds``, run ``action``; (result, None) or (None, error)."""
+    addrs = [parse_addr(s) for s in seeds]
+    async with open_dht_node(ring) as dht:
+        # Errors are returned, not raised, so they do not leave the nursery as a group.
+        try:
+            if not await dht.bootstrap(addrs):
+                return None, f"no DHT node answered at {', '.join(seeds)}"
+            return await action(dht), None
+        except DhtError as e:
+            return None, str(e)
+
+
+def _dht_args(
+    join: list[str] | None, data_dir: Path | None, swarm_key: Path | None, token: str | None
+) -> tuple[KeyRing, list[str]]:
+    ring, token_seeds = _keyring(data_dir, swarm_key, token)
+    seeds = [*(join or []), *token_seeds]
+    if not seeds:
+        raise _fail("give a seed with --join HOST:PORT (or --token)")
+    try:
+        for seed in seeds:
+            parse_addr(seed)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    return ring, seeds
+
+
+@dht_app.command("get")
+def dht_get(
+    key: Annotated[str, typer.Argument(help="e.g. job:42, model:qwen, cell:0,1")],
+    join: Join = None,
+    data_dir: DataDir = None,
+    swarm_key: SwarmKey = None,
+    token: Token = None,
+) -> None:
+    """Look a key up and print its valid records (signature and expiry checked)."""
+    ring, seeds = _dht_args(join, data_dir, swarm_key, token)
+
+    records, error = trio.run(_with_dht, ring, seeds, lambda dht: dht.get(key))
+    if error is not None:
+        raise _fail(error)
+    if not records:
+        raise _fail(f"{key}: not found")
+    for r in records:
+        ttl = r.expires - time.time()
+        value = r.value.decode("utf-8", errors="replace")
+        console.print(
+            f"{r.key}  publisher {r.publisher_id.hex()[:8]}  seq {r.seq}  ttl {ttl:.0f}s  {value}"
+        )
+
+
+@dht_app.command("put")
+def dht_put(
+    key: Annotated[
+        str, typer.Argument(help="e.g. job:42 (prefixes: cell, job, placement, model, vote)")
+    ],
+    value: Annotated[str, typer.Argument(help="UTF-8 text to store")],
+    ttl: Annotated[
+        float, typer.Option(min=1.0, max=86400.0, help="Seconds until it expires")
+    ] = 600.0,
+    join: Join = None,
+    data_dir: DataDir = None,
+    swarm_key: SwarmKey = None,
+    token: Token = None,
+) -> None:
+    """Sign a record with a throwaway key and store it at the k closest nodes."""
+    ring, seeds = _dht_args(join, data_dir, swarm_key, token)
+
+    replicas, error = trio.run(
+        _with_dht, ring, seeds, lambda dht: dht.put(key, value.encode(), ttl)
+    )
+    if error is not None:
+        raise _fail(error)
+    if not replicas:
+        raise _fail(f"{key}: no node accepted the record")
+    console.print(f"stored {key} on {replicas} nodes")
 
 
 def main() -> None:

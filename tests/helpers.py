@@ -131,7 +131,7 @@ def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
         return st.tuples(*(strategy_for(a) for a in args))
     if isinstance(tp, type) and issubclass(tp, Struct):
         hints = typing.get_type_hints(tp, include_extras=True)
-        return st.builds(tp, **{f.name: strategy_for(hints[f.name]) for f in fields(tp)})
+        return st.builds(tp, **{f.name: strategy_for(hints[f.name]) for f in fields(tp) if f.init})
     raise TypeError(f"no strategy for {tp!r}")
 
 

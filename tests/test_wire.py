@@ -64,7 +64,7 @@ def test_every_message_type_round_trips_through_frame_and_seal(e: Envelope) -> N
 
 def test_every_registered_type_is_covered_by_the_round_trip() -> None:
     names = {cls.__name__ for cls in wire.message_types().values()}
-    assert {"Ping", "Pong", "StreamHello", "Blob", "Kitchen"} <= names
+    assert {"Ping", "Pong", "StreamHello", "Blob", "Kitchen", "FindNode", "Value", "Store"} <= names
 
 
 def test_enum_and_nested_structs_decode_to_their_types() -> None:
@@ -252,7 +252,7 @@ def test_fuzz_decoder_only_raises_wire_error(case: object, sealed: bool) -> None
         lambda children: st.lists(children, max_size=5),
         max_leaves=30,
     ),
-    st.sampled_from([0x0001, 0x0002, 0x0003, 0xFF01, 0xFF02]),
+    st.sampled_from([0x0001, 0x0002, 0x0003, 0x0104, 0x0106, 0x0107, 0xFF01, 0xFF02]),
 )
 def test_fuzz_structured_payloads_only_raise_wire_error(payload: object, type_id: int) -> None:
     with contextlib.suppress(WireError):

@@ -226,7 +226,11 @@ class CoreDriver:
             self._flush()
             deadline = self.core.next_timer()
             self._wakeup = trio.Event()
-            with trio.move_on_at(math.inf if deadline is None else deadline):
+            # The core's clock may differ from trio's (the DHT runs on Unix time).
+            wake_at = (
+                math.inf if deadline is None else trio.current_time() + deadline - self._clock()
+            )
+            with trio.move_on_at(wake_at):
                 await self._wakeup.wait()
             now = self._clock()
             if deadline is not None and now >= deadline:

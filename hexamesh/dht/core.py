@@ -1,0 +1,656 @@
+"""The Kademlia DHT as a sans-IO core: RPCs, lookups, records, republishing.
+
+Theory of operation
+-------------------
+``DhtCore`` has the shape of every core here (``receive``, ``handle_timer``,
+``next_timer``, ``outbox``). It never waits: an operation (``lookup``,
+``get``, ``put``, ``publish``, ``bootstrap``) starts at once and reports its
+result through a callback when it finishes, from inside a later ``receive`` or
+``handle_timer``. The trio service (``dht/service.py``) turns callbacks into
+``await``; the simulator calls the methods directly.
+
+*RPCs.* Every request gets a random 64-bit id; the reply must carry that id
+and come from the node id we asked (a reply from anyone else is ignored). At
+most ``max_inflight`` requests wait for replies at once; more queue up to
+``max_queued`` and beyond that fail at once, so a burst cannot flood the
+socket. A request unanswered after ``rpc_timeout`` fails; ``max_failures``
+failures in a row drop the contact from the routing table (its freshest
+replacement takes the slot).
+
+*Table upkeep.* Any message from a node proves it alive (§2.2) and offers it
+to the routing table. When its bucket is full, the table names the bucket's
+least-recently-seen contact; we ping it, and drop it only if it stays silent.
+A bucket not touched by a lookup for ``refresh_interval`` gets a lookup of a
+random id in its range (§2.3).
+
+*Records.* ``put`` finds the k closest nodes to the key and STOREs there (and
+here, if we are one of them). ``get`` walks towards the key with FIND_VALUE:
+for a single-owner key it stops at the first valid record and then caches it
+at the closest node that answered without it (§2.3); for a set key
+(``model:``, ``vote:``) it merges the entries of all k closest. Every record
+is checked (signature, key, expiry) before we believe it. ``publish`` signs
+with our key and republishes our own records when half their TTL is left.
+
+Time is whatever the caller passes as ``now``; record expiries are absolute
+seconds on that clock, so agents pass Unix time and simulations their own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import logging
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from hexamesh.dht.contact import ID_BITS, Contact, key_id
+from hexamesh.dht.lookup import Lookup, LookupStats
+from hexamesh.dht.messages import (
+    DhtPing,
+    DhtPong,
+    FindNode,
+    FindValue,
+    Nodes,
+    Store,
+    StoreResult,
+    Value,
+)
+from hexamesh.dht.records import (
+    MAX_KEY,
+    MAX_VALUE,
+    KeyKind,
+    Record,
+    RecordStore,
+    StoreConfig,
+    StoreRefused,
+    key_kind,
+    sign_record,
+)
+from hexamesh.dht.routing import RoutingTable
+from hexamesh.identity import Identity
+from hexamesh.net.base import Addr
+from hexamesh.wire import Envelope, Message
+
+__all__ = ["DhtConfig", "DhtCore", "DhtStats"]
+
+log = logging.getLogger(__name__)
+
+NodesCallback = Callable[[list[Contact], LookupStats], None]
+RecordsCallback = Callable[[list[Record], LookupStats], None]
+StoredCallback = Callable[[int, LookupStats], None]
+ReplyCallback = Callable[[Message, Contact, float], None]
+FailCallback = Callable[[float], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DhtConfig:
+    k: int = 20  # bucket size and replication factor (Kademlia §2.2)
+    alpha: int = 3  # queries in flight per lookup (§2.3)
+    rpc_timeout: float = 1.0  # s; well above WAN RTT, short enough to route around the dead
+    max_failures: int = 2  # timeouts in a row before a contact leaves the table
+    max_inflight: int = 64  # requests awaiting replies at once (a burst of 2,000 dropped packets)
+    max_queued: int = 1024  # requests waiting for a slot; more fail at once
+    max_operations: int = 128  # lookups/gets/puts running at once; more are refused
+    refresh_interval: float = 3600.0  # s; idle buckets get a random lookup (§2.3)
+    join_refreshes: int = 8  # buckets beyond our closest neighbour refreshed when joining
+    refresh_budget: int = 6  # queries per join refresh: enough to meet a bucket's nodes
+    sparse_retry: float = 5.0  # s; with fewer than k contacts, look ourselves up again, doubling
+    republish_fraction: float = 0.5  # republish own records when this share of TTL is left
+    expire_interval: float = 60.0  # s between sweeps of expired records
+    store: StoreConfig = dataclasses.field(default_factory=StoreConfig)  # limits of what we hold
+
+
+@dataclass
+class DhtStats:
+    rpcs_sent: int = 0
+    rpcs_failed: int = 0  # timeouts and queue overflow
+    rpcs_refused: int = 0  # refused at once: queue full
+    replies_ignored: int = 0  # unknown id or wrong sender (late, duplicate, spoofed)
+    requests_handled: int = 0
+    stores_accepted: int = 0
+    stores_refused: int = 0
+    records_rejected: int = 0  # invalid records in FIND_VALUE replies
+    contacts_dropped: int = 0
+
+
+@dataclass(slots=True)
+class _Rpc:
+    msg_id: int
+    addr: Addr
+    expect: bytes | None  # node id the reply must come from (None: bootstrap by address)
+    message: Message
+    on_reply: ReplyCallback
+    on_fail: FailCallback
+    deadline: float = 0.0
+
+
+class _Operation:
+    """One running lookup with what to do with its outcome."""
+
+    def __init__(self, lookup: Lookup, started: float, *, key: str | None = None) -> None:
+        self.lookup = lookup
+        self.started = started
+        self.key = key  # set for value lookups
+        self.records: dict[bytes, Record] = {}  # publisher id -> best record seen
+        self.holders: set[bytes] = set()  # nodes that returned a record
+        self.done = False
+
+    def stats(self, now: float) -> LookupStats:
+        return LookupStats(
+            hops=self.lookup.hops(),
+            queries=self.lookup.queries,
+            failures=self.lookup.failures,
+            started=self.started,
+            finished=now,
+        )
+
+
+class DhtCore:
+    def __init__(
+        self,
+        identity: Identity,
+        addr: Addr,
+        config: DhtConfig,
+        rng: random.Random,
+        now: float,
+    ) -> None:
+        self.identity = identity
+        self.me = Contact.of(identity.node_id, addr)
+        self.config = config
+        self._rng = rng
+        self.table = RoutingTable(self.me, config.k, now)
+        self.store = RecordStore(config.store)
+        self.stats = DhtStats()
+        self._outbox: list[tuple[Addr, Envelope]] = []
+        self._inflight: dict[int, _Rpc] = {}
+        self._queue: deque[_Rpc] = deque()
+        self._deadlines: list[tuple[float, int]] = []  # (deadline, msg_id), lazily pruned
+        self._deferred: list[Callable[[], None]] = []  # callbacks to run after the current step
+        self._failures: dict[bytes, int] = {}  # node id -> timeouts in a row
+        self._pinging: set[bytes] = set()  # LRS contacts being checked
+        self._operations = 0
+        self._published: dict[str, tuple[Record, float]] = {}  # key -> (record, ttl)
+        self._republish: list[tuple[float, str]] = []  # (when, key), lazily pruned
+        self._next_refresh = now + config.refresh_interval
+        self._next_expire = now + config.expire_interval
+        self._sparse_backoff = config.sparse_retry
+        self._next_sparse_check: float | None = None  # set once we have joined
+
+    # ------------------------------------------------------------------ RPCs
+
+    def _request(
+        self,
+        addr: Addr,
+        expect: bytes | None,
+        message: Message,
+        on_reply: ReplyCallback,
+        on_fail: FailCallback,
+        now: float,
+    ) -> None:
+        rpc = _Rpc(self._rng.getrandbits(64), addr, expect, message, on_reply, on_fail)
+        if len(self._inflight) < self.config.max_inflight:
+            self._dispatch(rpc, now)
+        elif len(self._queue) < self.config.max_queued:
+            self._queue.append(rpc)
+        else:
+            self.stats.rpcs_refused += 1
+            self._deferred.append(lambda: on_fail(now))
+
+    def _dispatch(self, rpc: _Rpc, now: float) -> None:
+        rpc.deadline = now + self.config.rpc_timeout
+        self._inflight[rpc.msg_id] = rpc
+        heapq.heappush(self._deadlines, (rpc.deadline, rpc.msg_id))
+        self._send(rpc.addr, rpc.msg_id, rpc.message)
+        self.stats.rpcs_sent += 1
+
+    def _send(self, addr: Addr, msg_id: int, message: Message) -> None:
+        env = Envelope(sender=self.me.id, msg_id=msg_id, message=message)
+        self._outbox.append((addr, env))
+
+    def _release_slot(self, now: float) -> None:
+        while self._queue and len(self._inflight) < self.config.max_inflight:
+            self._dispatch(self._queue.popleft(), now)
+
+    def _expire_rpcs(self, now: float) -> None:
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, msg_id = heapq.heappop(self._deadlines)
+            rpc = self._inflight.pop(msg_id, None)
+            if rpc is None:
+                continue  # answered already
+            self.stats.rpcs_failed += 1
+            if rpc.expect is not None:
+                failures = self._failures.get(rpc.expect, 0) + 1
+                self._failures[rpc.expect] = failures
+                if failures >= self.config.max_failures and rpc.expect in self.table:
+                    self.table.remove(rpc.expect)
+                    self._failures.pop(rpc.expect, None)
+                    self.stats.contacts_dropped += 1
+            rpc.on_fail(now)
+        self._release_slot(now)
+
+    # ------------------------------------------------------- the Core interface
+
+    def receive(self, env: Envelope, sender: Addr, now: float) -> None:
+        msg = env.message
+        contact = Contact.of(env.sender, sender)
+        rpc = self._inflight.get(env.msg_id)
+        if rpc is not None and isinstance(msg, (DhtPong, Nodes, Value, StoreResult)):
+            if rpc.expect is not None and rpc.expect != env.sender:
+                self.stats.replies_ignored += 1
+                return
+            del self._inflight[env.msg_id]
+            self._failures.pop(env.sender, None)
+            self._seen(contact, now)
+            rpc.on_reply(msg, contact, now)
+            self._release_slot(now)
+        elif isinstance(msg, (DhtPing, FindNode, FindValue, Store)):
+            self._seen(contact, now)
+            self._answer(env, sender, now)
+        else:
+            self.stats.replies_ignored += 1
+        self._run_deferred()
+
+    def handle_timer(self, now: float) -> None:
+        self._expire_rpcs(now)
+        while self._republish and self._republish[0][0] <= now:
+            _, key = heapq.heappop(self._republish)
+            self._renew(key, now)
+        if now >= self._next_expire:
+            self.store.expire(now)
+            self._next_expire = now + self.config.expire_interval
+        if self._next_sparse_check is not None and now >= self._next_sparse_check:
+            self._check_sparse(now)
+        if now >= self._next_refresh:
+            self._refresh(now, self.table.stale_buckets(now, self.config.refresh_interval))
+            self._next_refresh = now + self.config.refresh_interval / 4
+        self._run_deferred()
+
+    def next_timer(self) -> float | None:
+        times = [self._next_expire, self._next_refresh]
+        if self._next_sparse_check is not None:
+            times.append(self._next_sparse_check)
+        if self._deadlines:
+            times.append(self._deadlines[0][0])
+        if self._republish:
+            times.append(self._republish[0][0])
+        return min(times)
+
+    def outbox(self) -> list[tuple[Addr, Envelope]]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def _run_deferred(self) -> None:
+        while self._deferred:
+            batch, self._deferred = self._deferred, []
+            for fn in batch:
+                fn()
+
+    # ----------------------------------------------------------- answering
+
+    def _answer(self, env: Envelope, sender: Addr, now: float) -> None:
+        msg = env.message
+        self.stats.requests_handled += 1
+        reply: Message
+        if isinstance(msg, DhtPing):
+            reply = DhtPong()
+        elif isinstance(msg, FindNode):
+            reply = Nodes(
+                contacts=tuple(self.table.closest(msg.target, self.config.k, exclude=env.sender))
+            )
+        elif isinstance(msg, FindValue):
+            records = self.store.get(msg.key, now)
+            contacts: tuple[Contact, ...] = ()
+            if not records or key_kind(msg.key) is KeyKind.SET:
+                contacts = tuple(
+                    self.table.closest(key_id(msg.key), self.config.k, exclude=env.sender)
+                )
+            reply = Value(records=tuple(records), contacts=contacts)
+        elif isinstance(msg, Store):
+            try:
+                self.store.put(msg.record, now)
+            except StoreRefused as e:
+                self.stats.stores_refused += 1
+                reply = StoreResult(ok=False, reason=str(e)[:200])
+            else:
+                self.stats.stores_accepted += 1
+                reply = StoreResult(ok=True, reason="")
+        else:  # pragma: no cover - receive() filters
+            return
+        self._send(sender, env.msg_id, reply)
+
+    def _seen(self, contact: Contact, now: float) -> None:
+        """Any message proves a node alive; offer it to the routing table (§2.2)."""
+        stale = self.table.add(contact, now)
+        if stale is None or stale.id in self._pinging:
+            return
+        self._pinging.add(stale.id)
+
+        def alive(msg: Message, c: Contact, t: float) -> None:
+            self._pinging.discard(stale.id)
+
+        def dead(t: float) -> None:
+            self._pinging.discard(stale.id)
+            if stale.id in self.table:
+                self.table.remove(stale.id)
+                self.stats.contacts_dropped += 1
+
+        self._request(stale.addr, stale.id, DhtPing(), alive, dead, now)
+
+    # ------------------------------------------------------------ lookups
+
+    def _start(
+        self, target: bytes, now: float, key: str | None = None, budget: int | None = None
+    ) -> _Operation:
+        if self._operations >= self.config.max_operations:
+            raise RuntimeError(f"{self.config.max_operations} DHT operations running already")
+        seeds = self.table.closest(target, self.config.k)
+        lookup = Lookup(
+            target,
+            k=self.config.k,
+            alpha=self.config.alpha,
+            me=self.me.id,
+            seeds=seeds,
+            max_queries=budget,
+        )
+        self.table.touch_range(int.from_bytes(target, "big"), now)
+        self._operations += 1
+        return _Operation(lookup, now, key=key)
+
+    def _step(
+        self, op: _Operation, now: float, finish: Callable[[_Operation, float], None]
+    ) -> None:
+        """Send the next queries of an operation, or finish it."""
+        if op.done:
+            return
+        lookup = op.lookup
+        if op.key is not None and op.records and key_kind(op.key) is KeyKind.SINGLE:
+            finish(op, now)  # a single-owner value: the first valid record ends it
+            return
+        queries = lookup.next_queries()
+        if not queries and lookup.finished():
+            finish(op, now)
+            return
+        message: Message = (
+            FindValue(key=op.key) if op.key is not None else FindNode(target=lookup.target)
+        )
+        for contact in queries:
+
+            def on_reply(msg: Message, c: Contact, t: float) -> None:
+                if op.done:
+                    return
+                found: tuple[Contact, ...] = ()
+                if isinstance(msg, Nodes):
+                    found = msg.contacts
+                elif isinstance(msg, Value):
+                    found = msg.contacts
+                    self._take_records(op, msg.records, c, t)
+                lookup.on_reply(c.id, found)
+                self._step(op, t, finish)
+
+            def on_fail(t: float, c: Contact = contact) -> None:
+                if op.done:
+                    return
+                lookup.on_failure(c.id)
+                self._step(op, t, finish)
+
+            self._request(contact.addr, contact.id, message, on_reply, on_fail, now)
+
+    def _take_records(
+        self, op: _Operation, records: tuple[Record, ...], holder: Contact, now: float
+    ) -> None:
+        valid = False
+        for record in records:
+            if record.key != op.key or record.expires <= now or not record.verify():
+                self.stats.records_rejected += 1
+                continue
+            valid = True
+            pub = record.publisher_id
+            best = op.records.get(pub)
+            if best is None or (record.seq, record.expires) > (best.seq, best.expires):
+                op.records[pub] = record
+        if valid:
+            op.holders.add(holder.id)
+            if op.lookup.value_hop is None:
+                op.lookup.value_hop = op.lookup.hop_of(holder.id)
+
+    def _end(self, op: _Operation) -> None:
+        op.done = True
+        self._operations -= 1
+
+    def lookup(
+        self, target: bytes, now: float, on_done: NodesCallback, *, budget: int | None = None
+    ) -> None:
+        """Find the k nodes closest to ``target`` (FIND_NODE, iteratively).
+
+        With a ``budget`` it stops after that many queries (a cheap refresh).
+        """
+        op = self._start(target, now, budget=budget)
+
+        def finish(o: _Operation, t: float) -> None:
+            self._end(o)
+            on_done(o.lookup.result(), o.stats(t))
+
+        self._step(op, now, finish)
+        self._run_deferred()
+
+    def get(self, key: str, now: float, on_done: RecordsCallback) -> None:
+        """Find the records under ``key`` (FIND_VALUE, iteratively)."""
+        kind = key_kind(key)
+        if kind is None:
+            raise ValueError(f"unknown key type in {key!r}")
+        op = self._start(key_id(key), now, key=key)
+        local = self.store.get(key, now)
+        if kind is KeyKind.SET:  # our own entries count; the network adds the rest
+            op.records.update((r.publisher_id, r) for r in local)
+
+        def finish(o: _Operation, t: float) -> None:
+            self._end(o)
+            records = sorted(o.records.values(), key=lambda r: r.publisher_id)
+            if kind is KeyKind.SINGLE:
+                if records:
+                    self._cache(o, records[0], t)
+                else:
+                    records = local  # nobody else has it: what we hold is the answer
+            on_done(records, o.stats(t))
+
+        self._step(op, now, finish)
+        self._run_deferred()
+
+    def _cache(self, op: _Operation, record: Record, now: float) -> None:
+        """Store a found value at the closest node that answered without it (§2.3)."""
+        for contact in op.lookup.answered():
+            if contact.id not in op.holders:
+                self._request(
+                    contact.addr, contact.id, Store(record=record), _ignore_reply, _ignore_fail, now
+                )
+                return
+
+    def put(self, record: Record, now: float, on_done: StoredCallback) -> None:
+        """Store ``record`` at the k closest nodes to its key (and here, if we are one)."""
+        target = key_id(record.key)
+        op = self._start(target, now)
+
+        def finish(o: _Operation, t: float) -> None:
+            self._end(o)
+            closest = o.lookup.result()
+            stats = o.stats(t)
+            pending = len(closest)
+            stored = 0
+            me_close = len(closest) < self.config.k or (
+                self.me.long_id ^ int.from_bytes(target, "big")
+                < closest[-1].long_id ^ int.from_bytes(target, "big")
+            )
+            if me_close:
+                try:
+                    self.store.put(record, t)  # False (a duplicate) still means "held here"
+                    stored = 1
+                except StoreRefused as e:
+                    log.debug("%s: own store of %s refused: %s", self.identity.short, record.key, e)
+            if not closest:
+                on_done(stored, stats)
+                return
+            counts = {"pending": pending, "stored": stored}
+
+            def one_done(ok: bool) -> None:
+                counts["pending"] -= 1
+                counts["stored"] += int(ok)
+                if counts["pending"] == 0:
+                    on_done(counts["stored"], stats)
+
+            for contact in closest:
+                self._request(
+                    contact.addr,
+                    contact.id,
+                    Store(record=record),
+                    lambda msg, c, t2: one_done(isinstance(msg, StoreResult) and msg.ok),
+                    lambda t2: one_done(False),
+                    t,
+                )
+
+        self._step(op, now, finish)
+        self._run_deferred()
+
+    def publish(
+        self, key: str, value: bytes, ttl: float, now: float, on_done: StoredCallback
+    ) -> Record:
+        """Sign and ``put`` a record of ours; it is republished until ``withdraw``.
+
+        Raises ValueError for a key no node would accept (unknown type, too
+        long) or a value over ``MAX_VALUE`` bytes, before anything is sent.
+        """
+        if key_kind(key) is None:
+            raise ValueError(
+                f"unknown key type in {key!r} (use cell:, job:, placement:, model: or vote:)"
+            )
+        if len(key) > MAX_KEY:
+            raise ValueError(f"key is {len(key)} characters, the limit is {MAX_KEY}")
+        if len(value) > MAX_VALUE:
+            raise ValueError(f"value is {len(value)} bytes, the limit is {MAX_VALUE}")
+        previous = self._published.get(key)
+        seq = previous[0].seq + 1 if previous is not None else 1
+        record = sign_record(self.identity, key, value, seq, now + ttl)
+        self._published[key] = (record, ttl)
+        heapq.heappush(self._republish, (now + ttl * (1 - self.config.republish_fraction), key))
+        self.put(record, now, on_done)
+        return record
+
+    def withdraw(self, key: str) -> None:
+        """Stop republishing ``key``; the record vanishes when it expires."""
+        self._published.pop(key, None)
+
+    def _renew(self, key: str, now: float) -> None:
+        entry = self._published.get(key)
+        if entry is None:
+            return
+        record, ttl = entry
+        due = record.expires - ttl * self.config.republish_fraction
+        if now < due - 1e-9:
+            return  # a newer publish rescheduled it
+        renewed = sign_record(self.identity, key, record.value, record.seq, now + ttl)
+        self._published[key] = (renewed, ttl)
+        heapq.heappush(self._republish, (now + ttl * (1 - self.config.republish_fraction), key))
+        if self._operations < self.config.max_operations:
+            self.put(renewed, now, lambda n, s: None)
+
+    # ------------------------------------------------------ joining, refresh
+
+    def bootstrap(
+        self,
+        seeds: list[Addr],
+        now: float,
+        on_done: NodesCallback,
+        *,
+        known: list[Contact] | None = None,
+    ) -> None:
+        """Join: ping the seeds, look ourselves up, refresh buckets beyond our neighbours.
+
+        ``known`` are contacts saved before a restart; they are pinged with
+        their ids like seeds. Seeds are pinged by address (their id is learnt
+        from the reply).
+        """
+        targets: list[tuple[Addr, bytes | None]] = [(a, None) for a in seeds]
+        targets += [(c.addr, c.id) for c in known or []]
+        pending = {"n": len(targets)}
+
+        def after_pings() -> None:
+            def after_self(contacts: list[Contact], stats: LookupStats) -> None:
+                self._refresh_beyond_neighbour(stats.finished)
+                self._next_sparse_check = stats.finished + self._sparse_backoff
+                on_done(contacts, stats)
+
+            if self._operations >= self.config.max_operations:
+                on_done([], LookupStats(hops=0, queries=0, failures=0, started=now, finished=now))
+                return
+            self.lookup(self.me.id, now, after_self)
+
+        def one(_: object = None, *__: object) -> None:
+            pending["n"] -= 1
+            if pending["n"] == 0:
+                after_pings()
+
+        if not targets:
+            self._deferred.append(after_pings)
+        for addr, node_id in targets:
+            self._request(addr, node_id, DhtPing(), lambda m, c, t: one(), lambda t: one(), now)
+        self._run_deferred()
+
+    def _check_sparse(self, now: float) -> None:
+        """A joiner whose seed had not joined yet may know almost nobody: try again.
+
+        While the table holds fewer than k contacts, repeat the self-lookup
+        with the wait doubling up to ``refresh_interval``; in a swarm of fewer
+        than k nodes that costs a handful of lookups an hour.
+        """
+        if len(self.table) >= self.config.k or not len(self.table):
+            self._next_sparse_check = None  # full enough, or nobody left to ask
+            return
+        self._sparse_backoff = min(self._sparse_backoff * 2, self.config.refresh_interval)
+        self._next_sparse_check = now + self._sparse_backoff
+        if self._operations < self.config.max_operations:
+            self.lookup(self.me.id, now, lambda c, s: None)
+
+    def _refresh_beyond_neighbour(self, now: float) -> None:
+        """Kademlia §2.3: a joiner refreshes the buckets farther than its closest neighbour."""
+        closest = self.table.closest(self.me.id, 1)
+        if not closest:
+            return
+        shared = ID_BITS - (closest[0].long_id ^ self.me.long_id).bit_length()
+        # The bucket whose ids first differ from ours at bit i (0 = the farthest half),
+        # for i < shared; nearest first, as those are the hardest to fill passively.
+        targets = []
+        for i in list(range(shared))[: self.config.join_refreshes]:
+            flip = 1 << (ID_BITS - 1 - i)
+            low = self._rng.getrandbits(ID_BITS - 1 - i)
+            prefix = (self.me.long_id ^ flip) >> (ID_BITS - 1 - i) << (ID_BITS - 1 - i)
+            targets.append(prefix | low)
+        for t in targets:
+            if self._operations < self.config.max_operations:
+                self.lookup(
+                    t.to_bytes(ID_BITS // 8, "big"),
+                    now,
+                    lambda c, s: None,
+                    budget=self.config.refresh_budget,
+                )
+
+    def _refresh(self, now: float, ranges: list[tuple[int, int]]) -> None:
+        for lower, upper in ranges:
+            if self._operations >= self.config.max_operations or not len(self.table):
+                return
+            target = self._rng.randint(lower, upper)
+            self.lookup(target.to_bytes(ID_BITS // 8, "big"), now, lambda c, s: None)
+
+    # ------------------------------------------------------------ queries
+
+    def closest(self, node_id: bytes, n: int) -> list[Contact]:
+        """The n contacts in our table closest to ``node_id`` (no network)."""
+        return self.table.closest(node_id, n)
+
+
+def _ignore_reply(msg: Message, c: Contact, t: float) -> None:
+    pass
+
+
+def _ignore_fail(t: float) -> None:
+    pass

@@ -1,0 +1,72 @@
+"""Three agent processes on 127.0.0.1 form a DHT; store through one, read through another."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hexamesh.demo import AgentProcess, start_agent
+
+pytestmark = pytest.mark.e2e
+
+
+def hexamesh(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hexamesh", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def wait_for(check: object, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_three_agents_store_through_one_and_read_through_another(tmp_path: Path) -> None:
+    procs: list[AgentProcess] = []
+    try:
+        procs.append(start_agent(tmp_path / "a", "--host", "127.0.0.1", "--port", "0"))
+        seed = procs[0].wait_ready()["address"]
+        key = str(tmp_path / "a" / "swarm.key")
+        for name in ("b", "c"):
+            procs.append(
+                start_agent(
+                    tmp_path / name,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--join",
+                    seed,
+                    "--swarm-key",
+                    key,
+                )
+            )
+        addrs = [p.wait_ready()["address"] for p in procs]
+        wait_for(
+            lambda: all((p.status() or {}).get("dht_contacts", 0) >= 2 for p in procs),
+            "agents never met",
+        )
+
+        put = hexamesh(
+            "dht", "put", "job:e2e", "hello from a", "--join", addrs[0], "--swarm-key", key
+        )
+        assert put.returncode == 0, put.stderr
+        assert "stored job:e2e on" in put.stdout
+
+        got = hexamesh("dht", "get", "job:e2e", "--join", addrs[2], "--swarm-key", key)
+        assert got.returncode == 0, got.stderr
+        assert "hello from a" in got.stdout
+
+        missing = hexamesh("dht", "get", "job:nope", "--join", addrs[1], "--swarm-key", key)
+        assert missing.returncode == 2 and "not found" in missing.stderr
+        bad = hexamesh("dht", "put", "nokind", "x", "--join", addrs[1], "--swarm-key", key)
+        assert bad.returncode == 2 and "unknown key type" in bad.stderr
+    finally:
+        for p in procs:
+            p.stop()
+    # Each agent saved its DHT contacts on the way out, for a restart without seeds.
+    assert (tmp_path / "b" / "contacts.json").exists()
