@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import hexamesh.dht.messages  # noqa: F401  (registers the DHT messages)
-import hexamesh.net.driver  # noqa: F401  (registers StreamHello)
-import hexamesh.net.rtt  # noqa: F401  (registers Ping, Pong)
+import hexamesh.dht.messages  # registers the DHT messages
+import hexamesh.net.driver  # registers StreamHello
+import hexamesh.net.rtt  # registers Ping, Pong
 from hexamesh import wire
 from hexamesh.net.rtt import Ping
 from hexamesh.wire import (
