@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 
 import hexamesh.dht.messages  # registers the DHT messages
 import hexamesh.net.driver  # registers StreamHello
-import hexamesh.net.rtt  # registers Ping, Pong
 from hexamesh import wire
 from hexamesh.net.rtt import Ping
 from hexamesh.wire import (
