@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import hexamesh.dht.messages  # registers the DHT messages
-import hexamesh.net.driver  # registers StreamHello
 from hexamesh import wire
+from hexamesh.dht import messages as _dht_messages  # noqa: F401  (registers the DHT messages)
+from hexamesh.net import driver as _driver  # noqa: F401  (registers StreamHello)
 from hexamesh.net.rtt import Ping
 from hexamesh.wire import (
     MAX_DATAGRAM,
