@@ -1,8 +1,9 @@
 """The agent: wires identity, swarm key, transport and cores into one nursery.
 
-This is the foundation-stage agent: it binds the peer port (UDP + TCP), runs
-the RTT probe core over the sealed wire, probes its seeds, and reports who it
-is. The founder of a swarm (no seeds) takes the centre cell 0,0; a joiner's
+The agent binds the peer port (UDP + TCP) and runs its protocol cores behind
+one ``Mux`` over the sealed wire: the RTT probe (it probes its seeds) and the
+Kademlia DHT (it joins through its seeds, or through the contacts it saved
+before a restart). The founder of a swarm (no seeds) takes the centre cell 0,0; a joiner's
 cell is chosen by the honeycomb (see docs/decisions.md until that lands).
 
 While running, the agent keeps ``<data_dir>/agent.json`` up to date (node id,

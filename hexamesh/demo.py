@@ -84,13 +84,13 @@ def start_agent(data_dir: Path, *args: str, env: dict[str, str] | None = None) -
 
 def _table(agents: list[AgentProcess]) -> Table:
     table = Table(title="hexamesh demo swarm")
-    for column in ("agent", "node id", "address", "cell", "rtt to seed", "pid"):
+    for column in ("agent", "node id", "address", "cell", "rtt to seed", "dht contacts", "pid"):
         table.add_column(column)
     for i, agent in enumerate(agents):
         s = agent.status()
         if s is None:
             state = "exited" if agent.proc.poll() is not None else "starting"
-            table.add_row(str(i), state, "", "", "", str(agent.proc.pid))
+            table.add_row(str(i), state, "", "", "", "", str(agent.proc.pid))
             continue
         rtts = [f"{v:.2f} ms" if v is not None else "waiting" for v in s["seeds"].values()]
         table.add_row(
@@ -99,6 +99,7 @@ def _table(agents: list[AgentProcess]) -> Table:
             s["address"],
             s["cell"] or "pending",
             ", ".join(rtts) or "(founder)",
+            str(s.get("dht_contacts", 0)),
             str(s["pid"]),
         )
     return table

@@ -1,0 +1,71 @@
+"""Every simulation and benchmark runs at a small scale and ends with one JSON line."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def last_json(*args: str) -> dict[str, object]:
+    out = subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=120, check=True
+    )
+    result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_netbench_small() -> None:
+    r = last_json(
+        "simulations.netbench",
+        "--nodes",
+        "500",
+        "--messages",
+        "20000",
+        "--iterations",
+        "200",
+        "--json",
+    )
+    for key in (
+        "sim_msgs_per_s",
+        "seal_open_us",
+        "codec_us",
+        "sim_vs_heap_floor",
+        "seal_vs_raw_aead",
+    ):
+        assert isinstance(r[key], (int, float)) and r[key] > 0
+    assert r["messages"] >= 20_000
+
+
+@pytest.mark.parametrize(("kill", "loss"), [("0", "0"), ("0.3", "0.05")])
+def test_dht_simulation_small(kill: str, loss: str) -> None:
+    r = last_json(
+        "simulations.dht",
+        "--nodes",
+        "150",
+        "--lookups",
+        "40",
+        "--oracle",
+        "20",
+        "--kill",
+        kill,
+        "--loss",
+        loss,
+        "--seed",
+        "2",
+        "--json",
+    )
+    for key in (
+        "nodes",
+        "hops_p50",
+        "hops_p99",
+        "lookup_ms_p50",
+        "lookup_ms_p99",
+        "success_rate",
+        "msgs_per_lookup",
+        "wall_s",
+    ):
+        assert key in r
+    assert r["joined"] == 150 and r["finished"] == 40
+    assert r["success_rate"] == 1.0
+    assert r["oracle_match_rate"] == 1.0
