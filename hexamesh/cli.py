@@ -63,6 +63,11 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+def _key_path(data_dir: Path | None, explicit: Path | None) -> Path:
+    """The swarm key file: the one named, or swarm.key in the data dir."""
+    return explicit or (data_dir or default_data_dir()) / SWARM_KEY_FILE_NAME
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),
@@ -85,7 +90,7 @@ def swarm_init(
     ] = None,
 ) -> None:
     """Create a new swarm key (mode 0600). Every member needs a copy."""
-    path = out or (data_dir or default_data_dir()) / SWARM_KEY_FILE_NAME
+    path = _key_path(data_dir, out)
     try:
         create_key_file(path)
     except SwarmKeyError as e:
@@ -102,9 +107,8 @@ def swarm_invite(
     ] = None,
 ) -> None:
     """Print a join token (seed address + swarm key): a secret, share it carefully."""
-    path = key or (data_dir or default_data_dir()) / SWARM_KEY_FILE_NAME
     try:
-        ring = load_key_file(path)
+        ring = load_key_file(_key_path(data_dir, key))
         host, port = parse_addr(addr)
     except (SwarmKeyError, ValueError) as e:
         raise _fail(str(e)) from None
@@ -236,9 +240,7 @@ def _keyring(
         if token:
             t = JoinToken.decode(token)
             return KeyRing(t.key), [format_addr((t.host, t.port))]
-        return load_key_file(
-            swarm_key or (data_dir or default_data_dir()) / SWARM_KEY_FILE_NAME
-        ), []
+        return load_key_file(_key_path(data_dir, swarm_key)), []
     except SwarmKeyError as e:
         raise _fail(str(e)) from None
 
@@ -253,15 +255,10 @@ def ping(
     token: Annotated[str | None, typer.Option(help="Join token instead of a key file")] = None,
 ) -> None:
     """Measure round-trip time to an agent over the sealed wire (needs the swarm key)."""
+    ring, _ = _keyring(data_dir, swarm_key, token)
     try:
-        if token:
-            ring = KeyRing(JoinToken.decode(token).key)
-        else:
-            ring = load_key_file(
-                swarm_key or (data_dir or default_data_dir()) / SWARM_KEY_FILE_NAME
-            )
         target = parse_addr(addr)
-    except (SwarmKeyError, ValueError) as e:
+    except ValueError as e:
         raise _fail(str(e)) from None
     results = trio.run(_ping, target, ring, count, interval)
     if all(r is None for r in results):

@@ -87,6 +87,7 @@ __all__ = [
     "WireError",
     "decode_frame",
     "encode_frame",
+    "field_limits",
     "message",
     "message_types",
     "struct",
@@ -174,9 +175,8 @@ def _check_len(n: int, exact: int | None, maximum: int) -> None:
         raise _Bad(f"length {n} over the limit {maximum}")
 
 
-def _compile(tp: Any, depth: int) -> tuple[Encoder, Decoder]:
-    if depth > MAX_DEPTH:
-        raise TypeError(f"wire schema nests deeper than MAX_DEPTH={MAX_DEPTH}")
+def field_limits(tp: Any) -> tuple[Any, int | None, int | None]:
+    """Split ``Annotated[T, Len(n) | MaxLen(n)]`` into (T, exact length, max length)."""
     exact: int | None = None
     limit: int | None = None
     if typing.get_origin(tp) is typing.Annotated:
@@ -186,6 +186,13 @@ def _compile(tp: Any, depth: int) -> tuple[Encoder, Decoder]:
                 exact = extra.n
             elif isinstance(extra, MaxLen):
                 limit = extra.n
+    return tp, exact, limit
+
+
+def _compile(tp: Any, depth: int) -> tuple[Encoder, Decoder]:
+    if depth > MAX_DEPTH:
+        raise TypeError(f"wire schema nests deeper than MAX_DEPTH={MAX_DEPTH}")
+    tp, exact, limit = field_limits(tp)
     origin = typing.get_origin(tp)
 
     if tp is bool:

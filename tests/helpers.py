@@ -21,6 +21,7 @@ from hexamesh.wire import (
     MaxLen,
     Message,
     Struct,
+    field_limits,
     message,
     message_types,
     struct,
@@ -93,15 +94,7 @@ class RecordingCore:
 
 def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
     """Values that fit a wire field type (small, to keep examples fast)."""
-    exact: int | None = None
-    limit: int | None = None
-    if typing.get_origin(tp) is typing.Annotated:
-        tp, *extras = typing.get_args(tp)
-        for extra in extras:
-            if isinstance(extra, Len):
-                exact = extra.n
-            elif isinstance(extra, MaxLen):
-                limit = extra.n
+    tp, exact, limit = field_limits(tp)
 
     def size(cap: int, small: int) -> dict[str, int]:
         if exact is not None:

@@ -11,6 +11,7 @@ from hexamesh.identity import NODE_ID_BYTES
 from hexamesh.wire import Len, MaxLen, Message, message
 
 __all__ = [
+    "DHT_MESSAGES",
     "MAX_CONTACTS",
     "MAX_RECORDS",
     "DhtPing",
@@ -75,3 +76,15 @@ class Store(Message):
 class StoreResult(Message):
     ok: bool
     reason: Annotated[str, MaxLen(200)]
+
+
+DHT_MESSAGES: tuple[type[Message], ...] = (
+    DhtPing,
+    DhtPong,
+    FindNode,
+    Nodes,
+    FindValue,
+    Value,
+    Store,
+    StoreResult,
+)

@@ -23,37 +23,18 @@ import trio
 from hexamesh.dht.contact import Contact
 from hexamesh.dht.core import DhtConfig, DhtCore
 from hexamesh.dht.lookup import LookupStats
-from hexamesh.dht.messages import (
-    DhtPing,
-    DhtPong,
-    FindNode,
-    FindValue,
-    Nodes,
-    Store,
-    StoreResult,
-    Value,
-)
+from hexamesh.dht.messages import DHT_MESSAGES
 from hexamesh.dht.records import Record
 from hexamesh.identity import Identity
 from hexamesh.net.base import Addr
 from hexamesh.net.driver import CoreDriver
 from hexamesh.net.udp import open_udp_transport
-from hexamesh.wire import Codec, KeyRing, Message
+from hexamesh.wire import Codec, KeyRing
 
 __all__ = ["DHT_MESSAGES", "Dht", "DhtError", "load_contacts", "open_dht_node", "save_contacts"]
 
 log = logging.getLogger(__name__)
 
-DHT_MESSAGES: tuple[type[Message], ...] = (
-    DhtPing,
-    DhtPong,
-    FindNode,
-    Nodes,
-    FindValue,
-    Value,
-    Store,
-    StoreResult,
-)
 OPERATION_TIMEOUT = 30.0  # s; a lookup through dead nodes takes a few RPC timeouts at most
 MAX_SAVED_CONTACTS = 200  # contacts written to the contacts file
 
