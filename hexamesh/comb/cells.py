@@ -1,0 +1,94 @@
+"""Choosing a cell, settling duplicate claims, and choosing links (pure functions).
+
+Theory of operation
+-------------------
+*Choosing a cell.* The first node takes the centre ``0,0``. A joiner knows
+which cells are taken (from the DHT and gossip) and its RTT to some owners.
+A compact comb of ``n`` cells is ``spiral(0,0)[:n]``; a free cell inside that
+spiral is a *hole* (a dead node's cell, or one nobody took). Holes are filled
+first, nearest the centre first, so the comb stays compact. With no hole the
+joiner takes a free cell next to the owner it measured the lowest RTT to, the
+one nearest the centre among those, so hex distance tracks network distance.
+
+*Duplicate claims.* If two live nodes end up claiming one cell, the older
+claim keeps it (tie: the lower node id) and the other chooses again. Both sides
+apply the same rule to the same facts, so they agree without talking.
+
+*Links.* A node links to the owners of its six adjacent cells. Where an
+adjacent cell is empty (the edge, or a hole), it links to the nearest live
+cell in that direction's 60-degree sector (``hexgrid.nearest_in_direction``),
+so paths survive holes. One node may fill several directions; a node never
+has more than six comb links.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from hexamesh.hexgrid import ORIGIN, Hex, distance, nearest_in_direction, neighbours, spiral_index
+
+__all__ = ["Claim", "choose_cell", "comb_links", "settle"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Claim:
+    cell: Hex
+    owner: bytes  # node id
+    since: float  # when the claim was first made (its record's first publication)
+
+
+def settle(a: Claim, b: Claim) -> Claim:
+    """The claim that keeps a contested cell: the older one, ties to the lower node id."""
+    if a.cell != b.cell:
+        raise ValueError("only claims on one cell conflict")
+    return min(a, b, key=lambda c: (c.since, c.owner))
+
+
+def choose_cell(owners: Mapping[Hex, bytes], rtt: Mapping[bytes, float]) -> Hex:
+    """The cell a joiner should claim (see the module docstring)."""
+    if not owners:
+        return ORIGIN
+    n = len(owners)
+    free = {c for cell in owners for c in neighbours(cell) if c not in owners}
+    holes = [c for c in free if spiral_index(c) < n]
+    if holes:
+        return min(holes, key=spiral_index)
+    by_rtt = sorted(
+        owners.items(), key=lambda item: (rtt.get(item[1], math.inf), spiral_index(item[0]))
+    )
+    for cell, _ in by_rtt:
+        options = [c for c in neighbours(cell) if c not in owners]
+        if options:
+            return min(options, key=spiral_index)
+    raise AssertionError("a finite comb always has a free neighbour")  # pragma: no cover
+
+
+def comb_links(me: Hex, owners: Mapping[Hex, bytes], max_distance: int) -> dict[int, bytes]:
+    """Direction -> linked node id; at most six entries, never ourselves.
+
+    ``max_distance`` bounds how far a node looks past holes (a few rings is
+    plenty in a compact comb; it keeps the cost O(max_distance^2)).
+    """
+    mine = owners.get(me)
+    links: dict[int, bytes] = {}
+    for direction in range(6):
+        cell = nearest_in_direction(me, direction, owners.__contains__, max_distance)
+        if cell is not None and owners[cell] != mine:
+            links[direction] = owners[cell]
+    return links
+
+
+def link_graph(owners: Mapping[Hex, bytes], max_distance: int) -> dict[bytes, set[bytes]]:
+    """Undirected comb graph: u-v if either links the other (for checks and simulations)."""
+    graph: dict[bytes, set[bytes]] = {node: set() for node in owners.values()}
+    for cell, node in owners.items():
+        for other in comb_links(cell, owners, max_distance).values():
+            graph[node].add(other)
+            graph[other].add(node)
+    return graph
+
+
+def distance_to_centre(cell: Hex) -> int:
+    return distance(cell, ORIGIN)

@@ -1,0 +1,87 @@
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hexamesh.comb.cells import Claim, choose_cell, comb_links, link_graph, settle
+from hexamesh.hexgrid import ORIGIN, Hex, distance, neighbours, spiral
+
+
+def nid(i: int) -> bytes:
+    return i.to_bytes(20, "big")
+
+
+def grow(n: int, rng: random.Random) -> dict[Hex, bytes]:
+    owners: dict[Hex, bytes] = {}
+    for i in range(n):
+        rtt = {node: rng.random() for node in owners.values()}
+        cell = choose_cell(owners, rtt)
+        assert cell not in owners
+        assert not owners or any(c in owners for c in neighbours(cell))  # always adjacent
+        owners[cell] = nid(i)
+    return owners
+
+
+def connected(graph: dict[bytes, set[bytes]]) -> bool:
+    if not graph:
+        return True
+    start = next(iter(graph))
+    seen, todo = {start}, [start]
+    while todo:
+        for nxt in graph[todo.pop()]:
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return len(seen) == len(graph)
+
+
+def test_first_node_takes_the_centre_and_without_rtts_the_comb_is_the_spiral() -> None:
+    assert choose_cell({}, {}) == ORIGIN
+    owners: dict[Hex, bytes] = {}
+    for i in range(37):
+        owners[choose_cell(owners, {})] = nid(i)
+    assert set(owners) == set(spiral(ORIGIN, 3))
+
+
+def test_holes_are_filled_nearest_the_centre_first() -> None:
+    owners = {c: nid(i) for i, c in enumerate(spiral(ORIGIN, 2))}
+    del owners[Hex(1, 0)], owners[Hex(2, -1)]  # two dead nodes' cells
+    assert choose_cell(owners, {}) == Hex(1, 0)
+
+
+def test_without_holes_the_joiner_sits_next_to_its_closest_peer() -> None:
+    owners = {c: nid(i) for i, c in enumerate(spiral(ORIGIN, 1))}
+    far_east = owners[Hex(1, 0)]
+    cell = choose_cell(owners, {far_east: 0.001})
+    assert Hex(1, 0) in neighbours(cell) and distance(cell, ORIGIN) == 2
+
+
+def test_duplicate_claims_settle_the_same_way_on_both_sides() -> None:
+    a = Claim(cell=Hex(1, 0), owner=nid(9), since=10.0)
+    b = Claim(cell=Hex(1, 0), owner=nid(3), since=12.0)
+    c = Claim(cell=Hex(1, 0), owner=nid(1), since=10.0)
+    assert settle(a, b) == settle(b, a) == a  # older wins
+    assert settle(a, c) == settle(c, a) == c  # tie: lower node id
+
+
+@settings(max_examples=40)
+@given(st.integers(1, 100), st.integers(0, 10_000), st.floats(0.0, 0.5))
+def test_after_random_joins_and_kills_the_live_comb_stays_connected(
+    n: int, seed: int, kill: float
+) -> None:
+    rng = random.Random(seed)
+    owners = grow(n, rng)
+    victims = rng.sample(sorted(owners), int(kill * n))
+    live = {c: o for c, o in owners.items() if c not in victims}
+    radius = max((distance(c, ORIGIN) for c in owners), default=0)
+    for cell in live:
+        links = comb_links(cell, live, max_distance=2 * radius + 1)
+        assert len(links) <= 6
+        assert live[cell] not in links.values()
+    assert connected(link_graph(live, max_distance=2 * radius + 1))
+
+
+def test_a_full_ring_links_to_its_six_neighbours() -> None:
+    owners = {c: nid(i) for i, c in enumerate(spiral(ORIGIN, 1))}
+    links = comb_links(ORIGIN, owners, max_distance=3)
+    assert sorted(links.values()) == sorted(owners[c] for c in neighbours(ORIGIN))
