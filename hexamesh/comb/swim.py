@@ -124,6 +124,8 @@ class SwimConfig:
     indirect_checks: int = 3  # links asked to probe on our behalf
     suspicion_mult: float = 4.0  # minimum suspicion = mult * log10(N) * interval (memberlist LAN)
     suspicion_max_mult: float = 6.0  # suspicion starts at max_mult times the minimum (Lifeguard)
+    suspicion_confirmations: int = 2  # independent accusers that bring it down to the minimum
+    # (memberlist uses SuspicionMult - 2; in a honeycomb two other neighbours share each link)
     retransmit_mult: int = 4  # each update sent mult * ceil(log10(N + 1)) times
     gossip_interval: float = 0.2  # s between pushes of news (only while there is news)
     gossip_nodes: int = 3  # links each push goes to
@@ -200,6 +202,10 @@ class Swim:
         """The nodes to watch: known members only, never ourselves."""
         self.links = [n for n in dict.fromkeys(links) if n != self.me and n in self.members]
         self._order = [n for n in self._order if n in self.links]
+
+    def heard(self, node: bytes, now: float) -> None:
+        """Another core got a message from ``node``: proof of life, no probe needed."""
+        self._last_heard[node] = now
 
     def state_of(self, node: bytes) -> MemberState | None:
         member = self.members.get(node)
@@ -366,8 +372,8 @@ class Swim:
         member = self.members.get(u.node)
         addr = (u.host, u.port)
         if member is None:
-            if u.state is MemberState.DEAD:
-                return  # news of the death of a stranger: nothing to forget
+            # A stranger (alive, suspect, or dead: a tombstone, so that a rejoin
+            # with an old incarnation is not believed, and the news keeps spreading).
             member = _Member(u.node, addr, u.incarnation, u.state, now)
             self.members[u.node] = member
             if u.state is MemberState.SUSPECT:
@@ -428,7 +434,7 @@ class Swim:
     def _suspicion_bounds(self) -> tuple[float, float, int]:
         cfg = self.config
         minimum = suspicion_timeout(cfg.suspicion_mult, len(self.members) + 1, cfg.probe_interval)
-        expected = max(0, int(cfg.suspicion_mult) - 2)  # memberlist: k = SuspicionMult - 2
+        expected = cfg.suspicion_confirmations
         return minimum, cfg.suspicion_max_mult * minimum, expected
 
     def _suspicion_total(self, member: _Member) -> float:

@@ -69,3 +69,38 @@ def test_dht_simulation_small(kill: str, loss: str) -> None:
     assert r["joined"] == 150 and r["finished"] == 40
     assert r["success_rate"] == 1.0
     assert r["oracle_match_rate"] == 1.0
+
+
+def test_comb_simulation_small() -> None:
+    r = last_json(
+        "simulations.comb",
+        "--nodes",
+        "60",
+        "--kill",
+        "0.2",
+        "--loss",
+        "0.05",
+        "--minutes",
+        "0.5",
+        "--seed",
+        "3",
+        "--json",
+    )
+    for key in (
+        "detect_first_s_p50",
+        "detect_first_s_p99",
+        "detect_all_s_p99",
+        "false_positives",
+        "msgs_per_node_s",
+        "bytes_per_node_s",
+        "view_staleness_s_p99",
+        "links_mean",
+        "links_max",
+        "holes",
+        "connected",
+        "wall_s",
+    ):
+        assert key in r
+    assert r["undetected"] == 0 and r["false_positives"] == 0
+    assert r["connected"] is True and r["links_max"] <= 6
+    assert r["msgs_per_node_s"] <= 10  # type: ignore[operator]

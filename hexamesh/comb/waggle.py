@@ -1,0 +1,187 @@
+"""Waggle gossip: each node's *dance* (its state) spread over its links (sans-IO).
+
+Theory of operation
+-------------------
+A :class:`Dance` is what a node tells its neighbourhood about itself: cell,
+address, incarnation, status, models, load, queue, KV-cache use, tokens/s,
+GPU memory, uptime and a version counter that grows with every change.
+
+A node pushes its dance to its links at least every ``heartbeat``, and sooner
+(but not more often than every ``min_interval``) when it changed noticeably:
+status or models changed, or load/KV use moved by more than ``load_delta``.
+Each push also carries the dances it heard *fresh* since its last push, each
+with a hop budget that drops by one per relay (``hops``, default 2 rings), so
+every node holds a recent view of its neighbourhood at a constant cost per
+node whatever the swarm size. A dance older (lower version) than the one held
+is ignored; a view entry not refreshed for ``expiry`` is dropped.
+
+Any push from a link is also proof of life for the failure detector: in
+steady state neighbours hear each other every heartbeat and need no probes.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Annotated
+
+from hexamesh.identity import NODE_ID_BYTES
+from hexamesh.net.base import Addr
+from hexamesh.wire import (
+    MAX_DATAGRAM,
+    SEAL_OVERHEAD,
+    Envelope,
+    Len,
+    MaxLen,
+    Message,
+    Struct,
+    message,
+    struct,
+)
+
+__all__ = ["Dance", "HopDance", "Waggle", "WaggleConfig", "WaggleMsg"]
+
+
+@struct
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Dance(Struct):
+    node: Annotated[bytes, Len(NODE_ID_BYTES)]
+    host: Annotated[str, MaxLen(64)]
+    port: int
+    q: int  # cell, axial
+    r: int
+    incarnation: int
+    status: Annotated[str, MaxLen(16)]  # "up", "draining", ...
+    models: Annotated[tuple[Annotated[str, MaxLen(64)], ...], MaxLen(8)]
+    load: float  # 0..1 (EngineLoad)
+    queue: int  # requests waiting
+    kv: float  # KV-cache use, 0..1
+    tok_s: float  # generation throughput
+    gpu_used: int  # bytes
+    gpu_total: int  # bytes
+    uptime: float  # s
+    version: int  # grows with every change
+
+
+@struct
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HopDance(Struct):
+    dance: Dance
+    hops: int  # relays still allowed
+
+
+@message(0x0205)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WaggleMsg(Message):
+    dances: Annotated[tuple[HopDance, ...], MaxLen(16)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class WaggleConfig:
+    heartbeat: float = 1.0  # s; longest silence towards a link (doubles as proof of life)
+    min_interval: float = 0.2  # s; fastest re-dance on a noticeable change
+    load_delta: float = 0.1  # a load or KV move this large is "noticeable"
+    hops: int = 2  # rings a dance travels (own links + their links)
+    expiry: float = 60.0  # s; a view entry not refreshed this long is dropped
+    relay_every: int = 10  # heartbeats between re-relays of unchanged dances (keeps ring 2 alive)
+    max_view: int = 512  # entries kept; a neighbourhood of 2 rings is ~20
+
+
+@dataclass(slots=True)
+class _Seen:
+    dance: Dance
+    at: float
+    hops: int
+    relayed: bool = False
+
+
+_DANCE_BYTES = 160  # on the wire with two short model names; used to fill a datagram
+
+
+class Waggle:
+    def __init__(self, dance: Dance, config: WaggleConfig, rng: random.Random, now: float) -> None:
+        self.config = config
+        self._rng = rng
+        self.dance = dance
+        self.links: dict[bytes, Addr] = {}
+        self.view: dict[bytes, _Seen] = {}
+        self._outbox: list[tuple[Addr, Envelope]] = []
+        self._next_push = now + rng.uniform(0, config.heartbeat)  # spread the swarm's pushes
+        self._last_push = -1e9
+        self._pushes = 0
+
+    def set_links(self, links: dict[bytes, Addr]) -> None:
+        self.links = {n: a for n, a in links.items() if n != self.dance.node}
+
+    def update(self, now: float, **changes: object) -> None:
+        """Change our dance; dances sooner when the change is noticeable."""
+        old = self.dance
+        fields = {f: getattr(old, f) for f in old.__dataclass_fields__ if f != "version"}
+        fields.update(changes)
+        new = Dance(version=old.version + 1, **fields)
+        self.dance = new
+        cfg = self.config
+        noticeable = (
+            new.status != old.status
+            or new.models != old.models
+            or abs(new.load - old.load) > cfg.load_delta
+            or abs(new.kv - old.kv) > cfg.load_delta
+        )
+        if noticeable:
+            self._next_push = min(self._next_push, max(now, self._last_push + cfg.min_interval))
+
+    def receive(self, msg: WaggleMsg, now: float) -> list[Dance]:
+        """Take a push; returns the dances that were news."""
+        news = []
+        for hd in msg.dances:
+            d = hd.dance
+            if d.node == self.dance.node:
+                continue
+            seen = self.view.get(d.node)
+            if seen is not None and seen.dance.version >= d.version:
+                if seen.dance.version == d.version:
+                    seen.at = now  # still current
+                continue
+            self.view[d.node] = _Seen(d, now, hd.hops)
+            news.append(d)
+        if len(self.view) > self.config.max_view:
+            for node, _ in sorted(self.view.items(), key=lambda kv: kv[1].at)[
+                : len(self.view) - self.config.max_view
+            ]:
+                del self.view[node]
+        return news
+
+    def handle_timer(self, now: float) -> None:
+        for node, seen in list(self.view.items()):
+            if now - seen.at > self.config.expiry:
+                del self.view[node]
+        if now >= self._next_push:
+            self._push(now)
+
+    def next_timer(self) -> float:
+        return self._next_push
+
+    def outbox(self) -> list[tuple[Addr, Envelope]]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def _push(self, now: float) -> None:
+        self._last_push = now
+        self._next_push = now + self.config.heartbeat
+        self._pushes += 1
+        if not self.links:
+            return
+        if self._pushes % self.config.relay_every == 0:
+            for seen in self.view.values():
+                seen.relayed = False  # now and then, unchanged dances travel again
+        room = (MAX_DATAGRAM - SEAL_OVERHEAD - 60) // _DANCE_BYTES - 1
+        relays = [s for s in self.view.values() if not s.relayed and s.hops > 1]
+        relays.sort(key=lambda s: -s.at)
+        carried = [HopDance(dance=self.dance, hops=self.config.hops)]
+        for seen in relays[:room]:
+            seen.relayed = True
+            carried.append(HopDance(dance=seen.dance, hops=seen.hops - 1))
+        msg = WaggleMsg(dances=tuple(carried))
+        for addr in self.links.values():
+            env = Envelope(sender=self.dance.node, msg_id=self._rng.getrandbits(64), message=msg)
+            self._outbox.append((addr, env))

@@ -1,0 +1,280 @@
+"""Honeycomb simulation: join, settle, kill a fraction at once, watch the comb heal.
+
+    python -m simulations.comb --nodes 1000 --kill 0.3 --loss 0.05 --minutes 10 --seed 1 --json
+
+Runs the real ``Comb`` cores (SWIM + waggle over comb links and shortcuts) on
+the discrete-event simulator. What the simulation does *for* the nodes, until
+the cell claims over the DHT land (issue 5, in progress): it assigns cells with
+``cells.choose_cell`` as each node joins (RTT from the latency model) and hands
+each node the cell map and two random shortcuts (standing in for picks from
+its Kademlia table). When a node learns a link died it recomputes its links
+from the map minus the nodes it knows are dead.
+
+Phases: joins 5 ms apart; settle 30 s; measure the steady-state traffic for
+30 s; kill the fraction at once (no goodbye) and switch on the loss; run the
+remaining minutes. Latency: hosts in a unit square, one-way
+``0.5 ms + 50 ms x distance`` times jitter in [1, 1.2].
+
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from typing import Any
+
+from hexamesh.comb.cells import choose_cell, link_graph
+from hexamesh.comb.core import Comb, CombConfig
+from hexamesh.comb.swim import MemberState
+from hexamesh.comb.waggle import Dance
+from hexamesh.hexgrid import ORIGIN, Hex, distance, spiral
+from hexamesh.net.base import Addr
+from hexamesh.net.sim import GeoLatency, SimHost, SimNetwork
+
+SHORTCUTS = 2  # per node
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """None when empty or when the percentile falls on a never (infinite) value."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    value = ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return None if value == float("inf") else round(value, 2)
+
+
+def addr_of(i: int) -> Addr:
+    return (f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 7420)
+
+
+def connected(graph: dict[bytes, set[bytes]]) -> bool:
+    if not graph:
+        return True
+    start = next(iter(graph))
+    seen, todo = {start}, [start]
+    while todo:
+        for nxt in graph[todo.pop()]:
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return len(seen) == len(graph)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    geo = GeoLatency(base=0.0005, per_unit=0.05, jitter=0.2)
+    net = SimNetwork(seed=args.seed, latency=geo, measure_bytes=True)
+    rng = random.Random(args.seed)
+    config = CombConfig()
+    ids = [i.to_bytes(20, "big") for i in range(1, args.nodes + 1)]
+    addrs = {ids[i]: addr_of(i) for i in range(args.nodes)}
+    index = {ids[i]: i for i in range(args.nodes)}
+    owners: dict[Hex, bytes] = {}
+    cell_of: dict[bytes, Hex] = {}
+    shortcuts: dict[bytes, list[bytes]] = {}
+    positions = [(rng.random(), rng.random()) for _ in range(args.nodes)]
+
+    def comb(i: int) -> Comb:
+        core = net.hosts[addr_of(i)].core
+        assert isinstance(core, Comb)
+        return core
+
+    def refresh(i: int) -> None:
+        net.interact(addr_of(i), lambda c, now: c.set_map(owners, addrs, now, shortcuts[ids[i]]))
+
+    def join(i: int) -> None:
+        node = ids[i]
+        px, py = positions[i]
+        rtt = {
+            o: 2
+            * (
+                0.0005
+                + 0.05
+                * ((px - positions[index[o]][0]) ** 2 + (py - positions[index[o]][1]) ** 2) ** 0.5
+            )
+            for o in owners.values()
+        }
+        cell = choose_cell(owners, rtt)
+        owners[cell] = node
+        cell_of[node] = cell
+        others = [n for n in owners.values() if n != node]
+        shortcuts[node] = rng.sample(others, min(SHORTCUTS, len(others)))
+        dance = Dance(
+            node=node,
+            host=addrs[node][0],
+            port=7420,
+            q=cell.q,
+            r=cell.r,
+            incarnation=0,
+            status="up",
+            models=(),
+            load=0.0,
+            queue=0,
+            kv=0.0,
+            tok_s=0.0,
+            gpu_used=0,
+            gpu_total=0,
+            uptime=0.0,
+            version=1,
+        )
+
+        def factory(host: SimHost) -> Comb:
+            return Comb(dance, config, host.rng, net.now)
+
+        net.add_host(addr_of(i), factory, position=positions[i])
+        refresh(i)
+        for other in owners.values():  # neighbours within reach re-link (the map changed near them)
+            if other != node and distance(cell_of[other], cell) <= config.look_past_holes:
+                refresh(index[other])
+
+    for i in range(args.nodes):
+        net.call_at(i * args.join_spacing, lambda i=i: join(i))
+
+    # Loads change: each node re-dances with a new load every ~5 s; remember when
+    # each version was made, to measure how stale the views are against the truth.
+    made_at: dict[tuple[bytes, int], float] = {}
+
+    def wobble(i: int) -> None:
+        host = net.hosts[addr_of(i)]
+        if host.alive:
+
+            def change(c: Comb, now: float) -> None:
+                load = min(1.0, max(0.0, c.waggle.dance.load + rng.uniform(-0.3, 0.3)))
+                c.waggle.update(now, load=load)
+                made_at[(ids[i], c.waggle.dance.version)] = now
+
+            net.interact(addr_of(i), change)
+            net.call_at(net.now + rng.uniform(4.0, 6.0), lambda: wobble(i))
+
+    for i in range(args.nodes):
+        net.call_at(i * args.join_spacing + rng.uniform(1.0, 6.0), lambda i=i: wobble(i))
+    settle_end = args.nodes * args.join_spacing + 30.0
+    net.run(until=settle_end)
+    for i in range(args.nodes):
+        comb(i).events()
+    sent0 = sum(h.sent_msgs for h in net.hosts.values())
+    bytes0 = sum(h.sent_bytes for h in net.hosts.values())
+    window = 30.0
+    net.run(until=settle_end + window)
+    msgs_per_node_s = (sum(h.sent_msgs for h in net.hosts.values()) - sent0) / args.nodes / window
+    bytes_per_node_s = (
+        (sum(h.sent_bytes for h in net.hosts.values()) - bytes0) / args.nodes / window
+    )
+
+    # Kill at once, switch on loss.
+    t_kill = net.now
+    victims = set(rng.sample(range(args.nodes), int(args.kill * args.nodes)))
+    for v in victims:
+        net.kill(addr_of(v))
+    net.loss = args.loss
+    victim_ids = {ids[v] for v in victims}
+    live = [i for i in range(args.nodes) if i not in victims]
+    first_dead: dict[bytes, float] = {}
+    known_dead: dict[bytes, set[int]] = {v: set() for v in victim_ids}
+    all_dead_at: dict[bytes, float] = {}
+    false_positives: set[bytes] = set()
+    staleness: list[float] = []
+    end = t_kill + args.minutes * 60.0
+    step = 0.5
+    t = t_kill
+    while t < end:
+        t = min(end, t + step)
+        net.run(until=t)
+        for i in live:
+            relink = False
+            for e in comb(i).events():
+                if e.state is not MemberState.DEAD:
+                    continue
+                if e.node in victim_ids:
+                    first_dead.setdefault(e.node, e.at - t_kill)
+                    known_dead[e.node].add(i)
+                    if len(known_dead[e.node]) == len(live):
+                        all_dead_at.setdefault(e.node, e.at - t_kill)
+                    relink = True
+                else:
+                    false_positives.add(e.node)
+            if relink:
+                refresh(i)
+        if int(t / step) % 20 == 0:  # every 10 s: how old is what nodes hold about their 2 rings?
+            for i in rng.sample(live, min(50, len(live))):
+                c = comb(i)
+                for cell in spiral(cell_of[ids[i]], 2)[1:]:
+                    peer = owners.get(cell)
+                    if peer is None or peer in victim_ids:
+                        continue
+                    seen = c.waggle.view.get(peer)
+                    truth = comb(index[peer]).waggle.dance
+                    if seen is None:
+                        staleness.append(float("inf"))
+                    elif seen.dance.version >= truth.version:
+                        staleness.append(0.0)  # current
+                    else:  # stale since the next version after the one held was made
+                        staleness.append(
+                            net.now - made_at.get((peer, seen.dance.version + 1), net.now)
+                        )
+
+    live_owners = {c: n for c, n in owners.items() if n not in victim_ids}
+    links = [len(comb(i).comb_links) for i in live]
+    graph = {ids[i]: set() for i in live}
+    for i in live:
+        for other in comb(i).comb_links.values():
+            if other in graph:
+                graph[ids[i]].add(other)
+                graph[other].add(ids[i])
+    radius = max(distance(c, ORIGIN) for c in live_owners)
+    holes = sum(1 for c in spiral(ORIGIN, radius) if c not in live_owners)
+    detect_all = list(all_dead_at.values()) + [float("inf")] * (len(victim_ids) - len(all_dead_at))
+    finite_stale = [s for s in staleness if s != float("inf")]
+    return {
+        "simulation": "comb",
+        "nodes": args.nodes,
+        "kill": args.kill,
+        "loss": args.loss,
+        "minutes": args.minutes,
+        "seed": args.seed,
+        "detect_first_s_p50": percentile(list(first_dead.values()), 0.5),
+        "detect_first_s_p99": percentile(
+            list(first_dead.values()) + [float("inf")] * (len(victim_ids) - len(first_dead)), 0.99
+        ),
+        "detect_all_s_p99": percentile(detect_all, 0.99),
+        "undetected": len(victim_ids) - len(first_dead),
+        "false_positives": len(false_positives),
+        "msgs_per_node_s": round(msgs_per_node_s, 2),
+        "bytes_per_node_s": round(bytes_per_node_s, 1),
+        "view_staleness_s_p99": percentile(finite_stale, 0.99),
+        "view_missing": len(staleness) - len(finite_stale),
+        "links_mean": round(sum(links) / len(links), 2),
+        "links_max": max(links),
+        "holes": holes,
+        "connected": connected(graph),
+        "connected_by_map": connected(link_graph(live_owners, config.look_past_holes)),
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--kill", type=float, default=0.3)
+    parser.add_argument("--loss", type=float, default=0.05)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--join-spacing", type=float, default=0.005)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    result = run(args)
+    if not args.json:
+        for key, value in result.items():
+            print(f"{key:>22}: {value}", file=sys.stderr)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
