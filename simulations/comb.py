@@ -27,41 +27,15 @@ import sys
 import time
 from typing import Any
 
-from hexamesh.comb.cells import choose_cell, link_graph
+from hexamesh.comb.cells import choose_cell, connected, link_graph
 from hexamesh.comb.core import Comb, CombConfig
 from hexamesh.comb.swim import MemberState
 from hexamesh.comb.waggle import Dance
 from hexamesh.hexgrid import ORIGIN, Hex, distance, spiral
-from hexamesh.net.base import Addr
 from hexamesh.net.sim import GeoLatency, SimHost, SimNetwork
+from simulations.common import addr_of, percentile
 
 SHORTCUTS = 2  # per node
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """None when empty or when the percentile falls on a never (infinite) value."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    value = ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-    return None if value == float("inf") else round(value, 2)
-
-
-def addr_of(i: int) -> Addr:
-    return (f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 7420)
-
-
-def connected(graph: dict[bytes, set[bytes]]) -> bool:
-    if not graph:
-        return True
-    start = next(iter(graph))
-    seen, todo = {start}, [start]
-    while todo:
-        for nxt in graph[todo.pop()]:
-            if nxt not in seen:
-                seen.add(nxt)
-                todo.append(nxt)
-    return len(seen) == len(graph)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

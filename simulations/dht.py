@@ -38,17 +38,7 @@ from hexamesh.dht.records import Record
 from hexamesh.identity import Identity
 from hexamesh.net.base import Addr
 from hexamesh.net.sim import GeoLatency, SimHost, SimNetwork
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def addr_of(i: int) -> Addr:
-    return (f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 7420)
+from simulations.common import addr_of, percentile
 
 
 class Swarm:
@@ -199,8 +189,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "hops_p50": percentile([float(h) for h in hops], 0.5),
         "hops_p99": percentile([float(h) for h in hops], 0.99),
         "hops_max": max(hops, default=0),
-        "lookup_ms_p50": round(percentile(durations, 0.5), 1),
-        "lookup_ms_p99": round(percentile(durations, 0.99), 1),
+        "lookup_ms_p50": percentile(durations, 0.5),
+        "lookup_ms_p99": percentile(durations, 0.99),
         "msgs_per_lookup": round(lookup_msgs / max(args.lookups, 1), 1),
         "replicas_p50": percentile([float(c) for c in stored], 0.5),
         "oracle_lookups": args.oracle,

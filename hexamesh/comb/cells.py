@@ -27,9 +27,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from hexamesh.hexgrid import ORIGIN, Hex, distance, nearest_in_direction, neighbours, spiral_index
+from hexamesh.hexgrid import ORIGIN, Hex, nearest_in_direction, neighbours, spiral_index
 
-__all__ = ["Claim", "choose_cell", "comb_links", "settle"]
+__all__ = ["Claim", "choose_cell", "comb_links", "connected", "link_graph", "settle"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,5 +90,15 @@ def link_graph(owners: Mapping[Hex, bytes], max_distance: int) -> dict[bytes, se
     return graph
 
 
-def distance_to_centre(cell: Hex) -> int:
-    return distance(cell, ORIGIN)
+def connected(graph: Mapping[bytes, set[bytes]]) -> bool:
+    """Is an undirected graph one component (an empty one counts as connected)?"""
+    if not graph:
+        return True
+    start = next(iter(graph))
+    seen, todo = {start}, [start]
+    while todo:
+        for nxt in graph[todo.pop()]:
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return len(seen) == len(graph)

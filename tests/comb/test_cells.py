@@ -3,7 +3,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hexamesh.comb.cells import Claim, choose_cell, comb_links, link_graph, settle
+from hexamesh.comb.cells import Claim, choose_cell, comb_links, connected, link_graph, settle
 from hexamesh.hexgrid import ORIGIN, Hex, distance, neighbours, spiral
 
 
@@ -20,19 +20,6 @@ def grow(n: int, rng: random.Random) -> dict[Hex, bytes]:
         assert not owners or any(c in owners for c in neighbours(cell))  # always adjacent
         owners[cell] = nid(i)
     return owners
-
-
-def connected(graph: dict[bytes, set[bytes]]) -> bool:
-    if not graph:
-        return True
-    start = next(iter(graph))
-    seen, todo = {start}, [start]
-    while todo:
-        for nxt in graph[todo.pop()]:
-            if nxt not in seen:
-                seen.add(nxt)
-                todo.append(nxt)
-    return len(seen) == len(graph)
 
 
 def test_first_node_takes_the_centre_and_without_rtts_the_comb_is_the_spiral() -> None:

@@ -1,0 +1,21 @@
+"""Helpers shared by the simulations."""
+
+from __future__ import annotations
+
+from hexamesh.net.base import Addr
+
+__all__ = ["addr_of", "percentile"]
+
+
+def addr_of(i: int) -> Addr:
+    """A distinct simulated address for host number ``i``."""
+    return (f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 7420)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The q-quantile, rounded; None when there are no values or it falls on a never (inf)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    value = ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return None if value == float("inf") else round(value, 2)
