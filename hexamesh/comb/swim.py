@@ -175,6 +175,7 @@ class Swim:
         self._rng = rng
         self.incarnation = 0
         self.members: dict[bytes, _Member] = {}
+        self._suspects: set[bytes] = set()  # members in SUSPECT state (timers to watch)
         self.links: list[bytes] = []
         self._order: list[bytes] = []  # probe round robin, reshuffled each round
         self._last_heard: dict[bytes, float] = {}
@@ -274,9 +275,9 @@ class Swim:
             times.append(self._next_gossip)
         for probe in self._probes.values():
             times.append(probe.give_up_at if probe.indirect_sent else probe.indirect_at)
-        for member in self.members.values():
-            if member.state is MemberState.SUSPECT:
-                times.append(member.suspicion_start + self._suspicion_total(member))
+        for node in self._suspects:
+            member = self.members[node]
+            times.append(member.suspicion_start + self._suspicion_total(member))
         if self._relays:
             times.append(min(e for _, _, e in self._relays.values()))
         return min(times)
@@ -379,6 +380,7 @@ class Swim:
             if u.state is MemberState.SUSPECT:
                 member.suspicion_start = now
                 member.confirmers = {u.by}
+                self._suspects.add(u.node)
             self._emit(member, now)
             self._broadcast(u)
             return
@@ -424,6 +426,7 @@ class Swim:
         if incarnation is not None:
             member.incarnation = incarnation
         member.state = MemberState.SUSPECT
+        self._suspects.add(node)
         member.since = member.suspicion_start = now
         member.confirmers = {by}
         self._emit(member, now)
@@ -445,10 +448,13 @@ class Swim:
         return remaining_suspicion_time(confirmations, expected, 0.0, minimum, maximum)
 
     def _expire_suspicions(self, now: float) -> None:
-        for member in self.members.values():
+        for node in list(self._suspects):
+            member = self.members[node]
             if member.state is not MemberState.SUSPECT:
+                self._suspects.discard(node)
                 continue
             if now >= member.suspicion_start + self._suspicion_total(member):
+                self._suspects.discard(node)
                 member.state, member.since = MemberState.DEAD, now
                 self._emit(member, now)
                 self._broadcast(

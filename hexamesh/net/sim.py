@@ -188,6 +188,8 @@ class SimNetwork:
         self._heap: list[tuple[Any, ...]] = []
         self._seq = itertools.count()
         self._link_loss: dict[tuple[Addr, Addr], float] = {}
+        self._sized_message: object = None  # last message sized, and its size
+        self._sized_bytes = 0
         # Network-wide counters.
         self.events = 0
         self.delivered = 0
@@ -291,7 +293,13 @@ class SimNetwork:
     def _send(self, src: SimHost, dst_addr: Addr, env: Envelope) -> None:
         size = 0
         if self.measure_bytes:
-            size = Codec.sealed_size(env)
+            if env.message is self._sized_message:
+                # Fan-out of one message to several links: same size (up to the
+                # few bytes a msg_id's varint may differ), so encode it once.
+                size = self._sized_bytes
+            else:
+                size = Codec.sealed_size(env)
+                self._sized_message, self._sized_bytes = env.message, size
             if size > MAX_STREAM_FRAME:
                 raise EncodeError(f"{type(env.message).__name__} is {size} bytes sealed")
         src.sent_msgs += 1
