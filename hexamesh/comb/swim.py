@@ -60,6 +60,7 @@ __all__ = [
     "ProbeReq",
     "Swim",
     "SwimConfig",
+    "Sync",
 ]
 
 NodeId = Annotated[bytes, Len(NODE_ID_BYTES)]
@@ -114,7 +115,19 @@ class Gossip(Message):
     updates: Updates
 
 
-SWIM_MESSAGES: tuple[type[Message], ...] = (Probe, Ack, ProbeReq, Gossip)
+MAX_SYNC = 1024  # entries in one push-pull exchange (over a stream)
+
+
+@message(0x0206)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Sync(Message):
+    """Push-pull anti-entropy: everything not plainly alive at incarnation 0."""
+
+    updates: Annotated[tuple[MemberUpdate, ...], MaxLen(MAX_SYNC)]
+    reply: bool  # False: please answer with yours
+
+
+SWIM_MESSAGES: tuple[type[Message], ...] = (Probe, Ack, ProbeReq, Gossip, Sync)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,6 +144,9 @@ class SwimConfig:
     gossip_nodes: int = 3  # links each push goes to
     piggyback_bytes: int = 900  # bytes of updates per message, well inside a datagram
     awareness_max: int = 8  # local health scales timings by at most this factor
+    sync_interval: float = (
+        30.0  # s between push-pull exchanges with one random link (memberlist: 30 s)
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -189,6 +205,7 @@ class Swim:
         self._events: list[MembershipEvent] = []
         self._next_probe = now + rng.uniform(0, config.probe_interval)  # spread the swarm's probes
         self._next_gossip = now + config.gossip_interval
+        self._next_sync = now + rng.uniform(0.5, 1.5) * config.sync_interval
         self.probes_sent = 0
         self.false_suspicions_refuted = 0
         self._announce(now)
@@ -239,6 +256,9 @@ class Swim:
             if relay is not None:
                 requester, their_seq, _ = relay
                 self._send(requester, their_seq, Ack(updates=self._piggyback()))
+        elif isinstance(msg, Sync):
+            if not msg.reply:
+                self._send(sender, env.msg_id, Sync(updates=self._digest(), reply=True))
         elif isinstance(msg, ProbeReq):
             seq = self._rng.getrandbits(64)
             self._relays[seq] = (sender, env.msg_id, now + self.config.probe_interval)
@@ -268,9 +288,12 @@ class Swim:
         if now >= self._next_gossip:
             self._gossip()
             self._next_gossip = now + cfg.gossip_interval
+        if now >= self._next_sync:
+            self._sync()
+            self._next_sync = now + self._rng.uniform(0.5, 1.5) * cfg.sync_interval
 
     def next_timer(self) -> float | None:
-        times = [self._next_probe]
+        times = [self._next_probe, self._next_sync]
         if len(self._queue):
             times.append(self._next_gossip)
         for probe in self._probes.values():
@@ -479,6 +502,33 @@ class Swim:
             if not updates:
                 return
             self._send(self.members[node].addr, self._rng.getrandbits(64), Gossip(updates=updates))
+
+    def _digest(self) -> tuple[MemberUpdate, ...]:
+        """What anti-entropy exchanges: news that gossip may have lost (deaths,
+        suspicions, refutations), newest first, at most MAX_SYNC entries."""
+        notable = [
+            m
+            for m in self.members.values()
+            if m.state is not MemberState.ALIVE or m.incarnation > 0
+        ]
+        notable.sort(key=lambda m: -m.since)
+        out = [self._update(m.node, m.addr, m.incarnation, m.state, self.me) for m in notable]
+        if self.incarnation > 0:
+            out.insert(
+                0, self._update(self.me, self.addr, self.incarnation, MemberState.ALIVE, self.me)
+            )
+        return tuple(out[:MAX_SYNC])
+
+    def _sync(self) -> None:
+        live = [n for n in self.links if self.members[n].state is MemberState.ALIVE]
+        if not live:
+            return
+        peer = self._rng.choice(live)
+        self._send(
+            self.members[peer].addr,
+            self._rng.getrandbits(64),
+            Sync(updates=self._digest(), reply=False),
+        )
 
     def _send(self, addr: Addr, msg_id: int, msg: Message) -> None:
         self._outbox.append((addr, Envelope(sender=self.me, msg_id=msg_id, message=msg)))
