@@ -121,3 +121,29 @@ def test_links_are_members_only_and_never_self() -> None:
     c = core(net, 0)
     c.set_links([node_id(0), node_id(1), node_id(99), node_id(1)])
     assert c.links == [node_id(1)]
+
+
+def test_push_pull_repairs_a_missed_death_and_answers_with_its_own_news() -> None:
+    from hexamesh.comb.swim import Sync
+
+    net = swarm(10)
+    net.run(until=2.0)
+    c = core(net, 0)
+    dead = MemberUpdate(
+        node=node_id(5),
+        host=addr(5)[0],
+        port=addr(5)[1],
+        incarnation=0,
+        state=MemberState.DEAD,
+        by=node_id(4),
+    )
+    c.receive(
+        Envelope(sender=node_id(4), msg_id=77, message=Sync(updates=(dead,), reply=False)),
+        addr(4),
+        2.0,
+    )
+    assert c.state_of(node_id(5)) is MemberState.DEAD
+    replies = [(a, e) for a, e in c.outbox() if isinstance(e.message, Sync)]
+    [(to, env)] = replies
+    assert to == addr(4) and env.msg_id == 77 and env.message.reply  # type: ignore[attr-defined]
+    assert any(u.node == node_id(5) and u.state is MemberState.DEAD for u in env.message.updates)  # type: ignore[attr-defined]
