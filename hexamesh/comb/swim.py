@@ -405,7 +405,11 @@ class Swim:
                 member.confirmers = {u.by}
                 self._suspects.add(u.node)
             self._emit(member, now)
-            self._broadcast(u)
+            if u.state is not MemberState.ALIVE or u.incarnation > 0:
+                # Join news (alive at incarnation 0) is not re-gossiped by strangers:
+                # the joiner's own broadcast and its dances reach its neighbourhood,
+                # and nobody needs the full member list (the DHT finds anyone).
+                self._broadcast(u)
             return
         if u.state is MemberState.ALIVE:
             if u.incarnation > member.incarnation:
