@@ -1,0 +1,93 @@
+"""The Comb core on the simulator: links from the map, quiet steady state, views."""
+
+from hexamesh.comb.core import Comb, CombConfig
+from hexamesh.comb.swim import MemberState
+from hexamesh.comb.waggle import Dance
+from hexamesh.hexgrid import ORIGIN, Hex, nearest_in_direction, neighbours, spiral
+from hexamesh.net.base import Addr
+from hexamesh.net.sim import SimHost, SimNetwork, UniformLatency
+
+
+def nid(i: int) -> bytes:
+    return (i + 1).to_bytes(20, "big")
+
+
+def addr(i: int) -> Addr:
+    return (f"10.0.0.{i}", 7420)
+
+
+def build(
+    cells: list[Hex], models: dict[int, tuple[str, ...]] | None = None
+) -> tuple[SimNetwork, list[Comb]]:
+    net = SimNetwork(seed=1, latency=UniformLatency(0.001, 0.005))
+    owners = {c: nid(i) for i, c in enumerate(cells)}
+    addrs = {nid(i): addr(i) for i in range(len(cells))}
+    combs: list[Comb] = []
+    for i, cell in enumerate(cells):
+        dance = Dance(
+            node=nid(i),
+            host=addr(i)[0],
+            port=7420,
+            q=cell.q,
+            r=cell.r,
+            incarnation=0,
+            status="up",
+            models=(models or {}).get(i, ()),
+            load=i / 10,
+            queue=0,
+            kv=0.0,
+            tok_s=0.0,
+            gpu_used=0,
+            gpu_total=0,
+            uptime=0.0,
+            version=1,
+        )
+
+        def factory(host: SimHost, d: Dance = dance) -> Comb:
+            combs.append(Comb(d, CombConfig(), host.rng, net.now))
+            return combs[-1]
+
+        net.add_host(addr(i), factory)
+    for i in range(len(cells)):
+        net.interact(addr(i), lambda c, now: c.set_map(owners, addrs, now))
+    return net, combs
+
+
+def test_the_centre_links_to_its_ring_and_steady_state_needs_no_probes() -> None:
+    cells = spiral(ORIGIN, 1)
+    net, combs = build(cells)
+    centre = combs[0]
+    assert sorted(centre.neighbours()) == sorted(nid(cells.index(c)) for c in neighbours(ORIGIN))
+    net.run(until=60.0)
+    # Every link danced at least once a second: proof of life, so nobody probed.
+    assert all(c.swim.probes_sent == 0 for c in combs)
+    assert all(c.swim.state_of(n) is MemberState.ALIVE for c in combs for n in c.neighbours())
+
+
+def test_the_view_covers_two_rings_and_peers_with_sorts_by_load() -> None:
+    cells = spiral(ORIGIN, 2)
+    net, combs = build(cells, models={3: ("tiny",), 9: ("tiny",), 12: ("big",)})
+    net.run(until=10.0)
+    centre = combs[0]
+    assert all(centre.state_of(nid(i)) is not None for i in range(1, len(cells)))
+    assert [d.node for d in centre.peers_with("tiny")] == [nid(3), nid(9)]  # load 0.3 < 0.9
+
+
+def test_a_dead_neighbour_is_found_and_the_survivors_relink() -> None:
+    cells = spiral(ORIGIN, 2)
+    net, combs = build(cells)
+    net.run(until=10.0)
+    victim = cells.index(Hex(1, 0))
+    net.kill(addr(victim))
+    net.run(until=40.0)
+    centre = combs[0]
+    assert centre.swim.state_of(nid(victim)) is MemberState.DEAD
+    owners = {c: nid(i) for i, c in enumerate(cells)}
+    addrs = {nid(i): addr(i) for i in range(len(cells))}
+    net.interact(addr(0), lambda c, now: c.set_map(owners, addrs, now))
+    # East is now served by the nearest live cell in that sector, not the dead one.
+    live = {c for c in cells if c != Hex(1, 0)}
+    east = nearest_in_direction(ORIGIN, 0, live.__contains__, 4)
+    assert east is not None and east != Hex(1, 0)
+    assert nid(victim) not in centre.neighbours()
+    assert centre.comb_links[0] == nid(cells.index(east))
