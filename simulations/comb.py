@@ -21,9 +21,7 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import random
-import sys
 import time
 from typing import Any
 
@@ -33,7 +31,7 @@ from hexamesh.comb.swim import MemberState
 from hexamesh.comb.waggle import Dance
 from hexamesh.hexgrid import ORIGIN, Hex, distance, spiral
 from hexamesh.net.sim import GeoLatency, SimHost, SimNetwork
-from simulations.common import addr_of, percentile
+from simulations.common import addr_of, emit, percentile
 
 SHORTCUTS = 2  # per node
 
@@ -77,24 +75,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cell_of[node] = cell
         others = [n for n in owners.values() if n != node]
         shortcuts[node] = rng.sample(others, min(SHORTCUTS, len(others)))
-        dance = Dance(
-            node=node,
-            host=addrs[node][0],
-            port=7420,
-            q=cell.q,
-            r=cell.r,
-            incarnation=0,
-            status="up",
-            models=(),
-            load=0.0,
-            queue=0,
-            kv=0.0,
-            tok_s=0.0,
-            gpu_used=0,
-            gpu_total=0,
-            uptime=0.0,
-            version=1,
-        )
+        dance = Dance.first(node, addrs[node], cell.q, cell.r)
 
         def factory(host: SimHost) -> Comb:
             return Comb(dance, config, host.rng, net.now)
@@ -243,10 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     result = run(args)
-    if not args.json:
-        for key, value in result.items():
-            print(f"{key:>22}: {value}", file=sys.stderr)
-    print(json.dumps(result))
+    emit(result, quiet=args.json)
     return 0
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import sys
+from typing import Any
+
 from hexamesh.net.base import Addr
 
-__all__ = ["addr_of", "percentile"]
+__all__ = ["addr_of", "emit", "percentile"]
 
 
 def addr_of(i: int) -> Addr:
@@ -19,3 +23,13 @@ def percentile(values: list[float], q: float) -> float | None:
     ordered = sorted(values)
     value = ordered[min(len(ordered) - 1, int(q * len(ordered)))]
     return None if value == float("inf") else round(value, 2)
+
+
+def emit(result: dict[str, Any], *, quiet: bool) -> None:
+    """Print a run's result: a readable table on stderr (unless ``quiet``), then
+    the one JSON object every simulation and benchmark ends with, on stdout."""
+    if not quiet:
+        width = max(map(len, result), default=0)
+        for key, value in result.items():
+            print(f"{key:>{width}}: {value}", file=sys.stderr)
+    print(json.dumps(result))

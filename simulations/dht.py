@@ -25,9 +25,7 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import random
-import sys
 import time
 from typing import Any
 
@@ -38,7 +36,7 @@ from hexamesh.dht.records import Record
 from hexamesh.identity import Identity
 from hexamesh.net.base import Addr
 from hexamesh.net.sim import GeoLatency, SimHost, SimNetwork
-from simulations.common import addr_of, percentile
+from simulations.common import addr_of, emit, percentile
 
 
 class Swarm:
@@ -217,10 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print only the JSON summary")
     args = parser.parse_args(argv)
     result = run(args)
-    if not args.json:
-        for key, value in result.items():
-            print(f"{key:>18}: {value}", file=sys.stderr)
-    print(json.dumps(result))
+    emit(result, quiet=args.json)
     return 0
 
 

@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import argparse
 import heapq
-import json
 import os
 import platform
 import random
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +46,7 @@ from hexamesh.wire import (
     encode_frame,
     message,
 )
+from simulations.common import emit
 
 
 @message(0xFE01)  # 0xFExx: benchmark-only messages
@@ -219,10 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         "frame_bytes": wire["frame_bytes"],
         "sealed_bytes": wire["sealed_bytes"],
     }
-    if not args.json:
-        for key, value in result.items():
-            print(f"{key:>24}: {value}", file=sys.stderr)
-    print(json.dumps(result))
+    emit(result, quiet=args.json)
     return 0
 
 

@@ -62,6 +62,37 @@ class Dance(Struct):
     uptime: float  # s
     version: int  # grows with every change
 
+    @classmethod
+    def first(
+        cls,
+        node: bytes,
+        addr: Addr,
+        q: int,
+        r: int,
+        *,
+        models: tuple[str, ...] = (),
+        load: float = 0.0,
+    ) -> Dance:
+        """A node's first dance: up, idle, nothing measured yet, version 1."""
+        return cls(
+            node=node,
+            host=addr[0],
+            port=addr[1],
+            q=q,
+            r=r,
+            incarnation=0,
+            status="up",
+            models=models,
+            load=load,
+            queue=0,
+            kv=0.0,
+            tok_s=0.0,
+            gpu_used=0,
+            gpu_total=0,
+            uptime=0.0,
+            version=1,
+        )
+
 
 @struct
 @dataclass(frozen=True, slots=True, kw_only=True)

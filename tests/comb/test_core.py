@@ -24,23 +24,8 @@ def build(
     addrs = {nid(i): addr(i) for i in range(len(cells))}
     combs: list[Comb] = []
     for i, cell in enumerate(cells):
-        dance = Dance(
-            node=nid(i),
-            host=addr(i)[0],
-            port=7420,
-            q=cell.q,
-            r=cell.r,
-            incarnation=0,
-            status="up",
-            models=(models or {}).get(i, ()),
-            load=i / 10,
-            queue=0,
-            kv=0.0,
-            tok_s=0.0,
-            gpu_used=0,
-            gpu_total=0,
-            uptime=0.0,
-            version=1,
+        dance = Dance.first(
+            nid(i), addr(i), cell.q, cell.r, models=(models or {}).get(i, ()), load=i / 10
         )
 
         def factory(host: SimHost, d: Dance = dance) -> Comb:

@@ -1,27 +1,12 @@
 import random
+from dataclasses import replace
 
 from hexamesh.comb.waggle import Dance, HopDance, Waggle, WaggleConfig, WaggleMsg
 
 
 def dance(n: int, version: int = 1, load: float = 0.0) -> Dance:
-    return Dance(
-        node=n.to_bytes(20, "big"),
-        host="10.0.0.1",
-        port=n,
-        q=n,
-        r=0,
-        incarnation=0,
-        status="up",
-        models=("tiny",),
-        load=load,
-        queue=0,
-        kv=0.0,
-        tok_s=0.0,
-        gpu_used=0,
-        gpu_total=0,
-        uptime=0.0,
-        version=version,
-    )
+    first = Dance.first(n.to_bytes(20, "big"), ("10.0.0.1", n), n, 0, models=("tiny",), load=load)
+    return replace(first, version=version)
 
 
 def waggle(n: int, links: list[int]) -> Waggle:
