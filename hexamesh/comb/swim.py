@@ -191,7 +191,10 @@ class Swim:
         self._rng = rng
         self.incarnation = 0
         self.members: dict[bytes, _Member] = {}
-        self._suspects: set[bytes] = set()  # members in SUSPECT state (timers to watch)
+        # Members in SUSPECT state (timers to watch). A dict, not a set: sets of
+        # bytes iterate in hash order, which PYTHONHASHSEED changes per process,
+        # and the order of deaths must replay exactly for a given seed.
+        self._suspects: dict[bytes, None] = {}
         self.links: list[bytes] = []
         self._order: list[bytes] = []  # probe round robin, reshuffled each round
         self._last_heard: dict[bytes, float] = {}
@@ -403,7 +406,7 @@ class Swim:
             if u.state is MemberState.SUSPECT:
                 member.suspicion_start = now
                 member.confirmers = {u.by}
-                self._suspects.add(u.node)
+                self._suspects[u.node] = None
             self._emit(member, now)
             if u.state is not MemberState.ALIVE or u.incarnation > 0:
                 # Join news (alive at incarnation 0) is not re-gossiped by strangers:
@@ -453,7 +456,7 @@ class Swim:
         if incarnation is not None:
             member.incarnation = incarnation
         member.state = MemberState.SUSPECT
-        self._suspects.add(node)
+        self._suspects[node] = None
         member.since = member.suspicion_start = now
         member.confirmers = {by}
         self._emit(member, now)
@@ -478,10 +481,10 @@ class Swim:
         for node in list(self._suspects):
             member = self.members[node]
             if member.state is not MemberState.SUSPECT:
-                self._suspects.discard(node)
+                self._suspects.pop(node, None)
                 continue
             if now >= member.suspicion_start + self._suspicion_total(member):
-                self._suspects.discard(node)
+                self._suspects.pop(node, None)
                 member.state, member.since = MemberState.DEAD, now
                 self._emit(member, now)
                 self._broadcast(

@@ -1,6 +1,7 @@
 """Every simulation and benchmark runs at a small scale and ends with one JSON line."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -104,3 +105,51 @@ def test_comb_simulation_small() -> None:
     assert r["undetected"] == 0 and r["false_positives"] == 0
     assert r["connected"] is True and r["links_max"] <= 6
     assert r["msgs_per_node_s"] <= 10  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        (
+            "simulations.comb",
+            "--nodes",
+            "100",
+            "--kill",
+            "0.3",
+            "--loss",
+            "0.05",
+            "--minutes",
+            "0.5",
+        ),
+        (
+            "simulations.dht",
+            "--nodes",
+            "60",
+            "--lookups",
+            "20",
+            "--oracle",
+            "5",
+            "--kill",
+            "0.3",
+            "--loss",
+            "0.05",
+        ),
+    ],
+)
+def test_a_seed_replays_exactly_whatever_the_hash_seed(argv: tuple[str, ...]) -> None:
+    # Python randomises str/bytes hashing per process; no result may depend on it.
+    runs = []
+    for hash_seed in ("1", "2"):
+        out = subprocess.run(
+            [sys.executable, "-m", *argv, "--seed", "4", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": hash_seed},
+        )
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        result.pop("wall_s")
+        result.pop("join_wall_s", None)
+        runs.append(result)
+    assert runs[0] == runs[1]
