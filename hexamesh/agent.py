@@ -30,6 +30,7 @@ from hexamesh.config import AgentConfig
 from hexamesh.dht.contact import Contact
 from hexamesh.dht.core import DhtConfig, DhtCore
 from hexamesh.dht.service import DHT_MESSAGES, Dht, DhtError, load_contacts, save_contacts
+from hexamesh.fileio import write_text_atomic
 from hexamesh.hexgrid import Hex
 from hexamesh.identity import Identity
 from hexamesh.net.base import Addr, format_addr, parse_addr
@@ -120,9 +121,7 @@ def _advertised_host(config: AgentConfig, bound: Addr, seeds: list[Addr]) -> str
 
 
 def _write_status(path: Path, status: AgentStatus) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(status), indent=2) + "\n")
-    os.replace(tmp, path)  # atomic: readers never see half a file
+    write_text_atomic(path, json.dumps(asdict(status), indent=2) + "\n")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -25,6 +24,7 @@ from hexamesh.dht.core import DhtConfig, DhtCore
 from hexamesh.dht.lookup import LookupStats
 from hexamesh.dht.messages import DHT_MESSAGES
 from hexamesh.dht.records import Record
+from hexamesh.fileio import write_text_atomic
 from hexamesh.identity import Identity
 from hexamesh.net.base import Addr
 from hexamesh.net.driver import CoreDriver
@@ -114,9 +114,7 @@ def save_contacts(path: Path, contacts: list[Contact]) -> None:
     data = [
         {"id": c.id.hex(), "host": c.host, "port": c.port} for c in contacts[:MAX_SAVED_CONTACTS]
     ]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data))
 
 
 def load_contacts(path: Path) -> list[Contact]:
