@@ -4,11 +4,11 @@
 
 Runs the real ``Comb`` cores (SWIM + waggle over comb links and shortcuts) on
 the discrete-event simulator. What the simulation does *for* the nodes, until
-the cell claims over the DHT land (issue 5, in progress): it assigns cells with
-``cells.choose_cell`` as each node joins (RTT from the latency model) and hands
-each node the cell map and two random shortcuts (standing in for picks from
-its Kademlia table). When a node learns a link died it recomputes its links
-from the map minus the nodes it knows are dead.
+it assigns cells with ``cells.choose_cell`` as each node joins (RTT from the
+latency model: what the agent's DHT cell claims do, without the DHT traffic)
+and hands each node the cell map and two random shortcuts (standing in for
+picks from its Kademlia table). When a node learns a link died, its core
+relinks around it from the map minus the nodes it knows are dead.
 
 Phases: joins 5 ms apart; settle 30 s; measure the steady-state traffic for
 30 s; kill the fraction at once (no goodbye) and switch on the loss; run the
@@ -140,7 +140,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         t = min(end, t + step)
         net.run(until=t)
         for i in live:
-            relink = False
             for e in comb(i).events():
                 if e.state is not MemberState.DEAD:
                     continue
@@ -149,17 +148,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     known_dead[e.node].add(i)
                     if len(known_dead[e.node]) == len(live):
                         all_dead_at.setdefault(e.node, e.at - t_kill)
-                    relink = True
                 else:
                     false_positives.add(e.node)
-            if relink:
-                refresh(i)
         if int(t / step) % 20 == 0:  # every 10 s: how old is what nodes hold about their 2 rings?
             for i in rng.sample(live, min(50, len(live))):
                 c = comb(i)
-                for cell in spiral(cell_of[ids[i]], 2)[1:]:
-                    peer = owners.get(cell)
-                    if peer is None or peer in victim_ids:
+                # Two rings = two comb-link hops (what waggle promises; the same
+                # cells as two hex rings where the comb has no holes).
+                ring1 = set(c.comb_links.values()) - victim_ids
+                ring2 = {p for n in ring1 for p in comb(index[n]).comb_links.values()}
+                for peer in sorted((ring1 | ring2) - {ids[i]}):
+                    if peer in victim_ids:
                         continue
                     seen = c.waggle.view.get(peer)
                     truth = comb(index[peer]).waggle.dance
@@ -196,6 +195,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             list(first_dead.values()) + [float("inf")] * (len(victim_ids) - len(first_dead)), 0.99
         ),
         "detect_all_s_p99": percentile(detect_all, 0.99),
+        "spread_s_p99": percentile(
+            [all_dead_at[v] - first_dead[v] for v in all_dead_at if v in first_dead], 0.99
+        ),
         "undetected": len(victim_ids) - len(first_dead),
         "false_positives": len(false_positives),
         "msgs_per_node_s": round(msgs_per_node_s, 2),

@@ -8,10 +8,12 @@
   every heartbeat and relays its neighbours' dances one ring further.
 
 Every waggle push from a link counts as proof of life for SWIM, so in steady
-state a node sends one push per link per heartbeat and no probes at all; SWIM
-probes only links that went quiet. The links come from the cell map
-(``set_map``): the six comb links of ``cells.comb_links`` plus a few
-shortcuts chosen by the caller (from its Kademlia table).
+state a node sends one push per comb link per heartbeat and no probes at all;
+SWIM probes only links that went quiet. The links come from the cell map
+(``set_map``): the six comb links of ``cells.comb_links`` (watched, and
+danced to) plus a few shortcuts chosen by the caller from its Kademlia table
+(told membership news only, which brings a flood across the comb to O(log N)
+hops). When a link dies the core relinks around it on its own.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class Comb:
         self.waggle = Waggle(dance, config.waggle, rng, now)
         self.comb_links: dict[int, bytes] = {}
         self.shortcuts: list[bytes] = []
+        self._owners: Mapping[Hex, bytes] = {}
+        self._addrs: Mapping[bytes, Addr] = {}
 
     def set_map(
         self,
@@ -61,17 +65,37 @@ class Comb:
         now: float,
         shortcuts: list[bytes] | None = None,
     ) -> None:
-        """Recompute links from who owns which cell (and the shortcuts to keep)."""
-        live = {c: n for c, n in owners.items() if self.swim.state_of(n) is not MemberState.DEAD}
+        """Who owns which cell (and the shortcuts to keep); links follow from it.
+
+        The mappings are kept (not copied): the owner of the map may update
+        them and call ``relink``. Links are recomputed by the core itself when
+        a link dies or a dead node comes back.
+        """
+        self._owners = owners
+        self._addrs = addrs
+        if shortcuts is not None:
+            self.shortcuts = [s for s in shortcuts if s != self.node]
+        self.relink(now)
+
+    def relink(self, now: float) -> None:
+        """Recompute the links from the map, skipping nodes we know are dead."""
+        live = {
+            c: n for c, n in self._owners.items() if self.swim.state_of(n) is not MemberState.DEAD
+        }
         live[self.cell] = self.node
         self.comb_links = comb_links(self.cell, live, self.config.look_past_holes)
-        self.shortcuts = [s for s in shortcuts or [] if s != self.node]
-        linked = [*self.comb_links.values(), *self.shortcuts]
-        for node in linked:
-            if self.swim.state_of(node) is None:
+        self.shortcuts = [
+            s for s in self.shortcuts if self.swim.state_of(s) is not MemberState.DEAD
+        ]
+        addrs = self._addrs
+        for node in [*self.comb_links.values(), *self.shortcuts]:
+            if self.swim.state_of(node) is None and node in addrs:
                 self.swim.add_member(node, addrs[node], 0, now)
-        self.swim.set_links(linked)
-        self.waggle.set_links({n: addrs[n] for n in linked if n in addrs})
+        watched = list(self.comb_links.values())
+        self.swim.set_links(watched, now, spread=self.shortcuts)
+        # Dances go to comb links only: shortcuts carry membership news, not load.
+        self.waggle.set_links({n: addrs[n] for n in watched if n in addrs})
+        self.swim.relink_needed = False
 
     # -- the view ---------------------------------------------------------
 
@@ -99,14 +123,18 @@ class Comb:
     def receive(self, env: Envelope, sender: Addr, now: float) -> None:
         if isinstance(env.message, WaggleMsg):
             self.swim.heard(env.sender, now)
-            self.waggle.receive(env.message, now)
+            self.waggle.receive(env.message, now, sender)
         else:
             self.swim.receive(env, sender, now)
+            if self.swim.relink_needed:
+                self.relink(now)
 
     def handle_timer(self, now: float) -> None:
         due = self.swim.next_timer()
         if due is not None and due <= now:
             self.swim.handle_timer(now)
+            if self.swim.relink_needed:
+                self.relink(now)
         if self.waggle.next_timer() <= now:
             self.waggle.handle_timer(now)
 

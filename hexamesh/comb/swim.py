@@ -2,40 +2,59 @@
 
 Theory of operation
 -------------------
-The honeycomb gives each node a few *links* (its six neighbours, plus
-shortcuts); this core watches them and spreads what it learns to everyone.
+The honeycomb gives each node a few *watched links* (its comb neighbours) and
+a few more *spread links* (shortcuts); this core watches the first and tells
+both what it learns.
 
-*Probing* (SWIM §3.1). Each protocol period the next link in a shuffled round
-robin is probed with ``Probe``; an ``Ack`` within ``probe_timeout`` proves it
-alive. Otherwise up to ``indirect_checks`` other links are asked to probe it
-for us (``ProbeReq``; SWIM §3.1 "indirect probing"), and if no ack has come
-back by the end of the period the target becomes *suspect*. Any message from a
-link is proof of life as good as an ack, so a link heard from within the last
-period is skipped: busy neighbours cost no probes.
+*Probing* (SWIM §3.1). Comb neighbours hear from each other every heartbeat
+(waggle pushes; any message is proof of life), so a link is probed only when
+it has been silent for ``quiet_after``: one lost heartbeat costs one probe,
+and a dead neighbour is probed at once, not when a round robin reaches it.
+A probe with no ``Ack`` within ``probe_timeout`` is retried through up to
+``indirect_checks`` other links (``ProbeReq``), which answer ``Nack`` when
+they cannot reach the target either; no ack by ``probe_interval`` makes the
+target *suspect*. A link keeps being probed while it is silent, at most once
+per ``probe_interval``.
 
-*Suspicion* (SWIM §4.2, Lifeguard §3.2). A suspect is declared *dead* when its
-suspicion times out; the timeout starts at ``suspicion_max_mult`` times the
+*Suspicion* (SWIM §4.2, Lifeguard §3.2). Only a node's watchers act on a
+suspicion: they time it out, confirm it with their own failed probes, and
+tell each other. The timeout starts at ``suspicion_max_mult`` times the
 minimum ``suspicion_mult * log10(N) * interval`` and shrinks towards that
-minimum as other nodes independently suspect it too. A suspect that hears it
-is suspected refutes with a higher *incarnation*; ``alive`` news with a higher
-incarnation overrides suspicion and death. A node told it is dead rejoins the
-same way.
+minimum as other watchers independently suspect it too. A suspect hears of
+it at once (the accuser's probes and flood carry it) and refutes with a
+higher *incarnation*; ``alive`` news with a higher incarnation overrides
+suspicion and death. A node told it is dead rejoins the same way. Nodes that
+do not watch a suspect ignore the suspicion and wait for the verdict, so a
+refutation only has to reach the few watchers, who are one hop away.
 
-*Dissemination* (SWIM §4.1). Membership news (alive, suspect, dead) goes into
-a broadcast queue, rides on every probe and ack (piggybacking), and, while
-there is news, is pushed to ``gossip_nodes`` random links every
-``gossip_interval``. Each item is sent ``retransmit_mult * log10(N)`` times, so
-news crosses the swarm in O(log N) rounds when links include shortcuts.
+*Dissemination* (SWIM §4.1, as a flood over the comb). News (a death, a
+suspicion among watchers, a refutation, a rejoin) is batched for
+``gossip_interval`` and then sent to every link that has not told us the same
+thing, and once more ``flood_repeat`` later: ``flood_rounds`` copies per link
+at most, so each node sends one item about ``flood_rounds * links`` times,
+the same order as SWIM's ``retransmit_mult * log10(N)``. Over a comb with
+shortcuts a flood reaches every node in O(log N) hops, and a node misses it
+only if every copy from every link is lost. News also rides on every probe
+and ack (retransmit-limited piggybacking). Join news is not flooded: a
+joiner's neighbourhood learns it from its dances, and nobody needs a full
+member list (the DHT finds anyone).
 
-*Local health* (Lifeguard §3.1). A probe that fails raises our awareness
-score, one that succeeds lowers it; the probe interval and timeout stretch by
-``score + 1``, so a node that is itself slow probes less and accuses later.
+*Local health* (Lifeguard §3.1). A failed probe raises our awareness score by
+the number of helpers that did not even answer ``Nack`` (all of them when
+there were none to ask), an answered probe lowers it; timings stretch by
+``score + 1``, so a node that is itself slow or cut off probes less and
+accuses later instead of accusing healthy peers.
+
+*Anti-entropy.* Every ``sync_interval`` a node swaps its notable news
+(deaths, suspicions, refutations) with one random link (push-pull), which
+repairs what a lost flood missed.
 """
 
 from __future__ import annotations
 
 import enum
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -56,6 +75,7 @@ __all__ = [
     "MemberState",
     "MemberUpdate",
     "MembershipEvent",
+    "Nack",
     "Probe",
     "ProbeReq",
     "Swim",
@@ -127,26 +147,38 @@ class Sync(Message):
     reply: bool  # False: please answer with yours
 
 
-SWIM_MESSAGES: tuple[type[Message], ...] = (Probe, Ack, ProbeReq, Gossip, Sync)
+@message(0x0207)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Nack(Message):
+    """A helper could not reach the target of a ``ProbeReq`` either (Lifeguard)."""
+
+
+SWIM_MESSAGES: tuple[type[Message], ...] = (Probe, Ack, ProbeReq, Gossip, Sync, Nack)
 
 
 @dataclass(frozen=True, kw_only=True)
 class SwimConfig:
-    probe_interval: float = 1.0  # s; one quiet link probed per period (memberlist LAN)
-    probe_timeout: float = 0.5  # s; well above LAN RTT, leaves half the period for indirect probes
-    indirect_checks: int = 3  # links asked to probe on our behalf
+    probe_interval: float = (
+        1.0  # s; a silent link is probed at most once per interval (memberlist LAN)
+    )
+    quiet_after: float = 1.25  # s of silence before a probe: links dance every 1 s, so one
+    # lost heartbeat costs one probe and a dead link is probed 1.25 s after its last word
+    probe_timeout: float = (
+        0.5  # s; well above LAN RTT, leaves half the interval for indirect probes
+    )
+    indirect_checks: int = 3  # links asked to probe on our behalf (memberlist IndirectChecks)
     suspicion_mult: float = 4.0  # minimum suspicion = mult * log10(N) * interval (memberlist LAN)
     suspicion_max_mult: float = 6.0  # suspicion starts at max_mult times the minimum (Lifeguard)
     suspicion_confirmations: int = 2  # independent accusers that bring it down to the minimum
     # (memberlist uses SuspicionMult - 2; in a honeycomb two other neighbours share each link)
-    retransmit_mult: int = 4  # each update sent mult * ceil(log10(N + 1)) times
-    gossip_interval: float = 0.2  # s between pushes of news (only while there is news)
-    gossip_nodes: int = 3  # links each push goes to
-    piggyback_bytes: int = 900  # bytes of updates per message, well inside a datagram
+    retransmit_mult: int = 4  # piggybacked news rides mult * ceil(log10(N + 1)) messages
+    gossip_interval: float = 0.1  # s; news is batched this long before it is flooded
+    flood_rounds: int = 2  # copies of one item a link gets at most (a lost datagram is
+    # repaired by the second round; a link that told us the news gets none)
+    flood_repeat: float = 0.5  # s between the rounds (time for links to echo it back)
+    piggyback_bytes: int = 900  # bytes of updates per probe or ack, well inside a datagram
     awareness_max: int = 8  # local health scales timings by at most this factor
-    sync_interval: float = (
-        30.0  # s between push-pull exchanges with one random link (memberlist: 30 s)
-    )
+    sync_interval: float = 30.0  # s between push-pull exchanges with one random link (memberlist)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -176,9 +208,27 @@ class _Probe:
     indirect_at: float
     give_up_at: float
     indirect_sent: bool = False
+    helpers: int = 0  # ProbeReqs sent
+    nackers: set[bytes] = field(default_factory=set)  # helpers that could not reach it either
+
+
+@dataclass(slots=True)
+class _Relay:
+    requester: Addr
+    their_seq: int
+    nack_at: float  # tell the requester we failed too (Lifeguard)
+
+
+@dataclass(slots=True)
+class _News:
+    update: MemberUpdate
+    due: float  # next flood round
+    rounds: int = 0  # rounds done
+    told_us: set[bytes] = field(default_factory=set)  # links that have it already
 
 
 _UPDATE_SIZE = 70  # bytes of one MemberUpdate on the wire, a safe upper estimate for IPv4
+_FLOOD_BYTES = 1100  # updates per flood datagram (inside MAX_DATAGRAM with envelope and seal)
 
 
 class Swim:
@@ -195,20 +245,23 @@ class Swim:
         # bytes iterate in hash order, which PYTHONHASHSEED changes per process,
         # and the order of deaths must replay exactly for a given seed.
         self._suspects: dict[bytes, None] = {}
-        self.links: list[bytes] = []
-        self._order: list[bytes] = []  # probe round robin, reshuffled each round
-        self._last_heard: dict[bytes, float] = {}
+        self.links: list[bytes] = []  # watched
+        self.spread: list[bytes] = []  # told news: watched links and shortcuts
+        self._watched: set[bytes] = set()
+        self._quiet_until: dict[bytes, float] = {}  # watched link -> probe it if silent by then
+        self._probing: dict[bytes, int] = {}  # target -> seq of the probe in flight
+        self._heard_at: dict[bytes, float] = {}  # node -> last message from it
         self._probes: dict[int, _Probe] = {}  # our seq -> probe
-        self._relays: dict[
-            int, tuple[Addr, int, float]
-        ] = {}  # our seq -> (requester, its seq, expiry)
+        self._relays: dict[int, _Relay] = {}  # our seq -> probe we make for another node
         self._queue: BroadcastQueue[MemberUpdate] = BroadcastQueue(self._retransmits)
+        self._news: dict[tuple[bytes, bytes], _News] = {}  # (node, accuser or b"") -> news
+        self._flood_at: float | None = None
         self.awareness = Awareness(config.awareness_max)
         self._outbox: list[tuple[Addr, Envelope]] = []
         self._events: list[MembershipEvent] = []
-        self._next_probe = now + rng.uniform(0, config.probe_interval)  # spread the swarm's probes
-        self._next_gossip = now + config.gossip_interval
         self._next_sync = now + rng.uniform(0.5, 1.5) * config.sync_interval
+        self._next_health = now + config.probe_interval
+        self.relink_needed = False  # a link died or a dead node came back (the owner of links)
         self.probes_sent = 0
         self.false_suspicions_refuted = 0
         self._announce(now)
@@ -217,16 +270,29 @@ class Swim:
 
     def add_member(self, node: bytes, addr: Addr, incarnation: int, now: float) -> None:
         """Learn a member from outside (the honeycomb, the DHT)."""
-        self._apply(self._update(node, addr, incarnation, MemberState.ALIVE, node), now)
+        self._apply(self._update(node, addr, incarnation, MemberState.ALIVE, node), self.me, now)
 
-    def set_links(self, links: list[bytes]) -> None:
-        """The nodes to watch: known members only, never ourselves."""
+    def set_links(self, links: list[bytes], now: float, spread: Sequence[bytes] = ()) -> None:
+        """Watch ``links``; tell news to them and to ``spread``. Known members
+        only, never ourselves."""
         self.links = [n for n in dict.fromkeys(links) if n != self.me and n in self.members]
-        self._order = [n for n in self._order if n in self.links]
+        self.spread = [
+            n for n in dict.fromkeys([*self.links, *spread]) if n != self.me and n in self.members
+        ]
+        self._watched = set(self.links)
+        for node in self.links:
+            # A new link is probed at once: after a death it is often the
+            # next watcher of a node nobody else watches any more.
+            self._quiet_until.setdefault(node, now)
+        for node in list(self._quiet_until):
+            if node not in self._watched:
+                del self._quiet_until[node]
 
     def heard(self, node: bytes, now: float) -> None:
-        """Another core got a message from ``node``: proof of life, no probe needed."""
-        self._last_heard[node] = now
+        """A message came from ``node``: proof of life, no probe needed for a while."""
+        self._heard_at[node] = now
+        if node in self._quiet_until:
+            self._quiet_until[node] = now + self.awareness.scale(self.config.quiet_after)
 
     def state_of(self, node: bytes) -> MemberState | None:
         member = self.members.get(node)
@@ -243,69 +309,74 @@ class Swim:
 
     def receive(self, env: Envelope, sender: Addr, now: float) -> None:
         msg = env.message
-        self._last_heard[env.sender] = now
-        updates = getattr(msg, "updates", ())
-        for update in updates:
-            self._apply(update, now)
+        self.heard(env.sender, now)
+        for update in getattr(msg, "updates", ()):
+            self._apply(update, env.sender, now)
         if isinstance(msg, Probe):
             if msg.target == self.me:
                 self._send(sender, env.msg_id, Ack(updates=self._piggyback()))
         elif isinstance(msg, Ack):
             probe = self._probes.pop(env.msg_id, None)
             if probe is not None:
-                self._last_heard[probe.target] = now
+                self._probing.pop(probe.target, None)
+                self.heard(probe.target, now)
                 self.awareness.apply(-1)
             relay = self._relays.pop(env.msg_id, None)
             if relay is not None:
-                requester, their_seq, _ = relay
-                self._send(requester, their_seq, Ack(updates=self._piggyback()))
+                self._send(relay.requester, relay.their_seq, Ack(updates=self._piggyback()))
+        elif isinstance(msg, Nack):
+            probe = self._probes.get(env.msg_id)
+            if probe is not None:
+                probe.nackers.add(env.sender)
         elif isinstance(msg, Sync):
             if not msg.reply:
                 self._send(sender, env.msg_id, Sync(updates=self._digest(), reply=True))
         elif isinstance(msg, ProbeReq):
             seq = self._rng.getrandbits(64)
-            self._relays[seq] = (sender, env.msg_id, now + self.config.probe_interval)
+            nack_at = now + 0.8 * self.config.probe_timeout  # before the requester gives up
+            self._relays[seq] = _Relay(sender, env.msg_id, nack_at)
             self._send(
                 (msg.host, msg.port), seq, Probe(target=msg.target, updates=self._piggyback())
             )
 
     def handle_timer(self, now: float) -> None:
-        cfg = self.config
-        for seq, probe in list(self._probes.items()):
-            if not probe.indirect_sent and now >= probe.indirect_at:
-                probe.indirect_sent = True
-                self._ask_indirect(seq, probe)
-            if now >= probe.give_up_at:
-                del self._probes[seq]
-                if self._last_heard.get(probe.target, -1.0) >= probe.sent:
-                    continue  # heard from it meanwhile: as good as an ack
-                self.awareness.apply(1)
-                self._suspect(probe.target, self.me, now)
-        for seq, (_, _, expiry) in list(self._relays.items()):
-            if now >= expiry:
+        self._check_probes(now)
+        for seq, relay in list(self._relays.items()):
+            if now >= relay.nack_at:
                 del self._relays[seq]
+                self._send(relay.requester, relay.their_seq, Nack())
         self._expire_suspicions(now)
-        if now >= self._next_probe:
-            self._probe_next(now)
-            self._next_probe = now + self.awareness.scale(cfg.probe_interval)
-        if now >= self._next_gossip:
-            self._gossip()
-            self._next_gossip = now + cfg.gossip_interval
+        if now >= self._next_health:
+            # Links that keep dancing are answered probes in all but name: our
+            # network works, so recover from a burst of failures (Lifeguard).
+            self._next_health = now + self.config.probe_interval
+            if any(
+                now - self._heard_at.get(n, -1e9) < self.config.probe_interval for n in self.links
+            ):
+                self.awareness.apply(-1)
+        self._probe_quiet_links(now)
+        if self._flood_at is not None and now >= self._flood_at:
+            self._flood(now)
         if now >= self._next_sync:
             self._sync()
-            self._next_sync = now + self._rng.uniform(0.5, 1.5) * cfg.sync_interval
+            self._next_sync = now + self._rng.uniform(0.5, 1.5) * self.config.sync_interval
 
     def next_timer(self) -> float | None:
-        times = [self._next_probe, self._next_sync]
-        if len(self._queue):
-            times.append(self._next_gossip)
+        times = [self._next_sync]
+        if self.awareness.score:
+            times.append(self._next_health)
+        if self._flood_at is not None:
+            times.append(self._flood_at)
+        for node, until in self._quiet_until.items():
+            if node not in self._probing:
+                times.append(until)
         for probe in self._probes.values():
             times.append(probe.give_up_at if probe.indirect_sent else probe.indirect_at)
         for node in self._suspects:
             member = self.members[node]
             times.append(member.suspicion_start + self._suspicion_total(member))
-        if self._relays:
-            times.append(min(e for _, _, e in self._relays.values()))
+        for relay in self._relays.values():
+            times.append(relay.nack_at)
         return min(times)
 
     def outbox(self) -> list[tuple[Addr, Envelope]]:
@@ -314,18 +385,14 @@ class Swim:
 
     # ---------------------------------------------------------------- probing
 
-    def _probe_next(self, now: float) -> None:
-        if not self._order:
-            self._order = list(self.links)
-            self._rng.shuffle(self._order)
-        while self._order:
-            target = self._order.pop()
-            member = self.members.get(target)
-            if member is None or member.state is MemberState.DEAD:
+    def _probe_quiet_links(self, now: float) -> None:
+        for target, until in self._quiet_until.items():
+            if until > now or target in self._probing:
                 continue
-            heard = self._last_heard.get(target, -1.0)
-            if member.state is MemberState.ALIVE and now - heard < self.config.probe_interval:
-                continue  # it spoke to us within the period: proof enough
+            member = self.members[target]  # links are members
+            self._quiet_until[target] = now + self.awareness.scale(self.config.probe_interval)
+            if member.state is MemberState.DEAD:
+                continue  # until the owner of the links relinks
             seq = self._rng.getrandbits(64)
             timeout = self.awareness.scale(self.config.probe_timeout)
             self._probes[seq] = _Probe(
@@ -334,21 +401,47 @@ class Swim:
                 indirect_at=now + timeout,
                 give_up_at=now + self.awareness.scale(self.config.probe_interval),
             )
-            self._send(member.addr, seq, Probe(target=target, updates=self._piggyback()))
+            self._probing[target] = seq
+            updates = self._piggyback()
+            if member.state is MemberState.SUSPECT:
+                # Tell the suspect first, so it can refute (it is alive if it reads this).
+                accusation = self._update(
+                    target, member.addr, member.incarnation, MemberState.SUSPECT, self.me
+                )
+                updates = (accusation, *updates[: MAX_UPDATES - 1])
+            self._send(member.addr, seq, Probe(target=target, updates=updates))
             self.probes_sent += 1
-            return
 
-    def _ask_indirect(self, seq: int, probe: _Probe) -> None:
+    def _check_probes(self, now: float) -> None:
+        for seq, probe in list(self._probes.items()):
+            if not probe.indirect_sent and now >= probe.indirect_at:
+                probe.indirect_sent = True
+                probe.helpers = self._ask_indirect(seq, probe, now)
+            if now >= probe.give_up_at:
+                del self._probes[seq]
+                self._probing.pop(probe.target, None)
+                # Lifeguard: helpers that did not even nack point at us, not the target.
+                nacks = len(probe.nackers)
+                self.awareness.apply(probe.helpers - nacks if probe.helpers else 1)
+                # A helper that failed too is an independent accuser: a confirmation.
+                self._suspect(probe.target, self.me, now, also=probe.nackers)
+
+    def _ask_indirect(self, seq: int, probe: _Probe, now: float) -> int:
         member = self.members.get(probe.target)
         if member is None:
-            return
+            return 0
         helpers = [
             n
-            for n in self.links
+            for n in self.spread
             if n != probe.target and self.members[n].state is MemberState.ALIVE
         ]
         self._rng.shuffle(helpers)
-        for helper in helpers[: self.config.indirect_checks]:
+        # Links heard from lately first: after a mass failure, asking dead
+        # helpers would cost their nacks and wrongly lower our own health.
+        fresh = now - self.config.quiet_after
+        helpers.sort(key=lambda n: self._heard_at.get(n, -1e9) < fresh)
+        helpers = helpers[: self.config.indirect_checks]
+        for helper in helpers:
             req = ProbeReq(
                 target=probe.target,
                 host=member.addr[0],
@@ -356,6 +449,7 @@ class Swim:
                 updates=self._piggyback(),
             )
             self._send(self.members[helper].addr, seq, req)
+        return len(helpers)
 
     # ------------------------------------------------------------ membership
 
@@ -368,11 +462,8 @@ class Swim:
 
     def _announce(self, now: float) -> None:
         self._broadcast(
-            self._update(self.me, self.addr, self.incarnation, MemberState.ALIVE, self.me)
+            self._update(self.me, self.addr, self.incarnation, MemberState.ALIVE, self.me), now
         )
-
-    def _broadcast(self, update: MemberUpdate) -> None:
-        self._queue.queue(update.node, update, _UPDATE_SIZE)
 
     def _retransmits(self) -> int:
         return retransmit_limit(self.config.retransmit_mult, len(self.members) + 1)
@@ -387,15 +478,26 @@ class Swim:
                 at=now,
             )
         )
+        if member.state is MemberState.DEAD and member.node in self.spread:
+            self.relink_needed = True
 
-    def _apply(self, u: MemberUpdate, now: float) -> None:
+    def _apply(self, u: MemberUpdate, sender: bytes, now: float) -> None:
         if u.node == self.me:
             if u.state is not MemberState.ALIVE and u.incarnation >= self.incarnation:
-                # Suspected or declared dead: refute with a higher incarnation (SWIM §4.2).
+                # Suspected or declared dead: refute with a higher incarnation (SWIM §4.2),
+                # straight back to whoever told us too (it may not be one of our links).
                 self.incarnation = u.incarnation + 1
                 self.false_suspicions_refuted += 1
                 self._announce(now)
+                told = self.members.get(sender)
+                if told is not None and sender not in self.spread:
+                    mine = self._update(
+                        self.me, self.addr, self.incarnation, MemberState.ALIVE, self.me
+                    )
+                    self._send(told.addr, self._rng.getrandbits(64), Gossip(updates=(mine,)))
             return
+        if u.state is MemberState.SUSPECT and u.node not in self._watched:
+            return  # not ours to judge: its watchers will tell us the verdict
         member = self.members.get(u.node)
         addr = (u.host, u.port)
         if member is None:
@@ -408,15 +510,13 @@ class Swim:
                 member.confirmers = {u.by}
                 self._suspects[u.node] = None
             self._emit(member, now)
-            if u.state is not MemberState.ALIVE or u.incarnation > 0:
-                # Join news (alive at incarnation 0) is not re-gossiped by strangers:
-                # the joiner's own broadcast and its dances reach its neighbourhood,
-                # and nobody needs the full member list (the DHT finds anyone).
-                self._broadcast(u)
+            if u.state is not MemberState.ALIVE:
+                self._broadcast(u, now, sender)
             return
         if u.state is MemberState.ALIVE:
             if u.incarnation > member.incarnation:
                 changed = member.state is not MemberState.ALIVE
+                self.relink_needed |= member.state is MemberState.DEAD
                 member.incarnation, member.state, member.addr, member.since = (
                     u.incarnation,
                     MemberState.ALIVE,
@@ -426,22 +526,37 @@ class Swim:
                 member.confirmers = set()
                 if changed:
                     self._emit(member, now)
-                self._broadcast(u)
+                    self._broadcast(u, now, sender)  # a refutation or a rejoin: undo the news
+            else:
+                self._told(u, sender)
         elif u.state is MemberState.SUSPECT:
             if u.incarnation < member.incarnation or member.state is MemberState.DEAD:
                 return
             if member.state is MemberState.SUSPECT and u.incarnation == member.incarnation:
                 if u.by not in member.confirmers:
                     member.confirmers.add(u.by)  # an independent confirmation (Lifeguard)
-                    self._broadcast(u)
+                    self._broadcast(u, now, sender)
+                else:
+                    self._told(u, sender)
                 return
-            self._suspect(u.node, u.by, now, incarnation=u.incarnation)
+            self._suspect(u.node, u.by, now, incarnation=u.incarnation, sender=sender)
         elif member.state is not MemberState.DEAD and u.incarnation >= member.incarnation:
             member.incarnation, member.state, member.since = u.incarnation, MemberState.DEAD, now
+            self._suspects.pop(u.node, None)
             self._emit(member, now)
-            self._broadcast(u)
+            self._broadcast(u, now, sender)
+        else:
+            self._told(u, sender)
 
-    def _suspect(self, node: bytes, by: bytes, now: float, incarnation: int | None = None) -> None:
+    def _suspect(
+        self,
+        node: bytes,
+        by: bytes,
+        now: float,
+        incarnation: int | None = None,
+        sender: bytes | None = None,
+        also: set[bytes] | None = None,
+    ) -> None:
         member = self.members.get(node)
         if member is None or member.state is MemberState.DEAD:
             return
@@ -450,7 +565,8 @@ class Swim:
             if by not in member.confirmers:
                 member.confirmers.add(by)
                 self._broadcast(
-                    self._update(node, member.addr, member.incarnation, MemberState.SUSPECT, by)
+                    self._update(node, member.addr, member.incarnation, MemberState.SUSPECT, by),
+                    now,
                 )
             return
         if incarnation is not None:
@@ -458,10 +574,12 @@ class Swim:
         member.state = MemberState.SUSPECT
         self._suspects[node] = None
         member.since = member.suspicion_start = now
-        member.confirmers = {by}
+        member.confirmers = {by, *(also or ())}
         self._emit(member, now)
         self._broadcast(
-            self._update(node, member.addr, member.incarnation, MemberState.SUSPECT, by)
+            self._update(node, member.addr, member.incarnation, MemberState.SUSPECT, by),
+            now,
+            sender,
         )
 
     def _suspicion_bounds(self) -> tuple[float, float, int]:
@@ -472,9 +590,8 @@ class Swim:
 
     def _suspicion_total(self, member: _Member) -> float:
         minimum, maximum, expected = self._suspicion_bounds()
-        confirmations = max(
-            0, len(member.confirmers) - 1
-        )  # the first accuser is not a confirmation
+        # The first accuser is not a confirmation.
+        confirmations = max(0, len(member.confirmers) - 1)
         return remaining_suspicion_time(confirmations, expected, 0.0, minimum, maximum)
 
     def _expire_suspicions(self, now: float) -> None:
@@ -490,25 +607,58 @@ class Swim:
                 self._broadcast(
                     self._update(
                         member.node, member.addr, member.incarnation, MemberState.DEAD, self.me
-                    )
+                    ),
+                    now,
                 )
 
     # ---------------------------------------------------------- dissemination
 
+    def _broadcast(self, update: MemberUpdate, now: float, sender: bytes | None = None) -> None:
+        """New news: piggyback it, and flood it to our links."""
+        self._queue.queue(update.node, update, _UPDATE_SIZE)
+        key = (update.node, update.by if update.state is MemberState.SUSPECT else b"")
+        if update.state is not MemberState.SUSPECT:
+            for stale in [k for k in self._news if k[0] == update.node]:
+                del self._news[stale]  # a verdict or refutation replaces the suspicions
+        due = now + self.config.gossip_interval
+        news = _News(update, due)
+        if sender is not None and sender != self.me:
+            news.told_us.add(sender)
+        self._news[key] = news
+        if self._flood_at is None or due < self._flood_at:
+            self._flood_at = due
+
+    def _told(self, u: MemberUpdate, sender: bytes) -> None:
+        """``sender`` sent us news we had: it needs no copy from us."""
+        key = (u.node, u.by if u.state is MemberState.SUSPECT else b"")
+        news = self._news.get(key)
+        if news is not None and (news.update.incarnation, news.update.state) == (
+            u.incarnation,
+            u.state,
+        ):
+            news.told_us.add(sender)
+
+    def _flood(self, now: float) -> None:
+        cfg = self.config
+        ready = [n for n in self._news.values() if n.due <= now]
+        per_msg = min(MAX_UPDATES, _FLOOD_BYTES // _UPDATE_SIZE)
+        for target in self.spread:
+            member = self.members[target]
+            if member.state is MemberState.DEAD:
+                continue
+            items = [n.update for n in ready if target not in n.told_us]
+            for start in range(0, len(items), per_msg):
+                chunk = tuple(items[start : start + per_msg])
+                self._send(member.addr, self._rng.getrandbits(64), Gossip(updates=chunk))
+        for news in ready:
+            news.rounds += 1
+            news.due = now + cfg.flood_repeat
+        self._news = {k: n for k, n in self._news.items() if n.rounds < cfg.flood_rounds}
+        self._flood_at = min((n.due for n in self._news.values()), default=None)
+
     def _piggyback(self) -> tuple[MemberUpdate, ...]:
         taken = self._queue.take(self.config.piggyback_bytes)
         return tuple(taken[:MAX_UPDATES])
-
-    def _gossip(self) -> None:
-        if not len(self._queue) or not self.links:
-            return
-        live = [n for n in self.links if self.members[n].state is not MemberState.DEAD]
-        self._rng.shuffle(live)
-        for node in live[: self.config.gossip_nodes]:
-            updates = self._piggyback()
-            if not updates:
-                return
-            self._send(self.members[node].addr, self._rng.getrandbits(64), Gossip(updates=updates))
 
     def _digest(self) -> tuple[MemberUpdate, ...]:
         """What anti-entropy exchanges: news that gossip may have lost (deaths,
@@ -527,7 +677,7 @@ class Swim:
         return tuple(out[:MAX_SYNC])
 
     def _sync(self) -> None:
-        live = [n for n in self.links if self.members[n].state is MemberState.ALIVE]
+        live = [n for n in self.spread if self.members[n].state is MemberState.ALIVE]
         if not live:
             return
         peer = self._rng.choice(live)

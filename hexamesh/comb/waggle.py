@@ -7,13 +7,17 @@ address, incarnation, status, models, load, queue, KV-cache use, tokens/s,
 GPU memory, uptime and a version counter that grows with every change.
 
 A node pushes its dance to its links at least every ``heartbeat``, and sooner
-(but not more often than every ``min_interval``) when it changed noticeably:
-status or models changed, or load/KV use moved by more than ``load_delta``.
+(but not more often than every ``min_interval``) when it changed noticeably
+(status or models changed, or load/KV use moved by more than ``load_delta``)
+or when it heard a noticeable change from a link that it should relay.
 Each push also carries the dances it heard *fresh* since its last push, each
 with a hop budget that drops by one per relay (``hops``, default 2 rings), so
 every node holds a recent view of its neighbourhood at a constant cost per
-node whatever the swarm size. A dance older (lower version) than the one held
-is ignored; a view entry not refreshed for ``expiry`` is dropped.
+node whatever the swarm size. A node also dances to whoever danced to it
+lately (``answer_for`` heartbeats): across holes links can be one-sided, and
+the relation must be two-way for both proof of life and the two-ring view.
+A dance older (lower version) than the one held is ignored; a view entry not
+refreshed for ``expiry`` is dropped.
 
 Any push from a link is also proof of life for the failure detector: in
 steady state neighbours hear each other every heartbeat and need no probes.
@@ -115,7 +119,10 @@ class WaggleConfig:
     hops: int = 2  # rings a dance travels (own links + their links)
     expiry: float = 60.0  # s; a view entry not refreshed this long is dropped
     relay_every: int = 10  # heartbeats between re-relays of unchanged dances (keeps ring 2 alive)
+    relay_pushes: int = 2  # pushes that carry a fresh dance onwards (one lost datagram is not
+    # a stale ring 2: the next push repeats it)
     max_view: int = 512  # entries kept; a neighbourhood of 2 rings is ~20
+    answer_for: float = 3.0  # heartbeats a node keeps dancing to one that danced to it
 
 
 @dataclass(slots=True)
@@ -123,7 +130,7 @@ class _Seen:
     dance: Dance
     at: float
     hops: int
-    relayed: bool = False
+    relays_left: int = 0
 
 
 _DANCE_BYTES = 160  # on the wire with two short model names; used to fill a datagram
@@ -135,6 +142,7 @@ class Waggle:
         self._rng = rng
         self.dance = dance
         self.links: dict[bytes, Addr] = {}
+        self._dancers: dict[bytes, tuple[Addr, float]] = {}  # danced to us -> (addr, when)
         self.view: dict[bytes, _Seen] = {}
         self._outbox: list[tuple[Addr, Envelope]] = []
         self._next_push = now + rng.uniform(0, config.heartbeat)  # spread the swarm's pushes
@@ -151,18 +159,25 @@ class Waggle:
         fields.update(changes)
         new = Dance(version=old.version + 1, **fields)
         self.dance = new
-        cfg = self.config
-        noticeable = (
+        if self._noticeable(old, new):
+            self._push_soon(now)
+
+    def _noticeable(self, old: Dance, new: Dance) -> bool:
+        delta = self.config.load_delta
+        return (
             new.status != old.status
             or new.models != old.models
-            or abs(new.load - old.load) > cfg.load_delta
-            or abs(new.kv - old.kv) > cfg.load_delta
+            or abs(new.load - old.load) > delta
+            or abs(new.kv - old.kv) > delta
         )
-        if noticeable:
-            self._next_push = min(self._next_push, max(now, self._last_push + cfg.min_interval))
 
-    def receive(self, msg: WaggleMsg, now: float) -> list[Dance]:
-        """Take a push; returns the dances that were news."""
+    def _push_soon(self, now: float) -> None:
+        soonest = max(now, self._last_push + self.config.min_interval)
+        self._next_push = min(self._next_push, soonest)
+
+    def receive(self, msg: WaggleMsg, now: float, sender: Addr | None = None) -> list[Dance]:
+        """Take a push (from ``sender``, whom we then dance to for a while); returns
+        the dances that were news."""
         news = []
         for hd in msg.dances:
             d = hd.dance
@@ -172,9 +187,17 @@ class Waggle:
             if seen is not None and seen.dance.version >= d.version:
                 if seen.dance.version == d.version:
                     seen.at = now  # still current
+                    if hd.hops > seen.hops:
+                        # Heard first by a relay, now from the source: ours to relay on.
+                        seen.hops = hd.hops
+                        seen.relays_left = self.config.relay_pushes
                 continue
-            self.view[d.node] = _Seen(d, now, hd.hops)
+            if hd.hops > 1 and (seen is None or self._noticeable(seen.dance, d)):
+                self._push_soon(now)  # relay a noticeable change now, not at the heartbeat
+            self.view[d.node] = _Seen(d, now, hd.hops, self.config.relay_pushes)
             news.append(d)
+        if sender is not None and msg.dances and msg.dances[0].hops == self.config.hops:
+            self._dancers[msg.dances[0].dance.node] = (sender, now)
         if len(self.view) > self.config.max_view:
             for node, _ in sorted(self.view.items(), key=lambda kv: kv[1].at)[
                 : len(self.view) - self.config.max_view
@@ -200,19 +223,25 @@ class Waggle:
         self._last_push = now
         self._next_push = now + self.config.heartbeat
         self._pushes += 1
-        if not self.links:
+        answer_since = now - self.config.answer_for * self.config.heartbeat
+        self._dancers = {n: v for n, v in self._dancers.items() if v[1] >= answer_since}
+        targets = dict(self.links)
+        for node, (addr, _) in self._dancers.items():
+            targets.setdefault(node, addr)
+        targets.pop(self.dance.node, None)
+        if not targets:
             return
         if self._pushes % self.config.relay_every == 0:
             for seen in self.view.values():
-                seen.relayed = False  # now and then, unchanged dances travel again
+                seen.relays_left = max(seen.relays_left, 1)  # now and then, unchanged ones too
         room = (MAX_DATAGRAM - SEAL_OVERHEAD - 60) // _DANCE_BYTES - 1
-        relays = [s for s in self.view.values() if not s.relayed and s.hops > 1]
+        relays = [s for s in self.view.values() if s.relays_left > 0 and s.hops > 1]
         relays.sort(key=lambda s: -s.at)
         carried = [HopDance(dance=self.dance, hops=self.config.hops)]
         for seen in relays[:room]:
-            seen.relayed = True
+            seen.relays_left -= 1
             carried.append(HopDance(dance=seen.dance, hops=seen.hops - 1))
         msg = WaggleMsg(dances=tuple(carried))
-        for addr in self.links.values():
+        for addr in targets.values():
             env = Envelope(sender=self.dance.node, msg_id=self._rng.getrandbits(64), message=msg)
             self._outbox.append((addr, env))

@@ -1,6 +1,15 @@
 """SWIM on the discrete-event simulator: detection, dissemination, no false alarms."""
 
-from hexamesh.comb.swim import Gossip, MemberState, MemberUpdate, Swim, SwimConfig
+from hexamesh.comb.swim import (
+    Gossip,
+    MemberState,
+    MemberUpdate,
+    Nack,
+    Probe,
+    ProbeReq,
+    Swim,
+    SwimConfig,
+)
 from hexamesh.net.base import Addr
 from hexamesh.net.sim import SimHost, SimNetwork, UniformLatency
 from hexamesh.wire import Envelope
@@ -28,7 +37,7 @@ def swarm(
             for j in range(n):
                 if j != i:
                     core.add_member(node_id(j), addr(j), 0, net.now)
-            core.set_links([node_id((i + o) % n) for o in OFFSETS])
+            core.set_links([node_id((i + o) % n) for o in OFFSETS], net.now)
             core.events()  # the initial joins are not news for the test
             return core
 
@@ -102,8 +111,9 @@ def test_a_wrongly_suspected_node_refutes() -> None:
         state=MemberState.SUSPECT,
         by=node_id(9),
     )
+    # Told to one of 3's watchers (4 links to 3); non-watchers ignore suspicions.
     net.interact(
-        addr(9),
+        addr(4),
         lambda c, now: c.receive(
             Envelope(sender=node_id(8), msg_id=1, message=Gossip(updates=(rumour,))), addr(8), now
         ),
@@ -119,7 +129,7 @@ def test_a_wrongly_suspected_node_refutes() -> None:
 def test_links_are_members_only_and_never_self() -> None:
     net = swarm(5)
     c = core(net, 0)
-    c.set_links([node_id(0), node_id(1), node_id(99), node_id(1)])
+    c.set_links([node_id(0), node_id(1), node_id(99), node_id(1)], 0.0)
     assert c.links == [node_id(1)]
 
 
@@ -147,3 +157,114 @@ def test_push_pull_repairs_a_missed_death_and_answers_with_its_own_news() -> Non
     [(to, env)] = replies
     assert to == addr(4) and env.msg_id == 77 and env.message.reply  # type: ignore[attr-defined]
     assert any(u.node == node_id(5) and u.state is MemberState.DEAD for u in env.message.updates)  # type: ignore[attr-defined]
+
+
+def lone(i: int, links: list[int], spread: list[int] = ()) -> Swim:  # type: ignore[assignment]
+    """A core driven by hand: members 0..19, watching ``links``."""
+    import random
+
+    c = Swim(node_id(i), addr(i), SwimConfig(), random.Random(i), 0.0)
+    for j in range(20):
+        if j != i:
+            c.add_member(node_id(j), addr(j), 0, 0.0)
+    c.set_links([node_id(j) for j in links], 0.0, spread=[node_id(j) for j in spread])
+    c.events()
+    c.outbox()
+    return c
+
+
+def suspicion(of: int, by: int) -> MemberUpdate:
+    return MemberUpdate(
+        node=node_id(of),
+        host=addr(of)[0],
+        port=addr(of)[1],
+        incarnation=0,
+        state=MemberState.SUSPECT,
+        by=node_id(by),
+    )
+
+
+def gossip_from(sender: int, *updates: MemberUpdate) -> Envelope:
+    return Envelope(sender=node_id(sender), msg_id=1, message=Gossip(updates=updates))
+
+
+def test_only_watchers_act_on_a_suspicion() -> None:
+    c = lone(0, [1, 2])
+    c.receive(gossip_from(2, suspicion(of=5, by=2)), addr(2), 1.0)
+    assert c.state_of(node_id(5)) is MemberState.ALIVE  # not ours to judge
+    c.receive(gossip_from(2, suspicion(of=1, by=2)), addr(2), 1.0)
+    assert c.state_of(node_id(1)) is MemberState.SUSPECT
+
+
+def test_news_is_flooded_to_every_link_but_the_teller_twice() -> None:
+    c = lone(0, [1, 2, 3], spread=[4])
+    dead = MemberUpdate(
+        node=node_id(9),
+        host=addr(9)[0],
+        port=addr(9)[1],
+        incarnation=0,
+        state=MemberState.DEAD,
+        by=node_id(1),
+    )
+    c.receive(gossip_from(1, dead), addr(1), 1.0)
+    c.outbox()
+    rounds = []
+    for t in (1.1, 1.6, 2.1, 2.6):
+        c.handle_timer(t)
+        rounds.append(
+            sorted(
+                to
+                for to, env in c.outbox()
+                if isinstance(env.message, Gossip) and dead in env.message.updates
+            )
+        )
+    # Links 2, 3 and the shortcut 4 get it in each of two rounds; 1 told us, so none.
+    assert rounds[0] == rounds[1] == sorted([addr(2), addr(3), addr(4)])
+    assert rounds[2] == rounds[3] == []
+    c.receive(gossip_from(2, dead), addr(2), 2.7)  # old news: not flooded again
+    c.handle_timer(3.0)
+    assert not [
+        e for _, e in c.outbox() if isinstance(e.message, Gossip) and dead in e.message.updates
+    ]
+
+
+def test_a_quiet_link_is_probed_a_chatty_one_never() -> None:
+    c = lone(0, [1, 2])
+    for t in (0.0, 1.0, 2.0, 3.0):
+        c.heard(node_id(1), t)  # 1 dances every second; 2 is silent from the start
+        c.handle_timer(t)
+    probed = [env.message.target for _, env in c.outbox() if isinstance(env.message, Probe)]  # type: ignore[attr-defined]
+    assert node_id(2) in probed and node_id(1) not in probed[1:]
+
+
+def test_helpers_that_nack_confirm_the_suspicion_and_spare_our_health() -> None:
+    c = lone(0, [1, 2, 3, 4])
+    for n in (2, 3, 4):
+        c.heard(node_id(n), 0.9)
+    c.handle_timer(1.0)  # 1 silent since it became a link: probed
+    [(seq, probe)] = list(c._probes.items())
+    c.handle_timer(probe.indirect_at)
+    reqs = [(to, env) for to, env in c.outbox() if isinstance(env.message, ProbeReq)]
+    assert len(reqs) == 3
+    for to, env in reqs:
+        helper = int.from_bytes(env.message.target, "big")  # type: ignore[attr-defined]
+        assert helper == 1
+        sender = next(n for n in (2, 3, 4) if addr(n) == to)
+        c.receive(Envelope(sender=node_id(sender), msg_id=seq, message=Nack()), to, 1.7)
+    c.handle_timer(probe.give_up_at)
+    assert c.state_of(node_id(1)) is MemberState.SUSPECT
+    assert len(c.members[node_id(1)].confirmers) == 4  # us and three helpers
+    assert c.awareness.score == 0  # every helper answered: the problem is not us
+
+
+def test_a_node_tells_its_accuser_it_is_alive_even_off_its_links() -> None:
+    c = lone(0, [1])
+    c.receive(gossip_from(7, suspicion(of=0, by=7)), addr(7), 1.0)
+    assert c.incarnation == 1
+    direct = [
+        u
+        for to, env in c.outbox()
+        if to == addr(7) and isinstance(env.message, Gossip)
+        for u in env.message.updates  # type: ignore[attr-defined]
+    ]
+    assert any(u.node == node_id(0) and u.incarnation == 1 for u in direct)

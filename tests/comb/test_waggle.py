@@ -51,3 +51,44 @@ def test_a_noticeable_change_is_danced_early_a_small_one_waits() -> None:
     w.update(regular - 0.9, load=0.5)  # noticeable: soon, but not before min_interval
     assert w.next_timer() < regular
     assert w.dance.version == 3
+
+
+def one(n: int) -> bytes:
+    return n.to_bytes(20, "big")
+
+
+def test_a_node_dances_back_to_whoever_danced_to_it() -> None:
+    # 2 links to 1 across a hole, 1 does not link to 2: 1 still answers 2 for a while.
+    w = waggle(1, [])
+    w.receive(WaggleMsg(dances=(HopDance(dance=dance(2), hops=2),)), 0.5, ("10.0.0.1", 2))
+    w.handle_timer(w.next_timer())
+    assert [a for a, _ in w.outbox()] == [("10.0.0.1", 2)]
+    w.handle_timer(10.0)  # 2 went quiet for longer than answer_for heartbeats
+    assert w.outbox() == []
+
+
+def test_a_dance_heard_first_from_a_relay_is_relayed_once_heard_from_its_source() -> None:
+    w = waggle(1, [3])
+    w.receive(WaggleMsg(dances=(HopDance(dance=dance(2, version=4), hops=1),)), 0.1)
+    w.receive(WaggleMsg(dances=(HopDance(dance=dance(2, version=4), hops=2),)), 0.2)
+    w.handle_timer(w.next_timer())
+    [(_, env)] = w.outbox()
+    carried = {hd.dance.node: hd.hops for hd in env.message.dances}  # type: ignore[attr-defined]
+    assert carried[one(2)] == 1
+
+
+def test_a_noticeable_change_heard_from_a_link_is_relayed_early() -> None:
+    w = waggle(1, [3])
+    w.handle_timer(w.next_timer())
+    w.outbox()
+    regular = w.next_timer()
+    t = regular - 0.9
+    w.receive(WaggleMsg(dances=(HopDance(dance=dance(2, version=2, load=0.0), hops=2),)), t)
+    soon = w.next_timer()
+    assert soon < regular
+    w.handle_timer(soon)
+    w.outbox()
+    regular = w.next_timer()
+    t = soon + 0.05
+    w.receive(WaggleMsg(dances=(HopDance(dance=dance(2, version=3, load=0.05), hops=2),)), t)
+    assert w.next_timer() == regular  # a small change waits for the heartbeat
