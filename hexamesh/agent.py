@@ -1,14 +1,17 @@
 """The agent: wires identity, swarm key, transport and cores into one nursery.
 
 The agent binds the peer port (UDP + TCP) and runs its protocol cores behind
-one ``Mux`` over the sealed wire: the RTT probe (it probes its seeds) and the
+one ``Mux`` over the sealed wire: the RTT probe (it probes its seeds), the
 Kademlia DHT (it joins through its seeds, or through the contacts it saved
-before a restart). The founder of a swarm (no seeds) takes the centre cell 0,0; a joiner's
-cell is chosen by the honeycomb (see docs/decisions.md until that lands).
+before a restart) and the honeycomb (``Comb``: SWIM failure detection and
+waggle gossip over six links). The founder of a swarm (no seeds) claims the
+centre cell 0,0; a joiner surveys its seeds' views and claims a cell through
+the DHT (``comb.service.Honeycomb``). On a graceful stop it leaves: its links
+hear at once and its cell frees within a second.
 
 While running, the agent keeps ``<data_dir>/agent.json`` up to date (node id,
-address, cell, pid, RTT to each seed), so tools and tests can see its state
-without scraping logs.
+address, cell, pid, RTT to each seed, comb neighbours, peers it holds alive
+and dead), so tools and tests can see its state without scraping logs.
 """
 
 from __future__ import annotations
@@ -26,12 +29,15 @@ from random import Random
 import trio
 
 from hexamesh import __version__
+from hexamesh.comb.core import COMB_MESSAGES, Comb, CombConfig
+from hexamesh.comb.service import ClaimError, Honeycomb
+from hexamesh.comb.swim import MemberState
+from hexamesh.comb.waggle import Dance
 from hexamesh.config import AgentConfig
 from hexamesh.dht.contact import Contact
 from hexamesh.dht.core import DhtConfig, DhtCore
 from hexamesh.dht.service import DHT_MESSAGES, Dht, DhtError, load_contacts, save_contacts
 from hexamesh.fileio import write_text_atomic
-from hexamesh.hexgrid import Hex
 from hexamesh.identity import Identity
 from hexamesh.net.base import Addr, format_addr, parse_addr
 from hexamesh.net.driver import CoreDriver
@@ -57,6 +63,7 @@ STATUS_INTERVAL = 1.0  # s between rewrites of agent.json
 CONTACTS_FILE_NAME = "contacts.json"
 CONTACTS_SAVE_TICKS = 60  # status intervals between saves of the DHT contacts
 JOIN_RETRY_MAX = 60.0  # s; longest wait between DHT bootstrap attempts
+LEAVE_TIMEOUT = 2.0  # s a graceful stop spends telling the swarm it leaves
 
 
 @dataclass
@@ -69,6 +76,9 @@ class AgentStatus:
     founder: bool
     seeds: dict[str, float | None] = field(default_factory=dict)  # seed -> srtt in ms
     dht_contacts: int = 0  # contacts in the DHT routing table
+    neighbours: list[str] = field(default_factory=list)  # comb links, node ids (hex)
+    alive: list[str] = field(default_factory=list)  # members held alive or suspect
+    dead: list[str] = field(default_factory=list)  # members held dead
 
 
 def resolve_keyring(config: AgentConfig) -> tuple[KeyRing, tuple[str, ...], bool]:
@@ -167,17 +177,26 @@ async def run_agent(
         rng = Random()
         probe = RttProbe(identity.node_id, RttConfig(), rng)
         dht_core = DhtCore(identity, address, DhtConfig(), rng, wall_clock())
+        comb = Comb(
+            Dance.first(identity.node_id, address, 0, 0),
+            CombConfig(),
+            rng,
+            wall_clock(),
+            placed=False,
+        )
         mux = Mux()
         mux.add(probe, Ping, Pong)
         mux.add(dht_core, *DHT_MESSAGES)
+        mux.add(comb, *COMB_MESSAGES)
         driver = CoreDriver(
             mux, transport, Codec(keyring), node_id=identity.node_id, clock=wall_clock
         )
         dht = Dht(dht_core, driver, clock=wall_clock)
+        honeycomb = Honeycomb(comb, driver, dht, clock=wall_clock, rng=rng)
         status = AgentStatus(
             node_id=identity.node_id.hex(),
             address=format_addr(address),
-            cell=str(Hex(0, 0)) if founder else None,
+            cell=None,
             pid=os.getpid(),
             version=__version__,
             founder=founder,
@@ -193,8 +212,9 @@ async def run_agent(
             for addr in seed_addrs:
                 probe.watch(addr, now)
             driver.poke()
-            if seed_addrs or known:
-                nursery.start_soon(_join_dht, dht, seed_addrs, known)
+            await nursery.start(honeycomb.run)
+            views_from = [*seed_addrs, *[(c.host, c.port) for c in known[:8]]]
+            nursery.start_soon(_join, dht, honeycomb, seed_addrs, known, views_from, founder)
             _write_status(status_path, status)
             if on_ready is not None:
                 on_ready(status)
@@ -205,11 +225,14 @@ async def run_agent(
                     await trio.sleep(STATUS_INTERVAL)
                     ticks += 1
                     _note_rtts(probe, status)
+                    _note_comb(honeycomb, status)
                     status.dht_contacts = len(dht_core.table)
                     _write_status(status_path, status)
                     if ticks % CONTACTS_SAVE_TICKS == 0 and len(dht_core.table):
                         save_contacts(contacts_path, dht_core.closest(identity.node_id, 200))
             finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(LEAVE_TIMEOUT):
+                    await honeycomb.leave()
                 status_path.unlink(missing_ok=True)
                 if len(dht_core.table):
                     save_contacts(contacts_path, dht_core.closest(identity.node_id, 200))
@@ -226,6 +249,37 @@ def _note_rtts(probe: RttProbe, status: AgentStatus) -> None:
         status.seeds[key] = None if srtt is None else round(srtt * 1000, 3)
         if before is None:
             log.info("seed %s reachable, rtt %.2f ms", key, sample.rtt * 1000)
+
+
+def _note_comb(honeycomb: Honeycomb, status: AgentStatus) -> None:
+    cell = honeycomb.cell
+    status.cell = None if cell is None else str(cell)
+    status.neighbours = [n.hex() for n in honeycomb.neighbours()]
+    members = honeycomb.comb.swim.members
+    status.alive = sorted(n.hex() for n, m in members.items() if m.state is not MemberState.DEAD)
+    status.dead = sorted(n.hex() for n, m in members.items() if m.state is MemberState.DEAD)
+
+
+async def _join(
+    dht: Dht,
+    honeycomb: Honeycomb,
+    seeds: list[Addr],
+    known: list[Contact],
+    views_from: list[Addr],
+    founder: bool,
+) -> None:
+    """Join the DHT (unless we found the swarm), then take a cell; retry with backoff."""
+    if seeds or known:
+        await _join_dht(dht, seeds, known)
+    delay = 1.0
+    while True:
+        try:
+            await honeycomb.join(views_from, founder=founder)
+            return
+        except (ClaimError, DhtError) as e:
+            log.warning("taking a cell failed: %s; retrying in %.0f s", e, delay)
+        await trio.sleep(delay)
+        delay = min(delay * 2, JOIN_RETRY_MAX)
 
 
 async def _join_dht(dht: Dht, seeds: list[Addr], known: list[Contact]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import time
@@ -17,7 +18,14 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from hexamesh import __version__
-from hexamesh.agent import AgentStatus, PreparedAgent, prepare_agent, run_agent
+from hexamesh.agent import (
+    STATUS_FILE_NAME,
+    AgentStatus,
+    PreparedAgent,
+    prepare_agent,
+    run_agent,
+)
+from hexamesh.comb.core import ViewReply
 from hexamesh.config import ConfigError, default_data_dir, load_config
 from hexamesh.dht.service import Dht, DhtError, open_dht_node
 from hexamesh.identity import Identity, IdentityError
@@ -119,7 +127,7 @@ def _print_ready(status: AgentStatus) -> None:
     table = Table(show_header=False, box=None)
     table.add_row("node id", f"[bold]{status.node_id}[/]")
     table.add_row("address", status.address)
-    table.add_row("cell", status.cell or "pending (chosen by the honeycomb when it lands)")
+    table.add_row("cell", status.cell or "being chosen (see `hexamesh peers`)")
     table.add_row("role", "founder of a new swarm" if status.founder else "joining")
     for seed in status.seeds:
         table.add_row("seed", seed)
@@ -266,8 +274,53 @@ def ping(
 
 
 @app.command()
+def peers(
+    addr: Annotated[
+        str | None,
+        typer.Argument(help="HOST:PORT of an agent [default: the local one in --data-dir]"),
+    ] = None,
+    data_dir: DataDir = None,
+    swarm_key: Annotated[Path | None, typer.Option(help="Swarm key file")] = None,
+    token: Annotated[str | None, typer.Option(help="Join token instead of a key file")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead")] = False,
+) -> None:
+    """Show the honeycomb as an agent sees it: a hex map and a table of peers."""
+    from hexamesh.comb.render import hex_map, peer_table, view_json
+    from hexamesh.comb.service import fetch_view
+
+    ring, token_seeds = _keyring(data_dir, swarm_key, token)
+    if addr is None and token_seeds:
+        addr = token_seeds[0]
+    if addr is None:
+        status_file = (data_dir or default_data_dir()) / STATUS_FILE_NAME
+        try:
+            addr = json.loads(status_file.read_text())["address"]
+        except (OSError, ValueError, KeyError) as e:
+            raise _fail(f"no running agent in {status_file.parent} ({e}); give HOST:PORT") from None
+    try:
+        target = parse_addr(addr)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+
+    async def ask() -> tuple[object, str | None]:
+        try:
+            return await fetch_view(ring, target), None
+        except TimeoutError as e:
+            return None, str(e)
+
+    view, error = trio.run(ask)
+    if error is not None or not isinstance(view, ViewReply):
+        raise _fail(error or "no view")
+    if as_json:
+        console.print_json(data=view_json(view))
+        return
+    console.print(hex_map(view))
+    console.print(peer_table(view))
+
+
+@app.command()
 def demo(
-    agents: Annotated[int, typer.Option(min=1, max=32, help="Agents to start")] = 3,
+    agents: Annotated[int, typer.Option(min=1, max=32, help="Agents to start")] = 7,
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds")] = None,
     workdir: Annotated[Path, typer.Option(help="Where the agents keep their data")] = Path(".demo"),
 ) -> None:

@@ -19,11 +19,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+import trio
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from hexamesh.agent import STATUS_FILE_NAME
+from hexamesh.comb.render import hex_map
+from hexamesh.comb.service import fetch_view
+from hexamesh.net.base import parse_addr
+from hexamesh.swarmkey import load_key_file
+from hexamesh.wire import KeyRing
 
 __all__ = ["AgentProcess", "run_demo", "start_agent"]
 
@@ -84,13 +91,14 @@ def start_agent(data_dir: Path, *args: str, env: dict[str, str] | None = None) -
 
 def _table(agents: list[AgentProcess]) -> Table:
     table = Table(title="hexamesh demo swarm")
-    for column in ("agent", "node id", "address", "cell", "rtt to seed", "dht contacts", "pid"):
+    columns = ("agent", "node id", "address", "cell", "links", "alive/dead", "rtt to seed", "pid")
+    for column in columns:
         table.add_column(column)
     for i, agent in enumerate(agents):
         s = agent.status()
         if s is None:
             state = "exited" if agent.proc.poll() is not None else "starting"
-            table.add_row(str(i), state, "", "", "", "", str(agent.proc.pid))
+            table.add_row(str(i), state, "", "", "", "", "", str(agent.proc.pid))
             continue
         rtts = [f"{v:.2f} ms" if v is not None else "waiting" for v in s["seeds"].values()]
         table.add_row(
@@ -98,11 +106,21 @@ def _table(agents: list[AgentProcess]) -> Table:
             s["node_id"][:16] + "…",
             s["address"],
             s["cell"] or "pending",
+            str(len(s.get("neighbours", []))),
+            f"{len(s.get('alive', []))}/{len(s.get('dead', []))}",
             ", ".join(rtts) or "(founder)",
-            str(s.get("dht_contacts", 0)),
             str(s["pid"]),
         )
     return table
+
+
+def _comb_map(ring: KeyRing, addr: str) -> RenderableType:
+    """The comb as the founder sees it (the same map as ``hexamesh peers``)."""
+    try:
+        view = trio.run(fetch_view, ring, parse_addr(addr), 1.0)
+    except TimeoutError as e:
+        return Text(f"comb map: {e}", style="dim")
+    return hex_map(view)
 
 
 def run_demo(console: Console, *, agents: int, duration: float | None, workdir: Path) -> int:
@@ -132,10 +150,11 @@ def run_demo(console: Console, *, agents: int, duration: float | None, workdir: 
             p.wait_ready()
         console.print(f"[green]{agents} agents up[/]; logs in {workdir}/agent*/agent.log")
         deadline = None if duration is None else time.monotonic() + duration
+        ring = load_key_file(Path(key))
         with Live(_table(procs), console=console, refresh_per_second=2) as live:
             while deadline is None or time.monotonic() < deadline:
                 time.sleep(0.5)
-                live.update(_table(procs))
+                live.update(Group(_table(procs), _comb_map(ring, seed)))
         return 0
     except KeyboardInterrupt:
         return 0

@@ -1,22 +1,37 @@
 """The foundation agent in one trio process, on real loopback sockets."""
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from hexamesh.agent import STATUS_FILE_NAME, AgentStatus, run_agent
 from hexamesh.config import AgentConfig
+from hexamesh.hexgrid import ORIGIN, Hex, distance
 
 
-async def test_founder_takes_the_centre_and_a_joiner_reaches_it(tmp_path: Path) -> None:
-    with trio.fail_after(15):
+async def wait_for(path: Path, check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    while True:
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+            if check(data):
+                return data
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        await trio.sleep(0.05)
+
+
+async def test_founder_takes_the_centre_and_a_joiner_links_next_to_it(tmp_path: Path) -> None:
+    with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             founder_cfg = AgentConfig(data_dir=tmp_path / "a", host="127.0.0.1", port=0)
             founder: AgentStatus = await nursery.start(
                 lambda task_status: run_agent(founder_cfg, task_status=task_status)
             )
-            assert founder.founder and founder.cell == "0,0"
+            assert founder.founder
+            await wait_for(tmp_path / "a" / STATUS_FILE_NAME, lambda d: d["cell"] == "0,0")
             joiner_cfg = AgentConfig(
                 data_dir=tmp_path / "b",
                 host="127.0.0.1",
@@ -27,10 +42,18 @@ async def test_founder_takes_the_centre_and_a_joiner_reaches_it(tmp_path: Path) 
             joiner: AgentStatus = await nursery.start(
                 lambda task_status: run_agent(joiner_cfg, task_status=task_status)
             )
-            assert not joiner.founder and joiner.cell is None
+            assert not joiner.founder and joiner.cell is None  # not placed before it joins
             assert joiner.node_id != founder.node_id
             status_file = tmp_path / "b" / STATUS_FILE_NAME
-            while json.loads(status_file.read_text())["seeds"][founder.address] is None:
-                await trio.sleep(0.1)
+            state = await wait_for(
+                status_file,
+                lambda d: (
+                    d["seeds"][founder.address] is not None and founder.node_id in d["neighbours"]
+                ),
+            )
+            assert distance(Hex.parse(state["cell"]), ORIGIN) == 1
+            await wait_for(
+                tmp_path / "a" / STATUS_FILE_NAME, lambda d: joiner.node_id in d["neighbours"]
+            )
             nursery.cancel_scope.cancel()
         assert not status_file.exists()  # removed on a clean stop

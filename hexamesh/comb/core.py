@@ -9,93 +9,232 @@
 
 Every waggle push from a link counts as proof of life for SWIM, so in steady
 state a node sends one push per comb link per heartbeat and no probes at all;
-SWIM probes only links that went quiet. The links come from the cell map
-(``set_map``): the six comb links of ``cells.comb_links`` (watched, and
-danced to) plus a few shortcuts chosen by the caller from its Kademlia table
-(told membership news only, which brings a flood across the comb to O(log N)
-hops). When a link dies the core relinks around it on its own.
+SWIM probes only links that went quiet. The links come from the cell map: the
+six comb links of ``cells.comb_links`` (watched, and danced to) plus a few
+shortcuts chosen by the caller from its Kademlia table (told membership news
+only, which brings a flood across the comb to O(log N) hops). When a link
+dies the core relinks around it on its own.
+
+The cell map (cell -> owner, owner -> address) is filled from outside
+(``set_map``, ``learn``: what the DHT and other nodes' views say) and by the
+core itself from every dance it hears, which carries the dancer's cell. A
+dance that puts another node in our own cell is a contested claim: the core
+raises ``contested`` and the agent settles it through the DHT.
+
+``ViewReq``/``ViewReply`` let anyone holding the swarm key ask a node what it
+sees: its dance, the dances in its view, and the cells it knows. A joiner asks
+before choosing a cell; ``hexamesh peers`` asks to draw the map.
+
+A node starts *unplaced* (no cell yet: no links, no dances) until ``place``.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
+from typing import Annotated
 
 from hexamesh.comb.cells import comb_links
 from hexamesh.comb.swim import SWIM_MESSAGES, MembershipEvent, MemberState, Swim, SwimConfig
 from hexamesh.comb.waggle import Dance, Waggle, WaggleConfig, WaggleMsg
 from hexamesh.hexgrid import Hex
+from hexamesh.identity import NODE_ID_BYTES
 from hexamesh.net.base import Addr
-from hexamesh.wire import Envelope
+from hexamesh.wire import Envelope, Len, MaxLen, Message, Struct, message, struct
 
-__all__ = ["COMB_MESSAGES", "Comb", "CombConfig"]
+__all__ = [
+    "COMB_MESSAGES",
+    "MAX_VIEW_CELLS",
+    "CellEntry",
+    "Comb",
+    "CombConfig",
+    "ViewReply",
+    "ViewReq",
+]
 
-COMB_MESSAGES = (*SWIM_MESSAGES, WaggleMsg)
+MAX_VIEW_CELLS = 4096  # cells in one ViewReply (sent over a stream when large)
+MAX_VIEW_DANCES = 512  # dances in one ViewReply
+
+
+@struct
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CellEntry(Struct):
+    node: Annotated[bytes, Len(NODE_ID_BYTES)]
+    host: Annotated[str, MaxLen(64)]
+    port: int
+    q: int
+    r: int
+
+
+@message(0x0208)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ViewReq(Message):
+    """What do you see? (answered with a ``ViewReply`` of the same msg_id)."""
+
+
+@message(0x0209)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ViewReply(Message):
+    placed: bool  # False: the node has no cell yet, ``dances`` holds only its view
+    dances: Annotated[tuple[Dance, ...], MaxLen(MAX_VIEW_DANCES)]  # its own first, if placed
+    cells: Annotated[tuple[CellEntry, ...], MaxLen(MAX_VIEW_CELLS)]  # live cells it knows
+    dead: Annotated[tuple[Annotated[bytes, Len(NODE_ID_BYTES)], ...], MaxLen(MAX_VIEW_CELLS)]
+
+
+COMB_MESSAGES: tuple[type[Message], ...] = (*SWIM_MESSAGES, WaggleMsg, ViewReq, ViewReply)
 
 
 @dataclass(frozen=True, kw_only=True)
 class CombConfig:
     # Comb links are few and watched by several neighbours, whose independent
-    # suspicions confirm each other: a short minimum suspicion is safe here.
+    # suspicions (and the helpers' nacks) confirm each other: a short minimum
+    # suspicion is safe here.
     swim: SwimConfig = field(
         default_factory=lambda: SwimConfig(suspicion_mult=0.5, suspicion_max_mult=4.0)
     )
     waggle: WaggleConfig = field(default_factory=WaggleConfig)
     look_past_holes: int = 4  # rings a node looks across holes for a link in each direction
+    max_replies: int = 64  # ViewReplies kept for the caller to collect
 
 
 class Comb:
-    def __init__(self, dance: Dance, config: CombConfig, rng: random.Random, now: float) -> None:
+    def __init__(
+        self,
+        dance: Dance,
+        config: CombConfig,
+        rng: random.Random,
+        now: float,
+        *,
+        placed: bool = True,
+    ) -> None:
         self.config = config
         self.node = dance.node
+        self.addr: Addr = (dance.host, dance.port)
+        self.placed = placed
         self.cell = Hex(dance.q, dance.r)
-        addr = (dance.host, dance.port)
-        self.swim = Swim(dance.node, addr, config.swim, rng, now)
+        self._rng = rng
+        self.swim = Swim(dance.node, self.addr, config.swim, rng, now)
         self.waggle = Waggle(dance, config.waggle, rng, now)
         self.comb_links: dict[int, bytes] = {}
         self.shortcuts: list[bytes] = []
-        self._owners: Mapping[Hex, bytes] = {}
-        self._addrs: Mapping[bytes, Addr] = {}
+        self.owners: MutableMapping[Hex, bytes] = {}
+        self.addrs: MutableMapping[bytes, Addr] = {}
+        self._cell_of: dict[bytes, Hex] = {}  # learned from dances: who moved
+        self.contested: Hex | None = None  # our cell, danced by someone else too
+        self.replies: dict[int, tuple[float, ViewReply]] = {}  # msg_id -> (when, reply)
+        self._outbox: list[tuple[Addr, Envelope]] = []
+
+    # -- the map ----------------------------------------------------------
 
     def set_map(
         self,
-        owners: Mapping[Hex, bytes],
-        addrs: Mapping[bytes, Addr],
+        owners: MutableMapping[Hex, bytes],
+        addrs: MutableMapping[bytes, Addr],
         now: float,
         shortcuts: list[bytes] | None = None,
     ) -> None:
-        """Who owns which cell (and the shortcuts to keep); links follow from it.
-
-        The mappings are kept (not copied): the owner of the map may update
-        them and call ``relink``. Links are recomputed by the core itself when
-        a link dies or a dead node comes back.
-        """
-        self._owners = owners
-        self._addrs = addrs
+        """Use this cell map (kept, not copied: its owner may change it and call
+        ``relink``) and these shortcuts; links follow from it."""
+        self.owners = owners
+        self.addrs = addrs
         if shortcuts is not None:
-            self.shortcuts = [s for s in shortcuts if s != self.node]
+            self.set_shortcuts(shortcuts, now, relink=False)
+        self.relink(now)
+
+    def set_shortcuts(self, shortcuts: list[bytes], now: float, *, relink: bool = True) -> None:
+        self.shortcuts = [s for s in dict.fromkeys(shortcuts) if s != self.node]
+        if relink:
+            self.relink(now)
+
+    def learn(self, node: bytes, addr: Addr, cell: Hex, now: float) -> bool:
+        """``node`` (at ``addr``) owns ``cell``; True if the map changed."""
+        if node == self.node:
+            return False
+        self.addrs[node] = addr
+        old = self._cell_of.get(node)
+        changed = self.owners.get(cell) != node
+        if old is not None and old != cell and self.owners.get(old) == node:
+            del self.owners[old]  # it moved (lost a contested cell and claimed another)
+            changed = True
+        self._cell_of[node] = cell
+        if self.placed and cell == self.cell:
+            self.contested = cell  # not in our map: the DHT record decides who keeps it
+            return changed
+        self.owners[cell] = node
+        return changed
+
+    def place(self, cell: Hex, now: float) -> None:
+        """Take ``cell`` (claimed by the caller); starts linking and dancing."""
+        if self.owners.get(self.cell) == self.node:
+            del self.owners[self.cell]
+        self.cell = cell
+        self.placed = True
+        self.contested = None
+        self.owners.pop(cell, None)
+        self.waggle.update(now, q=cell.q, r=cell.r)
         self.relink(now)
 
     def relink(self, now: float) -> None:
         """Recompute the links from the map, skipping nodes we know are dead."""
-        live = {
-            c: n for c, n in self._owners.items() if self.swim.state_of(n) is not MemberState.DEAD
-        }
+        self.swim.relink_needed = False
+        if not self.placed:
+            return
+        state_of = self.swim.state_of
+        live = {c: n for c, n in self.owners.items() if state_of(n) is not MemberState.DEAD}
         live[self.cell] = self.node
         self.comb_links = comb_links(self.cell, live, self.config.look_past_holes)
-        self.shortcuts = [
-            s for s in self.shortcuts if self.swim.state_of(s) is not MemberState.DEAD
-        ]
-        addrs = self._addrs
+        self.shortcuts = [s for s in self.shortcuts if state_of(s) is not MemberState.DEAD]
+        addrs = self.addrs
         for node in [*self.comb_links.values(), *self.shortcuts]:
-            if self.swim.state_of(node) is None and node in addrs:
+            if state_of(node) is None and node in addrs:
                 self.swim.add_member(node, addrs[node], 0, now)
         watched = list(self.comb_links.values())
         self.swim.set_links(watched, now, spread=self.shortcuts)
         # Dances go to comb links only: shortcuts carry membership news, not load.
         self.waggle.set_links({n: addrs[n] for n in watched if n in addrs})
-        self.swim.relink_needed = False
+
+    # -- asking others ----------------------------------------------------
+
+    def request_view(self, addr: Addr, now: float) -> int:
+        """Ask the node at ``addr`` for its view; collect it with ``take_reply``."""
+        msg_id = self._rng.getrandbits(64)
+        self._outbox.append((addr, Envelope(sender=self.node, msg_id=msg_id, message=ViewReq())))
+        return msg_id
+
+    def take_reply(self, msg_id: int) -> ViewReply | None:
+        entry = self.replies.pop(msg_id, None)
+        return entry[1] if entry else None
+
+    def view_reply(self) -> ViewReply:
+        """What we see: our dance, our view, the live cells we know, the dead."""
+        dances = [s.dance for s in self.waggle.view.values()]
+        if self.placed:
+            dances.insert(0, self.waggle.dance)
+        state_of = self.swim.state_of
+        cells = [
+            CellEntry(node=n, host=self.addrs[n][0], port=self.addrs[n][1], q=c.q, r=c.r)
+            for c, n in self.owners.items()
+            if n in self.addrs and state_of(n) is not MemberState.DEAD
+        ]
+        if self.placed:
+            cells.insert(
+                0,
+                CellEntry(
+                    node=self.node,
+                    host=self.addr[0],
+                    port=self.addr[1],
+                    q=self.cell.q,
+                    r=self.cell.r,
+                ),
+            )
+        dead = [n for n, m in self.swim.members.items() if m.state is MemberState.DEAD]
+        return ViewReply(
+            placed=self.placed,
+            dances=tuple(dances[:MAX_VIEW_DANCES]),
+            cells=tuple(cells[:MAX_VIEW_CELLS]),
+            dead=tuple(dead[:MAX_VIEW_CELLS]),
+        )
 
     # -- the view ---------------------------------------------------------
 
@@ -103,6 +242,8 @@ class Comb:
         return list(dict.fromkeys(self.comb_links.values()))
 
     def state_of(self, node: bytes) -> Dance | None:
+        if node == self.node:
+            return self.waggle.dance
         seen = self.waggle.view.get(node)
         return seen.dance if seen else None
 
@@ -121,9 +262,26 @@ class Comb:
     # -- the Core interface -----------------------------------------------
 
     def receive(self, env: Envelope, sender: Addr, now: float) -> None:
-        if isinstance(env.message, WaggleMsg):
+        msg = env.message
+        if isinstance(msg, WaggleMsg):
             self.swim.heard(env.sender, now)
-            self.waggle.receive(env.message, now, sender)
+            if self.swim.state_of(env.sender) is MemberState.DEAD:
+                self.swim.tell_dead(env.sender, sender, now)  # so it can rejoin
+            moved = False
+            for dance in self.waggle.receive(msg, now, sender):
+                moved |= self.learn(
+                    dance.node, (dance.host, dance.port), Hex(dance.q, dance.r), now
+                )
+            if moved:
+                self.relink(now)
+        elif isinstance(msg, ViewReq):
+            self._outbox.append(
+                (sender, Envelope(sender=self.node, msg_id=env.msg_id, message=self.view_reply()))
+            )
+        elif isinstance(msg, ViewReply):
+            self.replies[env.msg_id] = (now, msg)
+            while len(self.replies) > self.config.max_replies:
+                del self.replies[min(self.replies, key=lambda k: self.replies[k][0])]
         else:
             self.swim.receive(env, sender, now)
             if self.swim.relink_needed:
@@ -144,4 +302,7 @@ class Comb:
         return wag if swim is None else min(swim, wag)
 
     def outbox(self) -> list[tuple[Addr, Envelope]]:
-        return [*self.swim.outbox(), *self.waggle.outbox()]
+        out = self._outbox
+        if out:
+            self._outbox = []
+        return [*out, *self.swim.outbox(), *self.waggle.outbox()]

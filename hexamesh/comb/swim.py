@@ -251,6 +251,7 @@ class Swim:
         self._quiet_until: dict[bytes, float] = {}  # watched link -> probe it if silent by then
         self._probing: dict[bytes, int] = {}  # target -> seq of the probe in flight
         self._heard_at: dict[bytes, float] = {}  # node -> last message from it
+        self._told_dead: dict[bytes, float] = {}  # node -> when we told it it is dead
         self._probes: dict[int, _Probe] = {}  # our seq -> probe
         self._relays: dict[int, _Relay] = {}  # our seq -> probe we make for another node
         self._queue: BroadcastQueue[MemberUpdate] = BroadcastQueue(self._retransmits)
@@ -294,6 +295,28 @@ class Swim:
         if node in self._quiet_until:
             self._quiet_until[node] = now + self.awareness.scale(self.config.quiet_after)
 
+    def tell_dead(self, node: bytes, addr: Addr, now: float) -> None:
+        """``node``, which we hold dead, spoke to us: tell it, so it rejoins with a
+        higher incarnation (at most once per probe interval)."""
+        member = self.members.get(node)
+        if member is None or member.state is not MemberState.DEAD:
+            return
+        if now - self._told_dead.get(node, -1e9) < self.config.probe_interval:
+            return
+        self._told_dead[node] = now
+        verdict = self._update(node, member.addr, member.incarnation, MemberState.DEAD, self.me)
+        self._send(addr, self._rng.getrandbits(64), Gossip(updates=(verdict,)))
+
+    def leave(self, now: float) -> None:
+        """Leave gracefully: tell every link at once that we are gone (they relink
+        without waiting for a timeout). Coming back later is a rejoin."""
+        self.incarnation += 1
+        bye = self._update(self.me, self.addr, self.incarnation, MemberState.DEAD, self.me)
+        for node in self.spread:
+            member = self.members[node]
+            if member.state is not MemberState.DEAD:
+                self._send(member.addr, self._rng.getrandbits(64), Gossip(updates=(bye,)))
+
     def state_of(self, node: bytes) -> MemberState | None:
         member = self.members.get(node)
         return member.state if member else None
@@ -310,6 +333,7 @@ class Swim:
     def receive(self, env: Envelope, sender: Addr, now: float) -> None:
         msg = env.message
         self.heard(env.sender, now)
+        self.tell_dead(env.sender, sender, now)
         for update in getattr(msg, "updates", ()):
             self._apply(update, env.sender, now)
         if isinstance(msg, Probe):
@@ -362,22 +386,30 @@ class Swim:
             self._next_sync = now + self._rng.uniform(0.5, 1.5) * self.config.sync_interval
 
     def next_timer(self) -> float | None:
-        times = [self._next_sync]
-        if self.awareness.score:
-            times.append(self._next_health)
-        if self._flood_at is not None:
-            times.append(self._flood_at)
+        # Called after every event: plain loops, no lists.
+        soonest = self._next_sync
+        if self.awareness.score and self._next_health < soonest:
+            soonest = self._next_health
+        if self._flood_at is not None and self._flood_at < soonest:
+            soonest = self._flood_at
+        probing = self._probing
         for node, until in self._quiet_until.items():
-            if node not in self._probing:
-                times.append(until)
+            if until < soonest and node not in probing:
+                soonest = until
         for probe in self._probes.values():
-            times.append(probe.give_up_at if probe.indirect_sent else probe.indirect_at)
-        for node in self._suspects:
-            member = self.members[node]
-            times.append(member.suspicion_start + self._suspicion_total(member))
+            due = probe.give_up_at if probe.indirect_sent else probe.indirect_at
+            if due < soonest:
+                soonest = due
+        if self._suspects:
+            for node in self._suspects:
+                member = self.members[node]
+                due = member.suspicion_start + self._suspicion_total(member)
+                if due < soonest:
+                    soonest = due
         for relay in self._relays.values():
-            times.append(relay.nack_at)
-        return min(times)
+            if relay.nack_at < soonest:
+                soonest = relay.nack_at
+        return soonest
 
     def outbox(self) -> list[tuple[Addr, Envelope]]:
         out, self._outbox = self._outbox, []

@@ -513,7 +513,14 @@ class DhtCore:
         self._run_deferred()
 
     def publish(
-        self, key: str, value: bytes, ttl: float, now: float, on_done: StoredCallback
+        self,
+        key: str,
+        value: bytes,
+        ttl: float,
+        now: float,
+        on_done: StoredCallback,
+        *,
+        seq: int | None = None,
     ) -> Record:
         """Sign and ``put`` a record of ours; it is republished until ``withdraw``.
 
@@ -529,7 +536,8 @@ class DhtCore:
         if len(value) > MAX_VALUE:
             raise ValueError(f"value is {len(value)} bytes, the limit is {MAX_VALUE}")
         previous = self._published.get(key)
-        seq = previous[0].seq + 1 if previous is not None else 1
+        if seq is None:  # else the caller's (a cell claim uses its claim time)
+            seq = previous[0].seq + 1 if previous is not None else 1
         record = sign_record(self.identity, key, value, seq, now + ttl)
         self._published[key] = (record, ttl)
         heapq.heappush(self._republish, (now + ttl * (1 - self.config.republish_fraction), key))

@@ -92,12 +92,20 @@ class Dht:
         )
         return result
 
-    async def put(self, key: str, value: bytes, ttl: float) -> int:
-        """Sign and store a record of ours (republished until withdrawn); returns replicas."""
+    async def put(self, key: str, value: bytes, ttl: float, *, seq: int | None = None) -> int:
+        """Sign and store a record of ours (republished until withdrawn); returns replicas.
+
+        ``seq`` defaults to one more than our last publication of ``key``.
+        """
         result: int = await self._run(
-            lambda cb: self.core.publish(key, value, ttl, self._clock(), cb), f"put {key}"
+            lambda cb: self.core.publish(key, value, ttl, self._clock(), cb, seq=seq),
+            f"put {key}",
         )
         return result
+
+    def withdraw(self, key: str) -> None:
+        """Stop republishing ``key`` (it expires at the end of its lease)."""
+        self.core.withdraw(key)
 
     async def providers(self, model: str) -> list[Record]:
         return await self.get(f"model:{model}")

@@ -1,0 +1,369 @@
+"""The honeycomb in a running agent: claim a cell through the DHT, keep it, and
+offer the comb to the rest of the agent (trio).
+
+Theory of operation
+-------------------
+*Joining.* A joiner asks its seeds what they see (``ViewReq``: their dance,
+their view, the live cells they know), then asks a few of the owners it
+learned, timing each answer: that is its RTT to them. ``cells.choose_cell``
+picks a hole nearest the centre, else the free cell next to the lowest-RTT
+owner. The founder of a swarm takes the centre.
+
+*Claiming.* A cell is a DHT record ``cell:q,r`` (value: the owner's address),
+signed by the owner and leased: ``CELL_TTL``, renewed by the DHT core at half
+of it, so a dead node's cell frees itself within one lease. The claim's
+sequence number is its claim time in milliseconds. A claimant first reads the
+key (a live record of someone else: taken, choose again), then stores its own
+at the k closest nodes (each holder refuses a second owner: put-if-absent),
+then reads back every replica it can reach. If replicas disagree (two
+claims raced), the older claim wins, ties to the lower node id
+(``cells.settle``); every claimant applies the same rule to the same records,
+so they agree without talking, and the loser chooses again.
+
+*Keeping it.* A dance that shows another node in our cell (a claim that raced
+past the read-back, or a partition that healed) raises the core's
+``contested`` flag; the owner is then looked up in the DHT the same way and
+the loser moves. Every ``CLAIM_CHECK`` the owner also re-reads its record.
+
+*Shortcuts* are a few random contacts from the Kademlia table (random
+targets, their closest known node), refreshed every ``SHORTCUT_REFRESH`` and
+when one dies.
+
+*Leaving.* A graceful leave tells every link at once (SWIM ``leave``) and
+replaces the cell record by one that expires in a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgpack
+import trio
+
+from hexamesh.comb.cells import Claim, choose_cell, settle
+from hexamesh.comb.core import Comb, CombConfig, ViewReply
+from hexamesh.comb.swim import MembershipEvent, MemberState
+from hexamesh.comb.waggle import Dance
+from hexamesh.dht.records import Record
+from hexamesh.dht.service import Dht, DhtError
+from hexamesh.hexgrid import ORIGIN, Hex
+from hexamesh.identity import Identity
+from hexamesh.net.base import Addr
+from hexamesh.net.driver import CoreDriver
+from hexamesh.net.udp import open_udp_transport
+from hexamesh.wire import Codec, KeyRing
+
+__all__ = ["CELL_TTL", "ClaimError", "Honeycomb", "cell_key", "claim_of", "fetch_view"]
+
+log = logging.getLogger(__name__)
+
+CELL_TTL = 60.0  # s; a cell's lease: a dead owner's cell frees itself within this
+CLAIM_ATTEMPTS = 16  # cells tried before a join gives up (each try is 2-3 DHT operations)
+CLAIM_CHECK = 30.0  # s between re-reads of our own cell record
+VIEW_TIMEOUT = 2.0  # s to wait for a ViewReply
+RTT_PEERS = 6  # owners asked for their view (and timed) while joining
+SHORTCUTS = 2  # long links from the Kademlia table
+SHORTCUT_REFRESH = 60.0  # s between shortcut draws
+EVENT_POLL = 0.05  # s between hand-offs of membership events to subscribers
+EVENT_BUFFER = 256  # events a slow subscriber may lag behind before it misses some
+
+
+class ClaimError(Exception):
+    """No cell could be claimed (the DHT was unreachable, or every try lost)."""
+
+
+def cell_key(cell: Hex) -> str:
+    return f"cell:{cell.q},{cell.r}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Owner:
+    claim: Claim
+    addr: Addr
+
+
+def claim_of(record: Record, cell: Hex) -> _Owner | None:
+    """The claim a cell record makes; None for a malformed value."""
+    try:
+        host, port = msgpack.unpackb(record.value)
+        addr = (str(host), int(port))
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return None
+    return _Owner(Claim(cell=cell, owner=record.publisher_id, since=record.seq), addr)
+
+
+def _winner(records: list[Record], cell: Hex) -> _Owner | None:
+    owners = [o for o in (claim_of(r, cell) for r in records) if o is not None]
+    if not owners:
+        return None
+    best = owners[0]
+    for other in owners[1:]:
+        if settle(best.claim, other.claim) is other.claim:
+            best = other
+    return best
+
+
+class Honeycomb:
+    """The comb for the rest of the agent: ``neighbours``, ``peers_with``,
+    ``state_of``, ``subscribe`` (membership events) and the cell's upkeep."""
+
+    def __init__(
+        self,
+        comb: Comb,
+        driver: CoreDriver,
+        dht: Dht,
+        *,
+        clock: Callable[[], float],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.comb = comb
+        self.driver = driver
+        self.dht = dht
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._subscribers: list[trio.MemorySendChannel[MembershipEvent]] = []
+        self.events_dropped = 0
+
+    # -- the view ---------------------------------------------------------
+
+    @property
+    def node(self) -> bytes:
+        return self.comb.node
+
+    @property
+    def cell(self) -> Hex | None:
+        return self.comb.cell if self.comb.placed else None
+
+    def neighbours(self) -> list[bytes]:
+        return self.comb.neighbours()
+
+    def peers_with(self, model: str) -> list[Dance]:
+        return self.comb.peers_with(model)
+
+    def state_of(self, node: bytes) -> Dance | None:
+        return self.comb.state_of(node)
+
+    def subscribe(self) -> trio.MemoryReceiveChannel[MembershipEvent]:
+        """A channel of membership changes (alive, suspect, dead) from now on."""
+        send, receive = trio.open_memory_channel[MembershipEvent](EVENT_BUFFER)
+        self._subscribers.append(send)
+        return receive
+
+    # -- asking other nodes -----------------------------------------------
+
+    async def ask_view(self, addr: Addr, timeout: float = VIEW_TIMEOUT) -> tuple[ViewReply, float]:
+        """The view of the node at ``addr`` and the round-trip time; raises TimeoutError."""
+        start = trio.current_time()
+        msg_id = self.comb.request_view(addr, self._clock())
+        self.driver.poke()
+        with trio.move_on_after(timeout):
+            while True:
+                reply = self.comb.take_reply(msg_id)
+                if reply is not None:
+                    return reply, trio.current_time() - start
+                await trio.sleep(0.002)
+        raise TimeoutError(f"no view from {addr[0]}:{addr[1]} within {timeout:.1f} s")
+
+    def _merge(self, reply: ViewReply) -> bytes | None:
+        """Learn the cells a view lists; returns the replying node if placed."""
+        now = self._clock()
+        dead = set(reply.dead)
+        for entry in reply.cells:
+            if entry.node in dead or entry.node == self.node:
+                continue
+            self.comb.learn(entry.node, (entry.host, entry.port), Hex(entry.q, entry.r), now)
+        return reply.cells[0].node if reply.placed and reply.cells else None
+
+    # -- joining and claiming ---------------------------------------------
+
+    async def join(self, seeds: list[Addr], *, founder: bool) -> Hex:
+        """Choose and claim a cell, then start linking; returns the cell."""
+        rtt: dict[bytes, float] = {}
+        if not founder:
+            await self._survey(seeds, rtt)
+        cell = await self._claim_some(rtt, first=ORIGIN if founder else None)
+        self.comb.place(cell, self._clock())
+        self.draw_shortcuts()
+        self.driver.poke()
+        log.info("took cell %s with %d neighbours", cell, len(self.neighbours()))
+        return cell
+
+    async def _survey(self, seeds: list[Addr], rtt: dict[bytes, float]) -> None:
+        """Views from the seeds, then from a few owners they name (timed: RTT)."""
+        for addr in seeds:
+            try:
+                reply, took = await self.ask_view(addr)
+            except TimeoutError as e:
+                log.info("%s", e)
+                continue
+            node = self._merge(reply)
+            if node is not None:
+                rtt[node] = took
+        owners = [n for n in self.comb.owners.values() if n not in rtt]
+        self._rng.shuffle(owners)
+        async with trio.open_nursery() as nursery:
+            for node in owners[:RTT_PEERS]:
+                nursery.start_soon(self._time_one, node, rtt)
+
+    async def _time_one(self, node: bytes, rtt: dict[bytes, float]) -> None:
+        try:
+            reply, took = await self.ask_view(self.comb.addrs[node])
+        except TimeoutError:
+            return
+        self._merge(reply)
+        rtt[node] = took
+
+    async def _claim_some(self, rtt: dict[bytes, float], first: Hex | None = None) -> Hex:
+        taken: dict[Hex, bytes] = {}  # cells found held while trying (maybe by the dead)
+        for _ in range(CLAIM_ATTEMPTS):
+            owners = {
+                c: n
+                for c, n in self.comb.owners.items()
+                if self.comb.swim.state_of(n) is not MemberState.DEAD
+            }
+            # A dead node's cell stays leased until its record expires: taken for now.
+            cell = first or choose_cell({**owners, **taken}, rtt)
+            first = None
+            try:
+                if await self.claim(cell):
+                    return cell
+            except DhtError as e:
+                log.warning("claiming %s: %s", cell, e)
+                await trio.sleep(1.0)
+            taken.setdefault(cell, b"")
+        raise ClaimError(f"no cell claimed after {CLAIM_ATTEMPTS} tries")
+
+    async def claim(self, cell: Hex) -> bool:
+        """Try to take ``cell``: read, put-if-absent, read back and settle."""
+        key = cell_key(cell)
+        now = self._clock()
+        holder = _winner(await self.dht.get(key), cell)
+        if holder is not None and holder.claim.owner != self.node:
+            self.comb.learn(holder.claim.owner, holder.addr, cell, now)
+            return False
+        value = msgpack.packb([self.comb.addr[0], self.comb.addr[1]])
+        # The claim's age is its sequence number (ms); re-claiming our own cell
+        # after a restart starts a newer one, which replaces the old record.
+        await self.dht.put(key, value, CELL_TTL, seq=math.floor(now * 1000))
+        holder = _winner(await self.dht.get(key), cell)
+        if holder is None or holder.claim.owner == self.node:
+            return True
+        log.info("lost %s to %s (older claim)", cell, holder.claim.owner.hex()[:8])
+        self.dht.withdraw(key)
+        self.comb.learn(holder.claim.owner, holder.addr, cell, now)
+        return False
+
+    async def _settle_contest(self) -> None:
+        """Someone dances in our cell: keep it if our claim wins, else move."""
+        cell = self.comb.cell
+        self.comb.contested = None
+        try:
+            holder = _winner(await self.dht.get(cell_key(cell)), cell)
+        except DhtError as e:
+            log.warning("checking our cell %s: %s", cell, e)
+            return
+        if holder is None or holder.claim.owner == self.node:
+            if holder is None:  # our record vanished (a long partition): claim it again
+                await self.claim(cell)
+            return
+        log.warning(
+            "cell %s belongs to %s (older claim): moving", cell, holder.claim.owner.hex()[:8]
+        )
+        self.dht.withdraw(cell_key(cell))
+        self.comb.learn(holder.claim.owner, holder.addr, cell, self._clock())
+        new = await self._claim_some({})
+        self.comb.place(new, self._clock())
+        self.driver.poke()
+
+    # -- upkeep -----------------------------------------------------------
+
+    def draw_shortcuts(self) -> None:
+        """A few random far contacts from the Kademlia table as long links."""
+        links = set(self.neighbours())
+        picks: list[bytes] = []
+        for _ in range(4 * SHORTCUTS):
+            target = self._rng.getrandbits(160).to_bytes(20, "big")
+            for contact in self.dht.closest(target, 1):
+                if contact.id != self.node and contact.id not in links and contact.id not in picks:
+                    self.comb.addrs.setdefault(contact.id, (contact.host, contact.port))
+                    picks.append(contact.id)
+            if len(picks) >= SHORTCUTS:
+                break
+        self.comb.set_shortcuts(picks, self._clock())
+        self.driver.poke()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Hand events to subscribers, settle contests, keep shortcuts; until cancelled."""
+        task_status.started()
+        last_check = last_draw = trio.current_time()
+        while True:
+            await trio.sleep(EVENT_POLL)
+            for event in self.comb.events():
+                self._publish(event)
+            if not self.comb.placed:
+                continue
+            now = trio.current_time()
+            if self.comb.contested is not None or now - last_check >= CLAIM_CHECK:
+                last_check = now
+                self.comb.contested = self.comb.contested or self.comb.cell
+                await self._settle_contest()
+            short = len(self.comb.shortcuts) < SHORTCUTS and now - last_draw >= 1.0
+            if short or now - last_draw >= SHORTCUT_REFRESH:
+                last_draw = now
+                self.draw_shortcuts()
+
+    def _publish(self, event: MembershipEvent) -> None:
+        for channel in list(self._subscribers):
+            try:
+                channel.send_nowait(event)
+            except trio.WouldBlock:
+                self.events_dropped += 1
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._subscribers.remove(channel)
+
+    async def leave(self) -> None:
+        """Leave gracefully: links hear it at once, the cell frees within a second."""
+        if not self.comb.placed:
+            return
+        self.comb.swim.leave(self._clock())
+        self.driver.poke()
+        key = cell_key(self.comb.cell)
+        value = msgpack.packb([self.comb.addr[0], self.comb.addr[1]])
+        try:
+            await self.dht.put(key, value, 1.0)  # a newer record of ours, gone in a second
+        except DhtError as e:
+            log.info("releasing %s: %s", self.comb.cell, e)
+        self.dht.withdraw(key)
+
+
+async def fetch_view(keyring: KeyRing, addr: Addr, timeout: float = VIEW_TIMEOUT) -> ViewReply:
+    """Ask the agent at ``addr`` what it sees, as an outsider holding the swarm key
+    (a throwaway identity, never placed); raises TimeoutError."""
+    identity = Identity.generate()
+    async with open_udp_transport("0.0.0.0", 0) as transport, trio.open_nursery() as nursery:
+        comb = Comb(
+            Dance.first(identity.node_id, ("0.0.0.0", 0), 0, 0),
+            CombConfig(),
+            random.Random(),
+            time.time(),
+            placed=False,
+        )
+        driver = CoreDriver(comb, transport, Codec(keyring), node_id=identity.node_id)
+        await nursery.start(driver.run)
+        msg_id = comb.request_view(addr, time.time())
+        driver.poke()
+        try:
+            with trio.move_on_after(timeout):
+                while True:
+                    reply = comb.take_reply(msg_id)
+                    if reply is not None:
+                        return reply
+                    await trio.sleep(0.005)
+            raise TimeoutError(f"no answer from {addr[0]}:{addr[1]} (down, or another swarm key)")
+        finally:
+            nursery.cancel_scope.cancel()

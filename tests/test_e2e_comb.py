@@ -1,0 +1,98 @@
+"""Seven real agent processes on 127.0.0.1 form a comb (a centre and its ring);
+SIGKILL one and the others agree it is dead; it comes back and is believed."""
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from hexamesh.demo import AgentProcess, start_agent
+from hexamesh.hexgrid import ORIGIN, Hex, spiral
+
+pytestmark = pytest.mark.e2e
+
+
+def wait(what: str, check: Callable[[], bool], timeout: float = 20.0) -> float:
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < timeout, f"timed out waiting for {what}"
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
+def status(p: AgentProcess) -> dict:  # type: ignore[type-arg]
+    return p.status() or {}
+
+
+def test_seven_agents_form_a_comb_and_agree_on_a_death(tmp_path: Path) -> None:
+    procs: list[AgentProcess] = []
+    try:
+        procs.append(start_agent(tmp_path / "a0", "--host", "127.0.0.1", "--port", "0"))
+        seed = procs[0].wait_ready()["address"]
+        key = str(tmp_path / "a0" / "swarm.key")
+        join = ("--host", "127.0.0.1", "--port", "0", "--join", seed, "--swarm-key", key)
+        for i in range(1, 7):
+            procs.append(start_agent(tmp_path / f"a{i}", *join))
+        ids = [p.wait_ready()["node_id"] for p in procs]
+
+        # A compact comb: the centre and its ring, each cell owned once.
+        wait("every agent to take a cell", lambda: all(status(p).get("cell") for p in procs))
+        cells = [Hex.parse(status(p)["cell"]) for p in procs]
+        assert sorted(cells) == sorted(spiral(ORIGIN, 1))
+        centre = procs[cells.index(ORIGIN)]
+        wait("the centre to link its ring", lambda: len(status(centre)["neighbours"]) == 6)
+        wait(
+            "every ring agent to link the centre and two ring neighbours",
+            lambda: all(len(status(p)["neighbours"]) == 3 for p in procs if p is not centre),
+        )
+
+        peers = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "hexamesh",
+                "peers",
+                "--data-dir",
+                str(tmp_path / "a0"),
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert peers.returncode == 0, peers.stderr
+        view = json.loads(peers.stdout)
+        assert sorted(c["node"] for c in view["cells"]) == sorted(ids)
+
+        # SIGKILL a ring agent: no goodbye. Every survivor holds it dead.
+        victim = next(i for i, p in enumerate(procs) if p is not centre)
+        procs[victim].proc.kill()
+        procs[victim].proc.wait()
+        survivors = [p for i, p in enumerate(procs) if i != victim]
+        took = wait(
+            "every survivor to hold the victim dead",
+            lambda: all(ids[victim] in status(p).get("dead", []) for p in survivors),
+        )
+        print(f"all survivors held the victim dead after {took:.2f} s")
+        assert took < 15.0
+        # The survivors next to the hole relinked around it.
+        assert all(ids[victim] not in status(p)["neighbours"] for p in survivors)
+
+        # It comes back (same node key, same data): rejoins with a new incarnation.
+        procs[victim] = start_agent(tmp_path / f"a{victim}", *join)
+        procs[victim].wait_ready()
+        wait(
+            "the swarm to believe the victim alive again",
+            lambda: (
+                all(ids[victim] not in status(p).get("dead", []) for p in survivors)
+                and ids[victim] in status(centre)["neighbours"]
+            ),
+            timeout=30.0,
+        )
+    finally:
+        codes = [p.stop() for p in procs]
+    assert codes == [0] * len(procs)
