@@ -69,6 +69,7 @@ VIEW_TIMEOUT = 2.0  # s to wait for a ViewReply
 RTT_PEERS = 6  # owners asked for their view (and timed) while joining
 SHORTCUTS = 2  # long links from the Kademlia table
 SHORTCUT_REFRESH = 60.0  # s between shortcut draws
+RELEASE_TTL = 1.0  # s; what is left of a released cell record's lease
 EVENT_POLL = 0.05  # s between hand-offs of membership events to subscribers
 EVENT_BUFFER = 256  # events a slow subscriber may lag behind before it misses some
 
@@ -242,7 +243,7 @@ class Honeycomb:
         """Try to take ``cell``: read, put-if-absent, read back and settle."""
         key = cell_key(cell)
         now = self._clock()
-        holder = _winner(await self.dht.get(key), cell)
+        holder = _winner(await self.dht.get(key, every_replica=True), cell)
         if holder is not None and holder.claim.owner != self.node:
             self.comb.learn(holder.claim.owner, holder.addr, cell, now)
             return False
@@ -250,11 +251,11 @@ class Honeycomb:
         # The claim's age is its sequence number (ms); re-claiming our own cell
         # after a restart starts a newer one, which replaces the old record.
         await self.dht.put(key, value, CELL_TTL, seq=math.floor(now * 1000))
-        holder = _winner(await self.dht.get(key), cell)
+        holder = _winner(await self.dht.get(key, every_replica=True), cell)
         if holder is None or holder.claim.owner == self.node:
             return True
         log.info("lost %s to %s (older claim)", cell, holder.claim.owner.hex()[:8])
-        self.dht.withdraw(key)
+        await self._release(key)
         self.comb.learn(holder.claim.owner, holder.addr, cell, now)
         return False
 
@@ -263,7 +264,7 @@ class Honeycomb:
         cell = self.comb.cell
         self.comb.contested = None
         try:
-            holder = _winner(await self.dht.get(cell_key(cell)), cell)
+            holder = _winner(await self.dht.get(cell_key(cell), every_replica=True), cell)
         except DhtError as e:
             log.warning("checking our cell %s: %s", cell, e)
             return
@@ -274,7 +275,7 @@ class Honeycomb:
         log.warning(
             "cell %s belongs to %s (older claim): moving", cell, holder.claim.owner.hex()[:8]
         )
-        self.dht.withdraw(cell_key(cell))
+        await self._release(cell_key(cell))
         self.comb.learn(holder.claim.owner, holder.addr, cell, self._clock())
         new = await self._claim_some({})
         self.comb.place(new, self._clock())
@@ -332,12 +333,16 @@ class Honeycomb:
             return
         self.comb.swim.leave(self._clock())
         self.driver.poke()
-        key = cell_key(self.comb.cell)
+        await self._release(cell_key(self.comb.cell))
+
+    async def _release(self, key: str) -> None:
+        """Replace our record under ``key`` by one gone in a second (and stop
+        renewing it), so it blocks no replica for the rest of its lease."""
         value = msgpack.packb([self.comb.addr[0], self.comb.addr[1]])
         try:
-            await self.dht.put(key, value, 1.0)  # a newer record of ours, gone in a second
+            await self.dht.put(key, value, RELEASE_TTL)
         except DhtError as e:
-            log.info("releasing %s: %s", self.comb.cell, e)
+            log.info("releasing %s: %s", key, e)
         self.dht.withdraw(key)
 
 

@@ -135,6 +135,7 @@ class _Operation:
         self.key = key  # set for value lookups
         self.records: dict[bytes, Record] = {}  # publisher id -> best record seen
         self.holders: set[bytes] = set()  # nodes that returned a record
+        self.every_replica = False  # a single-owner get that does not stop at the first
         self.done = False
 
     def stats(self, now: float) -> LookupStats:
@@ -365,7 +366,12 @@ class DhtCore:
         if op.done:
             return
         lookup = op.lookup
-        if op.key is not None and op.records and key_kind(op.key) is KeyKind.SINGLE:
+        if (
+            op.key is not None
+            and op.records
+            and not op.every_replica
+            and key_kind(op.key) is KeyKind.SINGLE
+        ):
             finish(op, now)  # a single-owner value: the first valid record ends it
             return
         queries = lookup.next_queries()
@@ -435,12 +441,20 @@ class DhtCore:
         self._step(op, now, finish)
         self._run_deferred()
 
-    def get(self, key: str, now: float, on_done: RecordsCallback) -> None:
-        """Find the records under ``key`` (FIND_VALUE, iteratively)."""
+    def get(
+        self, key: str, now: float, on_done: RecordsCallback, *, every_replica: bool = False
+    ) -> None:
+        """Find the records under ``key`` (FIND_VALUE, iteratively).
+
+        A single-owner key's lookup ends at the first record found, unless
+        ``every_replica``: then it asks all k closest nodes and returns every
+        publisher's record it saw (claims that raced: the caller settles).
+        """
         kind = key_kind(key)
         if kind is None:
             raise ValueError(f"unknown key type in {key!r}")
         op = self._start(key_id(key), now, key=key)
+        op.every_replica = every_replica
         local = self.store.get(key, now)
         if kind is KeyKind.SET:  # our own entries count; the network adds the rest
             op.records.update((r.publisher_id, r) for r in local)
@@ -448,7 +462,10 @@ class DhtCore:
         def finish(o: _Operation, t: float) -> None:
             self._end(o)
             records = sorted(o.records.values(), key=lambda r: r.publisher_id)
-            if kind is KeyKind.SINGLE:
+            if kind is KeyKind.SINGLE and o.every_replica:
+                seen = {r.publisher_id for r in records}
+                records += [r for r in local if r.publisher_id not in seen]
+            elif kind is KeyKind.SINGLE:
                 if records:
                     self._cache(o, records[0], t)
                 else:

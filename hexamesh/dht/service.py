@@ -85,10 +85,12 @@ class Dht:
         )
         return result
 
-    async def get(self, key: str) -> list[Record]:
-        """Valid records under ``key`` (one for single-owner keys, many for sets)."""
+    async def get(self, key: str, *, every_replica: bool = False) -> list[Record]:
+        """Valid records under ``key`` (one for single-owner keys, many for sets;
+        with ``every_replica``, every publisher's record the k closest hold)."""
         result: list[Record] = await self._run(
-            lambda cb: self.core.get(key, self._clock(), cb), f"get {key}"
+            lambda cb: self.core.get(key, self._clock(), cb, every_replica=every_replica),
+            f"get {key}",
         )
         return result
 

@@ -230,10 +230,13 @@ class CoreDriver:
             wake_at = (
                 math.inf if deadline is None else trio.current_time() + deadline - self._clock()
             )
-            with trio.move_on_at(wake_at):
+            with trio.move_on_at(wake_at) as waited:
                 await self._wakeup.wait()
             now = self._clock()
-            if deadline is not None and now >= deadline:
+            if deadline is not None and (now >= deadline or waited.cancelled_caught):
+                # Woken by the deadline itself: due, even if converting between the
+                # two clocks left ``now`` a rounding error short of it.
+                now = max(now, deadline)
                 try:
                     self.core.handle_timer(now)
                 except Exception:

@@ -1,0 +1,132 @@
+"""The honeycomb service on an in-memory network under a mock clock: cell
+claims through the DHT settle on one owner, joins fill the centre and its ring."""
+
+import random
+
+import pytest
+import trio
+import trio.testing
+
+from hexamesh.comb.core import COMB_MESSAGES, Comb, CombConfig
+from hexamesh.comb.service import CELL_TTL, Honeycomb, cell_key
+from hexamesh.comb.waggle import Dance
+from hexamesh.dht.core import DhtConfig, DhtCore
+from hexamesh.dht.service import DHT_MESSAGES, Dht
+from hexamesh.hexgrid import ORIGIN, Hex, spiral
+from hexamesh.identity import Identity
+from hexamesh.net.driver import CoreDriver
+from hexamesh.net.memory import MemoryNetwork, open_memory_network
+from hexamesh.net.mux import Mux
+from hexamesh.wire import Codec, KeyRing
+
+RING = KeyRing(bytes(range(32)))
+
+
+async def start_node(nursery: trio.Nursery, net: MemoryNetwork, i: int) -> Honeycomb:
+    identity = Identity.generate()
+    addr = (f"10.0.0.{i}", 7420)
+    rng = random.Random(i)
+    clock = trio.current_time
+    dht_core = DhtCore(identity, addr, DhtConfig(), rng, clock())
+    comb = Comb(Dance.first(identity.node_id, addr, 0, 0), CombConfig(), rng, clock(), placed=False)
+    mux = Mux()
+    mux.add(dht_core, *DHT_MESSAGES)
+    mux.add(comb, *COMB_MESSAGES)
+    driver = CoreDriver(mux, net.endpoint(addr), Codec(RING), node_id=identity.node_id, clock=clock)
+    await nursery.start(driver.run)
+    honeycomb = Honeycomb(comb, driver, Dht(dht_core, driver, clock=clock), clock=clock, rng=rng)
+    await nursery.start(honeycomb.run)
+    return honeycomb
+
+
+async def swarm(nursery: trio.Nursery, net: MemoryNetwork, n: int) -> list[Honeycomb]:
+    nodes = [await start_node(nursery, net, i) for i in range(1, n + 1)]
+    seed = nodes[0].comb.addr
+    for node in nodes[1:]:
+        assert await node.dht.bootstrap([seed])
+    return nodes
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_racing_claims_on_one_cell_leave_exactly_one_owner(
+    seed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    rng = random.Random(seed)
+    n = rng.randint(2, 6)
+    cell = Hex(1, -1)
+    async with (
+        open_memory_network(random.Random(seed), delay=lambda r: r.uniform(0.001, 0.02)) as net,
+        trio.open_nursery() as nursery,
+    ):
+        nodes = await swarm(nursery, net, 8)
+        claimants = rng.sample(nodes, n)
+        won: dict[bytes, bool] = {}
+
+        async def claim(h: Honeycomb, delay: float) -> None:
+            await trio.sleep(delay)
+            won[h.node] = await h.claim(cell)
+
+        async with trio.open_nursery() as racing:
+            for h in claimants:
+                racing.start_soon(claim, h, rng.uniform(0.0, 0.03))
+        assert sorted(won.values()) == [False] * (n - 1) + [True]
+        winner = next(node for node, ok in won.items() if ok)
+        # Everyone who reads every replica now, claimant or not, settles on the winner.
+        for h in nodes:
+            records = await h.dht.get(cell_key(cell), every_replica=True)
+            best = min(records, key=lambda r: (r.seq, r.publisher_id))  # the older claim
+            assert best.publisher_id == winner
+        # Once the losers' released records are gone and the winner renewed its lease,
+        # any plain read anywhere finds the winner alone.
+        await trio.sleep(CELL_TTL / 2 + 1)
+        for h in nodes:
+            assert {r.publisher_id for r in await h.dht.get(cell_key(cell))} == {winner}
+        nursery.cancel_scope.cancel()
+
+
+async def test_joins_fill_the_centre_and_its_ring_one_owner_each(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with (
+        open_memory_network(random.Random(7), delay=lambda r: r.uniform(0.001, 0.005)) as net,
+        trio.open_nursery() as nursery,
+    ):
+        nodes = await swarm(nursery, net, 7)
+        assert await nodes[0].join([], founder=True) == ORIGIN
+        seed = nodes[0].comb.addr
+        async with trio.open_nursery() as joining:  # all at once: claims race
+            for h in nodes[1:]:
+                joining.start_soon(lambda h=h: h.join([seed], founder=False))
+        await trio.sleep(10)  # dances carry cells; contests settle
+        cells = [h.cell for h in nodes]
+        assert None not in cells
+        assert len(set(cells)) == 7  # every cell has one owner
+        assert sorted(cells) == sorted(spiral(ORIGIN, 1))  # compact: the centre and its ring
+        centre = next(h for h in nodes if h.cell == ORIGIN)
+        assert len(centre.neighbours()) == 6
+        # The centre's view holds every other node's dance.
+        assert all(centre.state_of(h.node) is not None for h in nodes if h is not centre)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_graceful_leave_is_known_at_once_and_frees_the_cell(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with (
+        open_memory_network(random.Random(3), delay=lambda r: 0.002) as net,
+        trio.open_nursery() as nursery,
+    ):
+        nodes = await swarm(nursery, net, 3)
+        await nodes[0].join([], founder=True)
+        for h in nodes[1:]:
+            await h.join([nodes[0].comb.addr], founder=False)
+        await trio.sleep(3)
+        leaver = nodes[2]
+        events = nodes[0].subscribe()
+        await leaver.leave()
+        with trio.fail_after(0.5):  # no suspicion timeout: it said goodbye
+            event = await events.receive()
+        assert event.node == leaver.node and event.state.name == "DEAD"
+        await trio.sleep(2)
+        assert await nodes[1].dht.get(cell_key(leaver.comb.cell)) == []
+        nursery.cancel_scope.cancel()
