@@ -36,9 +36,18 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from hexamesh.comb.cells import comb_links
-from hexamesh.comb.swim import SWIM_MESSAGES, MembershipEvent, MemberState, Swim, SwimConfig
+from hexamesh.comb.swim import (
+    SWIM_MESSAGES,
+    Gossip,
+    MembershipEvent,
+    MemberState,
+    MemberUpdate,
+    Swim,
+    SwimConfig,
+)
 from hexamesh.comb.waggle import Dance, Waggle, WaggleConfig, WaggleMsg
 from hexamesh.hexgrid import Hex
+from hexamesh.hexgrid import neighbours as adjacent_cells
 from hexamesh.identity import NODE_ID_BYTES
 from hexamesh.net.base import Addr
 from hexamesh.wire import Envelope, Len, MaxLen, Message, Struct, message, struct
@@ -124,6 +133,8 @@ class Comb:
         self.contested: Hex | None = None  # our cell, danced by someone else too
         self.replies: dict[int, tuple[float, ViewReply]] = {}  # msg_id -> (when, reply)
         self._outbox: list[tuple[Addr, Envelope]] = []
+        self._incarnation = 0  # the last one our watchers were told about
+        self.swim.other_watchers = self._other_watchers
 
     # -- the map ----------------------------------------------------------
 
@@ -193,6 +204,48 @@ class Comb:
         self.swim.set_links(watched, now, spread=self.shortcuts)
         # Dances go to comb links only: shortcuts carry membership news, not load.
         self.waggle.set_links({n: addrs[n] for n in watched if n in addrs})
+
+    def _other_watchers(self, node: bytes) -> list[Addr]:
+        """The live owners of the cells around ``node``'s cell: its other watchers."""
+        cell = self._cell_of.get(node)
+        if cell is None:
+            return []
+        out = []
+        for near in adjacent_cells(cell):
+            owner = self.owners.get(near)
+            if (
+                owner is not None
+                and owner != self.node
+                and owner in self.addrs
+                and self.swim.state_of(owner) is not MemberState.DEAD
+            ):
+                out.append(self.addrs[owner])
+        return out
+
+    def _tell_watchers(self, now: float) -> None:
+        """We refuted a suspicion: tell everyone who dances to us at once, not
+        only our own links (across holes a watcher may not be one of them)."""
+        if self.swim.incarnation == self._incarnation:
+            return
+        self._incarnation = self.swim.incarnation
+        update = MemberUpdate(
+            node=self.node,
+            host=self.addr[0],
+            port=self.addr[1],
+            incarnation=self.swim.incarnation,
+            state=MemberState.ALIVE,
+            by=self.node,
+        )
+        linked = set(self.swim.spread)
+        for node, addr in self.waggle.dancers().items():
+            if node not in linked:
+                msg = Gossip(updates=(update,))
+                self._outbox.append(
+                    (
+                        addr,
+                        Envelope(sender=self.node, msg_id=self._rng.getrandbits(64), message=msg),
+                    )
+                )
 
     # -- asking others ----------------------------------------------------
 
@@ -286,6 +339,7 @@ class Comb:
             self.swim.receive(env, sender, now)
             if self.swim.relink_needed:
                 self.relink(now)
+            self._tell_watchers(now)
 
     def handle_timer(self, now: float) -> None:
         due = self.swim.next_timer()

@@ -69,6 +69,7 @@ VIEW_TIMEOUT = 2.0  # s to wait for a ViewReply
 RTT_PEERS = 6  # owners asked for their view (and timed) while joining
 SHORTCUTS = 2  # long links from the Kademlia table
 SHORTCUT_REFRESH = 60.0  # s between shortcut draws
+MODEL_TTL = 300.0  # s; a model:<name> provider entry's lease (renewed at half)
 RELEASE_TTL = 1.0  # s; what is left of a released cell record's lease
 EVENT_POLL = 0.05  # s between hand-offs of membership events to subscribers
 EVENT_BUFFER = 256  # events a slow subscriber may lag behind before it misses some
@@ -280,6 +281,22 @@ class Honeycomb:
         new = await self._claim_some({})
         self.comb.place(new, self._clock())
         self.driver.poke()
+
+    # -- models -----------------------------------------------------------
+
+    async def set_models(self, models: tuple[str, ...]) -> None:
+        """Serve ``models`` from now on: dance them (neighbours see at once) and
+        announce each in the DHT as a ``model:<name>`` provider, renewed with the
+        lease; models dropped are withdrawn (they expire within a lease)."""
+        old = set(self.comb.waggle.dance.models)
+        self.comb.waggle.update(self._clock(), models=tuple(models))
+        self.driver.poke()
+        info = msgpack.packb([self.comb.addr[0], self.comb.addr[1]])
+        for model in models:
+            if model not in old:
+                await self.dht.announce(model, info, MODEL_TTL)
+        for model in old - set(models):
+            self.dht.withdraw(f"model:{model}")
 
     # -- upkeep -----------------------------------------------------------
 

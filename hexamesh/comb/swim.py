@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -263,6 +263,10 @@ class Swim:
         self._next_sync = now + rng.uniform(0.5, 1.5) * config.sync_interval
         self._next_health = now + config.probe_interval
         self.relink_needed = False  # a link died or a dead node came back (the owner of links)
+        # Who else watches a node (its other neighbours, known to the owner of the
+        # map): our own accusations go to them directly, so their suspicions
+        # confirm each other even where they are not linked to each other.
+        self.other_watchers: Callable[[bytes], list[Addr]] = lambda node: []
         self.probes_sent = 0
         self.false_suspicions_refuted = 0
         self._announce(now)
@@ -449,6 +453,11 @@ class Swim:
             if not probe.indirect_sent and now >= probe.indirect_at:
                 probe.indirect_sent = True
                 probe.helpers = self._ask_indirect(seq, probe, now)
+                # And once more directly (memberlist's TCP fallback in spirit): one
+                # lost datagram should not be enough to make a suspect.
+                member = self.members.get(probe.target)
+                if member is not None:
+                    self._send(member.addr, seq, Probe(target=probe.target, updates=()))
             if now >= probe.give_up_at:
                 del self._probes[seq]
                 self._probing.pop(probe.target, None)
@@ -608,11 +617,13 @@ class Swim:
         member.since = member.suspicion_start = now
         member.confirmers = {by, *(also or ())}
         self._emit(member, now)
-        self._broadcast(
-            self._update(node, member.addr, member.incarnation, MemberState.SUSPECT, by),
-            now,
-            sender,
-        )
+        accusation = self._update(node, member.addr, member.incarnation, MemberState.SUSPECT, by)
+        self._broadcast(accusation, now, sender)
+        if by == self.me:
+            spread = {self.members[n].addr for n in self.spread}
+            for addr in self.other_watchers(node):
+                if addr not in spread and addr != self.addr:
+                    self._send(addr, self._rng.getrandbits(64), Gossip(updates=(accusation,)))
 
     def _suspicion_bounds(self) -> tuple[float, float, int]:
         cfg = self.config

@@ -152,6 +152,10 @@ class Waggle:
     def set_links(self, links: dict[bytes, Addr]) -> None:
         self.links = {n: a for n, a in links.items() if n != self.dance.node}
 
+    def dancers(self) -> dict[bytes, Addr]:
+        """Nodes that danced to us lately (they hold us as a link)."""
+        return {n: addr for n, (addr, _) in self._dancers.items()}
+
     def update(self, now: float, **changes: object) -> None:
         """Change our dance; dances sooner when the change is noticeable."""
         old = self.dance

@@ -130,3 +130,22 @@ async def test_a_graceful_leave_is_known_at_once_and_frees_the_cell(
         await trio.sleep(2)
         assert await nodes[1].dht.get(cell_key(leaver.comb.cell)) == []
         nursery.cancel_scope.cancel()
+
+
+async def test_models_are_danced_to_neighbours_and_announced_in_the_dht(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with (
+        open_memory_network(random.Random(5), delay=lambda r: 0.002) as net,
+        trio.open_nursery() as nursery,
+    ):
+        nodes = await swarm(nursery, net, 4)
+        await nodes[0].join([], founder=True)
+        for h in nodes[1:]:
+            await h.join([nodes[0].comb.addr], founder=False)
+        await nodes[2].set_models(("tiny",))
+        await trio.sleep(2)
+        assert [d.node for d in nodes[0].peers_with("tiny")] == [nodes[2].node]
+        providers = await nodes[3].dht.providers("tiny")
+        assert [r.publisher_id for r in providers] == [nodes[2].node]
+        nursery.cancel_scope.cancel()
