@@ -1,0 +1,1 @@
+"""The inference engine: vLLM servers supervised per model, their load, a client."""

@@ -1,0 +1,77 @@
+"""What this machine can run models on: an NVIDIA GPU (via ``nvidia-smi``) or the CPU.
+
+``nvidia-smi`` rather than ``torch.cuda``: asking torch would initialise CUDA
+in the agent process (slow, and it holds GPU memory) just to read two numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Device", "detect_device", "model_bytes"]
+
+
+@dataclass(frozen=True)
+class Device:
+    gpu: bool
+    name: str  # "NVIDIA H100 80GB HBM3", or "cpu"
+    gpu_total: int | None = None  # bytes
+    gpu_free: int | None = None  # bytes
+
+    @staticmethod
+    def ram_available() -> int:
+        """Bytes of RAM available now (MemAvailable), for the CPU fit check."""
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def detect_device() -> Device:
+    """The first NVIDIA GPU if ``nvidia-smi`` lists one, else the CPU.
+
+    ``HEXAMESH_DEVICE=cpu`` forces the CPU (a GPU machine running the CPU build).
+    """
+    if os.environ.get("HEXAMESH_DEVICE", "").lower() == "cpu" or not shutil.which("nvidia-smi"):
+        return Device(gpu=False, name="cpu")
+    try:
+        out = subprocess.run(
+            [
+                "nvidia-smi",
+                "--query-gpu=name,memory.total,memory.free",
+                "--format=csv,noheader,nounits",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return Device(gpu=False, name="cpu")
+    first = out.strip().splitlines()[0] if out.strip() else ""
+    parts = [p.strip() for p in first.split(",")]
+    if len(parts) != 3:
+        return Device(gpu=False, name="cpu")
+    mib = 2**20
+    return Device(
+        gpu=True, name=parts[0], gpu_total=int(parts[1]) * mib, gpu_free=int(parts[2]) * mib
+    )
+
+
+def model_bytes(model: str) -> int:
+    """Size of a local model's weight files (0 for a hub id: unknown until downloaded)."""
+    path = Path(model)
+    if not path.is_dir():
+        return 0
+    return sum(
+        f.stat().st_size
+        for f in path.iterdir()
+        if f.suffix in (".safetensors", ".bin", ".pt", ".gguf") and f.is_file()
+    )

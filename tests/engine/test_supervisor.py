@@ -1,0 +1,100 @@
+"""The supervisor with a stand-in server (tests/engine/fake_vllm.py): readiness,
+restart after SIGKILL, no orphans, the fit check, a crash loop, typed errors."""
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import trio
+
+from hexamesh.engine.client import EngineClient, EngineRequestError, EngineUnavailable
+from hexamesh.engine.device import Device
+from hexamesh.engine.supervisor import (
+    EngineConfig,
+    EngineError,
+    EngineState,
+    ModelSpec,
+    open_engine,
+)
+
+CPU = Device(gpu=False, name="cpu")
+
+
+def config(**extra_env: str) -> EngineConfig:
+    return EngineConfig(
+        server_module="tests.engine.fake_vllm",
+        ready_timeout=20.0,
+        stop_grace=2.0,
+        restart_delay=0.05,
+        scrape_interval=0.1,
+        extra_env=extra_env,
+    )
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for a reaper counts as gone: it holds nothing)."""
+    try:
+        os.kill(pid, 0)
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def wait_until(check, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    with trio.fail_after(timeout):
+        while not check():
+            await trio.sleep(0.05)
+
+
+async def test_serves_restarts_after_sigkill_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    spec = ModelSpec(name="tiny", model=str(tmp_path), kv_cache_gb=0.01)
+    async with open_engine(config(FAKE_VLLM_CHILD_PIDFILE=str(pidfile)), CPU) as engine:
+        await engine.load(spec)
+        assert engine.models() == {"tiny": EngineState.READY}
+        async with EngineClient(engine.url("tiny")) as client:
+            assert await client.models() == ["tiny"]
+            out = await client.completion(model="tiny", prompt="hi", max_tokens=3)
+            assert out["choices"][0]["text"] == "tok tok tok "
+            chunks = [c async for c in client.stream_chat(model="tiny", messages=[], max_tokens=5)]
+            assert len(chunks) == 5
+            with pytest.raises(EngineRequestError) as bad:
+                await client.completion(model="other", prompt="hi")
+            assert bad.value.status == 404 and "does not exist" in bad.value.message
+        await wait_until(lambda: engine.load_of("tiny").running == 1)
+        assert engine.load_of("tiny").load == 0.25  # KV use dominates
+
+        first_pid, first_child = engine.pid("tiny"), int(pidfile.read_text())
+        assert first_pid is not None
+        os.kill(first_pid, signal.SIGKILL)
+        await wait_until(lambda: engine.pid("tiny") not in (None, first_pid))
+        await wait_until(lambda: engine.models()["tiny"] is EngineState.READY)
+        await wait_until(lambda: not alive(first_child))  # the old group went with it
+        async with EngineClient(engine.url("tiny")) as client:
+            assert (await client.completion(model="tiny", prompt="x", max_tokens=1))["choices"]
+        second_pid, second_child = engine.pid("tiny"), int(pidfile.read_text())
+        await engine.unload("tiny")
+        assert engine.models() == {}
+        assert second_pid is not None and not alive(second_pid) and not alive(second_child)
+
+
+async def test_a_model_that_does_not_fit_is_refused(tmp_path: Path) -> None:
+    async with open_engine(config(), CPU) as engine:
+        with pytest.raises(EngineError, match="GiB of RAM"):
+            await engine.load(ModelSpec(name="huge", model=str(tmp_path), kv_cache_gb=1e6))
+        assert engine.models() == {}
+
+
+async def test_a_crash_loop_ends_in_a_clear_failure(tmp_path: Path) -> None:
+    async with open_engine(config(FAKE_VLLM_EXIT="3"), CPU) as engine:
+        with pytest.raises(EngineError, match="exited 6 times"):
+            await engine.load(ModelSpec(name="bad", model=str(tmp_path), kv_cache_gb=0.01))
+        assert engine.models() == {}
+
+
+async def test_an_unreachable_server_is_unavailable_not_a_traceback() -> None:
+    async with EngineClient("http://127.0.0.1:9") as client:
+        with pytest.raises(EngineUnavailable):
+            await client.models()
