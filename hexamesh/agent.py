@@ -37,6 +37,7 @@ from hexamesh.config import AgentConfig
 from hexamesh.dht.contact import Contact
 from hexamesh.dht.core import DhtConfig, DhtCore
 from hexamesh.dht.service import DHT_MESSAGES, Dht, DhtError, load_contacts, save_contacts
+from hexamesh.engine.supervisor import Engine, EngineError, EngineState, ModelSpec, open_engine
 from hexamesh.fileio import write_text_atomic
 from hexamesh.identity import Identity
 from hexamesh.net.base import Addr, format_addr, parse_addr
@@ -77,6 +78,7 @@ class AgentStatus:
     seeds: dict[str, float | None] = field(default_factory=dict)  # seed -> srtt in ms
     dht_contacts: int = 0  # contacts in the DHT routing table
     neighbours: list[str] = field(default_factory=list)  # comb links, node ids (hex)
+    models: dict[str, dict[str, object]] = field(default_factory=dict)  # name -> state, load
     alive: list[str] = field(default_factory=list)  # members held alive or suspect
     dead: list[str] = field(default_factory=list)  # members held dead
 
@@ -215,6 +217,8 @@ async def run_agent(
             await nursery.start(honeycomb.run)
             views_from = [*seed_addrs, *[(c.host, c.port) for c in known[:8]]]
             nursery.start_soon(_join, dht, honeycomb, seed_addrs, known, views_from, founder)
+            if config.model:
+                await nursery.start(_serve_models, config, honeycomb, status)
             _write_status(status_path, status)
             if on_ready is not None:
                 on_ready(status)
@@ -249,6 +253,60 @@ def _note_rtts(probe: RttProbe, status: AgentStatus) -> None:
         status.seeds[key] = None if srtt is None else round(srtt * 1000, 3)
         if before is None:
             log.info("seed %s reachable, rtt %.2f ms", key, sample.rtt * 1000)
+
+
+def model_spec(text: str, config: AgentConfig) -> ModelSpec:
+    """``--model`` value -> spec: ``NAME=DIR|ID`` or ``DIR|ID`` (named after its last part)."""
+    name, sep, model = text.partition("=")
+    if not sep:
+        model, name = text, Path(text.rstrip("/")).name
+    return ModelSpec(
+        name=name,
+        model=model,
+        kv_cache_gb=float(config.kv_cache_gb),
+        max_model_len=config.max_model_len,
+    )
+
+
+async def _serve_models(
+    config: AgentConfig,
+    honeycomb: Honeycomb,
+    status: AgentStatus,
+    *,
+    task_status: trio.TaskStatus[Engine] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run an engine with the configured models; dance them and their load."""
+    async with open_engine() as engine:
+        task_status.started(engine)
+        specs = [model_spec(m, config) for m in config.model]
+        for spec in specs:
+            status.models[spec.name] = {"state": "starting", "load": 0.0}
+            try:
+                await engine.load(spec)
+            except EngineError as e:
+                log.error("cannot serve %s: %s", spec.name, e)
+                status.models[spec.name] = {"state": "failed", "error": str(e)}
+        while True:
+            states = engine.models()
+            ready = tuple(n for n, st in states.items() if st is EngineState.READY)
+            if ready != honeycomb.comb.waggle.dance.models:
+                await honeycomb.set_models(ready)
+            loads = {n: engine.load_of(n) for n in states}
+            for name, st in states.items():
+                status.models[name] = {"state": st.value, "load": loads[name].load}
+            if loads:
+                worst = max(loads.values(), key=lambda x: x.load)
+                now = {
+                    "load": worst.load,
+                    "queue": sum(x.waiting for x in loads.values()),
+                    "kv": worst.kv,
+                    "tok_s": round(sum(x.tok_s for x in loads.values()), 1),
+                }
+                dance = honeycomb.comb.waggle.dance
+                if any(getattr(dance, k) != v for k, v in now.items()):
+                    honeycomb.comb.waggle.update(wall_clock(), **now)
+                    honeycomb.driver.poke()
+            await trio.sleep(STATUS_INTERVAL)
 
 
 def _note_comb(honeycomb: Honeycomb, status: AgentStatus) -> None:

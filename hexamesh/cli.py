@@ -49,6 +49,27 @@ app = typer.Typer(
 )
 swarm_app = typer.Typer(help="Create and share the swarm key.", no_args_is_help=True)
 app.add_typer(swarm_app, name="swarm")
+model_app = typer.Typer(help="Models for the engine.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("make-tiny")
+def model_make_tiny(
+    out: Annotated[Path, typer.Argument(help="Directory to write the model to")],
+    seed: Annotated[int, typer.Option(help="Same seed, same weights and tokenizer")] = 0,
+) -> None:
+    """Write a tiny random-weight Llama model vLLM can serve (tests, demo; no hub)."""
+    try:
+        from hexamesh.engine.tiny import make_tiny_model
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise _fail(f"needs the engine extras (pip install 'hexamesh[cpu]'): {e}") from None
+    try:
+        make_tiny_model(out, seed=seed)
+    except ImportError as e:
+        raise _fail(f"needs the engine extras (pip install 'hexamesh[cpu]'): {e}") from None
+    console.print(f"tiny model written to {out}")
+
+
 dht_app = typer.Typer(
     help="Read and write the swarm's DHT through a short-lived node.", no_args_is_help=True
 )
@@ -175,6 +196,19 @@ def agent(
         Path | None, typer.Option("--config", help="TOML config file [env: HEXAMESH_CONFIG]")
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Serve a model with vLLM: DIR, hub id, or NAME=DIR (repeatable)",
+            show_default=False,
+        ),
+    ] = None,
+    kv_cache_gb: Annotated[
+        int | None, typer.Option(help="CPU: KV-cache GiB per model [default: 1]")
+    ] = None,
+    max_model_len: Annotated[
+        int | None, typer.Option(help="Context tokens per request [default: 1024]")
+    ] = None,
 ) -> None:
     """Run an agent on this machine until Ctrl-C / SIGTERM.
 
@@ -191,6 +225,9 @@ def agent(
         "swarm_key": swarm_key,
         "advertise": advertise,
         "log_level": log_level,
+        "model": model or None,
+        "kv_cache_gb": kv_cache_gb,
+        "max_model_len": max_model_len,
     }
     try:
         cfg = load_config(config, overrides=overrides)

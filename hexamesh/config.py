@@ -46,6 +46,9 @@ class AgentConfig:
     swarm_key: Path | None = None  # key file; default <data_dir>/swarm.key
     token: str | None = None  # join token from `hexamesh swarm invite` (key + seed)
     log_level: str = "INFO"
+    model: tuple[str, ...] = ()  # models to serve: DIR, hub id, or NAME=DIR|ID each
+    kv_cache_gb: int = 1  # CPU only: KV-cache space per model (VLLM_CPU_KVCACHE_SPACE)
+    max_model_len: int = 1024  # tokens of context per request
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -55,6 +58,10 @@ class AgentConfig:
                 parse_addr(seed)
             except ValueError as e:
                 raise ConfigError(f"join: {e}") from None
+        if self.kv_cache_gb < 1:
+            raise ConfigError(f"kv_cache_gb must be at least 1, got {self.kv_cache_gb}")
+        if self.max_model_len < 16:
+            raise ConfigError(f"max_model_len must be at least 16, got {self.max_model_len}")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError(
                 f"log_level must be DEBUG, INFO, WARNING or ERROR, not {self.log_level!r}"
