@@ -76,19 +76,32 @@ async def test_vllm_serves_restarts_after_sigkill_and_stops_clean(tiny: Path) ->
             ]
             text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chat)
             assert text  # random weights: nonsense, but tokens
-            async with trio.open_nursery() as burst:  # load shows up in the metrics
-                for _ in range(8):
-                    burst.start_soon(
-                        lambda: client.completion(model="tiny", prompt="a b c", max_tokens=64)
-                    )
-        # The supervisor's scrapes saw the burst: generated tokens per second between
-        # two scrapes (8 x 64 tokens), then idle again.
-        seen = []
-        with trio.move_on_after(5):
-            while not seen or seen[-1] > 0 or max(seen) == 0:
-                seen.append(engine.load_of("tiny").tok_s)
-                await trio.sleep(0.2)
-        assert max(seen) > 0 and 0.0 <= engine.load_of("tiny").load <= 1.0
+            # A burst of requests shows in the scraped metrics: requests running
+            # and tokens/s between two scrapes. Watched while it runs, and for
+            # two scrape intervals after.
+            seen: list[tuple[int, float]] = []
+
+            async def burst() -> None:
+                async with trio.open_nursery() as requests:
+                    for _ in range(8):
+                        requests.start_soon(
+                            lambda: client.completion(
+                                model="tiny", prompt="a b c", max_tokens=256, ignore_eos=True
+                            )
+                        )
+                await trio.sleep(2.5)
+                watching.cancel()
+
+            with trio.CancelScope() as watching:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(burst)
+                    while True:
+                        load = engine.load_of("tiny")
+                        seen.append((load.running, load.tok_s))
+                        assert 0.0 <= load.load <= 1.0
+                        await trio.sleep(0.1)
+            assert max(tok_s for _, tok_s in seen) > 0
+            assert max(running for running, _ in seen) > 0
 
         first = engine.pid("tiny")
         assert first is not None
