@@ -32,7 +32,7 @@ from hexamesh.net.base import parse_addr
 from hexamesh.swarmkey import load_key_file
 from hexamesh.wire import KeyRing
 
-__all__ = ["AgentProcess", "run_demo", "start_agent"]
+__all__ = ["AgentProcess", "run_demo", "start_agent", "start_local_swarm"]
 
 START_TIMEOUT = 20.0  # s for an agent to bind and write agent.json
 STOP_GRACE = 5.0  # s between SIGTERM and SIGKILL
@@ -89,6 +89,26 @@ def start_agent(data_dir: Path, *args: str, env: dict[str, str] | None = None) -
     return AgentProcess(proc, data_dir, log_path)
 
 
+def start_local_swarm(workdir: Path, n: int, *extra: str) -> list[AgentProcess]:
+    """``n`` agents on 127.0.0.1 in ``workdir/agent0..``: the first founds the
+    swarm (and is waited for), the others join it with its key. ``extra``
+    flags go to every agent."""
+    local = ("--host", "127.0.0.1", "--port", "0", *extra)
+    procs = [start_agent(workdir / "agent0", *local)]
+    try:
+        seed = procs[0].wait_ready()["address"]
+        key = str(workdir / "agent0" / "swarm.key")
+        for i in range(1, n):
+            procs.append(
+                start_agent(workdir / f"agent{i}", *local, "--join", seed, "--swarm-key", key)
+            )
+    except BaseException:
+        for p in procs:
+            p.stop()
+        raise
+    return procs
+
+
 def _table(agents: list[AgentProcess]) -> Table:
     table = Table(title="hexamesh demo swarm")
     columns = ("agent", "node id", "address", "cell", "links", "alive/dead", "rtt to seed", "pid")
@@ -128,24 +148,9 @@ def run_demo(console: Console, *, agents: int, duration: float | None, workdir: 
         shutil.rmtree(workdir)
     procs: list[AgentProcess] = []
     try:
-        founder = start_agent(workdir / "agent0", "--host", "127.0.0.1", "--port", "0")
-        procs.append(founder)
-        seed = founder.wait_ready()["address"]
+        procs.extend(start_local_swarm(workdir, agents))
+        seed = procs[0].wait_ready()["address"]
         key = str(workdir / "agent0" / "swarm.key")
-        for i in range(1, agents):
-            procs.append(
-                start_agent(
-                    workdir / f"agent{i}",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "0",
-                    "--join",
-                    seed,
-                    "--swarm-key",
-                    key,
-                )
-            )
         for p in procs:
             p.wait_ready()
         console.print(f"[green]{agents} agents up[/]; logs in {workdir}/agent*/agent.log")

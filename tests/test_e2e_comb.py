@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hexamesh.demo import AgentProcess, start_agent
+from hexamesh.demo import AgentProcess, start_agent, start_local_swarm
 from hexamesh.hexgrid import ORIGIN, Hex, spiral
 
 pytestmark = pytest.mark.e2e
@@ -31,12 +31,10 @@ def status(p: AgentProcess) -> dict:  # type: ignore[type-arg]
 def test_seven_agents_form_a_comb_and_agree_on_a_death(tmp_path: Path) -> None:
     procs: list[AgentProcess] = []
     try:
-        procs.append(start_agent(tmp_path / "a0", "--host", "127.0.0.1", "--port", "0"))
+        procs.extend(start_local_swarm(tmp_path, 7))
         seed = procs[0].wait_ready()["address"]
-        key = str(tmp_path / "a0" / "swarm.key")
+        key = str(tmp_path / "agent0" / "swarm.key")
         join = ("--host", "127.0.0.1", "--port", "0", "--join", seed, "--swarm-key", key)
-        for i in range(1, 7):
-            procs.append(start_agent(tmp_path / f"a{i}", *join))
         ids = [p.wait_ready()["node_id"] for p in procs]
 
         # A compact comb: the centre and its ring, each cell owned once.
@@ -57,7 +55,7 @@ def test_seven_agents_form_a_comb_and_agree_on_a_death(tmp_path: Path) -> None:
                 "hexamesh",
                 "peers",
                 "--data-dir",
-                str(tmp_path / "a0"),
+                str(tmp_path / "agent0"),
                 "--json",
             ],
             capture_output=True,
@@ -83,7 +81,7 @@ def test_seven_agents_form_a_comb_and_agree_on_a_death(tmp_path: Path) -> None:
         assert all(ids[victim] not in status(p)["neighbours"] for p in survivors)
 
         # It comes back (same node key, same data): rejoins with a new incarnation.
-        procs[victim] = start_agent(tmp_path / f"a{victim}", *join)
+        procs[victim] = start_agent(tmp_path / f"agent{victim}", *join)
         procs[victim].wait_ready()
         wait(
             "the swarm to believe the victim alive again",

@@ -47,6 +47,15 @@ async def swarm(nursery: trio.Nursery, net: MemoryNetwork, n: int) -> list[Honey
     return nodes
 
 
+async def joined(nursery: trio.Nursery, net: MemoryNetwork, n: int) -> list[Honeycomb]:
+    """A swarm whose nodes joined the comb one after the other."""
+    nodes = await swarm(nursery, net, n)
+    await nodes[0].join([], founder=True)
+    for h in nodes[1:]:
+        await h.join([nodes[0].comb.addr], founder=False)
+    return nodes
+
+
 @pytest.mark.parametrize("seed", range(4))
 async def test_racing_claims_on_one_cell_leave_exactly_one_owner(
     seed: int, autojump_clock: trio.testing.MockClock
@@ -116,10 +125,7 @@ async def test_a_graceful_leave_is_known_at_once_and_frees_the_cell(
         open_memory_network(random.Random(3), delay=lambda r: 0.002) as net,
         trio.open_nursery() as nursery,
     ):
-        nodes = await swarm(nursery, net, 3)
-        await nodes[0].join([], founder=True)
-        for h in nodes[1:]:
-            await h.join([nodes[0].comb.addr], founder=False)
+        nodes = await joined(nursery, net, 3)
         await trio.sleep(3)
         leaver = nodes[2]
         events = nodes[0].subscribe()
@@ -139,10 +145,7 @@ async def test_models_are_danced_to_neighbours_and_announced_in_the_dht(
         open_memory_network(random.Random(5), delay=lambda r: 0.002) as net,
         trio.open_nursery() as nursery,
     ):
-        nodes = await swarm(nursery, net, 4)
-        await nodes[0].join([], founder=True)
-        for h in nodes[1:]:
-            await h.join([nodes[0].comb.addr], founder=False)
+        nodes = await joined(nursery, net, 4)
         await nodes[2].set_models(("tiny",))
         await trio.sleep(2)
         assert [d.node for d in nodes[0].peers_with("tiny")] == [nodes[2].node]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hexamesh.demo import AgentProcess, start_agent
+from hexamesh.demo import AgentProcess, start_local_swarm
 
 pytestmark = pytest.mark.e2e
 
@@ -28,23 +28,8 @@ def wait_for(check: object, what: str, timeout: float = 20.0) -> None:
 def test_three_agents_store_through_one_and_read_through_another(tmp_path: Path) -> None:
     procs: list[AgentProcess] = []
     try:
-        procs.append(start_agent(tmp_path / "a", "--host", "127.0.0.1", "--port", "0"))
-        seed = procs[0].wait_ready()["address"]
-        key = str(tmp_path / "a" / "swarm.key")
-        for name in ("b", "c"):
-            procs.append(
-                start_agent(
-                    tmp_path / name,
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "0",
-                    "--join",
-                    seed,
-                    "--swarm-key",
-                    key,
-                )
-            )
+        procs.extend(start_local_swarm(tmp_path, 3))
+        key = str(tmp_path / "agent0" / "swarm.key")
         addrs = [p.wait_ready()["address"] for p in procs]
         wait_for(
             lambda: all((p.status() or {}).get("dht_contacts", 0) >= 2 for p in procs),
@@ -69,4 +54,4 @@ def test_three_agents_store_through_one_and_read_through_another(tmp_path: Path)
         for p in procs:
             p.stop()
     # Each agent saved its DHT contacts on the way out, for a restart without seeds.
-    assert (tmp_path / "b" / "contacts.json").exists()
+    assert (tmp_path / "agent1" / "contacts.json").exists()
