@@ -76,9 +76,8 @@ async def test_vllm_serves_restarts_after_sigkill_and_stops_clean(tiny: Path) ->
             ]
             text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chat)
             assert text  # random weights: nonsense, but tokens
-            # A burst of requests shows in the scraped metrics: requests running
-            # and tokens/s between two scrapes. Watched while it runs, and for
-            # two scrape intervals after.
+            # A burst of requests shows in the scraped metrics: tokens/s between
+            # two scrapes. Watched while it runs, and for two scrape intervals after.
             seen: list[tuple[int, float]] = []
 
             async def burst() -> None:
@@ -100,8 +99,9 @@ async def test_vllm_serves_restarts_after_sigkill_and_stops_clean(tiny: Path) ->
                         seen.append((load.running, load.tok_s))
                         assert 0.0 <= load.load <= 1.0
                         await trio.sleep(0.1)
+            # (vLLM's running gauge is only sampled at its own logging steps, so
+            # a scrape may never see it non-zero; the token counter is exact.)
             assert max(tok_s for _, tok_s in seen) > 0
-            assert max(running for running, _ in seen) > 0
 
         first = engine.pid("tiny")
         assert first is not None
