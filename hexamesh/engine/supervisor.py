@@ -322,8 +322,11 @@ class Engine:
         log.info("%s: ready at %s", server.spec.name, server.url)
         before: dict[str, float] | None = None
         last = trio.current_time()
+        first = True
         while True:
-            await trio.sleep(self.config.scrape_interval)
+            if not first:  # the first scrape at once: the baseline for the rates
+                await trio.sleep(self.config.scrape_interval)
+            first = False
             try:
                 r = await self._http.get(server.url + "/metrics")
                 samples = parse_metrics(r.text)
