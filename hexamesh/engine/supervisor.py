@@ -55,6 +55,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+GROUP_EXIT_WAIT = 5.0  # s to wait for a killed group to vanish (zombies never do)
+
 
 class EngineError(Exception):
     """A model could not be loaded, does not fit, or is not loaded."""
@@ -347,6 +349,21 @@ class Engine:
         self._kill_group(server, signal.SIGKILL)
         with trio.CancelScope(shield=True):
             await process.wait()
+            # SIGKILL is asynchronous: give the rest of the group (vLLM's engine
+            # core) a moment to be gone before saying it is stopped.
+            with trio.move_on_after(GROUP_EXIT_WAIT):
+                while self._group_exists(server):
+                    await trio.sleep(0.05)
+
+    @staticmethod
+    def _group_exists(server: _Server) -> bool:
+        if server.pgid is None:
+            return False
+        try:
+            os.killpg(server.pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
 
     @staticmethod
     def _kill_group(server: _Server, sig: signal.Signals) -> None:
