@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 import math
+import subprocess
+import sys
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -139,3 +141,12 @@ def envelopes(cls: type[Message]) -> st.SearchStrategy[Envelope]:
 
 def any_envelope() -> st.SearchStrategy[Envelope]:
     return st.one_of([envelopes(cls) for cls in message_types().values()])
+
+
+def run_hexamesh(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The ``hexamesh`` CLI as a user runs it, in a child process."""
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, "-m", "hexamesh", *args], capture_output=True, text=True, timeout=timeout
+    )

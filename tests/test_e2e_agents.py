@@ -1,23 +1,20 @@
 """Real agent processes on 127.0.0.1: start, join, ping, stop by signal."""
 
+import functools
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from hexamesh.demo import start_agent
+from tests.helpers import run_hexamesh
 
 pytestmark = pytest.mark.e2e
 
 
-def hexamesh(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hexamesh", *args], capture_output=True, text=True, timeout=timeout
-    )
+hexamesh = functools.partial(run_hexamesh, timeout=30)
 
 
 def test_agents_join_answer_pings_and_stop_cleanly_on_sigterm(tmp_path: Path) -> None:

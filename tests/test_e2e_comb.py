@@ -2,8 +2,6 @@
 SIGKILL one and the others agree it is dead; it comes back and is believed."""
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +10,7 @@ import pytest
 
 from hexamesh.demo import AgentProcess, start_agent, start_local_swarm
 from hexamesh.hexgrid import ORIGIN, Hex, spiral
+from tests.helpers import run_hexamesh
 
 pytestmark = pytest.mark.e2e
 
@@ -48,20 +47,7 @@ def test_seven_agents_form_a_comb_and_agree_on_a_death(tmp_path: Path) -> None:
             lambda: all(len(status(p)["neighbours"]) == 3 for p in procs if p is not centre),
         )
 
-        peers = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "hexamesh",
-                "peers",
-                "--data-dir",
-                str(tmp_path / "agent0"),
-                "--json",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        peers = run_hexamesh("peers", "--data-dir", str(tmp_path / "agent0"), "--json")
         assert peers.returncode == 0, peers.stderr
         view = json.loads(peers.stdout)
         assert sorted(c["node"] for c in view["cells"]) == sorted(ids)

@@ -156,20 +156,17 @@ class Honeycomb:
         self._subscribers.append(send)
         return receive
 
+    def _addr_value(self) -> bytes:
+        """Our address as cell and model records carry it (read by ``claim_of``)."""
+        return bytes(msgpack.packb([self.comb.addr[0], self.comb.addr[1]]))
+
     # -- asking other nodes -----------------------------------------------
 
     async def ask_view(self, addr: Addr, timeout: float = VIEW_TIMEOUT) -> tuple[ViewReply, float]:
         """The view of the node at ``addr`` and the round-trip time; raises TimeoutError."""
         start = trio.current_time()
-        msg_id = self.comb.request_view(addr, self._clock())
-        self.driver.poke()
-        with trio.move_on_after(timeout):
-            while True:
-                reply = self.comb.take_reply(msg_id)
-                if reply is not None:
-                    return reply, trio.current_time() - start
-                await trio.sleep(0.002)
-        raise TimeoutError(f"no view from {addr[0]}:{addr[1]} within {timeout:.1f} s")
+        reply = await _request_view(self.comb, self.driver, addr, self._clock(), timeout)
+        return reply, trio.current_time() - start
 
     def _merge(self, reply: ViewReply) -> bytes | None:
         """Learn the cells a view lists; returns the replying node if placed."""
@@ -248,7 +245,7 @@ class Honeycomb:
         if holder is not None and holder.claim.owner != self.node:
             self.comb.learn(holder.claim.owner, holder.addr, cell, now)
             return False
-        value = msgpack.packb([self.comb.addr[0], self.comb.addr[1]])
+        value = self._addr_value()
         # The claim's age is its sequence number (ms); re-claiming our own cell
         # after a restart starts a newer one, which replaces the old record.
         await self.dht.put(key, value, CELL_TTL, seq=math.floor(now * 1000))
@@ -291,7 +288,7 @@ class Honeycomb:
         old = set(self.comb.waggle.dance.models)
         self.comb.waggle.update(self._clock(), models=tuple(models))
         self.driver.poke()
-        info = msgpack.packb([self.comb.addr[0], self.comb.addr[1]])
+        info = self._addr_value()
         for model in models:
             if model not in old:
                 await self.dht.announce(model, info, MODEL_TTL)
@@ -355,12 +352,29 @@ class Honeycomb:
     async def _release(self, key: str) -> None:
         """Replace our record under ``key`` by one gone in a second (and stop
         renewing it), so it blocks no replica for the rest of its lease."""
-        value = msgpack.packb([self.comb.addr[0], self.comb.addr[1]])
+        value = self._addr_value()
         try:
             await self.dht.put(key, value, RELEASE_TTL)
         except DhtError as e:
             log.info("releasing %s: %s", key, e)
         self.dht.withdraw(key)
+
+
+async def _request_view(
+    comb: Comb, driver: CoreDriver, addr: Addr, now: float, timeout: float
+) -> ViewReply:
+    """Send a ViewReq from ``comb`` and wait for the answer; raises TimeoutError."""
+    msg_id = comb.request_view(addr, now)
+    driver.poke()
+    with trio.move_on_after(timeout):
+        while True:
+            reply = comb.take_reply(msg_id)
+            if reply is not None:
+                return reply
+            await trio.sleep(0.002)  # the driver delivers into the core: poll it
+    raise TimeoutError(
+        f"no view from {addr[0]}:{addr[1]} within {timeout:.1f} s (down, or another swarm key)"
+    )
 
 
 async def fetch_view(keyring: KeyRing, addr: Addr, timeout: float = VIEW_TIMEOUT) -> ViewReply:
@@ -377,15 +391,7 @@ async def fetch_view(keyring: KeyRing, addr: Addr, timeout: float = VIEW_TIMEOUT
         )
         driver = CoreDriver(comb, transport, Codec(keyring), node_id=identity.node_id)
         await nursery.start(driver.run)
-        msg_id = comb.request_view(addr, time.time())
-        driver.poke()
         try:
-            with trio.move_on_after(timeout):
-                while True:
-                    reply = comb.take_reply(msg_id)
-                    if reply is not None:
-                        return reply
-                    await trio.sleep(0.005)
-            raise TimeoutError(f"no answer from {addr[0]}:{addr[1]} (down, or another swarm key)")
+            return await _request_view(comb, driver, addr, time.time(), timeout)
         finally:
             nursery.cancel_scope.cancel()

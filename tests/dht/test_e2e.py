@@ -1,21 +1,17 @@
 """Three agent processes on 127.0.0.1 form a DHT; store through one, read through another."""
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from hexamesh.demo import AgentProcess, start_local_swarm
+from tests.helpers import run_hexamesh
 
 pytestmark = pytest.mark.e2e
 
 
-def hexamesh(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hexamesh", *args], capture_output=True, text=True, timeout=60
-    )
+hexamesh = run_hexamesh
 
 
 def wait_for(check: object, what: str, timeout: float = 20.0) -> None:

@@ -6,8 +6,6 @@ HEXAMESH_REQUIRE_VLLM=1 (CI sets it: there a skip would hide a broken install)."
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from hexamesh.engine.supervisor import (
     ModelSpec,
     open_engine,
 )
+from tests.helpers import run_hexamesh
 
 if importlib.util.find_spec("vllm") is None:
     if os.environ.get("HEXAMESH_REQUIRE_VLLM") == "1":
@@ -35,12 +34,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny")
-    done = subprocess.run(
-        [sys.executable, "-m", "hexamesh", "model", "make-tiny", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_hexamesh("model", "make-tiny", str(out), timeout=300)
     assert done.returncode == 0, done.stderr
     return out
 
@@ -137,20 +131,7 @@ def test_an_agent_with_a_model_serves_it_and_dances_its_load(tiny: Path, tmp_pat
             assert time.monotonic() < deadline, "model never became ready"
             time.sleep(0.5)
         assert 0.0 <= agent.status()["models"]["tiny"]["load"] <= 1.0  # type: ignore[index]
-        peers = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "hexamesh",
-                "peers",
-                "--data-dir",
-                str(tmp_path / "a"),
-                "--json",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        peers = run_hexamesh("peers", "--data-dir", str(tmp_path / "a"), "--json")
         assert peers.returncode == 0, peers.stderr
         (me,) = json.loads(peers.stdout)["cells"]
         assert me["models"] == ["tiny"]
