@@ -22,6 +22,7 @@ import os
 import socket as _stdlib_socket
 import time
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from random import Random
@@ -44,7 +45,11 @@ from hexamesh.net.base import Addr, format_addr, parse_addr
 from hexamesh.net.driver import CoreDriver
 from hexamesh.net.mux import Mux
 from hexamesh.net.rtt import Ping, Pong, RttConfig, RttProbe
-from hexamesh.net.udp import open_udp_transport
+from hexamesh.net.udp import UdpTransport, open_udp_transport
+from hexamesh.serve.frontdoor import FrontDoor
+from hexamesh.serve.metrics import ServeMetrics
+from hexamesh.serve.peerauth import PeerSigner
+from hexamesh.serve.view import CombView
 from hexamesh.swarmkey import JoinToken, SwarmKeyError, create_key_file, load_key_file
 from hexamesh.wire import Codec, KeyRing
 
@@ -81,6 +86,7 @@ class AgentStatus:
     models: dict[str, dict[str, object]] = field(default_factory=dict)  # name -> state, load
     alive: list[str] = field(default_factory=list)  # members held alive or suspect
     dead: list[str] = field(default_factory=list)  # members held dead
+    api: str | None = None  # the OpenAI API's base URL, e.g. http://127.0.0.1:7421/v1
 
 
 def resolve_keyring(config: AgentConfig) -> tuple[KeyRing, tuple[str, ...], bool]:
@@ -208,7 +214,9 @@ async def run_agent(
         log.info(
             "node %s listening on %s (bound %s)", identity.short, status.address, format_addr(bound)
         )
-        async with trio.open_nursery() as nursery:
+        async with AsyncExitStack() as stack:
+            engine = await stack.enter_async_context(open_engine()) if config.model else None
+            nursery = await stack.enter_async_context(trio.open_nursery())
             await nursery.start(driver.run)
             now = wall_clock()
             for addr in seed_addrs:
@@ -217,8 +225,19 @@ async def run_agent(
             await nursery.start(honeycomb.run)
             views_from = [*seed_addrs, *[(c.host, c.port) for c in known[:8]]]
             nursery.start_soon(_join, dht, honeycomb, seed_addrs, known, views_from, founder)
-            if config.model:
-                await nursery.start(_serve_models, config, honeycomb, status)
+            if engine is not None:
+                nursery.start_soon(_serve_models, config, honeycomb, status, engine)
+            front = FrontDoor(
+                view=CombView(honeycomb, engine, trio.current_time()),
+                signer=PeerSigner(keyring, identity.node_id),
+                address=status.address,
+                api_keys=config.api_keys,
+                metrics=_metrics(honeycomb, transport, driver),
+            )
+            transport.http_handler = lambda stream, first: front.serve_connection(
+                stream, first, peer=True
+            )
+            status.api = await nursery.start(_serve_api, config, front)
             _write_status(status_path, status)
             if on_ready is not None:
                 on_ready(status)
@@ -268,45 +287,80 @@ def model_spec(text: str, config: AgentConfig) -> ModelSpec:
     )
 
 
-async def _serve_models(
-    config: AgentConfig,
-    honeycomb: Honeycomb,
-    status: AgentStatus,
-    *,
-    task_status: trio.TaskStatus[Engine] = trio.TASK_STATUS_IGNORED,
+def _metrics(honeycomb: Honeycomb, transport: UdpTransport, driver: CoreDriver) -> ServeMetrics:
+    metrics = ServeMetrics()
+    swim = honeycomb.comb.swim
+
+    def alive() -> float:
+        return float(sum(m.state is not MemberState.DEAD for m in swim.members.values()))
+
+    metrics.gauge("hexamesh_peers_alive", "Members held alive or suspect", alive)
+    metrics.gauge("hexamesh_comb_links", "Comb links", lambda: len(honeycomb.neighbours()))
+    st = transport.stats
+    metrics.counter("hexamesh_gossip_datagrams_sent", "Datagrams sent", lambda: st.datagrams_sent)
+    metrics.counter("hexamesh_gossip_bytes_sent", "Datagram bytes sent", lambda: st.bytes_sent)
+    metrics.counter(
+        "hexamesh_gossip_datagrams_received", "Datagrams received", lambda: st.datagrams_received
+    )
+    metrics.counter(
+        "hexamesh_gossip_malformed",
+        "Peer messages dropped as malformed",
+        lambda: driver.stats.malformed,
+    )
+    return metrics
+
+
+async def _serve_api(
+    config: AgentConfig, front: FrontDoor, *, task_status: trio.TaskStatus[str]
 ) -> None:
-    """Run an engine with the configured models; dance them and their load."""
-    async with open_engine() as engine:
-        task_status.started(engine)
-        specs = [model_spec(m, config) for m in config.model]
-        for spec in specs:
-            status.models[spec.name] = {"state": "starting", "load": 0.0}
-            try:
-                await engine.load(spec)
-            except EngineError as e:
-                log.error("cannot serve %s: %s", spec.name, e)
-                status.models[spec.name] = {"state": "failed", "error": str(e)}
-        while True:
-            states = engine.models()
-            ready = tuple(n for n, st in states.items() if st is EngineState.READY)
-            if ready != honeycomb.comb.waggle.dance.models:
-                await honeycomb.set_models(ready)
-            loads = {n: engine.load_of(n) for n in states}
-            for name, st in states.items():
-                status.models[name] = {"state": st.value, "load": loads[name].load}
-            if loads:
-                worst = max(loads.values(), key=lambda x: x.load)
-                now = {
-                    "load": worst.load,
-                    "queue": sum(x.waiting for x in loads.values()),
-                    "kv": worst.kv,
-                    "tok_s": round(sum(x.tok_s for x in loads.values()), 1),
-                }
-                dance = honeycomb.comb.waggle.dance
-                if any(getattr(dance, k) != v for k, v in now.items()):
-                    honeycomb.comb.waggle.update(wall_clock(), **now)
-                    honeycomb.driver.poke()
-            await trio.sleep(STATUS_INTERVAL)
+    """The OpenAI API listener; reports its base URL once bound."""
+    listeners = await trio.open_tcp_listeners(config.api_port, host=config.api_host)
+    sockname = listeners[0].socket.getsockname()
+    host = config.api_host if config.api_host not in ("0.0.0.0", "::") else "127.0.0.1"
+    url = f"http://{format_addr((host, sockname[1]))}/v1"
+    if config.api_host not in ("127.0.0.1", "::1", "localhost") and not config.api_keys:
+        log.warning(
+            "the API listens on %s without API keys: anyone who reaches it may use it",
+            config.api_host,
+        )
+    log.info("OpenAI API on %s", url)
+    task_status.started(url)
+    await trio.serve_listeners(front.serve_connection, listeners)
+
+
+async def _serve_models(
+    config: AgentConfig, honeycomb: Honeycomb, status: AgentStatus, engine: Engine
+) -> None:
+    """Load the configured models into the engine; dance them and their load."""
+    specs = [model_spec(m, config) for m in config.model]
+    for spec in specs:
+        status.models[spec.name] = {"state": "starting", "load": 0.0}
+        try:
+            await engine.load(spec)
+        except EngineError as e:
+            log.error("cannot serve %s: %s", spec.name, e)
+            status.models[spec.name] = {"state": "failed", "error": str(e)}
+    while True:
+        states = engine.models()
+        ready = tuple(n for n, st in states.items() if st is EngineState.READY)
+        if ready != honeycomb.comb.waggle.dance.models:
+            await honeycomb.set_models(ready)
+        loads = {n: engine.load_of(n) for n in states}
+        for name, st in states.items():
+            status.models[name] = {"state": st.value, "load": loads[name].load}
+        if loads:
+            worst = max(loads.values(), key=lambda x: x.load)
+            now = {
+                "load": worst.load,
+                "queue": sum(x.waiting for x in loads.values()),
+                "kv": worst.kv,
+                "tok_s": round(sum(x.tok_s for x in loads.values()), 1),
+            }
+            dance = honeycomb.comb.waggle.dance
+            if any(getattr(dance, k) != v for k, v in now.items()):
+                honeycomb.comb.waggle.update(wall_clock(), **now)
+                honeycomb.driver.poke()
+        await trio.sleep(STATUS_INTERVAL)
 
 
 def _note_comb(honeycomb: Honeycomb, status: AgentStatus) -> None:

@@ -209,6 +209,19 @@ def agent(
     max_model_len: Annotated[
         int | None, typer.Option(help="Context tokens per request [default: 1024]")
     ] = None,
+    api_port: Annotated[
+        int | None, typer.Option(help="OpenAI API port, 0 = any free [default: 7421]")
+    ] = None,
+    api_host: Annotated[
+        str | None, typer.Option(help="OpenAI API bind address [default: 127.0.0.1]")
+    ] = None,
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option(help="Bearer key clients must show (repeatable)", show_default=False),
+    ] = None,
+    max_jobs: Annotated[
+        int | None, typer.Option(help="Jobs queued here before 429 [default: 256]")
+    ] = None,
 ) -> None:
     """Run an agent on this machine until Ctrl-C / SIGTERM.
 
@@ -228,6 +241,10 @@ def agent(
         "model": model or None,
         "kv_cache_gb": kv_cache_gb,
         "max_model_len": max_model_len,
+        "api_port": api_port,
+        "api_host": api_host,
+        "api_keys": api_key or None,
+        "max_jobs": max_jobs,
     }
     try:
         cfg = load_config(config, overrides=overrides)

@@ -21,9 +21,17 @@ from typing import Any
 
 from hexamesh.net.base import parse_addr
 
-__all__ = ["DEFAULT_PORT", "AgentConfig", "ConfigError", "default_data_dir", "load_config"]
+__all__ = [
+    "DEFAULT_API_PORT",
+    "DEFAULT_PORT",
+    "AgentConfig",
+    "ConfigError",
+    "default_data_dir",
+    "load_config",
+]
 
 DEFAULT_PORT = 7420  # UDP and TCP; unassigned by IANA, clear of memberlist's 7946
+DEFAULT_API_PORT = 7421  # the OpenAI-compatible API, next to the peer port
 ENV_PREFIX = "HEXAMESH_"
 
 
@@ -49,10 +57,18 @@ class AgentConfig:
     model: tuple[str, ...] = ()  # models to serve: DIR, hub id, or NAME=DIR|ID each
     kv_cache_gb: int = 1  # CPU only: KV-cache space per model (VLLM_CPU_KVCACHE_SPACE)
     max_model_len: int = 1024  # tokens of context per request
+    api_host: str = "127.0.0.1"  # the OpenAI API's bind address; loopback unless told
+    api_port: int = DEFAULT_API_PORT  # the OpenAI API's TCP port; 0 = any free port
+    api_keys: tuple[str, ...] = ()  # bearer keys clients must show; none = no client auth
+    max_jobs: int = 256  # jobs queued or running on this agent; more are refused (429)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
             raise ConfigError(f"port must be in 0..65535, got {self.port}")
+        if not 0 <= self.api_port < 65536:
+            raise ConfigError(f"api_port must be in 0..65535, got {self.api_port}")
+        if self.max_jobs < 1:
+            raise ConfigError(f"max_jobs must be at least 1, got {self.max_jobs}")
         for seed in self.join:
             try:
                 parse_addr(seed)

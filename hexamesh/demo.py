@@ -84,7 +84,8 @@ def start_agent(data_dir: Path, *args: str, env: dict[str, str] | None = None) -
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {}), "COLUMNS": "200"},
+            # many agents on one machine: any free API port unless told (agent.json says which)
+            env={"HEXAMESH_API_PORT": "0", **os.environ, **(env or {}), "COLUMNS": "200"},
         )
     return AgentProcess(proc, data_dir, log_path)
 

@@ -26,7 +26,7 @@ async def wait_for(path: Path, check: Callable[[dict[str, Any]], bool]) -> dict[
 async def test_founder_takes_the_centre_and_a_joiner_links_next_to_it(tmp_path: Path) -> None:
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            founder_cfg = AgentConfig(data_dir=tmp_path / "a", host="127.0.0.1", port=0)
+            founder_cfg = AgentConfig(data_dir=tmp_path / "a", host="127.0.0.1", port=0, api_port=0)
             founder: AgentStatus = await nursery.start(
                 lambda task_status: run_agent(founder_cfg, task_status=task_status)
             )
@@ -36,6 +36,7 @@ async def test_founder_takes_the_centre_and_a_joiner_links_next_to_it(tmp_path: 
                 data_dir=tmp_path / "b",
                 host="127.0.0.1",
                 port=0,
+                api_port=0,
                 join=(founder.address,),
                 swarm_key=tmp_path / "a" / "swarm.key",
             )

@@ -70,6 +70,7 @@ RTT_PEERS = 6  # owners asked for their view (and timed) while joining
 SHORTCUTS = 2  # long links from the Kademlia table
 SHORTCUT_REFRESH = 60.0  # s between shortcut draws
 MODEL_TTL = 300.0  # s; a model:<name> provider entry's lease (renewed at half)
+MODEL_INDEX = "*"  # model:* has one entry per serving node: [host, port, [models]]
 RELEASE_TTL = 1.0  # s; what is left of a released cell record's lease
 EVENT_POLL = 0.05  # s between hand-offs of membership events to subscribers
 EVENT_BUFFER = 256  # events a slow subscriber may lag behind before it misses some
@@ -294,6 +295,9 @@ class Honeycomb:
                 await self.dht.announce(model, info, MODEL_TTL)
         for model in old - set(models):
             self.dht.withdraw(f"model:{model}")
+        # model:* lists every server's models, for a swarm-wide /v1/models
+        index = msgpack.packb([self.comb.addr[0], self.comb.addr[1], list(models)])
+        await self.dht.announce(MODEL_INDEX, bytes(index), MODEL_TTL)
 
     # -- upkeep -----------------------------------------------------------
 

@@ -2,6 +2,9 @@
 
 As in memberlist, one port number serves both: UDP for the small, frequent
 messages (probes, gossip, DHT RPCs) and TCP for anything over one datagram.
+The TCP port also takes peers' forwarded HTTP requests: the first byte tells
+them apart (a frame's length prefix starts with 0, an HTTP method with a
+letter) and HTTP connections go to ``http_handler`` (the front door).
 Streams carry frames with a 4-byte big-endian length prefix; a frame over
 ``max_frame`` or a peer that stalls mid-frame ends the stream with an error.
 Accepted streams wait in a bounded queue (``stream_backlog``); when it is full
@@ -14,7 +17,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket as _stdlib_socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -23,12 +26,16 @@ import trio
 from hexamesh.net.base import Addr, FrameStream
 from hexamesh.wire import MAX_STREAM_FRAME, WireError
 
-__all__ = ["TcpFrameStream", "TransportStats", "UdpTransport", "open_udp_transport"]
+__all__ = ["HttpHandler", "TcpFrameStream", "TransportStats", "UdpTransport", "open_udp_transport"]
+
+HttpHandler = Callable[[trio.SocketStream, bytes], Awaitable[None]]
 
 log = logging.getLogger(__name__)
 
 RECV_BUFFER = 65536  # bytes; larger than any datagram, so nothing is truncated
 STREAM_BACKLOG = 16  # accepted streams waiting for a reader; more are refused
+SNIFF_TIMEOUT = 5.0  # s for a new TCP connection to send its first bytes
+HTTP_CONNECTIONS = 512  # concurrent HTTP connections on the peer port; more are closed
 BIND_ATTEMPTS = 20  # with port 0: tries to find a port free for both UDP and TCP
 _LENGTH = 4
 
@@ -41,14 +48,17 @@ class TransportStats:
     bytes_received: int = 0
     send_errors: int = 0  # sendto failed (unreachable, no route, buffer full)
     streams_refused: int = 0  # backlog full
+    http_refused: int = 0  # HTTP connections over the limit, or with no handler
 
 
 class TcpFrameStream:
     """Length-prefixed frames over a trio stream."""
 
-    def __init__(self, stream: trio.abc.Stream, *, max_frame: int = MAX_STREAM_FRAME) -> None:
+    def __init__(
+        self, stream: trio.abc.Stream, *, max_frame: int = MAX_STREAM_FRAME, initial: bytes = b""
+    ) -> None:
         self._stream = stream
-        self._buffer = bytearray()
+        self._buffer = bytearray(initial)
         self.max_frame = max_frame
 
     async def send_frame(self, frame: bytes) -> None:
@@ -95,6 +105,8 @@ class UdpTransport:
         self._streams_in, self._streams_out = trio.open_memory_channel[tuple[Addr, TcpFrameStream]](
             STREAM_BACKLOG
         )
+        self.http_handler: HttpHandler | None = None
+        self._http_slots = trio.Semaphore(HTTP_CONNECTIONS)
 
     @property
     def local_address(self) -> Addr:
@@ -131,14 +143,44 @@ class UdpTransport:
         return await self._streams_out.receive()
 
     async def _accept_loop(self) -> None:
-        while True:
-            stream = await self._listener.accept()
+        async with trio.open_nursery() as nursery:
+            while True:
+                stream = await self._listener.accept()
+                nursery.start_soon(self._sniff, stream)
+
+    async def _sniff(self, stream: trio.SocketStream) -> None:
+        """Frames (first byte 0: a length prefix under 16 MiB) or HTTP (a method name)."""
+        with trio.move_on_after(SNIFF_TIMEOUT):
+            try:
+                first = await stream.receive_some(RECV_BUFFER)
+            except (OSError, trio.BrokenResourceError):
+                first = b""
+        if not first:  # silent, gone or timed out
+            await stream.aclose()
+            return
+        if first[0] == 0:
             peer = stream.socket.getpeername()
             try:
-                self._streams_in.send_nowait(((peer[0], peer[1]), TcpFrameStream(stream)))
+                framed = TcpFrameStream(stream, initial=first)
+                self._streams_in.send_nowait(((peer[0], peer[1]), framed))
             except trio.WouldBlock:
                 self.stats.streams_refused += 1
                 await stream.aclose()
+            return
+        if self.http_handler is None:
+            self.stats.http_refused += 1
+            await stream.aclose()
+            return
+        try:
+            self._http_slots.acquire_nowait()
+        except trio.WouldBlock:
+            self.stats.http_refused += 1
+            await stream.aclose()
+            return
+        try:
+            await self.http_handler(stream, first)
+        finally:
+            self._http_slots.release()
 
     async def aclose(self) -> None:
         self._udp.close()

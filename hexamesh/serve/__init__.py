@@ -1,0 +1,1 @@
+"""Serving: the OpenAI-compatible front door, routing, forwarding, jobs."""

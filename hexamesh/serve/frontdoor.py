@@ -1,0 +1,419 @@
+"""The front door: the OpenAI-compatible API every agent serves.
+
+Two listeners share this code. The API port (``--api-port``, 127.0.0.1 by
+default) takes clients, who show a bearer API key when keys are configured.
+The peer port (the agent's UDP+TCP port; the transport hands over TCP
+connections that speak HTTP) takes forwarded requests from other members,
+which must carry a valid swarm signature (``peerauth``).
+
+A completion request is checked (``requests``), ranked (``router``) and
+sent to the best server: the local vLLM, or a peer one forward away, which
+serves it from its own engine. The answer is relayed without parsing
+(``relay.pump``). A server that fails before the first token is replaced
+transparently by the next candidate; one that dies mid-stream is replaced by
+another that continues from the prompt plus the text already sent
+(``sse.continuation``), so the client sees one stream. When nobody is left, a
+stream ends with an OpenAI-style error event, a plain request with a 5xx: no
+request hangs. Limits and behaviour: docs/serving.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import trio
+
+from hexamesh.serve import sse
+from hexamesh.serve.http import HttpConnection, Request, response_head
+from hexamesh.serve.metrics import ServeMetrics
+from hexamesh.serve.peerauth import H_SIG, PeerAuthError, PeerSigner, SignedRoute
+from hexamesh.serve.relay import (
+    UpstreamError,
+    UpstreamResponse,
+    open_upstream,
+    pump,
+    read_body,
+    request_bytes,
+)
+from hexamesh.serve.requests import ApiError, CompletionRequest, parse_completion
+from hexamesh.serve.router import Candidate, Priority, rank
+from hexamesh.serve.view import SwarmView
+
+__all__ = ["SERVED_ADDR", "SERVED_BY", "FrontDoor", "JobsApi"]
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 4  # servers tried for one request (first choice + failovers/continuations)
+SERVED_BY = "x-hexamesh-served-by"  # node id (hex) of the agent whose engine answered
+SERVED_ADDR = "x-hexamesh-server"  # that agent's peer address
+COMPLETION_PATHS = {"/v1/completions": False, "/v1/chat/completions": True}  # path -> chat
+
+
+class BrokenStream(Exception):
+    """A forwarded stream we could not finish: the connection is cut, not ended."""
+
+
+class JobsApi(Protocol):
+    async def handle(self, request: Request, conn: HttpConnection) -> bool: ...
+
+
+class FrontDoor:
+    def __init__(
+        self,
+        *,
+        view: SwarmView,
+        signer: PeerSigner,
+        address: str,
+        api_keys: tuple[str, ...] = (),
+        metrics: ServeMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.view = view
+        self.signer = signer
+        self.address = address  # our peer address, reported as SERVED_ADDR
+        self.api_keys = frozenset(api_keys)
+        self.metrics = metrics or ServeMetrics()
+        self.jobs: JobsApi | None = None
+        self._clock = clock
+
+    # -- connections ------------------------------------------------------
+
+    async def serve_connection(
+        self, stream: trio.SocketStream, initial: bytes = b"", *, peer: bool = False
+    ) -> None:
+        """Answer requests on one connection until the client leaves (never raises)."""
+        conn = HttpConnection(stream, initial)
+        try:
+            while not conn.closed:
+                try:
+                    request = await conn.next_request()
+                except ApiError as e:
+                    await conn.respond_error(e, keep_alive=False)
+                    break
+                if request is None:
+                    break
+                await self._answer(conn, request, peer=peer)
+                if not request.keep_alive:
+                    break
+        except (
+            BrokenPipeError,
+            ConnectionError,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+        ):
+            pass  # the client left; nothing of ours is lost
+        except BrokenStream as e:
+            log.info("cut a forwarded stream short: %s", e)
+        except Exception:
+            log.exception("front door: unexpected error on a connection")
+        finally:
+            with trio.CancelScope(shield=True):
+                await conn.aclose()
+
+    async def _answer(self, conn: HttpConnection, request: Request, *, peer: bool) -> None:
+        endpoint = request.path if request.path in _ENDPOINTS else "other"
+        started = trio.current_time()
+        status = 500
+        try:
+            status = await self._route(conn, request, peer=peer)
+        except ApiError as e:
+            status = e.status
+            await conn.respond_error(e, keep_alive=request.keep_alive)
+        finally:
+            self.metrics.requests.labels(endpoint, str(status)).inc()
+            self.metrics.latency.labels(endpoint).observe(trio.current_time() - started)
+
+    def _authorize(self, request: Request, *, peer: bool) -> SignedRoute | None:
+        """The signed route of a peer's request, None for a client; raises ApiError."""
+        if H_SIG in request.headers:
+            try:
+                return self.signer.verify(
+                    request.method, request.target, request.headers, request.body, self._clock()
+                )
+            except PeerAuthError as e:
+                raise ApiError(
+                    403, f"peer signature refused: {e}", type="permission_error"
+                ) from None
+        if peer:
+            raise ApiError(
+                403,
+                "the peer port takes signed requests from swarm members only",
+                type="permission_error",
+            )
+        if self.api_keys:
+            auth = request.headers.get("authorization", "")
+            scheme, _, key = auth.partition(" ")
+            if scheme.lower() != "bearer" or key.strip() not in self.api_keys:
+                raise ApiError(
+                    401,
+                    "missing or wrong API key (send `Authorization: Bearer <key>`)",
+                    type="authentication_error",
+                    code="invalid_api_key",
+                    headers=(("www-authenticate", "Bearer"),),
+                )
+        return None
+
+    async def _route(self, conn: HttpConnection, request: Request, *, peer: bool) -> int:
+        path, method = request.path, request.method
+        if path == "/health" and method == "GET" and not peer:
+            body = {"status": "ok", "node": self.view.node.hex(), "address": self.address}
+            await conn.respond(200, json.dumps(body).encode(), keep_alive=request.keep_alive)
+            return 200
+        if path == "/metrics" and method == "GET" and not peer:
+            await conn.respond(
+                200,
+                self.metrics.render(),
+                content_type="text/plain; version=0.0.4; charset=utf-8",
+                keep_alive=request.keep_alive,
+            )
+            return 200
+        route = self._authorize(request, peer=peer)
+        if path in COMPLETION_PATHS:
+            if method != "POST":
+                raise ApiError(405, f"{path} takes POST")
+            req = parse_completion(request.body, chat=COMPLETION_PATHS[path])
+            return await self.complete(conn, request, req, route)
+        if path == "/v1/models":
+            if method != "GET":
+                raise ApiError(405, "/v1/models takes GET")
+            await self.view.refresh(None)
+            data = [
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "hexamesh",
+                    "servers": len(nodes),
+                }
+                for name, nodes in sorted(self.view.models().items())
+            ]
+            listing = json.dumps({"object": "list", "data": data}).encode()
+            await conn.respond(200, listing, keep_alive=request.keep_alive)
+            return 200
+        if self.jobs is not None and path.startswith("/v1/jobs"):
+            handled = await self.jobs.handle(request, conn)
+            if handled:
+                return 200
+        raise ApiError(404, f"no such endpoint: {method} {path}", code="not_found")
+
+    # -- completions ------------------------------------------------------
+
+    async def _known_or_404(self, model: str) -> None:
+        if self.view.candidates(model):
+            return
+        await self.view.refresh(model)
+        if self.view.candidates(model):
+            return
+        await self.view.refresh(None)
+        known = sorted(self.view.models())
+        if model in known:
+            return
+        raise ApiError(
+            404,
+            f"The model `{model}` does not exist in this swarm; models served: "
+            + (", ".join(known) if known else "none yet"),
+            param="model",
+            code="model_not_found",
+        )
+
+    def ranked(
+        self, model: str, route: SignedRoute | None, priority: Priority = Priority.MEDIUM
+    ) -> list[Candidate]:
+        path = (*route.path, self.view.node) if route else (self.view.node,)
+        return rank(
+            self.view.candidates(model),
+            path=path,
+            forwards=route.forwards if route else 0,
+            priority=priority,
+        )
+
+    async def _open_peer(
+        self, cand: Candidate, target: str, body: bytes, route: SignedRoute | None
+    ) -> UpstreamResponse:
+        addr = self.view.address(cand.node)
+        if addr is None:
+            raise UpstreamError(f"no address known for {cand.node.hex()[:8]}")
+        headers = self.signer.headers("POST", target, body, route, self._clock())
+        self.metrics.forwards.inc()
+        return await open_upstream(
+            addr[0], addr[1], request_bytes("POST", *addr, target, body, headers)
+        )
+
+    async def _open_local(self, target: str, body: bytes, url: str | None) -> UpstreamResponse:
+        if url is None:
+            raise UpstreamError("the local engine does not serve this model (any more)")
+        hostport = url.split("://", 1)[-1].rstrip("/")
+        host, _, port = hostport.rpartition(":")
+        return await open_upstream(
+            host, int(port), request_bytes("POST", host, int(port), target, body, [])
+        )
+
+    def _served_headers(self, cand: Candidate, up: UpstreamResponse) -> list[tuple[str, str]]:
+        if cand.local:
+            return [(SERVED_BY, self.view.node.hex()), (SERVED_ADDR, self.address)]
+        return [(h, up.headers[h]) for h in (SERVED_BY, SERVED_ADDR) if h in up.headers]
+
+    async def complete(
+        self,
+        conn: HttpConnection,
+        request: Request,
+        req: CompletionRequest,
+        route: SignedRoute | None,
+    ) -> int:
+        """Serve one completion: route, relay, fail over; returns the status sent."""
+        await self._known_or_404(req.model)
+        ranked = self.ranked(req.model, route)
+        if not ranked:
+            raise ApiError(
+                503,
+                f"no live server for `{req.model}` can take this request here "
+                f"(forwarded {route.forwards if route else 0} times already)",
+                type="service_unavailable",
+            )
+        body = request.body
+        sent: list[bytes] = []  # chunked bytes the client holds (streams)
+        done: sse.Progress | None = None
+        errors: list[str] = []
+        for attempt, cand in enumerate(ranked[:MAX_ATTEMPTS]):
+            if attempt:
+                (self.metrics.continuations if sent else self.metrics.failovers).inc()
+            try:
+                if cand.local:
+                    up = await self._open_local(
+                        request.target, body, self.view.local_url(req.model)
+                    )
+                else:
+                    up = await self._open_peer(cand, request.target, body, route)
+            except UpstreamError as e:
+                errors.append(str(e))
+                log.info("server %s failed before answering: %s", cand.node.hex()[:8], e)
+                continue
+            try:
+                if up.status != 200:
+                    answer = await self._non_200(conn, request, up, bool(sent))
+                    if answer is not None:
+                        return answer
+                    errors.append(f"{cand.node.hex()[:8]} answered {up.status}")
+                    continue
+                served = self._served_headers(cand, up)
+                if not req.stream:
+                    data = await read_body(up)
+                    await conn.respond(
+                        200, data, headers=tuple(served), keep_alive=request.keep_alive
+                    )
+                    return 200
+                head = None if sent else self._stream_head(served, request.keep_alive)
+                if done is None:
+                    ok = await pump(up, conn.fd, sent, head)
+                    if ok and not up.chunked:
+                        await conn.send(sse.LAST_CHUNK)
+                else:
+                    ok = await self._relay_rewritten(conn, up, sent, done, req.chat, head)
+                if ok:
+                    self.metrics.tokens.inc(sum(c.count(b"data:") for c in sent))
+                    return 200
+            except UpstreamError as e:
+                errors.append(str(e))
+                continue
+            finally:
+                await up.aclose()
+            errors.append(f"{cand.node.hex()[:8]} broke off mid-answer")
+            if not sent:
+                continue  # nothing reached the client: plain failover
+            done = sse.progress(b"".join(sent), chat=req.chat)
+            if done.finished:
+                await conn.send(sse.LAST_CHUNK)
+                return 200
+            cont = sse.continuation(req, done)
+            if cont is None:
+                break
+            body = json.dumps(cont).encode()
+        message = f"every server for `{req.model}` failed: " + "; ".join(errors[-MAX_ATTEMPTS:])
+        if sent and route is not None:
+            # We are a hop: break the stream off, so the peer before us (which
+            # has candidates of its own) continues it; an error event would end it.
+            raise BrokenStream(message)
+        if sent:  # the stream has begun: end it with an error event the client can read
+            err = ApiError(502, message, type="server_error")
+            await conn.send(sse.chunk(b"data: " + err.body() + b"\n\n") + sse.LAST_CHUNK)
+            return 502
+        raise ApiError(502 if errors else 503, message, type="server_error")
+
+    async def _non_200(
+        self, conn: HttpConnection, request: Request, up: UpstreamResponse, begun: bool
+    ) -> int | None:
+        """Pass a server's refusal (4xx) to the client; None = try the next server."""
+        if up.status in (408, 429) or up.status >= 500 or begun:
+            return None
+        data = await read_body(up)
+        ctype = up.headers.get("content-type", "application/json")
+        await conn.respond(up.status, data, content_type=ctype, keep_alive=request.keep_alive)
+        return up.status
+
+    def _stream_head(self, served: list[tuple[str, str]], keep_alive: bool) -> bytes:
+        headers = [
+            ("content-type", "text/event-stream; charset=utf-8"),
+            ("transfer-encoding", "chunked"),
+            ("cache-control", "no-cache"),
+            *served,
+        ]
+        if not keep_alive:
+            headers.append(("connection", "close"))
+        return response_head(200, headers)
+
+    async def _relay_rewritten(
+        self,
+        conn: HttpConnection,
+        up: UpstreamResponse,
+        sent: list[bytes],
+        done: sse.Progress,
+        chat: bool,
+        head: bytes | None,
+    ) -> bool:
+        """The slow path after a mid-stream failure: parse, rewrite and re-frame events."""
+        scanner = sse.ChunkScanner()
+        tail = b""
+        data = up.rest
+        while True:
+            whole = scanner.feed(data) if up.chunked else sse.chunk(data)
+            if whole:
+                tail += sse.dechunk(whole)
+                blocks = tail.split(b"\n\n")
+                tail = blocks.pop()
+                out = b""
+                for block in blocks:
+                    for payload in sse.events(block + b"\n\n"):
+                        new = sse.rewrite(payload, done, chat=chat)
+                        if new is not None:
+                            out += sse.chunk(b"data: " + new + b"\n\n")
+                if out:
+                    await conn.send(out if head is None else head + out)
+                    head = None
+                    sent.append(out)
+            if scanner.done:
+                await conn.send(sse.LAST_CHUNK)
+                return True
+            try:
+                with trio.fail_after(60.0):
+                    data = await up.stream.receive_some(65536)
+            except (OSError, trio.BrokenResourceError, trio.TooSlowError):
+                return False
+            if not data:
+                if not up.chunked:
+                    await conn.send(sse.LAST_CHUNK)
+                    return True
+                return False
+
+
+_ENDPOINTS = {
+    "/v1/completions",
+    "/v1/chat/completions",
+    "/v1/models",
+    "/health",
+    "/metrics",
+    "/v1/jobs",
+}

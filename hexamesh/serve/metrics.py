@@ -1,0 +1,68 @@
+"""Prometheus metrics of one agent, in their own registry (served at /metrics).
+
+Counters are bumped per request, never per token: the relay counts the
+tokens of a stream once it ends (one ``bytes.count`` over what it sent).
+Swarm-level gauges (peers alive, gossip traffic, jobs) are read at scrape time
+from callbacks the agent registers, so they cost nothing between scrapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["ServeMetrics"]
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class _Callbacks(Collector):
+    def __init__(self) -> None:
+        self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        self.counters: dict[str, tuple[str, Callable[[], float]]] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        for name, (doc, fn) in self.gauges.items():
+            yield GaugeMetricFamily(name, doc, value=fn())
+        for name, (doc, fn) in self.counters.items():
+            yield CounterMetricFamily(name, doc, value=fn())
+
+
+class ServeMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "hexamesh_requests", "API requests answered", ["endpoint", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "hexamesh_request_seconds",
+            "Time to answer an API request (to its last byte)",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter("hexamesh_tokens", "Streamed tokens relayed to clients", registry=r)
+        self.forwards = Counter("hexamesh_forwards", "Requests sent on to a peer", registry=r)
+        self.failovers = Counter(
+            "hexamesh_failovers",
+            "Requests moved to another server before their first token",
+            registry=r,
+        )
+        self.continuations = Counter(
+            "hexamesh_continuations", "Streams continued on another server mid-answer", registry=r
+        )
+        self._callbacks = _Callbacks()
+        r.register(self._callbacks)
+
+    def gauge(self, name: str, doc: str, fn: Callable[[], float]) -> None:
+        self._callbacks.gauges[name] = (doc, fn)
+
+    def counter(self, name: str, doc: str, fn: Callable[[], float]) -> None:
+        self._callbacks.counters[name] = (doc, fn)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

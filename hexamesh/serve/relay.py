@@ -1,0 +1,202 @@
+"""Moving an answer from an upstream server (vLLM or a peer) to the client.
+
+``open_upstream`` connects, sends the request and reads the response head.
+A streamed answer then goes through ``pump``: wait until the upstream socket
+is readable, one ``os.read`` of up to 64 KiB, a chunk-boundary check
+(:class:`sse.ChunkScanner`), one ``os.write`` to the client. No parsing of
+SSE, no per-chunk objects, no trip through the scheduler for the write in the
+common case. The bytes sent are kept by reference, so that if the upstream
+dies mid-stream the front door can read what the client already has and
+continue elsewhere (``sse.progress``).
+
+Dead upstreams are noticed by EOF/RST, by TCP keepalive (a vanished host:
+about ``KEEPALIVE_IDLE + KEEPALIVE_COUNT * KEEPALIVE_INTERVAL`` s), and by
+``STALL_TIMEOUT`` of silence mid-stream.
+"""
+
+from __future__ import annotations
+
+import os
+import socket as _stdlib_socket
+from dataclasses import dataclass, field
+
+import trio
+
+from hexamesh.serve.http import RECV_SIZE, write_all
+from hexamesh.serve.sse import ChunkScanner, chunk, dechunk
+
+__all__ = ["UpstreamError", "UpstreamResponse", "open_upstream", "pump", "read_body"]
+
+CONNECT_TIMEOUT = 3.0  # s; a peer on the LAN answers a SYN in under a millisecond
+FIRST_BYTE_TIMEOUT = 120.0  # s until the response head: covers queueing in a busy vLLM
+STALL_TIMEOUT = 60.0  # s of silence mid-stream before the upstream counts as dead
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 5, 2, 3  # s, s, probes
+MAX_RESPONSE_HEAD = 64 * 1024  # bytes
+MAX_RESPONSE_BODY = 64 * 1024 * 1024  # bytes of a non-streamed answer
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or broke off (before the client saw anything)."""
+
+
+@dataclass(slots=True)
+class UpstreamResponse:
+    stream: trio.SocketStream
+    status: int
+    headers: dict[str, str] = field(repr=False)
+    rest: bytes = field(repr=False)  # body bytes read along with the head
+    fd: int = -1
+
+    @property
+    def chunked(self) -> bool:
+        return "chunked" in self.headers.get("transfer-encoding", "").lower()
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            await self.stream.aclose()
+
+
+def _keepalive(sock: trio.socket.SocketType) -> None:
+    sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_KEEPALIVE, 1)
+    if hasattr(_stdlib_socket, "TCP_KEEPIDLE"):
+        sock.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+        sock.setsockopt(
+            _stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL
+        )
+        sock.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
+
+
+def request_bytes(
+    method: str, host: str, port: int, target: str, body: bytes, headers: list[tuple[str, str]]
+) -> bytes:
+    lines = [
+        f"{method} {target} HTTP/1.1",
+        f"host: {host}:{port}",
+        "content-type: application/json",
+        f"content-length: {len(body)}",
+        "connection: close",  # one upstream connection per request: nothing to reuse wrongly
+        *(f"{k}: {v}" for k, v in headers),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise UpstreamError(f"malformed status line {lines[0][:80]!r}")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return int(parts[1]), headers
+
+
+async def open_upstream(host: str, port: int, request: bytes) -> UpstreamResponse:
+    """Connect, send ``request``, read the response head; raises UpstreamError."""
+    try:
+        with trio.fail_after(CONNECT_TIMEOUT):
+            stream = await trio.open_tcp_stream(host, port)
+    except (OSError, trio.TooSlowError) as e:
+        raise UpstreamError(f"cannot connect to {host}:{port}: {e or 'timed out'}") from None
+    try:
+        _keepalive(stream.socket)
+        stream.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, 1)
+        buf = b""
+        with trio.fail_after(FIRST_BYTE_TIMEOUT):
+            await stream.send_all(request)
+            while b"\r\n\r\n" not in buf:
+                data = await stream.receive_some(RECV_SIZE)
+                if not data:
+                    raise UpstreamError(f"{host}:{port} closed before answering")
+                buf += data
+                if len(buf) > MAX_RESPONSE_HEAD:
+                    raise UpstreamError(f"{host}:{port} sent an oversized response head")
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        status, headers = parse_head(head)
+    except (OSError, trio.BrokenResourceError, trio.TooSlowError, UpstreamError) as e:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+        if isinstance(e, UpstreamError):
+            raise
+        raise UpstreamError(f"{host}:{port} failed before answering: {e or 'timed out'}") from None
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+        raise
+    return UpstreamResponse(stream, status, headers, rest, stream.socket.fileno())
+
+
+async def read_body(up: UpstreamResponse) -> bytes:
+    """A whole (non-streamed) body: by content-length, chunked, or to EOF."""
+    buf = bytearray(up.rest)
+    length = up.headers.get("content-length")
+    scanner = ChunkScanner() if up.chunked else None
+    out = bytearray()
+    if scanner is not None:
+        out += scanner.feed(bytes(buf))
+    try:
+        with trio.fail_after(STALL_TIMEOUT):
+            while True:
+                if scanner is not None and scanner.done:
+                    return dechunk(bytes(out))
+                if length is not None and len(buf) >= int(length):
+                    return bytes(buf[: int(length)])
+                data = await up.stream.receive_some(RECV_SIZE)
+                if not data:
+                    if length is None and scanner is None:
+                        return bytes(buf)
+                    raise UpstreamError("upstream closed in the middle of the answer")
+                if scanner is not None:
+                    out += scanner.feed(data)
+                else:
+                    buf += data
+                if len(buf) + len(out) > MAX_RESPONSE_BODY:
+                    raise UpstreamError("answer over the size limit")
+    except (OSError, trio.BrokenResourceError, trio.TooSlowError) as e:
+        raise UpstreamError(f"upstream failed mid-answer: {e or 'stalled'}") from None
+
+
+async def pump(up: UpstreamResponse, client_fd: int, sent: list[bytes], head: bytes | None) -> bool:
+    """Relay a streamed body to the client; True once it ended cleanly.
+
+    ``head`` (our response head) goes out with the first whole chunk, so a
+    server that dies before its first token leaves the client untouched.
+    False: the upstream died or stalled (``sent`` holds what the client has).
+    Raises BrokenPipeError when the client went away.
+    """
+    scanner = ChunkScanner()
+    feed = scanner.feed if up.chunked else chunk
+    append = sent.append
+    fd = up.fd
+    read = os.read
+    wait = trio.lowlevel.wait_readable
+    now = trio.current_time
+    data = up.rest
+    with trio.move_on_after(STALL_TIMEOUT) as scope:
+        refresh_at = now() + 1.0
+        while True:
+            if data:
+                out = feed(data)
+                if out:
+                    if head is not None:
+                        await write_all(client_fd, head + out)
+                        head = None
+                    else:
+                        await write_all(client_fd, out)
+                    append(out)
+                if scanner.done:
+                    return True
+            await wait(fd)
+            try:
+                data = read(fd, RECV_SIZE)
+            except OSError:
+                return False
+            if not data:
+                return not up.chunked and head is None  # EOF ends an unframed stream
+            t = now()
+            if t > refresh_at:  # move the stall deadline at most once a second: cheap
+                scope.deadline = t + STALL_TIMEOUT
+                refresh_at = t + 1.0
+    return False

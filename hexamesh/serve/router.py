@@ -1,0 +1,120 @@
+"""The router: which server should take a request (pure functions, no I/O).
+
+Theory of operation
+-------------------
+The front door gathers :class:`Candidate` servers for the requested model:
+the local engine, peers in the comb view that dance the model (fresh load,
+known cell) and, beyond the view, ``model:<name>`` providers from the DHT
+(load unknown). :func:`rank` orders them by
+
+    score = 0.4 * (1 - load) + 0.3 * model_match + 0.3 * proximity
+
+* ``load`` in [0, 1] from the candidate's dance (``EngineLoad``); unknown
+  (DHT only) counts as ``UNKNOWN_LOAD``.
+* ``model_match`` is 1 when the candidate dances the model ready (a fresh,
+  first-hand fact) and ``PROVIDER_MATCH`` when only its DHT provider record
+  says so (it may be minutes old).
+* ``proximity`` is 1 for the local engine and ``1 / (1 + d)`` for a peer at hex
+  distance ``d`` (hex distance tracks RTT: a joiner takes the free cell next
+  to the peer closest to it); 0 when the cell is unknown.
+
+Candidates already on the request's path are never chosen (no loops), and a
+request that has been forwarded ``MAX_FORWARDS`` times is served locally or
+not at all. Saturated candidates (``load >= SATURATED``) go behind the others,
+least loaded first: the fallback when everyone is busy. Ties go to the local
+engine, then to the lower load, then to the node id (so the order is total and
+the same on every run).
+
+Job priorities bend this a little: ``high`` adds ``STABILITY_WEIGHT`` times
+the candidate's uptime in hours (capped at one), so long-lived servers win;
+``low`` drops candidates above ``LOW_MAX_LOAD`` (a low job waits rather than
+slow down a busy server).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+__all__ = [
+    "MAX_FORWARDS",
+    "Candidate",
+    "Priority",
+    "may_forward",
+    "rank",
+    "score",
+]
+
+MAX_FORWARDS = 2  # forwards a request may take; the DESIGN's hop counter limit
+W_LOAD, W_MATCH, W_PROXIMITY = 0.4, 0.3, 0.3  # the DESIGN's weights
+UNKNOWN_LOAD = 0.5  # assumed for DHT-only candidates: neither idle nor busy
+PROVIDER_MATCH = 0.5  # model known from a DHT record only (may be stale)
+SATURATED = 0.95  # load at which a server admits nothing new without queueing
+STABILITY_WEIGHT = 0.1  # high priority: bonus per hour of uptime, capped at 1 h
+LOW_MAX_LOAD = 0.5  # low priority: candidates above this load are skipped
+
+
+class Priority(enum.Enum):
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Candidate:
+    node: bytes  # node id
+    local: bool = False  # our own engine (no network hop)
+    load: float | None = None  # 0..1; None = unknown
+    in_view: bool = True  # dances the model (else: known from the DHT only)
+    distance: int | None = None  # hex distance from us; None = unknown
+    uptime: float = 0.0  # s
+
+
+def score(c: Candidate, priority: Priority = Priority.MEDIUM) -> float:
+    load = UNKNOWN_LOAD if c.load is None else min(max(c.load, 0.0), 1.0)
+    match = 1.0 if c.in_view or c.local else PROVIDER_MATCH
+    if c.local:
+        proximity = 1.0
+    elif c.distance is None:
+        proximity = 0.0
+    else:
+        proximity = 1.0 / (1.0 + max(c.distance, 0))
+    s = W_LOAD * (1.0 - load) + W_MATCH * match + W_PROXIMITY * proximity
+    if priority is Priority.HIGH:
+        s += STABILITY_WEIGHT * min(c.uptime / 3600.0, 1.0)
+    return s
+
+
+def may_forward(forwards: int) -> bool:
+    """May a request that has been forwarded ``forwards`` times go on?"""
+    return forwards < MAX_FORWARDS
+
+
+def rank(
+    candidates: Iterable[Candidate],
+    *,
+    path: Iterable[bytes] = (),
+    forwards: int = 0,
+    priority: Priority = Priority.MEDIUM,
+) -> list[Candidate]:
+    """Candidates best first; those on ``path`` (or remote, past the hop limit) left out."""
+    seen = set(path)
+    usable = [c for c in candidates if c.local or (c.node not in seen and may_forward(forwards))]
+    if priority is Priority.LOW:
+        usable = [c for c in usable if (c.load or 0.0) <= LOW_MAX_LOAD]
+    unique: dict[bytes, Candidate] = {}
+    for c in usable:  # one entry per node; the view's beats the DHT's
+        held = unique.get(c.node)
+        if held is None or (c.in_view and not held.in_view) or c.local:
+            unique[c.node] = c
+
+    def load_of(c: Candidate) -> float:
+        return UNKNOWN_LOAD if c.load is None else c.load
+
+    def key(c: Candidate) -> tuple[float, int, float, bytes]:
+        return (-round(score(c, priority), 9), 0 if c.local else 1, load_of(c), c.node)
+
+    fresh = [c for c in unique.values() if load_of(c) < SATURATED]
+    busy = [c for c in unique.values() if load_of(c) >= SATURATED]
+    return sorted(fresh, key=key) + sorted(busy, key=lambda c: (load_of(c), not c.local, c.node))

@@ -1,0 +1,190 @@
+"""Reading and rewriting OpenAI server-sent-event streams (only on failover).
+
+The relay forwards chunked SSE bytes untouched; it keeps a reference to
+what it sent and only parses it here when the server died mid-stream and the
+answer must go on elsewhere. :func:`progress` reads what the client already
+has (text, events, the stream's id); :func:`continuation` builds the request
+that asks another server for the rest; :func:`rewrite` makes the new
+server's events look like the old stream's (same id and created time, no
+second role announcement), so the client sees one stream.
+
+Limits (docs/serving.md): the continuation is exact for greedy decoding
+(temperature 0) and a fair continuation otherwise (the sampler's state cannot
+move between servers); token counts are approximated by event counts (vLLM
+sends one token per event); only a string prompt (completions) or a message
+list (chat) with one choice (``n`` = 1) can be continued.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from hexamesh.serve.requests import CompletionRequest
+
+__all__ = ["ChunkScanner", "Progress", "chunk", "continuation", "dechunk", "progress", "rewrite"]
+
+DONE = b"[DONE]"
+
+
+def chunk(data: bytes) -> bytes:
+    """One HTTP/1.1 chunk."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+class ChunkScanner:
+    """Follows HTTP/1.1 chunked framing so a relay forwards whole chunks only.
+
+    ``feed(data)`` returns the bytes that end on a chunk boundary (safe to
+    send: if the server dies now, the client holds only whole events) and
+    keeps the rest until it completes. ``done`` once the last chunk passed.
+    """
+
+    __slots__ = ("done", "pending")
+
+    def __init__(self) -> None:
+        self.pending = b""  # the start of an incomplete chunk (always at a boundary)
+        self.done = False
+
+    def feed(self, data: bytes) -> bytes:
+        buf = self.pending + data if self.pending else data
+        pos = cut = 0
+        end = len(buf)
+        while pos < end:
+            eol = buf.find(b"\r\n", pos)
+            if eol < 0:
+                break
+            size = int(buf[pos:eol].split(b";", 1)[0], 16)
+            if size == 0:
+                if buf[eol + 2 : eol + 4] == b"\r\n":  # no trailers, which servers here never send
+                    cut = eol + 4
+                    self.done = True
+                break
+            nxt = eol + 2 + size + 2  # data and its CRLF
+            if nxt > end:
+                break
+            pos = cut = nxt
+        self.pending = buf[cut:]
+        return buf[:cut] if cut < end else buf
+
+
+def dechunk(data: bytes) -> bytes:
+    """The payload of whole chunks (the bytes a ChunkScanner let through)."""
+    out = bytearray()
+    pos = 0
+    while pos < len(data):
+        eol = data.find(b"\r\n", pos)
+        if eol < 0:
+            break
+        size = int(data[pos:eol].split(b";", 1)[0], 16)
+        if size == 0:
+            break
+        out += data[eol + 2 : eol + 2 + size]
+        pos = eol + 4 + size
+    return bytes(out)
+
+
+def events(payload: bytes) -> list[bytes]:
+    """The ``data:`` fields of an SSE byte stream, in order."""
+    out = []
+    for block in payload.replace(b"\r\n", b"\n").split(b"\n\n"):
+        data = [line[5:].lstrip() for line in block.split(b"\n") if line.startswith(b"data:")]
+        if data:
+            out.append(b"\n".join(data))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    text: str  # generated so far, as the client received it
+    tokens: int  # content events seen (one token each from vLLM)
+    stream_id: str | None
+    created: int | None
+    finished: bool  # a finish_reason or [DONE] already went out
+
+
+def _delta_text(event: dict[str, Any], chat: bool) -> str:
+    choices = event.get("choices") or []
+    if not choices:
+        return ""
+    if chat:
+        return str((choices[0].get("delta") or {}).get("content") or "")
+    return str(choices[0].get("text") or "")
+
+
+def progress(sent: bytes, *, chat: bool) -> Progress:
+    """What the client holds of a stream: ``sent`` is the chunked bytes relayed."""
+    text: list[str] = []
+    tokens = 0
+    stream_id: str | None = None
+    created: int | None = None
+    finished = False
+    for data in events(dechunk(sent)):
+        if data == DONE:
+            finished = True
+            continue
+        try:
+            event = json.loads(data)
+        except ValueError:
+            continue
+        if not isinstance(event, dict):
+            continue
+        stream_id = stream_id or event.get("id")
+        created = created or event.get("created")
+        piece = _delta_text(event, chat)
+        if piece:
+            text.append(piece)
+            tokens += 1
+        for choice in event.get("choices") or []:
+            if choice.get("finish_reason"):
+                finished = True
+    return Progress("".join(text), tokens, stream_id, created, finished)
+
+
+def continuation(req: CompletionRequest, done: Progress) -> dict[str, Any] | None:
+    """The request for the rest of the answer, or None if it cannot be continued."""
+    body = dict(req.body)
+    if body.get("n", 1) != 1:
+        return None
+    if req.max_tokens is not None:
+        left = req.max_tokens - done.tokens
+        if left < 1:
+            return None
+        body["max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"] = left
+    if req.chat:
+        body["messages"] = [*body["messages"], {"role": "assistant", "content": done.text}]
+        body["continue_final_message"] = True  # vLLM: extend the last message, no new turn
+        body["add_generation_prompt"] = False
+    else:
+        if not isinstance(body.get("prompt"), str):
+            return None
+        body["prompt"] = body["prompt"] + done.text
+        body.pop("echo", None)
+    return body
+
+
+def rewrite(data: bytes, done: Progress, *, chat: bool) -> bytes | None:
+    """A continuation event made to look like the first stream's; None = drop it."""
+    if data == DONE:
+        return data
+    try:
+        event = json.loads(data)
+    except ValueError:
+        return data
+    if not isinstance(event, dict):
+        return data
+    if done.stream_id is not None:
+        event["id"] = done.stream_id
+    if done.created is not None:
+        event["created"] = done.created
+    if chat:
+        for choice in event.get("choices") or []:
+            delta = choice.get("delta") or {}
+            delta.pop("role", None)
+            if not delta and not choice.get("finish_reason"):
+                return None  # the new server's opening role-only event
+    return json.dumps(event, separators=(",", ":")).encode()

@@ -1,0 +1,170 @@
+"""What the front door knows of the swarm: who serves which model, how loaded.
+
+:class:`SwarmView` is the interface the front door routes with; the agent's
+implementation, :class:`CombView`, reads three sources, freshest first:
+
+1. the local engine (its own models, load scraped every second);
+2. the comb view: dances of peers within two rings (models, load, cell,
+   uptime), a second old at most;
+3. the DHT: ``model:<name>`` providers (address only) for a model nobody
+   nearby serves, and ``model:*`` (every server's model list) for
+   ``/v1/models``. Both cached for ``DHT_CACHE`` seconds, since a lookup
+   costs a few round trips.
+
+Peers the failure detector holds dead are left out wherever they came from.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Protocol
+
+import msgpack
+import trio
+
+from hexamesh.comb.service import MODEL_INDEX, Honeycomb
+from hexamesh.comb.swim import MemberState
+from hexamesh.dht.service import DhtError
+from hexamesh.engine.supervisor import Engine, EngineState
+from hexamesh.hexgrid import Hex, distance
+from hexamesh.net.base import Addr
+from hexamesh.serve.router import Candidate
+
+__all__ = ["MODEL_INDEX", "CombView", "SwarmView", "decode_index"]
+
+log = logging.getLogger(__name__)
+
+DHT_CACHE = 5.0  # s a DHT answer is reused
+DHT_TIMEOUT = 3.0  # s for one DHT lookup on the request path
+
+
+class SwarmView(Protocol):
+    node: bytes
+
+    async def refresh(self, model: str | None) -> None: ...
+    def candidates(self, model: str) -> list[Candidate]: ...
+    def address(self, node: bytes) -> Addr | None: ...
+    def local_url(self, model: str) -> str | None: ...
+    def models(self) -> dict[str, set[bytes]]: ...
+
+
+def decode_index(value: bytes) -> tuple[Addr, tuple[str, ...]] | None:
+    """A ``model:*`` entry: (host, port, [models]); None if malformed."""
+    try:
+        host, port, models = msgpack.unpackb(value)
+        return (str(host), int(port)), tuple(str(m) for m in models)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return None
+
+
+def decode_addr(value: bytes) -> Addr | None:
+    try:
+        host, port = msgpack.unpackb(value)[:2]
+        return str(host), int(port)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return None
+
+
+class CombView:
+    def __init__(self, honeycomb: Honeycomb, engine: Engine | None, started: float) -> None:
+        self.honeycomb = honeycomb
+        self.engine = engine
+        self.node = honeycomb.node
+        self._started = started
+        self._providers: dict[str, tuple[float, dict[bytes, Addr]]] = {}
+        self._index: tuple[float, dict[bytes, tuple[Addr, tuple[str, ...]]]] = (-1e9, {})
+
+    def _dead(self, node: bytes) -> bool:
+        return self.honeycomb.comb.swim.state_of(node) is MemberState.DEAD
+
+    async def refresh(self, model: str | None) -> None:
+        """Refresh the DHT caches a request needs (no-op while fresh)."""
+        now = trio.current_time()
+        dht = self.honeycomb.dht
+        try:
+            with trio.fail_after(DHT_TIMEOUT):
+                if model is None and now - self._index[0] > DHT_CACHE:
+                    entries = {}
+                    for r in await dht.providers(MODEL_INDEX):
+                        got = decode_index(r.value)
+                        if got is not None:
+                            entries[r.publisher_id] = got
+                    self._index = (now, entries)
+                elif (
+                    model is not None
+                    and not self.honeycomb.peers_with(model)
+                    and (now - self._providers.get(model, (-1e9, {}))[0] > DHT_CACHE)
+                ):
+                    found = {}
+                    for r in await dht.providers(model):
+                        addr = decode_addr(r.value)
+                        if addr is not None:
+                            found[r.publisher_id] = addr
+                    self._providers[model] = (now, found)
+        except (DhtError, trio.TooSlowError) as e:
+            log.debug("DHT lookup for %s failed: %s", model or "the model index", e)
+
+    def _local(self, model: str) -> Candidate | None:
+        if self.engine is None or self.engine.models().get(model) is not EngineState.READY:
+            return None
+        return Candidate(
+            node=self.node,
+            local=True,
+            load=self.engine.load_of(model).load,
+            uptime=trio.current_time() - self._started,
+        )
+
+    def candidates(self, model: str) -> list[Candidate]:
+        out: list[Candidate] = []
+        local = self._local(model)
+        if local is not None:
+            out.append(local)
+        cell = self.honeycomb.cell
+        for d in self.honeycomb.peers_with(model):
+            if d.node == self.node:
+                continue
+            out.append(
+                Candidate(
+                    node=d.node,
+                    load=d.load,
+                    distance=None if cell is None else distance(cell, Hex(d.q, d.r)),
+                    uptime=d.uptime,
+                )
+            )
+        for node in self._providers.get(model, (0.0, {}))[1]:
+            if node != self.node and not self._dead(node):
+                out.append(Candidate(node=node, in_view=False))
+        return out
+
+    def address(self, node: bytes) -> Addr | None:
+        dance = self.honeycomb.state_of(node)
+        if dance is not None:
+            return dance.host, dance.port
+        for _, found in self._providers.values():
+            if node in found:
+                return found[node]
+        return None
+
+    def local_url(self, model: str) -> str | None:
+        if self.engine is None or self.engine.models().get(model) is not EngineState.READY:
+            return None
+        return self.engine.url(model)
+
+    def models(self) -> dict[str, set[bytes]]:
+        """Every model known to be served, and by whom."""
+        out: dict[str, set[bytes]] = {}
+
+        def add(names: Iterable[str], node: bytes) -> None:
+            for name in names:
+                out.setdefault(name, set()).add(node)
+
+        if self.engine is not None:
+            add((n for n, s in self.engine.models().items() if s is EngineState.READY), self.node)
+        for node, seen in self.honeycomb.comb.waggle.view.items():
+            if not self._dead(node):
+                add(seen.dance.models, node)
+        for node, (_, names) in self._index[1].items():
+            if node != self.node and not self._dead(node):
+                add(names, node)
+        return out

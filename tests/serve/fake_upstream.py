@@ -1,0 +1,165 @@
+"""An in-process stand-in for a vLLM OpenAI server, for the front door's tests.
+
+It answers /v1/completions and /v1/chat/completions like vLLM (HTTP/1.1,
+chunked SSE when streaming, one token per event) with a deterministic
+"model": token k of an answer is `` w<n>`` where n counts the words already in
+the prompt (and, for chat, the messages), so a continuation from prompt +
+text-so-far produces exactly the rest of the original answer. Knobs make it
+refuse (``status``), die before answering (``die_before``), break off after a
+number of tokens (``die_after``) or go slowly (``token_delay``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import h11
+import trio
+
+
+@dataclass
+class Behaviour:
+    status: int = 200
+    die_before: bool = False
+    die_after: int | None = None  # tokens streamed, then the connection is cut
+    token_delay: float = 0.0
+    served: list[dict[str, Any]] = field(default_factory=list)  # request bodies seen
+
+
+def words(body: dict[str, Any], chat: bool) -> int:
+    if chat:
+        return sum(len(str(m.get("content") or "").split()) for m in body["messages"])
+    return len(str(body["prompt"]).split())
+
+
+def answer(body: dict[str, Any], chat: bool) -> list[str]:
+    start = words(body, chat)
+    return [f" w{start + i}" for i in range(int(body.get("max_tokens") or 8))]
+
+
+async def _read_request(stream: trio.SocketStream) -> tuple[str, dict[str, Any]] | None:
+    conn = h11.Connection(h11.SERVER)
+    target, body = "", b""
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some(65536)
+            if not data:
+                return None
+            conn.receive_data(data)
+        elif isinstance(event, h11.Request):
+            target = event.target.decode()
+        elif isinstance(event, h11.Data):
+            body += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            return target, json.loads(body)
+        else:
+            return None
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+async def handle(stream: trio.SocketStream, b: Behaviour, name: str) -> None:
+    try:
+        got = await _read_request(stream)
+        if got is None:
+            return
+        target, body = got
+        b.served.append(body)
+        if b.die_before:
+            return
+        if b.status != 200:
+            err = json.dumps({"error": {"message": "refused", "code": b.status}}).encode()
+            await stream.send_all(
+                b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                % (b.status, len(err), err)
+            )
+            return
+        if body.get("model") != name:
+            err = json.dumps(
+                {"error": {"message": f"The model `{body.get('model')}` does not exist."}}
+            ).encode()
+            await stream.send_all(
+                b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\n\r\n%s" % (len(err), err)
+            )
+            return
+        chat = target.endswith("/chat/completions")
+        tokens = answer(body, chat)
+        if not body.get("stream"):
+            choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
+            text = "".join(tokens)
+            if chat:
+                choice["message"] = {"role": "assistant", "content": text}
+            else:
+                choice["text"] = text
+            data = json.dumps(
+                {
+                    "id": "cmpl-fake",
+                    "object": "text_completion",
+                    "created": 1,
+                    "model": name,
+                    "choices": [choice],
+                    "usage": {
+                        "prompt_tokens": 1,
+                        "completion_tokens": len(tokens),
+                        "total_tokens": 1 + len(tokens),
+                    },
+                }
+            ).encode()
+            await stream.send_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                % (len(data), data)
+            )
+            return
+        await stream.send_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+        )
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        if chat:
+            first = {
+                "id": "cmpl-fake",
+                "object": obj,
+                "created": 7,
+                "model": name,
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}],
+            }
+            await stream.send_all(_chunk(b"data: " + json.dumps(first).encode() + b"\n\n"))
+        for i, tok in enumerate(tokens):
+            if b.die_after is not None and i >= b.die_after:
+                return
+            last = i == len(tokens) - 1
+            choice = {"index": 0, "finish_reason": "length" if last else None}
+            if chat:
+                choice["delta"] = {"content": tok}
+            else:
+                choice["text"] = tok
+            event = {
+                "id": "cmpl-fake",
+                "object": obj,
+                "created": 7,
+                "model": name,
+                "choices": [choice],
+            }
+            await stream.send_all(_chunk(b"data: " + json.dumps(event).encode() + b"\n\n"))
+            if b.token_delay:
+                await trio.sleep(b.token_delay)
+        await stream.send_all(_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        await stream.aclose()
+
+
+async def serve_fake(
+    name: str, behaviour: Behaviour, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve until cancelled; reports the port."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(lambda s: handle(s, behaviour, name), listeners)

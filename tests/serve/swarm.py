@@ -1,0 +1,98 @@
+"""In-process front doors wired to fake upstreams: a small swarm for serving tests.
+
+Each :class:`Door` is a real ``FrontDoor`` with real sockets on 127.0.0.1: an
+API listener (clients) and a peer listener (signed forwards), and a
+:class:`FakeView` that says which peers serve which model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import trio
+
+from hexamesh.net.base import Addr
+from hexamesh.serve.frontdoor import FrontDoor
+from hexamesh.serve.peerauth import PeerSigner
+from hexamesh.serve.router import Candidate
+from hexamesh.wire import KeyRing
+from tests.serve.fake_upstream import Behaviour, serve_fake
+
+MODEL = "tiny"
+
+
+@dataclass
+class FakeView:
+    node: bytes
+    local: str | None = None  # URL of the local fake engine
+    peers: dict[bytes, Addr] = field(default_factory=dict)  # peers that serve MODEL
+    loads: dict[bytes, float] = field(default_factory=dict)
+    distances: dict[bytes, int] = field(default_factory=dict)
+    local_load: float = 0.0
+
+    async def refresh(self, model: str | None) -> None:
+        return None
+
+    def candidates(self, model: str) -> list[Candidate]:
+        if model != MODEL:
+            return []
+        out = [Candidate(node=self.node, local=True, load=self.local_load)] if self.local else []
+        for node in self.peers:
+            out.append(
+                Candidate(
+                    node=node, load=self.loads.get(node, 0.0), distance=self.distances.get(node, 1)
+                )
+            )
+        return out
+
+    def address(self, node: bytes) -> Addr | None:
+        return self.peers.get(node)
+
+    def local_url(self, model: str) -> str | None:
+        return self.local if model == MODEL else None
+
+    def models(self) -> dict[str, set[bytes]]:
+        nodes = set(self.peers) | ({self.node} if self.local else set())
+        return {MODEL: nodes} if nodes else {}
+
+
+@dataclass
+class Door:
+    front: FrontDoor
+    view: FakeView
+    api: str  # base URL, .../v1
+    peer_addr: Addr
+    behaviour: Behaviour | None
+
+
+async def _listen(handler, nursery: trio.Nursery) -> int:  # type: ignore[no-untyped-def]
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    nursery.start_soon(trio.serve_listeners, handler, listeners)
+    return int(listeners[0].socket.getsockname()[1])
+
+
+async def start_door(
+    nursery: trio.Nursery,
+    keyring: KeyRing,
+    index: int,
+    *,
+    engine: Behaviour | None = None,
+    api_keys: tuple[str, ...] = (),
+) -> Door:
+    node = bytes([index]) * 20
+    view = FakeView(node)
+    if engine is not None:
+        port = await nursery.start(serve_fake, MODEL, engine)
+        view.local = f"http://127.0.0.1:{port}"
+    front = FrontDoor(
+        view=view, signer=PeerSigner(keyring, node), address=f"127.0.0.1:{index}", api_keys=api_keys
+    )
+    api_port = await _listen(front.serve_connection, nursery)
+    peer_port = await _listen(lambda s: front.serve_connection(s, peer=True), nursery)
+    return Door(front, view, f"http://127.0.0.1:{api_port}/v1", ("127.0.0.1", peer_port), engine)
+
+
+def link(a: Door, *servers: Door) -> None:
+    """``a`` learns that ``servers`` serve the model."""
+    for s in servers:
+        a.view.peers[s.view.node] = s.peer_addr

@@ -1,0 +1,298 @@
+"""The front door over real sockets: forwarding, failover, mid-stream continuation,
+hop limits, auth and the bad-request table (fake upstreams, see swarm.py)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from hexamesh.serve.frontdoor import SERVED_BY
+from hexamesh.serve.peerauth import PeerSigner, SignedRoute
+from hexamesh.serve.requests import MAX_BODY
+from hexamesh.wire import KeyRing
+from tests.serve.fake_upstream import Behaviour, answer
+from tests.serve.swarm import MODEL, Door, link, start_door
+
+
+async def stream_text(
+    client: httpx.AsyncClient, url: str, body: dict[str, Any]
+) -> tuple[str, list[dict[str, Any]], httpx.Response]:
+    events: list[dict[str, Any]] = []
+    async with client.stream("POST", url, json=body) as r:
+        async for line in r.aiter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                events.append(json.loads(line[6:]))
+    text = ""
+    for e in events:
+        for c in e.get("choices", []):
+            text += c.get("text") or (c.get("delta") or {}).get("content") or ""
+    return text, events, r
+
+
+def expected(body: dict[str, Any], chat: bool) -> str:
+    return "".join(answer(body, chat))
+
+
+@pytest.fixture
+def keyring() -> KeyRing:
+    return KeyRing.generate()
+
+
+async def test_forward_to_a_peer_that_has_the_model(keyring: KeyRing) -> None:
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
+        a = await start_door(nursery, keyring, 1)
+        b = await start_door(nursery, keyring, 2, engine=Behaviour())
+        link(a, b)
+        body = {"model": MODEL, "prompt": "one two three", "max_tokens": 5}
+        r = await client.post(f"{a.api}/completions", json=body)
+        assert r.status_code == 200
+        assert r.json()["choices"][0]["text"] == expected(body, False)
+        assert r.headers[SERVED_BY] == b.view.node.hex()
+        text, events, resp = await stream_text(
+            client, f"{a.api}/completions", {**body, "stream": True}
+        )
+        assert text == expected(body, False) and len(events) == 5
+        assert resp.headers[SERVED_BY] == b.view.node.hex()
+        assert b.behaviour is not None and len(b.behaviour.served) == 2
+        assert a.front.metrics.forwards._value.get() == 2
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("chat", [False, True])
+async def test_failover_before_the_first_token_is_invisible(keyring: KeyRing, chat: bool) -> None:
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
+        a = await start_door(nursery, keyring, 1)
+        dead = await start_door(nursery, keyring, 2, engine=Behaviour(die_before=True))
+        busy = await start_door(nursery, keyring, 3, engine=Behaviour(status=503))
+        good = await start_door(nursery, keyring, 4, engine=Behaviour())
+        link(a, dead, busy, good)
+        a.view.loads = {dead.view.node: 0.0, busy.view.node: 0.1, good.view.node: 0.5}
+        if chat:
+            body: dict[str, Any] = {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "hi there"}],
+                "max_tokens": 4,
+            }
+        else:
+            body = {"model": MODEL, "prompt": "hi there", "max_tokens": 4}
+        url = f"{a.api}/{'chat/' if chat else ''}completions"
+        text, _, resp = await stream_text(client, url, {**body, "stream": True})
+        assert resp.status_code == 200
+        assert text == expected(body, chat)
+        assert resp.headers[SERVED_BY] == good.view.node.hex()
+        assert a.front.metrics.failovers._value.get() == 2
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("chat", [False, True])
+async def test_mid_stream_death_continues_on_another_server(keyring: KeyRing, chat: bool) -> None:
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
+        a = await start_door(nursery, keyring, 1)
+        dying = await start_door(nursery, keyring, 2, engine=Behaviour(die_after=3))
+        spare = await start_door(nursery, keyring, 3, engine=Behaviour())
+        link(a, dying, spare)
+        a.view.loads = {dying.view.node: 0.0, spare.view.node: 0.9}
+        if chat:
+            body: dict[str, Any] = {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "a b c"}],
+                "max_tokens": 8,
+            }
+        else:
+            body = {"model": MODEL, "prompt": "a b c", "max_tokens": 8}
+        url = f"{a.api}/{'chat/' if chat else ''}completions"
+        text, events, _ = await stream_text(client, url, {**body, "stream": True})
+        assert text == expected(body, chat)  # one uninterrupted answer
+        assert len({e["id"] for e in events}) == 1 and len({e["created"] for e in events}) == 1
+        roles = [e for e in events if (e["choices"][0].get("delta") or {}).get("role")]
+        assert len(roles) == (1 if chat else 0)
+        assert spare.behaviour is not None
+        sent = spare.behaviour.served[0]
+        assert sent["max_tokens"] == 5
+        if chat:
+            assert sent["messages"][-1] == {"role": "assistant", "content": " w3 w4 w5"}
+            assert sent["continue_final_message"] is True
+        else:
+            assert sent["prompt"] == "a b c w3 w4 w5"
+        assert a.front.metrics.continuations._value.get() == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_when_every_server_dies_mid_stream_the_stream_ends_with_an_error(
+    keyring: KeyRing,
+) -> None:
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
+        a = await start_door(nursery, keyring, 1)
+        d1 = await start_door(nursery, keyring, 2, engine=Behaviour(die_after=2))
+        d2 = await start_door(nursery, keyring, 3, engine=Behaviour(die_after=1))
+        link(a, d1, d2)
+        a.view.loads = {d1.view.node: 0.0, d2.view.node: 0.5}
+        body = {"model": MODEL, "prompt": "x", "max_tokens": 8, "stream": True}
+        with trio.fail_after(10):
+            text, events, resp = await stream_text(client, f"{a.api}/completions", body)
+        assert resp.status_code == 200
+        assert text == " w1 w2 w3"  # two from the first, one from the second
+        assert "every server" in events[-1]["error"]["message"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_no_server_at_all_is_a_clean_5xx_not_a_hang(keyring: KeyRing) -> None:
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
+        a = await start_door(nursery, keyring, 1)
+        d1 = await start_door(nursery, keyring, 2, engine=Behaviour(die_before=True))
+        link(a, d1)
+        r = await client.post(
+            f"{a.api}/completions", json={"model": MODEL, "prompt": "x", "stream": True}
+        )
+        assert r.status_code == 502
+        assert "every server" in r.json()["error"]["message"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_hop_limit_and_no_loops(keyring: KeyRing) -> None:
+    """After 2 forwards a request is served locally or refused; no path is revisited."""
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
+        a = await start_door(nursery, keyring, 1)
+        b = await start_door(nursery, keyring, 2)
+        c = await start_door(nursery, keyring, 3, engine=Behaviour())
+        link(a, b)
+        link(b, a, c)  # b knows a (on the path: never back) and c
+        body = json.dumps({"model": MODEL, "prompt": "p", "max_tokens": 2}).encode()
+        signer = PeerSigner(keyring, a.view.node)
+        target = "/v1/completions"
+        # forwarded once (by a): b may forward once more, to c and not back to a
+        headers = dict(signer.headers("POST", target, body, None, time.time()))
+        r = await client.post(
+            f"http://{b.peer_addr[0]}:{b.peer_addr[1]}{target}", content=body, headers=headers
+        )
+        assert r.status_code == 200 and r.headers[SERVED_BY] == c.view.node.hex()
+        # forwarded twice already: b has no local engine, so it must refuse
+        route = SignedRoute(a.view.node, 1, (a.view.node,))
+        hdrs = dict(
+            PeerSigner(keyring, bytes([9]) * 20).headers("POST", target, body, route, time.time())
+        )
+        r = await client.post(
+            f"http://{b.peer_addr[0]}:{b.peer_addr[1]}{target}", content=body, headers=hdrs
+        )
+        assert r.status_code == 503
+        assert "forwarded 2 times" in r.json()["error"]["message"]
+        assert c.behaviour is not None and len(c.behaviour.served) == 1
+        nursery.cancel_scope.cancel()
+
+
+BAD_REQUESTS = [
+    ("POST", "/v1/completions", b"{not json", 400, "not valid JSON"),
+    ("POST", "/v1/completions", b"[1, 2]", 400, "JSON object"),
+    ("POST", "/v1/completions", json.dumps({"prompt": "x"}).encode(), 400, "`model` is required"),
+    (
+        "POST",
+        "/v1/completions",
+        json.dumps({"model": "nope", "prompt": "x"}).encode(),
+        404,
+        "models served: tiny",
+    ),
+    (
+        "POST",
+        "/v1/completions",
+        json.dumps({"model": MODEL, "prompt": "x", "max_tokens": -1}).encode(),
+        400,
+        "max_tokens",
+    ),
+    (
+        "POST",
+        "/v1/completions",
+        json.dumps({"model": MODEL, "prompt": "x", "stream": "yes"}).encode(),
+        400,
+        "stream",
+    ),
+    ("POST", "/v1/completions", json.dumps({"model": MODEL}).encode(), 400, "prompt"),
+    (
+        "POST",
+        "/v1/chat/completions",
+        json.dumps({"model": MODEL, "messages": []}).encode(),
+        400,
+        "messages",
+    ),
+    ("POST", "/v1/completions", b"x" * (MAX_BODY + 1), 413, "limit"),
+    ("GET", "/v1/completions", b"", 405, "POST"),
+    ("GET", "/v1/nothing", b"", 404, "no such endpoint"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "says"), BAD_REQUESTS)
+async def test_bad_requests_get_openai_errors(
+    keyring: KeyRing, method: str, path: str, body: bytes, status: int, says: str
+) -> None:
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
+        a = await start_door(nursery, keyring, 1, engine=Behaviour())
+        r = await client.request(method, a.api.removesuffix("/v1") + path, content=body)
+        assert r.status_code == status
+        error = r.json()["error"]
+        assert says in error["message"] and "type" in error
+        # the connection and the server are still good afterwards
+        ok = await client.post(
+            f"{a.api}/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 1}
+        )
+        assert ok.status_code == 200
+        nursery.cancel_scope.cancel()
+
+
+async def test_api_keys_and_peer_signatures(keyring: KeyRing) -> None:
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
+        a: Door = await start_door(nursery, keyring, 1, engine=Behaviour(), api_keys=("sekrit",))
+        body = {"model": MODEL, "prompt": "x", "max_tokens": 1}
+        r = await client.post(f"{a.api}/completions", json=body)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        r = await client.post(
+            f"{a.api}/completions", json=body, headers={"authorization": "Bearer wrong"}
+        )
+        assert r.status_code == 401
+        r = await client.post(
+            f"{a.api}/completions", json=body, headers={"authorization": "Bearer sekrit"}
+        )
+        assert r.status_code == 200
+        assert (await client.get(f"{a.api.removesuffix('/v1')}/health")).status_code == 200
+        peer = f"http://{a.peer_addr[0]}:{a.peer_addr[1]}/v1/completions"
+        r = await client.post(peer, json=body, headers={"authorization": "Bearer sekrit"})
+        assert r.status_code == 403  # the peer port wants a swarm signature, not a key
+        raw = json.dumps(body).encode()
+        now = time.time()
+        outsider = PeerSigner(KeyRing.generate(), bytes([7]) * 20)
+        r = await client.post(
+            peer,
+            content=raw,
+            headers=dict(outsider.headers("POST", "/v1/completions", raw, None, now)),
+        )
+        assert r.status_code == 403 and "signature" in r.json()["error"]["message"]
+        member = dict(
+            PeerSigner(keyring, bytes([7]) * 20).headers("POST", "/v1/completions", raw, None, now)
+        )
+        r = await client.post(peer, content=raw, headers=member)
+        assert r.status_code == 200
+        r = await client.post(peer, content=raw, headers=member)
+        assert r.status_code == 403 and "replayed" in r.json()["error"]["message"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_models_and_metrics(keyring: KeyRing) -> None:
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
+        a = await start_door(nursery, keyring, 1)
+        b = await start_door(nursery, keyring, 2, engine=Behaviour())
+        link(a, b)
+        models = (await client.get(f"{a.api}/models")).json()
+        assert [m["id"] for m in models["data"]] == [MODEL]
+        await stream_text(
+            client,
+            f"{a.api}/completions",
+            {"model": MODEL, "prompt": "x", "max_tokens": 3, "stream": True},
+        )
+        text = (await client.get(f"{a.api.removesuffix('/v1')}/metrics")).text
+        assert 'hexamesh_requests_total{endpoint="/v1/completions",status="200"} 1.0' in text
+        assert "hexamesh_tokens_total 4.0" in text  # 3 tokens + [DONE]
+        assert "hexamesh_forwards_total 1.0" in text
+        nursery.cancel_scope.cancel()

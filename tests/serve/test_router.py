@@ -1,0 +1,68 @@
+"""Router: score order, saturation fallback, hop limit, no loops, priorities."""
+
+from __future__ import annotations
+
+import pytest
+
+from hexamesh.serve.router import MAX_FORWARDS, Candidate, Priority, rank, score
+
+A, B, C, ME = b"a" * 20, b"b" * 20, b"c" * 20, b"m" * 20
+
+
+@pytest.mark.parametrize(
+    ("cand", "expected"),
+    [
+        (Candidate(node=ME, local=True, load=0.0), 1.0),
+        (Candidate(node=A, load=0.0, distance=1), 0.4 + 0.3 + 0.15),
+        (Candidate(node=A, load=0.5, distance=2), 0.2 + 0.3 + 0.1),
+        (Candidate(node=A, in_view=False), 0.2 + 0.15 + 0.0),  # DHT-only: unknown load, half match
+    ],
+)
+def test_score_is_the_designs_formula(cand: Candidate, expected: float) -> None:
+    assert score(cand) == pytest.approx(expected)
+
+
+def test_lighter_and_closer_wins() -> None:
+    near_busy = Candidate(node=A, load=0.8, distance=1)
+    far_idle = Candidate(node=B, load=0.0, distance=3)
+    dht_only = Candidate(node=C, in_view=False)
+    assert [c.node for c in rank([dht_only, near_busy, far_idle])] == [B, A, C]
+
+
+def test_local_wins_a_tie() -> None:
+    local = Candidate(node=ME, local=True, load=0.3)
+    peer = Candidate(node=A, load=0.3, distance=0)  # same score as local
+    assert score(local) == pytest.approx(score(peer))
+    assert rank([peer, local])[0].local
+
+
+def test_saturated_servers_are_the_least_loaded_fallback() -> None:
+    full = Candidate(node=A, load=0.99, distance=1)
+    fuller = Candidate(node=B, load=1.0, distance=1)
+    ok = Candidate(node=C, load=0.7, distance=5)
+    assert [c.node for c in rank([fuller, full, ok])] == [C, A, B]
+    assert [c.node for c in rank([fuller, full])] == [A, B]
+
+
+def test_no_loops_and_hop_limit() -> None:
+    local = Candidate(node=ME, local=True, load=0.9)
+    peers = [Candidate(node=A, load=0.0, distance=1), Candidate(node=B, load=0.0, distance=1)]
+    assert [c.node for c in rank([local, *peers], path=[A])] == [B, ME]
+    assert [c.node for c in rank([local, *peers], forwards=MAX_FORWARDS)] == [ME]
+    assert rank(peers, forwards=MAX_FORWARDS) == []
+
+
+def test_view_beats_dht_for_the_same_node() -> None:
+    fresh = Candidate(node=A, load=0.1, distance=1)
+    stale = Candidate(node=A, in_view=False)
+    (only,) = rank([stale, fresh])
+    assert only == fresh
+
+
+def test_priorities() -> None:
+    young = Candidate(node=A, load=0.1, distance=1, uptime=60)
+    old = Candidate(node=B, load=0.2, distance=1, uptime=7200)
+    assert rank([young, old])[0].node == A
+    assert rank([young, old], priority=Priority.HIGH)[0].node == B
+    busy = Candidate(node=C, load=0.7, distance=1)
+    assert [c.node for c in rank([busy, young], priority=Priority.LOW)] == [A]

@@ -1,0 +1,57 @@
+"""SSE helpers: chunk boundaries under any split, progress, continuation requests."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hexamesh.serve.requests import parse_completion
+from hexamesh.serve.sse import LAST_CHUNK, ChunkScanner, chunk, continuation, dechunk, progress
+
+EVENTS = [
+    b"data: " + json.dumps({"id": "x", "choices": [{"text": f" t{i}"}]}).encode() + b"\n\n"
+    for i in range(5)
+]
+STREAM = b"".join(chunk(e) for e in EVENTS) + LAST_CHUNK
+
+
+@given(st.lists(st.integers(min_value=1, max_value=len(STREAM)), max_size=12))
+def test_scanner_lets_through_whole_chunks_only(cuts: list[int]) -> None:
+    scanner = ChunkScanner()
+    out = b""
+    points = [*sorted(set(cuts)), len(STREAM)]
+    start = 0
+    for p in points:
+        got = scanner.feed(STREAM[start:p])
+        out += got
+        start = p
+        # whatever went out so far ends on a chunk boundary: it dechunks to whole events
+        assert dechunk(out) == b"".join(EVENTS[: dechunk(out).count(b"data:")])
+    assert out == STREAM and scanner.done
+
+
+def test_progress_reads_what_the_client_has() -> None:
+    sent = b"".join(chunk(e) for e in EVENTS[:3])
+    p = progress(sent, chat=False)
+    assert (p.text, p.tokens, p.stream_id, p.finished) == (" t0 t1 t2", 3, "x", False)
+
+
+def test_continuation_of_a_completion_and_a_chat() -> None:
+    req = parse_completion(
+        json.dumps({"model": "m", "prompt": "hi", "max_tokens": 10}).encode(), chat=False
+    )
+    p = progress(b"".join(chunk(e) for e in EVENTS[:3]), chat=False)
+    assert continuation(req, p) == {"model": "m", "prompt": "hi t0 t1 t2", "max_tokens": 7}
+    chat = parse_completion(
+        json.dumps({"model": "m", "messages": [{"role": "user", "content": "q"}]}).encode(),
+        chat=True,
+    )
+    body = continuation(chat, p)
+    assert body is not None and body["messages"][-1] == {
+        "role": "assistant",
+        "content": " t0 t1 t2",
+    }
+    many = parse_completion(json.dumps({"model": "m", "prompt": "x", "n": 2}).encode(), chat=False)
+    assert continuation(many, p) is None  # several choices cannot be continued
