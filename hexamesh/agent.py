@@ -47,6 +47,7 @@ from hexamesh.net.mux import Mux
 from hexamesh.net.rtt import Ping, Pong, RttConfig, RttProbe
 from hexamesh.net.udp import UdpTransport, open_udp_transport
 from hexamesh.serve.frontdoor import FrontDoor
+from hexamesh.serve.jobs import DhtJobs, Jobs, JobStore
 from hexamesh.serve.metrics import ServeMetrics
 from hexamesh.serve.peerauth import PeerSigner
 from hexamesh.serve.view import CombView
@@ -67,6 +68,7 @@ log = logging.getLogger(__name__)
 STATUS_FILE_NAME = "agent.json"
 STATUS_INTERVAL = 1.0  # s between rewrites of agent.json
 CONTACTS_FILE_NAME = "contacts.json"
+JOBS_FILE_NAME = "jobs.sqlite"
 CONTACTS_SAVE_TICKS = 60  # status intervals between saves of the DHT contacts
 JOIN_RETRY_MAX = 60.0  # s; longest wait between DHT bootstrap attempts
 LEAVE_TIMEOUT = 2.0  # s a graceful stop spends telling the swarm it leaves
@@ -237,6 +239,18 @@ async def run_agent(
             transport.http_handler = lambda stream, first: front.serve_connection(
                 stream, first, peer=True
             )
+            front.jobs = jobs = Jobs(
+                JobStore(config.data_dir / JOBS_FILE_NAME),
+                front,
+                DhtJobs(dht, lambda n: honeycomb.comb.swim.state_of(n) is MemberState.DEAD),
+                owner=status.address,
+                node=identity.node_id,
+                max_jobs=config.max_jobs,
+            )
+            front.metrics.gauge(
+                "hexamesh_jobs_active", "Jobs queued or running here", jobs.store.active
+            )
+            await nursery.start(jobs.run)
             status.api = await nursery.start(_serve_api, config, front)
             _write_status(status_path, status)
             if on_ready is not None:

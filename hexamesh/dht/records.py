@@ -17,6 +17,7 @@ prefix         kind        rule
 ``cell:``      single      first publisher owns it until it expires; only the
 ``placement:`` single      owner replaces it (newer seq, or same seq + later
 ``job:``       single      expiry = a lease renewal); put-if-absent for others
+``jobrun:``    set         one entry per publisher (who runs a job taken over)
 ``model:``     set         one entry per publisher (providers of a model)
 ``vote:``      set         one entry per publisher (one vote per scout)
 =============  ==========  ===================================================
@@ -111,6 +112,7 @@ _KINDS = {
     "cell:": KeyKind.SINGLE,
     "placement:": KeyKind.SINGLE,
     "job:": KeyKind.SINGLE,
+    "jobrun:": KeyKind.SET,
     "model:": KeyKind.SET,
     "vote:": KeyKind.SET,
 }

@@ -29,6 +29,7 @@ import trio
 
 from hexamesh.serve import sse
 from hexamesh.serve.http import HttpConnection, Request, response_head
+from hexamesh.serve.jobs import JobFailed
 from hexamesh.serve.metrics import ServeMetrics
 from hexamesh.serve.peerauth import H_SIG, PeerAuthError, PeerSigner, SignedRoute
 from hexamesh.serve.relay import (
@@ -40,7 +41,7 @@ from hexamesh.serve.relay import (
     request_bytes,
 )
 from hexamesh.serve.requests import ApiError, CompletionRequest, parse_completion
-from hexamesh.serve.router import Candidate, Priority, rank
+from hexamesh.serve.router import LOW_MAX_LOAD, Candidate, Priority, rank
 from hexamesh.serve.view import SwarmView
 
 __all__ = ["SERVED_ADDR", "SERVED_BY", "FrontDoor", "JobsApi"]
@@ -342,6 +343,47 @@ class FrontDoor:
             await conn.send(sse.chunk(b"data: " + err.body() + b"\n\n") + sse.LAST_CHUNK)
             return 502
         raise ApiError(502 if errors else 503, message, type="server_error")
+
+    # -- jobs -----------------------------------------------------------------
+
+    def busy(self, model: str) -> bool:
+        """Is every server of ``model`` above the load a low-priority job may add to?"""
+        cands = self.view.candidates(model)
+        return bool(cands) and all((c.load or 0.0) > LOW_MAX_LOAD for c in cands)
+
+    async def fetch(self, req: CompletionRequest, priority: Priority) -> tuple[bytes, str]:
+        """One non-streamed answer through the router, with failover: (body, served-by)."""
+        try:
+            await self._known_or_404(req.model)
+        except ApiError as e:
+            raise UpstreamError(e.message) from None
+        target = "/v1/chat/completions" if req.chat else "/v1/completions"
+        body = json.dumps({**req.body, "stream": False}).encode()
+        errors: list[str] = []
+        for cand in self.ranked(req.model, None, priority)[:MAX_ATTEMPTS]:
+            try:
+                if cand.local:
+                    up = await self._open_local(target, body, self.view.local_url(req.model))
+                else:
+                    up = await self._open_peer(cand, target, body, None)
+            except UpstreamError as e:
+                errors.append(str(e))
+                continue
+            try:
+                if up.status != 200:
+                    if 400 <= up.status < 500 and up.status not in (408, 429):
+                        detail = (await read_body(up))[:500].decode("utf-8", "replace")
+                        raise JobFailed(f"server refused the request ({up.status}): {detail}")
+                    errors.append(f"{cand.node.hex()[:8]} answered {up.status}")
+                    continue
+                data = await read_body(up)
+                served = dict(self._served_headers(cand, up)).get(SERVED_BY, cand.node.hex())
+                return data, served
+            except UpstreamError as e:
+                errors.append(str(e))
+            finally:
+                await up.aclose()
+        raise UpstreamError("every server failed: " + "; ".join(errors) if errors else "no server")
 
     async def _non_200(
         self, conn: HttpConnection, request: Request, up: UpstreamResponse, begun: bool

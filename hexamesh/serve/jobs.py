@@ -1,0 +1,508 @@
+"""Durable jobs: submit now, collect later, from any peer.
+
+``POST /v1/jobs`` takes a completion or chat request (``prompt`` or
+``messages``, not streamed) plus ``priority`` (high, medium, low) and an
+optional client ``id``, and answers 202 with the job id at once. The job is
+written to SQLite (WAL, synchronous=FULL: on disk before the 202) on the
+accepting peer and replicated into the DHT as ``job:<id>`` (owned by the
+acceptor, updated as it runs), so ``GET /v1/jobs/<id>`` answers on any peer.
+
+Workers on the acceptor run queued jobs, high priority first, through the
+router (``FrontDoor.fetch``): a server that dies is replaced by the next
+candidate, and a job whose every try failed goes back to the queue with
+backoff, failed after ``MAX_ATTEMPTS``. A restarted acceptor requeues the
+jobs it was running. If the acceptor itself dies, the nodes that hold its
+``job:`` record (the k closest to the key) notice its death, and the first to
+claim it in ``jobrun:<id>`` (a set: one entry per claimant; earliest claim
+wins, ties to the lower node id) runs it and publishes the result there.
+
+At most once to completion: a given id is accepted once (a retried submit
+returns the same job), a job that is ``done`` never runs again, and a
+takeover happens only after the failure detector declared the acceptor dead.
+Limits: ``max_jobs`` queued or running per acceptor (429 beyond), a job
+request of at most ``MAX_JOB_REQUEST`` bytes, results up to ``MAX_INLINE``
+bytes travel in the DHT (larger ones are read from the peer that ran it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from random import Random
+from typing import Any, Protocol
+
+import msgpack
+import trio
+
+from hexamesh.serve.http import HttpConnection, Request
+from hexamesh.serve.requests import ApiError, CompletionRequest, parse_completion, parse_json_body
+from hexamesh.serve.router import Priority
+
+__all__ = ["DhtJobs", "JobRunner", "JobStore", "Jobs"]
+
+log = logging.getLogger(__name__)
+
+MAX_JOB_REQUEST = 6 * 1024  # bytes of job request: it must fit a DHT record (8 KiB)
+MAX_INLINE = 6 * 1024  # bytes of result carried in the DHT record
+MAX_ATTEMPTS = 5  # full rounds over every candidate before a job is failed
+RETRY_DELAY = 2.0  # s before a job whose round failed is tried again (doubles)
+WORKERS = 4  # jobs run at once per acceptor (each one request to some server)
+JOB_TTL = 24 * 3600.0  # s a job record lives in the DHT
+TAKEOVER_INTERVAL = 5.0  # s between scans for jobs whose acceptor died
+LOW_WAIT = 1.0  # s a low-priority job waits when every server is busy
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_PRIORITY_ORDER = {"high": 0, "medium": 1, "low": 2}
+
+
+class JobFailed(Exception):
+    """A job's request was refused by a server (4xx): retrying cannot help."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Job:
+    id: str
+    model: str
+    chat: bool
+    body: dict[str, Any]
+    priority: str
+    state: str  # queued, running, done, failed
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    attempts: int = 0
+    created: float = 0.0
+    served_by: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "object": "job",
+            "model": self.model,
+            "priority": self.priority,
+            "status": self.state,
+            "created": self.created,
+            "attempts": self.attempts,
+        }
+        if self.result is not None:
+            out["result"] = self.result
+        if self.error:
+            out["error"] = self.error
+        if self.served_by:
+            out["served_by"] = self.served_by
+        return out
+
+
+class JobStore:
+    """Jobs in SQLite, WAL mode; every write is committed before it returns."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, model TEXT, chat INTEGER,"
+            " body TEXT, priority TEXT, state TEXT, result TEXT, error TEXT, attempts INTEGER,"
+            " created REAL, updated REAL, served_by TEXT)"
+        )
+        # a restart: whatever was running when we died runs again
+        self.db.execute("UPDATE jobs SET state='queued' WHERE state='running'")
+
+    def _row(self, row: tuple[Any, ...]) -> Job:
+        jid, model, chat, body, prio, state, result, error, attempts, created, served = row
+        return Job(
+            id=jid,
+            model=model,
+            chat=bool(chat),
+            body=json.loads(body),
+            priority=prio,
+            state=state,
+            result=json.loads(result) if result else None,
+            error=error,
+            attempts=attempts,
+            created=created,
+            served_by=served,
+        )
+
+    _COLS = "id, model, chat, body, priority, state, result, error, attempts, created, served_by"
+
+    def get(self, jid: str) -> Job | None:
+        row = self.db.execute(f"SELECT {self._COLS} FROM jobs WHERE id=?", (jid,)).fetchone()
+        return None if row is None else self._row(row)
+
+    def add(self, job: Job) -> None:
+        self.db.execute(
+            "INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                job.id,
+                job.model,
+                int(job.chat),
+                json.dumps(job.body),
+                job.priority,
+                job.state,
+                json.dumps(job.result) if job.result is not None else None,
+                job.error,
+                job.attempts,
+                job.created,
+                job.created,
+                job.served_by,
+            ),
+        )
+
+    def set_state(self, jid: str, state: str, **fields: Any) -> None:
+        sets = ["state=?", "updated=?"]
+        values: list[Any] = [state, time.time()]
+        for name, value in fields.items():
+            sets.append(f"{name}=?")
+            values.append(json.dumps(value) if name == "result" else value)
+        self.db.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id=?", (*values, jid))
+
+    def active(self) -> int:
+        (n,) = self.db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE state IN ('queued','running')"
+        ).fetchone()
+        return int(n)
+
+    def queued(self) -> list[Job]:
+        rows = self.db.execute(
+            f"SELECT {self._COLS} FROM jobs WHERE state='queued' ORDER BY"
+            " CASE priority WHEN 'high' THEN 0 WHEN 'medium' THEN 1 ELSE 2 END, created"
+        ).fetchall()
+        return [self._row(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+
+
+class JobRunner(Protocol):
+    """What runs a job's request: the front door's router with failover."""
+
+    async def fetch(self, req: CompletionRequest, priority: Priority) -> tuple[bytes, str]: ...
+    def busy(self, model: str) -> bool: ...
+
+
+class JobDht(Protocol):
+    async def put(self, key: str, value: bytes, ttl: float) -> int: ...
+    async def get_records(self, key: str) -> list[tuple[bytes, dict[str, Any]]]: ...
+    def held_jobs(self) -> list[tuple[str, bytes, dict[str, Any]]]: ...
+    def is_dead(self, node: bytes) -> bool: ...
+
+
+class DhtJobs:
+    """``JobDht`` over the agent's DHT service and failure detector."""
+
+    def __init__(self, dht: Any, is_dead: Callable[[bytes], bool]) -> None:
+        self._dht = dht
+        self.is_dead = is_dead
+
+    async def put(self, key: str, value: bytes, ttl: float) -> int:
+        return int(await self._dht.put(key, value, ttl))
+
+    async def get_records(self, key: str) -> list[tuple[bytes, dict[str, Any]]]:
+        out = []
+        for record in await self._dht.get(key):
+            doc = decode_record(record.value)
+            if doc is not None:
+                out.append((record.publisher_id, {**doc, "_seq": record.seq}))
+        return out
+
+    def held_jobs(self) -> list[tuple[str, bytes, dict[str, Any]]]:
+        out = []
+        for record in self._dht.core.store.records():
+            if record.key.startswith("job:"):
+                doc = decode_record(record.value)
+                if doc is not None:
+                    out.append((record.key, record.publisher_id, doc))
+        return out
+
+
+def encode_record(job: Job, owner: str, max_inline: int = MAX_INLINE) -> bytes:
+    doc = {
+        "id": job.id,
+        "model": job.model,
+        "chat": job.chat,
+        "body": job.body,
+        "priority": job.priority,
+        "state": job.state,
+        "owner": owner,
+        "created": job.created,
+        "attempts": job.attempts,
+        "served_by": job.served_by,
+        "error": job.error,
+    }
+    if job.result is not None:
+        packed = json.dumps(job.result)
+        if len(packed) <= max_inline:
+            doc["result"] = job.result
+        else:
+            doc["result_at"] = owner
+    return bytes(msgpack.packb(doc))
+
+
+def decode_record(value: bytes) -> dict[str, Any] | None:
+    try:
+        doc = msgpack.unpackb(value)
+    except (ValueError, msgpack.UnpackException):
+        return None
+    return doc if isinstance(doc, dict) and "id" in doc else None
+
+
+def job_from_doc(doc: dict[str, Any]) -> Job:
+    return Job(
+        id=str(doc["id"]),
+        model=str(doc.get("model", "")),
+        chat=bool(doc.get("chat")),
+        body=dict(doc.get("body") or {}),
+        priority=str(doc.get("priority", "medium")),
+        state=str(doc.get("state", "queued")),
+        result=doc.get("result"),
+        error=doc.get("error"),
+        attempts=int(doc.get("attempts") or 0),
+        created=float(doc.get("created") or 0.0),
+        served_by=doc.get("served_by"),
+    )
+
+
+_RANK = {"done": 3, "failed": 2, "running": 1, "queued": 0}
+
+
+def merge(docs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The most advanced state among the acceptor's record and takers' entries."""
+    if not docs:
+        return None
+    return max(docs, key=lambda d: (_RANK.get(str(d.get("state")), -1), "result" in d))
+
+
+class Jobs:
+    """The /v1/jobs endpoints, the workers and the takeover scan of one agent."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        runner: JobRunner,
+        dht: JobDht | None,
+        *,
+        owner: str,
+        node: bytes,
+        max_jobs: int,
+        rng: Random | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.runner = runner
+        self.dht = dht
+        self.owner = owner  # our peer address, written into job records
+        self.node = node
+        self.max_jobs = max_jobs
+        self._rng = rng or Random()
+        self._clock = clock
+        self._wake = trio.Event()
+        self._claimed: set[str] = set()
+
+    # -- HTTP ---------------------------------------------------------------
+
+    async def handle(self, request: Request, conn: HttpConnection) -> bool:
+        path = request.path.rstrip("/")
+        if path == "/v1/jobs" and request.method == "POST":
+            status, doc = await self.submit(request.body)
+        elif path.startswith("/v1/jobs/") and request.method == "GET":
+            status, doc = 200, await self.status(path.removeprefix("/v1/jobs/"))
+        else:
+            raise ApiError(
+                405 if path == "/v1/jobs" else 404, f"no such endpoint: {request.method} {path}"
+            )
+        await conn.respond(status, json.dumps(doc).encode(), keep_alive=request.keep_alive)
+        return True
+
+    async def submit(self, raw: bytes) -> tuple[int, dict[str, Any]]:
+        if len(raw) > MAX_JOB_REQUEST:
+            raise ApiError(413, f"a job request is at most {MAX_JOB_REQUEST} bytes, got {len(raw)}")
+        body = parse_json_body(raw)
+        priority = body.pop("priority", "medium")
+        if priority not in _PRIORITY_ORDER:
+            raise ApiError(400, "`priority` must be high, medium or low", param="priority")
+        jid = body.pop("id", None) or uuid.uuid4().hex
+        if not isinstance(jid, str) or not _ID.match(jid):
+            raise ApiError(400, "`id` must be 1-64 letters, digits, _ or -", param="id")
+        if body.get("stream"):
+            raise ApiError(
+                400, "jobs are collected, not streamed: leave `stream` out", param="stream"
+            )
+        chat = "messages" in body
+        req = parse_completion(json.dumps(body).encode(), chat=chat)
+        held = self.store.get(jid)
+        if held is not None:  # an idempotent retry: same job, never a second run
+            return 200, held.public()
+        if self.store.active() >= self.max_jobs:
+            raise ApiError(
+                429,
+                f"this peer holds {self.max_jobs} jobs already; retry later or submit elsewhere",
+                type="rate_limit_error",
+                code="queue_full",
+                headers=(("retry-after", "5"),),
+            )
+        job = Job(
+            id=jid,
+            model=req.model,
+            chat=chat,
+            body=body,
+            priority=priority,
+            state="queued",
+            created=self._clock(),
+        )
+        self.store.add(job)
+        await self._publish(job)
+        self._wake.set()
+        return 202, job.public()
+
+    async def status(self, jid: str) -> dict[str, Any]:
+        if not _ID.match(jid):
+            raise ApiError(400, "malformed job id", param="id")
+        local = self.store.get(jid)
+        if local is not None and local.state in ("done", "failed"):
+            return local.public()
+        docs = [] if self.dht is None else await self._records(jid)
+        if local is not None:
+            docs.append({**local.public(), "state": local.state})
+        best = merge(docs)
+        if best is None:
+            raise ApiError(404, f"no job {jid} on this peer or in the DHT", code="job_not_found")
+        return job_from_doc(best).public()
+
+    # -- DHT ------------------------------------------------------------------
+
+    async def _publish(self, job: Job, *, key: str | None = None) -> None:
+        if self.dht is None:
+            return
+        try:
+            await self.dht.put(key or f"job:{job.id}", encode_record(job, self.owner), JOB_TTL)
+        except Exception as e:  # the local copy is durable; the DHT catches up next change
+            log.warning("could not replicate job %s: %s", job.id, e)
+
+    async def _records(self, jid: str) -> list[dict[str, Any]]:
+        assert self.dht is not None
+        docs: list[dict[str, Any]] = []
+        for key in (f"job:{jid}", f"jobrun:{jid}"):
+            try:
+                docs += [d for _, d in await self.dht.get_records(key)]
+            except Exception as e:
+                log.debug("job lookup %s failed: %s", key, e)
+        return docs
+
+    # -- running ----------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        send, receive = trio.open_memory_channel[Job](0)
+        async with trio.open_nursery() as nursery:
+            for _ in range(WORKERS):
+                nursery.start_soon(self._worker, receive.clone())
+            if self.dht is not None:
+                nursery.start_soon(self._takeover_loop)
+            task_status.started()
+            running: set[str] = set()
+            while True:
+                for job in self.store.queued():
+                    if job.id in running:
+                        continue
+                    if job.priority == "low" and self.runner.busy(job.model):
+                        continue  # low yields under load
+                    running.add(job.id)
+                    self.store.set_state(job.id, "running")
+                    await send.send(job)
+                running = {j for j in running if _state(self.store.get(j)) == "running"}
+                self._wake = trio.Event()
+                with trio.move_on_after(LOW_WAIT):
+                    await self._wake.wait()
+
+    async def _worker(self, receive: trio.MemoryReceiveChannel[Job]) -> None:
+        async for job in receive:
+            await self._run_one(job, publish_key=None)
+            self._wake.set()
+
+    async def _run_one(self, job: Job, *, publish_key: str | None) -> Job:
+        running = Job(**{**_fields(job), "state": "running", "attempts": job.attempts + 1})
+        await self._publish(running, key=publish_key)
+        req = parse_completion(json.dumps(job.body).encode(), chat=job.chat)
+        try:
+            data, served_by = await self.runner.fetch(req, Priority(job.priority))
+            result = json.loads(data)
+            final = Job(
+                **{**_fields(running), "state": "done", "result": result, "served_by": served_by}
+            )
+        except JobFailed as e:
+            final = Job(**{**_fields(running), "state": "failed", "error": str(e)})
+        except Exception as e:
+            if running.attempts >= MAX_ATTEMPTS:
+                final = Job(**{**_fields(running), "state": "failed", "error": str(e)})
+            else:
+                log.info("job %s: try %d failed (%s); retrying", job.id, running.attempts, e)
+                if publish_key is None:
+                    self.store.set_state(job.id, "running", attempts=running.attempts)
+                await trio.sleep(RETRY_DELAY * 2 ** (running.attempts - 1))
+                if publish_key is None:
+                    self.store.set_state(job.id, "queued", attempts=running.attempts)
+                    return running
+                return await self._run_one(running, publish_key=publish_key)
+        if publish_key is None:
+            self.store.set_state(
+                job.id,
+                final.state,
+                result=final.result,
+                error=final.error,
+                attempts=final.attempts,
+                served_by=final.served_by,
+            )
+        else:  # a job taken over: keep a local copy too, so status answers here
+            if self.store.get(job.id) is None:
+                self.store.add(final)
+            else:
+                self.store.set_state(job.id, final.state, result=final.result, error=final.error)
+        await self._publish(final, key=publish_key)
+        log.info("job %s %s", job.id, final.state)
+        return final
+
+    async def _takeover_loop(self) -> None:
+        assert self.dht is not None
+        while True:
+            await trio.sleep(TAKEOVER_INTERVAL * (0.5 + self._rng.random()))
+            for key, publisher, doc in self.dht.held_jobs():
+                jid = key.removeprefix("job:")
+                if doc.get("state") in ("done", "failed") or jid in self._claimed:
+                    continue
+                if publisher == self.node or not self.dht.is_dead(publisher):
+                    continue
+                await self._take_over(jid, doc)
+
+    async def _take_over(self, jid: str, doc: dict[str, Any]) -> None:
+        """Claim a dead acceptor's job in jobrun:<id>; run it if our claim is first."""
+        assert self.dht is not None
+        runs = await self.dht.get_records(f"jobrun:{jid}")
+        if any(d.get("state") in ("done", "failed") for _, d in runs):
+            self._claimed.add(jid)
+            return
+        live = [(p, d) for p, d in runs if not self.dht.is_dead(p)]
+        if live:
+            return  # someone alive runs it
+        job = job_from_doc(doc)
+        claim = Job(**{**_fields(job), "state": "running"})
+        await self._publish(claim, key=f"jobrun:{jid}")
+        runs = await self.dht.get_records(f"jobrun:{jid}")
+        claims = sorted((int(d.get("_seq", 0)), p) for p, d in runs if not self.dht.is_dead(p))
+        if claims and claims[0][1] != self.node:
+            return
+        self._claimed.add(jid)
+        log.info("job %s: its acceptor is dead; running it here", jid)
+        await self._run_one(job, publish_key=f"jobrun:{jid}")
+
+
+def _state(job: Job | None) -> str | None:
+    return None if job is None else job.state
+
+
+def _fields(job: Job) -> dict[str, Any]:
+    return {f: getattr(job, f) for f in Job.__dataclass_fields__}

@@ -1,0 +1,208 @@
+"""Durable jobs: submit, status, priorities, idempotent retry, 429, failover,
+restart recovery and takeover after the acceptor's death (in-memory DHT)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from hexamesh.serve import jobs as jobs_mod
+from hexamesh.serve.jobs import Job, Jobs, JobStore, decode_record
+from hexamesh.wire import KeyRing
+from tests.serve.fake_upstream import Behaviour
+from tests.serve.swarm import MODEL, Door, link, start_door
+
+
+class MemoryJobDht:
+    """A shared dict standing in for the DHT: key -> {publisher: (seq, value)}."""
+
+    def __init__(
+        self, store: dict[str, dict[bytes, tuple[int, bytes]]], node: bytes, dead: set[bytes]
+    ) -> None:
+        self.store, self.node, self.dead = store, node, dead
+
+    async def put(self, key: str, value: bytes, ttl: float) -> int:
+        entries = self.store.setdefault(key, {})
+        if key.startswith("job:") and entries and self.node not in entries:
+            raise RuntimeError("single-owner key")
+        seq = len(self.store) * 1000 + len(entries)
+        entries[self.node] = (seq, value)
+        return seq
+
+    async def get_records(self, key: str) -> list[tuple[bytes, dict[str, Any]]]:
+        out = []
+        for pub, (seq, value) in self.store.get(key, {}).items():
+            doc = decode_record(value)
+            assert doc is not None
+            out.append((pub, {**doc, "_seq": seq}))
+        return out
+
+    def held_jobs(self) -> list[tuple[str, bytes, dict[str, Any]]]:
+        return [
+            (k, pub, decode_record(v) or {})
+            for k, entries in self.store.items()
+            if k.startswith("job:")
+            for pub, (_, v) in entries.items()
+        ]
+
+    def is_dead(self, node: bytes) -> bool:
+        return node in self.dead
+
+
+async def start_jobs(
+    nursery: trio.Nursery,
+    door: Door,
+    tmp: Path,
+    dht: MemoryJobDht | None = None,
+    max_jobs: int = 16,
+) -> Jobs:
+    jobs = Jobs(
+        JobStore(tmp / f"{door.view.node.hex()[:4]}.sqlite"),
+        door.front,
+        dht,
+        owner=door.front.address,
+        node=door.view.node,
+        max_jobs=max_jobs,
+    )
+    door.front.jobs = jobs
+    await nursery.start(jobs.run)
+    return jobs
+
+
+async def wait_done(
+    client: httpx.AsyncClient, api: str, jid: str, timeout: float = 10
+) -> dict[str, Any]:
+    with trio.fail_after(timeout):
+        while True:
+            r = await client.get(f"{api}/jobs/{jid}")
+            assert r.status_code == 200, r.text
+            doc = r.json()
+            if doc["status"] in ("done", "failed"):
+                return doc
+            await trio.sleep(0.02)
+
+
+@pytest.fixture(autouse=True)
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jobs_mod, "RETRY_DELAY", 0.01)
+    monkeypatch.setattr(jobs_mod, "TAKEOVER_INTERVAL", 0.05)
+
+
+async def test_submit_status_collect_and_idempotent_retry(tmp_path: Path) -> None:
+    ring = KeyRing.generate()
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
+        a = await start_door(nursery, ring, 1)
+        dead = await start_door(nursery, ring, 2, engine=Behaviour(die_before=True))
+        good = await start_door(nursery, ring, 3, engine=Behaviour())
+        link(a, dead, good)
+        a.view.loads = {dead.view.node: 0.0, good.view.node: 0.5}
+        await start_jobs(nursery, a, tmp_path)
+        r = await client.post(
+            f"{a.api}/jobs", json={"model": MODEL, "prompt": "a b", "max_tokens": 2, "id": "job-1"}
+        )
+        assert r.status_code == 202 and r.json()["id"] == "job-1" and r.json()["status"] == "queued"
+        doc = await wait_done(client, a.api, "job-1")
+        assert doc["status"] == "done" and doc["result"]["choices"][0]["text"] == " w2 w3"
+        assert doc["served_by"] == good.view.node.hex()  # the dead server was failed over
+        again = await client.post(
+            f"{a.api}/jobs", json={"model": MODEL, "prompt": "a b", "max_tokens": 2, "id": "job-1"}
+        )
+        assert again.status_code == 200 and again.json()["status"] == "done"
+        assert good.behaviour is not None and len(good.behaviour.served) == 1  # ran once
+        chat = await client.post(
+            f"{a.api}/jobs",
+            json={"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 1},
+        )
+        doc = await wait_done(client, a.api, chat.json()["id"])
+        assert doc["result"]["choices"][0]["message"]["content"] == " w1"
+        for bad, status in [
+            ({"model": MODEL, "prompt": "x", "priority": "urgent"}, 400),
+            ({"model": MODEL, "prompt": "x", "stream": True}, 400),
+            ({"model": MODEL, "prompt": "x", "id": "no spaces"}, 400),
+            ({"model": MODEL, "prompt": "x" * 7000}, 413),
+        ]:
+            r = await client.post(f"{a.api}/jobs", json=bad)
+            assert r.status_code == status and "error" in r.json()
+        assert (await client.get(f"{a.api}/jobs/unknown")).status_code == 404
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_full_queue_says_429_and_priorities_order_the_queue(tmp_path: Path) -> None:
+    ring = KeyRing.generate()
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
+        a = await start_door(nursery, ring, 1)
+        store = JobStore(tmp_path / "q.sqlite")
+        jobs = Jobs(store, a.front, None, owner="x", node=a.view.node, max_jobs=3)
+        a.front.jobs = jobs  # not running: jobs stay queued
+        for prio in ("low", "medium", "high"):
+            r = await client.post(
+                f"{a.api}/jobs", json={"model": MODEL, "prompt": prio, "priority": prio, "id": prio}
+            )
+            assert r.status_code == 202
+        r = await client.post(f"{a.api}/jobs", json={"model": MODEL, "prompt": "x"})
+        assert r.status_code == 429 and r.json()["error"]["code"] == "queue_full"
+        assert [j.id for j in store.queued()] == ["high", "medium", "low"]
+        nursery.cancel_scope.cancel()
+
+
+def test_a_restart_requeues_running_jobs(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "j.sqlite")
+    store.add(
+        Job(
+            id="j",
+            model=MODEL,
+            chat=False,
+            body={"model": MODEL, "prompt": "x"},
+            priority="medium",
+            state="queued",
+        )
+    )
+    store.set_state("j", "running")
+    store.db.close()
+    again = JobStore(tmp_path / "j.sqlite")
+    job = again.get("j")
+    assert job is not None and job.state == "queued"
+
+
+async def test_a_dead_acceptors_job_is_taken_over_and_readable_anywhere(tmp_path: Path) -> None:
+    ring = KeyRing.generate()
+    shared: dict[str, dict[bytes, tuple[int, bytes]]] = {}
+    dead: set[bytes] = set()
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
+        server = await start_door(nursery, ring, 9, engine=Behaviour())
+        acceptor = await start_door(nursery, ring, 1)
+        b = await start_door(nursery, ring, 2)
+        c = await start_door(nursery, ring, 3)
+        for d in (acceptor, b, c):
+            link(d, server)
+        # The acceptor takes the job but never runs it (its workers are not started), then dies.
+        acc_jobs = Jobs(
+            JobStore(tmp_path / "a.sqlite"),
+            acceptor.front,
+            MemoryJobDht(shared, acceptor.view.node, dead),
+            owner="a",
+            node=acceptor.view.node,
+            max_jobs=8,
+        )
+        acceptor.front.jobs = acc_jobs
+        r = await client.post(
+            f"{acceptor.api}/jobs",
+            json={"model": MODEL, "prompt": "p q", "max_tokens": 2, "id": "orphan"},
+        )
+        assert r.status_code == 202
+        await start_jobs(nursery, b, tmp_path, MemoryJobDht(shared, b.view.node, dead))
+        await start_jobs(nursery, c, tmp_path, MemoryJobDht(shared, c.view.node, dead))
+        await trio.sleep(0.3)
+        assert (
+            server.behaviour is not None and server.behaviour.served == []
+        )  # acceptor alive: nobody takes over
+        dead.add(acceptor.view.node)
+        doc = await wait_done(client, c.api, "orphan")
+        assert doc["status"] == "done" and doc["result"]["choices"][0]["text"] == " w2 w3"
+        await trio.sleep(0.3)
+        assert len(server.behaviour.served) == 1  # one taker ran it, once
+        nursery.cancel_scope.cancel()
