@@ -361,7 +361,8 @@ async def _serve_models(
             await honeycomb.set_models(ready)
         loads = {n: engine.load_of(n) for n in states}
         for name, st in states.items():
-            status.models[name] = {"state": st.value, "load": loads[name].load}
+            url = engine.url(name) if st is EngineState.READY else None
+        status.models[name] = {"state": st.value, "load": loads[name].load, "url": url}
         if loads:
             worst = max(loads.values(), key=lambda x: x.load)
             now = {

@@ -9,8 +9,9 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from random import Random
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
+import httpx
 import trio
 import typer
 from rich.console import Console
@@ -26,7 +27,7 @@ from hexamesh.agent import (
     run_agent,
 )
 from hexamesh.comb.core import ViewReply
-from hexamesh.config import ConfigError, default_data_dir, load_config
+from hexamesh.config import DEFAULT_API_PORT, ConfigError, default_data_dir, load_config
 from hexamesh.dht.service import Dht, DhtError, open_dht_node
 from hexamesh.identity import Identity, IdentityError
 from hexamesh.net.base import format_addr, parse_addr
@@ -77,6 +78,7 @@ app.add_typer(dht_app, name="dht")
 
 T = TypeVar("T")
 console = Console()
+err_console = Console(stderr=True)
 err = Console(stderr=True)
 
 DataDir = Annotated[
@@ -470,6 +472,211 @@ def dht_put(
     if not replicas:
         raise _fail(f"{key}: no node accepted the record")
     console.print(f"stored {key} on {replicas} nodes")
+
+
+# -- using the swarm: submit, jobs, models ------------------------------------
+
+jobs_app = typer.Typer(
+    help="Durable jobs: submit now, collect later, from any peer.", no_args_is_help=True
+)
+app.add_typer(jobs_app, name="jobs")
+
+PeerUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--peer",
+        help="Any agent's API, e.g. http://127.0.0.1:7421/v1 [default: this machine's agent]",
+        envvar="HEXAMESH_PEER",
+        show_default=False,
+    ),
+]
+ApiKey = Annotated[
+    str | None, typer.Option("--api-key", help="Bearer key", envvar="HEXAMESH_API_KEY")
+]
+
+
+def _api_url(peer: str | None, data_dir: Path | None) -> str:
+    """The API to talk to: --peer, else the local agent's (agent.json), else the default port."""
+    if peer:
+        url = peer.rstrip("/")
+        if "://" not in url:
+            url = "http://" + url
+        return url if url.endswith("/v1") else url + "/v1"
+    status_file = (data_dir or default_data_dir()) / STATUS_FILE_NAME
+    try:
+        api = json.loads(status_file.read_text()).get("api")
+        if api:
+            return str(api)
+    except (OSError, ValueError):
+        pass
+    return f"http://127.0.0.1:{DEFAULT_API_PORT}/v1"
+
+
+def _client(api_key: str | None) -> httpx.Client:
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.Client(headers=headers, timeout=httpx.Timeout(600.0, connect=5.0))
+
+
+def _check(r: httpx.Response) -> dict[str, Any]:
+    try:
+        doc = r.json()
+    except ValueError:
+        doc = {}
+    if r.status_code >= 400:
+        err = doc.get("error", {}) if isinstance(doc, dict) else {}
+        raise _fail(f"{r.status_code}: {err.get('message') or r.text[:200]}")
+    return doc if isinstance(doc, dict) else {}
+
+
+def _first_model(client: httpx.Client, url: str) -> str:
+    models = _check(client.get(f"{url}/models")).get("data", [])
+    if not models:
+        raise _fail("the swarm serves no model yet (start an agent with --model)")
+    return str(models[0]["id"])
+
+
+@app.command()
+def submit(
+    prompt: Annotated[str, typer.Argument(help="The prompt")],
+    peer: PeerUrl = None,
+    model: Annotated[str | None, typer.Option(help="Model [default: the first served]")] = None,
+    stream: Annotated[bool, typer.Option(help="Print tokens as they come")] = True,
+    max_tokens: Annotated[int, typer.Option(help="Tokens to generate")] = 64,
+    chat: Annotated[bool, typer.Option(help="Use the chat endpoint")] = False,
+    api_key: ApiKey = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Send a prompt to any peer and print the answer (and who served it)."""
+    url = _api_url(peer, data_dir)
+    try:
+        with _client(api_key) as client:
+            model = model or _first_model(client, url)
+            body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "stream": stream}
+            if chat:
+                body["messages"] = [{"role": "user", "content": prompt}]
+            else:
+                body["prompt"] = prompt
+            path = f"{url}/chat/completions" if chat else f"{url}/completions"
+            if not stream:
+                r = client.post(path, json=body)
+                choice = _check(r)["choices"][0]
+                text = choice.get("text") or (choice.get("message") or {}).get("content", "")
+                print(text)
+                _served(r.headers)
+                return
+            with client.stream("POST", path, json=body) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    _check(r)
+                for line in r.iter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    event = json.loads(line[6:])
+                    if "error" in event:
+                        raise _fail(f"stream broke off: {event['error'].get('message')}")
+                    for c in event.get("choices", []):
+                        piece = c.get("text") or (c.get("delta") or {}).get("content") or ""
+                        print(piece, end="", flush=True)
+                print()
+                _served(r.headers)
+    except httpx.HTTPError as e:
+        raise _fail(f"cannot reach {url}: {e}") from None
+
+
+def _served(headers: httpx.Headers) -> None:
+    node = headers.get("x-hexamesh-served-by", "?")
+    err_console.print(f"[dim]served by {node[:12]} ({headers.get('x-hexamesh-server', '?')})[/]")
+
+
+@app.command()
+def models(peer: PeerUrl = None, api_key: ApiKey = None, data_dir: DataDir = None) -> None:
+    """Models the swarm serves (through any peer)."""
+    url = _api_url(peer, data_dir)
+    try:
+        with _client(api_key) as client:
+            data = _check(client.get(f"{url}/models")).get("data", [])
+    except httpx.HTTPError as e:
+        raise _fail(f"cannot reach {url}: {e}") from None
+    table = Table("model", "servers")
+    for m in data:
+        table.add_row(str(m["id"]), str(m.get("servers", "?")))
+    console.print(table)
+
+
+@jobs_app.command("submit")
+def jobs_submit(
+    prompt: Annotated[str, typer.Argument(help="The prompt")],
+    peer: PeerUrl = None,
+    model: Annotated[str | None, typer.Option(help="Model [default: the first served]")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Tokens to generate")] = 64,
+    priority: Annotated[str, typer.Option(help="high, medium or low")] = "medium",
+    job_id: Annotated[
+        str | None, typer.Option("--id", help="Your own id (a retry with it never runs twice)")
+    ] = None,
+    api_key: ApiKey = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Queue a job; prints its id."""
+    url = _api_url(peer, data_dir)
+    try:
+        with _client(api_key) as client:
+            body: dict[str, Any] = {
+                "model": model or _first_model(client, url),
+                "prompt": prompt,
+                "max_tokens": max_tokens,
+                "priority": priority,
+            }
+            if job_id:
+                body["id"] = job_id
+            doc = _check(client.post(f"{url}/jobs", json=body))
+    except httpx.HTTPError as e:
+        raise _fail(f"cannot reach {url}: {e}") from None
+    print(doc["id"])
+
+
+@jobs_app.command("status")
+def jobs_status(
+    job_id: Annotated[str, typer.Argument(help="Job id")],
+    peer: PeerUrl = None,
+    api_key: ApiKey = None,
+    data_dir: DataDir = None,
+) -> None:
+    """A job's status (JSON), asked of any peer."""
+    url = _api_url(peer, data_dir)
+    try:
+        with _client(api_key) as client:
+            doc = _check(client.get(f"{url}/jobs/{job_id}"))
+    except httpx.HTTPError as e:
+        raise _fail(f"cannot reach {url}: {e}") from None
+    print(json.dumps(doc, indent=2))
+
+
+@jobs_app.command("collect")
+def jobs_collect(
+    job_id: Annotated[str, typer.Argument(help="Job id")],
+    peer: PeerUrl = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for it")] = 300.0,
+    api_key: ApiKey = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Wait for a job and print its answer."""
+    url = _api_url(peer, data_dir)
+    deadline = time.monotonic() + timeout
+    try:
+        with _client(api_key) as client:
+            while True:
+                doc = _check(client.get(f"{url}/jobs/{job_id}"))
+                if doc["status"] == "done":
+                    choice = doc["result"]["choices"][0]
+                    print(choice.get("text") or (choice.get("message") or {}).get("content", ""))
+                    return
+                if doc["status"] == "failed":
+                    raise _fail(f"job {job_id} failed: {doc.get('error')}")
+                if time.monotonic() > deadline:
+                    raise _fail(f"job {job_id} still {doc['status']} after {timeout:.0f} s")
+                time.sleep(0.5)
+    except httpx.HTTPError as e:
+        raise _fail(f"cannot reach {url}: {e}") from None
 
 
 def main() -> None:

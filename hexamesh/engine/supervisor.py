@@ -260,6 +260,8 @@ class Engine:
             while True:
                 server.port = _free_port(cfg.host)
                 cmd = server_command(server.spec, server.port, self.device, cfg)
+                # through the guard: a SIGKILLed agent leaves no server behind
+                cmd = [sys.executable, "-m", "hexamesh.engine.guard", str(os.getpid()), *cmd]
                 log.info("%s: starting vLLM on port %d", server.spec.name, server.port)
                 process = await trio.lowlevel.open_process(
                     cmd,
