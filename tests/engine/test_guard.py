@@ -34,6 +34,7 @@ def test_a_sigkilled_agent_leaves_no_server() -> None:
     assert group_exists(pgid)
     agent.send_signal(signal.SIGKILL)
     agent.wait()
+    agent.stdout.close()
     deadline = time.monotonic() + 10
     while group_exists(pgid) and time.monotonic() < deadline:
         time.sleep(0.1)
