@@ -379,11 +379,22 @@ def demo(
     agents: Annotated[int, typer.Option(min=1, max=32, help="Agents to start")] = 7,
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds")] = None,
     workdir: Annotated[Path, typer.Option(help="Where the agents keep their data")] = Path(".demo"),
+    engines: Annotated[
+        int, typer.Option(min=0, help="Agents that run vLLM on the tiny model (0 = comb only)")
+    ] = 2,
+    model: Annotated[
+        Path | None, typer.Option(help="Model dir for the engines [default: make the tiny model]")
+    ] = None,
 ) -> None:
-    """Start a local swarm of agent processes on 127.0.0.1 and show it; Ctrl-C stops it."""
+    """Start a local swarm on 127.0.0.1 (2 agents with vLLM), send a prompt to an
+    agent without the model, show the streamed answer, who served it and the comb;
+    Ctrl-C stops everything."""
     from hexamesh.demo import run_demo
 
-    raise typer.Exit(code=run_demo(console, agents=agents, duration=duration, workdir=workdir))
+    code = run_demo(
+        console, agents=agents, duration=duration, workdir=workdir, engines=engines, model=model
+    )
+    raise typer.Exit(code=code)
 
 
 Join = Annotated[

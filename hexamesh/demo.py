@@ -90,18 +90,29 @@ def start_agent(data_dir: Path, *args: str, env: dict[str, str] | None = None) -
     return AgentProcess(proc, data_dir, log_path)
 
 
-def start_local_swarm(workdir: Path, n: int, *extra: str) -> list[AgentProcess]:
+def start_local_swarm(
+    workdir: Path, n: int, *extra: str, per_agent: dict[int, tuple[str, ...]] | None = None
+) -> list[AgentProcess]:
     """``n`` agents on 127.0.0.1 in ``workdir/agent0..``: the first founds the
     swarm (and is waited for), the others join it with its key. ``extra``
-    flags go to every agent."""
+    flags go to every agent, ``per_agent[i]`` to agent i only."""
     local = ("--host", "127.0.0.1", "--port", "0", *extra)
-    procs = [start_agent(workdir / "agent0", *local)]
+    own = per_agent or {}
+    procs = [start_agent(workdir / "agent0", *local, *own.get(0, ()))]
     try:
         seed = procs[0].wait_ready()["address"]
         key = str(workdir / "agent0" / "swarm.key")
         for i in range(1, n):
             procs.append(
-                start_agent(workdir / f"agent{i}", *local, "--join", seed, "--swarm-key", key)
+                start_agent(
+                    workdir / f"agent{i}",
+                    *local,
+                    "--join",
+                    seed,
+                    "--swarm-key",
+                    key,
+                    *own.get(i, ()),
+                )
             )
     except BaseException:
         for p in procs:
@@ -112,16 +123,20 @@ def start_local_swarm(workdir: Path, n: int, *extra: str) -> list[AgentProcess]:
 
 def _table(agents: list[AgentProcess]) -> Table:
     table = Table(title="hexamesh demo swarm")
-    columns = ("agent", "node id", "address", "cell", "links", "alive/dead", "rtt to seed", "pid")
+    columns = ("agent", "node id", "address", "cell", "links", "alive/dead", "models", "api", "pid")
     for column in columns:
         table.add_column(column)
     for i, agent in enumerate(agents):
         s = agent.status()
         if s is None:
             state = "exited" if agent.proc.poll() is not None else "starting"
-            table.add_row(str(i), state, "", "", "", "", "", str(agent.proc.pid))
+            table.add_row(str(i), state, "", "", "", "", "", "", str(agent.proc.pid))
             continue
-        rtts = [f"{v:.2f} ms" if v is not None else "waiting" for v in s["seeds"].values()]
+        models = ", ".join(
+            f"{name} {m.get('state')}"
+            + (f" load {m['load']:.2f}" if m.get("state") == "ready" else "")
+            for name, m in s.get("models", {}).items()
+        )
         table.add_row(
             str(i),
             s["node_id"][:16] + "…",
@@ -129,7 +144,8 @@ def _table(agents: list[AgentProcess]) -> Table:
             s["cell"] or "pending",
             str(len(s.get("neighbours", []))),
             f"{len(s.get('alive', []))}/{len(s.get('dead', []))}",
-            ", ".join(rtts) or "(founder)",
+            models or "-",
+            str(s.get("api") or ""),
             str(s["pid"]),
         )
     return table
@@ -144,12 +160,67 @@ def _comb_map(ring: KeyRing, addr: str) -> RenderableType:
     return hex_map(view)
 
 
-def run_demo(console: Console, *, agents: int, duration: float | None, workdir: Path) -> int:
+ENGINE_AGENTS = (1, 4)  # ring members that run vLLM; agent0 (the centre) has no model
+MODEL_READY_TIMEOUT = 900.0  # s; vLLM CPU servers start in 35-110 s each, here two at once
+DEMO_PROMPT = "The honeycomb swarm"
+
+
+def _ready_engines(procs: list[AgentProcess]) -> int:
+    return sum(
+        1
+        for p in procs
+        for m in ((p.status() or {}).get("models") or {}).values()
+        if m.get("state") == "ready"
+    )
+
+
+def _ask(console: Console, api: str, model: str, procs: list[AgentProcess]) -> None:
+    """Stream one answer from agent0 (which has no model) and say who served it."""
+    import httpx
+
+    body = {"model": model, "prompt": DEMO_PROMPT, "max_tokens": 48, "stream": True}
+    console.print(f"[bold]prompt to agent0 ({api}):[/] {DEMO_PROMPT!r}")
+    with httpx.stream("POST", f"{api}/completions", json=body, timeout=120) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                for c in json.loads(line[6:]).get("choices", []):
+                    console.print(c.get("text", ""), end="", soft_wrap=True, highlight=False)
+        console.print()
+        node = r.headers.get("x-hexamesh-served-by", "")
+    who = [i for i, p in enumerate(procs) if (p.status() or {}).get("node_id") == node]
+    name = f"agent{who[0]}" if who else "?"
+    console.print(
+        f"[green]served by {name}[/] (node {node[:16]}…, {r.headers.get('x-hexamesh-server')}), "
+        "one forward away; the tiny model has random weights, so the words are noise"
+    )
+
+
+def run_demo(
+    console: Console,
+    *,
+    agents: int,
+    duration: float | None,
+    workdir: Path,
+    engines: int = 2,
+    model: Path | None = None,
+) -> int:
     if workdir.exists():
         shutil.rmtree(workdir)
     procs: list[AgentProcess] = []
     try:
-        procs.extend(start_local_swarm(workdir, agents))
+        per_agent: dict[int, tuple[str, ...]] = {}
+        engines = min(engines, max(agents - 1, 0))
+        if engines:
+            if model is None:
+                from hexamesh.engine.tiny import make_tiny_model
+
+                console.print("making the tiny model (random weights, 2k-token BPE tokenizer)…")
+                model = make_tiny_model(workdir / "tiny")
+            picks = [i for i in ENGINE_AGENTS if i < agents][:engines]
+            picks += [i for i in range(1, agents) if i not in picks][: engines - len(picks)]
+            per_agent = {i: ("--model", f"tiny={model}") for i in picks}
+        procs.extend(start_local_swarm(workdir, agents, per_agent=per_agent))
         seed = procs[0].wait_ready()["address"]
         key = str(workdir / "agent0" / "swarm.key")
         for p in procs:
@@ -157,10 +228,19 @@ def run_demo(console: Console, *, agents: int, duration: float | None, workdir: 
         console.print(f"[green]{agents} agents up[/]; logs in {workdir}/agent*/agent.log")
         deadline = None if duration is None else time.monotonic() + duration
         ring = load_key_file(Path(key))
+        asked = not engines
+        started = time.monotonic()
         with Live(_table(procs), console=console, refresh_per_second=2) as live:
             while deadline is None or time.monotonic() < deadline:
                 time.sleep(0.5)
                 live.update(Group(_table(procs), _comb_map(ring, seed)))
+                if not asked and _ready_engines(procs) >= len(per_agent):
+                    asked = True
+                    live.stop()
+                    _ask(console, str(procs[0].status()["api"]), "tiny", procs)  # type: ignore[index]
+                    live.start()
+                if not asked and time.monotonic() - started > MODEL_READY_TIMEOUT:
+                    raise TimeoutError("the engines did not become ready; see agent*/agent.log")
         return 0
     except KeyboardInterrupt:
         return 0
