@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,11 +28,12 @@ __all__ = ["PeerAuthError", "PeerSigner", "SignedRoute"]
 
 MAX_SKEW = 30.0  # s; peers' clocks must agree this well (DHT expiries need it too)
 REPLAY_CACHE = 65536  # signatures remembered to refuse replays within the window
-H_NODE, H_TIME, H_FORWARDS, H_PATH, H_SIG = (
+H_NODE, H_TIME, H_FORWARDS, H_PATH, H_NONCE, H_SIG = (
     "x-hexamesh-node",
     "x-hexamesh-time",
     "x-hexamesh-forwards",
     "x-hexamesh-path",
+    "x-hexamesh-nonce",  # two identical requests in the same millisecond differ by it
     "x-hexamesh-sig",
 )
 
@@ -55,10 +57,10 @@ def _derive(key: bytes) -> bytes:
 
 
 def _message(
-    method: str, target: str, t: str, node: str, fwd: str, path: str, body: bytes
+    method: str, target: str, t: str, node: str, fwd: str, path: str, nonce: str, body: bytes
 ) -> bytes:
     digest = hashlib.sha256(body).hexdigest()
-    return "\n".join((method, target, t, node, fwd, path, digest)).encode()
+    return "\n".join((method, target, t, node, fwd, path, nonce, digest)).encode()
 
 
 class PeerSigner:
@@ -74,18 +76,25 @@ class PeerSigner:
         forwards = (route.forwards if route else 0) + 1
         path = ",".join(n.hex() for n in (*(route.path if route else ()), self.node))
         t = f"{now:.3f}"
-        node, fwd = self.node.hex(), str(forwards)
-        msg = _message(method, target, t, node, fwd, path, body)
+        node, fwd, nonce = self.node.hex(), str(forwards), secrets.token_hex(8)
+        msg = _message(method, target, t, node, fwd, path, nonce, body)
         sig = hmac.new(self._keys[0], msg, hashlib.sha256).hexdigest()
-        return [(H_NODE, node), (H_TIME, t), (H_FORWARDS, fwd), (H_PATH, path), (H_SIG, sig)]
+        return [
+            (H_NODE, node),
+            (H_TIME, t),
+            (H_FORWARDS, fwd),
+            (H_PATH, path),
+            (H_NONCE, nonce),
+            (H_SIG, sig),
+        ]
 
     def verify(
         self, method: str, target: str, headers: Mapping[str, str], body: bytes, now: float
     ) -> SignedRoute:
         """Check a forwarded request's signature; raises PeerAuthError."""
         try:
-            node, t, fwd, path, sig = (
-                headers[h] for h in (H_NODE, H_TIME, H_FORWARDS, H_PATH, H_SIG)
+            node, t, fwd, path, nonce, sig = (
+                headers[h] for h in (H_NODE, H_TIME, H_FORWARDS, H_PATH, H_NONCE, H_SIG)
             )
         except KeyError as e:
             raise PeerAuthError(f"missing {e.args[0]} header") from None
@@ -98,7 +107,7 @@ class PeerSigner:
             raise PeerAuthError("malformed peer headers") from None
         if abs(now - sent) > MAX_SKEW:
             raise PeerAuthError(f"signature time {sent:.0f} is more than {MAX_SKEW:.0f} s off")
-        msg = _message(method, target, t, node, fwd, path, body)
+        msg = _message(method, target, t, node, fwd, path, nonce, body)
         if not any(
             hmac.compare_digest(hmac.new(k, msg, hashlib.sha256).hexdigest(), sig)
             for k in self._keys

@@ -48,3 +48,11 @@ def test_old_keys_of_the_ring_still_verify() -> None:
     h = dict(PeerSigner(old, A).headers("POST", "/x", b"", None, 5.0))
     rotated = KeyRing(KeyRing.generate().primary, [old.primary])
     assert PeerSigner(rotated, B).verify("POST", "/x", h, b"", 5.0).sender == A
+
+
+def test_identical_requests_signed_in_the_same_instant_both_pass() -> None:
+    a, b = PeerSigner(RING, A), PeerSigner(RING, B)
+    h1 = dict(a.headers("POST", "/v1/completions", b"{}", None, 100.0))
+    h2 = dict(a.headers("POST", "/v1/completions", b"{}", None, 100.0))
+    assert b.verify("POST", "/v1/completions", h1, b"{}", 100.0).sender == A
+    assert b.verify("POST", "/v1/completions", h2, b"{}", 100.0).sender == A
