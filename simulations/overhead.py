@@ -90,10 +90,11 @@ def main() -> None:
     parser.add_argument("--c1-requests", type=int, default=6)
     parser.add_argument("--c16-requests", type=int, default=48)
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
+    parser.add_argument("--workdir", type=Path, help="keep the agents' data and logs here")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="hexamesh-overhead-") as tmp:
-        work = Path(tmp)
+        work = args.workdir or Path(tmp)
         model = args.model
         if model is None:
             from hexamesh.engine.tiny import make_tiny_model
