@@ -78,7 +78,6 @@ app.add_typer(dht_app, name="dht")
 
 T = TypeVar("T")
 console = Console()
-err_console = Console(stderr=True)
 err = Console(stderr=True)
 
 DataDir = Annotated[
@@ -105,6 +104,9 @@ def _setup_logging(level: str) -> None:
         format="%(name)s: %(message)s",
         handlers=[RichHandler(console=err, show_path=False)],
     )
+    # httpx logs every request at INFO: the engine's 1 s scrapes would flood the log
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 @app.command()
@@ -596,7 +598,7 @@ def submit(
 
 def _served(headers: httpx.Headers) -> None:
     node = headers.get("x-hexamesh-served-by", "?")
-    err_console.print(f"[dim]served by {node[:12]} ({headers.get('x-hexamesh-server', '?')})[/]")
+    err.print(f"[dim]served by {node[:12]} ({headers.get('x-hexamesh-server', '?')})[/]")
 
 
 @app.command()

@@ -24,6 +24,9 @@ def main() -> None:
     # SIGTERM goes to the whole group (the supervisor's stop): the server gets it
     # too and exits; the guard follows when it does.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    nice = int(os.environ.pop("HEXAMESH_ENGINE_NICE", "0") or 0)
+    if nice:
+        os.nice(nice)  # the server inherits it (CPU engines: see EngineConfig.cpu_nice)
     child = subprocess.Popen(cmd)
     while True:
         try:

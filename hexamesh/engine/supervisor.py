@@ -87,6 +87,10 @@ class EngineConfig:
     restart_window: float = 600.0  # s
     scrape_interval: float = 1.0  # s between /metrics scrapes
     ram_headroom: float = 1.5  # CPU: weights x this + KV space must fit in available RAM
+    # CPU: vLLM's threads take every core; niced, they leave the agents' control
+    # plane (probes, gossip, relays) its few milliseconds on time. Seen without it:
+    # a peer's view dropping a busy server for a moment on a 2-core machine.
+    cpu_nice: int = 5
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -124,6 +128,9 @@ def server_command(spec: ModelSpec, port: int, device: Device, config: EngineCon
         dtype,
         "--max-model-len",
         str(spec.max_model_len),
+        # one log line per request, re-logged by the agent, costs more CPU than
+        # relaying the request; failures and vLLM's 10 s stats still come through
+        "--disable-uvicorn-access-log",
     ]
     if device.gpu:
         cmd += [
@@ -142,8 +149,12 @@ def server_env(spec: ModelSpec, device: Device, config: EngineConfig) -> dict[st
     if not device.gpu:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, math.ceil(spec.kv_cache_gb)))
         env.setdefault("VLLM_TARGET_DEVICE", "cpu")
+        env[NICE_ENV] = str(config.cpu_nice)
     env.update(config.extra_env)
     return env
+
+
+NICE_ENV = "HEXAMESH_ENGINE_NICE"  # read by the guard before it starts the server
 
 
 class _Server:

@@ -18,6 +18,11 @@ known cell) and, beyond the view, ``model:<name>`` providers from the DHT
   distance ``d`` (hex distance tracks RTT: a joiner takes the free cell next
   to the peer closest to it); 0 when the cell is unknown.
 
+*Doubtful* candidates (seen serving the model lately, but now out of view
+or held dead) come last of all: a false verdict, or a view that lagged under
+load, must not turn into a refusal while a request can still try them (a
+really dead one refuses the connection at once).
+
 Candidates already on the request's path are never chosen (no loops), and a
 request that has been forwarded ``MAX_FORWARDS`` times is served locally or
 not at all. Saturated candidates (``load >= SATURATED``) go behind the others,
@@ -69,6 +74,7 @@ class Candidate:
     in_view: bool = True  # dances the model (else: known from the DHT only)
     distance: int | None = None  # hex distance from us; None = unknown
     uptime: float = 0.0  # s
+    doubtful: bool = False  # seen serving lately, but now held dead or out of view: last resort
 
 
 def score(c: Candidate, priority: Priority = Priority.MEDIUM) -> float:
@@ -106,7 +112,7 @@ def rank(
     unique: dict[bytes, Candidate] = {}
     for c in usable:  # one entry per node; the view's beats the DHT's
         held = unique.get(c.node)
-        if held is None or (c.in_view and not held.in_view) or c.local:
+        if held is None or held.doubtful or (c.in_view and not held.in_view) or c.local:
             unique[c.node] = c
 
     def load_of(c: Candidate) -> float:
@@ -115,6 +121,12 @@ def rank(
     def key(c: Candidate) -> tuple[float, int, float, bytes]:
         return (-round(score(c, priority), 9), 0 if c.local else 1, load_of(c), c.node)
 
-    fresh = [c for c in unique.values() if load_of(c) < SATURATED]
-    busy = [c for c in unique.values() if load_of(c) >= SATURATED]
-    return sorted(fresh, key=key) + sorted(busy, key=lambda c: (load_of(c), not c.local, c.node))
+    sure = [c for c in unique.values() if not c.doubtful]
+    fresh = [c for c in sure if load_of(c) < SATURATED]
+    busy = [c for c in sure if load_of(c) >= SATURATED]
+    doubtful = sorted((c for c in unique.values() if c.doubtful), key=lambda c: c.node)
+    return (
+        sorted(fresh, key=key)
+        + sorted(busy, key=lambda c: (load_of(c), not c.local, c.node))
+        + doubtful
+    )

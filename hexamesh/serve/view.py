@@ -11,7 +11,9 @@ implementation, :class:`CombView`, reads three sources, freshest first:
    ``/v1/models``. Both cached for ``DHT_CACHE`` seconds, since a lookup
    costs a few round trips.
 
-Peers the failure detector holds dead are left out wherever they came from.
+Peers the failure detector holds dead are left out wherever they came from,
+except as *doubtful* last-resort candidates: a server seen serving the model
+in the last ``RECENT`` seconds is still tried after everyone else.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 
 DHT_CACHE = 5.0  # s a DHT answer is reused
 DHT_TIMEOUT = 3.0  # s for one DHT lookup on the request path
+RECENT = 300.0  # s a server seen serving a model stays a (doubtful) last-resort candidate
 
 
 class SwarmView(Protocol):
@@ -74,6 +77,7 @@ class CombView:
         self._started = started
         self._providers: dict[str, tuple[float, dict[bytes, Addr]]] = {}
         self._index: tuple[float, dict[bytes, tuple[Addr, tuple[str, ...]]]] = (-1e9, {})
+        self._recent: dict[str, dict[bytes, tuple[Addr, float]]] = {}  # model -> node -> seen
 
     def _dead(self, node: bytes) -> bool:
         return self.honeycomb.comb.swim.state_of(node) is MemberState.DEAD
@@ -135,6 +139,18 @@ class CombView:
         for node in self._providers.get(model, (0.0, {}))[1]:
             if node != self.node and not self._dead(node):
                 out.append(Candidate(node=node, in_view=False))
+        now = trio.current_time()
+        recent = self._recent.setdefault(model, {})
+        for c in out:
+            addr = None if c.local else self.address(c.node)
+            if addr is not None:
+                recent[c.node] = (addr, now)
+        have = {c.node for c in out}
+        for node, (_, seen) in list(recent.items()):
+            if now - seen > RECENT:
+                del recent[node]
+            elif node not in have:
+                out.append(Candidate(node=node, in_view=False, doubtful=True))
         return out
 
     def address(self, node: bytes) -> Addr | None:
@@ -144,6 +160,9 @@ class CombView:
         for _, found in self._providers.values():
             if node in found:
                 return found[node]
+        for recent in self._recent.values():
+            if node in recent:
+                return recent[node][0]
         return None
 
     def local_url(self, model: str) -> str | None:

@@ -66,3 +66,11 @@ def test_priorities() -> None:
     assert rank([young, old], priority=Priority.HIGH)[0].node == B
     busy = Candidate(node=C, load=0.7, distance=1)
     assert [c.node for c in rank([busy, young], priority=Priority.LOW)] == [A]
+
+
+def test_doubtful_candidates_come_last_whatever_their_score() -> None:
+    doubtful = Candidate(node=A, in_view=False, doubtful=True)
+    busy = Candidate(node=B, load=1.0, distance=9)
+    assert [c.node for c in rank([doubtful, busy])] == [B, A]
+    assert [c.node for c in rank([doubtful])] == [A]  # but still tried
+    assert rank([doubtful, Candidate(node=A, load=0.2, distance=1)])[0].doubtful is False
