@@ -10,8 +10,11 @@ forwards one hop to B, which relays from its vLLM) and ``local`` (B's own API:
 one relay). Reported: tokens/s of each, ``ratio`` = mesh/direct at 16 and
 ``ratio_c1`` at 1, the time to first token added by the mesh (p50/p99 of
 per-request TTFT, mesh minus direct, ms), and ``fwd_cpu_us_per_token``: CPU
-time of agent A's process during its runs over the tokens it streamed. Each
-figure is the best of ``--rounds`` rounds. The last line is one JSON object.
+time of agent A's process during its runs over the tokens it streamed (all
+its threads; its background work too). Throughputs are medians over
+``--rounds`` rounds; ratios are medians of each round's ratio (runs of the
+same round are next to each other in time, so drift cancels). TTFT added
+pairs the sorted TTFTs of mesh and direct. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -86,7 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, help="model dir (default: make the tiny model)")
     parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--c1-requests", type=int, default=6)
     parser.add_argument("--c16-requests", type=int, default=48)
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
@@ -151,45 +154,60 @@ def _peers_know(a: Any) -> bool:
     return any(m["id"] == "tiny" for m in data)
 
 
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
 async def _measure(direct: str, mesh: str, local: str, a_pid: int, args: Any) -> dict[str, Any]:
-    best: dict[tuple[str, int], dict[str, Any]] = {}
+    runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    ratios: dict[tuple[str, int], list[float]] = {}
     cpu_s = 0.0
     mesh_tokens = 0
+    targets = [("direct", direct), ("mesh", mesh), ("local", local)]
     await _run(direct, 4, 8, args.tokens)  # warm-up: vLLM's first requests compile and allocate
     await _run(mesh, 4, 8, args.tokens)
-    for _ in range(args.rounds):
+    for round_no in range(args.rounds):
         for conc, n in ((1, args.c1_requests), (16, args.c16_requests)):
-            for name, base in (("direct", direct), ("mesh", mesh), ("local", local)):
+            got: dict[str, dict[str, Any]] = {}
+            # rotate the order each round: drift and warm caches hit every target alike
+            for name, base in targets[round_no % 3 :] + targets[: round_no % 3]:
                 before = _cpu_seconds(a_pid)
-                got = await _run(base, conc, n, args.tokens)
+                got[name] = await _run(base, conc, n, args.tokens)
                 if name == "mesh":
                     cpu_s += _cpu_seconds(a_pid) - before
-                    mesh_tokens += got["tokens"]
-                held = best.get((name, conc))
-                if held is None or got["tok_s"] > held["tok_s"]:
-                    best[(name, conc)] = got
-    d1, m1, d16, m16 = (
-        best[("direct", 1)],
-        best[("mesh", 1)],
-        best[("direct", 16)],
-        best[("mesh", 16)],
-    )
-    added = [m - d for m, d in zip(sorted(m1["ttfts"]), sorted(d1["ttfts"]), strict=False)]
+                    mesh_tokens += got[name]["tokens"]
+                runs.setdefault((name, conc), []).append(got[name])
+            for name in ("mesh", "local"):
+                ratios.setdefault((name, conc), []).append(
+                    got[name]["tok_s"] / got["direct"]["tok_s"]
+                )
+
+    def tok_s(name: str, conc: int) -> float:
+        return round(_median([r["tok_s"] for r in runs[(name, conc)]]), 1)
+
+    def ttfts(name: str, conc: int) -> list[float]:
+        return sorted(t for r in runs[(name, conc)] for t in r["ttfts"])
+
+    def added(conc: int) -> list[float]:
+        return [m - d for m, d in zip(ttfts("mesh", conc), ttfts("direct", conc), strict=False)]
+
     return {
-        "direct_tok_s": round(d16["tok_s"], 1),
-        "mesh_tok_s": round(m16["tok_s"], 1),
-        "local_tok_s": round(best[("local", 16)]["tok_s"], 1),
-        "ratio": round(m16["tok_s"] / d16["tok_s"], 3),
-        "ratio_c1": round(m1["tok_s"] / d1["tok_s"], 3),
-        "ratio_local": round(best[("local", 16)]["tok_s"] / d16["tok_s"], 3),
-        "direct_tok_s_c1": round(d1["tok_s"], 1),
-        "mesh_tok_s_c1": round(m1["tok_s"], 1),
-        "ttft_direct_ms_p50": percentile(d1["ttfts"], 0.5),
-        "ttft_added_ms_p50": percentile(added, 0.5),
-        "ttft_added_ms_p99": percentile(added, 0.99),
-        "ttft_added_ms_p50_c16": percentile(
-            [m - d for m, d in zip(sorted(m16["ttfts"]), sorted(d16["ttfts"]), strict=False)], 0.5
-        ),
+        "direct_tok_s": tok_s("direct", 16),
+        "mesh_tok_s": tok_s("mesh", 16),
+        "local_tok_s": tok_s("local", 16),
+        "ratio": round(_median(ratios[("mesh", 16)]), 3),
+        "ratio_c1": round(_median(ratios[("mesh", 1)]), 3),
+        "ratio_local": round(_median(ratios[("local", 16)]), 3),
+        "ratio_rounds": [round(r, 3) for r in ratios[("mesh", 16)]],
+        "ratio_c1_rounds": [round(r, 3) for r in ratios[("mesh", 1)]],
+        "direct_tok_s_c1": tok_s("direct", 1),
+        "mesh_tok_s_c1": tok_s("mesh", 1),
+        "ttft_direct_ms_p50": percentile(ttfts("direct", 1), 0.5),
+        "ttft_added_ms_p50": percentile(added(1), 0.5),
+        "ttft_added_ms_p99": percentile(added(1), 0.99),
+        "ttft_added_ms_p50_c16": percentile(added(16), 0.5),
         "fwd_cpu_us_per_token": round(cpu_s / max(mesh_tokens, 1) * 1e6, 1),
         "tokens_per_request": args.tokens,
         "rounds": args.rounds,

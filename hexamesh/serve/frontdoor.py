@@ -8,11 +8,11 @@ which must carry a valid swarm signature (``peerauth``).
 
 A completion request is checked (``requests``), ranked (``router``) and
 sent to the best server: the local vLLM, or a peer one forward away, which
-serves it from its own engine. The answer is relayed without parsing
-(``relay.pump``). A server that fails before the first token is replaced
-transparently by the next candidate; one that dies mid-stream is replaced by
-another that continues from the prompt plus the text already sent
-(``sse.continuation``), so the client sees one stream. When nobody is left, a
+serves it from its own engine. The answer is relayed without parsing, by one
+epoll thread for all streams (``pumpthread``). A server that fails before the
+first token is replaced transparently by the next candidate; one that dies
+mid-stream is replaced by another that continues from the prompt plus the text
+already sent (``sse.continuation``), so the client sees one stream. When nobody is left, a
 stream ends with an OpenAI-style error event, a plain request with a 5xx: no
 request hangs. Limits and behaviour: docs/serving.md.
 """
@@ -32,11 +32,12 @@ from hexamesh.serve.http import HttpConnection, Request, response_head
 from hexamesh.serve.jobs import JobFailed
 from hexamesh.serve.metrics import ServeMetrics
 from hexamesh.serve.peerauth import H_SIG, PeerAuthError, PeerSigner, SignedRoute
+from hexamesh.serve.pumpthread import Outcome, PumpThread, StreamJob
 from hexamesh.serve.relay import (
+    STALL_TIMEOUT,
     UpstreamError,
     UpstreamResponse,
     open_upstream,
-    pump,
     read_body,
     request_bytes,
 )
@@ -79,6 +80,7 @@ class FrontDoor:
         self.api_keys = frozenset(api_keys)
         self.metrics = metrics or ServeMetrics()
         self.jobs: JobsApi | None = None
+        self.pumps = PumpThread()  # the per-token relay loop (its own thread)
         self._clock = clock
 
     # -- connections ------------------------------------------------------
@@ -309,9 +311,19 @@ class FrontDoor:
                     return 200
                 head = None if sent else self._stream_head(served, request.keep_alive)
                 if done is None:
-                    ok = await pump(up, conn.fd, sent, head)
-                    if ok and not up.chunked:
-                        await conn.send(sse.LAST_CHUNK)
+                    job = StreamJob(
+                        up_fd=up.fd,
+                        client_fd=conn.fd,
+                        chunked=up.chunked,
+                        head=head,
+                        first=up.rest,
+                        stall_timeout=STALL_TIMEOUT,
+                        sent=sent,
+                    )
+                    outcome = await self.pumps.relay(job)
+                    if outcome is Outcome.CLIENT_GONE:
+                        raise BrokenPipeError("the client left mid-stream")
+                    ok = outcome is Outcome.DONE
                 else:
                     ok = await self._relay_rewritten(conn, up, sent, done, req.chat, head)
                 if ok:

@@ -1,13 +1,12 @@
 """Moving an answer from an upstream server (vLLM or a peer) to the client.
 
-``open_upstream`` connects, sends the request and reads the response head.
-A streamed answer then goes through ``pump``: wait until the upstream socket
-is readable, one ``os.read`` of up to 64 KiB, a chunk-boundary check
-(:class:`sse.ChunkScanner`), one ``os.write`` to the client. No parsing of
-SSE, no per-chunk objects, no trip through the scheduler for the write in the
-common case. The bytes sent are kept by reference, so that if the upstream
-dies mid-stream the front door can read what the client already has and
-continue elsewhere (``sse.progress``).
+``open_upstream`` connects, sends the request and reads the response head;
+``read_body`` reads a whole (non-streamed) answer. A streamed answer is then
+moved by ``pumpthread.PumpThread``: one ``os.read`` of up to 64 KiB, a
+chunk-boundary check (:class:`sse.ChunkScanner`), one ``os.write`` to the
+client, no SSE parsing. The bytes sent are kept by reference, so that if the
+upstream dies mid-stream the front door can read what the client already has
+and continue elsewhere (``sse.progress``).
 
 Dead upstreams are noticed by EOF/RST, by TCP keepalive (a vanished host:
 about ``KEEPALIVE_IDLE + KEEPALIVE_COUNT * KEEPALIVE_INTERVAL`` s), and by
@@ -16,16 +15,15 @@ about ``KEEPALIVE_IDLE + KEEPALIVE_COUNT * KEEPALIVE_INTERVAL`` s), and by
 
 from __future__ import annotations
 
-import os
 import socket as _stdlib_socket
 from dataclasses import dataclass, field
 
 import trio
 
-from hexamesh.serve.http import RECV_SIZE, write_all
-from hexamesh.serve.sse import ChunkScanner, chunk, dechunk
+from hexamesh.serve.http import RECV_SIZE
+from hexamesh.serve.sse import ChunkScanner, dechunk
 
-__all__ = ["UpstreamError", "UpstreamResponse", "open_upstream", "pump", "read_body"]
+__all__ = ["UpstreamError", "UpstreamResponse", "open_upstream", "read_body"]
 
 CONNECT_TIMEOUT = 3.0  # s; a peer on the LAN answers a SYN in under a millisecond
 FIRST_BYTE_TIMEOUT = 120.0  # s until the response head: covers queueing in a busy vLLM
@@ -156,47 +154,3 @@ async def read_body(up: UpstreamResponse) -> bytes:
                     raise UpstreamError("answer over the size limit")
     except (OSError, trio.BrokenResourceError, trio.TooSlowError) as e:
         raise UpstreamError(f"upstream failed mid-answer: {e or 'stalled'}") from None
-
-
-async def pump(up: UpstreamResponse, client_fd: int, sent: list[bytes], head: bytes | None) -> bool:
-    """Relay a streamed body to the client; True once it ended cleanly.
-
-    ``head`` (our response head) goes out with the first whole chunk, so a
-    server that dies before its first token leaves the client untouched.
-    False: the upstream died or stalled (``sent`` holds what the client has).
-    Raises BrokenPipeError when the client went away.
-    """
-    scanner = ChunkScanner()
-    feed = scanner.feed if up.chunked else chunk
-    append = sent.append
-    fd = up.fd
-    read = os.read
-    wait = trio.lowlevel.wait_readable
-    now = trio.current_time
-    data = up.rest
-    with trio.move_on_after(STALL_TIMEOUT) as scope:
-        refresh_at = now() + 1.0
-        while True:
-            if data:
-                out = feed(data)
-                if out:
-                    if head is not None:
-                        await write_all(client_fd, head + out)
-                        head = None
-                    else:
-                        await write_all(client_fd, out)
-                    append(out)
-                if scanner.done:
-                    return True
-            await wait(fd)
-            try:
-                data = read(fd, RECV_SIZE)
-            except OSError:
-                return False
-            if not data:
-                return not up.chunked and head is None  # EOF ends an unframed stream
-            t = now()
-            if t > refresh_at:  # move the stall deadline at most once a second: cheap
-                scope.deadline = t + STALL_TIMEOUT
-                refresh_at = t + 1.0
-    return False
