@@ -29,7 +29,7 @@ from typing import Any
 import trio
 
 from hexamesh.demo import start_agent
-from hexamesh.engine.client import EngineClient
+from hexamesh.engine.client import EngineClient, EngineUnavailable
 from simulations.common import emit, percentile
 
 READY_TIMEOUT = 600.0  # s for vLLM to start
@@ -40,7 +40,21 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+RETRIES: list[str] = []  # requests retried after the server dropped an idle keep-alive connection
+
+
 async def _one(client: EngineClient, tokens: int, ttfts: list[float]) -> int:
+    try:
+        return await _one_try(client, tokens, ttfts)
+    except EngineUnavailable as e:
+        # uvicorn (vLLM) closes idle keep-alive connections after 5 s; httpx may
+        # pick one just as it closes ("Server disconnected without sending a
+        # response"): a client-side race, retried once and counted
+        RETRIES.append(str(e))
+        return await _one_try(client, tokens, ttfts)
+
+
+async def _one_try(client: EngineClient, tokens: int, ttfts: list[float]) -> int:
     start = time.perf_counter()
     first = None
     count = 0
@@ -210,6 +224,7 @@ async def _measure(direct: str, mesh: str, local: str, a_pid: int, args: Any) ->
         "ttft_added_ms_p50_c16": percentile(added(16), 0.5),
         "fwd_cpu_us_per_token": round(cpu_s / max(mesh_tokens, 1) * 1e6, 1),
         "tokens_per_request": args.tokens,
+        "client_retries": len(RETRIES),
         "rounds": args.rounds,
     }
 
