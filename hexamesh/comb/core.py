@@ -154,8 +154,10 @@ class Comb:
         self.relink(now)
 
     def set_shortcuts(self, shortcuts: list[bytes], now: float, *, relink: bool = True) -> None:
-        self.shortcuts = [s for s in dict.fromkeys(shortcuts) if s != self.node]
-        if relink:
+        new = [s for s in dict.fromkeys(shortcuts) if s != self.node]
+        changed = new != self.shortcuts
+        self.shortcuts = new
+        if relink and changed:  # a small swarm redraws the same few every second
             self.relink(now)
 
     def learn(self, node: bytes, addr: Addr, cell: Hex, now: float) -> bool:

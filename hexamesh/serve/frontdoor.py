@@ -327,7 +327,8 @@ class FrontDoor:
                 else:
                     ok = await self._relay_rewritten(conn, up, sent, done, req.chat, head)
                 if ok:
-                    self.metrics.tokens.inc(sum(c.count(b"data:") for c in sent))
+                    events = sum(c.count(b"data:") - c.count(b"data: [DONE]") for c in sent)
+                    self.metrics.tokens.inc(events)  # one token per event from vLLM
                     return 200
             except UpstreamError as e:
                 errors.append(str(e))

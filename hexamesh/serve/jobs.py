@@ -406,17 +406,19 @@ class Jobs:
             task_status.started()
             running: set[str] = set()
             while True:
+                self._wake = trio.Event()
+                waiting = False  # a low job yields: look again in LOW_WAIT
                 for job in self.store.queued():
                     if job.id in running:
                         continue
                     if job.priority == "low" and self.runner.busy(job.model):
+                        waiting = True
                         continue  # low yields under load
                     running.add(job.id)
                     self.store.set_state(job.id, "running")
                     await send.send(job)
                 running = {j for j in running if _state(self.store.get(j)) == "running"}
-                self._wake = trio.Event()
-                with trio.move_on_after(LOW_WAIT):
+                with trio.move_on_after(LOW_WAIT if waiting else float("inf")):
                     await self._wake.wait()
 
     async def _worker(self, receive: trio.MemoryReceiveChannel[Job]) -> None:

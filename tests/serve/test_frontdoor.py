@@ -293,6 +293,6 @@ async def test_models_and_metrics(keyring: KeyRing) -> None:
         )
         text = (await client.get(f"{a.api.removesuffix('/v1')}/metrics")).text
         assert 'hexamesh_requests_total{endpoint="/v1/completions",status="200"} 1.0' in text
-        assert "hexamesh_tokens_total 4.0" in text  # 3 tokens + [DONE]
+        assert "hexamesh_tokens_total 3.0" in text
         assert "hexamesh_forwards_total 1.0" in text
         nursery.cancel_scope.cancel()
