@@ -228,7 +228,7 @@ class PumpThread:
         while not self._closed:
             if len(jobs) > 1:
                 time.sleep(COALESCE)
-            events = ep.poll(POLL_TIMEOUT)
+            events = ep.poll(POLL_TIMEOUT if jobs else -1)  # idle: sleep until woken
             for fd, _mask in events:
                 if fd == self._wake_r:
                     with contextlib.suppress(BlockingIOError):
