@@ -1,0 +1,151 @@
+"""Relay cost without vLLM: CPU per streamed token of a front door, in isolation.
+
+    python -m simulations.relaybench --json [--gap 0.005] [--tokens 128]
+
+Three processes on 127.0.0.1: a stand-in upstream that streams ``--tokens``
+chunked SSE events per request, one every ``--gap`` seconds (vLLM's pace per
+stream), a front door whose local engine is that upstream, and the client
+(this process). For concurrency 1 and 16 it reports the front door's CPU time
+(all threads, from /proc schedstat, ns) per token, and tokens/s. Where
+``overhead`` measures the real path with vLLM sharing the cores, this one
+isolates the relay. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from hexamesh.engine.client import EngineClient
+from simulations.common import emit
+
+UPSTREAM = """
+import sys, trio
+GAP, TOKENS = float(sys.argv[1]), int(sys.argv[2])
+EVENT = b'data: {"id":"cmpl-x","object":"text_completion","created":1,"model":"tiny","choices":[{"index":0,"text":" tok","logprobs":null,"finish_reason":null}]}\\n\\n'
+CHUNK = b"%x\\r\\n%s\\r\\n" % (len(EVENT), EVENT)
+async def handle(stream):
+    buf = b""
+    while b"\\r\\n\\r\\n" not in buf:
+        data = await stream.receive_some(65536)
+        if not data:
+            return
+        buf += data
+    head, _, body = buf.partition(b"\\r\\n\\r\\n")
+    length = int([l.split(b":")[1] for l in head.split(b"\\r\\n") if l.lower().startswith(b"content-length")][0])
+    while len(body) < length:
+        body += await stream.receive_some(65536)
+    await stream.send_all(b"HTTP/1.1 200 OK\\r\\ncontent-type: text/event-stream\\r\\ntransfer-encoding: chunked\\r\\n\\r\\n")
+    for _ in range(TOKENS):
+        await stream.send_all(CHUNK)
+        await trio.sleep(GAP)
+    await stream.send_all(b"e\\r\\ndata: [DONE]\\n\\n\\r\\n0\\r\\n\\r\\n")
+    await stream.aclose()
+async def main():
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    print(listeners[0].socket.getsockname()[1], flush=True)
+    await trio.serve_listeners(handle, listeners)
+trio.run(main)
+"""
+
+DOOR = """
+import sys, trio
+from hexamesh.serve.frontdoor import FrontDoor
+from hexamesh.serve.peerauth import PeerSigner
+from hexamesh.serve.router import Candidate
+from hexamesh.wire import KeyRing
+class View:
+    node = b"r" * 20
+    async def refresh(self, model): return None
+    def candidates(self, model): return [Candidate(node=self.node, local=True, load=0.0)]
+    def address(self, node): return None
+    def local_url(self, model): return "http://127.0.0.1:" + sys.argv[1]
+    def models(self): return {"tiny": {self.node}}
+async def main():
+    front = FrontDoor(view=View(), signer=PeerSigner(KeyRing.generate(), b"r" * 20), address="bench")
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    print(listeners[0].socket.getsockname()[1], flush=True)
+    await trio.serve_listeners(front.serve_connection, listeners)
+trio.run(main)
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of every thread of ``pid`` (schedstat: nanoseconds, not 10 ms ticks)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+async def _run(base: str, concurrency: int, requests: int, tokens: int) -> int:
+    count = 0
+    queue = list(range(requests))
+    async with EngineClient(base) as client:
+
+        async def worker() -> None:
+            nonlocal count
+            while queue:
+                queue.pop()
+                async for _ in client.stream_completion(
+                    model="tiny", prompt="x", max_tokens=tokens
+                ):
+                    count += 1
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(concurrency):
+                nursery.start_soon(worker)
+    return count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--gap", type=float, default=0.005, help="s between tokens of a stream")
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--json", action="store_true", help="print only the JSON line")
+    args = parser.parse_args()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path])}
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        up = subprocess.Popen(
+            [sys.executable, "-c", UPSTREAM, str(args.gap), str(args.tokens)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(up)
+        assert up.stdout is not None
+        door = subprocess.Popen(
+            [sys.executable, "-c", DOOR, up.stdout.readline().strip()],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        procs.append(door)
+        assert door.stdout is not None
+        base = f"http://127.0.0.1:{door.stdout.readline().strip()}"
+        trio.run(_run, base, 4, 8, args.tokens)  # warm-up
+        result: dict[str, Any] = {"gap_s": args.gap, "tokens_per_request": args.tokens}
+        for conc, requests in ((1, 16), (16, 64)):
+            c0, t0 = cpu_seconds(door.pid), time.perf_counter()
+            got = trio.run(_run, base, conc, requests, args.tokens)
+            wall = time.perf_counter() - t0
+            result[f"cpu_us_per_token_c{conc}"] = round((cpu_seconds(door.pid) - c0) / got * 1e6, 1)
+            result[f"tok_s_c{conc}"] = round(got / wall, 1)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+            if p.stdout is not None:
+                p.stdout.close()
+    emit(result, quiet=args.json)
+
+
+if __name__ == "__main__":
+    main()
