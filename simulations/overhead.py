@@ -31,6 +31,7 @@ import trio
 from hexamesh.demo import start_agent
 from hexamesh.engine.client import EngineClient, EngineUnavailable
 from simulations.common import emit, percentile
+from simulations.enginebench import stream_one
 
 READY_TIMEOUT = 600.0  # s for vLLM to start
 
@@ -45,29 +46,13 @@ RETRIES: list[str] = []  # requests retried after the server dropped an idle kee
 
 async def _one(client: EngineClient, tokens: int, ttfts: list[float]) -> int:
     try:
-        return await _one_try(client, tokens, ttfts)
+        return await stream_one(client, tokens, ttfts)
     except EngineUnavailable as e:
         # uvicorn (vLLM) closes idle keep-alive connections after 5 s; httpx may
         # pick one just as it closes ("Server disconnected without sending a
         # response"): a client-side race, retried once and counted
         RETRIES.append(str(e))
-        return await _one_try(client, tokens, ttfts)
-
-
-async def _one_try(client: EngineClient, tokens: int, ttfts: list[float]) -> int:
-    start = time.perf_counter()
-    first = None
-    count = 0
-    async for chunk in client.stream_completion(
-        model="tiny", prompt="the swarm", max_tokens=tokens, ignore_eos=True, temperature=0.0
-    ):
-        if chunk.get("choices") and chunk["choices"][0].get("text"):
-            if first is None:
-                first = time.perf_counter() - start
-            count += 1
-    if first is not None:
-        ttfts.append(first * 1000)
-    return count
+        return await stream_one(client, tokens, ttfts)
 
 
 async def _run(base: str, concurrency: int, requests: int, tokens: int) -> dict[str, Any]:
