@@ -21,8 +21,10 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import time
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from hexamesh.comb.cells import choose_cell, connected, link_graph
@@ -30,6 +32,7 @@ from hexamesh.comb.core import Comb, CombConfig
 from hexamesh.comb.swim import MemberState
 from hexamesh.comb.waggle import Dance
 from hexamesh.hexgrid import ORIGIN, Hex, distance, spiral
+from hexamesh.hexgrid import neighbours as hex_neighbours
 from hexamesh.net.sim import GeoLatency, SimHost, SimNetwork
 from simulations.common import addr_of, emit, percentile
 
@@ -58,21 +61,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def refresh(i: int) -> None:
         net.interact(addr_of(i), lambda c, now: c.set_map(owners, addrs, now, shortcuts[ids[i]]))
 
+    free: set[Hex] = set()  # unowned cells next to an owned one, kept as nodes join
+
+    class Rtt(Mapping[bytes, float]):
+        """RTT from a joiner to an owner, computed when ``choose_cell`` asks."""
+
+        def __init__(self, i: int) -> None:
+            self.x, self.y = positions[i]
+
+        def __getitem__(self, node: bytes) -> float:
+            ox, oy = positions[index[node]]
+            return 2 * (0.0005 + 0.05 * math.hypot(self.x - ox, self.y - oy))
+
+        def __iter__(self) -> Iterator[bytes]:
+            return iter(owners.values())
+
+        def __len__(self) -> int:
+            return len(owners)
+
     def join(i: int) -> None:
         node = ids[i]
-        px, py = positions[i]
-        rtt = {
-            o: 2
-            * (
-                0.0005
-                + 0.05
-                * ((px - positions[index[o]][0]) ** 2 + (py - positions[index[o]][1]) ** 2) ** 0.5
-            )
-            for o in owners.values()
-        }
-        cell = choose_cell(owners, rtt)
+        cell = choose_cell(owners, Rtt(i), free)
         owners[cell] = node
         cell_of[node] = cell
+        free.discard(cell)
+        free.update(c for c in hex_neighbours(cell) if c not in owners)
         others = [n for n in owners.values() if n != node]
         shortcuts[node] = rng.sample(others, min(SHORTCUTS, len(others)))
         dance = Dance.first(node, addrs[node], cell.q, cell.r)
@@ -82,9 +95,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         net.add_host(addr_of(i), factory, position=positions[i])
         refresh(i)
-        for other in owners.values():  # neighbours within reach re-link (the map changed near them)
-            if other != node and distance(cell_of[other], cell) <= config.look_past_holes:
-                refresh(index[other])
+        # Neighbours within reach re-link (the map changed near them).
+        near = [owners[c] for c in spiral(cell, config.look_past_holes)[1:] if c in owners]
+        for other in sorted(near, key=index.__getitem__):  # in join order, as before
+            refresh(index[other])
 
     for i in range(args.nodes):
         net.call_at(i * args.join_spacing, lambda i=i: join(i))

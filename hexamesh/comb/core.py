@@ -31,7 +31,7 @@ A node starts *unplaced* (no cell yet: no links, no dances) until ``place``.
 from __future__ import annotations
 
 import random
-from collections.abc import MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -105,6 +105,50 @@ class CombConfig:
     waggle: WaggleConfig = field(default_factory=WaggleConfig)
     look_past_holes: int = 4  # rings a node looks across holes for a link in each direction
     max_replies: int = 64  # ViewReplies kept for the caller to collect
+
+
+class _LiveCells(Mapping[Hex, bytes]):
+    """The cell map without the owners we know are dead, and with us in our
+    cell: a lazy view, so a relink costs O(look_past_holes^2) lookups rather
+    than a copy of the whole map (10,000 cells at N = 10,000)."""
+
+    __slots__ = ("_me", "_my_cell", "_owners", "_state_of")
+
+    def __init__(
+        self,
+        owners: Mapping[Hex, bytes],
+        my_cell: Hex,
+        me: bytes,
+        state_of: Callable[[bytes], MemberState | None],
+    ) -> None:
+        self._owners = owners
+        self._my_cell = my_cell
+        self._me = me
+        self._state_of = state_of
+
+    def __getitem__(self, cell: object) -> bytes:
+        if cell == self._my_cell:
+            return self._me
+        owner = self._owners[cell]  # type: ignore[index]
+        if self._state_of(owner) is MemberState.DEAD:
+            raise KeyError(cell)
+        return owner
+
+    def __contains__(self, cell: object) -> bool:
+        try:
+            self[cell]
+        except KeyError:
+            return False
+        return True
+
+    def __iter__(self) -> Iterator[Hex]:
+        yield self._my_cell
+        for cell in self._owners:
+            if cell != self._my_cell and cell in self:
+                yield cell
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 class Comb:
@@ -194,8 +238,7 @@ class Comb:
         if not self.placed:
             return
         state_of = self.swim.state_of
-        live = {c: n for c, n in self.owners.items() if state_of(n) is not MemberState.DEAD}
-        live[self.cell] = self.node
+        live = _LiveCells(self.owners, self.cell, self.node, state_of)
         self.comb_links = comb_links(self.cell, live, self.config.look_past_holes)
         self.shortcuts = [s for s in self.shortcuts if state_of(s) is not MemberState.DEAD]
         addrs = self.addrs

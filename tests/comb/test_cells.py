@@ -72,3 +72,21 @@ def test_a_full_ring_links_to_its_six_neighbours() -> None:
     owners = {c: nid(i) for i, c in enumerate(spiral(ORIGIN, 1))}
     links = comb_links(ORIGIN, owners, max_distance=3)
     assert sorted(links.values()) == sorted(owners[c] for c in neighbours(ORIGIN))
+
+
+@settings(max_examples=40)
+@given(st.integers(1, 80), st.integers(0, 10_000), st.floats(0.0, 0.5))
+def test_a_kept_free_set_gives_the_same_choice_as_the_whole_map(
+    n: int, seed: int, kill: float
+) -> None:
+    rng = random.Random(seed)
+    owners = grow(n, rng)
+    for victim in rng.sample(sorted(owners), int(kill * n)):
+        del owners[victim]  # holes
+    free = {c for cell in owners for c in neighbours(cell) if c not in owners}
+    rtt = {node: rng.random() for node in owners.values()}
+    # Ties in RTT too: the spiral order must break them the same way.
+    rtt.update({node: 0.5 for node in rng.sample(sorted(rtt), len(rtt) // 3)})
+    assert choose_cell(owners, rtt, free) == choose_cell(owners, rtt)
+    partial = {node: t for node, t in rtt.items() if rng.random() < 0.5}  # some unmeasured
+    assert choose_cell(owners, partial, free) == choose_cell(owners, partial)
