@@ -43,6 +43,7 @@ class AgentProcess:
         self.proc = proc
         self.data_dir = data_dir
         self.log_path = log_path
+        self._terminated = False
 
     def status(self) -> dict[str, Any] | None:
         try:
@@ -62,9 +63,18 @@ class AgentProcess:
             time.sleep(0.05)
         raise TimeoutError(f"agent not ready after {timeout} s; see {self.log_path}")
 
+    def terminate(self) -> None:
+        """Ask it to stop (SIGTERM: it releases its cell and leaves); ``stop`` waits.
+
+        Once only: a second SIGTERM arriving while the agent shuts down would
+        kill it outright (trio re-delivers signals pending at exit)."""
+        if self.proc.poll() is None and not self._terminated:
+            self._terminated = True
+            self.proc.send_signal(signal.SIGTERM)
+
     def stop(self, grace: float = STOP_GRACE) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 self.proc.wait(grace)
             except subprocess.TimeoutExpired:
@@ -86,6 +96,8 @@ def start_agent(data_dir: Path, *args: str, env: dict[str, str] | None = None) -
             stdin=subprocess.DEVNULL,
             # many agents on one machine: any free API port unless told (agent.json says which)
             env={"HEXAMESH_API_PORT": "0", **os.environ, **(env or {}), "COLUMNS": "200"},
+            # Ctrl-C reaches only the parent, which stops its agents in order.
+            start_new_session=True,
         )
     return AgentProcess(proc, data_dir, log_path)
 
@@ -196,6 +208,10 @@ def _ask(console: Console, api: str, model: str, procs: list[AgentProcess]) -> N
     )
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def run_demo(
     console: Console,
     *,
@@ -208,6 +224,10 @@ def run_demo(
     if workdir.exists():
         shutil.rmtree(workdir)
     procs: list[AgentProcess] = []
+    # SIGTERM (kill, a supervisor) and SIGHUP (the terminal closed) stop the
+    # swarm like Ctrl-C does; their default would leave the agents running.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     try:
         per_agent: dict[int, tuple[str, ...]] = {}
         engines = min(engines, max(agents - 1, 0))
@@ -237,6 +257,8 @@ def run_demo(
                 if not asked and _ready_engines(procs) >= len(per_agent):
                     asked = True
                     live.stop()
+                    if not console.is_terminal:  # a file gets the last frame without its newline
+                        console.line()
                     _ask(console, str(procs[0].status()["api"]), "tiny", procs)  # type: ignore[index]
                     live.start()
                 if not asked and time.monotonic() - started > MODEL_READY_TIMEOUT:
@@ -248,5 +270,9 @@ def run_demo(
         console.print(f"[bold red]demo failed:[/] {e}")
         return 1
     finally:
+        if not console.is_terminal:  # Live's last frame ends without a newline there
+            console.line()
+        for p in procs:  # all at once: each takes a few seconds to leave
+            p.terminate()
         codes = [p.stop() for p in procs]
         console.print(f"stopped {len(codes)} agents (exit codes {codes})")
