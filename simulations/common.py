@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from hexamesh.net.base import Addr
 
-__all__ = ["addr_of", "emit", "percentile"]
+__all__ = ["addr_of", "cpu_seconds", "emit", "percentile"]
 
 
 def addr_of(i: int) -> Addr:
@@ -33,3 +36,13 @@ def emit(result: dict[str, Any], *, quiet: bool) -> None:
         for key, value in result.items():
             print(f"{key:>{width}}: {value}", file=sys.stderr)
     print(json.dumps(result))
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of every thread of ``pid`` so far (schedstat: nanoseconds, where
+    /proc/PID/stat counts 10 ms ticks)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError):  # the thread ended meanwhile
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+    return total / 1e9

@@ -11,7 +11,7 @@ one relay). Reported: tokens/s of each, ``ratio`` = mesh/direct at 16 and
 ``ratio_c1`` at 1, the time to first token added by the mesh (p50/p99 of
 per-request TTFT, mesh minus direct, ms), and ``fwd_cpu_us_per_token``: CPU
 time of agent A's process during its runs over the tokens it streamed (all
-its threads; its background work too). Throughputs are medians over
+its threads; its background work too), over both levels and per level. Throughputs are medians over
 ``--rounds`` rounds; ratios are medians of each round's ratio (runs of the
 same round are next to each other in time, so drift cancels). TTFT added
 pairs the sorted TTFTs of mesh and direct. The last line is one JSON object.
@@ -20,7 +20,6 @@ pairs the sorted TTFTs of mesh and direct. The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -30,15 +29,10 @@ import trio
 
 from hexamesh.demo import start_agent
 from hexamesh.engine.client import EngineClient, EngineUnavailable
-from simulations.common import emit, percentile
+from simulations.common import cpu_seconds, emit, percentile
 from simulations.enginebench import stream_one
 
 READY_TIMEOUT = 600.0  # s for vLLM to start
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 RETRIES: list[str] = []  # requests retried after the server dropped an idle keep-alive connection
@@ -162,8 +156,8 @@ def _median(values: list[float]) -> float:
 async def _measure(direct: str, mesh: str, local: str, a_pid: int, args: Any) -> dict[str, Any]:
     runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
     ratios: dict[tuple[str, int], list[float]] = {}
-    cpu_s = 0.0
-    mesh_tokens = 0
+    cpu_s = {1: 0.0, 16: 0.0}  # agent A's CPU during the mesh runs, by concurrency
+    mesh_tokens = {1: 0, 16: 0}
     targets = [("direct", direct), ("mesh", mesh), ("local", local)]
     await _run(direct, 4, 8, args.tokens)  # warm-up: vLLM's first requests compile and allocate
     await _run(mesh, 4, 8, args.tokens)
@@ -172,11 +166,11 @@ async def _measure(direct: str, mesh: str, local: str, a_pid: int, args: Any) ->
             got: dict[str, dict[str, Any]] = {}
             # rotate the order each round: drift and warm caches hit every target alike
             for name, base in targets[round_no % 3 :] + targets[: round_no % 3]:
-                before = _cpu_seconds(a_pid)
+                before = cpu_seconds(a_pid)
                 got[name] = await _run(base, conc, n, args.tokens)
                 if name == "mesh":
-                    cpu_s += _cpu_seconds(a_pid) - before
-                    mesh_tokens += got[name]["tokens"]
+                    cpu_s[conc] += cpu_seconds(a_pid) - before
+                    mesh_tokens[conc] += got[name]["tokens"]
                 runs.setdefault((name, conc), []).append(got[name])
             for name in ("mesh", "local"):
                 ratios.setdefault((name, conc), []).append(
@@ -188,6 +182,10 @@ async def _measure(direct: str, mesh: str, local: str, a_pid: int, args: Any) ->
 
     def ttfts(name: str, conc: int) -> list[float]:
         return sorted(t for r in runs[(name, conc)] for t in r["ttfts"])
+
+    def per_token(*levels: int) -> float:
+        spent = sum(cpu_s[c] for c in levels)
+        return round(spent / max(sum(mesh_tokens[c] for c in levels), 1) * 1e6, 1)
 
     def added(conc: int) -> list[float]:
         return [m - d for m, d in zip(ttfts("mesh", conc), ttfts("direct", conc), strict=False)]
@@ -207,7 +205,9 @@ async def _measure(direct: str, mesh: str, local: str, a_pid: int, args: Any) ->
         "ttft_added_ms_p50": percentile(added(1), 0.5),
         "ttft_added_ms_p99": percentile(added(1), 0.99),
         "ttft_added_ms_p50_c16": percentile(added(16), 0.5),
-        "fwd_cpu_us_per_token": round(cpu_s / max(mesh_tokens, 1) * 1e6, 1),
+        "fwd_cpu_us_per_token": per_token(1, 16),
+        "fwd_cpu_us_per_token_c16": per_token(16),
+        "fwd_cpu_us_per_token_c1": per_token(1),
         "tokens_per_request": args.tokens,
         "client_retries": len(RETRIES),
         "rounds": args.rounds,

@@ -18,13 +18,12 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import trio
 
 from hexamesh.engine.client import EngineClient
-from simulations.common import emit
+from simulations.common import cpu_seconds, emit
 
 UPSTREAM = """
 import sys, trio
@@ -75,14 +74,6 @@ async def main():
     await trio.serve_listeners(front.serve_connection, listeners)
 trio.run(main)
 """
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time of every thread of ``pid`` (schedstat: nanoseconds, not 10 ms ticks)."""
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
-    return total / 1e9
 
 
 async def _run(base: str, concurrency: int, requests: int, tokens: int) -> int:
