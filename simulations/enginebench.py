@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,29 +47,39 @@ async def stream_one(client: EngineClient, tokens: int, ttfts: list[float]) -> i
     return count
 
 
-async def _level(
-    client: EngineClient, concurrency: int, requests: int, tokens: int
-) -> dict[str, Any]:
-    ttfts: list[float] = []
+async def closed_loop(
+    concurrency: int, requests: int, one: Callable[[], Awaitable[int]]
+) -> tuple[int, float]:
+    """``requests`` calls of ``one`` by ``concurrency`` workers, each starting
+    the next as soon as its last ended; (sum of what they returned, wall s)."""
     counts: list[int] = []
     queue = list(range(requests))
 
     async def worker() -> None:
         while queue:
             queue.pop()
-            counts.append(await stream_one(client, tokens, ttfts))
+            counts.append(await one())
 
     start = time.perf_counter()
     async with trio.open_nursery() as nursery:
         for _ in range(concurrency):
             nursery.start_soon(worker)
-    wall = time.perf_counter() - start
+    return sum(counts), time.perf_counter() - start
+
+
+async def _level(
+    client: EngineClient, concurrency: int, requests: int, tokens: int
+) -> dict[str, Any]:
+    ttfts: list[float] = []
+    total, wall = await closed_loop(
+        concurrency, requests, lambda: stream_one(client, tokens, ttfts)
+    )
     return {
         "concurrency": concurrency,
-        "tok_s": round(sum(counts) / wall, 1),
+        "tok_s": round(total / wall, 1),
         "ttft_ms_p50": percentile(ttfts, 0.5),
         "ttft_ms_p99": percentile(ttfts, 0.99),
-        "tokens": sum(counts),
+        "tokens": total,
     }
 
 

@@ -34,7 +34,7 @@ import trio
 from hexamesh.demo import start_agent
 from hexamesh.engine.client import EngineClient, EngineUnavailable
 from simulations.common import cpu_seconds, emit, percentile
-from simulations.enginebench import stream_one
+from simulations.enginebench import closed_loop, stream_one
 
 READY_TIMEOUT = 600.0  # s for vLLM to start
 TTFT_TOKENS = 4  # tokens per request of the TTFT pairs
@@ -56,21 +56,9 @@ async def _one(client: EngineClient, tokens: int, ttfts: list[float]) -> int:
 
 async def _run(base: str, concurrency: int, requests: int, tokens: int) -> dict[str, Any]:
     ttfts: list[float] = []
-    counts: list[int] = []
-    queue = list(range(requests))
     async with EngineClient(base) as client:
-
-        async def worker() -> None:
-            while queue:
-                queue.pop()
-                counts.append(await _one(client, tokens, ttfts))
-
-        start = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for _ in range(concurrency):
-                nursery.start_soon(worker)
-        wall = time.perf_counter() - start
-    return {"tok_s": sum(counts) / wall, "tokens": sum(counts), "ttfts": ttfts}
+        total, wall = await closed_loop(concurrency, requests, lambda: _one(client, tokens, ttfts))
+    return {"tok_s": total / wall, "tokens": total, "ttfts": ttfts}
 
 
 def _wait(check: Any, what: str, timeout: float) -> Any:

@@ -24,6 +24,7 @@ import trio
 
 from hexamesh.engine.client import EngineClient
 from simulations.common import cpu_seconds, emit
+from simulations.enginebench import closed_loop
 
 UPSTREAM = """
 import sys, trio
@@ -77,23 +78,16 @@ trio.run(main)
 
 
 async def _run(base: str, concurrency: int, requests: int, tokens: int) -> int:
-    count = 0
-    queue = list(range(requests))
     async with EngineClient(base) as client:
 
-        async def worker() -> None:
-            nonlocal count
-            while queue:
-                queue.pop()
-                async for _ in client.stream_completion(
-                    model="tiny", prompt="x", max_tokens=tokens
-                ):
-                    count += 1
+        async def one() -> int:
+            count = 0
+            async for _ in client.stream_completion(model="tiny", prompt="x", max_tokens=tokens):
+                count += 1
+            return count
 
-        async with trio.open_nursery() as nursery:
-            for _ in range(concurrency):
-                nursery.start_soon(worker)
-    return count
+        total, _ = await closed_loop(concurrency, requests, one)
+    return total
 
 
 def main() -> None:
