@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import math
 import random
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -41,6 +42,10 @@ SHORTCUTS = 2  # per node
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
+
+    def progress(what: str) -> None:  # long runs: where it is, on stderr
+        print(f"[{time.perf_counter() - t0:7.1f} s wall] {what}", file=sys.stderr, flush=True)
+
     geo = GeoLatency(base=0.0005, per_unit=0.05, jitter=0.2)
     net = SimNetwork(seed=args.seed, latency=geo, measure_bytes=True)
     rng = random.Random(args.seed)
@@ -123,6 +128,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         net.call_at(i * args.join_spacing + rng.uniform(1.0, 6.0), lambda i=i: wobble(i))
     settle_end = args.nodes * args.join_spacing + 30.0
     net.run(until=settle_end)
+    progress(f"joined and settled at t={net.now:.0f} s")
     for i in range(args.nodes):
         comb(i).events()
     sent0 = sum(h.sent_msgs for h in net.hosts.values())
@@ -140,6 +146,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for v in victims:
         net.kill(addr_of(v))
     net.loss = args.loss
+    progress(
+        f"steady state: {msgs_per_node_s:.2f} msgs, {bytes_per_node_s:.0f} B per node per s; "
+        f"killed {len(victims)} at t={t_kill:.0f} s"
+    )
     victim_ids = {ids[v] for v in victims}
     live = [i for i in range(args.nodes) if i not in victims]
     first_dead: dict[bytes, float] = {}
@@ -153,6 +163,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     while t < end:
         t = min(end, t + step)
         net.run(until=t)
+        if int(t / step) % 20 == 0:
+            progress(f"t={t:.0f} s: {len(first_dead)} of {len(victim_ids)} victims detected")
         for i in live:
             for e in comb(i).events():
                 if e.state is not MemberState.DEAD:
