@@ -24,6 +24,8 @@ The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -79,6 +81,12 @@ def main() -> None:
     parser.add_argument("--c1-requests", type=int, default=6)
     parser.add_argument("--c16-requests", type=int, default=48)
     parser.add_argument("--ttft-pairs", type=int, default=30)
+    parser.add_argument(
+        "--isolate-engine",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="pin the agents and the load generator off vLLM's CPU core",
+    )
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     parser.add_argument("--workdir", type=Path, help="keep the agents' data and logs here")
     args = parser.parse_args()
@@ -123,11 +131,61 @@ def main() -> None:
                 "A to see B's model",
                 60,
             )
+            isolated = args.isolate_engine and _off_engine_cpus(
+                b.proc.pid, [a.proc.pid, b.proc.pid, os.getpid()]
+            )
             result = trio.run(_measure, direct, mesh, local, a.proc.pid, args)
+            result["engine_isolated"] = isolated
         finally:
             for agent in agents:
                 agent.stop(grace=30)
     emit(result, quiet=args.json)
+
+
+def _engine_cpus(agent_pid: int) -> set[int]:
+    """The CPUs vLLM's engine threads are bound to: the union of the affinities
+    of the threads of ``agent_pid``'s descendants that are bound to fewer CPUs
+    than the machine has (vLLM's CPU build binds its OpenMP threads)."""
+    everything = os.sched_getaffinity(0)
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry))
+    bound: set[int] = set()
+    todo = list(children.get(agent_pid, []))
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                mask = os.sched_getaffinity(int(tid))
+                if mask < everything:
+                    bound |= mask
+    return bound
+
+
+def _off_engine_cpus(engine_agent: int, pids: list[int]) -> bool:
+    """Pin every thread of ``pids`` off the CPUs vLLM's engine is bound to;
+    False if the engine is not bound (nothing is pinned then).
+
+    vLLM's CPU build binds its engine's OpenMP threads to some cores and
+    leaves the rest for its frontend (here: engine on CPU 0, CPU 1 free). The
+    agents and the load generator, left anywhere, preempt the engine on its
+    own core and its throughput swings by 2x from run to run; pinned beside
+    vLLM's frontend they compete only with it, as on a GPU server, where the
+    engine's work is not on a CPU at all.
+    """
+    free = os.sched_getaffinity(0) - _engine_cpus(engine_agent)
+    if not free or free == os.sched_getaffinity(0):
+        return False
+    for pid in pids:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(int(tid), free)
+    return True
 
 
 def _peers_know(a: Any) -> bool:
