@@ -11,6 +11,11 @@ one relay). Throughputs are medians over ``--rounds`` rounds; ``ratio`` (mesh
 / direct at 16) and ``ratio_c1`` (at 1) are medians of each round's ratio
 (runs of one round are next to each other in time, so drift cancels).
 
+The agents and this load generator are pinned off the cores vLLM's CPU
+build binds its engine to (``--no-isolate-engine`` leaves them anywhere:
+then they preempt the engine on its own core and its throughput swings by
+2-3x between rounds, see docs/reports/serving.md).
+
 ``fwd_cpu_us_per_token``: CPU time of agent A's process (all its threads, its
 background work too) during its mesh runs over the tokens it streamed, over
 both levels and per level.
@@ -84,8 +89,8 @@ def main() -> None:
     parser.add_argument(
         "--isolate-engine",
         action=argparse.BooleanOptionalAction,
-        default=False,
-        help="pin the agents and the load generator off vLLM's CPU core",
+        default=True,
+        help="pin the agents and the load generator off the cores vLLM's engine is bound to",
     )
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     parser.add_argument("--workdir", type=Path, help="keep the agents' data and logs here")
