@@ -79,3 +79,19 @@ def test_a_dead_neighbour_is_found_and_the_survivors_relink() -> None:
     assert east is not None and east != Hex(1, 0)
     assert nid(victim) not in centre.neighbours()
     assert centre.comb_links[0] == nid(cells.index(east))
+
+
+def test_the_live_cell_view_hides_the_dead_and_holds_us() -> None:
+    from hexamesh.comb.core import _LiveCells
+
+    owners = {c: bytes([i]) * 20 for i, c in enumerate(spiral(ORIGIN, 1))}
+    dead = {owners[Hex(1, 0)]}
+    me = b"\xee" * 20
+    live = _LiveCells(
+        owners, ORIGIN, me, lambda n: MemberState.DEAD if n in dead else MemberState.ALIVE
+    )
+    assert live[ORIGIN] == me  # our cell is ours, whatever the map said
+    assert Hex(1, 0) not in live and live.get(Hex(1, 0)) is None
+    assert Hex(0, 1) in live and live[Hex(0, 1)] == owners[Hex(0, 1)]
+    assert Hex(5, 5) not in live
+    assert set(live) == set(spiral(ORIGIN, 1)) - {Hex(1, 0)} and len(live) == 6
