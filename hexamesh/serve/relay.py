@@ -15,6 +15,7 @@ about ``KEEPALIVE_IDLE + KEEPALIVE_COUNT * KEEPALIVE_INTERVAL`` s), and by
 
 from __future__ import annotations
 
+import ipaddress
 import socket as _stdlib_socket
 from dataclasses import dataclass, field
 
@@ -91,11 +92,32 @@ def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
     return int(parts[1]), headers
 
 
+async def _connect(host: str, port: int) -> trio.SocketStream:
+    """A TCP connection. Peers and engines are addressed by IP literal, which
+    needs no resolving and no happy eyeballs: a plain connect costs ~100 µs
+    of CPU for both ends here where ``trio.open_tcp_stream`` costs ~240."""
+    try:
+        family = (
+            _stdlib_socket.AF_INET6
+            if ipaddress.ip_address(host).version == 6
+            else (_stdlib_socket.AF_INET)
+        )
+    except ValueError:  # a host name
+        return await trio.open_tcp_stream(host, port)
+    sock = trio.socket.socket(family, _stdlib_socket.SOCK_STREAM)
+    try:
+        await sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
+
+
 async def open_upstream(host: str, port: int, request: bytes) -> UpstreamResponse:
     """Connect, send ``request``, read the response head; raises UpstreamError."""
     try:
         with trio.fail_after(CONNECT_TIMEOUT):
-            stream = await trio.open_tcp_stream(host, port)
+            stream = await _connect(host, port)
     except (OSError, trio.TooSlowError) as e:
         raise UpstreamError(f"cannot connect to {host}:{port}: {e or 'timed out'}") from None
     try:
