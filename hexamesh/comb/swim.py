@@ -222,6 +222,7 @@ class _Relay:
 @dataclass(slots=True)
 class _News:
     update: MemberUpdate
+    key: tuple[bytes, bytes]  # its key in Swim._news
     due: float  # next flood round
     rounds: int = 0  # rounds done
     told_us: set[bytes] = field(default_factory=set)  # links that have it already
@@ -664,7 +665,7 @@ class Swim:
             for stale in [k for k in self._news if k[0] == update.node]:
                 del self._news[stale]  # a verdict or refutation replaces the suspicions
         due = now + self.config.gossip_interval
-        news = _News(update, due)
+        news = _News(update, key, due)
         if sender is not None and sender != self.me:
             news.told_us.add(sender)
         self._news[key] = news
@@ -696,7 +697,8 @@ class Swim:
         for news in ready:
             news.rounds += 1
             news.due = now + cfg.flood_repeat
-        self._news = {k: n for k, n in self._news.items() if n.rounds < cfg.flood_rounds}
+            if news.rounds >= cfg.flood_rounds:  # only the ready ones can have reached it
+                del self._news[news.key]
         self._flood_at = min((n.due for n in self._news.values()), default=None)
 
     def _piggyback(self) -> tuple[MemberUpdate, ...]:
