@@ -15,6 +15,7 @@ cannot grow memory.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import socket as _stdlib_socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,7 +27,14 @@ import trio
 from hexamesh.net.base import Addr, FrameStream
 from hexamesh.wire import MAX_STREAM_FRAME, WireError
 
-__all__ = ["HttpHandler", "TcpFrameStream", "TransportStats", "UdpTransport", "open_udp_transport"]
+__all__ = [
+    "HttpHandler",
+    "TcpFrameStream",
+    "TransportStats",
+    "UdpTransport",
+    "ip_family",
+    "open_udp_transport",
+]
 
 HttpHandler = Callable[[trio.SocketStream, bytes], Awaitable[None]]
 
@@ -89,8 +97,13 @@ class TcpFrameStream:
         await self._stream.aclose()
 
 
-def _family(host: str) -> int:
-    return _stdlib_socket.AF_INET6 if ":" in host else _stdlib_socket.AF_INET
+def ip_family(host: str) -> int | None:
+    """``AF_INET`` or ``AF_INET6`` for an IP literal; None for a host name."""
+    try:
+        version = ipaddress.ip_address(host).version
+    except ValueError:
+        return None
+    return _stdlib_socket.AF_INET6 if version == 6 else _stdlib_socket.AF_INET
 
 
 class UdpTransport:
@@ -188,7 +201,7 @@ class UdpTransport:
 
 
 async def _bind(host: str, port: int) -> tuple[trio.socket.SocketType, trio.socket.SocketType]:
-    family = _family(host)
+    family = ip_family(host) or _stdlib_socket.AF_INET  # a name binds IPv4
     for _ in range(BIND_ATTEMPTS if port == 0 else 1):
         udp = trio.socket.socket(family, _stdlib_socket.SOCK_DGRAM)
         try:

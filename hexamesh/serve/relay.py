@@ -15,12 +15,12 @@ about ``KEEPALIVE_IDLE + KEEPALIVE_COUNT * KEEPALIVE_INTERVAL`` s), and by
 
 from __future__ import annotations
 
-import ipaddress
 import socket as _stdlib_socket
 from dataclasses import dataclass, field
 
 import trio
 
+from hexamesh.net.udp import ip_family
 from hexamesh.serve.http import RECV_SIZE
 from hexamesh.serve.sse import ChunkScanner, dechunk
 
@@ -96,13 +96,8 @@ async def _connect(host: str, port: int) -> trio.SocketStream:
     """A TCP connection. Peers and engines are addressed by IP literal, which
     needs no resolving and no happy eyeballs: a plain connect costs ~100 µs
     of CPU for both ends here where ``trio.open_tcp_stream`` costs ~240."""
-    try:
-        family = (
-            _stdlib_socket.AF_INET6
-            if ipaddress.ip_address(host).version == 6
-            else (_stdlib_socket.AF_INET)
-        )
-    except ValueError:  # a host name
+    family = ip_family(host)
+    if family is None:  # a host name
         return await trio.open_tcp_stream(host, port)
     sock = trio.socket.socket(family, _stdlib_socket.SOCK_STREAM)
     try:

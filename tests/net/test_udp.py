@@ -1,12 +1,13 @@
 """Real sockets on 127.0.0.1 (ladder rung 5), within one trio process."""
 
 import random
+import socket
 
 import trio
 
 from hexamesh.net.driver import CoreDriver
 from hexamesh.net.rtt import RttConfig, RttProbe
-from hexamesh.net.udp import open_udp_transport
+from hexamesh.net.udp import ip_family, open_udp_transport
 from hexamesh.wire import Codec, Envelope, KeyRing
 from tests.helpers import Blob, RecordingCore
 
@@ -56,3 +57,10 @@ async def test_drivers_ping_and_stream_over_loopback() -> None:
             assert db.stats.received == 1  # the ping
             assert da.stats.malformed == db.stats.malformed == 0
             nursery.cancel_scope.cancel()
+
+
+def test_ip_family_tells_literals_from_names() -> None:
+    assert ip_family("127.0.0.1") == socket.AF_INET
+    assert ip_family("::1") == ip_family("fe80::1%eth0") == socket.AF_INET6
+    assert ip_family("localhost") is None
+    assert ip_family("node-7.lan") is None
