@@ -22,6 +22,15 @@ def grow(n: int, rng: random.Random) -> dict[Hex, bytes]:
     return owners
 
 
+def grow_and_kill(
+    n: int, rng: random.Random, kill: float
+) -> tuple[dict[Hex, bytes], dict[Hex, bytes]]:
+    """A comb of ``n`` joiners, then the ``kill`` fraction gone: (all, live)."""
+    owners = grow(n, rng)
+    victims = set(rng.sample(sorted(owners), int(kill * n)))
+    return owners, {c: o for c, o in owners.items() if c not in victims}
+
+
 def test_first_node_takes_the_centre_and_without_rtts_the_comb_is_the_spiral() -> None:
     assert choose_cell({}, {}) == ORIGIN
     owners: dict[Hex, bytes] = {}
@@ -56,10 +65,7 @@ def test_duplicate_claims_settle_the_same_way_on_both_sides() -> None:
 def test_after_random_joins_and_kills_the_live_comb_stays_connected(
     n: int, seed: int, kill: float
 ) -> None:
-    rng = random.Random(seed)
-    owners = grow(n, rng)
-    victims = rng.sample(sorted(owners), int(kill * n))
-    live = {c: o for c, o in owners.items() if c not in victims}
+    owners, live = grow_and_kill(n, random.Random(seed), kill)
     radius = max((distance(c, ORIGIN) for c in owners), default=0)
     for cell in live:
         links = comb_links(cell, live, max_distance=2 * radius + 1)
@@ -80,9 +86,7 @@ def test_a_kept_free_set_gives_the_same_choice_as_the_whole_map(
     n: int, seed: int, kill: float
 ) -> None:
     rng = random.Random(seed)
-    owners = grow(n, rng)
-    for victim in rng.sample(sorted(owners), int(kill * n)):
-        del owners[victim]  # holes
+    _, owners = grow_and_kill(n, rng, kill)  # with holes
     free = {c for cell in owners for c in neighbours(cell) if c not in owners}
     rtt = {node: rng.random() for node in owners.values()}
     # Ties in RTT too: the spiral order must break them the same way.
