@@ -222,10 +222,15 @@ class _Relay:
 @dataclass(slots=True)
 class _News:
     update: MemberUpdate
-    key: tuple[bytes, bytes]  # its key in Swim._news
     due: float  # next flood round
     rounds: int = 0  # rounds done
     told_us: set[bytes] = field(default_factory=set)  # links that have it already
+
+
+def _news_key(update: MemberUpdate) -> tuple[bytes, bytes]:
+    """Where news sits in ``Swim._news``: one entry per suspicion and accuser,
+    one per verdict or refutation."""
+    return (update.node, update.by if update.state is MemberState.SUSPECT else b"")
 
 
 _UPDATE_SIZE = 70  # bytes of one MemberUpdate on the wire, a safe upper estimate for IPv4
@@ -660,12 +665,12 @@ class Swim:
     def _broadcast(self, update: MemberUpdate, now: float, sender: bytes | None = None) -> None:
         """New news: piggyback it, and flood it to our links."""
         self._queue.queue(update.node, update, _UPDATE_SIZE)
-        key = (update.node, update.by if update.state is MemberState.SUSPECT else b"")
+        key = _news_key(update)
         if update.state is not MemberState.SUSPECT:
             for stale in [k for k in self._news if k[0] == update.node]:
                 del self._news[stale]  # a verdict or refutation replaces the suspicions
         due = now + self.config.gossip_interval
-        news = _News(update, key, due)
+        news = _News(update, due)
         if sender is not None and sender != self.me:
             news.told_us.add(sender)
         self._news[key] = news
@@ -674,7 +679,7 @@ class Swim:
 
     def _told(self, u: MemberUpdate, sender: bytes) -> None:
         """``sender`` sent us news we had: it needs no copy from us."""
-        key = (u.node, u.by if u.state is MemberState.SUSPECT else b"")
+        key = _news_key(u)
         news = self._news.get(key)
         if news is not None and (news.update.incarnation, news.update.state) == (
             u.incarnation,
@@ -698,7 +703,7 @@ class Swim:
             news.rounds += 1
             news.due = now + cfg.flood_repeat
             if news.rounds >= cfg.flood_rounds:  # only the ready ones can have reached it
-                del self._news[news.key]
+                del self._news[_news_key(news.update)]
         self._flood_at = min((n.due for n in self._news.values()), default=None)
 
     def _piggyback(self) -> tuple[MemberUpdate, ...]:
