@@ -179,12 +179,13 @@ def _off_engine_cpus(engine_agent: int, pids: list[int]) -> bool:
     vLLM's CPU build binds its engine's OpenMP threads to some cores and
     leaves the rest for its frontend (here: engine on CPU 0, CPU 1 free). The
     agents and the load generator, left anywhere, preempt the engine on its
-    own core and its throughput swings by 2x from run to run; pinned beside
+    own core and its throughput swings by 2-3x from run to run; pinned beside
     vLLM's frontend they compete only with it, as on a GPU server, where the
     engine's work is not on a CPU at all.
     """
-    free = os.sched_getaffinity(0) - _engine_cpus(engine_agent)
-    if not free or free == os.sched_getaffinity(0):
+    everything = os.sched_getaffinity(0)
+    free = everything - _engine_cpus(engine_agent)
+    if not free or free == everything:
         return False
     for pid in pids:
         for tid in os.listdir(f"/proc/{pid}/task"):
