@@ -163,8 +163,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     while t < end:
         t = min(end, t + step)
         net.run(until=t)
-        if int(t / step) % 20 == 0:
-            progress(f"t={t:.0f} s: {len(first_dead)} of {len(victim_ids)} victims detected")
         for i in live:
             for e in comb(i).events():
                 if e.state is not MemberState.DEAD:
@@ -177,6 +175,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 else:
                     false_positives.add(e.node)
         if int(t / step) % 20 == 0:  # every 10 s: how old is what nodes hold about their 2 rings?
+            progress(f"t={t:.0f} s: {len(first_dead)} of {len(victim_ids)} victims detected")
             for i in rng.sample(live, min(50, len(live))):
                 c = comb(i)
                 # Two rings = two comb-link hops (what waggle promises; the same
