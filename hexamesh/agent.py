@@ -247,6 +247,7 @@ async def run_agent(
                 api_keys=config.api_keys,
                 metrics=_metrics(honeycomb, transport, driver),
             )
+            stack.callback(front.close)  # runs before the nursery exits: later give-backs close
             transport.http_handler = lambda stream, first: front.serve_connection(
                 stream, first, peer=True
             )

@@ -31,23 +31,25 @@ import sys, trio
 GAP, TOKENS = float(sys.argv[1]), int(sys.argv[2])
 EVENT = b'data: {"id":"cmpl-x","object":"text_completion","created":1,"model":"tiny","choices":[{"index":0,"text":" tok","logprobs":null,"finish_reason":null}]}\\n\\n'
 CHUNK = b"%x\\r\\n%s\\r\\n" % (len(EVENT), EVENT)
-async def handle(stream):
+async def handle(stream):  # keep-alive, like vLLM
     buf = b""
-    while b"\\r\\n\\r\\n" not in buf:
-        data = await stream.receive_some(65536)
-        if not data:
-            return
-        buf += data
-    head, _, body = buf.partition(b"\\r\\n\\r\\n")
-    length = int([l.split(b":")[1] for l in head.split(b"\\r\\n") if l.lower().startswith(b"content-length")][0])
-    while len(body) < length:
-        body += await stream.receive_some(65536)
-    await stream.send_all(b"HTTP/1.1 200 OK\\r\\ncontent-type: text/event-stream\\r\\ntransfer-encoding: chunked\\r\\n\\r\\n")
-    for _ in range(TOKENS):
-        await stream.send_all(CHUNK)
-        await trio.sleep(GAP)
-    await stream.send_all(b"e\\r\\ndata: [DONE]\\n\\n\\r\\n0\\r\\n\\r\\n")
-    await stream.aclose()
+    while True:
+        while b"\\r\\n\\r\\n" not in buf:
+            data = await stream.receive_some(65536)
+            if not data:
+                await stream.aclose()
+                return
+            buf += data
+        head, _, body = buf.partition(b"\\r\\n\\r\\n")
+        length = int([l.split(b":")[1] for l in head.split(b"\\r\\n") if l.lower().startswith(b"content-length")][0])
+        while len(body) < length:
+            body += await stream.receive_some(65536)
+        buf = body[length:]
+        await stream.send_all(b"HTTP/1.1 200 OK\\r\\ncontent-type: text/event-stream\\r\\ntransfer-encoding: chunked\\r\\n\\r\\n")
+        for _ in range(TOKENS):
+            await stream.send_all(CHUNK)
+            await trio.sleep(GAP)
+        await stream.send_all(b"e\\r\\ndata: [DONE]\\n\\n\\r\\n0\\r\\n\\r\\n")
 async def main():
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     print(listeners[0].socket.getsockname()[1], flush=True)

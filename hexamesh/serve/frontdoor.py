@@ -43,6 +43,7 @@ from hexamesh.serve.relay import (
 )
 from hexamesh.serve.requests import ApiError, CompletionRequest, parse_completion
 from hexamesh.serve.router import LOW_MAX_LOAD, Candidate, Priority, rank
+from hexamesh.serve.upstreampool import UpstreamPool
 from hexamesh.serve.view import SwarmView
 
 __all__ = ["SERVED_ADDR", "SERVED_BY", "FrontDoor", "JobsApi"]
@@ -81,7 +82,13 @@ class FrontDoor:
         self.metrics = metrics or ServeMetrics()
         self.jobs: JobsApi | None = None
         self.pumps = PumpThread()  # the per-token relay loop (its own thread)
+        self.upstreams = UpstreamPool()  # idle keep-alive connections to engines and peers
         self._clock = clock
+
+    def close(self) -> None:
+        """Close the pooled upstream connections (streams in flight are not touched;
+        the relay thread is a daemon that lives as long as the process)."""
+        self.upstreams.close()
 
     # -- connections ------------------------------------------------------
 
@@ -242,18 +249,16 @@ class FrontDoor:
             raise UpstreamError(f"no address known for {cand.node.hex()[:8]}")
         headers = self.signer.headers("POST", target, body, route, self._clock())
         self.metrics.forwards.inc()
-        return await open_upstream(
-            addr[0], addr[1], request_bytes("POST", *addr, target, body, headers)
-        )
+        request = request_bytes("POST", *addr, target, body, headers, keep_alive=True)
+        return await open_upstream(addr[0], addr[1], request, self.upstreams)
 
     async def _open_local(self, target: str, body: bytes, url: str | None) -> UpstreamResponse:
         if url is None:
             raise UpstreamError("the local engine does not serve this model (any more)")
         hostport = url.split("://", 1)[-1].rstrip("/")
         host, _, port = hostport.rpartition(":")
-        return await open_upstream(
-            host, int(port), request_bytes("POST", host, int(port), target, body, [])
-        )
+        request = request_bytes("POST", host, int(port), target, body, [], keep_alive=True)
+        return await open_upstream(host, int(port), request, self.upstreams)
 
     def _served_headers(self, cand: Candidate, up: UpstreamResponse) -> list[tuple[str, str]]:
         if cand.local:
@@ -324,6 +329,8 @@ class FrontDoor:
                     if outcome is Outcome.CLIENT_GONE:
                         raise BrokenPipeError("the client left mid-stream")
                     ok = outcome is Outcome.DONE
+                    # past the last chunk with nothing after it: the connection can carry another
+                    up.consumed = ok and up.chunked and not job.scanner.pending
                 else:
                     ok = await self._relay_rewritten(conn, up, sent, done, req.chat, head)
                 if ok:

@@ -8,6 +8,10 @@ client, no SSE parsing. The bytes sent are kept by reference, so that if the
 upstream dies mid-stream the front door can read what the client already has
 and continue elsewhere (``sse.progress``).
 
+Connections that ended cleanly go back to an ``upstreampool.UpstreamPool``
+when the caller has one (``UpstreamResponse.aclose`` after ``consumed``), and
+``open_upstream`` takes one from it first.
+
 Dead upstreams are noticed by EOF/RST, by TCP keepalive (a vanished host:
 about ``KEEPALIVE_IDLE + KEEPALIVE_COUNT * KEEPALIVE_INTERVAL`` s), and by
 ``STALL_TIMEOUT`` of silence mid-stream.
@@ -23,6 +27,7 @@ import trio
 from hexamesh.net.udp import ip_family
 from hexamesh.serve.http import RECV_SIZE
 from hexamesh.serve.sse import ChunkScanner, dechunk
+from hexamesh.serve.upstreampool import UpstreamPool
 
 __all__ = ["UpstreamError", "UpstreamResponse", "open_upstream", "read_body"]
 
@@ -45,12 +50,20 @@ class UpstreamResponse:
     headers: dict[str, str] = field(repr=False)
     rest: bytes = field(repr=False)  # body bytes read along with the head
     fd: int = -1
+    keep_alive: bool = False  # the server will take another request on this connection
+    pool: UpstreamPool | None = field(default=None, repr=False)
+    key: tuple[str, int] = ("", 0)
+    consumed: bool = False  # the whole response was read, nothing after it: reusable
 
     @property
     def chunked(self) -> bool:
         return "chunked" in self.headers.get("transfer-encoding", "").lower()
 
     async def aclose(self) -> None:
+        """Give the connection back to the pool if it can carry another request, else close."""
+        if self.pool is not None and self.consumed and self.keep_alive:
+            self.pool.give(self.key, self.stream)
+            return
         with trio.CancelScope(shield=True):
             await self.stream.aclose()
 
@@ -66,20 +79,28 @@ def _keepalive(sock: trio.socket.SocketType) -> None:
 
 
 def request_bytes(
-    method: str, host: str, port: int, target: str, body: bytes, headers: list[tuple[str, str]]
+    method: str,
+    host: str,
+    port: int,
+    target: str,
+    body: bytes,
+    headers: list[tuple[str, str]],
+    *,
+    keep_alive: bool = False,  # True when the connection may go back to a pool afterwards
 ) -> bytes:
     lines = [
         f"{method} {target} HTTP/1.1",
         f"host: {host}:{port}",
         "content-type: application/json",
         f"content-length: {len(body)}",
-        "connection: close",  # one upstream connection per request: nothing to reuse wrongly
+        *([] if keep_alive else ["connection: close"]),
         *(f"{k}: {v}" for k, v in headers),
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+def parse_head(head: bytes) -> tuple[int, dict[str, str], bool]:
+    """(status, headers with lower-cased names, keep-alive) of a response head."""
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
     if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
@@ -89,7 +110,10 @@ def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
         name, sep, value = line.partition(":")
         if sep:
             headers[name.strip().lower()] = value.strip()
-    return int(parts[1]), headers
+    connection = headers.get("connection", "").lower()
+    http10 = parts[0] == "HTTP/1.0"  # keep-alive only when asked for
+    keep_alive = "keep-alive" in connection if http10 else "close" not in connection
+    return int(parts[1]), headers, keep_alive
 
 
 async def _connect(host: str, port: int) -> trio.SocketStream:
@@ -98,27 +122,62 @@ async def _connect(host: str, port: int) -> trio.SocketStream:
     of CPU for both ends here where ``trio.open_tcp_stream`` costs ~240."""
     family = ip_family(host)
     if family is None:  # a host name
-        return await trio.open_tcp_stream(host, port)
-    sock = trio.socket.socket(family, _stdlib_socket.SOCK_STREAM)
+        stream = await trio.open_tcp_stream(host, port)
+    else:
+        sock = trio.socket.socket(family, _stdlib_socket.SOCK_STREAM)
+        try:
+            await sock.connect((host, port))
+        except BaseException:
+            sock.close()
+            raise
+        stream = trio.SocketStream(sock)
     try:
-        await sock.connect((host, port))
-    except BaseException:
-        sock.close()
+        _keepalive(stream.socket)
+        stream.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, 1)
+    except OSError:
+        stream.socket.close()
         raise
-    return trio.SocketStream(sock)
+    return stream
 
 
-async def open_upstream(host: str, port: int, request: bytes) -> UpstreamResponse:
-    """Connect, send ``request``, read the response head; raises UpstreamError."""
+class _Stale(Exception):
+    """A pooled connection broke before any byte of the answer: the server had closed it."""
+
+
+async def open_upstream(
+    host: str, port: int, request: bytes, pool: UpstreamPool | None = None
+) -> UpstreamResponse:
+    """Connect (or take a pooled connection), send ``request``, read the
+    response head; raises UpstreamError. With a ``pool`` the request must have
+    been built with ``keep_alive=True``."""
+    key = (host, port)
+    if pool is not None:
+        stream = pool.take(key)
+        if stream is not None:
+            try:
+                return await _exchange(stream, host, port, request, pool, reused=True)
+            except _Stale:
+                pool.stats.stale += 1  # sent again below, once, on a fresh connection
     try:
         with trio.fail_after(CONNECT_TIMEOUT):
             stream = await _connect(host, port)
     except (OSError, trio.TooSlowError) as e:
         raise UpstreamError(f"cannot connect to {host}:{port}: {e or 'timed out'}") from None
+    return await _exchange(stream, host, port, request, pool, reused=False)
+
+
+async def _exchange(
+    stream: trio.SocketStream,
+    host: str,
+    port: int,
+    request: bytes,
+    pool: UpstreamPool | None,
+    *,
+    reused: bool,
+) -> UpstreamResponse:
+    """Send ``request`` on ``stream`` and read the response head (closes it on failure)."""
+    buf = b""
     try:
-        _keepalive(stream.socket)
-        stream.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, 1)
-        buf = b""
         with trio.fail_after(FIRST_BYTE_TIMEOUT):
             await stream.send_all(request)
             while b"\r\n\r\n" not in buf:
@@ -129,10 +188,12 @@ async def open_upstream(host: str, port: int, request: bytes) -> UpstreamRespons
                 if len(buf) > MAX_RESPONSE_HEAD:
                     raise UpstreamError(f"{host}:{port} sent an oversized response head")
         head, _, rest = buf.partition(b"\r\n\r\n")
-        status, headers = parse_head(head)
+        status, headers, keep_alive = parse_head(head)
     except (OSError, trio.BrokenResourceError, trio.TooSlowError, UpstreamError) as e:
         with trio.CancelScope(shield=True):
             await stream.aclose()
+        if reused and not buf and not isinstance(e, trio.TooSlowError):
+            raise _Stale from None
         if isinstance(e, UpstreamError):
             raise
         raise UpstreamError(f"{host}:{port} failed before answering: {e or 'timed out'}") from None
@@ -140,7 +201,16 @@ async def open_upstream(host: str, port: int, request: bytes) -> UpstreamRespons
         with trio.CancelScope(shield=True):
             await stream.aclose()
         raise
-    return UpstreamResponse(stream, status, headers, rest, stream.socket.fileno())
+    return UpstreamResponse(
+        stream,
+        status,
+        headers,
+        rest,
+        stream.socket.fileno(),
+        keep_alive=keep_alive,
+        pool=pool,
+        key=(host, port),
+    )
 
 
 async def read_body(up: UpstreamResponse) -> bytes:
@@ -155,8 +225,10 @@ async def read_body(up: UpstreamResponse) -> bytes:
         with trio.fail_after(STALL_TIMEOUT):
             while True:
                 if scanner is not None and scanner.done:
+                    up.consumed = not scanner.pending
                     return dechunk(bytes(out))
                 if length is not None and len(buf) >= int(length):
+                    up.consumed = len(buf) == int(length)
                     return bytes(buf[: int(length)])
                 data = await up.stream.receive_some(RECV_SIZE)
                 if not data:

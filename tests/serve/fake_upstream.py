@@ -26,6 +26,7 @@ class Behaviour:
     die_after: int | None = None  # tokens streamed, then the connection is cut
     token_delay: float = 0.0
     served: list[dict[str, Any]] = field(default_factory=list)  # request bodies seen
+    connections: int = 0  # connections accepted
 
 
 def words(body: dict[str, Any], chat: bool) -> int:
@@ -64,96 +65,106 @@ def _chunk(data: bytes) -> bytes:
 
 
 async def handle(stream: trio.SocketStream, b: Behaviour, name: str) -> None:
+    """Answer requests on one connection (keep-alive, like vLLM) until one
+    breaks off or the client leaves."""
+    b.connections += 1
     try:
-        got = await _read_request(stream)
-        if got is None:
-            return
-        target, body = got
-        b.served.append(body)
-        if b.die_before:
-            return
-        if b.status != 200:
-            err = json.dumps({"error": {"message": "refused", "code": b.status}}).encode()
-            await stream.send_all(
-                b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                % (b.status, len(err), err)
-            )
-            return
-        if body.get("model") != name:
-            err = json.dumps(
-                {"error": {"message": f"The model `{body.get('model')}` does not exist."}}
-            ).encode()
-            await stream.send_all(
-                b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\n"
-                b"content-length: %d\r\n\r\n%s" % (len(err), err)
-            )
-            return
-        chat = target.endswith("/chat/completions")
-        tokens = answer(body, chat)
-        if not body.get("stream"):
-            choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
-            text = "".join(tokens)
-            if chat:
-                choice["message"] = {"role": "assistant", "content": text}
-            else:
-                choice["text"] = text
-            data = json.dumps(
-                {
-                    "id": "cmpl-fake",
-                    "object": "text_completion",
-                    "created": 1,
-                    "model": name,
-                    "choices": [choice],
-                    "usage": {
-                        "prompt_tokens": 1,
-                        "completion_tokens": len(tokens),
-                        "total_tokens": 1 + len(tokens),
-                    },
-                }
-            ).encode()
-            await stream.send_all(
-                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                % (len(data), data)
-            )
-            return
-        await stream.send_all(
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
-            b"transfer-encoding: chunked\r\n\r\n"
-        )
-        obj = "chat.completion.chunk" if chat else "text_completion"
-        if chat:
-            first = {
-                "id": "cmpl-fake",
-                "object": obj,
-                "created": 7,
-                "model": name,
-                "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}],
-            }
-            await stream.send_all(_chunk(b"data: " + json.dumps(first).encode() + b"\n\n"))
-        for i, tok in enumerate(tokens):
-            if b.die_after is not None and i >= b.die_after:
-                return
-            last = i == len(tokens) - 1
-            choice = {"index": 0, "finish_reason": "length" if last else None}
-            if chat:
-                choice["delta"] = {"content": tok}
-            else:
-                choice["text"] = tok
-            event = {
-                "id": "cmpl-fake",
-                "object": obj,
-                "created": 7,
-                "model": name,
-                "choices": [choice],
-            }
-            await stream.send_all(_chunk(b"data: " + json.dumps(event).encode() + b"\n\n"))
-            if b.token_delay:
-                await trio.sleep(b.token_delay)
-        await stream.send_all(_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+        while await _answer_one(stream, b, name):
+            pass
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:
         await stream.aclose()
+
+
+async def _answer_one(stream: trio.SocketStream, b: Behaviour, name: str) -> bool:
+    """One request and its answer; False: the connection is to be closed."""
+    got = await _read_request(stream)
+    if got is None:
+        return False
+    target, body = got
+    b.served.append(body)
+    if b.die_before:
+        return False
+    if b.status != 200:
+        err = json.dumps({"error": {"message": "refused", "code": b.status}}).encode()
+        await stream.send_all(
+            b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+            % (b.status, len(err), err)
+        )
+        return True
+    if body.get("model") != name:
+        err = json.dumps(
+            {"error": {"message": f"The model `{body.get('model')}` does not exist."}}
+        ).encode()
+        await stream.send_all(
+            b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(err), err)
+        )
+        return True
+    chat = target.endswith("/chat/completions")
+    tokens = answer(body, chat)
+    if not body.get("stream"):
+        choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
+        text = "".join(tokens)
+        if chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
+        data = json.dumps(
+            {
+                "id": "cmpl-fake",
+                "object": "text_completion",
+                "created": 1,
+                "model": name,
+                "choices": [choice],
+                "usage": {
+                    "prompt_tokens": 1,
+                    "completion_tokens": len(tokens),
+                    "total_tokens": 1 + len(tokens),
+                },
+            }
+        ).encode()
+        await stream.send_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+            % (len(data), data)
+        )
+        return True
+    await stream.send_all(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
+        b"transfer-encoding: chunked\r\n\r\n"
+    )
+    obj = "chat.completion.chunk" if chat else "text_completion"
+    if chat:
+        first = {
+            "id": "cmpl-fake",
+            "object": obj,
+            "created": 7,
+            "model": name,
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}],
+        }
+        await stream.send_all(_chunk(b"data: " + json.dumps(first).encode() + b"\n\n"))
+    for i, tok in enumerate(tokens):
+        if b.die_after is not None and i >= b.die_after:
+            return False
+        last = i == len(tokens) - 1
+        choice = {"index": 0, "finish_reason": "length" if last else None}
+        if chat:
+            choice["delta"] = {"content": tok}
+        else:
+            choice["text"] = tok
+        event = {
+            "id": "cmpl-fake",
+            "object": obj,
+            "created": 7,
+            "model": name,
+            "choices": [choice],
+        }
+        await stream.send_all(_chunk(b"data: " + json.dumps(event).encode() + b"\n\n"))
+        if b.token_delay:
+            await trio.sleep(b.token_delay)
+    await stream.send_all(_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+    return True
 
 
 async def serve_fake(

@@ -71,6 +71,13 @@ async def _listen(handler, nursery: trio.Nursery) -> int:  # type: ignore[no-unt
     return int(listeners[0].socket.getsockname()[1])
 
 
+async def _close_when_done(front: FrontDoor) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        front.close()  # pooled upstream connections
+
+
 async def start_door(
     nursery: trio.Nursery,
     keyring: KeyRing,
@@ -87,6 +94,7 @@ async def start_door(
     front = FrontDoor(
         view=view, signer=PeerSigner(keyring, node), address=f"127.0.0.1:{index}", api_keys=api_keys
     )
+    nursery.start_soon(_close_when_done, front)
     api_port = await _listen(front.serve_connection, nursery)
     peer_port = await _listen(lambda s: front.serve_connection(s, peer=True), nursery)
     return Door(front, view, f"http://127.0.0.1:{api_port}/v1", ("127.0.0.1", peer_port), engine)

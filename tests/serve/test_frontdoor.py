@@ -63,6 +63,42 @@ async def test_forward_to_a_peer_that_has_the_model(keyring: KeyRing) -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_forwards_reuse_their_upstream_connections(keyring: KeyRing) -> None:
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
+        a = await start_door(nursery, keyring, 1)
+        b = await start_door(nursery, keyring, 2, engine=Behaviour())
+        link(a, b)
+        body = {"model": MODEL, "prompt": "one two", "max_tokens": 3}
+        for stream in (False, True, True, False, True):
+            if stream:
+                text, _, _ = await stream_text(
+                    client, f"{a.api}/completions", {**body, "stream": True}
+                )
+            else:
+                text = (await client.post(f"{a.api}/completions", json=body)).json()["choices"][0][
+                    "text"
+                ]
+            assert text == expected(body, False)
+        # one connection a -> b and one b -> engine carried all five requests
+        assert b.behaviour is not None and b.behaviour.connections == 1
+        assert len(b.behaviour.served) == 5
+        assert a.front.upstreams.stats.reused == 4
+        assert b.front.upstreams.stats.reused == 4
+        assert a.front.upstreams.stats.stale == b.front.upstreams.stats.stale == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_connection_broken_mid_stream_is_not_reused(keyring: KeyRing) -> None:
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
+        a = await start_door(nursery, keyring, 1, engine=Behaviour(die_after=2))
+        body = {"model": MODEL, "prompt": "one two", "max_tokens": 4, "stream": True}
+        for _ in range(2):
+            await stream_text(client, f"{a.api}/completions", body)
+        assert a.behaviour is not None and a.behaviour.connections == 2
+        assert len(a.front.upstreams) == 0 and a.front.upstreams.stats.kept == 0
+        nursery.cancel_scope.cancel()
+
+
 @pytest.mark.parametrize("chat", [False, True])
 async def test_failover_before_the_first_token_is_invisible(keyring: KeyRing, chat: bool) -> None:
     async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:

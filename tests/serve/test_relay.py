@@ -6,6 +6,7 @@ import pytest
 import trio
 
 from hexamesh.serve.relay import UpstreamError, open_upstream, read_body
+from hexamesh.serve.upstreampool import UpstreamPool
 
 REQUEST = b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
 ANSWER = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello"
@@ -42,3 +43,68 @@ async def test_a_closed_port_is_a_clear_upstream_error() -> None:
         port = s.getsockname()[1]
     with pytest.raises(UpstreamError, match=f"cannot connect to 127.0.0.1:{port}"):
         await open_upstream("127.0.0.1", port, REQUEST)
+
+
+KEEP_REQUEST = b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"
+
+
+async def _keep_alive_server(
+    listeners: list[trio.SocketListener], accepted: list[int], drop_second: bool
+) -> None:
+    """Answers each request on a connection (keep-alive); with ``drop_second``
+    the first connection reads its second request and closes without an
+    answer, as a server does that timed the idle connection out just then."""
+
+    async def handle(stream: trio.SocketStream) -> None:
+        accepted.append(1)
+        first_conn = len(accepted) == 1
+        async with stream:
+            for n in range(10):
+                got = b""
+                while b"\r\n\r\n" not in got:
+                    data = await stream.receive_some(4096)
+                    if not data:
+                        return
+                    got += data
+                if drop_second and first_conn and n == 1:
+                    return
+                await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+    await trio.serve_listeners(handle, listeners)
+
+
+@pytest.mark.parametrize("drop_second", [False, True])
+async def test_a_pooled_connection_is_reused_and_a_dropped_one_replaced(drop_second: bool) -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    pool = UpstreamPool()
+    accepted: list[int] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_keep_alive_server, listeners, accepted, drop_second)
+        for _ in range(3):
+            up = await open_upstream("127.0.0.1", port, KEEP_REQUEST, pool)
+            assert up.status == 200 and up.keep_alive
+            assert await read_body(up) == b"ok"
+            assert up.consumed
+            await up.aclose()  # back to the pool
+        assert len(pool) == 1
+        # every request answered; one connection, or two when the first was dropped
+        assert len(accepted) == (2 if drop_second else 1)
+        assert pool.stats.reused == 2
+        assert pool.stats.stale == (1 if drop_second else 0)
+        pool.close()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_response_that_says_close_is_not_pooled() -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    pool = UpstreamPool()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_serve_once, listeners)
+        up = await open_upstream("127.0.0.1", port, REQUEST, pool)
+        assert await read_body(up) == b"hello"
+        assert not up.keep_alive
+        await up.aclose()
+        assert len(pool) == 0
+    await listeners[0].aclose()
