@@ -6,9 +6,13 @@ Three processes on 127.0.0.1: a stand-in upstream that streams ``--tokens``
 chunked SSE events per request, one every ``--gap`` seconds (vLLM's pace per
 stream), a front door whose local engine is that upstream, and the client
 (this process). For concurrency 1 and 16 it reports the front door's CPU time
-(all threads, from /proc schedstat, ns) per token, and tokens/s. Where
-``overhead`` measures the real path with vLLM sharing the cores, this one
-isolates the relay. The last line is one JSON object.
+(all threads, from /proc schedstat, ns) per token, and tokens/s. Then the
+time to first token the door adds (``ttft_added_ms_p50``/``p99``):
+``--ttft-pairs`` single one-token requests straight to the stand-in and
+through the door, back to back, each over its own kept-alive connection, the
+difference taken per pair. Where ``overhead`` measures the real path with
+vLLM sharing the cores, this one isolates the relay. The last line is one
+JSON object.
 """
 
 from __future__ import annotations
@@ -23,11 +27,11 @@ from typing import Any
 import trio
 
 from hexamesh.engine.client import EngineClient
-from simulations.common import cpu_seconds, emit
+from simulations.common import cpu_seconds, emit, percentile
 from simulations.enginebench import closed_loop
 
 UPSTREAM = """
-import sys, trio
+import json, sys, trio
 GAP, TOKENS = float(sys.argv[1]), int(sys.argv[2])
 EVENT = b'data: {"id":"cmpl-x","object":"text_completion","created":1,"model":"tiny","choices":[{"index":0,"text":" tok","logprobs":null,"finish_reason":null}]}\\n\\n'
 CHUNK = b"%x\\r\\n%s\\r\\n" % (len(EVENT), EVENT)
@@ -45,8 +49,9 @@ async def handle(stream):  # keep-alive, like vLLM
         while len(body) < length:
             body += await stream.receive_some(65536)
         buf = body[length:]
+        tokens = json.loads(body[:length]).get("max_tokens") or TOKENS
         await stream.send_all(b"HTTP/1.1 200 OK\\r\\ncontent-type: text/event-stream\\r\\ntransfer-encoding: chunked\\r\\n\\r\\n")
-        for _ in range(TOKENS):
+        for _ in range(tokens):
             await stream.send_all(CHUNK)
             await trio.sleep(GAP)
         await stream.send_all(b"e\\r\\ndata: [DONE]\\n\\n\\r\\n0\\r\\n\\r\\n")
@@ -92,10 +97,37 @@ async def _run(base: str, concurrency: int, requests: int, tokens: int) -> int:
     return total
 
 
+async def _first_token_ms(client: EngineClient) -> float:
+    start = time.perf_counter()
+    first = None
+    async for _ in client.stream_completion(model="tiny", prompt="x", max_tokens=1):
+        if first is None:
+            first = time.perf_counter() - start
+    assert first is not None, "the stand-in sent no token"
+    return first * 1000
+
+
+async def _ttft_added(direct: str, door: str, pairs: int) -> list[float]:
+    """Per pair: TTFT through the door minus TTFT straight to the stand-in (ms)."""
+    added: list[float] = []
+    warm = 5  # the first pairs open connections and warm caches
+    async with EngineClient(direct) as to_direct, EngineClient(door) as to_door:
+        for i in range(pairs + warm):
+            got: dict[str, float] = {}
+            order = [("direct", to_direct), ("door", to_door)]
+            for name, client in order if i % 2 else order[::-1]:
+                got[name] = await _first_token_ms(client)
+                await trio.sleep(0.005)
+            if i >= warm:
+                added.append(got["door"] - got["direct"])
+    return added
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--gap", type=float, default=0.005, help="s between tokens of a stream")
     parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--ttft-pairs", type=int, default=200)
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path])}
@@ -108,8 +140,9 @@ def main() -> None:
         )
         procs.append(up)
         assert up.stdout is not None
+        upstream_port = up.stdout.readline().strip()
         door = subprocess.Popen(
-            [sys.executable, "-c", DOOR, up.stdout.readline().strip()],
+            [sys.executable, "-c", DOOR, upstream_port],
             stdout=subprocess.PIPE,
             text=True,
             env=env,
@@ -117,6 +150,7 @@ def main() -> None:
         procs.append(door)
         assert door.stdout is not None
         base = f"http://127.0.0.1:{door.stdout.readline().strip()}"
+        direct = f"http://127.0.0.1:{upstream_port}"
         trio.run(_run, base, 4, 8, args.tokens)  # warm-up
         result: dict[str, Any] = {"gap_s": args.gap, "tokens_per_request": args.tokens}
         for conc, requests in ((1, 16), (16, 64)):
@@ -125,6 +159,9 @@ def main() -> None:
             wall = time.perf_counter() - t0
             result[f"cpu_us_per_token_c{conc}"] = round((cpu_seconds(door.pid) - c0) / got * 1e6, 1)
             result[f"tok_s_c{conc}"] = round(got / wall, 1)
+        added = trio.run(_ttft_added, direct, base, args.ttft_pairs)
+        result["ttft_added_ms_p50"] = percentile(added, 0.5)
+        result["ttft_added_ms_p99"] = percentile(added, 0.99)
     finally:
         for p in procs:
             p.kill()
