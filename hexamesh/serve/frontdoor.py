@@ -84,6 +84,22 @@ class FrontDoor:
         self.pumps = PumpThread()  # the per-token relay loop (its own thread)
         self.upstreams = UpstreamPool()  # idle keep-alive connections to engines and peers
         self._clock = clock
+        pool = self.upstreams
+        self.metrics.gauge(
+            "hexamesh_upstream_idle_connections",
+            "Idle kept-alive upstream connections",
+            pool.__len__,
+        )
+        self.metrics.counter(
+            "hexamesh_upstream_reused",
+            "Requests sent on a kept-alive upstream connection",
+            lambda: pool.stats.reused,
+        )
+        self.metrics.counter(
+            "hexamesh_upstream_stale",
+            "Kept-alive upstream connections found closed by the server",
+            lambda: pool.stats.stale,
+        )
 
     def close(self) -> None:
         """Close the pooled upstream connections (streams in flight are not touched;

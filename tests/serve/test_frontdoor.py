@@ -85,6 +85,9 @@ async def test_forwards_reuse_their_upstream_connections(keyring: KeyRing) -> No
         assert a.front.upstreams.stats.reused == 4
         assert b.front.upstreams.stats.reused == 4
         assert a.front.upstreams.stats.stale == b.front.upstreams.stats.stale == 0
+        text = (await client.get(f"{a.api.removesuffix('/v1')}/metrics")).text
+        assert "hexamesh_upstream_reused_total 4.0" in text
+        assert "hexamesh_upstream_idle_connections 1.0" in text
         nursery.cancel_scope.cancel()
 
 
