@@ -7,7 +7,7 @@ from typing import Any
 
 import trio
 
-from hexamesh.agent import STATUS_FILE_NAME, AgentStatus, run_agent
+from hexamesh.agent import STATUS_FILE_NAME, AgentStatus, _StatusFile, run_agent
 from hexamesh.config import AgentConfig
 from hexamesh.hexgrid import ORIGIN, Hex, distance
 
@@ -58,3 +58,35 @@ async def test_founder_takes_the_centre_and_a_joiner_links_next_to_it(tmp_path: 
             )
             nursery.cancel_scope.cancel()
         assert not status_file.exists()  # removed on a clean stop
+
+
+def test_the_status_file_skips_rewrites_for_rtt_wobble_alone(tmp_path: Path) -> None:
+    path = tmp_path / STATUS_FILE_NAME
+    status_file = _StatusFile(path)
+    status = AgentStatus(
+        node_id="ab", address="127.0.0.1:1", cell="0,0", pid=1, version="0", founder=True
+    )
+    status.seeds = {"127.0.0.1:2": None}
+    status_file.write(status, now=0.0)
+
+    def read() -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+
+    status.seeds = {"127.0.0.1:2": 1.5}  # the first RTT is news
+    status_file.write(status, now=1.0)
+    assert read()["seeds"] == {"127.0.0.1:2": 1.5}
+    status.seeds = {"127.0.0.1:2": 1.7}  # wobble: held back
+    status_file.write(status, now=2.0)
+    assert read()["seeds"] == {"127.0.0.1:2": 1.5}
+    status.neighbours = ["cd"]  # anything else: at once, with the new RTT
+    status_file.write(status, now=3.0)
+    assert read()["neighbours"] == ["cd"] and read()["seeds"] == {"127.0.0.1:2": 1.7}
+    status.seeds = {"127.0.0.1:2": 1.9}
+    status_file.write(status, now=12.0)  # wobble, but the last write is 9 s old
+    assert read()["seeds"] == {"127.0.0.1:2": 1.7}
+    status_file.write(status, now=13.5)
+    assert read()["seeds"] == {"127.0.0.1:2": 1.9}
+    path.unlink()  # removed under us: written again whatever changed
+    status_file.write(status, now=14.0)
+    assert path.exists()

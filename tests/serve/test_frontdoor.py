@@ -75,9 +75,8 @@ async def test_forwards_reuse_their_upstream_connections(keyring: KeyRing) -> No
                     client, f"{a.api}/completions", {**body, "stream": True}
                 )
             else:
-                text = (await client.post(f"{a.api}/completions", json=body)).json()["choices"][0][
-                    "text"
-                ]
+                r = await client.post(f"{a.api}/completions", json=body)
+                text = r.json()["choices"][0]["text"]
             assert text == expected(body, False)
         # one connection a -> b and one b -> engine carried all five requests
         assert b.behaviour is not None and b.behaviour.connections == 1
@@ -85,9 +84,9 @@ async def test_forwards_reuse_their_upstream_connections(keyring: KeyRing) -> No
         assert a.front.upstreams.stats.reused == 4
         assert b.front.upstreams.stats.reused == 4
         assert a.front.upstreams.stats.stale == b.front.upstreams.stats.stale == 0
-        text = (await client.get(f"{a.api.removesuffix('/v1')}/metrics")).text
-        assert "hexamesh_upstream_reused_total 4.0" in text
-        assert "hexamesh_upstream_idle_connections 1.0" in text
+        metrics = (await client.get(f"{a.api.removesuffix('/v1')}/metrics")).text
+        assert "hexamesh_upstream_reused_total 4.0" in metrics
+        assert "hexamesh_upstream_idle_connections 1.0" in metrics
         nursery.cancel_scope.cancel()
 
 
