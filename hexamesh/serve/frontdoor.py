@@ -263,10 +263,13 @@ class FrontDoor:
         addr = self.view.address(cand.node)
         if addr is None:
             raise UpstreamError(f"no address known for {cand.node.hex()[:8]}")
-        headers = self.signer.headers("POST", target, body, route, self._clock())
+
+        def signed() -> bytes:  # a fresh signature for each send: they are single-use
+            headers = self.signer.headers("POST", target, body, route, self._clock())
+            return request_bytes("POST", *addr, target, body, headers, keep_alive=True)
+
         self.metrics.forwards.inc()
-        request = request_bytes("POST", *addr, target, body, headers, keep_alive=True)
-        return await open_upstream(addr[0], addr[1], request, self.upstreams)
+        return await open_upstream(addr[0], addr[1], signed, self.upstreams)
 
     async def _open_local(self, target: str, body: bytes, url: str | None) -> UpstreamResponse:
         if url is None:

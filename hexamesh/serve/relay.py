@@ -20,6 +20,7 @@ about ``KEEPALIVE_IDLE + KEEPALIVE_COUNT * KEEPALIVE_INTERVAL`` s), and by
 from __future__ import annotations
 
 import socket as _stdlib_socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -145,17 +146,20 @@ class _Stale(Exception):
 
 
 async def open_upstream(
-    host: str, port: int, request: bytes, pool: UpstreamPool | None = None
+    host: str, port: int, request: bytes | Callable[[], bytes], pool: UpstreamPool | None = None
 ) -> UpstreamResponse:
     """Connect (or take a pooled connection), send ``request``, read the
     response head; raises UpstreamError. With a ``pool`` the request must have
-    been built with ``keep_alive=True``."""
+    been built with ``keep_alive=True``. ``request`` may be a function that
+    builds it: a resend then gets a new one (a peer's signature is single-use,
+    and the server may have read the first before it dropped the connection)."""
+    build = request if callable(request) else lambda: request
     key = (host, port)
     if pool is not None:
         stream = pool.take(key)
         if stream is not None:
             try:
-                return await _exchange(stream, host, port, request, pool, reused=True)
+                return await _exchange(stream, host, port, build(), pool, reused=True)
             except _Stale:
                 pool.stats.stale += 1  # sent again below, once, on a fresh connection
     try:
@@ -163,7 +167,7 @@ async def open_upstream(
             stream = await _connect(host, port)
     except (OSError, trio.TooSlowError) as e:
         raise UpstreamError(f"cannot connect to {host}:{port}: {e or 'timed out'}") from None
-    return await _exchange(stream, host, port, request, pool, reused=False)
+    return await _exchange(stream, host, port, build(), pool, reused=False)
 
 
 async def _exchange(

@@ -90,6 +90,62 @@ async def test_forwards_reuse_their_upstream_connections(keyring: KeyRing) -> No
         nursery.cancel_scope.cancel()
 
 
+async def _drop_second_answer(
+    listeners: list[trio.SocketListener], upstream: tuple[str, int], dropped: list[int]
+) -> None:
+    """A TCP proxy to ``upstream``. On its first connection it lets the second
+    request reach the upstream, waits until the upstream starts answering,
+    then closes both sides: the server has the request, the client nothing."""
+    connections = 0
+
+    async def handle(client: trio.SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        first = connections == 1
+        server = await trio.open_tcp_stream(*upstream)
+        async with client, server, trio.open_nursery() as nursery:
+
+            async def answers() -> None:
+                while data := await server.receive_some(65536):
+                    if first and requests == 2:
+                        dropped.append(1)
+                        nursery.cancel_scope.cancel()
+                        return
+                    await client.send_all(data)
+
+            requests = 0
+            nursery.start_soon(answers)
+            while data := await client.receive_some(65536):
+                requests += data.count(b"POST ")
+                await server.send_all(data)
+            nursery.cancel_scope.cancel()
+
+    await trio.serve_listeners(handle, listeners)
+
+
+async def test_a_request_lost_on_a_reused_connection_is_resent_freshly_signed(
+    keyring: KeyRing,
+) -> None:
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
+        a = await start_door(nursery, keyring, 1)
+        b = await start_door(nursery, keyring, 2, engine=Behaviour())
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        dropped: list[int] = []
+        nursery.start_soon(_drop_second_answer, listeners, b.peer_addr, dropped)
+        a.view.peers[b.view.node] = ("127.0.0.1", listeners[0].socket.getsockname()[1])
+        body = {"model": MODEL, "prompt": "one two", "max_tokens": 3}
+        for _ in range(3):
+            r = await client.post(f"{a.api}/completions", json=body)
+            # b saw the lost request's signature: a resend of the same bytes
+            # would be refused as a replay (403); a fresh signature is served
+            assert r.status_code == 200, r.text
+            assert r.json()["choices"][0]["text"] == expected(body, False)
+        assert dropped == [1]
+        assert a.front.upstreams.stats.stale == 1
+        assert b.behaviour is not None and len(b.behaviour.served) == 4  # one answer lost
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_connection_broken_mid_stream_is_not_reused(keyring: KeyRing) -> None:
     async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
         a = await start_door(nursery, keyring, 1, engine=Behaviour(die_after=2))
