@@ -54,6 +54,10 @@ MAX_ATTEMPTS = 4  # servers tried for one request (first choice + failovers/cont
 SERVED_BY = "x-hexamesh-served-by"  # node id (hex) of the agent whose engine answered
 SERVED_ADDR = "x-hexamesh-server"  # that agent's peer address
 COMPLETION_PATHS = {"/v1/completions": False, "/v1/chat/completions": True}  # path -> chat
+# 4xx answers that say nothing about the request itself, so the next server is
+# tried: a timeout, a busy server, and a peer refusing our signature (its key
+# or clock is off; the client has no part in that).
+_NOT_THE_CLIENTS = frozenset({401, 403, 408, 429})
 
 
 class BrokenStream(Exception):
@@ -410,7 +414,7 @@ class FrontDoor:
                 continue
             try:
                 if up.status != 200:
-                    if 400 <= up.status < 500 and up.status not in (408, 429):
+                    if 400 <= up.status < 500 and up.status not in _NOT_THE_CLIENTS:
                         detail = (await read_body(up))[:500].decode("utf-8", "replace")
                         raise JobFailed(f"server refused the request ({up.status}): {detail}")
                     errors.append(f"{cand.node.hex()[:8]} answered {up.status}")
@@ -428,7 +432,7 @@ class FrontDoor:
         self, conn: HttpConnection, request: Request, up: UpstreamResponse, begun: bool
     ) -> int | None:
         """Pass a server's refusal (4xx) to the client; None = try the next server."""
-        if up.status in (408, 429) or up.status >= 500 or begun:
+        if up.status in _NOT_THE_CLIENTS or up.status >= 500 or begun:
             return None
         data = await read_body(up)
         ctype = up.headers.get("content-type", "application/json")

@@ -146,6 +146,22 @@ async def test_a_request_lost_on_a_reused_connection_is_resent_freshly_signed(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_peer_that_refuses_our_signature_is_skipped(keyring: KeyRing) -> None:
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
+        a = await start_door(nursery, keyring, 1)
+        stranger = await start_door(nursery, KeyRing.generate(), 2, engine=Behaviour())
+        good = await start_door(nursery, keyring, 3, engine=Behaviour())
+        link(a, stranger, good)
+        a.view.loads = {stranger.view.node: 0.0, good.view.node: 0.9}  # the stranger first
+        body = {"model": MODEL, "prompt": "one two", "max_tokens": 3}
+        r = await client.post(f"{a.api}/completions", json=body)
+        assert r.status_code == 200, r.text
+        assert r.headers[SERVED_BY] == good.view.node.hex()
+        assert stranger.behaviour is not None and stranger.behaviour.served == []
+        assert a.front.metrics.failovers._value.get() == 1
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_connection_broken_mid_stream_is_not_reused(keyring: KeyRing) -> None:
     async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
         a = await start_door(nursery, keyring, 1, engine=Behaviour(die_after=2))
