@@ -55,9 +55,10 @@ SERVED_BY = "x-hexamesh-served-by"  # node id (hex) of the agent whose engine an
 SERVED_ADDR = "x-hexamesh-server"  # that agent's peer address
 COMPLETION_PATHS = {"/v1/completions": False, "/v1/chat/completions": True}  # path -> chat
 # 4xx answers that say nothing about the request itself, so the next server is
-# tried: a timeout, a busy server, and a peer refusing our signature (its key
-# or clock is off; the client has no part in that).
-_NOT_THE_CLIENTS = frozenset({401, 403, 408, 429})
+# tried: a timeout, a busy server, a peer refusing our signature (its key or
+# clock is off), a server that no longer has the model (our view of it was
+# stale: the model's existence was checked before routing).
+_NOT_THE_CLIENTS = frozenset({401, 403, 404, 408, 429})
 
 
 class BrokenStream(Exception):

@@ -162,6 +162,25 @@ async def test_a_peer_that_refuses_our_signature_is_skipped(keyring: KeyRing) ->
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize(("refusal", "client_sees"), [(404, 200), (400, 400)])
+async def test_a_server_without_the_model_is_skipped_a_bad_request_is_not(
+    keyring: KeyRing, refusal: int, client_sees: int
+) -> None:
+    """404: the view was stale (the server no longer has the model), so the
+    next server is tried; 400: the request itself is at fault, and goes back."""
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
+        a = await start_door(nursery, keyring, 1)
+        first = await start_door(nursery, keyring, 2, engine=Behaviour(status=refusal))
+        good = await start_door(nursery, keyring, 3, engine=Behaviour())
+        link(a, first, good)
+        a.view.loads = {first.view.node: 0.0, good.view.node: 0.9}
+        body = {"model": MODEL, "prompt": "one two", "max_tokens": 3}
+        r = await client.post(f"{a.api}/completions", json=body)
+        assert r.status_code == client_sees, r.text
+        assert good.behaviour is not None and len(good.behaviour.served) == (refusal == 404)
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_connection_broken_mid_stream_is_not_reused(keyring: KeyRing) -> None:
     async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
         a = await start_door(nursery, keyring, 1, engine=Behaviour(die_after=2))
