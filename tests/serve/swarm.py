@@ -104,3 +104,10 @@ def link(a: Door, *servers: Door) -> None:
     """``a`` learns that ``servers`` serve the model."""
     for s in servers:
         a.view.peers[s.view.node] = s.peer_addr
+
+
+def link_in_order(a: Door, *servers: Door) -> None:
+    """``a`` learns that ``servers`` serve the model, each less loaded than the
+    next, so the router tries them in this order."""
+    link(a, *servers)
+    a.view.loads = {s.view.node: i / len(servers) for i, s in enumerate(servers)}

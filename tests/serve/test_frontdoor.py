@@ -16,7 +16,7 @@ from hexamesh.serve.peerauth import PeerSigner, SignedRoute
 from hexamesh.serve.requests import MAX_BODY
 from hexamesh.wire import KeyRing
 from tests.serve.fake_upstream import Behaviour, answer
-from tests.serve.swarm import MODEL, Door, link, start_door
+from tests.serve.swarm import MODEL, Door, link, link_in_order, start_door
 
 
 async def stream_text(
@@ -151,8 +151,7 @@ async def test_a_peer_that_refuses_our_signature_is_skipped(keyring: KeyRing) ->
         a = await start_door(nursery, keyring, 1)
         stranger = await start_door(nursery, KeyRing.generate(), 2, engine=Behaviour())
         good = await start_door(nursery, keyring, 3, engine=Behaviour())
-        link(a, stranger, good)
-        a.view.loads = {stranger.view.node: 0.0, good.view.node: 0.9}  # the stranger first
+        link_in_order(a, stranger, good)
         body = {"model": MODEL, "prompt": "one two", "max_tokens": 3}
         r = await client.post(f"{a.api}/completions", json=body)
         assert r.status_code == 200, r.text
@@ -172,8 +171,7 @@ async def test_a_server_without_the_model_is_skipped_a_bad_request_is_not(
         a = await start_door(nursery, keyring, 1)
         first = await start_door(nursery, keyring, 2, engine=Behaviour(status=refusal))
         good = await start_door(nursery, keyring, 3, engine=Behaviour())
-        link(a, first, good)
-        a.view.loads = {first.view.node: 0.0, good.view.node: 0.9}
+        link_in_order(a, first, good)
         body = {"model": MODEL, "prompt": "one two", "max_tokens": 3}
         r = await client.post(f"{a.api}/completions", json=body)
         assert r.status_code == client_sees, r.text
@@ -199,8 +197,7 @@ async def test_failover_before_the_first_token_is_invisible(keyring: KeyRing, ch
         dead = await start_door(nursery, keyring, 2, engine=Behaviour(die_before=True))
         busy = await start_door(nursery, keyring, 3, engine=Behaviour(status=503))
         good = await start_door(nursery, keyring, 4, engine=Behaviour())
-        link(a, dead, busy, good)
-        a.view.loads = {dead.view.node: 0.0, busy.view.node: 0.1, good.view.node: 0.5}
+        link_in_order(a, dead, busy, good)
         if chat:
             body: dict[str, Any] = {
                 "model": MODEL,
@@ -224,8 +221,7 @@ async def test_mid_stream_death_continues_on_another_server(keyring: KeyRing, ch
         a = await start_door(nursery, keyring, 1)
         dying = await start_door(nursery, keyring, 2, engine=Behaviour(die_after=3))
         spare = await start_door(nursery, keyring, 3, engine=Behaviour())
-        link(a, dying, spare)
-        a.view.loads = {dying.view.node: 0.0, spare.view.node: 0.9}
+        link_in_order(a, dying, spare)
         if chat:
             body: dict[str, Any] = {
                 "model": MODEL,
@@ -259,8 +255,7 @@ async def test_when_every_server_dies_mid_stream_the_stream_ends_with_an_error(
         a = await start_door(nursery, keyring, 1)
         d1 = await start_door(nursery, keyring, 2, engine=Behaviour(die_after=2))
         d2 = await start_door(nursery, keyring, 3, engine=Behaviour(die_after=1))
-        link(a, d1, d2)
-        a.view.loads = {d1.view.node: 0.0, d2.view.node: 0.5}
+        link_in_order(a, d1, d2)
         body = {"model": MODEL, "prompt": "x", "max_tokens": 8, "stream": True}
         with trio.fail_after(10):
             text, events, resp = await stream_text(client, f"{a.api}/completions", body)

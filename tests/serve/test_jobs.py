@@ -14,7 +14,7 @@ from hexamesh.serve import jobs as jobs_mod
 from hexamesh.serve.jobs import Job, Jobs, JobStore, decode_record
 from hexamesh.wire import KeyRing
 from tests.serve.fake_upstream import Behaviour
-from tests.serve.swarm import MODEL, Door, link, start_door
+from tests.serve.swarm import MODEL, Door, link, link_in_order, start_door
 
 
 class MemoryJobDht:
@@ -98,8 +98,7 @@ async def test_submit_status_collect_and_idempotent_retry(tmp_path: Path) -> Non
         a = await start_door(nursery, ring, 1)
         dead = await start_door(nursery, ring, 2, engine=Behaviour(die_before=True))
         good = await start_door(nursery, ring, 3, engine=Behaviour())
-        link(a, dead, good)
-        a.view.loads = {dead.view.node: 0.0, good.view.node: 0.5}
+        link_in_order(a, dead, good)
         await start_jobs(nursery, a, tmp_path)
         r = await client.post(
             f"{a.api}/jobs", json={"model": MODEL, "prompt": "a b", "max_tokens": 2, "id": "job-1"}
