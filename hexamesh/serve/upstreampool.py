@@ -34,10 +34,11 @@ from dataclasses import dataclass
 
 import trio
 
-__all__ = ["IDLE_TTL", "MAX_IDLE_PER_UPSTREAM", "PoolStats", "UpstreamPool"]
+__all__ = ["IDLE_TTL", "MAX_IDLE", "MAX_IDLE_PER_UPSTREAM", "PoolStats", "UpstreamPool"]
 
 IDLE_TTL = 3.0  # s an idle connection is kept; vLLM (uvicorn) drops its own after 5 s
 MAX_IDLE_PER_UPSTREAM = 32  # idle connections per upstream: twice the streams of a busy batch
+MAX_IDLE = 256  # idle connections in all: file descriptors stay well under a 1,024 ulimit
 
 Key = tuple[str, int]
 
@@ -56,10 +57,12 @@ class UpstreamPool:
         *,
         ttl: float = IDLE_TTL,
         max_idle: int = MAX_IDLE_PER_UPSTREAM,
+        max_total: int = MAX_IDLE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ttl = ttl
         self.max_idle = max_idle
+        self.max_total = max_total
         self.stats = PoolStats()
         self._clock = clock
         self._idle: dict[Key, list[tuple[float, trio.SocketStream]]] = {}  # oldest first
@@ -99,6 +102,9 @@ class UpstreamPool:
         self.stats.kept += 1
         while len(conns) > self.max_idle:
             _close(conns.pop(0)[1])
+        if len(self) > self.max_total:  # close the oldest idle connection of any upstream
+            oldest = min((c for c in self._idle.values() if c), key=lambda c: c[0][0])
+            _close(oldest.pop(0)[1])
 
     def close(self) -> None:
         """Close every idle connection; any given back later is closed at once."""

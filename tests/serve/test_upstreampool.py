@@ -121,3 +121,18 @@ async def test_close_closes_the_idle_and_later_give_backs(pair: Pair) -> None:
     pool.give(KEY, b)
     assert is_closed(b)
     assert pool.take(KEY) is None
+
+
+async def test_idle_connections_in_all_are_bounded_the_oldest_closed(pair: Pair) -> None:
+    clock = Clock()
+    pool = UpstreamPool(max_total=3, clock=clock)
+    streams = []
+    for i in range(4):  # four upstreams, one connection each, a second apart
+        s, _ = pair()
+        streams.append(s)
+        pool.give(("127.0.0.1", 9000 + i), s)
+        clock.now += 1
+    assert len(pool) == 3
+    assert is_closed(streams[0]) and not any(is_closed(s) for s in streams[1:])
+    assert pool.take(("127.0.0.1", 9000)) is None
+    assert pool.take(("127.0.0.1", 9003)) is streams[3]
