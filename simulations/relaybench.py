@@ -10,9 +10,11 @@ stream), a front door whose local engine is that upstream, and the client
 time to first token the door adds (``ttft_added_ms_p50``/``p99``):
 ``--ttft-pairs`` single one-token requests straight to the stand-in and
 through the door, back to back, each over its own kept-alive connection, the
-difference taken per pair. Where ``overhead`` measures the real path with
-vLLM sharing the cores, this one isolates the relay. The last line is one
-JSON object.
+difference taken per pair; ``..._two_doors``: the same through a second door
+in front of the first, the shape of the mesh path (a forward, then the
+serving agent's relay) without vLLM, less the peer signature. Where
+``overhead`` measures the real path with vLLM sharing the cores, this one
+isolates the relay. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -132,24 +134,21 @@ def main() -> None:
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path])}
     procs: list[subprocess.Popen[str]] = []
+
+    def start(code: str, *argv: str) -> tuple[subprocess.Popen[str], str]:
+        """A process that prints its port first; (process, that port)."""
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, *argv], stdout=subprocess.PIPE, text=True, env=env
+        )
+        procs.append(proc)
+        assert proc.stdout is not None
+        return proc, proc.stdout.readline().strip()
+
     try:
-        up = subprocess.Popen(
-            [sys.executable, "-c", UPSTREAM, str(args.gap), str(args.tokens)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        procs.append(up)
-        assert up.stdout is not None
-        upstream_port = up.stdout.readline().strip()
-        door = subprocess.Popen(
-            [sys.executable, "-c", DOOR, upstream_port],
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        procs.append(door)
-        assert door.stdout is not None
-        base = f"http://127.0.0.1:{door.stdout.readline().strip()}"
+        _, upstream_port = start(UPSTREAM, str(args.gap), str(args.tokens))
+        door, door_port = start(DOOR, upstream_port)
+        _, second_port = start(DOOR, door_port)  # a second door in front of the first
+        base = f"http://127.0.0.1:{door_port}"
         direct = f"http://127.0.0.1:{upstream_port}"
         trio.run(_run, base, 4, 8, args.tokens)  # warm-up
         result: dict[str, Any] = {"gap_s": args.gap, "tokens_per_request": args.tokens}
@@ -162,6 +161,9 @@ def main() -> None:
         added = trio.run(_ttft_added, direct, base, args.ttft_pairs)
         result["ttft_added_ms_p50"] = percentile(added, 0.5)
         result["ttft_added_ms_p99"] = percentile(added, 0.99)
+        two = trio.run(_ttft_added, direct, f"http://127.0.0.1:{second_port}", args.ttft_pairs)
+        result["ttft_added_ms_p50_two_doors"] = percentile(two, 0.5)
+        result["ttft_added_ms_p99_two_doors"] = percentile(two, 0.99)
     finally:
         for p in procs:
             p.kill()
