@@ -120,11 +120,12 @@ class UpstreamPool:
         if now - self._swept < self.ttl:
             return
         self._swept = now
-        for key in list(self._idle):
-            conns = self._idle[key]
-            fresh = [(since, s) for since, s in conns if now - since <= self.ttl]
+        for key, conns in list(self._idle.items()):
+            fresh = []
             for since, stream in conns:
-                if now - since > self.ttl:
+                if now - since <= self.ttl:
+                    fresh.append((since, stream))
+                else:
                     self.stats.expired += 1
                     _close(stream)
             if fresh:
