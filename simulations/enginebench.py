@@ -67,6 +67,34 @@ async def closed_loop(
     return sum(counts), time.perf_counter() - start
 
 
+async def ttft_added(
+    base: str,
+    through: str,
+    pairs: int,
+    first_token_ms: Callable[[EngineClient], Awaitable[float | None]],
+    *,
+    warm: int,
+    pause: float,
+) -> list[float]:
+    """Time to first token added by sending ``through`` instead of to ``base``:
+    one request to each, back to back (which goes first alternates), each
+    over its own kept-alive connection, ``pause`` s apart; the difference per
+    pair in ms. The first ``warm`` pairs open connections and are not counted,
+    nor is a pair where either side got no token."""
+    added: list[float] = []
+    async with EngineClient(base) as to_base, EngineClient(through) as to_through:
+        for i in range(pairs + warm):
+            got: dict[str, float | None] = {}
+            order = [("base", to_base), ("through", to_through)]
+            for name, client in order if i % 2 else order[::-1]:
+                got[name] = await first_token_ms(client)
+                await trio.sleep(pause)
+            b, t = got["base"], got["through"]
+            if i >= warm and b is not None and t is not None:
+                added.append(t - b)
+    return added
+
+
 async def _level(
     client: EngineClient, concurrency: int, requests: int, tokens: int
 ) -> dict[str, Any]:

@@ -41,7 +41,7 @@ import trio
 from hexamesh.demo import start_agent
 from hexamesh.engine.client import EngineClient, EngineUnavailable
 from simulations.common import cpu_seconds, emit, percentile
-from simulations.enginebench import closed_loop, stream_one
+from simulations.enginebench import closed_loop, stream_one, ttft_added
 
 READY_TIMEOUT = 600.0  # s for vLLM to start
 TTFT_TOKENS = 4  # tokens per request of the TTFT pairs
@@ -238,16 +238,12 @@ async def _measure(direct: str, mesh: str, local: str, a_pid: int, args: Any) ->
     # Time to first token added, measured apart: single requests on an idle
     # swarm, direct and mesh back to back, the difference taken per pair (the
     # throughput runs' TTFTs swing by tens of ms with vLLM's batching).
-    pairs: list[float] = []
-    async with EngineClient(direct) as to_direct, EngineClient(mesh) as to_mesh:
-        for i in range(args.ttft_pairs + 2):
-            d: list[float] = []
-            m: list[float] = []
-            for client, into in ((to_direct, d), (to_mesh, m))[:: 1 if i % 2 else -1]:
-                await _one(client, TTFT_TOKENS, into)
-                await trio.sleep(0.05)
-            if i >= 2 and d and m:  # the first pairs open connections
-                pairs.append(m[0] - d[0])
+    async def first_token_ms(client: EngineClient) -> float | None:
+        into: list[float] = []
+        await _one(client, TTFT_TOKENS, into)
+        return into[0] if into else None
+
+    pairs = await ttft_added(direct, mesh, args.ttft_pairs, first_token_ms, warm=2, pause=0.05)
 
     def tok_s(name: str, conc: int) -> float:
         return round(_median([r["tok_s"] for r in runs[(name, conc)]]), 1)

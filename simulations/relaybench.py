@@ -30,7 +30,7 @@ import trio
 
 from hexamesh.engine.client import EngineClient
 from simulations.common import cpu_seconds, emit, percentile
-from simulations.enginebench import closed_loop
+from simulations.enginebench import closed_loop, ttft_added
 
 UPSTREAM = """
 import json, sys, trio
@@ -109,20 +109,8 @@ async def _first_token_ms(client: EngineClient) -> float:
     return first * 1000
 
 
-async def _ttft_added(direct: str, door: str, pairs: int) -> list[float]:
-    """Per pair: TTFT through the door minus TTFT straight to the stand-in (ms)."""
-    added: list[float] = []
-    warm = 5  # the first pairs open connections and warm caches
-    async with EngineClient(direct) as to_direct, EngineClient(door) as to_door:
-        for i in range(pairs + warm):
-            got: dict[str, float] = {}
-            order = [("direct", to_direct), ("door", to_door)]
-            for name, client in order if i % 2 else order[::-1]:
-                got[name] = await _first_token_ms(client)
-                await trio.sleep(0.005)
-            if i >= warm:
-                added.append(got["door"] - got["direct"])
-    return added
+async def _ttft_pairs(direct: str, door: str, pairs: int) -> list[float]:
+    return await ttft_added(direct, door, pairs, _first_token_ms, warm=5, pause=0.005)
 
 
 def main() -> None:
@@ -158,10 +146,10 @@ def main() -> None:
             wall = time.perf_counter() - t0
             result[f"cpu_us_per_token_c{conc}"] = round((cpu_seconds(door.pid) - c0) / got * 1e6, 1)
             result[f"tok_s_c{conc}"] = round(got / wall, 1)
-        added = trio.run(_ttft_added, direct, base, args.ttft_pairs)
+        added = trio.run(_ttft_pairs, direct, base, args.ttft_pairs)
         result["ttft_added_ms_p50"] = percentile(added, 0.5)
         result["ttft_added_ms_p99"] = percentile(added, 0.99)
-        two = trio.run(_ttft_added, direct, f"http://127.0.0.1:{second_port}", args.ttft_pairs)
+        two = trio.run(_ttft_pairs, direct, f"http://127.0.0.1:{second_port}", args.ttft_pairs)
         result["ttft_added_ms_p50_two_doors"] = percentile(two, 0.5)
         result["ttft_added_ms_p99_two_doors"] = percentile(two, 0.99)
     finally:
