@@ -25,8 +25,9 @@ order too, so their output is deterministic.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = [
@@ -150,12 +151,27 @@ def spiral(center: Hex, radius: int) -> list[Hex]:
 
 
 def spiral_index(cell: Hex, center: Hex = ORIGIN) -> int:
-    """Position of ``cell`` in ``spiral(center, ...)``; a total order "centre first"."""
+    """Position of ``cell`` in ``spiral(center, ...)``; a total order "centre first".
+
+    Arithmetic, not a walk: side ``s`` of ring k starts at the corner
+    ``center + DIRECTIONS[(s + 4) % 6] * k`` and steps k times along
+    ``DIRECTIONS[s]`` (the walk of ``ring``), so the side is the one whose
+    corner the cell lies a whole number of steps from. Joins ask this of
+    every free cell on the comb's edge, so it must not cost O(k).
+    """
     k = distance(cell, center)
     if k == 0:
         return 0
     before = 3 * (k - 1) * k + 1  # cells in the spiral of radius k - 1
-    return before + ring(center, k).index(cell)
+    dq, dr = cell.q - center.q, cell.r - center.r
+    for side in range(6):
+        corner, step = DIRECTIONS[(side + 4) % 6], DIRECTIONS[side]
+        oq, or_ = dq - corner.q * k, dr - corner.r * k
+        # Every step changes q or r by exactly one, so j is whichever moves.
+        j = oq * step.q if step.q else or_ * step.r
+        if 0 <= j < k and oq == step.q * j and or_ == step.r * j:
+            return before + side * k + j
+    raise AssertionError(f"{cell} is on no side of ring {k}")  # unreachable
 
 
 def to_cartesian(cell: Hex) -> tuple[float, float]:
@@ -205,8 +221,14 @@ def _angle_off(origin: Hex, cell: Hex, direction: int) -> float:
     return min(off, 360.0 - off)
 
 
-def _sector(origin: Hex, direction: int, k: int) -> Iterator[Hex]:
-    return (c for c in ring(origin, k) if direction_of(origin, c) == direction)
+@functools.cache
+def _sector_order(direction: int, k: int) -> tuple[Hex, ...]:
+    """Offsets of ring k in ``direction``'s sector, best first: closest in angle
+    to the direction, ties by coordinates. The same for every origin (a sum
+    keeps the order of coordinates), so computed once per (direction, k)
+    instead of per relink: the bearings cost trigonometry."""
+    cells = [c for c in ring(ORIGIN, k) if direction_of(ORIGIN, c) == direction]
+    return tuple(sorted(cells, key=lambda c: (round(_angle_off(ORIGIN, c, direction), 9), c)))
 
 
 def nearest_in_direction(
@@ -226,8 +248,10 @@ def nearest_in_direction(
     """
     if not 0 <= direction < 6:
         raise ValueError(f"direction must be in 0..5, got {direction}")
+    q, r = origin.q, origin.r
     for k in range(1, max_distance + 1):
-        live = [c for c in _sector(origin, direction, k) if is_live(c)]
-        if live:
-            return min(live, key=lambda c: (round(_angle_off(origin, c, direction), 9), c))
+        for offset in _sector_order(direction, k):
+            cell = Hex(q + offset.q, r + offset.r)
+            if is_live(cell):
+                return cell
     return None

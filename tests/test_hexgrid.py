@@ -1,3 +1,5 @@
+import math
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,6 +18,7 @@ from hexamesh.hexgrid import (
     ring,
     spiral,
     spiral_index,
+    to_cartesian,
 )
 
 coords = st.integers(-1000, 1000)
@@ -65,6 +68,11 @@ def test_spiral_has_3r_r_plus_1_plus_1_distinct_cells(c: Hex, r: int) -> None:
 @given(st.integers(0, 8).flatmap(lambda r: st.sampled_from(spiral(ORIGIN, r))))
 def test_spiral_index_is_the_position_in_the_spiral(c: Hex) -> None:
     assert spiral(ORIGIN, 8)[spiral_index(c)] == c
+
+
+@given(cells, st.integers(0, 6).flatmap(lambda r: st.sampled_from(spiral(ORIGIN, r))))
+def test_spiral_index_around_any_centre(centre: Hex, offset: Hex) -> None:
+    assert spiral(centre, 6)[spiral_index(centre + offset, centre)] == centre + offset
 
 
 def test_directions_have_the_documented_order() -> None:
@@ -134,6 +142,37 @@ def test_nearest_in_direction_is_live_in_sector_and_nearest(live: set[Hex], d: i
     else:
         assert found in live and direction_of(ORIGIN, found) == d
         assert distance(ORIGIN, found) == min(distance(ORIGIN, c) for c in in_sector)
+
+
+def _nearest_by_walking(origin: Hex, d: int, live: set[Hex], max_distance: int) -> Hex | None:
+    """The docstring's rule, walked literally: ring by ring, the live cells of
+    the sector, closest in angle first, ties by coordinates."""
+    for k in range(1, max_distance + 1):
+        found = [c for c in ring(origin, k) if c in live and direction_of(origin, c) == d]
+        if found:
+            off = [abs(_bearing_deg(c - origin) - 60.0 * d) % 360 for c in found]
+            keyed = [(round(min(o, 360.0 - o), 9), c) for o, c in zip(off, found, strict=True)]
+            return min(keyed)[1]
+    return None
+
+
+def _bearing_deg(offset: Hex) -> float:
+    x, y = to_cartesian(offset)  # screen y points down: negate it to turn counter-clockwise
+    return round(math.degrees(math.atan2(-y, x)), 6) % 360.0
+
+
+@given(
+    cells,
+    st.sets(st.builds(Hex, st.integers(-5, 5), st.integers(-5, 5)), max_size=40),
+    st.integers(0, 5),
+)
+def test_nearest_in_direction_picks_what_the_walk_picks(
+    origin: Hex, offsets: set[Hex], d: int
+) -> None:
+    live = {origin + o for o in offsets if o != ORIGIN}
+    assert nearest_in_direction(origin, d, live.__contains__, 6) == _nearest_by_walking(
+        origin, d, live, 6
+    )
 
 
 def test_str_and_parse_round_trip() -> None:
