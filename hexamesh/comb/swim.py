@@ -53,6 +53,7 @@ repairs what a lost flood missed.
 from __future__ import annotations
 
 import enum
+import heapq
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -223,14 +224,15 @@ class _Relay:
 class _News:
     update: MemberUpdate
     due: float  # next flood round
+    order: int  # flood order: news keeps its place while it is replaced, new news goes last
     rounds: int = 0  # rounds done
     told_us: set[bytes] = field(default_factory=set)  # links that have it already
 
 
-def _news_key(update: MemberUpdate) -> tuple[bytes, bytes]:
-    """Where news sits in ``Swim._news``: one entry per suspicion and accuser,
-    one per verdict or refutation."""
-    return (update.node, update.by if update.state is MemberState.SUSPECT else b"")
+def _news_slot(update: MemberUpdate) -> bytes:
+    """Where news about a node sits in ``Swim._news[node]``: one entry per
+    suspicion and accuser, one (b"") per verdict or refutation."""
+    return update.by if update.state is MemberState.SUSPECT else b""
 
 
 _UPDATE_SIZE = 70  # bytes of one MemberUpdate on the wire, a safe upper estimate for IPv4
@@ -261,7 +263,12 @@ class Swim:
         self._probes: dict[int, _Probe] = {}  # our seq -> probe
         self._relays: dict[int, _Relay] = {}  # our seq -> probe we make for another node
         self._queue: BroadcastQueue[MemberUpdate] = BroadcastQueue(self._retransmits)
-        self._news: dict[tuple[bytes, bytes], _News] = {}  # (node, accuser or b"") -> news
+        # News being flooded: node -> accuser (or b"") -> news. By node, so that a
+        # verdict replaces a node's suspicions without a scan of all the news: in
+        # a mass failure a node holds thousands of items at once.
+        self._news: dict[bytes, dict[bytes, _News]] = {}
+        self._news_due: list[tuple[float, int, _News]] = []  # heap of rounds; stale ones skipped
+        self._news_serial = 0  # tie-break in the heap, and ``_News.order``
         self._flood_at: float | None = None
         self.awareness = Awareness(config.awareness_max)
         self._outbox: list[tuple[Addr, Envelope]] = []
@@ -665,31 +672,45 @@ class Swim:
     def _broadcast(self, update: MemberUpdate, now: float, sender: bytes | None = None) -> None:
         """New news: piggyback it, and flood it to our links."""
         self._queue.queue(update.node, update, _UPDATE_SIZE)
-        key = _news_key(update)
+        slots = self._news.setdefault(update.node, {})
+        slot = _news_slot(update)
         if update.state is not MemberState.SUSPECT:
-            for stale in [k for k in self._news if k[0] == update.node]:
-                del self._news[stale]  # a verdict or refutation replaces the suspicions
+            slots.clear()  # a verdict or refutation replaces the suspicions
+        old = slots.get(slot)
+        self._news_serial += 1
         due = now + self.config.gossip_interval
-        news = _News(update, due)
+        news = _News(update, due, old.order if old is not None else self._news_serial)
         if sender is not None and sender != self.me:
             news.told_us.add(sender)
-        self._news[key] = news
+        slots[slot] = news
+        heapq.heappush(self._news_due, (due, self._news_serial, news))
         if self._flood_at is None or due < self._flood_at:
             self._flood_at = due
 
     def _told(self, u: MemberUpdate, sender: bytes) -> None:
         """``sender`` sent us news we had: it needs no copy from us."""
-        key = _news_key(u)
-        news = self._news.get(key)
+        slots = self._news.get(u.node)
+        news = slots.get(_news_slot(u)) if slots is not None else None
         if news is not None and (news.update.incarnation, news.update.state) == (
             u.incarnation,
             u.state,
         ):
             news.told_us.add(sender)
 
+    def _is_current(self, news: _News, due: float) -> bool:
+        """Is a heap entry still the news' next round (not replaced, not done)?"""
+        slots = self._news.get(news.update.node)
+        return news.due == due and slots is not None and slots.get(_news_slot(news.update)) is news
+
     def _flood(self, now: float) -> None:
         cfg = self.config
-        ready = [n for n in self._news.values() if n.due <= now]
+        heap = self._news_due
+        ready: list[_News] = []
+        while heap and heap[0][0] <= now:
+            due, _, news = heapq.heappop(heap)
+            if self._is_current(news, due):
+                ready.append(news)
+        ready.sort(key=lambda n: n.order)  # oldest news first, as it was made
         per_msg = min(MAX_UPDATES, _FLOOD_BYTES // _UPDATE_SIZE)
         for target in self.spread:
             member = self.members[target]
@@ -701,10 +722,18 @@ class Swim:
                 self._send(member.addr, self._rng.getrandbits(64), Gossip(updates=chunk))
         for news in ready:
             news.rounds += 1
-            news.due = now + cfg.flood_repeat
             if news.rounds >= cfg.flood_rounds:  # only the ready ones can have reached it
-                del self._news[_news_key(news.update)]
-        self._flood_at = min((n.due for n in self._news.values()), default=None)
+                slots = self._news[news.update.node]
+                del slots[_news_slot(news.update)]
+                if not slots:
+                    del self._news[news.update.node]
+            else:
+                news.due = now + cfg.flood_repeat
+                self._news_serial += 1
+                heapq.heappush(heap, (news.due, self._news_serial, news))
+        while heap and not self._is_current(heap[0][2], heap[0][0]):
+            heapq.heappop(heap)
+        self._flood_at = heap[0][0] if heap else None
 
     def _piggyback(self) -> tuple[MemberUpdate, ...]:
         taken = self._queue.take(self.config.piggyback_bytes)

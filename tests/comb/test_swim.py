@@ -228,6 +228,32 @@ def test_news_is_flooded_to_every_link_but_the_teller_twice() -> None:
     ]
 
 
+def test_a_verdict_replaces_the_suspicions_and_news_floods_in_the_order_made() -> None:
+    c = lone(0, [1, 2, 3])
+
+    def dead(of: int, by: int) -> MemberUpdate:
+        return MemberUpdate(
+            node=node_id(of),
+            host=addr(of)[0],
+            port=addr(of)[1],
+            incarnation=0,
+            state=MemberState.DEAD,
+            by=node_id(by),
+        )
+
+    for t in (0.2, 0.7):  # our own join news, flooded twice, out of the way
+        c.handle_timer(t)
+    c.receive(gossip_from(2, suspicion(of=1, by=2), suspicion(of=1, by=4)), addr(2), 1.0)
+    c.receive(gossip_from(2, dead(8, by=2), dead(9, by=2)), addr(2), 1.01)
+    c.receive(gossip_from(2, dead(1, by=4)), addr(2), 1.02)
+    c.outbox()
+    c.handle_timer(1.2)
+    sent = [(to, env.message.updates) for to, env in c.outbox() if isinstance(env.message, Gossip)]
+    # Link 1 is dead and 2 told us everything: only 3 is told, the verdict on 1
+    # (made last) and no suspicion of 1 any more.
+    assert sent == [(addr(3), (dead(8, by=2), dead(9, by=2), dead(1, by=4)))]
+
+
 def test_a_quiet_link_is_probed_a_chatty_one_never() -> None:
     c = lone(0, [1, 2])
     for t in (0.0, 1.0, 2.0, 3.0):
