@@ -1,3 +1,6 @@
+from hypothesis import given
+from hypothesis import strategies as st
+
 from hexamesh.comb.broadcast import BroadcastQueue
 
 
@@ -39,3 +42,56 @@ def test_bounded() -> None:
         q.queue(i, i, 1)
     assert len(q) == 3
     assert sorted(q.take(100)) == [7, 8, 9]
+
+
+class _SortEveryTime:
+    """The queue's rule written plainly (sort all items for every take), to
+    check the kept-in-order queue against."""
+
+    def __init__(self, limit: int, max_items: int) -> None:
+        self.limit, self.max_items = limit, max_items
+        self.items: dict[int, list[int]] = {}  # key -> [value, size, transmits, serial]
+        self.serial = 0
+
+    def queue(self, key: int, value: int, size: int) -> None:
+        self.serial += 1
+        self.items[key] = [value, size, 0, self.serial]
+        if len(self.items) > self.max_items:
+            worst = max(self.items, key=lambda k: (self.items[k][2], -self.items[k][3]))
+            del self.items[worst]
+
+    def take(self, budget: int, overhead: int) -> list[int]:
+        out = []
+        for key in sorted(self.items, key=lambda k: (self.items[k][2], -self.items[k][3])):
+            item = self.items[key]
+            if item[1] + overhead > budget:
+                continue
+            budget -= item[1] + overhead
+            out.append(item[0])
+            item[2] += 1
+            if item[2] >= self.limit:
+                del self.items[key]
+        return out
+
+
+@given(
+    st.integers(1, 4),
+    st.integers(1, 8),
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("queue"), st.integers(0, 12), st.integers(1, 40)),
+            st.tuples(st.just("take"), st.integers(0, 120), st.integers(0, 5)),
+        ),
+        max_size=60,
+    ),
+)
+def test_takes_what_sorting_every_item_would(limit: int, max_items: int, ops: list) -> None:
+    q: BroadcastQueue[int] = BroadcastQueue(lambda: limit, max_items=max_items)
+    model = _SortEveryTime(limit, max_items)
+    for n, (op, a, b) in enumerate(ops):
+        if op == "queue":
+            q.queue(a, n, b)
+            model.queue(a, n, b)
+        else:
+            assert q.take(a, overhead=b) == model.take(a, b)
+        assert len(q) == len(model.items)
