@@ -241,17 +241,46 @@ def test_a_verdict_replaces_the_suspicions_and_news_floods_in_the_order_made() -
             by=node_id(by),
         )
 
-    for t in (0.2, 0.7):  # our own join news, flooded twice, out of the way
-        c.handle_timer(t)
-    c.receive(gossip_from(2, suspicion(of=1, by=2), suspicion(of=1, by=4)), addr(2), 1.0)
-    c.receive(gossip_from(2, dead(8, by=2), dead(9, by=2)), addr(2), 1.01)
-    c.receive(gossip_from(2, dead(1, by=4)), addr(2), 1.02)
-    c.outbox()
-    c.handle_timer(1.2)
-    sent = [(to, env.message.updates) for to, env in c.outbox() if isinstance(env.message, Gossip)]
-    # Link 1 is dead and 2 told us everything: only 3 is told, the verdict on 1
-    # (made last) and no suspicion of 1 any more.
+    c.receive(gossip_from(2, suspicion(of=1, by=2), suspicion(of=1, by=4)), addr(2), 0.01)
+    c.receive(gossip_from(2, dead(8, by=2), dead(9, by=2)), addr(2), 0.02)
+    c.receive(gossip_from(2, dead(1, by=4)), addr(2), 0.03)
+    c.handle_timer(0.15)  # one flood for all of it (and our own join news)
+    sent = [
+        (to, tuple(u for u in env.message.updates if u.node != node_id(0)))
+        for to, env in c.outbox()
+        if isinstance(env.message, Gossip)
+    ]
+    sent = [(to, updates) for to, updates in sent if updates]
     assert sent == [(addr(3), (dead(8, by=2), dead(9, by=2), dead(1, by=4)))]
+
+
+def test_news_arriving_meanwhile_rides_the_flood_already_due() -> None:
+    c = lone(0, [1, 2, 3])
+    for j in (1, 2, 3):
+        c.heard(node_id(j), 0.0)  # no probes in this test
+    for t in (0.15, 0.65):  # our own join news, flooded twice, out of the way
+        c.handle_timer(t)
+    c.outbox()
+    verdicts = [
+        MemberUpdate(
+            node=node_id(j),
+            host=addr(j)[0],
+            port=addr(j)[1],
+            incarnation=0,
+            state=MemberState.DEAD,
+            by=node_id(2),
+        )
+        for j in (7, 8, 9)
+    ]
+    for verdict, t in zip(verdicts, (1.0, 1.05, 1.09), strict=True):
+        c.receive(gossip_from(2, verdict), addr(2), t)
+    assert c.next_timer() == 1.1  # the first news sets the flood...
+    c.handle_timer(1.1)
+    sent = sorted(
+        (to, env.message.updates) for to, env in c.outbox() if isinstance(env.message, Gossip)
+    )
+    # ...and the rest ride it: one datagram per link, not one per item.
+    assert sent == [(addr(1), tuple(verdicts)), (addr(3), tuple(verdicts))]
 
 
 def test_a_quiet_link_is_probed_a_chatty_one_never() -> None:
