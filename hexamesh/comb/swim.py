@@ -560,11 +560,10 @@ class Swim:
         if u.state is MemberState.SUSPECT and u.node not in self._watched:
             return  # not ours to judge: its watchers will tell us the verdict
         member = self.members.get(u.node)
-        addr = (u.host, u.port)
         if member is None:
             # A stranger (alive, suspect, or dead: a tombstone, so that a rejoin
             # with an old incarnation is not believed, and the news keeps spreading).
-            member = _Member(u.node, addr, u.incarnation, u.state, now)
+            member = _Member(u.node, (u.host, u.port), u.incarnation, u.state, now)
             self.members[u.node] = member
             if u.state is MemberState.SUSPECT:
                 member.suspicion_start = now
@@ -581,7 +580,7 @@ class Swim:
                 member.incarnation, member.state, member.addr, member.since = (
                     u.incarnation,
                     MemberState.ALIVE,
-                    addr,
+                    (u.host, u.port),
                     now,
                 )
                 member.confirmers = _NOBODY
@@ -701,13 +700,15 @@ class Swim:
 
     def _told(self, u: MemberUpdate, sender: bytes) -> None:
         """``sender`` sent us news we had: it needs no copy from us."""
+        # Called for most of what a node receives in a mass failure: kept lean.
         slots = self._news.get(u.node)
-        news = slots.get(_news_slot(u)) if slots is not None else None
-        if news is not None and (news.update.incarnation, news.update.state) == (
-            u.incarnation,
-            u.state,
-        ):
-            news.told_us.add(sender)
+        if slots is None:
+            return
+        news = slots.get(u.by if u.state is MemberState.SUSPECT else b"")  # _news_slot
+        if news is not None:
+            had = news.update
+            if had.incarnation == u.incarnation and had.state is u.state:
+                news.told_us.add(sender)
 
     def _is_current(self, news: _News, due: float) -> bool:
         """Is a heap entry still the news' next round (not replaced, not done)?"""
