@@ -35,7 +35,7 @@ from hexamesh.comb.waggle import Dance
 from hexamesh.hexgrid import ORIGIN, Hex, distance, spiral
 from hexamesh.hexgrid import neighbours as hex_neighbours
 from hexamesh.net.sim import GeoLatency, SimHost, SimNetwork
-from simulations.common import addr_of, emit, percentile
+from simulations.common import addr_of, emit, no_cycle_collector, percentile
 
 SHORTCUTS = 2  # per node
 
@@ -250,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--join-spacing", type=float, default=0.005)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    result = run(args)
+    with no_cycle_collector():
+        result = run(args)
     emit(result, quiet=args.json)
     return 0
 
