@@ -182,6 +182,9 @@ class SwimConfig:
     piggyback_bytes: int = 900  # bytes of updates per probe or ack, well inside a datagram
     awareness_max: int = 8  # local health scales timings by at most this factor
     sync_interval: float = 30.0  # s between push-pull exchanges with one random link (memberlist)
+    sync_news_age: float = 90.0  # s; older news is no longer exchanged: every node has had
+    # a few syncs to pull what it missed (memberlist forgets the dead after 30 s). Without
+    # it, after a mass failure every sync carried a thousand old deaths (tens of KB) forever.
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -378,7 +381,7 @@ class Swim:
                 probe.nackers.add(env.sender)
         elif isinstance(msg, Sync):
             if not msg.reply:
-                self._send(sender, env.msg_id, Sync(updates=self._digest(), reply=True))
+                self._send(sender, env.msg_id, Sync(updates=self._digest(now), reply=True))
         elif isinstance(msg, ProbeReq):
             seq = self._rng.getrandbits(64)
             nack_at = now + 0.8 * self.config.probe_timeout  # before the requester gives up
@@ -406,7 +409,7 @@ class Swim:
         if self._flood_at is not None and now >= self._flood_at:
             self._flood(now)
         if now >= self._next_sync:
-            self._sync()
+            self._sync(now)
             self._next_sync = now + self._rng.uniform(0.5, 1.5) * self.config.sync_interval
 
     def next_timer(self) -> float | None:
@@ -752,23 +755,27 @@ class Swim:
         taken = self._queue.take(self.config.piggyback_bytes)
         return tuple(taken[:MAX_UPDATES])
 
-    def _digest(self) -> tuple[MemberUpdate, ...]:
+    def _digest(self, now: float) -> tuple[MemberUpdate, ...]:
         """What anti-entropy exchanges: news that gossip may have lost (deaths,
-        suspicions, refutations), newest first, at most MAX_SYNC entries."""
-        notable = [
+        suspicions, refutations) of the last ``sync_news_age``, newest first,
+        at most MAX_SYNC entries."""
+        since = now - self.config.sync_news_age
+        notable = (
             m
             for m in self.members.values()
-            if m.state is not MemberState.ALIVE or m.incarnation > 0
-        ]
-        notable.sort(key=lambda m: -m.since)
-        out = [self._update(m.node, m.addr, m.incarnation, m.state, self.me) for m in notable]
+            if (m.state is not MemberState.ALIVE or m.incarnation > 0) and m.since >= since
+        )
+        # The newest MAX_SYNC without sorting them all: after a mass failure a
+        # node holds thousands of tombstones and syncs every interval.
+        newest = heapq.nsmallest(MAX_SYNC, notable, key=lambda m: -m.since)
+        out = [self._update(m.node, m.addr, m.incarnation, m.state, self.me) for m in newest]
         if self.incarnation > 0:
             out.insert(
                 0, self._update(self.me, self.addr, self.incarnation, MemberState.ALIVE, self.me)
             )
         return tuple(out[:MAX_SYNC])
 
-    def _sync(self) -> None:
+    def _sync(self, now: float) -> None:
         live = [n for n in self.spread if self.members[n].state is MemberState.ALIVE]
         if not live:
             return
@@ -776,7 +783,7 @@ class Swim:
         self._send(
             self.members[peer].addr,
             self._rng.getrandbits(64),
-            Sync(updates=self._digest(), reply=False),
+            Sync(updates=self._digest(now), reply=False),
         )
 
     def _send(self, addr: Addr, msg_id: int, msg: Message) -> None:

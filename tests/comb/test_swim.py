@@ -323,3 +323,35 @@ def test_a_node_tells_its_accuser_it_is_alive_even_off_its_links() -> None:
         for u in env.message.updates  # type: ignore[attr-defined]
     ]
     assert any(u.node == node_id(0) and u.incarnation == 1 for u in direct)
+
+
+def test_push_pull_exchanges_recent_news_only() -> None:
+    from hexamesh.comb.swim import Sync
+
+    c = lone(0, [1, 2])
+
+    def dead(of: int) -> MemberUpdate:
+        return MemberUpdate(
+            node=node_id(of),
+            host=addr(of)[0],
+            port=addr(of)[1],
+            incarnation=0,
+            state=MemberState.DEAD,
+            by=node_id(1),
+        )
+
+    c.receive(gossip_from(1, dead(8)), addr(1), 10.0)
+    c.receive(gossip_from(1, dead(9)), addr(1), 60.0)
+    ask = Envelope(sender=node_id(2), msg_id=5, message=Sync(updates=(), reply=False))
+
+    def answer(now: float) -> set[bytes]:
+        c.outbox()
+        c.receive(ask, addr(2), now)
+        [reply] = [e.message for _, e in c.outbox() if isinstance(e.message, Sync)]
+        return {u.node for u in reply.updates}
+
+    age = SwimConfig().sync_news_age
+    assert answer(10.0 + age) == {node_id(8), node_id(9)}
+    assert answer(10.0 + age + 1.0) == {node_id(9)}  # the older death is not news any more
+    assert answer(60.0 + age + 1.0) == set()
+    assert c.state_of(node_id(8)) is MemberState.DEAD  # still held, just not exchanged
