@@ -158,11 +158,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     false_positives: set[bytes] = set()
     staleness: list[float] = []
     end = t_kill + args.minutes * 60.0
+    # The traffic once the comb has healed: the last 30 s, if the run is long enough.
+    late_from = end - window
+    measure_late = late_from >= t_kill + window
+    late0: tuple[int, int] | None = None
     step = 0.5
     t = t_kill
     while t < end:
         t = min(end, t + step)
         net.run(until=t)
+        if measure_late and late0 is None and t >= late_from:
+            late0 = _sent(net, live)
         for i in live:
             for e in comb(i).events():
                 if e.state is not MemberState.DEAD:
@@ -196,6 +202,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             net.now - made_at.get((peer, seen.dance.version + 1), net.now)
                         )
 
+    late: tuple[float | None, float | None] = (None, None)
+    if late0 is not None:
+        msgs, sent_bytes = _sent(net, live)
+        late = (
+            round((msgs - late0[0]) / len(live) / (net.now - late_from), 2),
+            round((sent_bytes - late0[1]) / len(live) / (net.now - late_from), 1),
+        )
     live_owners = {c: n for c, n in owners.items() if n not in victim_ids}
     links = [len(comb(i).comb_links) for i in live]
     graph = {ids[i]: set() for i in live}
@@ -227,6 +240,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "false_positives": len(false_positives),
         "msgs_per_node_s": round(msgs_per_node_s, 2),
         "bytes_per_node_s": round(bytes_per_node_s, 1),
+        # The same after the kill, over the last 30 s of a run of at least a minute.
+        "msgs_per_node_s_late": late[0],
+        "bytes_per_node_s_late": late[1],
         "view_staleness_s_p99": percentile(finite_stale, 0.99),
         "view_missing": len(staleness) - len(finite_stale),
         "links_mean": round(sum(links) / len(links), 2),
@@ -236,6 +252,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "connected_by_map": connected(link_graph(live_owners, config.look_past_holes)),
         "wall_s": round(time.perf_counter() - t0, 1),
     }
+
+
+def _sent(net: SimNetwork, hosts: list[int]) -> tuple[int, int]:
+    """Messages and bytes ``hosts`` have sent so far."""
+    counted = [net.hosts[addr_of(i)] for i in hosts]
+    return sum(h.sent_msgs for h in counted), sum(h.sent_bytes for h in counted)
 
 
 def main(argv: list[str] | None = None) -> int:

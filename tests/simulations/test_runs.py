@@ -82,7 +82,7 @@ def test_comb_simulation_small() -> None:
         "--loss",
         "0.05",
         "--minutes",
-        "0.5",
+        "1.1",  # long enough for the traffic after the kill (its last 30 s)
         "--seed",
         "3",
         "--json",
@@ -105,6 +105,8 @@ def test_comb_simulation_small() -> None:
     assert r["undetected"] == 0 and r["false_positives"] == 0
     assert r["connected"] is True and r["links_max"] <= 6
     assert r["msgs_per_node_s"] <= 10  # type: ignore[operator]
+    assert r["msgs_per_node_s_late"] <= 10  # type: ignore[operator]
+    assert r["bytes_per_node_s_late"] <= 4000  # type: ignore[operator]
 
 
 @pytest.mark.parametrize(
