@@ -173,15 +173,23 @@ def lone(i: int, links: list[int], spread: list[int] = ()) -> Swim:  # type: ign
     return c
 
 
-def suspicion(of: int, by: int) -> MemberUpdate:
+def news_of(of: int, by: int, state: MemberState) -> MemberUpdate:
     return MemberUpdate(
         node=node_id(of),
         host=addr(of)[0],
         port=addr(of)[1],
         incarnation=0,
-        state=MemberState.SUSPECT,
+        state=state,
         by=node_id(by),
     )
+
+
+def suspicion(of: int, by: int) -> MemberUpdate:
+    return news_of(of, by, MemberState.SUSPECT)
+
+
+def verdict(of: int, by: int) -> MemberUpdate:
+    return news_of(of, by, MemberState.DEAD)
 
 
 def gossip_from(sender: int, *updates: MemberUpdate) -> Envelope:
@@ -231,19 +239,9 @@ def test_news_is_flooded_to_every_link_but_the_teller_twice() -> None:
 def test_a_verdict_replaces_the_suspicions_and_news_floods_in_the_order_made() -> None:
     c = lone(0, [1, 2, 3])
 
-    def dead(of: int, by: int) -> MemberUpdate:
-        return MemberUpdate(
-            node=node_id(of),
-            host=addr(of)[0],
-            port=addr(of)[1],
-            incarnation=0,
-            state=MemberState.DEAD,
-            by=node_id(by),
-        )
-
     c.receive(gossip_from(2, suspicion(of=1, by=2), suspicion(of=1, by=4)), addr(2), 0.01)
-    c.receive(gossip_from(2, dead(8, by=2), dead(9, by=2)), addr(2), 0.02)
-    c.receive(gossip_from(2, dead(1, by=4)), addr(2), 0.03)
+    c.receive(gossip_from(2, verdict(8, by=2), verdict(9, by=2)), addr(2), 0.02)
+    c.receive(gossip_from(2, verdict(1, by=4)), addr(2), 0.03)
     c.handle_timer(0.15)  # one flood for all of it (and our own join news)
     sent = [
         (to, tuple(u for u in env.message.updates if u.node != node_id(0)))
@@ -251,7 +249,7 @@ def test_a_verdict_replaces_the_suspicions_and_news_floods_in_the_order_made() -
         if isinstance(env.message, Gossip)
     ]
     sent = [(to, updates) for to, updates in sent if updates]
-    assert sent == [(addr(3), (dead(8, by=2), dead(9, by=2), dead(1, by=4)))]
+    assert sent == [(addr(3), (verdict(8, by=2), verdict(9, by=2), verdict(1, by=4)))]
 
 
 def test_news_arriving_meanwhile_rides_the_flood_already_due() -> None:
@@ -261,19 +259,9 @@ def test_news_arriving_meanwhile_rides_the_flood_already_due() -> None:
     for t in (0.15, 0.65):  # our own join news, flooded twice, out of the way
         c.handle_timer(t)
     c.outbox()
-    verdicts = [
-        MemberUpdate(
-            node=node_id(j),
-            host=addr(j)[0],
-            port=addr(j)[1],
-            incarnation=0,
-            state=MemberState.DEAD,
-            by=node_id(2),
-        )
-        for j in (7, 8, 9)
-    ]
-    for verdict, t in zip(verdicts, (1.0, 1.05, 1.09), strict=True):
-        c.receive(gossip_from(2, verdict), addr(2), t)
+    verdicts = [verdict(j, by=2) for j in (7, 8, 9)]
+    for update, t in zip(verdicts, (1.0, 1.05, 1.09), strict=True):
+        c.receive(gossip_from(2, update), addr(2), t)
     assert c.next_timer() == 1.1  # the first news sets the flood...
     c.handle_timer(1.1)
     sent = sorted(
@@ -330,18 +318,8 @@ def test_push_pull_exchanges_recent_news_only() -> None:
 
     c = lone(0, [1, 2])
 
-    def dead(of: int) -> MemberUpdate:
-        return MemberUpdate(
-            node=node_id(of),
-            host=addr(of)[0],
-            port=addr(of)[1],
-            incarnation=0,
-            state=MemberState.DEAD,
-            by=node_id(1),
-        )
-
-    c.receive(gossip_from(1, dead(8)), addr(1), 10.0)
-    c.receive(gossip_from(1, dead(9)), addr(1), 60.0)
+    c.receive(gossip_from(1, verdict(8, by=1)), addr(1), 10.0)
+    c.receive(gossip_from(1, verdict(9, by=1)), addr(1), 60.0)
     ask = Envelope(sender=node_id(2), msg_id=5, message=Sync(updates=(), reply=False))
 
     def answer(now: float) -> set[bytes]:
