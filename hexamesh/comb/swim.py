@@ -88,6 +88,7 @@ __all__ = [
 
 NodeId = Annotated[bytes, Len(NODE_ID_BYTES)]
 MAX_UPDATES = 32  # updates in one message
+PIGGYBACK_QUEUE = 1024  # news items waiting to ride probes and acks; the most-sent go first
 
 
 class MemberState(enum.IntEnum):
@@ -236,7 +237,9 @@ class _News:
     due: float  # next flood round
     order: int  # flood order: news keeps its place while it is replaced, new news goes last
     rounds: int = 0  # rounds done
-    told_us: set[bytes] = field(default_factory=set)  # links that have it already
+    # Links that have it already: a list, as a handful at most (an empty set is 216
+    # bytes, and a node floods thousands of items at once in a mass failure).
+    told_us: list[bytes] = field(default_factory=list)
 
 
 def _news_slot(update: MemberUpdate) -> bytes:
@@ -272,7 +275,11 @@ class Swim:
         self._told_dead: dict[bytes, float] = {}  # node -> when we told it it is dead
         self._probes: dict[int, _Probe] = {}  # our seq -> probe
         self._relays: dict[int, _Relay] = {}  # our seq -> probe we make for another node
-        self._queue: BroadcastQueue[MemberUpdate] = BroadcastQueue(self._retransmits)
+        # Piggybacking rides probes and acks, a dozen items each: a thousand queued
+        # is plenty (the flood carries the news; each item is ~300 bytes here).
+        self._queue: BroadcastQueue[MemberUpdate] = BroadcastQueue(
+            self._retransmits, max_items=PIGGYBACK_QUEUE
+        )
         # News being flooded: node -> accuser (or b"") -> news. By node, so that a
         # verdict replaces a node's suspicions without a scan of all the news: in
         # a mass failure a node holds thousands of items at once.
@@ -695,7 +702,7 @@ class Swim:
             due = self._flood_at
         news = _News(update, due, old.order if old is not None else self._news_serial)
         if sender is not None and sender != self.me:
-            news.told_us.add(sender)
+            news.told_us.append(sender)
         slots[slot] = news
         heapq.heappush(self._news_due, (due, self._news_serial, news))
         if self._flood_at is None or due < self._flood_at:
@@ -710,8 +717,9 @@ class Swim:
         news = slots.get(u.by if u.state is MemberState.SUSPECT else b"")  # _news_slot
         if news is not None:
             had = news.update
-            if had.incarnation == u.incarnation and had.state is u.state:
-                news.told_us.add(sender)
+            same = had.incarnation == u.incarnation and had.state is u.state
+            if same and sender not in news.told_us:
+                news.told_us.append(sender)
 
     def _is_current(self, news: _News, due: float) -> bool:
         """Is a heap entry still the news' next round (not replaced, not done)?"""

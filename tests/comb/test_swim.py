@@ -333,3 +333,14 @@ def test_push_pull_exchanges_recent_news_only() -> None:
     assert answer(10.0 + age + 1.0) == {node_id(9)}  # the older death is not news any more
     assert answer(60.0 + age + 1.0) == set()
     assert c.state_of(node_id(8)) is MemberState.DEAD  # still held, just not exchanged
+
+
+def test_the_piggyback_queue_is_bounded_in_a_mass_failure() -> None:
+    from hexamesh.comb.swim import PIGGYBACK_QUEUE
+
+    c = lone(0, [1, 2])
+    deaths = [verdict(100 + j, by=1) for j in range(PIGGYBACK_QUEUE + 200)]
+    for start in range(0, len(deaths), 30):
+        c.receive(gossip_from(1, *deaths[start : start + 30]), addr(1), 1.0)
+    assert all(c.state_of(d.node) is MemberState.DEAD for d in deaths)  # every death held
+    assert len(c._queue) == PIGGYBACK_QUEUE  # but only so many wait to be piggybacked
