@@ -25,7 +25,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from hexamesh.comb.cells import choose_cell, connected, link_graph
@@ -131,14 +131,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     progress(f"joined and settled at t={net.now:.0f} s")
     for i in range(args.nodes):
         comb(i).events()
-    sent0 = sum(h.sent_msgs for h in net.hosts.values())
-    bytes0 = sum(h.sent_bytes for h in net.hosts.values())
+    everyone = range(args.nodes)
+    sent0 = _sent(net, everyone)
     window = 30.0
     net.run(until=settle_end + window)
-    msgs_per_node_s = (sum(h.sent_msgs for h in net.hosts.values()) - sent0) / args.nodes / window
-    bytes_per_node_s = (
-        (sum(h.sent_bytes for h in net.hosts.values()) - bytes0) / args.nodes / window
-    )
+    msgs_per_node_s, bytes_per_node_s = _per_node_s(sent0, _sent(net, everyone), window)
 
     # Kill at once, switch on loss.
     t_kill = net.now
@@ -161,7 +158,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # The traffic once the comb has healed: the last 30 s, if the run is long enough.
     late_from = end - window
     measure_late = late_from >= t_kill + window
-    late0: tuple[int, int] | None = None
+    late0: tuple[int, int, int] | None = None
     step = 0.5
     t = t_kill
     while t < end:
@@ -204,11 +201,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     late: tuple[float | None, float | None] = (None, None)
     if late0 is not None:
-        msgs, sent_bytes = _sent(net, live)
-        late = (
-            round((msgs - late0[0]) / len(live) / (net.now - late_from), 2),
-            round((sent_bytes - late0[1]) / len(live) / (net.now - late_from), 1),
-        )
+        msgs, sent_bytes = _per_node_s(late0, _sent(net, live), net.now - late_from)
+        late = (round(msgs, 2), round(sent_bytes, 1))
     live_owners = {c: n for c, n in owners.items() if n not in victim_ids}
     links = [len(comb(i).comb_links) for i in live]
     graph = {ids[i]: set() for i in live}
@@ -254,10 +248,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _sent(net: SimNetwork, hosts: list[int]) -> tuple[int, int]:
-    """Messages and bytes ``hosts`` have sent so far."""
+def _sent(net: SimNetwork, hosts: Sequence[int]) -> tuple[int, int, int]:
+    """Messages and bytes ``hosts`` have sent so far, and how many hosts."""
     counted = [net.hosts[addr_of(i)] for i in hosts]
-    return sum(h.sent_msgs for h in counted), sum(h.sent_bytes for h in counted)
+    return sum(h.sent_msgs for h in counted), sum(h.sent_bytes for h in counted), len(counted)
+
+
+def _per_node_s(
+    before: tuple[int, int, int], after: tuple[int, int, int], seconds: float
+) -> tuple[float, float]:
+    """Messages and bytes sent per host per second between two ``_sent`` counts."""
+    hosts = after[2]
+    return (after[0] - before[0]) / hosts / seconds, (after[1] - before[1]) / hosts / seconds
 
 
 def main(argv: list[str] | None = None) -> int:

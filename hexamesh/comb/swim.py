@@ -714,7 +714,7 @@ class Swim:
         slots = self._news.get(u.node)
         if slots is None:
             return
-        news = slots.get(u.by if u.state is MemberState.SUSPECT else b"")  # _news_slot
+        news = slots.get(_news_slot(u))
         if news is not None:
             had = news.update
             same = had.incarnation == u.incarnation and had.state is u.state
