@@ -38,6 +38,7 @@ from hexamesh.net.sim import GeoLatency, SimHost, SimNetwork
 from simulations.common import addr_of, emit, no_cycle_collector, percentile
 
 SHORTCUTS = 2  # per node
+WAVE = 10.0  # s after the kill counted as the death wave (detection and spread end within it)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -159,11 +160,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     late_from = end - window
     measure_late = late_from >= t_kill + window
     late0: tuple[int, int, int] | None = None
+    # The death wave's traffic: the survivors' first WAVE seconds after the kill.
+    wave0, wave = _sent(net, live), (0.0, 0.0)
     step = 0.5
     t = t_kill
     while t < end:
         t = min(end, t + step)
         net.run(until=t)
+        if t - step < t_kill + WAVE <= t:
+            wave = _per_node_s(wave0, _sent(net, live), t - t_kill)
         if measure_late and late0 is None and t >= late_from:
             late0 = _sent(net, live)
         for i in live:
@@ -237,6 +242,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # The same after the kill, over the last 30 s of a run of at least a minute.
         "msgs_per_node_s_late": late[0],
         "bytes_per_node_s_late": late[1],
+        # The survivors' sending in the first WAVE seconds after the kill.
+        "msgs_per_node_s_wave": round(wave[0], 2),
+        "bytes_per_node_s_wave": round(wave[1], 1),
         "view_staleness_s_p99": percentile(finite_stale, 0.99),
         "view_missing": len(staleness) - len(finite_stale),
         "links_mean": round(sum(links) / len(links), 2),

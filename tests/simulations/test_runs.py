@@ -107,6 +107,9 @@ def test_comb_simulation_small() -> None:
     assert r["msgs_per_node_s"] <= 10  # type: ignore[operator]
     assert r["msgs_per_node_s_late"] <= 10  # type: ignore[operator]
     assert r["bytes_per_node_s_late"] <= 4000  # type: ignore[operator]
+    # the death wave is counted: news to carry makes it busier than the steady state
+    assert r["msgs_per_node_s_wave"] > r["msgs_per_node_s"]  # type: ignore[operator]
+    assert r["bytes_per_node_s_wave"] > r["bytes_per_node_s"]  # type: ignore[operator]
 
 
 @pytest.mark.parametrize(
