@@ -72,10 +72,12 @@ SHORTCUT_REFRESH = 60.0  # s between shortcut draws
 MODEL_TTL = 300.0  # s; a model:<name> provider entry's lease (renewed at half)
 MODEL_INDEX = "*"  # model:* has one entry per serving node: [host, port, [models]]
 RELEASE_TTL = 1.0  # s; what is left of a released cell record's lease
-# s between hand-offs of membership events to subscribers (the agent's status
-# and tools; nothing on a fast path). Each wake costs ~0.1-0.7 ms of CPU on a
-# small VM, so polling at 20 Hz was most of an idle agent's CPU (measured).
+# s between looks at the comb while it is not placed yet (joining). Once placed,
+# the upkeep task sleeps until the driver says the core has membership events
+# or a contested cell, or until the next check is due: each wake costs ~0.1-0.7
+# ms of CPU on a small VM, and polling at 4 Hz was ~half an idle agent's wakes.
 EVENT_POLL = 0.25
+SHORTCUT_RETRY = 1.0  # s between draws while we have fewer shortcuts than SHORTCUTS
 EVENT_BUFFER = 256  # events a slow subscriber may lag behind before it misses some
 
 
@@ -134,6 +136,8 @@ class Honeycomb:
         self._rng = rng or random.Random()
         self._subscribers: list[trio.MemorySendChannel[MembershipEvent]] = []
         self.events_dropped = 0
+        self._attention = trio.Event()  # set when the core has something for run()
+        driver.add_watcher(self._check_core)
 
     # -- the view ---------------------------------------------------------
 
@@ -319,12 +323,25 @@ class Honeycomb:
         self.comb.set_shortcuts(picks, self._clock())
         self.driver.poke()
 
+    def _check_core(self) -> None:
+        """After every step of the core (the driver calls it): wake ``run`` if needed."""
+        if self.comb.swim.has_events or self.comb.contested is not None:
+            self._attention.set()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hand events to subscribers, settle contests, keep shortcuts; until cancelled."""
         task_status.started()
         last_check = last_draw = trio.current_time()
         while True:
-            await trio.sleep(EVENT_POLL)
+            if self.comb.placed:
+                short = len(self.comb.shortcuts) < SHORTCUTS
+                draw_at = last_draw + (SHORTCUT_RETRY if short else SHORTCUT_REFRESH)
+                wake_at = min(last_check + CLAIM_CHECK, draw_at)
+            else:
+                wake_at = trio.current_time() + EVENT_POLL
+            with trio.move_on_at(wake_at):
+                await self._attention.wait()
+            self._attention = trio.Event()
             for event in self.comb.events():
                 self._publish(event)
             if not self.comb.placed:
@@ -334,7 +351,7 @@ class Honeycomb:
                 last_check = now
                 self.comb.contested = self.comb.contested or self.comb.cell
                 await self._settle_contest()
-            short = len(self.comb.shortcuts) < SHORTCUTS and now - last_draw >= 1.0
+            short = len(self.comb.shortcuts) < SHORTCUTS and now - last_draw >= SHORTCUT_RETRY
             if short or now - last_draw >= SHORTCUT_REFRESH:
                 last_draw = now
                 self.draw_shortcuts()

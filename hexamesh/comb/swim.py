@@ -358,6 +358,11 @@ class Swim:
     def live_members(self) -> list[bytes]:
         return [n for n, m in self.members.items() if m.state is not MemberState.DEAD]
 
+    @property
+    def has_events(self) -> bool:
+        """Are there membership changes ``events()`` has not handed out yet?"""
+        return bool(self._events)
+
     def events(self) -> list[MembershipEvent]:
         out, self._events = self._events, []
         return out

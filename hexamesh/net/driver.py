@@ -106,6 +106,7 @@ class CoreDriver:
             self.config.stream_queue
         )
         self._readers = trio.Semaphore(self.config.stream_readers)
+        self._watchers: list[Callable[[], None]] = []
 
     # -- public -----------------------------------------------------------
 
@@ -124,6 +125,17 @@ class CoreDriver:
         """Call after driving the core directly (e.g. ``core.watch(...)``)."""
         self._flush()
         self._wakeup.set()
+        self._stepped()
+
+    def add_watcher(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` whenever the core has run (a message, a timer, a poke), so
+        that a service waiting for the core's results need not poll it. It runs
+        once per datagram: keep it to a few attribute reads."""
+        self._watchers.append(fn)
+
+    def _stepped(self) -> None:
+        for fn in self._watchers:
+            fn()
 
     # -- inbound ----------------------------------------------------------
 
@@ -242,3 +254,4 @@ class CoreDriver:
                 except Exception:
                     self.stats.core_errors += 1
                     log.exception("%s: core timer failed", self.node_id[:4].hex())
+                self._stepped()

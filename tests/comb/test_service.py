@@ -9,6 +9,7 @@ import trio.testing
 
 from hexamesh.comb.core import COMB_MESSAGES, Comb, CombConfig
 from hexamesh.comb.service import CELL_TTL, Honeycomb, cell_key
+from hexamesh.comb.swim import MembershipEvent
 from hexamesh.comb.waggle import Dance
 from hexamesh.dht.core import DhtConfig, DhtCore
 from hexamesh.dht.service import DHT_MESSAGES, Dht
@@ -129,10 +130,18 @@ async def test_a_graceful_leave_is_known_at_once_and_frees_the_cell(
         await trio.sleep(3)
         leaver = nodes[2]
         events = nodes[0].subscribe()
-        await leaver.leave()
-        with trio.fail_after(0.5):  # no suspicion timeout: it said goodbye
+        got: list[tuple[MembershipEvent, float]] = []
+
+        async def receive() -> None:
             event = await events.receive()
+            got.append((event, trio.current_time()))
+
+        nursery.start_soon(receive)
+        await leaver.leave()
+        await trio.sleep(0.5)  # no suspicion timeout: it said goodbye
+        [(event, received_at)] = got
         assert event.node == leaver.node and event.state.name == "DEAD"
+        assert received_at - event.at < 0.001  # handed over as the core made it, no polling
         await trio.sleep(2)
         assert await nodes[1].dht.get(cell_key(leaver.comb.cell)) == []
         nursery.cancel_scope.cancel()

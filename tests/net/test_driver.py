@@ -163,6 +163,29 @@ async def test_timers_fire_on_the_mock_clock(autojump_clock: trio.testing.MockCl
         nursery.cancel_scope.cancel()
 
 
+async def test_watchers_see_every_step_of_the_core(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A service waiting for the core's results is told after each message,
+    timer and poke, so it never needs to poll the core."""
+    async with open_memory_network(random.Random(1)) as net, trio.open_nursery() as nursery:
+        core = RecordingCore()
+        seen: list[tuple[int, int]] = []  # (messages, timers) the core had at each call
+        driver = await start(nursery, net, B, core, 2)
+        driver.add_watcher(lambda: seen.append((len(core.received), len(core.timers))))
+        core.wake_at = trio.current_time() + 1.0
+        driver.poke()
+        assert seen == [(0, 0)]
+        await trio.sleep(2)
+        assert seen[-1] == (0, 1)  # after the timer ran
+        sender = net.endpoint(A)
+        env = Envelope(sender=node_id(1), msg_id=1, message=Blob(data=b"x"))
+        await sender.send(B, CODEC.seal(env))
+        await trio.sleep(1)
+        assert seen[-1] == (1, 1)  # after the message was handed in
+        nursery.cancel_scope.cancel()
+
+
 async def test_full_send_queue_drops_and_counts(autojump_clock: trio.testing.MockClock) -> None:
     from hexamesh.net.driver import DriverConfig
 
