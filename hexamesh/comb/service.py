@@ -328,15 +328,18 @@ class Honeycomb:
         if self.comb.swim.has_events or self.comb.contested is not None:
             self._attention.set()
 
+    def _next_draw(self, last_draw: float) -> float:
+        """When the shortcuts are due for a draw: soon while we have too few."""
+        short = len(self.comb.shortcuts) < SHORTCUTS
+        return last_draw + (SHORTCUT_RETRY if short else SHORTCUT_REFRESH)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hand events to subscribers, settle contests, keep shortcuts; until cancelled."""
         task_status.started()
         last_check = last_draw = trio.current_time()
         while True:
             if self.comb.placed:
-                short = len(self.comb.shortcuts) < SHORTCUTS
-                draw_at = last_draw + (SHORTCUT_RETRY if short else SHORTCUT_REFRESH)
-                wake_at = min(last_check + CLAIM_CHECK, draw_at)
+                wake_at = min(last_check + CLAIM_CHECK, self._next_draw(last_draw))
             else:
                 wake_at = trio.current_time() + EVENT_POLL
             with trio.move_on_at(wake_at):
@@ -351,8 +354,7 @@ class Honeycomb:
                 last_check = now
                 self.comb.contested = self.comb.contested or self.comb.cell
                 await self._settle_contest()
-            short = len(self.comb.shortcuts) < SHORTCUTS and now - last_draw >= SHORTCUT_RETRY
-            if short or now - last_draw >= SHORTCUT_REFRESH:
+            if now >= self._next_draw(last_draw):
                 last_draw = now
                 self.draw_shortcuts()
 
