@@ -161,14 +161,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     measure_late = late_from >= t_kill + window
     late0: tuple[int, int, int] | None = None
     # The death wave's traffic: the survivors' first WAVE seconds after the kill.
-    wave0, wave = _sent(net, live), (0.0, 0.0)
+    wave0 = _sent(net, live)
+    wave: tuple[float | None, float | None] = (None, None)  # None: the run ended sooner
     step = 0.5
     t = t_kill
     while t < end:
         t = min(end, t + step)
         net.run(until=t)
         if t - step < t_kill + WAVE <= t:
-            wave = _per_node_s(wave0, _sent(net, live), t - t_kill)
+            msgs, sent_bytes = _per_node_s(wave0, _sent(net, live), t - t_kill)
+            wave = (round(msgs, 2), round(sent_bytes, 1))
         if measure_late and late0 is None and t >= late_from:
             late0 = _sent(net, live)
         for i in live:
@@ -243,8 +245,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "msgs_per_node_s_late": late[0],
         "bytes_per_node_s_late": late[1],
         # The survivors' sending in the first WAVE seconds after the kill.
-        "msgs_per_node_s_wave": round(wave[0], 2),
-        "bytes_per_node_s_wave": round(wave[1], 1),
+        "msgs_per_node_s_wave": wave[0],
+        "bytes_per_node_s_wave": wave[1],
         "view_staleness_s_p99": percentile(finite_stale, 0.99),
         "view_missing": len(staleness) - len(finite_stale),
         "links_mean": round(sum(links) / len(links), 2),
