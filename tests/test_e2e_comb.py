@@ -15,10 +15,16 @@ from tests.helpers import run_hexamesh
 pytestmark = pytest.mark.e2e
 
 
-def wait(what: str, check: Callable[[], bool], timeout: float = 20.0) -> float:
+def wait(
+    what: str,
+    check: Callable[[], bool],
+    timeout: float = 20.0,
+    show: Callable[[], object] = lambda: "",
+) -> float:
+    """Poll ``check``; on timeout fail with ``show()`` (what was there instead)."""
     start = time.monotonic()
     while not check():
-        assert time.monotonic() - start < timeout, f"timed out waiting for {what}"
+        assert time.monotonic() - start < timeout, f"timed out waiting for {what}: {show()}"
         time.sleep(0.1)
     return time.monotonic() - start
 
@@ -47,6 +53,7 @@ def test_seven_agents_form_a_comb_and_agree_on_a_death(tmp_path: Path) -> None:
         wait(
             "the comb to settle as a centre and its ring",
             lambda: sorted(cells_now()) == sorted(spiral(ORIGIN, 1)),
+            show=cells_now,
         )
         cells = cells_now()
         centre = procs[cells.index(ORIGIN)]

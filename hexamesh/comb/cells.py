@@ -9,6 +9,10 @@ spiral is a *hole* (a dead node's cell, or one nobody took). Holes are filled
 first, nearest the centre first, so the comb stays compact. With no hole the
 joiner takes a free cell next to the owner it measured the lowest RTT to, the
 one nearest the centre among those, so hex distance tracks network distance.
+RTTs within ``RTT_TIE_RATIO`` times the lowest plus ``RTT_TIE`` count as that
+lowest: on one host or one LAN the differences are scheduling noise, and
+following noise put a joiner in the second ring beside a free cell of the
+first (seven agents started at once on a busy machine, one run in two).
 
 *Duplicate claims.* If two live nodes end up claiming one cell, the older
 claim keeps it (tie: the lower node id) and the other chooses again. Both sides
@@ -31,6 +35,12 @@ from dataclasses import dataclass
 from hexamesh.hexgrid import ORIGIN, Hex, nearest_in_direction, neighbours, spiral_index
 
 __all__ = ["Claim", "choose_cell", "comb_links", "connected", "link_graph", "settle"]
+
+# RTTs this close to the lowest are the same distance (noise, not geography):
+# a view request's round trip on a loaded host swings by a few ms, while
+# sites worth keeping apart are tens of ms apart.
+RTT_TIE = 0.002  # s
+RTT_TIE_RATIO = 1.5
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,10 +77,18 @@ def choose_cell(
     holes = [c for c in free if spiral_index(c) < n]
     if holes:
         return min(holes, key=spiral_index)
-    # Only owners next to a free cell can offer one.
-    edge = {nb for c in free for nb in neighbours(c) if nb in owners}
-    best = min(edge, key=lambda cell: (rtt.get(owners[cell], math.inf), spiral_index(cell)))
-    options = [c for c in neighbours(best) if c not in owners]
+    # Only owners next to a free cell can offer one; the nearest of them (and
+    # those as near, give or take noise) offer theirs, the most central wins.
+    edge = [nb for c in free for nb in neighbours(c) if nb in owners]
+    lowest = min(rtt.get(owners[cell], math.inf) for cell in edge)
+    near_enough = lowest * RTT_TIE_RATIO + RTT_TIE  # inf when none was measured: all tie
+    options = {
+        c
+        for cell in edge
+        if rtt.get(owners[cell], math.inf) <= near_enough
+        for c in neighbours(cell)
+        if c not in owners
+    }
     return min(options, key=spiral_index)
 
 

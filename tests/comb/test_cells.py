@@ -52,6 +52,23 @@ def test_without_holes_the_joiner_sits_next_to_its_closest_peer() -> None:
     assert Hex(1, 0) in neighbours(cell) and distance(cell, ORIGIN) == 2
 
 
+def test_rtts_apart_by_noise_only_leave_the_comb_compact() -> None:
+    # Seven agents on one busy host: the centre and five of its ring are taken
+    # (the free one is last in the spiral: not a hole yet), and the joiner
+    # timed them all within a few ms of each other (noise). The free ring cell
+    # is the one to take, not one in the second ring beside whichever owner
+    # answered fastest.
+    free, fastest = spiral(ORIGIN, 1)[-1], Hex(1, 0)
+    assert fastest not in neighbours(free)
+    owners = {c: nid(i) for i, c in enumerate(spiral(ORIGIN, 1)) if c != free}
+    others = {n: 0.0031 for c, n in owners.items() if c != fastest}
+    assert choose_cell(owners, {owners[fastest]: 0.0008, **others}) == free
+    # Tens of ms apart is geography: the joiner sits next to its closest peer.
+    others = {n: 0.040 for c, n in owners.items() if c != fastest}
+    cell = choose_cell(owners, {owners[fastest]: 0.002, **others})
+    assert fastest in neighbours(cell) and distance(cell, ORIGIN) == 2
+
+
 def test_duplicate_claims_settle_the_same_way_on_both_sides() -> None:
     a = Claim(cell=Hex(1, 0), owner=nid(9), since=10.0)
     b = Claim(cell=Hex(1, 0), owner=nid(3), since=12.0)
