@@ -197,7 +197,14 @@ class Honeycomb:
         self.comb.place(cell, self._clock())
         self.draw_shortcuts()
         self.driver.poke()
-        log.info("took cell %s with %d neighbours", cell, len(self.neighbours()))
+        log.info(
+            "took cell %s with %d neighbours (%d cells known, RTT to %d owners %s ms)",
+            cell,
+            len(self.neighbours()),
+            len(self.comb.owners),
+            len(rtt),
+            "/".join(f"{t * 1e3:.1f}" for t in sorted(rtt.values())),
+        )
         return cell
 
     async def _survey(self, seeds: list[Addr], rtt: dict[bytes, float]) -> None:
