@@ -12,7 +12,7 @@ one nearest the centre among those, so hex distance tracks network distance.
 RTTs within ``RTT_TIE_RATIO`` times the lowest plus ``RTT_TIE`` count as that
 lowest: on one host or one LAN the differences are scheduling noise, and
 following noise put a joiner in the second ring beside a free cell of the
-first (seven agents started at once on a busy machine, one run in two).
+first (seven agents started at once on a busy machine, 3 runs in 4).
 
 *Duplicate claims.* If two live nodes end up claiming one cell, the older
 claim keeps it (tie: the lower node id) and the other chooses again. Both sides
@@ -79,13 +79,12 @@ def choose_cell(
         return min(holes, key=spiral_index)
     # Only owners next to a free cell can offer one; the nearest of them (and
     # those as near, give or take noise) offer theirs, the most central wins.
-    edge = [nb for c in free for nb in neighbours(c) if nb in owners]
-    lowest = min(rtt.get(owners[cell], math.inf) for cell in edge)
-    near_enough = lowest * RTT_TIE_RATIO + RTT_TIE  # inf when none was measured: all tie
+    edge = {nb: rtt.get(owners[nb], math.inf) for c in free for nb in neighbours(c) if nb in owners}
+    near_enough = min(edge.values()) * RTT_TIE_RATIO + RTT_TIE  # inf if none measured: all tie
     options = {
         c
-        for cell in edge
-        if rtt.get(owners[cell], math.inf) <= near_enough
+        for cell, t in edge.items()
+        if t <= near_enough
         for c in neighbours(cell)
         if c not in owners
     }
