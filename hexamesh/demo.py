@@ -16,8 +16,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 from rich.console import Console, Group, RenderableType
@@ -32,10 +33,12 @@ from hexamesh.net.base import parse_addr
 from hexamesh.swarmkey import load_key_file
 from hexamesh.wire import KeyRing
 
-__all__ = ["AgentProcess", "run_demo", "start_agent", "start_local_swarm"]
+__all__ = ["AgentProcess", "run_demo", "start_agent", "start_local_swarm", "wait_until"]
 
 START_TIMEOUT = 20.0  # s for an agent to bind and write agent.json
 STOP_GRACE = 5.0  # s between SIGTERM and SIGKILL
+
+T = TypeVar("T")
 
 
 class AgentProcess:
@@ -81,6 +84,34 @@ class AgentProcess:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+
+def wait_until(
+    what: str,
+    check: Callable[[], T],
+    timeout: float,
+    *,
+    interval: float = 0.1,
+    procs: Iterable[AgentProcess] = (),
+    show: Callable[[], object] | None = None,
+) -> T:
+    """Poll ``check`` until it returns something truthy, and return that.
+
+    Fails fast if one of ``procs`` exits (with the tail of its log), and on
+    timeout says what it waited for and, with ``show``, what it saw instead."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        for p in procs:
+            if p.proc.poll() is not None:
+                tail = p.log_path.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"agent exited with {p.proc.returncode}:\n{tail}")
+        if time.monotonic() >= deadline:
+            seen = f": {show()}" if show is not None else ""
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}{seen}")
+        time.sleep(interval)
 
 
 def start_agent(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> AgentProcess:

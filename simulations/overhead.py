@@ -32,13 +32,12 @@ import argparse
 import contextlib
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from hexamesh.demo import start_agent
+from hexamesh.demo import start_agent, wait_until
 from hexamesh.engine.client import EngineClient, EngineUnavailable
 from simulations.common import cpu_seconds, emit, percentile
 from simulations.enginebench import closed_loop, stream_one, ttft_added
@@ -66,16 +65,6 @@ async def _run(base: str, concurrency: int, requests: int, tokens: int) -> dict[
     async with EngineClient(base) as client:
         total, wall = await closed_loop(concurrency, requests, lambda: _one(client, tokens, ttfts))
     return {"tok_s": total / wall, "tokens": total, "ttfts": ttfts}
-
-
-def _wait(check: Any, what: str, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.5)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def main() -> None:
@@ -128,13 +117,14 @@ def main() -> None:
                 m = st.get("models", {}).get("tiny", {})
                 return m.get("url") if m.get("state") == "ready" else None
 
-            direct = str(_wait(ready, "vLLM to be ready", READY_TIMEOUT))
+            direct = str(wait_until("vLLM to be ready", ready, READY_TIMEOUT, interval=0.5))
             mesh = str(a.status()["api"]).removesuffix("/v1")  # type: ignore[index]
             local = str(b.status()["api"]).removesuffix("/v1")  # type: ignore[index]
-            _wait(
-                lambda: "tiny" in (a.status() or {}).get("models", {}) or _peers_know(a),
+            wait_until(
                 "A to see B's model",
+                lambda: "tiny" in (a.status() or {}).get("models", {}) or _peers_know(a),
                 60,
+                interval=0.5,
             )
             isolated = args.isolate_engine and _off_engine_cpus(
                 b.proc.pid, [a.proc.pid, b.proc.pid, os.getpid()]

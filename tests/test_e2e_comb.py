@@ -5,27 +5,21 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from hexamesh.demo import AgentProcess, start_agent, start_local_swarm
+from hexamesh.demo import AgentProcess, start_agent, start_local_swarm, wait_until
 from hexamesh.hexgrid import ORIGIN, Hex, spiral
 from tests.helpers import run_hexamesh
 
 pytestmark = pytest.mark.e2e
 
 
-def wait(
-    what: str,
-    check: Callable[[], bool],
-    timeout: float = 20.0,
-    show: Callable[[], object] = lambda: "",
-) -> float:
-    """Poll ``check``; on timeout fail with ``show()`` (what was there instead)."""
+def wait(what: str, check: Callable[[], bool], timeout: float = 20.0, **kw: Any) -> float:
+    """Poll ``check`` (see ``wait_until``); return how long it took."""
     start = time.monotonic()
-    while not check():
-        assert time.monotonic() - start < timeout, f"timed out waiting for {what}: {show()}"
-        time.sleep(0.1)
+    wait_until(what, check, timeout, **kw)
     return time.monotonic() - start
 
 

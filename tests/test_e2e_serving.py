@@ -11,7 +11,6 @@ import importlib.util
 import json
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import httpx
 import pytest
 import trio
 
-from hexamesh.demo import AgentProcess, start_agent
+from hexamesh.demo import start_agent, wait_until
 from tests.helpers import run_hexamesh
 
 if importlib.util.find_spec("vllm") is None:
@@ -30,18 +29,6 @@ if importlib.util.find_spec("vllm") is None:
 pytestmark = pytest.mark.e2e
 
 READY_TIMEOUT = 600  # s; two vLLM CPU servers starting at once on two cores
-
-
-def wait(what: str, check: Any, timeout: float, procs: list[AgentProcess]) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        for p in procs:
-            assert p.proc.poll() is None, f"agent died:\n{p.log_path.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
 
 
 async def one_stream(client: httpx.AsyncClient, api: str, i: int) -> tuple[str, str]:
@@ -107,7 +94,13 @@ def test_prompt_to_any_peer_and_sigkill_of_the_server_mid_burst(tmp_path: Path) 
                 return False
             return any(m["id"] == "tiny" and m["servers"] == 2 for m in data)
 
-        wait("both engines ready and known to the front agent", both_listed, READY_TIMEOUT, procs)
+        wait_until(
+            "both engines ready and known to the front agent",
+            both_listed,
+            READY_TIMEOUT,
+            interval=0.5,
+            procs=procs,
+        )
 
         # A prompt to the agent without the model: served by one with it, streamed.
         out = run_hexamesh("submit", "--peer", api, "--max-tokens", "8", "hello there", timeout=120)

@@ -1,11 +1,10 @@
 """Three agent processes on 127.0.0.1 form a DHT; store through one, read through another."""
 
-import time
 from pathlib import Path
 
 import pytest
 
-from hexamesh.demo import AgentProcess, start_local_swarm
+from hexamesh.demo import AgentProcess, start_local_swarm, wait_until
 from tests.helpers import run_hexamesh
 
 pytestmark = pytest.mark.e2e
@@ -14,22 +13,16 @@ pytestmark = pytest.mark.e2e
 hexamesh = run_hexamesh
 
 
-def wait_for(check: object, what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
-
-
 def test_three_agents_store_through_one_and_read_through_another(tmp_path: Path) -> None:
     procs: list[AgentProcess] = []
     try:
         procs.extend(start_local_swarm(tmp_path, 3))
         key = str(tmp_path / "agent0" / "swarm.key")
         addrs = [p.wait_ready()["address"] for p in procs]
-        wait_for(
+        wait_until(
+            "the agents to meet",
             lambda: all((p.status() or {}).get("dht_contacts", 0) >= 2 for p in procs),
-            "agents never met",
+            20.0,
         )
 
         put = hexamesh(
