@@ -7,14 +7,15 @@ import pytest
 import trio
 import trio.testing
 
-from hexamesh.comb.core import COMB_MESSAGES, Comb, CombConfig
-from hexamesh.comb.service import CELL_TTL, Honeycomb, cell_key
+from hexamesh.comb.core import COMB_MESSAGES, Comb, CombConfig, ViewReply
+from hexamesh.comb.service import CELL_TTL, RTT_SAMPLES, Honeycomb, cell_key
 from hexamesh.comb.swim import MembershipEvent
 from hexamesh.comb.waggle import Dance
 from hexamesh.dht.core import DhtConfig, DhtCore
 from hexamesh.dht.service import DHT_MESSAGES, Dht
 from hexamesh.hexgrid import ORIGIN, Hex, spiral
 from hexamesh.identity import Identity
+from hexamesh.net.base import Addr
 from hexamesh.net.driver import CoreDriver
 from hexamesh.net.memory import MemoryNetwork, open_memory_network
 from hexamesh.net.mux import Mux
@@ -116,6 +117,36 @@ async def test_joins_fill_the_centre_and_its_ring_one_owner_each(
         assert len(centre.neighbours()) == 6
         # The centre's view holds every other node's dance.
         assert all(centre.state_of(h.node) is not None for h in nodes if h is not centre)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_joiner_keeps_the_lowest_of_its_rtt_samples(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with (
+        open_memory_network(random.Random(4), delay=lambda r: 0.002) as net,
+        trio.open_nursery() as nursery,
+    ):
+        nodes = await joined(nursery, net, 3)
+        await trio.sleep(5)  # dances tell the seed of the others' cells
+        joiner = await start_node(nursery, net, 9)
+        assert await joiner.dht.bootstrap([nodes[0].comb.addr])
+        # The first answer from nodes[1] comes late (a host busy for 30 ms).
+        late = nodes[1].comb.addr
+        ask = joiner.ask_view
+        asked: list[Addr] = []
+
+        async def noisy(addr: Addr, timeout: float = 2.0) -> tuple[ViewReply, float]:
+            reply, took = await ask(addr, timeout)
+            asked.append(addr)
+            return reply, took + (0.030 if asked.count(addr) == 1 and addr == late else 0.0)
+
+        joiner.ask_view = noisy  # type: ignore[method-assign]
+        rtt: dict[bytes, float] = {}
+        await joiner._survey([nodes[0].comb.addr], rtt)
+        assert set(rtt) == {h.node for h in nodes}
+        assert all(asked.count(h.comb.addr) == RTT_SAMPLES for h in nodes)
+        assert max(rtt.values()) < 0.010  # 2 ms each way, not the late 34 ms
         nursery.cancel_scope.cancel()
 
 
