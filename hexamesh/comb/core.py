@@ -240,7 +240,12 @@ class Comb:
         state_of = self.swim.state_of
         live = _LiveCells(self.owners, self.cell, self.node, state_of)
         self.comb_links = comb_links(self.cell, live, self.config.look_past_holes)
-        self.shortcuts = [s for s in self.shortcuts if state_of(s) is not MemberState.DEAD]
+        # a shortcut that became a comb link (it took a cell next to ours) is one
+        # far contact fewer: drop it, and the service draws another
+        linked = set(self.comb_links.values())
+        self.shortcuts = [
+            s for s in self.shortcuts if s not in linked and state_of(s) is not MemberState.DEAD
+        ]
         addrs = self.addrs
         for node in [*self.comb_links.values(), *self.shortcuts]:
             if state_of(node) is None and node in addrs:

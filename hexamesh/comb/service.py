@@ -82,7 +82,10 @@ RELEASE_TTL = 1.0  # s; what is left of a released cell record's lease
 # or a contested cell, or until the next check is due: each wake costs ~0.1-0.7
 # ms of CPU on a small VM, and polling at 4 Hz was ~half an idle agent's wakes.
 EVENT_POLL = 0.25
-SHORTCUT_RETRY = 1.0  # s between draws while we have fewer shortcuts than SHORTCUTS
+SHORTCUT_RETRY = 1.0  # s before a redraw while we have fewer shortcuts than SHORTCUTS
+# A redraw that still leaves us short doubles the wait (up to SHORTCUT_REFRESH);
+# a join heard resets it. In a swarm so small that every node is a comb link
+# there is nothing to draw, and a redraw each second kept idle agents waking.
 EVENT_BUFFER = 256  # events a slow subscriber may lag behind before it misses some
 
 
@@ -142,6 +145,7 @@ class Honeycomb:
         self._subscribers: list[trio.MemorySendChannel[MembershipEvent]] = []
         self.events_dropped = 0
         self._attention = trio.Event()  # set when the core has something for run()
+        self._draw_misses = 0  # draws in a row that left us short of shortcuts
         driver.add_watcher(self._check_core)
 
     # -- the view ---------------------------------------------------------
@@ -336,6 +340,7 @@ class Honeycomb:
             if len(picks) >= SHORTCUTS:
                 break
         self.comb.set_shortcuts(picks, self._clock())
+        self._draw_misses = self._draw_misses + 1 if len(self.comb.shortcuts) < SHORTCUTS else 0
         self.driver.poke()
 
     def _check_core(self) -> None:
@@ -344,9 +349,11 @@ class Honeycomb:
             self._attention.set()
 
     def _next_draw(self, last_draw: float) -> float:
-        """When the shortcuts are due for a draw: soon while we have too few."""
-        short = len(self.comb.shortcuts) < SHORTCUTS
-        return last_draw + (SHORTCUT_RETRY if short else SHORTCUT_REFRESH)
+        """When the shortcuts are due for a draw: sooner while we have too few."""
+        if len(self.comb.shortcuts) >= SHORTCUTS:
+            return last_draw + SHORTCUT_REFRESH
+        backoff = SHORTCUT_RETRY * 2.0 ** min(max(self._draw_misses - 1, 0), 6)
+        return last_draw + min(backoff, SHORTCUT_REFRESH)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hand events to subscribers, settle contests, keep shortcuts; until cancelled."""
@@ -361,6 +368,8 @@ class Honeycomb:
                 await self._attention.wait()
             self._attention = trio.Event()
             for event in self.comb.events():
+                if event.state is MemberState.ALIVE:
+                    self._draw_misses = 0  # a joiner (or a return): a new candidate
                 self._publish(event)
             if not self.comb.placed:
                 continue

@@ -95,3 +95,15 @@ def test_the_live_cell_view_hides_the_dead_and_holds_us() -> None:
     assert Hex(0, 1) in live and live[Hex(0, 1)] == owners[Hex(0, 1)]
     assert Hex(5, 5) not in live
     assert set(live) == set(spiral(ORIGIN, 1)) - {Hex(1, 0)} and len(live) == 6
+
+
+def test_a_shortcut_that_becomes_a_comb_link_is_dropped() -> None:
+    cells = [ORIGIN, Hex(6, 0)]  # past look_past_holes: no link between them yet
+    net, combs = build(cells)
+    centre = combs[0]
+    net.interact(addr(0), lambda c, now: c.set_shortcuts([nid(1)], now))
+    assert centre.shortcuts == [nid(1)]
+    # It moves next to us (lost a contested cell, took another): now a comb link.
+    net.interact(addr(0), lambda c, now: c.learn(nid(1), addr(1), Hex(1, 0), now) and c.relink(now))
+    assert nid(1) in centre.neighbours()
+    assert centre.shortcuts == []  # the service draws a far one instead

@@ -8,7 +8,7 @@ import trio
 import trio.testing
 
 from hexamesh.comb.core import COMB_MESSAGES, Comb, CombConfig, ViewReply
-from hexamesh.comb.service import CELL_TTL, RTT_SAMPLES, Honeycomb, cell_key
+from hexamesh.comb.service import CELL_TTL, RTT_SAMPLES, SHORTCUTS, Honeycomb, cell_key
 from hexamesh.comb.swim import MembershipEvent
 from hexamesh.comb.waggle import Dance
 from hexamesh.dht.core import DhtConfig, DhtCore
@@ -147,6 +147,37 @@ async def test_a_joiner_keeps_the_lowest_of_its_rtt_samples(
         assert set(rtt) == {h.node for h in nodes}
         assert all(asked.count(h.comb.addr) == RTT_SAMPLES for h in nodes)
         assert max(rtt.values()) < 0.010  # 2 ms each way, not the late 34 ms
+        nursery.cancel_scope.cancel()
+
+
+async def test_shortcut_redraws_back_off_while_there_is_nothing_to_draw(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with (
+        open_memory_network(random.Random(6), delay=lambda r: 0.002) as net,
+        trio.open_nursery() as nursery,
+    ):
+        nodes = await joined(nursery, net, 3)  # each node links to both others
+        centre = nodes[0]
+        draws: list[float] = []
+        draw = centre.draw_shortcuts
+
+        def counted() -> None:
+            draws.append(trio.current_time())
+            draw()
+
+        centre.draw_shortcuts = counted  # type: ignore[method-assign]
+        await trio.sleep(120)
+        assert centre.comb.shortcuts == []
+        assert len(draws) <= 8  # 1, 2, 4 ... 60 s apart, not one a second
+        # Joiners bring candidates: the wait starts over and shortcuts are drawn.
+        for i in range(4, 16):
+            joiner = await start_node(nursery, net, i)
+            assert await joiner.dht.bootstrap([centre.comb.addr])
+            await joiner.join([centre.comb.addr], founder=False)
+        await trio.sleep(5)
+        assert len(centre.comb.shortcuts) == SHORTCUTS
+        assert not set(centre.comb.shortcuts) & set(centre.neighbours())
         nursery.cancel_scope.cancel()
 
 
