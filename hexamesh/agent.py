@@ -69,6 +69,10 @@ log = logging.getLogger(__name__)
 STATUS_FILE_NAME = "agent.json"
 STATUS_INTERVAL = 1.0  # s between rewrites of agent.json
 RTT_REWRITE_INTERVAL = 10.0  # s; agent.json is not rewritten more often for new RTTs alone
+# s between RTT probes of each seed (the first at start): the RTT is only shown
+# in agent.json, which takes a new one at most this often, and the comb's SWIM
+# watches liveness. Once a second, a swarm's seed answered every joiner forever.
+SEED_PROBE_INTERVAL = RTT_REWRITE_INTERVAL
 CONTACTS_FILE_NAME = "contacts.json"
 JOBS_FILE_NAME = "jobs.sqlite"
 CONTACTS_SAVE_TICKS = 60  # status intervals between saves of the DHT contacts
@@ -208,7 +212,7 @@ async def run_agent(
         bound = transport.local_address
         address = (_advertised_host(config, bound, seed_addrs), bound[1])
         rng = Random()
-        probe = RttProbe(identity.node_id, RttConfig(), rng)
+        probe = RttProbe(identity.node_id, RttConfig(interval=SEED_PROBE_INTERVAL), rng)
         dht_core = DhtCore(identity, address, DhtConfig(), rng, wall_clock())
         comb = Comb(
             Dance.first(identity.node_id, address, 0, 0),
