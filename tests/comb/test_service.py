@@ -2,6 +2,8 @@
 claims through the DHT settle on one owner, joins fill the centre and its ring."""
 
 import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -56,6 +58,19 @@ async def joined(nursery: trio.Nursery, net: MemoryNetwork, n: int) -> list[Hone
     for h in nodes[1:]:
         await h.join([nodes[0].comb.addr], founder=False)
     return nodes
+
+
+@asynccontextmanager
+async def joined_swarm(
+    seed: int, n: int
+) -> AsyncIterator[tuple[MemoryNetwork, trio.Nursery, list[Honeycomb]]]:
+    """``joined`` on a network with 2 ms each way; everything stops on exit."""
+    async with (
+        open_memory_network(random.Random(seed), delay=lambda r: 0.002) as net,
+        trio.open_nursery() as nursery,
+    ):
+        yield net, nursery, await joined(nursery, net, n)
+        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -123,11 +138,7 @@ async def test_joins_fill_the_centre_and_its_ring_one_owner_each(
 async def test_a_joiner_keeps_the_lowest_of_its_rtt_samples(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with (
-        open_memory_network(random.Random(4), delay=lambda r: 0.002) as net,
-        trio.open_nursery() as nursery,
-    ):
-        nodes = await joined(nursery, net, 3)
+    async with joined_swarm(4, 3) as (net, nursery, nodes):
         await trio.sleep(5)  # dances tell the seed of the others' cells
         joiner = await start_node(nursery, net, 9)
         assert await joiner.dht.bootstrap([nodes[0].comb.addr])
@@ -147,17 +158,12 @@ async def test_a_joiner_keeps_the_lowest_of_its_rtt_samples(
         assert set(rtt) == {h.node for h in nodes}
         assert all(asked.count(h.comb.addr) == RTT_SAMPLES for h in nodes)
         assert max(rtt.values()) < 0.010  # 2 ms each way, not the late 34 ms
-        nursery.cancel_scope.cancel()
 
 
 async def test_shortcut_redraws_back_off_while_there_is_nothing_to_draw(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with (
-        open_memory_network(random.Random(6), delay=lambda r: 0.002) as net,
-        trio.open_nursery() as nursery,
-    ):
-        nodes = await joined(nursery, net, 3)  # each node links to both others
+    async with joined_swarm(6, 3) as (net, nursery, nodes):  # each links to both others
         centre = nodes[0]
         draws: list[float] = []
         draw = centre.draw_shortcuts
@@ -178,17 +184,12 @@ async def test_shortcut_redraws_back_off_while_there_is_nothing_to_draw(
         await trio.sleep(5)
         assert len(centre.comb.shortcuts) == SHORTCUTS
         assert not set(centre.comb.shortcuts) & set(centre.neighbours())
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_graceful_leave_is_known_at_once_and_frees_the_cell(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with (
-        open_memory_network(random.Random(3), delay=lambda r: 0.002) as net,
-        trio.open_nursery() as nursery,
-    ):
-        nodes = await joined(nursery, net, 3)
+    async with joined_swarm(3, 3) as (_, nursery, nodes):
         await trio.sleep(3)
         leaver = nodes[2]
         events = nodes[0].subscribe()
@@ -206,20 +207,14 @@ async def test_a_graceful_leave_is_known_at_once_and_frees_the_cell(
         assert received_at - event.at < 0.001  # handed over as the core made it, no polling
         await trio.sleep(2)
         assert await nodes[1].dht.get(cell_key(leaver.comb.cell)) == []
-        nursery.cancel_scope.cancel()
 
 
 async def test_models_are_danced_to_neighbours_and_announced_in_the_dht(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with (
-        open_memory_network(random.Random(5), delay=lambda r: 0.002) as net,
-        trio.open_nursery() as nursery,
-    ):
-        nodes = await joined(nursery, net, 4)
+    async with joined_swarm(5, 4) as (_, _, nodes):
         await nodes[2].set_models(("tiny",))
         await trio.sleep(2)
         assert [d.node for d in nodes[0].peers_with("tiny")] == [nodes[2].node]
         providers = await nodes[3].dht.providers("tiny")
         assert [r.publisher_id for r in providers] == [nodes[2].node]
-        nursery.cancel_scope.cancel()
