@@ -33,10 +33,19 @@ from hexamesh.net.base import parse_addr
 from hexamesh.swarmkey import load_key_file
 from hexamesh.wire import KeyRing
 
-__all__ = ["AgentProcess", "run_demo", "start_agent", "start_local_swarm", "wait_until"]
+__all__ = [
+    "LOOPBACK",
+    "AgentProcess",
+    "joining",
+    "run_demo",
+    "start_agent",
+    "start_local_swarm",
+    "wait_until",
+]
 
 START_TIMEOUT = 20.0  # s for an agent to bind and write agent.json
 STOP_GRACE = 5.0  # s between SIGTERM and SIGKILL
+LOOPBACK = ("--host", "127.0.0.1", "--port", "0")  # agent flags: any free port on 127.0.0.1
 
 T = TypeVar("T")
 
@@ -133,30 +142,23 @@ def start_agent(data_dir: Path, *args: str, env: dict[str, str] | None = None) -
     return AgentProcess(proc, data_dir, log_path)
 
 
+def joining(seed: str, key: Path | str) -> tuple[str, ...]:
+    """Flags for an agent on 127.0.0.1 that joins ``seed`` with the swarm key file ``key``."""
+    return (*LOOPBACK, "--join", seed, "--swarm-key", str(key))
+
+
 def start_local_swarm(
     workdir: Path, n: int, *extra: str, per_agent: dict[int, tuple[str, ...]] | None = None
 ) -> list[AgentProcess]:
     """``n`` agents on 127.0.0.1 in ``workdir/agent0..``: the first founds the
     swarm (and is waited for), the others join it with its key. ``extra``
     flags go to every agent, ``per_agent[i]`` to agent i only."""
-    local = ("--host", "127.0.0.1", "--port", "0", *extra)
     own = per_agent or {}
-    procs = [start_agent(workdir / "agent0", *local, *own.get(0, ()))]
+    procs = [start_agent(workdir / "agent0", *LOOPBACK, *extra, *own.get(0, ()))]
     try:
-        seed = procs[0].wait_ready()["address"]
-        key = str(workdir / "agent0" / "swarm.key")
+        join = joining(procs[0].wait_ready()["address"], workdir / "agent0" / "swarm.key")
         for i in range(1, n):
-            procs.append(
-                start_agent(
-                    workdir / f"agent{i}",
-                    *local,
-                    "--join",
-                    seed,
-                    "--swarm-key",
-                    key,
-                    *own.get(i, ()),
-                )
-            )
+            procs.append(start_agent(workdir / f"agent{i}", *join, *extra, *own.get(i, ())))
     except BaseException:
         for p in procs:
             p.stop()

@@ -37,7 +37,7 @@ from typing import Any
 
 import trio
 
-from hexamesh.demo import start_agent, wait_until
+from hexamesh.demo import LOOPBACK, joining, start_agent, wait_until
 from hexamesh.engine.client import EngineClient, EngineUnavailable
 from simulations.common import cpu_seconds, emit, percentile
 from simulations.enginebench import closed_loop, stream_one, ttft_added
@@ -92,23 +92,11 @@ def main() -> None:
             from hexamesh.engine.tiny import make_tiny_model
 
             model = make_tiny_model(work / "tiny")
-        b = start_agent(
-            work / "b", "--host", "127.0.0.1", "--port", "0", "--model", f"tiny={model}"
-        )
+        b = start_agent(work / "b", *LOOPBACK, "--model", f"tiny={model}")
         agents = [b]
         try:
             seed = b.wait_ready()["address"]
-            a = start_agent(
-                work / "a",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--join",
-                seed,
-                "--swarm-key",
-                str(work / "b" / "swarm.key"),
-            )
+            a = start_agent(work / "a", *joining(seed, work / "b" / "swarm.key"))
             agents.append(a)
             a.wait_ready()
 

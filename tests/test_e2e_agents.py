@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hexamesh.demo import start_agent
+from hexamesh.demo import LOOPBACK, joining, start_agent
 from tests.helpers import run_hexamesh
 
 pytestmark = pytest.mark.e2e
@@ -18,14 +18,12 @@ hexamesh = functools.partial(run_hexamesh, timeout=30)
 
 
 def test_agents_join_answer_pings_and_stop_cleanly_on_sigterm(tmp_path: Path) -> None:
-    founder = start_agent(tmp_path / "a", "--host", "127.0.0.1", "--port", "0")
+    founder = start_agent(tmp_path / "a", *LOOPBACK)
     joiner = None
     try:
         seed = founder.wait_ready()["address"]
         key = str(tmp_path / "a" / "swarm.key")
-        joiner = start_agent(
-            tmp_path / "b", "--host", "127.0.0.1", "--port", "0", "--join", seed, "--swarm-key", key
-        )
+        joiner = start_agent(tmp_path / "b", *joining(seed, key))
         status = joiner.wait_ready()
         assert status["cell"] is None and status["node_id"] != founder.status()["node_id"]  # type: ignore[index]
         deadline = time.monotonic() + 15
@@ -48,7 +46,7 @@ def test_agents_join_answer_pings_and_stop_cleanly_on_sigterm(tmp_path: Path) ->
 
 
 def test_agent_refuses_a_world_readable_node_key(tmp_path: Path) -> None:
-    founder = start_agent(tmp_path / "a", "--host", "127.0.0.1", "--port", "0")
+    founder = start_agent(tmp_path / "a", *LOOPBACK)
     founder.wait_ready()
     founder.proc.send_signal(signal.SIGINT)  # Ctrl-C
     assert founder.proc.wait(10) == 0

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from hexamesh.demo import AgentProcess, start_agent, start_local_swarm, wait_until
+from hexamesh.demo import AgentProcess, joining, start_agent, start_local_swarm, wait_until
 from hexamesh.hexgrid import ORIGIN, Hex, spiral
 from tests.helpers import run_hexamesh
 
@@ -33,7 +33,7 @@ def test_seven_agents_form_a_comb_and_agree_on_a_death(tmp_path: Path) -> None:
         procs.extend(start_local_swarm(tmp_path, 7))
         seed = procs[0].wait_ready()["address"]
         key = str(tmp_path / "agent0" / "swarm.key")
-        join = ("--host", "127.0.0.1", "--port", "0", "--join", seed, "--swarm-key", key)
+        join = joining(seed, key)
         ids = [p.wait_ready()["node_id"] for p in procs]
 
         # A compact comb: the centre and its ring, each cell owned once.

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import trio
 
-from hexamesh.demo import start_agent, wait_until
+from hexamesh.demo import LOOPBACK, joining, start_agent, wait_until
 from tests.helpers import run_hexamesh
 
 if importlib.util.find_spec("vllm") is None:
@@ -63,27 +63,13 @@ def test_prompt_to_any_peer_and_sigkill_of_the_server_mid_burst(tmp_path: Path) 
     tiny = tmp_path / "tiny"
     made = run_hexamesh("model", "make-tiny", str(tiny), timeout=300)
     assert made.returncode == 0, made.stderr
-    front = start_agent(tmp_path / "a", "--host", "127.0.0.1", "--port", "0")
+    front = start_agent(tmp_path / "a", *LOOPBACK)
     procs = [front]
     try:
         seed = front.wait_ready()["address"]
-        key = str(tmp_path / "a" / "swarm.key")
+        join = joining(seed, tmp_path / "a" / "swarm.key")
         for name in ("b", "c"):
-            procs.append(
-                start_agent(
-                    tmp_path / name,
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "0",
-                    "--join",
-                    seed,
-                    "--swarm-key",
-                    key,
-                    "--model",
-                    f"tiny={tiny}",
-                )
-            )
+            procs.append(start_agent(tmp_path / name, *join, "--model", f"tiny={tiny}"))
         servers = {p.wait_ready()["node_id"]: p for p in procs[1:]}
         api = front.status()["api"]  # type: ignore[index]
 

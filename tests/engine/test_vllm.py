@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from hexamesh.demo import start_agent
+from hexamesh.demo import LOOPBACK, start_agent
 from hexamesh.engine.client import EngineClient
 from hexamesh.engine.supervisor import (
     EngineConfig,
@@ -120,9 +120,7 @@ async def test_vllm_serves_restarts_after_sigkill_and_stops_clean(tiny: Path) ->
 
 
 def test_an_agent_with_a_model_serves_it_and_dances_its_load(tiny: Path, tmp_path: Path) -> None:
-    agent = start_agent(
-        tmp_path / "a", "--host", "127.0.0.1", "--port", "0", "--model", f"tiny={tiny}"
-    )
+    agent = start_agent(tmp_path / "a", *LOOPBACK, "--model", f"tiny={tiny}")
     try:
         agent.wait_ready()
         deadline = time.monotonic() + 600
