@@ -146,6 +146,7 @@ class Honeycomb:
         self.events_dropped = 0
         self._attention = trio.Event()  # set when the core has something for run()
         self._draw_misses = 0  # draws in a row that left us short of shortcuts
+        self._filled = False  # the last draw filled every slot
         driver.add_watcher(self._check_core)
 
     # -- the view ---------------------------------------------------------
@@ -340,13 +341,22 @@ class Honeycomb:
             if len(picks) >= SHORTCUTS:
                 break
         self.comb.set_shortcuts(picks, self._clock())
-        self._draw_misses = self._draw_misses + 1 if len(self.comb.shortcuts) < SHORTCUTS else 0
+        self._filled = len(self.comb.shortcuts) >= SHORTCUTS
+        self._draw_misses = 0 if self._filled else self._draw_misses + 1
         self.driver.poke()
 
     def _check_core(self) -> None:
         """After every step of the core (the driver calls it): wake ``run`` if needed."""
-        if self.comb.swim.has_events or self.comb.contested is not None:
+        comb = self.comb
+        if comb.swim.has_events or comb.contested is not None:
             self._attention.set()
+        elif comb.placed and self._lost_a_shortcut():
+            self._attention.set()  # draw again now, not at the next upkeep
+
+    def _lost_a_shortcut(self) -> bool:
+        """The last draw filled every slot and one has gone since (it died or
+        became a comb link)."""
+        return self._filled and len(self.comb.shortcuts) < SHORTCUTS
 
     def _next_draw(self, last_draw: float) -> float:
         """When the shortcuts are due for a draw: sooner while we have too few."""
@@ -378,7 +388,7 @@ class Honeycomb:
                 last_check = now
                 self.comb.contested = self.comb.contested or self.comb.cell
                 await self._settle_contest()
-            if now >= self._next_draw(last_draw):
+            if now >= self._next_draw(last_draw) or self._lost_a_shortcut():
                 last_draw = now
                 self.draw_shortcuts()
 

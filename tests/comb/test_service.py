@@ -184,6 +184,12 @@ async def test_shortcut_redraws_back_off_while_there_is_nothing_to_draw(
         await trio.sleep(5)
         assert len(centre.comb.shortcuts) == SHORTCUTS
         assert not set(centre.comb.shortcuts) & set(centre.neighbours())
+        # A lost slot (here simply dropped) is filled again at once, not at the
+        # next upkeep 30 s later.
+        lost = centre.comb.shortcuts.pop()
+        centre.driver.poke()
+        await trio.sleep(0.1)
+        assert len(centre.comb.shortcuts) == SHORTCUTS, lost
 
 
 async def test_a_graceful_leave_is_known_at_once_and_frees_the_cell(
