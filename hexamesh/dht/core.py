@@ -178,6 +178,7 @@ class DhtCore:
         self._next_expire = now + config.expire_interval
         self._sparse_backoff = config.sparse_retry
         self._next_sparse_check: float | None = None  # set once we have joined
+        self._self_found = 0  # nodes our last self-lookup found: fewer than k = starved
 
     # ------------------------------------------------------------------ RPCs
 
@@ -601,6 +602,7 @@ class DhtCore:
 
         def after_pings() -> None:
             def after_self(contacts: list[Contact], stats: LookupStats) -> None:
+                self._self_found = len(contacts)
                 self._refresh_beyond_neighbour(stats.finished)
                 self._next_sparse_check = stats.finished + self._sparse_backoff
                 on_done(contacts, stats)
@@ -624,17 +626,25 @@ class DhtCore:
     def _check_sparse(self, now: float) -> None:
         """A joiner whose seed had not joined yet may know almost nobody: try again.
 
-        While the table holds fewer than k contacts, repeat the self-lookup
-        with the wait doubling up to ``refresh_interval``; in a swarm of fewer
-        than k nodes that costs a handful of lookups an hour.
+        While our last self-lookup found fewer than k nodes, repeat it with the
+        wait doubling up to ``refresh_interval``; in a swarm of fewer than k
+        nodes that costs a handful of lookups an hour. It is the self-lookup
+        that counts, not the table's size: a joiner whose seed knew nobody yet
+        found only the seed, then filled its table from the far half (the
+        refreshes beyond its "closest" neighbour, the seed) and, by count,
+        looked done while it knew none of its neighbours nor they it (seen in
+        5 % of simulated swarms of 4-80 nodes joining 10 ms apart).
         """
-        if len(self.table) >= self.config.k or not len(self.table):
-            self._next_sparse_check = None  # full enough, or nobody left to ask
+        if self._self_found >= self.config.k or not len(self.table):
+            self._next_sparse_check = None  # found our neighbourhood, or nobody left to ask
             return
         self._sparse_backoff = min(self._sparse_backoff * 2, self.config.refresh_interval)
         self._next_sparse_check = now + self._sparse_backoff
         if self._operations < self.config.max_operations:
-            self.lookup(self.me.id, now, lambda c, s: None)
+            self.lookup(self.me.id, now, self._found_self)
+
+    def _found_self(self, contacts: list[Contact], stats: LookupStats) -> None:
+        self._self_found = len(contacts)
 
     def _refresh_beyond_neighbour(self, now: float) -> None:
         """Kademlia §2.3: a joiner refreshes the buckets farther than its closest neighbour."""

@@ -3,7 +3,7 @@
 import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from hexamesh.dht.contact import Contact
@@ -76,6 +76,22 @@ def test_after_deaths_a_lookup_finds_every_live_node_of_the_true_k_closest(
     assert set(true_closest(swarm, target, 8, {0})) - dead <= set(got)
     t = int.from_bytes(target, "big")
     assert got == sorted(got, key=lambda i: int.from_bytes(i, "big") ^ t)
+
+
+@settings(max_examples=12)
+@given(st.integers(2, 80), st.integers(0, 10_000))
+@example(n=69, seed=732)  # node 55's seed had not joined yet: its self-lookup found only the seed
+def test_after_a_burst_of_joins_every_node_knows_its_nearest_neighbour(n: int, seed: int) -> None:
+    # Joins 10 ms apart: a seed may still be joining itself and know nobody.
+    # Well before the first bucket refresh (120 s), every node must have met
+    # its neighbourhood, or lookups near it miss it (found by the test above).
+    swarm = joined_swarm(n, seed, DhtConfig(k=8, refresh_interval=120.0))
+    swarm.net.run(until=swarm.net.now + 30.0)
+    ids = [ident.node_id for ident in swarm.identities]
+    for j, me in enumerate(ids):
+        m = int.from_bytes(me, "big")
+        nearest = min((i for i in ids if i != me), key=lambda i: int.from_bytes(i, "big") ^ m)
+        assert [c.id for c in swarm.core(j).table.closest(me, 1)] == [nearest], j
 
 
 def test_put_on_one_node_get_on_another_and_survive_replica_deaths() -> None:
