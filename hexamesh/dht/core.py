@@ -602,7 +602,7 @@ class DhtCore:
 
         def after_pings() -> None:
             def after_self(contacts: list[Contact], stats: LookupStats) -> None:
-                self._self_found = len(contacts)
+                self._found_self(contacts, stats)
                 self._refresh_beyond_neighbour(stats.finished)
                 self._next_sparse_check = stats.finished + self._sparse_backoff
                 on_done(contacts, stats)

@@ -87,11 +87,9 @@ def test_after_a_burst_of_joins_every_node_knows_its_nearest_neighbour(n: int, s
     # its neighbourhood, or lookups near it miss it (found by the test above).
     swarm = joined_swarm(n, seed, DhtConfig(k=8, refresh_interval=120.0))
     swarm.net.run(until=swarm.net.now + 30.0)
-    ids = [ident.node_id for ident in swarm.identities]
-    for j, me in enumerate(ids):
-        m = int.from_bytes(me, "big")
-        nearest = min((i for i in ids if i != me), key=lambda i: int.from_bytes(i, "big") ^ m)
-        assert [c.id for c in swarm.core(j).table.closest(me, 1)] == [nearest], j
+    for j, ident in enumerate(swarm.identities):
+        nearest = true_closest(swarm, ident.node_id, 1, {j})
+        assert [c.id for c in swarm.core(j).table.closest(ident.node_id, 1)] == nearest, j
 
 
 def test_put_on_one_node_get_on_another_and_survive_replica_deaths() -> None:
