@@ -4,7 +4,8 @@
 
 Makes the tiny model (unless ``--model``), starts one vLLM server through the
 supervisor, and streams completions of ``--tokens`` tokens each (EOS ignored)
-at concurrency 1, 4 and 16 from a client in the same process. For each level:
+at concurrency 1, 4 and 16 from a client in the same process (the lean one of
+``simulations.loadgen``: tokens are vLLM's own count). For each level:
 tokens/s, TTFT p50/p99 (ms) and throughput relative to concurrency 1 in the
 same run (machines are noisy: compare ratios). These are the baseline the
 front door's overhead is measured against and the engine model of the
@@ -16,98 +17,26 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from hexamesh.engine.client import EngineClient
 from hexamesh.engine.supervisor import EngineConfig, ModelSpec, open_engine
 from simulations.common import emit, percentile
+from simulations.loadgen import closed_loop, workload
 
 LEVELS = (1, 4, 16)
 
 
-async def stream_one(client: EngineClient, tokens: int, ttfts: list[float]) -> int:
-    """One streamed completion of ``tokens`` tokens (EOS ignored, greedy); its
-    TTFT in ms goes to ``ttfts``; returns the tokens received."""
-    start = time.perf_counter()
-    first = None
-    count = 0
-    async for chunk in client.stream_completion(
-        model="tiny", prompt="the swarm", max_tokens=tokens, ignore_eos=True, temperature=0.0
-    ):
-        if chunk.get("choices") and chunk["choices"][0].get("text"):
-            if first is None:
-                first = time.perf_counter() - start
-            count += 1
-    if first is not None:
-        ttfts.append(first * 1000)
-    return count
-
-
-async def closed_loop(
-    concurrency: int, requests: int, one: Callable[[], Awaitable[int]]
-) -> tuple[int, float]:
-    """``requests`` calls of ``one`` by ``concurrency`` workers, each starting
-    the next as soon as its last ended; (sum of what they returned, wall s)."""
-    counts: list[int] = []
-    queue = list(range(requests))
-
-    async def worker() -> None:
-        while queue:
-            queue.pop()
-            counts.append(await one())
-
-    start = time.perf_counter()
-    async with trio.open_nursery() as nursery:
-        for _ in range(concurrency):
-            nursery.start_soon(worker)
-    return sum(counts), time.perf_counter() - start
-
-
-async def ttft_added(
-    base: str,
-    through: str,
-    pairs: int,
-    first_token_ms: Callable[[EngineClient], Awaitable[float | None]],
-    *,
-    warm: int,
-    pause: float,
-) -> list[float]:
-    """Time to first token added by sending ``through`` instead of to ``base``:
-    one request to each, back to back (which goes first alternates), each
-    over its own kept-alive connection, ``pause`` s apart; the difference per
-    pair in ms. The first ``warm`` pairs open connections and are not counted,
-    nor is a pair where either side got no token."""
-    added: list[float] = []
-    async with EngineClient(base) as to_base, EngineClient(through) as to_through:
-        for i in range(pairs + warm):
-            got: dict[str, float | None] = {}
-            order = [("base", to_base), ("through", to_through)]
-            for name, client in order if i % 2 else order[::-1]:
-                got[name] = await first_token_ms(client)
-                await trio.sleep(pause)
-            b, t = got["base"], got["through"]
-            if i >= warm and b is not None and t is not None:
-                added.append(t - b)
-    return added
-
-
-async def _level(
-    client: EngineClient, concurrency: int, requests: int, tokens: int
-) -> dict[str, Any]:
-    ttfts: list[float] = []
-    total, wall = await closed_loop(
-        concurrency, requests, lambda: stream_one(client, tokens, ttfts)
-    )
+async def _level(url: str, concurrency: int, requests: int, tokens: int) -> dict[str, Any]:
+    got = await closed_loop(url, concurrency, requests, **workload(tokens))
     return {
         "concurrency": concurrency,
-        "tok_s": round(total / wall, 1),
-        "ttft_ms_p50": percentile(ttfts, 0.5),
-        "ttft_ms_p99": percentile(ttfts, 0.99),
-        "tokens": total,
+        "tok_s": round(got["tok_s"], 1),
+        "ttft_ms_p50": percentile(got["ttfts"], 0.5),
+        "ttft_ms_p99": percentile(got["ttfts"], 0.99),
+        "tokens": got["tokens"],
     }
 
 
@@ -125,11 +54,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             started = time.perf_counter()
             await engine.load(spec)
             startup = time.perf_counter() - started
-            async with EngineClient(engine.url("tiny")) as client:
-                await _level(client, 1, 2, 8)  # warm up
-                levels = [
-                    await _level(client, c, max(args.requests, c), args.tokens) for c in LEVELS
-                ]
+            url = engine.url("tiny")
+            await _level(url, 1, 2, 8)  # warm up
+            levels = [await _level(url, c, max(args.requests, c), args.tokens) for c in LEVELS]
     base = levels[0]["tok_s"] or 1.0
     out: dict[str, Any] = {"benchmark": "engine", "tokens_per_request": args.tokens}
     for lv in levels:

@@ -4,17 +4,19 @@
 
 Starts two agents on 127.0.0.1: B serves the tiny model with vLLM, A has no
 engine. The workload (completions of ``--tokens`` tokens, EOS ignored,
-streamed) runs at concurrency 1 and 16 against three targets, alternating so
+streamed; the lean client of ``simulations.loadgen``, tokens counted by
+vLLM's ``usage``) runs at concurrency 1 and 16 against three targets, alternating so
 drift hits them alike: ``direct`` (B's vLLM port), ``mesh`` (A's API: A
 forwards one hop to B, which relays from its vLLM) and ``local`` (B's own API:
 one relay). Throughputs are medians over ``--rounds`` rounds; ``ratio`` (mesh
 / direct at 16) and ``ratio_c1`` (at 1) are medians of each round's ratio
 (runs of one round are next to each other in time, so drift cancels).
 
-The agents and this load generator are pinned off the cores vLLM's CPU
-build binds its engine to (``--no-isolate-engine`` leaves them anywhere:
-then they preempt the engine on its own core and its throughput swings by
-2-3x between rounds, see docs/reports/serving.md).
+vLLM's engine (its engine core and worker) is pinned to the cores vLLM's CPU
+build binds its worker to, everything else (vLLM's frontend, the agents,
+this load generator) to the others (``--no-isolate-engine`` leaves them
+anywhere: then throughput swings by 2x and more between rounds, see
+``_isolate_engine`` and docs/reports/serving.md).
 
 ``fwd_cpu_us_per_token``: CPU time of agent A's process (all its threads, its
 background work too) during its mesh runs over the tokens it streamed, over
@@ -38,33 +40,11 @@ from typing import Any
 import trio
 
 from hexamesh.demo import LOOPBACK, joining, start_agent, wait_until
-from hexamesh.engine.client import EngineClient, EngineUnavailable
 from simulations.common import cpu_seconds, emit, percentile
-from simulations.enginebench import closed_loop, stream_one, ttft_added
+from simulations.loadgen import closed_loop, ttft_added, workload
 
 READY_TIMEOUT = 600.0  # s for vLLM to start
 TTFT_TOKENS = 4  # tokens per request of the TTFT pairs
-
-
-RETRIES: list[str] = []  # requests retried after the server dropped an idle keep-alive connection
-
-
-async def _one(client: EngineClient, tokens: int, ttfts: list[float]) -> int:
-    try:
-        return await stream_one(client, tokens, ttfts)
-    except EngineUnavailable as e:
-        # uvicorn (vLLM) closes idle keep-alive connections after 5 s; httpx may
-        # pick one just as it closes ("Server disconnected without sending a
-        # response"): a client-side race, retried once and counted
-        RETRIES.append(str(e))
-        return await stream_one(client, tokens, ttfts)
-
-
-async def _run(base: str, concurrency: int, requests: int, tokens: int) -> dict[str, Any]:
-    ttfts: list[float] = []
-    async with EngineClient(base) as client:
-        total, wall = await closed_loop(concurrency, requests, lambda: _one(client, tokens, ttfts))
-    return {"tok_s": total / wall, "tokens": total, "ttfts": ttfts}
 
 
 def main() -> None:
@@ -79,7 +59,7 @@ def main() -> None:
         "--isolate-engine",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="pin the agents and the load generator off the cores vLLM's engine is bound to",
+        help="pin vLLM's engine to its worker's cores and everything else to the others",
     )
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     parser.add_argument("--workdir", type=Path, help="keep the agents' data and logs here")
@@ -114,7 +94,7 @@ def main() -> None:
                 60,
                 interval=0.5,
             )
-            isolated = args.isolate_engine and _off_engine_cpus(
+            isolated = args.isolate_engine and _isolate_engine(
                 b.proc.pid, [a.proc.pid, b.proc.pid, os.getpid()]
             )
             result = trio.run(_measure, direct, mesh, local, a.proc.pid, args)
@@ -125,11 +105,10 @@ def main() -> None:
     emit(result, quiet=args.json)
 
 
-def _engine_cpus(agent_pid: int) -> set[int]:
-    """The CPUs vLLM's engine threads are bound to: the union of the affinities
-    of the threads of ``agent_pid``'s descendants that are bound to fewer CPUs
-    than the machine has (vLLM's CPU build binds its OpenMP threads)."""
-    everything = os.sched_getaffinity(0)
+ENGINE_PREFIX = "VLLM::"  # vLLM's engine processes' names: VLLM::EngineCore, VLLM::Worker
+
+
+def _descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -137,38 +116,62 @@ def _engine_cpus(agent_pid: int) -> set[int]:
                 stat = Path(f"/proc/{entry}/stat").read_text()
                 ppid = int(stat.rsplit(")", 1)[1].split()[1])
                 children.setdefault(ppid, []).append(int(entry))
-    bound: set[int] = set()
-    todo = list(children.get(agent_pid, []))
+    out: list[int] = []
+    todo = list(children.get(pid, []))
     while todo:
-        pid = todo.pop()
-        todo.extend(children.get(pid, []))
-        with contextlib.suppress(OSError):
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                mask = os.sched_getaffinity(int(tid))
-                if mask < everything:
-                    bound |= mask
-    return bound
+        child = todo.pop()
+        out.append(child)
+        todo.extend(children.get(child, []))
+    return out
 
 
-def _off_engine_cpus(engine_agent: int, pids: list[int]) -> bool:
-    """Pin every thread of ``pids`` off the CPUs vLLM's engine is bound to;
-    False if the engine is not bound (nothing is pinned then).
+def _threads(pid: int) -> list[int]:
+    with contextlib.suppress(OSError):
+        return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    return []
 
-    vLLM's CPU build binds its engine's OpenMP threads to some cores and
-    leaves the rest for its frontend (here: engine on CPU 0, CPU 1 free). The
-    agents and the load generator, left anywhere, preempt the engine on its
-    own core and its throughput swings by 2-3x from run to run; pinned beside
-    vLLM's frontend they compete only with it, as on a GPU server, where the
-    engine's work is not on a CPU at all.
+
+def _is_engine(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/comm").read_text().startswith(ENGINE_PREFIX)
+    return False
+
+
+def _isolate_engine(engine_agent: int, others: list[int]) -> bool:
+    """Give vLLM's engine the cores its worker is bound to, and everything
+    else (vLLM's API frontend, the agents ``others``, this load generator)
+    the rest; False if the engine is not bound (nothing is pinned then).
+
+    vLLM's CPU build binds its worker's OpenMP threads (here to CPU 0) and
+    leaves every other process anywhere, its engine core too: the scheduler
+    process that feeds the worker and busy-waits on it. Left anywhere it
+    lands on either CPU from run to run, and throughput swings by 2x (one run
+    of six c16 rounds: 921-1,795 tok/s, the engine core's CPU per token
+    bimodal); the agents and the load generator, left anywhere, preempt the
+    worker on its own core. Pinned so, the engine has its core to itself, as
+    on a GPU server, where the engine's work is not on a CPU at all, and the
+    front doors compete only with vLLM's frontend.
     """
     everything = os.sched_getaffinity(0)
-    free = everything - _engine_cpus(engine_agent)
-    if not free or free == everything:
+    vllm = _descendants(engine_agent)
+    engine: set[int] = set()
+    for pid in vllm:
+        for tid in _threads(pid):
+            with contextlib.suppress(OSError):
+                mask = os.sched_getaffinity(tid)
+                if mask < everything:
+                    engine |= mask
+    free = everything - engine
+    if not engine or not free:
         return False
-    for pid in pids:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(ProcessLookupError):
-                os.sched_setaffinity(int(tid), free)
+    for pid in [*vllm, *others]:
+        on_engine = pid in vllm and _is_engine(pid)
+        for tid in _threads(pid):
+            with contextlib.suppress(OSError):
+                if not on_engine:
+                    os.sched_setaffinity(tid, free)
+                elif os.sched_getaffinity(tid) == everything:  # the engine core's threads
+                    os.sched_setaffinity(tid, engine)
     return True
 
 
@@ -194,16 +197,19 @@ async def _measure(direct: str, mesh: str, local: str, a_pid: int, args: Any) ->
     ratios: dict[tuple[str, int], list[float]] = {}
     cpu_s = {1: 0.0, 16: 0.0}  # agent A's CPU during the mesh runs, by concurrency
     mesh_tokens = {1: 0, 16: 0}
+    reconnects = 0  # kept-alive connections a server had closed (uvicorn: idle 5 s)
     targets = [("direct", direct), ("mesh", mesh), ("local", local)]
-    await _run(direct, 4, 8, args.tokens)  # warm-up: vLLM's first requests compile and allocate
-    await _run(mesh, 4, 8, args.tokens)
+    request = workload(args.tokens)
+    await closed_loop(direct, 4, 8, **request)  # warm-up: vLLM's first requests compile, allocate
+    await closed_loop(mesh, 4, 8, **request)
     for round_no in range(args.rounds):
         for conc, n in ((1, args.c1_requests), (16, args.c16_requests)):
             got: dict[str, dict[str, Any]] = {}
             # rotate the order each round: drift and warm caches hit every target alike
             for name, base in targets[round_no % 3 :] + targets[: round_no % 3]:
                 before = cpu_seconds(a_pid)
-                got[name] = await _run(base, conc, n, args.tokens)
+                got[name] = await closed_loop(base, conc, n, **request)
+                reconnects += got[name]["reconnects"]
                 if name == "mesh":
                     cpu_s[conc] += cpu_seconds(a_pid) - before
                     mesh_tokens[conc] += got[name]["tokens"]
@@ -216,12 +222,9 @@ async def _measure(direct: str, mesh: str, local: str, a_pid: int, args: Any) ->
     # Time to first token added, measured apart: single requests on an idle
     # swarm, direct and mesh back to back, the difference taken per pair (the
     # throughput runs' TTFTs swing by tens of ms with vLLM's batching).
-    async def first_token_ms(client: EngineClient) -> float | None:
-        into: list[float] = []
-        await _one(client, TTFT_TOKENS, into)
-        return into[0] if into else None
-
-    pairs = await ttft_added(direct, mesh, args.ttft_pairs, first_token_ms, warm=2, pause=0.05)
+    pairs = await ttft_added(
+        direct, mesh, args.ttft_pairs, warm=2, pause=0.05, **workload(TTFT_TOKENS)
+    )
 
     def tok_s(name: str, conc: int) -> float:
         return round(_median([r["tok_s"] for r in runs[(name, conc)]]), 1)
@@ -256,7 +259,7 @@ async def _measure(direct: str, mesh: str, local: str, a_pid: int, args: Any) ->
         "fwd_cpu_us_per_token_c16": per_token(16),
         "fwd_cpu_us_per_token_c1": per_token(1),
         "tokens_per_request": args.tokens,
-        "client_retries": len(RETRIES),
+        "client_reconnects": reconnects,
         "rounds": args.rounds,
     }
 

@@ -5,7 +5,8 @@
 Three processes on 127.0.0.1: a stand-in upstream that streams ``--tokens``
 chunked SSE events per request, one every ``--gap`` seconds (vLLM's pace per
 stream), a front door whose local engine is that upstream, and the client
-(this process). For concurrency 1 and 16 it reports the front door's CPU time
+(this process, the lean client of ``simulations.loadgen``). For concurrency 1
+and 16 it reports the front door's CPU time
 (all threads, from /proc schedstat, ns) per token, and tokens/s. Then the
 time to first token the door adds (``ttft_added_ms_p50``/``p99``):
 ``--ttft-pairs`` single one-token requests straight to the stand-in and
@@ -28,9 +29,8 @@ from typing import Any
 
 import trio
 
-from hexamesh.engine.client import EngineClient
 from simulations.common import cpu_seconds, emit, percentile
-from simulations.enginebench import closed_loop, ttft_added
+from simulations.loadgen import closed_loop, ttft_added, workload
 
 UPSTREAM = """
 import json, sys, trio
@@ -87,30 +87,12 @@ trio.run(main)
 
 
 async def _run(base: str, concurrency: int, requests: int, tokens: int) -> int:
-    async with EngineClient(base) as client:
-
-        async def one() -> int:
-            count = 0
-            async for _ in client.stream_completion(model="tiny", prompt="x", max_tokens=tokens):
-                count += 1
-            return count
-
-        total, _ = await closed_loop(concurrency, requests, one)
-    return total
-
-
-async def _first_token_ms(client: EngineClient) -> float:
-    start = time.perf_counter()
-    first = None
-    async for _ in client.stream_completion(model="tiny", prompt="x", max_tokens=1):
-        if first is None:
-            first = time.perf_counter() - start
-    assert first is not None, "the stand-in sent no token"
-    return first * 1000
+    got = await closed_loop(base, concurrency, requests, **workload(tokens))
+    return int(got["tokens"])
 
 
 async def _ttft_pairs(direct: str, door: str, pairs: int) -> list[float]:
-    return await ttft_added(direct, door, pairs, _first_token_ms, warm=5, pause=0.005)
+    return await ttft_added(direct, door, pairs, warm=5, pause=0.005, **workload(1))
 
 
 def main() -> None:

@@ -1,0 +1,268 @@
+"""A lean streaming client for the serving benchmarks: the load generator must
+not be what is measured.
+
+The benchmarks run the client on the same two cores as vLLM and the agents.
+``EngineClient`` (httpx: a line iterator, one ``json.loads`` per event) spends
+150-280 µs of CPU per streamed token on the 2-core VM, measured: more than
+both agents' relays together, on the core they share with vLLM's frontend.
+So the throughput runs and the time-to-first-token pairs use this client:
+
+* one HTTP/1.1 connection kept alive per client (a new one if the server
+  closed it while idle: uvicorn does after 5 s);
+* 64 KiB reads, framing followed with the relay's own ``ChunkScanner``;
+* no JSON per event: the first ``data:`` event's arrival is the time to first
+  token; the token count is the stream's ``usage`` (asked for with
+  ``stream_options.include_usage``, parsed once, at the end), or the number of
+  events when the server sends no usage.
+
+A stream is a completion request; ``StreamResult`` says what came back.
+Errors (a 4xx/5xx, an ``error`` event, a closed connection mid-stream) raise
+``LoadError`` with the server's words.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+import trio
+
+from hexamesh.serve.sse import DONE, ChunkScanner, dechunk, events
+
+__all__ = ["LeanClient", "LoadError", "StreamResult", "closed_loop", "ttft_added", "workload"]
+
+RECV_SIZE = 65536  # bytes per read: under load one read takes many tokens
+MAX_HEAD = 65536  # bytes of response head before we call the server broken
+
+
+class LoadError(Exception):
+    """The server refused or broke a stream."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamResult:
+    tokens: int  # usage.completion_tokens, else the events that came
+    ttft_s: float | None  # request sent -> first data event; None if none came
+    usage_reported: bool  # tokens is the server's count
+
+
+def workload(tokens: int) -> dict[str, Any]:
+    """The benchmarks' request: ``tokens`` tokens, EOS ignored, greedy."""
+    return {
+        "model": "tiny",
+        "prompt": "the swarm",
+        "max_tokens": tokens,
+        "ignore_eos": True,
+        "temperature": 0.0,
+    }
+
+
+class LeanClient:
+    """Streams completions from one OpenAI-style server over one connection.
+
+    ``async with LeanClient("http://127.0.0.1:8000") as c: await c.stream(...)``;
+    one stream at a time per client (a closed-loop worker holds one client).
+    """
+
+    def __init__(self, base_url: str, *, api_key: str | None = None) -> None:
+        url = urlsplit(base_url)
+        if url.scheme != "http" or url.hostname is None:
+            raise ValueError(f"{base_url!r}: only plain http://host:port URLs")
+        self.host = url.hostname
+        self.port = url.port or 80
+        self.prefix = url.path.rstrip("/")
+        self._auth = f"Authorization: Bearer {api_key}\r\n" if api_key else ""
+        self._conn: trio.SocketStream | None = None
+        self.reconnects = 0  # kept-alive connections the server had closed
+
+    async def __aenter__(self) -> LeanClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await conn.aclose()
+
+    async def stream(self, **request: Any) -> StreamResult:
+        """POST /v1/completions with ``stream`` on and usage asked for."""
+        body = json.dumps(
+            {**request, "stream": True, "stream_options": {"include_usage": True}},
+            separators=(",", ":"),
+        ).encode()
+        head = (
+            f"POST {self.prefix}/v1/completions HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"{self._auth}Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        reused = self._conn is not None
+        try:
+            return await self._exchange(head + body)
+        except _StaleConnection:
+            if not reused:
+                raise LoadError(f"{self.host}:{self.port} closed the connection at once") from None
+            self.reconnects += 1  # closed while idle: once more on a new connection
+            return await self._exchange(head + body)
+
+    async def _exchange(self, request: bytes) -> StreamResult:
+        if self._conn is None:
+            self._conn = await trio.open_tcp_stream(self.host, self.port)
+        conn = self._conn
+        start = time.perf_counter()
+        try:
+            await conn.send_all(request)
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                data = await conn.receive_some(RECV_SIZE)
+                if not data:
+                    raise _StaleConnection
+                buf += data
+                if len(buf) > MAX_HEAD:
+                    raise LoadError("response head over 64 KiB")
+        except (_StaleConnection, trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.aclose()
+            raise _StaleConnection from None
+        except BaseException:
+            await self.aclose()
+            raise
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        status, headers = _parse_head(head)
+        try:
+            if status >= 400 or headers.get(b"transfer-encoding", b"").lower() != b"chunked":
+                payload = await self._read_sized(conn, rest, headers)
+                raise LoadError(f"{status}: {payload[:300].decode(errors='replace')}")
+            result = await self._read_stream(conn, rest, start)
+        except BaseException:
+            await self.aclose()  # the connection is in an unknown state
+            raise
+        if headers.get(b"connection", b"").lower() == b"close":
+            await self.aclose()
+        return result
+
+    async def _read_stream(
+        self, conn: trio.SocketStream, first: bytes, start: float
+    ) -> StreamResult:
+        scanner = ChunkScanner()
+        whole: list[bytes] = []
+        ttft: float | None = None
+        data = first
+        while True:
+            if data:
+                out = scanner.feed(data)
+                if out:
+                    if ttft is None and b"data:" in dechunk(out):
+                        ttft = time.perf_counter() - start
+                    whole.append(out)
+                if scanner.done:
+                    break
+            data = await conn.receive_some(RECV_SIZE)
+            if not data:
+                raise LoadError("the server closed the stream before its end")
+        return _count(b"".join(whole), ttft)
+
+    async def _read_sized(
+        self, conn: trio.SocketStream, rest: bytes, headers: dict[bytes, bytes]
+    ) -> bytes:
+        length = int(headers.get(b"content-length", b"0"))
+        while len(rest) < length:
+            data = await conn.receive_some(RECV_SIZE)
+            if not data:
+                break
+            rest += data
+        return rest[:length]
+
+
+class _StaleConnection(Exception):
+    """The kept-alive connection was closed before the response began."""
+
+
+def _parse_head(head: bytes) -> tuple[int, dict[bytes, bytes]]:
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+        raise LoadError(f"not an HTTP/1.1 response: {lines[0][:100]!r}")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    return int(parts[1]), headers
+
+
+def _count(chunked: bytes, ttft: float | None) -> StreamResult:
+    """Tokens of a whole stream: the last event's usage, else one per event."""
+    found = [e for e in events(dechunk(chunked)) if e != DONE]
+    for data in found:
+        if data.startswith(b'{"error"'):
+            raise LoadError(f"error event: {data[:300].decode(errors='replace')}")
+    if found:
+        try:
+            last = json.loads(found[-1])
+        except ValueError:
+            raise LoadError(f"bad event: {found[-1][:200]!r}") from None
+        usage = last.get("usage") if isinstance(last, dict) else None
+        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+            return StreamResult(usage["completion_tokens"], ttft, True)
+    return StreamResult(len(found), ttft, False)
+
+
+async def closed_loop(
+    base_url: str, concurrency: int, requests: int, **request: Any
+) -> dict[str, Any]:
+    """``requests`` streams by ``concurrency`` workers, each with its own
+    client and starting its next stream as soon as its last ended: tokens,
+    tokens/s, each stream's time to first token (ms), reconnects."""
+    left = requests
+    tokens = 0
+    ttfts: list[float] = []
+    reconnects = 0
+
+    async def worker() -> None:
+        nonlocal left, tokens, reconnects
+        async with LeanClient(base_url) as client:
+            while left > 0:
+                left -= 1
+                got = await client.stream(**request)
+                tokens += got.tokens
+                if got.ttft_s is not None:
+                    ttfts.append(got.ttft_s * 1000)
+            reconnects += client.reconnects
+
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(concurrency):
+            nursery.start_soon(worker)
+    wall = time.perf_counter() - start
+    return {"tok_s": tokens / wall, "tokens": tokens, "ttfts": ttfts, "reconnects": reconnects}
+
+
+async def ttft_added(
+    base_url: str, through_url: str, pairs: int, *, warm: int, pause: float, **request: Any
+) -> list[float]:
+    """Time to first token added by sending ``through_url`` instead of to
+    ``base_url``: one stream to each, back to back (which goes first
+    alternates), each over its own kept-alive connection, ``pause`` s apart;
+    the difference per pair in ms. The first ``warm`` pairs open the
+    connections and are not counted, nor is a pair where either side got no
+    token."""
+    added: list[float] = []
+    async with LeanClient(base_url) as base, LeanClient(through_url) as through:
+        for i in range(pairs + warm):
+            got: dict[str, float | None] = {}
+            order = [("base", base), ("through", through)]
+            for name, client in order if i % 2 else order[::-1]:
+                got[name] = (await client.stream(**request)).ttft_s
+                await trio.sleep(pause)
+            b, t = got["base"], got["through"]
+            if i >= warm and b is not None and t is not None:
+                added.append((t - b) * 1000)
+    return added
