@@ -51,6 +51,8 @@ __all__ = ["SERVED_ADDR", "SERVED_BY", "FrontDoor", "JobsApi"]
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 4  # servers tried for one request (first choice + failovers/continuations)
+TOKENIZE_TIMEOUT = 5.0  # s; counting a continuation's text, once per continuation
+_CONTINUES = b'"' + sse.CONTINUES.encode() + b'"'
 SERVED_BY = "x-hexamesh-served-by"  # node id (hex) of the agent whose engine answered
 SERVED_ADDR = "x-hexamesh-server"  # that agent's peer address
 COMPLETION_PATHS = {"/v1/completions": False, "/v1/chat/completions": True}  # path -> chat
@@ -281,8 +283,45 @@ class FrontDoor:
             raise UpstreamError("the local engine does not serve this model (any more)")
         hostport = url.split("://", 1)[-1].rstrip("/")
         host, _, port = hostport.rpartition(":")
+        if _CONTINUES in body:  # a byte search: the hot path parses nothing
+            body = await self._settle_continuation(host, int(port), body)
         request = request_bytes("POST", host, int(port), target, body, [], keep_alive=True)
         return await open_upstream(host, int(port), request, self.upstreams)
+
+    async def _settle_continuation(self, host: str, port: int, body: bytes) -> bytes:
+        """A continuation about to reach our engine: count the text the client
+        already has in the engine's own tokens (vLLM's /tokenize), so that
+        ``max_tokens`` holds exactly (events undercount: vLLM merges tokens
+        into one event when its frontend falls behind)."""
+        try:
+            request = json.loads(body)
+        except ValueError:
+            return body  # not ours: the engine will say what is wrong
+        marker = request.get(sse.CONTINUES) if isinstance(request, dict) else None
+        if not isinstance(marker, dict):
+            return body
+        count: int | None = None
+        ask = {"model": request.get("model"), "prompt": str(marker.get("text") or "")}
+        payload = json.dumps({**ask, "add_special_tokens": False}).encode()
+        try:
+            with trio.fail_after(TOKENIZE_TIMEOUT):
+                up = await open_upstream(
+                    host,
+                    port,
+                    request_bytes("POST", host, port, "/tokenize", payload, [], keep_alive=True),
+                    self.upstreams,
+                )
+                try:
+                    answer = json.loads(await read_body(up)) if up.status == 200 else None
+                finally:
+                    await up.aclose()
+            if isinstance(answer, dict) and isinstance(answer.get("count"), int):
+                count = answer["count"]
+            else:
+                log.info("no token count from the engine: max_tokens stays a bound")
+        except (UpstreamError, trio.TooSlowError, ValueError) as e:
+            log.info("could not count a continuation's tokens (%s): max_tokens stays a bound", e)
+        return json.dumps(sse.settle_continuation(request, count)).encode()
 
     def _served_headers(self, cand: Candidate, up: UpstreamResponse) -> list[tuple[str, str]]:
         if cand.local:
@@ -297,6 +336,12 @@ class FrontDoor:
         route: SignedRoute | None,
     ) -> int:
         """Serve one completion: route, relay, fail over; returns the status sent."""
+        if route is None and sse.CONTINUES in req.body:
+            raise ApiError(
+                400,
+                f"`{sse.CONTINUES}` is reserved for the swarm's own continuations",
+                param=sse.CONTINUES,
+            )
         await self._known_or_404(req.model)
         ranked = self.ranked(req.model, route)
         if not ranked:
@@ -359,7 +404,7 @@ class FrontDoor:
                     ok = await self._relay_rewritten(conn, up, sent, done, req.chat, head)
                 if ok:
                     events = sum(c.count(b"data:") - c.count(b"data: [DONE]") for c in sent)
-                    self.metrics.tokens.inc(events)  # one token per event from vLLM
+                    self.metrics.tokens.inc(events)  # a token per event, or more (merged)
                     return 200
             except UpstreamError as e:
                 errors.append(str(e))

@@ -1,7 +1,10 @@
 """Prometheus metrics of one agent, in their own registry (served at /metrics).
 
 Counters are bumped per request, never per token: the relay counts the
-tokens of a stream once it ends (one ``bytes.count`` over what it sent).
+tokens of a stream once it ends (one ``bytes.count`` over what it sent), as
+content events: one per token, except where vLLM merged several into one
+event (its frontend behind under load), so the count is a lower bound; the
+engine's exact figure is vLLM's own ``vllm:generation_tokens_total``.
 Swarm-level gauges (peers alive, gossip traffic, jobs) are read at scrape time
 from callbacks the agent registers, so they cost nothing between scrapes.
 """
@@ -45,7 +48,11 @@ class ServeMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.tokens = Counter("hexamesh_tokens", "Streamed tokens relayed to clients", registry=r)
+        self.tokens = Counter(
+            "hexamesh_tokens",
+            "Streamed tokens relayed to clients, counted as SSE events (a lower bound)",
+            registry=r,
+        )
         self.forwards = Counter("hexamesh_forwards", "Requests sent on to a peer", registry=r)
         self.failovers = Counter(
             "hexamesh_failovers",

@@ -23,9 +23,25 @@ from typing import Any
 
 from hexamesh.serve.requests import CompletionRequest
 
-__all__ = ["ChunkScanner", "Progress", "chunk", "continuation", "dechunk", "progress", "rewrite"]
+__all__ = [
+    "CONTINUES",
+    "ChunkScanner",
+    "Progress",
+    "chunk",
+    "continuation",
+    "dechunk",
+    "progress",
+    "rewrite",
+    "settle_continuation",
+]
 
 DONE = b"[DONE]"
+# The request field that marks a continuation for the agent whose engine
+# serves it: {"text": what the client already holds, "counted": the tokens
+# already taken off max_tokens for it}. That agent asks its engine how many
+# tokens the text is and takes off the rest (``settle_continuation``); the
+# field never reaches an engine. Clients may not send it.
+CONTINUES = "hexamesh_continues"
 
 
 def chunk(data: bytes) -> bytes:
@@ -101,7 +117,7 @@ def events(payload: bytes) -> list[bytes]:
 @dataclass(frozen=True, slots=True)
 class Progress:
     text: str  # generated so far, as the client received it
-    tokens: int  # content events seen (one token each from vLLM)
+    tokens: int  # content events seen: a token each, or several (vLLM merges under load)
     stream_id: str | None
     created: int | None
     finished: bool  # a finish_reason or [DONE] already went out
@@ -151,10 +167,13 @@ def continuation(req: CompletionRequest, done: Progress) -> dict[str, Any] | Non
     if body.get("n", 1) != 1:
         return None
     if req.max_tokens is not None:
+        # Each event held at least one token: an upper bound of what is left,
+        # made exact where the engine is (``settle_continuation``).
         left = req.max_tokens - done.tokens
         if left < 1:
             return None
-        body["max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"] = left
+        body[_max_key(body)] = left
+        body[CONTINUES] = {"text": done.text, "counted": done.tokens}
     if req.chat:
         body["messages"] = [*body["messages"], {"role": "assistant", "content": done.text}]
         body["continue_final_message"] = True  # vLLM: extend the last message, no new turn
@@ -164,6 +183,27 @@ def continuation(req: CompletionRequest, done: Progress) -> dict[str, Any] | Non
             return None
         body["prompt"] = body["prompt"] + done.text
         body.pop("echo", None)
+    return body
+
+
+def _max_key(body: dict[str, Any]) -> str:
+    return "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+
+
+def settle_continuation(body: dict[str, Any], text_tokens: int | None) -> dict[str, Any]:
+    """A continuation's request for the engine: its ``CONTINUES`` field gone,
+    and ``max_tokens`` less the tokens the text already sent is beyond those
+    counted (``text_tokens``: the engine's count; None: unknown, keep the
+    bound). At least one token is asked for: the first stream broke off before
+    its end, so the answer is not complete."""
+    body = dict(body)
+    marker = body.pop(CONTINUES, None)
+    key = _max_key(body)
+    if text_tokens is None or not isinstance(marker, dict) or not isinstance(body.get(key), int):
+        return body
+    counted = marker.get("counted")
+    if isinstance(counted, int) and text_tokens > counted:
+        body[key] = max(1, body[key] - (text_tokens - counted))
     return body
 
 

@@ -1,7 +1,9 @@
 """An in-process stand-in for a vLLM OpenAI server, for the front door's tests.
 
 It answers /v1/completions and /v1/chat/completions like vLLM (HTTP/1.1,
-chunked SSE when streaming, one token per event) with a deterministic
+chunked SSE when streaming, one token per event or ``per_event`` merged, as
+vLLM does when its frontend falls behind) and /tokenize (a token per word),
+with a deterministic
 "model": token k of an answer is `` w<n>`` where n counts the words already in
 the prompt (and, for chat, the messages), so a continuation from prompt +
 text-so-far produces exactly the rest of the original answer. Knobs make it
@@ -25,7 +27,10 @@ class Behaviour:
     die_before: bool = False
     die_after: int | None = None  # tokens streamed, then the connection is cut
     token_delay: float = 0.0
+    per_event: int = 1  # tokens merged into one streamed event
+    tokenize: bool = True  # answer /tokenize (else 404, as an engine without it)
     served: list[dict[str, Any]] = field(default_factory=list)  # request bodies seen
+    tokenized: list[dict[str, Any]] = field(default_factory=list)  # /tokenize bodies seen
     connections: int = 0  # connections accepted
 
 
@@ -83,6 +88,16 @@ async def _answer_one(stream: trio.SocketStream, b: Behaviour, name: str) -> boo
     if got is None:
         return False
     target, body = got
+    if target == "/tokenize":
+        b.tokenized.append(body)
+        count = len(str(body.get("prompt", "")).split())
+        status, data = (200, {"count": count}) if b.tokenize else (404, {"detail": "Not Found"})
+        raw = json.dumps(data).encode()
+        await stream.send_all(
+            b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+            % (status, len(raw), raw)
+        )
+        return True
     b.served.append(body)
     if b.die_before:
         return False
@@ -144,10 +159,11 @@ async def _answer_one(stream: trio.SocketStream, b: Behaviour, name: str) -> boo
             "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}],
         }
         await stream.send_all(_chunk(b"data: " + json.dumps(first).encode() + b"\n\n"))
-    for i, tok in enumerate(tokens):
+    for i in range(0, len(tokens), b.per_event):
         if b.die_after is not None and i >= b.die_after:
             return False
-        last = i == len(tokens) - 1
+        tok = "".join(tokens[i : i + b.per_event])
+        last = i + b.per_event >= len(tokens)
         choice = {"index": 0, "finish_reason": "length" if last else None}
         if chat:
             choice["delta"] = {"content": tok}

@@ -14,6 +14,7 @@ import trio
 from hexamesh.serve.frontdoor import SERVED_BY
 from hexamesh.serve.peerauth import PeerSigner, SignedRoute
 from hexamesh.serve.requests import MAX_BODY
+from hexamesh.serve.sse import CONTINUES
 from hexamesh.wire import KeyRing
 from tests.serve.fake_upstream import Behaviour, answer
 from tests.serve.swarm import MODEL, Door, link, link_in_order, start_door
@@ -245,6 +246,48 @@ async def test_mid_stream_death_continues_on_another_server(keyring: KeyRing, ch
         else:
             assert sent["prompt"] == "a b c w3 w4 w5"
         assert a.front.metrics.continuations._value.get() == 1
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("tokenize", [True, False])
+async def test_a_continuation_counts_merged_events_in_tokens(
+    keyring: KeyRing, tokenize: bool
+) -> None:
+    """vLLM merges tokens into one event when its frontend falls behind: the
+    continuation asks the serving engine how many tokens the text so far is,
+    so the answer keeps to max_tokens (the event count would overshoot)."""
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
+        a = await start_door(nursery, keyring, 1)
+        dying = await start_door(nursery, keyring, 2, engine=Behaviour(die_after=4, per_event=2))
+        spare = await start_door(
+            nursery, keyring, 3, engine=Behaviour(per_event=2, tokenize=tokenize)
+        )
+        link_in_order(a, dying, spare)
+        body = {"model": MODEL, "prompt": "a b c", "max_tokens": 8, "stream": True}
+        text, _, _ = await stream_text(client, f"{a.api}/completions", body)
+        assert spare.behaviour is not None
+        sent = spare.behaviour.served[0]
+        assert CONTINUES not in sent  # never reaches an engine
+        assert sent["prompt"] == "a b c w3 w4 w5 w6"  # two events, four tokens
+        if tokenize:
+            assert spare.behaviour.tokenized == [
+                {"model": MODEL, "prompt": " w3 w4 w5 w6", "add_special_tokens": False}
+            ]
+            assert sent["max_tokens"] == 4
+            assert text == expected(body, False)  # exactly max_tokens tokens
+        else:  # an engine without /tokenize: the events' bound, two tokens over
+            assert sent["max_tokens"] == 6
+            assert text.split() == [f"w{i}" for i in range(3, 13)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_clients_may_not_send_the_continuation_marker(keyring: KeyRing) -> None:
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
+        a = await start_door(nursery, keyring, 1, engine=Behaviour())
+        body = {"model": MODEL, "prompt": "x", "max_tokens": 4, CONTINUES: {"text": "x"}}
+        r = await client.post(f"{a.api}/completions", json=body)
+        assert r.status_code == 400 and r.json()["error"]["param"] == CONTINUES
+        assert a.behaviour is not None and a.behaviour.served == []
         nursery.cancel_scope.cancel()
 
 

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from hexamesh.serve.requests import parse_completion
-from hexamesh.serve.sse import LAST_CHUNK, ChunkScanner, chunk, continuation, dechunk, progress
+from hexamesh.serve.sse import (
+    CONTINUES,
+    LAST_CHUNK,
+    ChunkScanner,
+    chunk,
+    continuation,
+    dechunk,
+    progress,
+    settle_continuation,
+)
 
 EVENTS = [
     b"data: " + json.dumps({"id": "x", "choices": [{"text": f" t{i}"}]}).encode() + b"\n\n"
@@ -43,7 +53,12 @@ def test_continuation_of_a_completion_and_a_chat() -> None:
         json.dumps({"model": "m", "prompt": "hi", "max_tokens": 10}).encode(), chat=False
     )
     p = progress(b"".join(chunk(e) for e in EVENTS[:3]), chat=False)
-    assert continuation(req, p) == {"model": "m", "prompt": "hi t0 t1 t2", "max_tokens": 7}
+    assert continuation(req, p) == {
+        "model": "m",
+        "prompt": "hi t0 t1 t2",
+        "max_tokens": 7,  # a bound: each of the 3 events held at least one token
+        CONTINUES: {"text": " t0 t1 t2", "counted": 3},
+    }
     chat = parse_completion(
         json.dumps({"model": "m", "messages": [{"role": "user", "content": "q"}]}).encode(),
         chat=True,
@@ -55,3 +70,27 @@ def test_continuation_of_a_completion_and_a_chat() -> None:
     }
     many = parse_completion(json.dumps({"model": "m", "prompt": "x", "n": 2}).encode(), chat=False)
     assert continuation(many, p) is None  # several choices cannot be continued
+
+
+@pytest.mark.parametrize(
+    ("key", "max_tokens", "text_tokens", "left"),
+    [
+        ("max_tokens", 7, 3, 7),  # one token per event: the bound was exact
+        ("max_tokens", 7, 5, 5),  # two events held two tokens each
+        ("max_completion_tokens", 7, 5, 5),
+        ("max_tokens", 7, 20, 1),  # never below one: the stream had not ended
+        ("max_tokens", 7, None, 7),  # the engine could not count: keep the bound
+    ],
+)
+def test_settling_a_continuation_takes_off_the_uncounted_tokens(
+    key: str, max_tokens: int, text_tokens: int | None, left: int
+) -> None:
+    body = {"model": "m", key: max_tokens, CONTINUES: {"text": " t0 t1", "counted": 3}}
+    settled = settle_continuation(body, text_tokens)
+    assert settled == {"model": "m", key: left}
+    assert CONTINUES in body  # the caller's dict is left alone
+
+
+def test_settling_a_request_that_is_no_continuation_changes_nothing() -> None:
+    plain = {"model": "m", "max_tokens": 4}
+    assert settle_continuation(plain, 9) == plain
