@@ -1,6 +1,6 @@
 """Forwarding overhead: the same streaming workload straight to vLLM and through the mesh.
 
-    python -m simulations.overhead --json [--model DIR] [--tokens 128] [--rounds 3]
+    python -m simulations.overhead --json [--model DIR] [--tokens 128] [--rounds 5]
 
 Starts two agents on 127.0.0.1: B serves the tiny model with vLLM, A has no
 engine. The workload (completions of ``--tokens`` tokens, EOS ignored,
@@ -51,9 +51,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, help="model dir (default: make the tiny model)")
     parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--c1-requests", type=int, default=6)
-    parser.add_argument("--c16-requests", type=int, default=48)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--c1-requests", type=int, default=12)
+    parser.add_argument("--c16-requests", type=int, default=64)
     parser.add_argument("--ttft-pairs", type=int, default=30)
     parser.add_argument(
         "--isolate-engine",
