@@ -10,9 +10,11 @@ second role announcement), so the client sees one stream.
 
 Limits (docs/serving.md): the continuation is exact for greedy decoding
 (temperature 0) and a fair continuation otherwise (the sampler's state cannot
-move between servers); token counts are approximated by event counts (vLLM
-sends one token per event); only a string prompt (completions) or a message
-list (chat) with one choice (``n`` = 1) can be continued.
+move between servers); the tokens already sent are bounded by the event
+count here (vLLM merges tokens into one event under load) and counted by the
+serving engine's tokenizer there (:func:`settle_continuation`); only a
+string prompt (completions) or a message list (chat) with one choice
+(``n`` = 1) can be continued.
 """
 
 from __future__ import annotations
