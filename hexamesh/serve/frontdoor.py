@@ -285,8 +285,12 @@ class FrontDoor:
         host, _, port = hostport.rpartition(":")
         if _CONTINUES in body:  # a byte search: the hot path parses nothing
             body = await self._settle_continuation(host, int(port), body)
-        request = request_bytes("POST", host, int(port), target, body, [], keep_alive=True)
-        return await open_upstream(host, int(port), request, self.upstreams)
+        return await self._post_local(host, int(port), target, body)
+
+    async def _post_local(self, host: str, port: int, target: str, body: bytes) -> UpstreamResponse:
+        """POST to our engine over a pooled connection."""
+        request = request_bytes("POST", host, port, target, body, [], keep_alive=True)
+        return await open_upstream(host, port, request, self.upstreams)
 
     async def _settle_continuation(self, host: str, port: int, body: bytes) -> bytes:
         """A continuation about to reach our engine: count the text the client
@@ -305,12 +309,7 @@ class FrontDoor:
         payload = json.dumps({**ask, "add_special_tokens": False}).encode()
         try:
             with trio.fail_after(TOKENIZE_TIMEOUT):
-                up = await open_upstream(
-                    host,
-                    port,
-                    request_bytes("POST", host, port, "/tokenize", payload, [], keep_alive=True),
-                    self.upstreams,
-                )
+                up = await self._post_local(host, port, "/tokenize", payload)
                 try:
                     answer = json.loads(await read_body(up)) if up.status == 200 else None
                 finally:
