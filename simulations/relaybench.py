@@ -92,7 +92,9 @@ async def _run(base: str, concurrency: int, requests: int, tokens: int) -> int:
 
 
 async def _ttft_pairs(direct: str, door: str, pairs: int) -> list[float]:
-    return await ttft_added(direct, door, pairs, warm=5, pause=0.005, **workload(1))
+    added = await ttft_added(direct, door, pairs, warm=5, pause=0.005, **workload(1))
+    assert len(added) == pairs, "the stand-in or the door sent no token"  # such pairs drop out
+    return added
 
 
 def main() -> None:
