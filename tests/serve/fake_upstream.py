@@ -6,9 +6,12 @@ vLLM does when its frontend falls behind) and /tokenize (a token per word),
 with a deterministic
 "model": token k of an answer is `` w<n>`` where n counts the words already in
 the prompt (and, for chat, the messages), so a continuation from prompt +
-text-so-far produces exactly the rest of the original answer. Knobs make it
-refuse (``status``), die before answering (``die_before``), break off after a
-number of tokens (``die_after``) or go slowly (``token_delay``).
+text-so-far produces exactly the rest of the original answer. A stream that
+asks for ``stream_options.include_usage`` ends with vLLM's usage event. Knobs
+make it refuse (``status``), die before answering (``die_before``), break off
+after a number of tokens (``die_after``), end a stream with an error event
+(``error_after``), ignore the usage request (``usage``), close the connection
+after each answer (``keep_alive``) or go slowly (``token_delay``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ class Behaviour:
     die_after: int | None = None  # tokens streamed, then the connection is cut
     token_delay: float = 0.0
     per_event: int = 1  # tokens merged into one streamed event
+    error_after: int | None = None  # tokens streamed, then an error event ends the stream
+    usage: bool = True  # honour stream_options.include_usage
+    keep_alive: bool = True  # False: close the connection after each answer
     tokenize: bool = True  # answer /tokenize (else 404, as an engine without it)
     served: list[dict[str, Any]] = field(default_factory=list)  # request bodies seen
     tokenized: list[dict[str, Any]] = field(default_factory=list)  # /tokenize bodies seen
@@ -144,7 +150,7 @@ async def _answer_one(stream: trio.SocketStream, b: Behaviour, name: str) -> boo
             b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
             % (len(data), data)
         )
-        return True
+        return b.keep_alive
     await stream.send_all(
         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
         b"transfer-encoding: chunked\r\n\r\n"
@@ -162,6 +168,10 @@ async def _answer_one(stream: trio.SocketStream, b: Behaviour, name: str) -> boo
     for i in range(0, len(tokens), b.per_event):
         if b.die_after is not None and i >= b.die_after:
             return False
+        if b.error_after is not None and i >= b.error_after:
+            error = {"error": {"message": "engine failed mid-stream", "code": 500}}
+            await stream.send_all(_chunk(b"data: " + json.dumps(error).encode() + b"\n\n"))
+            break
         tok = "".join(tokens[i : i + b.per_event])
         last = i + b.per_event >= len(tokens)
         choice = {"index": 0, "finish_reason": "length" if last else None}
@@ -179,8 +189,15 @@ async def _answer_one(stream: trio.SocketStream, b: Behaviour, name: str) -> boo
         await stream.send_all(_chunk(b"data: " + json.dumps(event).encode() + b"\n\n"))
         if b.token_delay:
             await trio.sleep(b.token_delay)
+    else:
+        if b.usage and (body.get("stream_options") or {}).get("include_usage"):
+            n = len(tokens)
+            usage = {"prompt_tokens": 1, "completion_tokens": n, "total_tokens": 1 + n}
+            event = {"id": "cmpl-fake", "object": obj, "created": 7, "model": name, "choices": []}
+            event["usage"] = usage
+            await stream.send_all(_chunk(b"data: " + json.dumps(event).encode() + b"\n\n"))
     await stream.send_all(_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
-    return True
+    return b.keep_alive
 
 
 async def serve_fake(
