@@ -7,8 +7,9 @@ The benchmarks run the client on the same two cores as vLLM and the agents.
 both agents' relays together, on the core they share with vLLM's frontend.
 So the throughput runs and the time-to-first-token pairs use this client:
 
-* one HTTP/1.1 connection kept alive per client (a new one if the server
-  closed it while idle: uvicorn does after 5 s);
+* one HTTP/1.1 connection kept alive per client, through the front door's
+  own upstream client and pool (a new one if the server closed it while
+  idle: uvicorn does after 5 s);
 * 64 KiB reads, framing followed with the relay's own ``ChunkScanner``;
 * no JSON per event: the first ``data:`` event's arrival is the time to first
   token; the token count is the stream's ``usage`` (asked for with
@@ -31,12 +32,19 @@ from urllib.parse import urlsplit
 
 import trio
 
+from hexamesh.serve.relay import (
+    UpstreamError,
+    UpstreamResponse,
+    open_upstream,
+    read_body,
+    request_bytes,
+)
 from hexamesh.serve.sse import DONE, ChunkScanner, dechunk, events
+from hexamesh.serve.upstreampool import UpstreamPool
 
 __all__ = ["LeanClient", "LoadError", "StreamResult", "closed_loop", "ttft_added", "workload"]
 
 RECV_SIZE = 65536  # bytes per read: under load one read takes many tokens
-MAX_HEAD = 65536  # bytes of response head before we call the server broken
 
 
 class LoadError(Exception):
@@ -62,10 +70,13 @@ def workload(tokens: int) -> dict[str, Any]:
 
 
 class LeanClient:
-    """Streams completions from one OpenAI-style server over one connection.
+    """Streams completions from one OpenAI-style server, one stream at a time
+    (a closed-loop worker holds one client).
 
-    ``async with LeanClient("http://127.0.0.1:8000") as c: await c.stream(...)``;
-    one stream at a time per client (a closed-loop worker holds one client).
+    The HTTP/1.1 exchange is the front door's own upstream client
+    (``serve.relay.open_upstream`` over an ``UpstreamPool``): a connection
+    kept alive between streams, dropped when the server closed it while idle
+    and the request sent once more on a fresh one.
     """
 
     def __init__(self, base_url: str, *, api_key: str | None = None) -> None:
@@ -74,10 +85,14 @@ class LeanClient:
             raise ValueError(f"{base_url!r}: only plain http://host:port URLs")
         self.host = url.hostname
         self.port = url.port or 80
-        self.prefix = url.path.rstrip("/")
-        self._auth = f"Authorization: Bearer {api_key}\r\n" if api_key else ""
-        self._conn: trio.SocketStream | None = None
-        self.reconnects = 0  # kept-alive connections the server had closed
+        self.target = url.path.rstrip("/") + "/v1/completions"
+        self._headers = [("authorization", f"Bearer {api_key}")] if api_key else []
+        self._pool = UpstreamPool()
+
+    @property
+    def reconnects(self) -> int:
+        """Kept-alive connections the server had closed."""
+        return self._pool.stats.stale
 
     async def __aenter__(self) -> LeanClient:
         return self
@@ -88,12 +103,7 @@ class LeanClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await conn.aclose()
+        self._pool.close()
 
     async def stream(self, **request: Any) -> StreamResult:
         """POST /v1/completions with ``stream`` on and usage asked for."""
@@ -101,101 +111,44 @@ class LeanClient:
             {**request, "stream": True, "stream_options": {"include_usage": True}},
             separators=(",", ":"),
         ).encode()
-        head = (
-            f"POST {self.prefix}/v1/completions HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-            f"{self._auth}Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        ).encode()
-        reused = self._conn is not None
-        try:
-            return await self._exchange(head + body)
-        except _StaleConnection:
-            if not reused:
-                raise LoadError(f"{self.host}:{self.port} closed the connection at once") from None
-            self.reconnects += 1  # closed while idle: once more on a new connection
-            return await self._exchange(head + body)
-
-    async def _exchange(self, request: bytes) -> StreamResult:
-        if self._conn is None:
-            self._conn = await trio.open_tcp_stream(self.host, self.port)
-        conn = self._conn
+        wire = request_bytes(
+            "POST", self.host, self.port, self.target, body, self._headers, keep_alive=True
+        )
         start = time.perf_counter()
         try:
-            await conn.send_all(request)
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                data = await conn.receive_some(RECV_SIZE)
-                if not data:
-                    raise _StaleConnection
-                buf += data
-                if len(buf) > MAX_HEAD:
-                    raise LoadError("response head over 64 KiB")
-        except (_StaleConnection, trio.BrokenResourceError, trio.ClosedResourceError):
-            await self.aclose()
-            raise _StaleConnection from None
-        except BaseException:
-            await self.aclose()
-            raise
-        head, _, rest = buf.partition(b"\r\n\r\n")
-        status, headers = _parse_head(head)
+            up = await open_upstream(self.host, self.port, wire, self._pool)
+        except UpstreamError as e:
+            raise LoadError(str(e)) from None
         try:
-            if status >= 400 or headers.get(b"transfer-encoding", b"").lower() != b"chunked":
-                payload = await self._read_sized(conn, rest, headers)
-                raise LoadError(f"{status}: {payload[:300].decode(errors='replace')}")
-            result = await self._read_stream(conn, rest, start)
-        except BaseException:
-            await self.aclose()  # the connection is in an unknown state
-            raise
-        if headers.get(b"connection", b"").lower() == b"close":
-            await self.aclose()
-        return result
+            if up.status >= 400 or not up.chunked:
+                payload = await read_body(up)
+                raise LoadError(f"{up.status}: {payload[:300].decode(errors='replace')}")
+            return await _read_stream(up, start)
+        except UpstreamError as e:
+            raise LoadError(str(e)) from None
+        finally:
+            await up.aclose()  # back to the pool if read to its end
 
-    async def _read_stream(
-        self, conn: trio.SocketStream, first: bytes, start: float
-    ) -> StreamResult:
-        scanner = ChunkScanner()
-        whole: list[bytes] = []
-        ttft: float | None = None
-        data = first
-        while True:
-            if data:
-                out = scanner.feed(data)
-                if out:
-                    if ttft is None and b"data:" in dechunk(out):
-                        ttft = time.perf_counter() - start
-                    whole.append(out)
-                if scanner.done:
-                    break
-            data = await conn.receive_some(RECV_SIZE)
-            if not data:
-                raise LoadError("the server closed the stream before its end")
-        return _count(b"".join(whole), ttft)
 
-    async def _read_sized(
-        self, conn: trio.SocketStream, rest: bytes, headers: dict[bytes, bytes]
-    ) -> bytes:
-        length = int(headers.get(b"content-length", b"0"))
-        while len(rest) < length:
-            data = await conn.receive_some(RECV_SIZE)
-            if not data:
+async def _read_stream(up: UpstreamResponse, start: float) -> StreamResult:
+    scanner = ChunkScanner()
+    whole: list[bytes] = []
+    ttft: float | None = None
+    data = up.rest
+    while True:
+        if data:
+            out = scanner.feed(data)
+            if out:
+                if ttft is None and b"data:" in dechunk(out):
+                    ttft = time.perf_counter() - start
+                whole.append(out)
+            if scanner.done:
                 break
-            rest += data
-        return rest[:length]
-
-
-class _StaleConnection(Exception):
-    """The kept-alive connection was closed before the response began."""
-
-
-def _parse_head(head: bytes) -> tuple[int, dict[bytes, bytes]]:
-    lines = head.split(b"\r\n")
-    parts = lines[0].split(b" ", 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
-        raise LoadError(f"not an HTTP/1.1 response: {lines[0][:100]!r}")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        headers[name.strip().lower()] = value.strip()
-    return int(parts[1]), headers
+        data = await up.stream.receive_some(RECV_SIZE)
+        if not data:
+            raise LoadError("the server closed the stream before its end")
+    up.consumed = not scanner.pending
+    return _count(b"".join(whole), ttft)
 
 
 def _count(chunked: bytes, ttft: float | None) -> StreamResult:
