@@ -158,3 +158,22 @@ def test_a_seed_replays_exactly_whatever_the_hash_seed(argv: tuple[str, ...]) ->
         result.pop("join_wall_s", None)
         runs.append(result)
     assert runs[0] == runs[1]
+
+
+def test_placement_simulation_small() -> None:
+    r = last_json(
+        "simulations.placement",
+        "--rings",
+        "3",
+        "--elections",
+        "6",
+        "--loss",
+        "0.1",
+        "--seed",
+        "2",
+        "--json",
+    )
+    assert r["nodes"] == 37 and r["reachable"] == 4 and r["cut_off"] == 2
+    assert r["placed"] == r["reachable"] == r["proposer_heard_all"]
+    assert r["no_quorum_moved"] == 0 and r["over_placed"] == 0
+    assert isinstance(r["time_to_quorum_s_p99"], float) and r["time_to_quorum_s_p99"] < 2.0

@@ -1,0 +1,525 @@
+"""Scout voting: where a new model replica goes, decided by a quorum (sans-IO).
+
+Theory of operation
+-------------------
+Honey bees pick a new nest this way: scouts inspect sites, dance for the good
+ones, are drawn to sites others dance for, and the swarm moves once one site
+has a quorum of scouts at it. Here:
+
+*Proposal.* Any node (an operator's command, or swarmscale seeing unmet
+demand) proposes a :class:`Ballot`: a model, how many new replicas, an epoch
+that names the election. The proposer fixes the electorate from its view:
+the live nodes within ``scout_rings`` of the demand's cell (itself included,
+at most ``MAX_SCOUTS``), so every scout and candidate counts against the same
+quorum, a strict majority of them. It sends the proposal to each scout and
+resends it to those whose vote it has not heard, every ``retry``.
+
+*Voting.* A scout ranks the eligible candidates in its own neighbourhood view
+(``score.best``: load, distance to the demand, free GPU memory, uptime) and
+approves the best ``replicas`` of them. Its vote goes to every other scout
+and to every candidate it approves or once approved (so a withdrawn approval
+is heard), with a version number: the newest vote of a scout replaces its
+older ones, so lost, late and duplicated votes change nothing. Votes are
+resent until acknowledged. A scout re-ranks (at most every ``revote_every``)
+when others' votes or a ``Placed`` arrive: other scouts' approvals add to a
+candidate's rank (recruitment), which pulls a split electorate together.
+
+*Winning.* A candidate that holds approvals from a quorum of scouts, while
+the election is open and it is still eligible, asks its driver to claim a
+slot (``claims()``): one of the DHT keys ``placement:<model>:<epoch>:<slot>``,
+slot < replicas, put-if-absent. The slots, not the votes, are what bounds the
+replicas: two candidates that both count a quorum (a scout's withdrawal
+still in flight) cannot both take the last slot, so an epoch never places
+more than it asked for, whatever the network loses or repeats. A winner
+tells the scouts (``Placed``); they stop approving it and, while replicas are
+still wanted, approve the next best.
+
+*No quorum, no move.* At the deadline (``ttl`` after the proposal) the
+election closes. Nothing is claimed after it; if nobody won, nothing moved.
+
+Liveness: with a quorum of scouts reachable and an eligible candidate in
+their views, votes converge within a few re-ranks and resends (seconds at
+5 % loss; see simulations/placement.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from hexamesh.comb.waggle import Dance
+from hexamesh.hexgrid import Hex, distance
+from hexamesh.net.base import Addr
+from hexamesh.placement.messages import (
+    MAX_REPLICAS,
+    MAX_SCOUTS,
+    Ballot,
+    Placed,
+    PlacedAck,
+    Proposal,
+    Scout,
+    Site,
+    Vote,
+    VoteAck,
+)
+from hexamesh.placement.score import Weights, best, eligible, merit, quorum_of
+from hexamesh.wire import Envelope, Message
+
+__all__ = ["Outcome", "PlacementConfig", "PlacementError", "Scouting"]
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, int]  # (model, epoch)
+
+
+class PlacementError(Exception):
+    """A proposal this node will not start (bad arguments, too many open)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlacementConfig:
+    scout_rings: int = 2  # scouts: live nodes this many rings from the demand (19 in a full comb)
+    ttl: float = 10.0  # s an election stays open; no quorum by then: nothing moves
+    retry: float = 0.5  # s between resends of an unanswered proposal or unacked vote (loss)
+    revote_every: float = 0.2  # s; a scout re-ranks at most this often (others' votes, winners)
+    keep_closed: float = 300.0  # s a closed election is remembered (late copies are ignored)
+    max_open: int = 16  # elections open at once on one node; more proposals are refused
+    weights: Weights = field(default_factory=Weights)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    model: str
+    epoch: int
+    state: str  # "open", "placed" (a quorum placed at least one replica), "no quorum"
+    replicas: int  # wanted
+    winners: dict[int, bytes]  # slot -> node, as far as this node heard
+    scouts: int  # electorate size (0: this node only watched, as a candidate)
+    quorum: int
+
+
+@dataclass(slots=True, kw_only=True)
+class _Election:
+    ballot: Ballot
+    demand: Hex
+    deadline: float
+    scouts: dict[bytes, Addr]  # the electorate; empty when we only heard votes (a candidate)
+    voters: dict[bytes, Addr] = field(default_factory=dict)  # scouts whose votes reached us
+    proposer: bytes | None = None  # set when we proposed it
+    votes: dict[bytes, tuple[int, tuple[bytes, ...]]] = field(default_factory=dict)
+    version: int = 0  # of our own vote
+    approve: tuple[Site, ...] = ()
+    reported: dict[bytes, Site] = field(default_factory=dict)  # candidates others approved
+    told: dict[bytes, Addr] = field(default_factory=dict)  # everyone our votes go to
+    acked: dict[bytes, int] = field(default_factory=dict)  # node -> our vote version it holds
+    winners: dict[int, Scout] = field(default_factory=dict)
+    my_slot: int | None = None
+    placed_acked: set[bytes] = field(default_factory=set)  # scouts that heard we won
+    claiming: bool = False
+    gave_up: bool = False  # claim lost (slots full) or we became ineligible
+    rank_at: float | None = None  # a re-rank is due then
+    resend_at: float = 0.0
+    closed: bool = False
+    close_at: float = 0.0  # forget it then (closed + keep_closed)
+
+
+class Scouting:
+    def __init__(
+        self,
+        me: bytes,
+        addr: Addr,
+        view: Callable[[], Mapping[bytes, Dance]],
+        config: PlacementConfig,
+        rng: random.Random,
+    ) -> None:
+        """``view()`` gives the live dances this node holds, its own included."""
+        self.me = me
+        self.addr = addr
+        self.config = config
+        self._view = view
+        self._rng = rng
+        self._elections: dict[Key, _Election] = {}
+        self._outbox: list[tuple[Addr, Envelope]] = []
+        self._claims: list[Ballot] = []
+        self.refused = 0  # proposals and votes dropped: too many elections open
+        self.sent = 0  # placement messages sent
+
+    # ---------------------------------------------------------------- API
+
+    def propose(
+        self,
+        model: str,
+        source: str,
+        replicas: int,
+        epoch: int,
+        now: float,
+        *,
+        mem_need: int = 0,
+        demand: Hex | None = None,
+    ) -> Ballot:
+        """Start an election; the electorate is this node and its live
+        neighbourhood near ``demand`` (default: our own cell)."""
+        if (model, epoch) in self._elections:
+            raise PlacementError(f"election {model}@{epoch} exists already")
+        if self._open() >= self.config.max_open:
+            raise PlacementError(f"{self.config.max_open} elections are open already")
+        if not 1 <= replicas <= MAX_REPLICAS:
+            raise PlacementError(f"replicas must be in 1..{MAX_REPLICAS}")
+        dances = self._view()
+        mine = dances.get(self.me)
+        if mine is None:
+            raise PlacementError("this node has no cell yet")
+        at = demand if demand is not None else Hex(mine.q, mine.r)
+        near = sorted(
+            (d for d in dances.values() if d.node != self.me),
+            key=lambda d: (distance(at, Hex(d.q, d.r)), d.node),
+        )
+        near = [d for d in near if distance(at, Hex(d.q, d.r)) <= self.config.scout_rings]
+        electorate = [mine, *near][:MAX_SCOUTS]
+        ballot = Ballot(
+            model=model,
+            source=source,
+            epoch=epoch,
+            replicas=replicas,
+            quorum=quorum_of(len(electorate)),
+            mem_need=mem_need,
+        )
+        scouts = tuple(Scout(node=d.node, host=d.host, port=d.port) for d in electorate)
+        e = _Election(
+            ballot=ballot,
+            demand=at,
+            deadline=now + self.config.ttl,
+            scouts={s.node: (s.host, s.port) for s in scouts},
+            proposer=self.me,
+        )
+        self._elections[ballot.key] = e
+        log.info(
+            "proposing %s x%d (epoch %d): %d scouts, quorum %d",
+            model,
+            replicas,
+            epoch,
+            len(scouts),
+            ballot.quorum,
+        )
+        self._propose_to(e, [s for s in scouts if s.node != self.me], now)
+        self._rank(e, now)
+        return ballot
+
+    def outcome(self, model: str, epoch: int) -> Outcome | None:
+        e = self._elections.get((model, epoch))
+        if e is None:
+            return None
+        winners = {slot: s.node for slot, s in e.winners.items()}
+        if e.my_slot is not None:
+            winners[e.my_slot] = self.me
+        state = "open" if not e.closed else ("placed" if winners else "no quorum")
+        return Outcome(
+            model=model,
+            epoch=epoch,
+            state=state,
+            replicas=e.ballot.replicas,
+            winners=winners,
+            scouts=len(e.scouts),
+            quorum=e.ballot.quorum,
+        )
+
+    def electorate(self, model: str, epoch: int) -> list[bytes]:
+        """The scouts of an election, as far as this node knows them."""
+        e = self._elections.get((model, epoch))
+        return list(e.scouts) if e else []
+
+    def approvals(self, model: str, epoch: int) -> dict[bytes, int]:
+        """Candidate -> scouts approving it, as this node holds the votes."""
+        e = self._elections.get((model, epoch))
+        out: dict[bytes, int] = {}
+        for _, nodes in e.votes.values() if e else ():
+            for n in nodes:
+                out[n] = out.get(n, 0) + 1
+        return out
+
+    def claims(self) -> list[Ballot]:
+        """Elections this node won a quorum in: claim a slot, then say how it went."""
+        out, self._claims = self._claims, []
+        return out
+
+    def claimed(self, key: Key, slot: int, now: float) -> None:
+        """The driver holds slot ``slot`` for us: tell the scouts."""
+        e = self._elections.get(key)
+        if e is None:
+            return
+        e.claiming, e.my_slot = False, slot
+        log.info("won %s@%d slot %d", key[0], key[1], slot)
+        self._tell_placed(e, now)
+        self._touch(e, now)
+
+    def lost(self, key: Key, now: float) -> None:
+        """No slot for us (all taken, or we cannot load the model): stand down."""
+        e = self._elections.get(key)
+        if e is not None:
+            e.claiming, e.gave_up = False, True
+
+    # ------------------------------------------------------ core interface
+
+    def receive(self, env: Envelope, sender: Addr, now: float) -> None:
+        msg = env.message
+        if isinstance(msg, Proposal):
+            self._on_proposal(msg, env.sender, sender, now)
+        elif isinstance(msg, Vote):
+            self._on_vote(msg, env.sender, sender, now)
+        elif isinstance(msg, VoteAck):
+            e = self._elections.get((msg.model, msg.epoch))
+            if e is not None and msg.scout == self.me:
+                e.acked[env.sender] = max(e.acked.get(env.sender, 0), msg.version)
+        elif isinstance(msg, Placed):
+            e = self._elections.get(msg.ballot.key)
+            if e is None or msg.winner.node == self.me:
+                return
+            self._send(
+                sender, PlacedAck(model=msg.ballot.model, epoch=msg.ballot.epoch, slot=msg.slot)
+            )
+            if e.winners.get(msg.slot) != msg.winner:
+                e.winners[msg.slot] = msg.winner
+                self._touch(e, now)
+        elif isinstance(msg, PlacedAck):
+            e = self._elections.get((msg.model, msg.epoch))
+            if e is not None and e.my_slot == msg.slot:
+                e.placed_acked.add(env.sender)
+
+    def handle_timer(self, now: float) -> None:
+        for key, e in list(self._elections.items()):
+            if e.closed:
+                if now >= e.close_at:
+                    del self._elections[key]
+                elif now >= e.resend_at and e.my_slot is not None:
+                    self._tell_placed(e, now)  # a win just before the deadline
+                continue
+            if now >= e.deadline:
+                e.closed, e.close_at = True, now + self.config.keep_closed
+                out = self.outcome(*key)
+                log.info(
+                    "election %s@%d closed: %s %s",
+                    key[0],
+                    key[1],
+                    out.state if out else "?",
+                    {s: n.hex()[:8] for s, n in (out.winners if out else {}).items()},
+                )
+                continue
+            if e.rank_at is not None and now >= e.rank_at:
+                self._rank(e, now)
+            if now >= e.resend_at:
+                self._resend(e, now)
+
+    def next_timer(self) -> float | None:
+        soonest: float | None = None
+        for e in self._elections.values():
+            if e.closed:
+                due = e.close_at
+                if self._placed_pending(e):
+                    due = min(due, e.resend_at)
+            else:
+                due = min(e.deadline, e.resend_at)
+                if e.rank_at is not None:
+                    due = min(due, e.rank_at)
+            if soonest is None or due < soonest:
+                soonest = due
+        return soonest
+
+    def outbox(self) -> list[tuple[Addr, Envelope]]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    # ------------------------------------------------------------ receiving
+
+    def _open(self) -> int:
+        return sum(not e.closed for e in self._elections.values())
+
+    def _election_for(self, ballot: Ballot, ttl: float, now: float) -> _Election | None:
+        e = self._elections.get(ballot.key)
+        if e is None:
+            if self._open() >= self.config.max_open:
+                self.refused += 1
+                return None
+            e = _Election(ballot=ballot, demand=Hex(0, 0), deadline=now + ttl, scouts={})
+            self._elections[ballot.key] = e
+        return e
+
+    def _on_proposal(self, msg: Proposal, node: bytes, addr: Addr, now: float) -> None:
+        e = self._election_for(msg.ballot, msg.ttl, now)
+        if e is None or e.closed:
+            return
+        if not e.scouts:  # new to us, or we only watched it as a candidate so far
+            e.scouts = {s.node: (s.host, s.port) for s in msg.scouts}
+            e.demand = Hex(msg.q, msg.r)
+            if self.me in e.scouts:
+                self._rank(e, now)
+            return
+        if e.version and node not in e.acked:  # the proposer missed our vote
+            self._send(addr, self._vote_msg(e, now))
+
+    def _on_vote(self, msg: Vote, node: bytes, addr: Addr, now: float) -> None:
+        e = self._election_for(msg.ballot, msg.ttl, now)
+        if e is None:
+            return
+        e.voters[msg.scout] = addr
+        held = e.votes.get(msg.scout)
+        if held is None or held[0] < msg.version:
+            e.votes[msg.scout] = (msg.version, tuple(s.node for s in msg.approve))
+            for site in msg.approve:
+                e.reported[site.node] = site
+            self._touch(e, now)
+        self._send(
+            addr,
+            VoteAck(
+                model=msg.ballot.model,
+                epoch=msg.ballot.epoch,
+                scout=msg.scout,
+                version=e.votes[msg.scout][0],
+            ),
+        )
+
+    # --------------------------------------------------------------- voting
+
+    def _touch(self, e: _Election, now: float) -> None:
+        """Votes or winners changed: re-rank soon (if we scout), check our quorum."""
+        if self.me in e.scouts and not e.closed and e.rank_at is None:
+            e.rank_at = now + self.config.revote_every
+        self._check_quorum(e)
+
+    def _rank(self, e: _Election, now: float) -> None:
+        e.rank_at = None
+        if e.closed or self.me not in e.scouts:
+            return
+        won = {s.node for s in e.winners.values()}
+        if e.my_slot is not None:
+            won.add(self.me)
+        wanted = max(e.ballot.replicas - len(won), 0)
+        support: dict[bytes, int] = {}
+        for scout, (_, nodes) in e.votes.items():
+            if scout != self.me:
+                for n in nodes:
+                    support[n] = support.get(n, 0) + 1
+        w = self.config.weights
+        view = self._view()
+        sites: dict[bytes, Site] = {}
+        for d in view.values():
+            if d.node not in won and eligible(d, e.ballot):
+                m = round(merit(d, e.demand, w), 4)
+                sites[d.node] = Site(node=d.node, host=d.host, port=d.port, merit=m)
+        for node, site in e.reported.items():
+            if node not in won and node not in view:  # out of our sight: trust the report
+                sites[node] = site
+        chosen = best(
+            {n: s.merit for n, s in sites.items()},
+            support,
+            len(e.scouts),
+            (s.node for s in e.approve),
+            wanted,
+            w,
+        )
+        approve = tuple(sites[n] for n in chosen)
+        if e.version and chosen == [s.node for s in e.approve]:
+            return
+        e.version += 1
+        e.approve = approve
+        e.votes[self.me] = (e.version, tuple(s.node for s in approve))
+        for site in approve:
+            e.told[site.node] = (site.host, site.port)
+        e.told.update(e.scouts)
+        e.told.pop(self.me, None)
+        vote = self._vote_msg(e, now)
+        for addr in e.told.values():
+            self._send(addr, vote)
+        e.resend_at = now + self.config.retry
+        self._check_quorum(e)
+
+    def _check_quorum(self, e: _Election) -> None:
+        if e.closed or e.claiming or e.gave_up or e.my_slot is not None:
+            return
+        if len(e.winners) >= e.ballot.replicas:
+            return
+        approvals = sum(self.me in nodes for _, nodes in e.votes.values())
+        if approvals < e.ballot.quorum:
+            return
+        mine = self._view().get(self.me)
+        if mine is None or not eligible(mine, e.ballot):
+            e.gave_up = True
+            return
+        e.claiming = True
+        log.info(
+            "quorum for %s@%d: %d of %d approvals",
+            e.ballot.model,
+            e.ballot.epoch,
+            approvals,
+            e.ballot.quorum,
+        )
+        self._claims.append(e.ballot)
+
+    def _resend(self, e: _Election, now: float) -> None:
+        e.resend_at = now + self.config.retry
+        if e.proposer == self.me:
+            missing = [
+                Scout(node=n, host=a[0], port=a[1])
+                for n, a in e.scouts.items()
+                if n != self.me and n not in e.votes
+            ]
+            self._propose_to(e, missing, now)
+        if e.my_slot is not None:
+            self._tell_placed(e, now)
+        if e.version:
+            vote = None
+            for node, addr in e.told.items():
+                if e.acked.get(node, 0) < e.version:
+                    vote = vote or self._vote_msg(e, now)
+                    self._send(addr, vote)
+
+    def _placed_pending(self, e: _Election) -> list[tuple[bytes, Addr]]:
+        """Scouts that have not acked our win; none once the grace after the
+        deadline (one more ``ttl``) is over."""
+        if e.my_slot is None or e.resend_at > e.deadline + self.config.ttl:
+            return []
+        return [
+            (n, a)
+            for n, a in {**e.voters, **e.scouts, **e.told}.items()
+            if n != self.me and n not in e.placed_acked
+        ]
+
+    def _tell_placed(self, e: _Election, now: float) -> None:
+        e.resend_at = now + self.config.retry
+        assert e.my_slot is not None
+        placed = Placed(ballot=e.ballot, winner=self._me_scout(), slot=e.my_slot)
+        for _, addr in self._placed_pending(e):
+            self._send(addr, placed)
+
+    def _propose_to(self, e: _Election, scouts: list[Scout], now: float) -> None:
+        if not scouts:
+            return
+        everyone = tuple(Scout(node=n, host=a[0], port=a[1]) for n, a in e.scouts.items())
+        msg = Proposal(
+            ballot=e.ballot,
+            proposer=self.me,
+            q=e.demand.q,
+            r=e.demand.r,
+            scouts=everyone,
+            ttl=max(e.deadline - now, 0.0),
+        )
+        for s in scouts:
+            self._send((s.host, s.port), msg)
+
+    def _vote_msg(self, e: _Election, now: float) -> Vote:
+        return Vote(
+            ballot=e.ballot,
+            scout=self.me,
+            version=e.version,
+            approve=e.approve,
+            ttl=max(e.deadline - now, 0.0),
+        )
+
+    def _me_scout(self) -> Scout:
+        return Scout(node=self.me, host=self.addr[0], port=self.addr[1])
+
+    def _send(self, addr: Addr, msg: Message) -> None:
+        env = Envelope(sender=self.me, msg_id=self._rng.getrandbits(64), message=msg)
+        self._outbox.append((addr, env))
+        self.sent += 1

@@ -1,0 +1,236 @@
+"""The election core: by hand (exact messages), then on the simulator."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable
+from functools import partial
+
+import pytest
+
+from hexamesh.comb.waggle import Dance
+from hexamesh.hexgrid import ORIGIN, spiral
+from hexamesh.net.base import Addr
+from hexamesh.placement.messages import Ballot, Placed, Proposal, Site, Vote, VoteAck
+from hexamesh.placement.vote import PlacementConfig, PlacementError, Scouting
+from hexamesh.wire import Codec, Envelope, KeyRing
+from simulations.placement import Swarm, nid
+
+CONFIG = PlacementConfig()
+
+
+def addr(i: int) -> Addr:
+    return (f"10.0.0.{i}", 7420)
+
+
+class Hand:
+    """Scouting cores with fixed views, wired by hand: ``pump`` delivers what
+    they send (through the real codec) until nothing is left, dropping what
+    ``drop`` says; ``tick`` fires timers."""
+
+    def __init__(self, loads: list[float], *, models: dict[int, tuple[str, ...]] | None = None):
+        cells = spiral(ORIGIN, 1)
+        self.dances = {
+            nid(i): Dance.first(
+                nid(i), addr(i), c.q, c.r, load=load, models=(models or {}).get(i, ())
+            )
+            for i, (c, load) in enumerate(zip(cells, loads, strict=False))
+        }
+        self.own: dict[int, Dance] = {}  # what a node dances now, before its links hear it
+        self.cores = {
+            addr(i): Scouting(nid(i), addr(i), partial(self.view, i), CONFIG, random.Random(i))
+            for i in range(len(loads))
+        }
+        self.now = 0.0
+        self.codec = Codec(KeyRing.generate())
+        self.sent: list[tuple[Addr, Envelope]] = []
+        self.drop: Callable[[Addr, Envelope], bool] = lambda to, env: False
+
+    def view(self, i: int) -> dict[bytes, Dance]:
+        return {**self.dances, nid(i): self.own[i]} if i in self.own else self.dances
+
+    def core(self, i: int) -> Scouting:
+        return self.cores[addr(i)]
+
+    def pump(self) -> None:
+        while True:
+            out = [(src, to, env) for src, c in self.cores.items() for to, env in c.outbox()]
+            if not out:
+                return
+            for src, to, env in out:
+                self.sent.append((to, env))
+                wire = self.codec.open(self.codec.seal(env))  # each one fits a datagram
+                if not self.drop(to, wire) and to in self.cores:
+                    self.cores[to].receive(wire, src, self.now)
+
+    def tick(self, dt: float) -> None:
+        self.now += dt
+        for c in self.cores.values():
+            due = c.next_timer()
+            if due is not None and due <= self.now:
+                c.handle_timer(self.now)
+        self.pump()
+
+    def claims(self) -> dict[int, list[Ballot]]:
+        return {i: b for i in range(len(self.cores)) if (b := self.core(i).claims())}
+
+
+def test_the_electorate_approves_the_idlest_node_which_claims_once() -> None:
+    hand = Hand([0.9, 0.9, 0.9, 0.1, 0.9, 0.9, 0.9])
+    ballot = hand.core(0).propose("tiny", "/m/tiny", 1, 7, hand.now)
+    assert ballot.quorum == 4 and hand.core(0).electorate("tiny", 7) == [nid(i) for i in range(7)]
+    hand.pump()
+    assert hand.core(0).approvals("tiny", 7) == {nid(3): 7}
+    assert hand.claims() == {3: [ballot]}  # the winner only, once
+    hand.tick(1.0)
+    assert hand.claims() == {}
+    hand.core(3).claimed(ballot.key, 0, hand.now)
+    hand.pump()
+    hand.tick(CONFIG.revote_every)
+    # Every scout heard the winner and, the one replica placed, approves nobody now.
+    assert all(c.approvals("tiny", 7).get(nid(3), 0) == 0 for c in hand.cores.values())
+    hand.tick(CONFIG.ttl)
+    outcome = hand.core(0).outcome("tiny", 7)
+    assert outcome is not None and outcome.state == "placed" and outcome.winners == {0: nid(3)}
+    assert outcome.scouts == 7 and outcome.quorum == 4
+
+
+def test_a_node_serving_the_model_already_is_no_candidate() -> None:
+    hand = Hand([0.0, 0.9, 0.9, 0.9, 0.9, 0.9, 0.5], models={0: ("tiny",)})
+    ballot = hand.core(1).propose("tiny", "/m/tiny", 1, 1, hand.now)
+    hand.pump()
+    assert set(hand.core(1).approvals("tiny", 1)) == {nid(6)}
+    assert hand.claims() == {6: [ballot]}
+
+
+def test_a_winner_that_filled_up_meanwhile_does_not_claim() -> None:
+    hand = Hand([0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.5])
+    d = hand.dances[nid(6)]
+    hand.own[6] = dataclasses.replace(d, status="full")  # the others still see it "up"
+    hand.core(1).propose("tiny", "/m/tiny", 1, 1, hand.now)
+    hand.pump()
+    assert hand.core(6).approvals("tiny", 1).get(nid(6)) == 6  # a quorum, and no claim
+    assert hand.claims() == {}
+
+
+def test_no_quorum_no_move() -> None:
+    hand = Hand([0.9, 0.9, 0.9, 0.1, 0.9, 0.9, 0.9])
+    cut = {addr(4), addr(5), addr(6), addr(1)}  # four of seven never answer: three left < 4
+    hand.drop = lambda to, env: to in cut or env.sender in {nid(1), nid(4), nid(5), nid(6)}
+    hand.core(0).propose("tiny", "/m/tiny", 1, 1, hand.now)
+    hand.pump()
+    for _ in range(int(CONFIG.ttl / CONFIG.retry) + 2):
+        hand.tick(CONFIG.retry)
+        assert hand.claims() == {}
+    outcome = hand.core(0).outcome("tiny", 1)
+    assert outcome is not None and outcome.state == "no quorum" and outcome.winners == {}
+    assert hand.core(3).approvals("tiny", 1) == {nid(3): 3}  # three approvals, one short
+
+
+def test_lost_messages_are_resent_until_the_quorum_forms() -> None:
+    hand = Hand([0.9, 0.9, 0.9, 0.1, 0.9, 0.9, 0.9])
+    rng = random.Random(3)
+    hand.drop = lambda to, env: rng.random() < 0.5
+    ballot = hand.core(0).propose("tiny", "/m/tiny", 1, 1, hand.now)
+    hand.pump()
+    claims: dict[int, list[Ballot]] = {}
+    for _ in range(16):
+        claims |= hand.claims()
+        hand.tick(CONFIG.retry)
+    assert claims == {3: [ballot]}
+    kinds = {type(env.message) for _, env in hand.sent}
+    assert {Proposal, Vote, VoteAck} <= kinds
+
+
+def test_old_and_repeated_votes_change_nothing() -> None:
+    hand = Hand([0.9, 0.9, 0.9, 0.1, 0.9, 0.9, 0.9])
+    ballot = hand.core(0).propose("tiny", "/m/tiny", 1, 1, hand.now)
+    hand.pump()
+    core = hand.core(2)
+    before = core.approvals("tiny", 1)
+    stale = Vote(ballot=ballot, scout=nid(5), version=0, approve=(), ttl=5.0)
+    core.receive(Envelope(sender=nid(5), msg_id=1, message=stale), addr(5), hand.now)
+    assert core.approvals("tiny", 1) == before
+    acks = [env.message for to, env in core.outbox() if to == addr(5)]
+    assert acks == [VoteAck(model="tiny", epoch=1, scout=nid(5), version=1)]  # the newest held
+
+
+def test_winners_are_bounded_by_the_slots_when_a_withdrawal_is_lost() -> None:
+    """Two candidates may both count a quorum (a scout's new vote lost on the
+    way to the old favourite): both ask to claim, and the slots decide."""
+    hand = Hand([0.9, 0.9, 0.9, 0.1, 0.9, 0.9, 0.2])
+    ballot = Ballot(model="tiny", source="/m/tiny", epoch=1, replicas=1, quorum=4, mem_need=0)
+
+    def vote(scout: int, version: int, pick: int) -> None:
+        site = Site(node=nid(pick), host=addr(pick)[0], port=7420, merit=0.5)
+        msg = Vote(ballot=ballot, scout=nid(scout), version=version, approve=(site,), ttl=5.0)
+        env = Envelope(sender=nid(scout), msg_id=version, message=msg)
+        hand.core(pick).receive(env, addr(scout), hand.now)
+
+    for scout, pick in [(0, 3), (1, 3), (2, 3), (5, 3), (4, 6), (6, 6)]:
+        vote(scout, 1, pick)
+    vote(5, 2, 6)  # scout 5 moves to 6; its withdrawal towards 3 is lost
+    vote(2, 2, 6)  # and so does scout 2: 6 counts four, 3 still counts four
+    assert hand.claims() == {3: [ballot], 6: [ballot]}
+    hand.core(6).claimed(ballot.key, 0, hand.now)
+    hand.core(3).lost(ballot.key, hand.now)  # the one slot was taken: it stands down
+    hand.tick(1.0)
+    assert hand.claims() == {}
+    placed = [env.message for _, env in hand.sent if isinstance(env.message, Placed)]
+    assert {p.winner.node for p in placed} == {nid(6)} and {p.slot for p in placed} == {0}
+
+
+def test_proposals_are_bounded() -> None:
+    hand = Hand([0.5] * 7)
+    core = hand.core(0)
+    for epoch in range(CONFIG.max_open):
+        core.propose("tiny", "/m/tiny", 1, epoch, hand.now)
+    with pytest.raises(PlacementError, match="open already"):
+        core.propose("tiny", "/m/tiny", 1, 99, hand.now)
+    with pytest.raises(PlacementError, match="exists already"):
+        core.propose("tiny", "/m/tiny", 1, 0, hand.now)
+    with pytest.raises(PlacementError, match="replicas"):
+        Hand([0.5]).core(0).propose("tiny", "/m/tiny", 0, 1, 0.0)
+    hand.tick(CONFIG.ttl + 0.1)  # they close; the core forgets them after keep_closed
+    hand.tick(CONFIG.keep_closed)
+    assert core.outcome("tiny", 0) is None and core.next_timer() is None
+
+
+# -- on the simulator: a comb of 37 nodes, real links, loss and duplicates ------
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_elections_on_a_lossy_comb_place_exactly_what_they_ask(seed: int) -> None:
+    swarm = Swarm.build(3, seed=seed, loss=0.15, duplicate=0.1)
+    swarm.net.run(until=8.0)
+    rng = random.Random(seed)
+    for epoch in range(1, 5):
+        proposer = rng.choice(list(swarm.combs))
+        replicas = rng.randint(1, 3)
+        start = swarm.net.now
+        swarm.propose(proposer, "tiny", replicas, epoch)
+        swarm.net.run(until=start + CONFIG.ttl + 2.0)
+        winners = swarm.winners("tiny", epoch)
+        assert len(winners) == replicas  # a reachable quorum places them all, never more
+        outcome = swarm.scouting[proposer].outcome("tiny", epoch)
+        assert outcome is not None and outcome.state == "placed"
+        assert outcome.winners == winners  # the proposer heard every winner
+        assert swarm.claimed_at[("tiny", epoch)] - start < 2.0
+        for node in winners.values():  # serving it now: a later election looks elsewhere
+            assert "tiny" in swarm.combs[node].waggle.dance.models
+
+
+def test_a_cut_off_majority_moves_nothing_on_the_comb() -> None:
+    swarm = Swarm.build(3, seed=4, loss=0.05)
+    swarm.net.run(until=8.0)
+    proposer = nid(0)
+    ballot = swarm.propose(proposer, "tiny", 2, 1)
+    scouts = [n for n in swarm.scouting[proposer].electorate("tiny", 1) if n != proposer]
+    victims = scouts[: len(scouts) + 2 - ballot.quorum]
+    rest = [swarm.addrs[n] for n in swarm.combs if n not in victims]
+    swarm.net.partition(rest, *[[swarm.addrs[v]] for v in victims])
+    swarm.net.run(until=CONFIG.ttl + 10.0)
+    assert swarm.winners("tiny", 1) == {}
+    outcome = swarm.scouting[proposer].outcome("tiny", 1)
+    assert outcome is not None and outcome.state == "no quorum"
