@@ -39,7 +39,14 @@ from hexamesh.config import AgentConfig
 from hexamesh.dht.contact import Contact
 from hexamesh.dht.core import DhtConfig, DhtCore
 from hexamesh.dht.service import DHT_MESSAGES, Dht, DhtError, load_contacts, save_contacts
-from hexamesh.engine.supervisor import Engine, EngineError, EngineState, ModelSpec, open_engine
+from hexamesh.engine.supervisor import (
+    Engine,
+    EngineConfig,
+    EngineError,
+    EngineState,
+    ModelSpec,
+    open_engine,
+)
 from hexamesh.fileio import write_text_atomic
 from hexamesh.identity import Identity
 from hexamesh.net.base import Addr, format_addr, parse_addr
@@ -47,6 +54,9 @@ from hexamesh.net.driver import CoreDriver
 from hexamesh.net.mux import Mux
 from hexamesh.net.rtt import Ping, Pong, RttConfig, RttProbe
 from hexamesh.net.udp import UdpTransport, open_udp_transport
+from hexamesh.placement.messages import PLACEMENT_MESSAGES
+from hexamesh.placement.service import Placements
+from hexamesh.placement.vote import PlacementConfig, Scouting
 from hexamesh.serve.frontdoor import FrontDoor
 from hexamesh.serve.jobs import DhtJobs, Jobs, JobStore
 from hexamesh.serve.metrics import ServeMetrics
@@ -78,6 +88,7 @@ JOBS_FILE_NAME = "jobs.sqlite"
 CONTACTS_SAVE_TICKS = 60  # status intervals between saves of the DHT contacts
 JOIN_RETRY_MAX = 60.0  # s; longest wait between DHT bootstrap attempts
 LEAVE_TIMEOUT = 2.0  # s a graceful stop spends telling the swarm it leaves
+UPTIME_STEP = 60.0  # s; the dance's uptime is refreshed this often (placement votes weigh it)
 
 
 @dataclass
@@ -198,9 +209,13 @@ async def run_agent(
     agent: AgentConfig | PreparedAgent,
     *,
     on_ready: Callable[[AgentStatus], None] | None = None,
+    engine_config: EngineConfig | None = None,
     task_status: trio.TaskStatus[AgentStatus] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run until cancelled. ``task_status.started`` gets the status once bound."""
+    """Run until cancelled. ``task_status.started`` gets the status once bound.
+
+    ``engine_config`` replaces the engine's defaults (tests run a stand-in vLLM).
+    """
     if isinstance(agent, AgentConfig):
         agent = prepare_agent(agent)
     config, identity, keyring = agent.config, agent.identity, agent.keyring
@@ -215,16 +230,21 @@ async def run_agent(
         probe = RttProbe(identity.node_id, RttConfig(interval=SEED_PROBE_INTERVAL), rng)
         dht_core = DhtCore(identity, address, DhtConfig(), rng, wall_clock())
         comb = Comb(
-            Dance.first(identity.node_id, address, 0, 0),
+            # "full": no room for a model a placement vote could give us (see _serve_models).
+            Dance.first(identity.node_id, address, 0, 0, status=_room(config, len(config.model))),
             CombConfig(),
             rng,
             wall_clock(),
             placed=False,
         )
+        scouting = Scouting(
+            identity.node_id, address, lambda: _live_view(comb), PlacementConfig(), rng
+        )
         mux = Mux()
         mux.add(probe, Ping, Pong)
         mux.add(dht_core, *DHT_MESSAGES)
         mux.add(comb, *COMB_MESSAGES)
+        mux.add(scouting, *PLACEMENT_MESSAGES)
         driver = CoreDriver(
             mux, transport, Codec(keyring), node_id=identity.node_id, clock=wall_clock
         )
@@ -245,7 +265,8 @@ async def run_agent(
             "node %s listening on %s (bound %s)", identity.short, status.address, format_addr(bound)
         )
         async with AsyncExitStack() as stack:
-            engine = await stack.enter_async_context(open_engine()) if config.model else None
+            serves = config.model or config.max_models > 0
+            engine = await stack.enter_async_context(open_engine(engine_config)) if serves else None
             nursery = await stack.enter_async_context(trio.open_nursery())
             await nursery.start(driver.run)
             now = wall_clock()
@@ -280,6 +301,15 @@ async def run_agent(
                 "hexamesh_jobs_active", "Jobs queued or running here", jobs.store.active
             )
             await nursery.start(jobs.run)
+
+            async def load(name: str, source: str) -> None:
+                if engine is None:
+                    raise EngineError("this agent runs no engine (--max-models 0)")
+                await engine.load(model_spec(f"{name}={source}", config))
+
+            placements = Placements(scouting, driver, dht, clock=wall_clock, load=load)
+            await nursery.start(placements.run)
+            front.placements = placements
             status.api = await nursery.start(_serve_api, config, front)
             status_file.write(status, trio.current_time())
             if on_ready is not None:
@@ -302,6 +332,22 @@ async def run_agent(
                 status_path.unlink(missing_ok=True)
                 if len(dht_core.table):
                     save_contacts(contacts_path, dht_core.closest(identity.node_id, 200))
+
+
+def _room(config: AgentConfig, models: int) -> str:
+    """The dance's status: "up" while a placement vote may give us a model."""
+    return "up" if models < config.max_models else "full"
+
+
+def _live_view(comb: Comb) -> dict[bytes, Dance]:
+    """The dances placement votes weigh: ours and our live neighbourhood's."""
+    view = {
+        n: s.dance
+        for n, s in comb.waggle.view.items()
+        if comb.swim.state_of(n) is not MemberState.DEAD
+    }
+    view[comb.node] = comb.waggle.dance
+    return view
 
 
 def _note_rtts(probe: RttProbe, status: AgentStatus) -> None:
@@ -374,7 +420,9 @@ async def _serve_api(
 async def _serve_models(
     config: AgentConfig, honeycomb: Honeycomb, status: AgentStatus, engine: Engine
 ) -> None:
-    """Load the configured models into the engine; dance them and their load."""
+    """Load the configured models into the engine; dance them, their load, whether
+    there is room for more (status "up" or "full") and our uptime."""
+    started = wall_clock()
     specs = [model_spec(m, config) for m in config.model]
     for spec in specs:
         status.models[spec.name] = {"state": "starting", "load": 0.0}
@@ -391,19 +439,23 @@ async def _serve_models(
         loads = {n: engine.load_of(n) for n in states}
         for name, st in states.items():
             url = engine.url(name) if st is EngineState.READY else None
-        status.models[name] = {"state": st.value, "load": loads[name].load, "url": url}
+            status.models[name] = {"state": st.value, "load": loads[name].load, "url": url}
+        dance = honeycomb.comb.waggle.dance
+        held = sum(st not in (EngineState.FAILED, EngineState.STOPPED) for st in states.values())
+        now: dict[str, object] = {"status": _room(config, held)}
         if loads:
             worst = max(loads.values(), key=lambda x: x.load)
-            now = {
+            now |= {
                 "load": worst.load,
                 "queue": sum(x.waiting for x in loads.values()),
                 "kv": worst.kv,
                 "tok_s": round(sum(x.tok_s for x in loads.values()), 1),
             }
-            dance = honeycomb.comb.waggle.dance
-            if any(getattr(dance, k) != v for k, v in now.items()):
-                honeycomb.comb.waggle.update(wall_clock(), **now)
-                honeycomb.driver.poke()
+        if wall_clock() - started - dance.uptime >= UPTIME_STEP:
+            now["uptime"] = round(wall_clock() - started)
+        if any(getattr(dance, k) != v for k, v in now.items()):
+            honeycomb.comb.waggle.update(wall_clock(), **now)
+            honeycomb.driver.poke()
         await trio.sleep(STATUS_INTERVAL)
 
 

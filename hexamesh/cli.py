@@ -226,6 +226,13 @@ def agent(
     max_jobs: Annotated[
         int | None, typer.Option(help="Jobs queued here before 429 [default: 256]")
     ] = None,
+    max_models: Annotated[
+        int | None,
+        typer.Option(
+            help="Models served here at most, --model ones included; below it a placement "
+            "vote may give this agent one, 0 = never [default: 1]"
+        ),
+    ] = None,
 ) -> None:
     """Run an agent on this machine until Ctrl-C / SIGTERM.
 
@@ -249,6 +256,7 @@ def agent(
         "api_host": api_host,
         "api_keys": api_key or None,
         "max_jobs": max_jobs,
+        "max_models": max_models,
     }
     try:
         cfg = load_config(config, overrides=overrides)

@@ -61,12 +61,18 @@ class AgentConfig:
     api_port: int = DEFAULT_API_PORT  # the OpenAI API's TCP port; 0 = any free port
     api_keys: tuple[str, ...] = ()  # bearer keys clients must show; none = no client auth
     max_jobs: int = 256  # jobs queued or running on this agent; more are refused (429)
+    # Models this agent serves at most, its --model ones included. Below that it
+    # dances "up" and a placement vote may give it a replica to load; at it,
+    # "full". 0: it takes no placements (and runs no engine without --model).
+    max_models: int = 1
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
             raise ConfigError(f"port must be in 0..65535, got {self.port}")
         if not 0 <= self.api_port < 65536:
             raise ConfigError(f"api_port must be in 0..65535, got {self.api_port}")
+        if self.max_models < 0:
+            raise ConfigError(f"max_models must be at least 0, got {self.max_models}")
         if self.max_jobs < 1:
             raise ConfigError(f"max_jobs must be at least 1, got {self.max_jobs}")
         for seed in self.join:

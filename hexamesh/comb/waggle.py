@@ -76,8 +76,9 @@ class Dance(Struct):
         *,
         models: tuple[str, ...] = (),
         load: float = 0.0,
+        status: str = "up",
     ) -> Dance:
-        """A node's first dance: up, idle, nothing measured yet, version 1."""
+        """A node's first dance: idle, nothing measured yet, version 1."""
         return cls(
             node=node,
             host=addr[0],
@@ -85,7 +86,7 @@ class Dance(Struct):
             q=q,
             r=r,
             incarnation=0,
-            status="up",
+            status=status,
             models=models,
             load=load,
             queue=0,

@@ -158,9 +158,11 @@ class Scouting:
         *,
         mem_need: int = 0,
         demand: Hex | None = None,
+        ttl: float | None = None,
     ) -> Ballot:
-        """Start an election; the electorate is this node and its live
-        neighbourhood near ``demand`` (default: our own cell)."""
+        """Start an election, open for ``ttl`` (default ``config.ttl``); the
+        electorate is this node and its live neighbourhood near ``demand``
+        (default: our own cell)."""
         if (model, epoch) in self._elections:
             raise PlacementError(f"election {model}@{epoch} exists already")
         if self._open() >= self.config.max_open:
@@ -190,7 +192,7 @@ class Scouting:
         e = _Election(
             ballot=ballot,
             demand=at,
-            deadline=now + self.config.ttl,
+            deadline=now + (self.config.ttl if ttl is None else ttl),
             scouts={s.node: (s.host, s.port) for s in scouts},
             proposer=self.me,
         )

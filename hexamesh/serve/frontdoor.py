@@ -68,6 +68,8 @@ class BrokenStream(Exception):
 
 
 class JobsApi(Protocol):
+    """An API mounted on the front door (jobs, placements): True if it answered."""
+
     async def handle(self, request: Request, conn: HttpConnection) -> bool: ...
 
 
@@ -88,6 +90,7 @@ class FrontDoor:
         self.api_keys = frozenset(api_keys)
         self.metrics = metrics or ServeMetrics()
         self.jobs: JobsApi | None = None
+        self.placements: JobsApi | None = None  # POST /v1/placements (clients only)
         self.pumps = PumpThread()  # the per-token relay loop (its own thread)
         self.upstreams = UpstreamPool()  # idle keep-alive connections to engines and peers
         self._clock = clock
@@ -231,6 +234,9 @@ class FrontDoor:
             handled = await self.jobs.handle(request, conn)
             if handled:
                 return 200
+        mounted = self.placements if route is None and path.startswith("/v1/placements") else None
+        if mounted is not None and await mounted.handle(request, conn):
+            return 200
         raise ApiError(404, f"no such endpoint: {method} {path}", code="not_found")
 
     # -- completions ------------------------------------------------------
@@ -546,4 +552,5 @@ _ENDPOINTS = {
     "/health",
     "/metrics",
     "/v1/jobs",
+    "/v1/placements",
 }

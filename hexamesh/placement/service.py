@@ -1,0 +1,238 @@
+"""Placement in a running agent (trio): slots in the DHT, the model loaded, the API.
+
+The election itself is the :class:`~hexamesh.placement.vote.Scouting` core,
+run by the agent's ``CoreDriver`` beside the comb. This module does what the
+core asks of the world:
+
+*Claiming a slot.* When the core reports a quorum for us, we take one of the
+election's slots, the DHT keys ``placement:<model>:<epoch>:<slot>`` for slot
+< replicas, the way a cell is claimed (``comb.service``): read every replica
+of the key (taken by someone else: try the next slot), store ours
+(put-if-absent at the k closest), read back; if two claims raced, the older
+(lower sequence number, i.e. claim time in ms; ties to the lower node id)
+keeps the slot on every reader, so both claimants agree without talking.
+The record is leased (``SLOT_TTL``) and renewed by the DHT core while we
+live, so a dead winner's slot frees itself.
+
+*Loading.* A won slot loads the model into the local engine (the same
+supervised vLLM server a ``--model`` gets); once it is ready the agent
+dances it and routers send it traffic. A load that fails gives the slot back.
+
+*The API.* ``POST /v1/placements`` (client API, bearer keys like the rest)
+proposes an election here and answers when it is over: every replica placed,
+or the deadline passed. The winners in the answer are read from the DHT.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgpack
+import trio
+
+from hexamesh.dht.records import Record
+from hexamesh.dht.service import Dht, DhtError
+from hexamesh.net.base import Addr, format_addr
+from hexamesh.net.driver import CoreDriver
+from hexamesh.placement.messages import MAX_REPLICAS, Ballot
+from hexamesh.placement.vote import PlacementError, Scouting
+from hexamesh.serve.http import HttpConnection, Request
+from hexamesh.serve.requests import ApiError, parse_json_body
+
+__all__ = ["SLOT_TTL", "Placements", "slot_holder", "slot_key"]
+
+log = logging.getLogger(__name__)
+
+SLOT_TTL = 300.0  # s lease of a slot record, renewed at half by the DHT core while we live
+RELEASE_TTL = 1.0  # s; a slot given back is re-stored with this lease, so it frees at once
+CLAIM_POLL = 0.1  # s between looks at the core's claims (a quorum is a rare event)
+MIN_TTL, MAX_TTL = 1.0, 60.0  # s an election may be given through the API
+WAIT_STEP = 0.2  # s between looks at an election the API waits for
+
+
+def slot_key(model: str, epoch: int, slot: int) -> str:
+    return f"placement:{model}:{epoch}:{slot}"
+
+
+def slot_holder(records: list[Record]) -> tuple[bytes, Addr] | None:
+    """Who holds a slot, by the older claim (ties to the lower node id); None if
+    nobody does (malformed values are skipped)."""
+    best: tuple[int, bytes, Addr] | None = None
+    for r in records:
+        try:
+            host, port = msgpack.unpackb(r.value)
+            addr = (str(host), int(port))
+        except (ValueError, TypeError, msgpack.UnpackException):
+            continue
+        if best is None or (r.seq, r.publisher_id) < best[:2]:
+            best = (r.seq, r.publisher_id, addr)
+    return None if best is None else (best[1], best[2])
+
+
+class Placements:
+    def __init__(
+        self,
+        core: Scouting,
+        driver: CoreDriver,
+        dht: Dht,
+        *,
+        clock: Callable[[], float],
+        load: Callable[[str, str], Awaitable[None]],
+    ) -> None:
+        """``load(name, source)`` loads a model into the local engine (raises on failure)."""
+        self.core = core
+        self.driver = driver
+        self.dht = dht
+        self._clock = clock
+        self._load = load
+        self.won: dict[tuple[str, int], int] = {}  # elections we hold a slot in -> slot
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                for ballot in self.core.claims():
+                    nursery.start_soon(self._win, ballot)
+                await trio.sleep(CLAIM_POLL)
+
+    async def _win(self, ballot: Ballot) -> None:
+        try:
+            slot = await self.claim_slot(ballot)
+        except DhtError as e:
+            log.warning("claiming a slot of %s@%d: %s", ballot.model, ballot.epoch, e)
+            slot = None
+        now = self._clock()
+        if slot is None:
+            self.core.lost(ballot.key, now)
+            self.driver.poke()
+            return
+        self.won[ballot.key] = slot
+        self.core.claimed(ballot.key, slot, now)
+        self.driver.poke()
+        try:
+            await self._load(ballot.model, ballot.source)
+        except Exception as e:  # any failure to load: the slot goes back
+            log.error("placed %s here but cannot load it: %s", ballot.model, e)
+            del self.won[ballot.key]
+            await self._release(slot_key(ballot.model, ballot.epoch, slot))
+
+    async def claim_slot(self, ballot: Ballot) -> int | None:
+        """Take a free slot of the election (or find the one we hold); None if all are taken."""
+        me = self.core.me
+        value = msgpack.packb([self.core.addr[0], self.core.addr[1]])
+        for slot in range(ballot.replicas):
+            key = slot_key(ballot.model, ballot.epoch, slot)
+            holder = slot_holder(await self.dht.get(key, every_replica=True))
+            if holder is not None:
+                if holder[0] == me:
+                    return slot
+                continue
+            await self.dht.put(key, value, SLOT_TTL, seq=math.floor(self._clock() * 1000))
+            holder = slot_holder(await self.dht.get(key, every_replica=True))
+            if holder is not None and holder[0] == me:
+                return slot
+            await self._release(key)  # lost a race for it: the next one
+        return None
+
+    async def _release(self, key: str) -> None:
+        """Replace our record under ``key`` by one gone in a second, and stop renewing it."""
+        value = msgpack.packb([self.core.addr[0], self.core.addr[1]])
+        try:
+            await self.dht.put(key, value, RELEASE_TTL)
+        except DhtError as e:
+            log.info("releasing %s: %s", key, e)
+        self.dht.withdraw(key)
+
+    async def slots(self, model: str, epoch: int, replicas: int) -> dict[int, tuple[bytes, Addr]]:
+        """Who holds each slot of an election, as the DHT says."""
+        out = {}
+        for slot in range(replicas):
+            records = await self.dht.get(slot_key(model, epoch, slot), every_replica=True)
+            holder = slot_holder(records)
+            if holder is not None:
+                out[slot] = holder
+        return out
+
+    # -- the API --------------------------------------------------------------
+
+    async def propose(
+        self,
+        model: str,
+        source: str,
+        replicas: int,
+        *,
+        mem_need: int = 0,
+        ttl: float | None = None,
+    ) -> dict[str, Any]:
+        """Run an election from here and report it once it is over."""
+        now = self._clock()
+        epoch = math.floor(now * 1000)  # unique enough: one proposer, one model, one ms
+        try:
+            ballot = self.core.propose(
+                model, source, replicas, epoch, now, mem_need=mem_need, ttl=ttl
+            )
+        except PlacementError as e:
+            raise ApiError(409, f"cannot start the election: {e}", code="refused") from None
+        self.driver.poke()
+        while True:
+            outcome = self.core.outcome(model, epoch)
+            if outcome is None or outcome.state != "open" or len(outcome.winners) >= replicas:
+                break
+            await trio.sleep(WAIT_STEP)
+        try:
+            held = await self.slots(model, epoch, replicas)
+        except DhtError as e:
+            log.warning("reading the slots of %s@%d: %s", model, epoch, e)
+            held = {}
+        winners = [
+            {"slot": slot, "node": node.hex(), "address": format_addr(addr)}
+            for slot, (node, addr) in sorted(held.items())
+        ]
+        return {
+            "object": "placement",
+            "model": model,
+            "source": source,
+            "epoch": epoch,
+            "replicas": replicas,
+            "state": "placed" if winners else "no quorum",
+            "scouts": len(self.core.electorate(model, epoch)),
+            "quorum": ballot.quorum,
+            "winners": winners,
+        }
+
+    async def handle(self, request: Request, conn: HttpConnection) -> bool:
+        if request.path.rstrip("/") != "/v1/placements":
+            return False
+        if request.method != "POST":
+            raise ApiError(405, "/v1/placements takes POST")
+        body = parse_json_body(request.body)
+        model = body.get("model")
+        if not isinstance(model, str) or not 1 <= len(model) <= 64:
+            raise ApiError(400, "`model` must be a name of 1-64 characters", param="model")
+        source = body.get("source", model)
+        if not isinstance(source, str) or not 1 <= len(source) <= 256:
+            raise ApiError(
+                400, "`source` must be a directory or hub id of 1-256 characters", param="source"
+            )
+        replicas = body.get("replicas", 1)
+        if not isinstance(replicas, int) or isinstance(replicas, bool):
+            raise ApiError(400, "`replicas` must be an integer", param="replicas")
+        if not 1 <= replicas <= MAX_REPLICAS:
+            raise ApiError(400, f"`replicas` must be in 1..{MAX_REPLICAS}", param="replicas")
+        mem_need = body.get("mem_need", 0)
+        if not isinstance(mem_need, int) or isinstance(mem_need, bool) or mem_need < 0:
+            raise ApiError(400, "`mem_need` must be a number of bytes >= 0", param="mem_need")
+        ttl = body.get("ttl")
+        if ttl is not None and (
+            not isinstance(ttl, int | float)
+            or isinstance(ttl, bool)
+            or not MIN_TTL <= ttl <= MAX_TTL
+        ):
+            raise ApiError(400, f"`ttl` must be {MIN_TTL:g}-{MAX_TTL:g} seconds", param="ttl")
+        doc = await self.propose(model, source, replicas, mem_need=mem_need, ttl=ttl)
+        await conn.respond(200, json.dumps(doc).encode(), keep_alive=request.keep_alive)
+        return True

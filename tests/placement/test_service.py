@@ -1,0 +1,145 @@
+"""Placement in real agents (one trio process, loopback sockets, a stand-in vLLM):
+an operator's vote through the API loads the model on a winner; slots bound it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from hexamesh.agent import STATUS_FILE_NAME, AgentStatus, run_agent
+from hexamesh.config import AgentConfig
+from hexamesh.dht.records import sign_record
+from hexamesh.engine.supervisor import EngineConfig
+from hexamesh.identity import Identity
+from hexamesh.placement.service import slot_holder
+
+FAKE_ENGINE = EngineConfig(
+    server_module="tests.engine.fake_vllm", ready_timeout=20.0, stop_grace=2.0, scrape_interval=0.2
+)
+
+
+def status_of(data_dir: Path) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads((data_dir / STATUS_FILE_NAME).read_text())
+        return data
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+async def start_swarm(tmp_path: Path, nursery: trio.Nursery, n: int) -> list[AgentStatus]:
+    agents: list[AgentStatus] = []
+    for i in range(n):
+        cfg = AgentConfig(
+            data_dir=tmp_path / f"a{i}",
+            host="127.0.0.1",
+            port=0,
+            api_port=0,
+            join=(agents[0].address,) if agents else (),
+            swarm_key=tmp_path / "a0" / "swarm.key" if agents else None,
+            max_models=0 if i == 0 else 1,  # the first one only proposes
+        )
+        agents.append(
+            await nursery.start(
+                lambda task_status, c=cfg: run_agent(
+                    c, engine_config=FAKE_ENGINE, task_status=task_status
+                )
+            )
+        )
+    ids = {a.node_id for a in agents}
+    while True:  # everyone placed and holding everyone else alive
+        states = [status_of(tmp_path / f"a{i}") for i in range(n)]
+        if all(s.get("cell") and ids <= set(s.get("alive", [])) | {s["node_id"]} for s in states):
+            return agents
+        await trio.sleep(0.1)
+
+
+async def models(client: httpx.AsyncClient, api: str) -> set[str]:
+    return {m["id"] for m in (await client.get(f"{api}/models")).json()["data"]}
+
+
+async def test_an_operator_vote_places_replicas_where_there_is_room(tmp_path: Path) -> None:
+    model_dir = tmp_path / "tiny"
+    model_dir.mkdir()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            agents = await start_swarm(tmp_path, nursery, 4)
+            api = agents[0].api
+            async with httpx.AsyncClient(timeout=30) as client:
+                r = await client.post(
+                    f"{api}/placements", json={"model": "tiny", "source": str(model_dir)}
+                )
+                assert r.status_code == 200, r.text
+                doc = r.json()
+                assert doc["state"] == "placed" and doc["replicas"] == 1
+                assert doc["scouts"] == 4 and doc["quorum"] == 3
+                [winner] = doc["winners"]
+                assert winner["slot"] == 0 and winner["node"] != agents[0].node_id
+                # The winner loaded it; the proposer, which runs no engine, routes to it.
+                while "tiny" not in await models(client, api):
+                    await trio.sleep(0.1)
+                answer = await client.post(
+                    f"{api}/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 4}
+                )
+                assert answer.status_code == 200
+                assert answer.headers["x-hexamesh-served-by"] == winner["node"]
+                # Three wanted, two agents have room left: two placed, never three.
+                r = await client.post(
+                    f"{api}/placements",
+                    json={"model": "tiny2", "source": str(model_dir), "replicas": 3, "ttl": 3},
+                )
+                doc = r.json()
+                assert doc["state"] == "placed" and len(doc["winners"]) == 2
+                nodes = {w["node"] for w in doc["winners"]}
+                assert winner["node"] not in nodes and agents[0].node_id not in nodes
+                # Everyone is full now: no candidate, no quorum, nothing moves.
+                r = await client.post(
+                    f"{api}/placements",
+                    json={"model": "tiny3", "source": str(model_dir), "ttl": 2},
+                )
+                assert r.json()["state"] == "no quorum" and r.json()["winners"] == []
+            nursery.cancel_scope.cancel()
+
+
+BAD_REQUESTS: list[tuple[dict[str, Any], str]] = [
+    ({}, "model"),
+    ({"model": ""}, "model"),
+    ({"model": "x" * 65}, "model"),
+    ({"model": "tiny", "replicas": 0}, "replicas"),
+    ({"model": "tiny", "replicas": 9}, "replicas"),
+    ({"model": "tiny", "replicas": "2"}, "replicas"),
+    ({"model": "tiny", "source": 7}, "source"),
+    ({"model": "tiny", "mem_need": -1}, "mem_need"),
+    ({"model": "tiny", "ttl": 0.5}, "ttl"),
+    ({"model": "tiny", "ttl": 61}, "ttl"),
+]
+
+
+async def test_bad_placement_requests_get_clear_errors(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            cfg = AgentConfig(data_dir=tmp_path, host="127.0.0.1", port=0, api_port=0, max_models=0)
+            agent: AgentStatus = await nursery.start(
+                lambda task_status: run_agent(cfg, task_status=task_status)
+            )
+            async with httpx.AsyncClient(timeout=10) as client:
+                for body, param in BAD_REQUESTS:
+                    r = await client.post(f"{agent.api}/placements", json=body)
+                    assert (r.status_code, r.json()["error"]["param"]) == (400, param), body
+                r = await client.get(f"{agent.api}/placements")
+                assert r.status_code == 405
+                r = await client.post(f"{agent.api}/placements", content=b"{not json")
+                assert r.status_code == 400
+            nursery.cancel_scope.cancel()
+
+
+def test_the_older_claim_holds_a_slot() -> None:
+    a, b = Identity.generate(), Identity.generate()
+    older = sign_record(a, "placement:tiny:1:0", b"\x92\xa1h\x01", seq=100, expires=2e9)
+    newer = sign_record(b, "placement:tiny:1:0", b"\x92\xa1i\x02", seq=200, expires=2e9)
+    bad = sign_record(b, "placement:tiny:1:0", b"not msgpack", seq=1, expires=2e9)
+    assert slot_holder([newer, older, bad]) == (a.node_id, ("h", 1))
+    assert slot_holder([bad]) is None and slot_holder([]) is None
