@@ -231,7 +231,9 @@ async def run_agent(
         dht_core = DhtCore(identity, address, DhtConfig(), rng, wall_clock())
         comb = Comb(
             # "full": no room for a model a placement vote could give us (see _serve_models).
-            Dance.first(identity.node_id, address, 0, 0, status=_room(config, len(config.model))),
+            Dance.first(
+                identity.node_id, address, 0, 0, status=_room(config.max_models - len(config.model))
+            ),
             CombConfig(),
             rng,
             wall_clock(),
@@ -276,8 +278,23 @@ async def run_agent(
             await nursery.start(honeycomb.run)
             views_from = [*seed_addrs, *[(c.host, c.port) for c in known[:8]]]
             nursery.start_soon(_join, dht, honeycomb, seed_addrs, known, views_from, founder)
+
+            async def load(name: str, source: str) -> None:
+                if engine is None:
+                    raise EngineError("this agent runs no engine (--max-models 0)")
+                await engine.load(model_spec(f"{name}={source}", config))
+
+            placements = Placements(
+                scouting,
+                driver,
+                dht,
+                clock=wall_clock,
+                load=load,
+                room=lambda: config.max_models - (_held(engine) if engine else len(config.model)),
+            )
+            await nursery.start(placements.run)
             if engine is not None:
-                nursery.start_soon(_serve_models, config, honeycomb, status, engine)
+                nursery.start_soon(_serve_models, config, honeycomb, status, engine, placements)
             front = FrontDoor(
                 view=CombView(honeycomb, engine, trio.current_time()),
                 signer=PeerSigner(keyring, identity.node_id),
@@ -301,14 +318,6 @@ async def run_agent(
                 "hexamesh_jobs_active", "Jobs queued or running here", jobs.store.active
             )
             await nursery.start(jobs.run)
-
-            async def load(name: str, source: str) -> None:
-                if engine is None:
-                    raise EngineError("this agent runs no engine (--max-models 0)")
-                await engine.load(model_spec(f"{name}={source}", config))
-
-            placements = Placements(scouting, driver, dht, clock=wall_clock, load=load)
-            await nursery.start(placements.run)
             front.placements = placements
             status.api = await nursery.start(_serve_api, config, front)
             status_file.write(status, trio.current_time())
@@ -334,9 +343,16 @@ async def run_agent(
                     save_contacts(contacts_path, dht_core.closest(identity.node_id, 200))
 
 
-def _room(config: AgentConfig, models: int) -> str:
+def _room(free: int) -> str:
     """The dance's status: "up" while a placement vote may give us a model."""
-    return "up" if models < config.max_models else "full"
+    return "up" if free > 0 else "full"
+
+
+def _held(engine: Engine) -> int:
+    """Models the engine serves or is starting (a failed one holds no room)."""
+    return sum(
+        st not in (EngineState.FAILED, EngineState.STOPPED) for st in engine.models().values()
+    )
 
 
 def _live_view(comb: Comb) -> dict[bytes, Dance]:
@@ -418,7 +434,11 @@ async def _serve_api(
 
 
 async def _serve_models(
-    config: AgentConfig, honeycomb: Honeycomb, status: AgentStatus, engine: Engine
+    config: AgentConfig,
+    honeycomb: Honeycomb,
+    status: AgentStatus,
+    engine: Engine,
+    placements: Placements,
 ) -> None:
     """Load the configured models into the engine; dance them, their load, whether
     there is room for more (status "up" or "full") and our uptime."""
@@ -441,8 +461,7 @@ async def _serve_models(
             url = engine.url(name) if st is EngineState.READY else None
             status.models[name] = {"state": st.value, "load": loads[name].load, "url": url}
         dance = honeycomb.comb.waggle.dance
-        held = sum(st not in (EngineState.FAILED, EngineState.STOPPED) for st in states.values())
-        now: dict[str, object] = {"status": _room(config, held)}
+        now: dict[str, object] = {"status": _room(placements.room())}
         if loads:
             worst = max(loads.values(), key=lambda x: x.load)
             now |= {

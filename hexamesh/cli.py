@@ -700,5 +700,46 @@ def jobs_collect(
         raise _fail(f"cannot reach {url}: {e}") from None
 
 
+@app.command()
+def place(
+    model: Annotated[str, typer.Argument(help="Name to serve the model under")],
+    source: Annotated[
+        str | None,
+        typer.Option(
+            help="What the winners load: a DIR on their machines or a hub id [default: MODEL]"
+        ),
+    ] = None,
+    replicas: Annotated[int, typer.Option(help="New replicas wanted (1-8)")] = 1,
+    ttl: Annotated[
+        float | None, typer.Option(help="Seconds the vote stays open (1-60) [default: 10]")
+    ] = None,
+    peer: PeerUrl = None,
+    api_key: ApiKey = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Call a placement vote: the scouts near the peer elect agents with room to
+    load the model. No quorum by the deadline: nothing moves (exit code 1)."""
+    url = _api_url(peer, data_dir)
+    body: dict[str, Any] = {"model": model, "source": source or model, "replicas": replicas}
+    if ttl is not None:
+        body["ttl"] = ttl
+    try:
+        with _client(api_key) as client:
+            doc = _check(client.post(f"{url}/placements", json=body))
+    except httpx.HTTPError as e:
+        raise _fail(f"cannot reach {url}: {e}") from None
+    console.print(
+        f"election {doc['model']}@{doc['epoch']}: {doc['scouts']} scouts, quorum {doc['quorum']}"
+    )
+    if not doc["winners"]:  # the vote ran and decided nothing: 1, not an error's 2
+        err.print("no quorum: nothing moved")
+        raise typer.Exit(code=1)
+    table = Table("slot", "node", "address")
+    for w in doc["winners"]:
+        table.add_row(str(w["slot"]), w["node"][:16], w["address"])
+    console.print(table)
+    console.print(f"placed {len(doc['winners'])} of {doc['replicas']}; loading on the winners")
+
+
 def main() -> None:
     app()

@@ -82,14 +82,22 @@ class Placements:
         *,
         clock: Callable[[], float],
         load: Callable[[str, str], Awaitable[None]],
+        room: Callable[[], int],
     ) -> None:
-        """``load(name, source)`` loads a model into the local engine (raises on failure)."""
+        """``load(name, source)`` loads a model into the local engine (raises on
+        failure); ``room()`` says how many more models it may hold now."""
         self.core = core
         self.driver = driver
         self.dht = dht
         self._clock = clock
         self._load = load
+        self._room = room
+        self.loading = 0  # wins being claimed or loaded: room they take already
         self.won: dict[tuple[str, int], int] = {}  # elections we hold a slot in -> slot
+
+    def room(self) -> int:
+        """Models this agent may still take (a win in progress counts as taken)."""
+        return self._room() - self.loading
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -100,11 +108,18 @@ class Placements:
                 await trio.sleep(CLAIM_POLL)
 
     async def _win(self, ballot: Ballot) -> None:
+        if self.room() <= 0:  # another election took our room since we danced "up"
+            self.core.lost(ballot.key, self._clock())
+            self.driver.poke()
+            return
+        self.loading += 1  # our room is taken while we claim; then the engine counts it
         try:
             slot = await self.claim_slot(ballot)
         except DhtError as e:
             log.warning("claiming a slot of %s@%d: %s", ballot.model, ballot.epoch, e)
             slot = None
+        finally:
+            self.loading -= 1
         now = self._clock()
         if slot is None:
             self.core.lost(ballot.key, now)
@@ -114,7 +129,7 @@ class Placements:
         self.core.claimed(ballot.key, slot, now)
         self.driver.poke()
         try:
-            await self._load(ballot.model, ballot.source)
+            await self._load(ballot.model, ballot.source)  # the engine holds it from its first step
         except Exception as e:  # any failure to load: the slot goes back
             log.error("placed %s here but cannot load it: %s", ballot.model, e)
             del self.won[ballot.key]

@@ -16,6 +16,7 @@ from hexamesh.dht.records import sign_record
 from hexamesh.engine.supervisor import EngineConfig
 from hexamesh.identity import Identity
 from hexamesh.placement.service import slot_holder
+from tests.helpers import run_hexamesh
 
 FAKE_ENGINE = EngineConfig(
     server_module="tests.engine.fake_vllm", ready_timeout=20.0, stop_grace=2.0, scrape_interval=0.2
@@ -96,11 +97,14 @@ async def test_an_operator_vote_places_replicas_where_there_is_room(tmp_path: Pa
                 nodes = {w["node"] for w in doc["winners"]}
                 assert winner["node"] not in nodes and agents[0].node_id not in nodes
                 # Everyone is full now: no candidate, no quorum, nothing moves.
-                r = await client.post(
-                    f"{api}/placements",
-                    json={"model": "tiny3", "source": str(model_dir), "ttl": 2},
+                done = await trio.to_thread.run_sync(
+                    lambda: run_hexamesh(
+                        "place", "tiny3", "--source", str(model_dir), "--ttl", "2", "--peer", api
+                    )
                 )
-                assert r.json()["state"] == "no quorum" and r.json()["winners"] == []
+                assert done.returncode == 1 and "no quorum: nothing moved" in done.stderr
+                assert "4 scouts, quorum 3" in done.stdout
+                assert "tiny3" not in await models(client, api)
             nursery.cancel_scope.cancel()
 
 
