@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from random import Random
 
@@ -55,7 +56,8 @@ from hexamesh.net.mux import Mux
 from hexamesh.net.rtt import Ping, Pong, RttConfig, RttProbe
 from hexamesh.net.udp import UdpTransport, open_udp_transport
 from hexamesh.placement.messages import PLACEMENT_MESSAGES
-from hexamesh.placement.service import Placements
+from hexamesh.placement.service import Placements, run_swarmscale
+from hexamesh.placement.swarmscale import ScaleConfig, Swarmscale
 from hexamesh.placement.vote import PlacementConfig, Scouting
 from hexamesh.serve.frontdoor import FrontDoor
 from hexamesh.serve.jobs import DhtJobs, Jobs, JobStore
@@ -295,6 +297,11 @@ async def run_agent(
             await nursery.start(placements.run)
             if engine is not None:
                 nursery.start_soon(_serve_models, config, honeycomb, status, engine, placements)
+                if config.swarmscale:
+                    scale = Swarmscale(ScaleConfig())
+                    nursery.start_soon(
+                        partial(run_swarmscale, placements, engine, comb, scale, clock=wall_clock)
+                    )
             front = FrontDoor(
                 view=CombView(honeycomb, engine, trio.current_time()),
                 signer=PeerSigner(keyring, identity.node_id),

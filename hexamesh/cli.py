@@ -233,6 +233,15 @@ def agent(
             "vote may give this agent one, 0 = never [default: 1]"
         ),
     ] = None,
+    swarmscale: Annotated[
+        bool | None,
+        typer.Option(
+            "--swarmscale/--no-swarmscale",
+            help="Call placement votes when models here run hot; drop voted-in replicas "
+            "when cold [default: off]",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run an agent on this machine until Ctrl-C / SIGTERM.
 
@@ -257,6 +266,7 @@ def agent(
         "api_keys": api_key or None,
         "max_jobs": max_jobs,
         "max_models": max_models,
+        "swarmscale": swarmscale,
     }
     try:
         cfg = load_config(config, overrides=overrides)

@@ -65,6 +65,10 @@ class AgentConfig:
     # dances "up" and a placement vote may give it a replica to load; at it,
     # "full". 0: it takes no placements (and runs no engine without --model).
     max_models: int = 1
+    # Call placement votes when the models served here run hot, unload voted-in
+    # replicas when they run cold (placement/swarmscale.py). Off by default: it
+    # starts engines on other machines of the swarm without anyone asking.
+    swarmscale: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -94,6 +98,10 @@ class AgentConfig:
         return self.swarm_key if self.swarm_key is not None else self.data_dir / "swarm.key"
 
 
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
 def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(AgentConfig)
 
@@ -107,6 +115,13 @@ def _convert(name: str, tp: Any, value: Any, layer: str) -> Any:
     try:
         if tp is Path:
             return Path(value).expanduser()
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            word = str(value).strip().lower()
+            if word in _TRUE | _FALSE:
+                return word in _TRUE
+            raise ValueError("true or false")
         if tp is int:
             if isinstance(value, bool):
                 raise ValueError("a number, not a boolean")

@@ -24,6 +24,24 @@ def test_layers_file_then_env_then_flags(tmp_path: Path) -> None:
     assert (cfg.port, cfg.host) == (0, "10.0.0.1")
 
 
+@pytest.mark.parametrize(
+    ("toml", "env", "on"),
+    [
+        ("", {}, False),
+        ("swarmscale = true\n", {}, True),
+        ("swarmscale = true\n", {"HEXAMESH_SWARMSCALE": "off"}, False),
+        ("", {"HEXAMESH_SWARMSCALE": "Yes"}, True),
+        ("", {"HEXAMESH_SWARMSCALE": "0"}, False),
+    ],
+)
+def test_booleans_from_file_and_environment(
+    tmp_path: Path, toml: str, env: dict[str, str], on: bool
+) -> None:
+    file = tmp_path / "agent.toml"
+    file.write_text(toml)
+    assert load_config(file, env=env).swarmscale is on
+
+
 def test_config_file_from_environment(tmp_path: Path) -> None:
     file = tmp_path / "agent.toml"
     file.write_text(f'data_dir = "{tmp_path}/d"\n')
@@ -41,6 +59,8 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
         ("port = [\n", {}, "agent.toml"),
         ("", {"HEXAMESH_PORT": "eighty"}, r"\$HEXAMESH_PORT: port='eighty'"),
         ("", {"HEXAMESH_LOG_LEVEL": "loud"}, "log_level"),
+        ("", {"HEXAMESH_SWARMSCALE": "maybe"}, "true or false"),
+        ("max-models = -1\n", {}, "max_models must be at least 0"),
     ],
 )
 def test_bad_configuration_is_reported_with_its_source(

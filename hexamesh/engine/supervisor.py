@@ -193,6 +193,13 @@ class Engine:
     def models(self) -> dict[str, EngineState]:
         return {name: s.state for name, s in self._servers.items()}
 
+    def spec(self, name: str) -> ModelSpec:
+        """What ``name`` was loaded from (a placement vote for another replica loads the same)."""
+        server = self._servers.get(name)
+        if server is None:
+            raise EngineError(f"model {name!r} is not loaded")
+        return server.spec
+
     def url(self, name: str) -> str:
         """Base URL of a ready model's server (``http://127.0.0.1:PORT``)."""
         server = self._servers.get(name)

@@ -34,16 +34,19 @@ from typing import Any
 import msgpack
 import trio
 
+from hexamesh.comb.core import Comb
 from hexamesh.dht.records import Record
 from hexamesh.dht.service import Dht, DhtError
+from hexamesh.engine.supervisor import Engine, EngineState
 from hexamesh.net.base import Addr, format_addr
 from hexamesh.net.driver import CoreDriver
 from hexamesh.placement.messages import MAX_REPLICAS, Ballot
+from hexamesh.placement.swarmscale import Reading, Scale, Swarmscale
 from hexamesh.placement.vote import PlacementError, Scouting
 from hexamesh.serve.http import HttpConnection, Request
 from hexamesh.serve.requests import ApiError, parse_json_body
 
-__all__ = ["SLOT_TTL", "Placements", "slot_holder", "slot_key"]
+__all__ = ["SLOT_TTL", "Placements", "run_swarmscale", "slot_holder", "slot_key"]
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +97,7 @@ class Placements:
         self._room = room
         self.loading = 0  # wins being claimed or loaded: room they take already
         self.won: dict[tuple[str, int], int] = {}  # elections we hold a slot in -> slot
+        self._nursery: trio.Nursery | None = None
 
     def room(self) -> int:
         """Models this agent may still take (a win in progress counts as taken)."""
@@ -101,11 +105,32 @@ class Placements:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             task_status.started()
             while True:
                 for ballot in self.core.claims():
                     nursery.start_soon(self._win, ballot)
                 await trio.sleep(CLAIM_POLL)
+
+    def spawn(self, election: Awaitable[dict[str, Any]]) -> None:
+        """Run an election in the background (swarmscale's votes); its outcome is logged."""
+
+        async def run() -> None:
+            try:
+                doc = await election
+            except ApiError as e:
+                log.info("swarmscale vote not started: %s", e)
+                return
+            log.info(
+                "swarmscale vote %s@%s: %s %s",
+                doc["model"],
+                doc["epoch"],
+                doc["state"],
+                [w["address"] for w in doc["winners"]],
+            )
+
+        assert self._nursery is not None, "run() first"
+        self._nursery.start_soon(run)
 
     async def _win(self, ballot: Ballot) -> None:
         if self.room() <= 0:  # another election took our room since we danced "up"
@@ -161,6 +186,15 @@ class Placements:
         except DhtError as e:
             log.info("releasing %s: %s", key, e)
         self.dht.withdraw(key)
+
+    async def give_back(self, model: str) -> bool:
+        """Free the slots we hold for ``model`` (its replica here is going); False
+        if a vote did not place it here (an operator's ``--model`` stays)."""
+        keys = [k for k in self.won if k[0] == model]
+        for key in keys:
+            slot = self.won.pop(key)
+            await self._release(slot_key(key[0], key[1], slot))
+        return bool(keys)
 
     async def slots(self, model: str, epoch: int, replicas: int) -> dict[int, tuple[bytes, Addr]]:
         """Who holds each slot of an election, as the DHT says."""
@@ -251,3 +285,43 @@ class Placements:
         doc = await self.propose(model, source, replicas, mem_need=mem_need, ttl=ttl)
         await conn.respond(200, json.dumps(doc).encode(), keep_alive=request.keep_alive)
         return True
+
+
+async def run_swarmscale(
+    placements: Placements,
+    engine: Engine,
+    comb: Comb,
+    scale: Swarmscale,
+    *,
+    clock: Callable[[], float],
+    interval: float = 1.0,
+) -> None:
+    """Watch the models served here; call a vote for one more replica when they
+    run hot, unload a voted-in replica when they run cold (``swarmscale``)."""
+    while True:
+        await trio.sleep(interval)
+        now = clock()
+        ready = [n for n, st in engine.models().items() if st is EngineState.READY]
+        for model in ready:
+            peers = [d for d in comb.peers_with(model) if d.node != comb.node]
+            own = engine.load_of(model)
+            # Only the lowest node id among the servers we see decides for them.
+            if any(d.node < comb.node for d in peers):
+                scale.forget(model)
+                continue
+            reading = Reading(
+                load=(own.load + sum(d.load for d in peers)) / (1 + len(peers)),
+                queue=own.waiting + sum(d.queue for d in peers),
+                ttft=own.ttft_s,
+                replicas=1 + len(peers),
+            )
+            decision = scale.observe(model, reading, now)
+            if decision is Scale.ADD:
+                log.info("swarmscale: %s runs hot (%s): calling a vote", model, reading)
+                source = engine.spec(model).model
+                placements.spawn(placements.propose(model, source, 1))
+            elif decision is Scale.DROP and model in {k[0] for k in placements.won}:
+                log.info("swarmscale: %s runs cold (%s): unloading ours", model, reading)
+                await placements.give_back(model)
+                await engine.unload(model)
+                scale.forget(model)

@@ -11,11 +11,14 @@ import httpx
 import trio
 
 from hexamesh.agent import STATUS_FILE_NAME, AgentStatus, run_agent
+from hexamesh.comb.waggle import Dance
 from hexamesh.config import AgentConfig
 from hexamesh.dht.records import sign_record
-from hexamesh.engine.supervisor import EngineConfig
+from hexamesh.engine.load import EngineLoad
+from hexamesh.engine.supervisor import EngineConfig, EngineState, ModelSpec
 from hexamesh.identity import Identity
-from hexamesh.placement.service import slot_holder
+from hexamesh.placement.service import run_swarmscale, slot_holder
+from hexamesh.placement.swarmscale import ScaleConfig, Swarmscale
 from tests.helpers import run_hexamesh
 
 FAKE_ENGINE = EngineConfig(
@@ -147,3 +150,102 @@ def test_the_older_claim_holds_a_slot() -> None:
     bad = sign_record(b, "placement:tiny:1:0", b"not msgpack", seq=1, expires=2e9)
     assert slot_holder([newer, older, bad]) == (a.node_id, ("h", 1))
     assert slot_holder([bad]) is None and slot_holder([]) is None
+
+
+# -- swarmscale in the agent: the loop over stand-ins, on trio's mock clock ------
+
+
+class FakeEngine:
+    def __init__(self, load: float) -> None:
+        self.load = load
+        self.loaded = {"tiny": EngineState.READY}
+        self.unloaded: list[str] = []
+
+    def models(self) -> dict[str, EngineState]:
+        return dict(self.loaded)
+
+    def load_of(self, name: str) -> EngineLoad:
+        return EngineLoad(load=self.load, running=1, waiting=0, kv=0.1, tok_s=10.0, ttft_s=0.05)
+
+    def spec(self, name: str) -> ModelSpec:
+        return ModelSpec(name=name, model="/models/tiny")
+
+    async def unload(self, name: str) -> None:
+        del self.loaded[name]
+        self.unloaded.append(name)
+
+
+class FakeComb:
+    def __init__(self, node: bytes, peers: list[Dance]) -> None:
+        self.node, self.peers = node, peers
+
+    def peers_with(self, model: str) -> list[Dance]:
+        return self.peers
+
+
+class FakePlacements:
+    def __init__(self, won: dict[tuple[str, int], int]) -> None:
+        self.won = won
+        self.votes: list[tuple[str, str, int]] = []
+        self.given_back: list[str] = []
+
+    def propose(self, model: str, source: str, replicas: int) -> str:
+        self.votes.append((model, source, replicas))
+        return "election"
+
+    def spawn(self, election: str) -> None:
+        assert election == "election"
+
+    async def give_back(self, model: str) -> bool:
+        self.given_back.append(model)
+        return True
+
+
+def peer(node: bytes, load: float) -> Dance:
+    return Dance.first(node, ("10.0.0.9", 1), 1, 0, models=("tiny",), load=load)
+
+
+async def scale_for(
+    seconds: float, engine: FakeEngine, comb: FakeComb, placements: FakePlacements
+) -> None:
+    scale = Swarmscale(ScaleConfig())
+    with trio.move_on_after(seconds):
+        await run_swarmscale(
+            placements,  # type: ignore[arg-type]
+            engine,  # type: ignore[arg-type]
+            comb,  # type: ignore[arg-type]
+            scale,
+            clock=trio.current_time,
+        )
+
+
+async def test_swarmscale_calls_a_vote_when_hot_and_only_the_lowest_id_does(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    me = b"\x05" * 20
+    hot = FakeEngine(load=0.95)
+    placements = FakePlacements({})
+    await scale_for(75.0, hot, FakeComb(me, [peer(b"\x09" * 20, 0.9)]), placements)
+    # Hot for 10 s: a vote; still hot after the 60 s cooldown: another.
+    assert placements.votes == [("tiny", "/models/tiny", 1)] * 2
+    follower = FakePlacements({})
+    await scale_for(75.0, hot, FakeComb(me, [peer(b"\x01" * 20, 0.9)]), follower)
+    assert follower.votes == []  # the peer with the lower id decides for the neighbourhood
+
+
+async def test_swarmscale_unloads_only_a_voted_in_replica_when_cold(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    me = b"\x05" * 20
+    others = [peer(b"\x09" * 20, 0.05)]
+    cold = FakeEngine(load=0.05)
+    voted_in = FakePlacements({("tiny", 123): 0})
+    await scale_for(305.0, cold, FakeComb(me, others), voted_in)
+    assert voted_in.given_back == ["tiny"] and cold.unloaded == ["tiny"]
+    operators = FakeEngine(load=0.05)
+    configured = FakePlacements({})  # loaded with --model: swarmscale leaves it
+    await scale_for(305.0, operators, FakeComb(me, others), configured)
+    assert configured.given_back == [] and operators.unloaded == []
+    alone = FakeEngine(load=0.0)
+    await scale_for(305.0, alone, FakeComb(me, []), FakePlacements({("tiny", 1): 0}))
+    assert alone.unloaded == []  # the last replica stays
