@@ -751,5 +751,49 @@ def place(
     console.print(f"placed {len(doc['winners'])} of {doc['replicas']}; loading on the winners")
 
 
+@app.command()
+def chaos(
+    agents: Annotated[int, typer.Option(help="Agent processes to start")] = 7,
+    kill: Annotated[int, typer.Option(help="Agents SIGKILLed at once each round")] = 2,
+    rounds: Annotated[int, typer.Option(help="Kill rounds")] = 1,
+    restart: Annotated[
+        bool, typer.Option(help="Restart the victims after each round and time their return")
+    ] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds a round may take")] = 60.0,
+    seed: Annotated[int | None, typer.Option(help="Seed for the choice of victims")] = None,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(help="Keep the agents' data dirs and logs here [default: a temp dir]"),
+    ] = None,
+    json_only: Annotated[bool, typer.Option("--json", help="Only the JSON line")] = False,
+) -> None:
+    """Kill real agent processes on this machine and time how the swarm notices.
+
+    Starts AGENTS agents on 127.0.0.1, SIGKILLs KILL of them (never the
+    founder), watches the survivors declare them dead (over the wire, every
+    0.1 s), then restarts them and watches them come back. Last line: one JSON
+    object."""
+    from hexamesh.chaos import ChaosConfig, run_chaos
+
+    try:
+        config = ChaosConfig(
+            agents=agents, kill=kill, rounds=rounds, restart=restart, timeout=timeout, seed=seed
+        )
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    say = (lambda s: None) if json_only else (lambda s: err.print(s))
+    try:
+        result = run_chaos(config, workdir=workdir, progress=say)
+    except (TimeoutError, RuntimeError) as e:  # the swarm never settled, or an agent exited
+        raise _fail(f"chaos stopped: {e}") from None
+    if not json_only:
+        for key, value in result.items():
+            if key != "per_round":
+                err.print(f"{key:>20}: {value}")
+    print(json.dumps(result))
+    if result["undetected"] or result["false_positives"] or result["not_back"]:
+        raise typer.Exit(code=1)
+
+
 def main() -> None:
     app()

@@ -14,6 +14,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from hexamesh.net.base import Addr
+from hexamesh.placement.messages import MAX_REPLICAS, MAX_SCOUTS, Ballot
 from hexamesh.wire import (
     MAX_BYTES,
     MAX_ITEMS,
@@ -94,6 +95,17 @@ class RecordingCore:
         return out
 
 
+# Fields a struct checks itself (its __post_init__ refuses the rest, and the
+# decoder turns that into a WireError): generate only values it accepts.
+BOUNDED_FIELDS: dict[type, dict[str, st.SearchStrategy[Any]]] = {
+    Ballot: {
+        "replicas": st.integers(1, MAX_REPLICAS),
+        "quorum": st.integers(1, MAX_SCOUTS),
+        "mem_need": st.integers(0, 2**64 - 1),
+    },
+}
+
+
 def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
     """Values that fit a wire field type (small, to keep examples fast)."""
     tp, exact, limit = field_limits(tp)
@@ -126,7 +138,13 @@ def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
         return st.tuples(*(strategy_for(a) for a in args))
     if isinstance(tp, type) and issubclass(tp, Struct):
         hints = typing.get_type_hints(tp, include_extras=True)
-        return st.builds(tp, **{f.name: strategy_for(hints[f.name]) for f in fields(tp) if f.init})
+        own = BOUNDED_FIELDS.get(tp, {})
+        made = {
+            f.name: own[f.name] if f.name in own else strategy_for(hints[f.name])
+            for f in fields(tp)
+            if f.init
+        }
+        return st.builds(tp, **made)
     raise TypeError(f"no strategy for {tp!r}")
 
 

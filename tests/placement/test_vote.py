@@ -7,6 +7,7 @@ import random
 from collections.abc import Callable
 from functools import partial
 
+import msgpack
 import pytest
 
 from hexamesh.comb.waggle import Dance
@@ -14,7 +15,7 @@ from hexamesh.hexgrid import ORIGIN, spiral
 from hexamesh.net.base import Addr
 from hexamesh.placement.messages import Ballot, Placed, Proposal, Site, Vote, VoteAck
 from hexamesh.placement.vote import PlacementConfig, PlacementError, Scouting
-from hexamesh.wire import Codec, Envelope, KeyRing
+from hexamesh.wire import Codec, Envelope, KeyRing, WireError, decode_frame, encode_frame
 from simulations.placement import Swarm, nid
 
 CONFIG = PlacementConfig()
@@ -234,3 +235,17 @@ def test_a_cut_off_majority_moves_nothing_on_the_comb() -> None:
     assert swarm.winners("tiny", 1) == {}
     outcome = swarm.scouting[proposer].outcome("tiny", 1)
     assert outcome is not None and outcome.state == "no quorum"
+
+
+def test_a_ballot_out_of_bounds_on_the_wire_is_a_wire_error() -> None:
+    codec = Codec(KeyRing.generate())
+    good = Ballot(model="tiny", source="/m", epoch=1, replicas=1, quorum=1, mem_need=0)
+    vote = Vote(ballot=good, scout=nid(0), version=1, approve=(), ttl=1.0)
+    env = Envelope(sender=nid(0), msg_id=1, message=vote)
+    frame = encode_frame(env)
+    fields = ["tiny", "/m", 1, 1, 1, 0]  # a Ballot on the wire: its fields in order
+    bad = frame.replace(msgpack.packb(fields), msgpack.packb([*fields[:3], 0, *fields[4:]]))
+    assert bad != frame
+    with pytest.raises(WireError, match=r"replicas must be in 1\.\.8"):
+        decode_frame(bad)
+    assert codec.open(codec.seal(env)) == env
