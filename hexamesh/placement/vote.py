@@ -143,7 +143,7 @@ class Scouting:
         self._elections: dict[Key, _Election] = {}
         self._outbox: list[tuple[Addr, Envelope]] = []
         self._claims: list[Ballot] = []
-        self.refused = 0  # proposals and votes dropped: too many elections open
+        self.refused = 0  # proposals and votes dropped: too many open, or not of the election
         self.sent = 0  # placement messages sent
 
     # ---------------------------------------------------------------- API
@@ -276,7 +276,7 @@ class Scouting:
                 e.acked[env.sender] = max(e.acked.get(env.sender, 0), msg.version)
         elif isinstance(msg, Placed):
             e = self._elections.get(msg.ballot.key)
-            if e is None or msg.winner.node == self.me:
+            if e is None or msg.winner.node == self.me or msg.ballot != e.ballot:
                 return
             self._send(
                 sender, PlacedAck(model=msg.ballot.model, epoch=msg.ballot.epoch, slot=msg.slot)
@@ -351,6 +351,9 @@ class Scouting:
         e = self._election_for(msg.ballot, msg.ttl, now)
         if e is None or e.closed:
             return
+        if msg.ballot != e.ballot:
+            self.refused += 1
+            return
         if not e.scouts:  # new to us, or we only watched it as a candidate so far
             e.scouts = {s.node: (s.host, s.port) for s in msg.scouts}
             e.demand = Hex(msg.q, msg.r)
@@ -361,8 +364,15 @@ class Scouting:
             self._send(addr, self._vote_msg(e, now))
 
     def _on_vote(self, msg: Vote, node: bytes, addr: Addr, now: float) -> None:
+        if msg.scout != node:  # a scout speaks for itself only
+            self.refused += 1
+            return
         e = self._election_for(msg.ballot, msg.ttl, now)
         if e is None:
+            return
+        stranger = msg.scout not in e.scouts if e.scouts else len(e.votes) >= MAX_SCOUTS
+        if msg.ballot != e.ballot or (stranger and msg.scout not in e.votes):
+            self.refused += 1  # another ballot under the same name, or not of the electorate
             return
         e.voters[msg.scout] = addr
         held = e.votes.get(msg.scout)

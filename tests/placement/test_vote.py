@@ -249,3 +249,33 @@ def test_a_ballot_out_of_bounds_on_the_wire_is_a_wire_error() -> None:
     with pytest.raises(WireError, match=r"replicas must be in 1\.\.8"):
         decode_frame(bad)
     assert codec.open(codec.seal(env)) == env
+
+
+def test_votes_that_are_not_the_electorates_change_nothing() -> None:
+    hand = Hand([0.9, 0.9, 0.9, 0.1, 0.9, 0.9, 0.9])
+    ballot = hand.core(0).propose("tiny", "/m/tiny", 1, 1, hand.now)
+    hand.pump()
+    core = hand.core(3)
+    before, refused = core.approvals("tiny", 1), core.refused
+    site = (Site(node=nid(6), host=addr(6)[0], port=7420, merit=1.0),)
+    outsider = b"\xee" * 20
+    forged = [
+        # a node voting as another
+        (nid(5), Vote(ballot=ballot, scout=nid(4), version=9, approve=site, ttl=5.0)),
+        # not of the electorate
+        (outsider, Vote(ballot=ballot, scout=outsider, version=1, approve=site, ttl=5.0)),
+        # another ballot under the same name (more replicas)
+        (
+            nid(5),
+            Vote(
+                ballot=dataclasses.replace(ballot, replicas=3),
+                scout=nid(5),
+                version=9,
+                approve=site,
+                ttl=5.0,
+            ),
+        ),
+    ]
+    for sender, vote in forged:
+        core.receive(Envelope(sender=sender, msg_id=1, message=vote), addr(5), hand.now)
+    assert core.approvals("tiny", 1) == before and core.refused == refused + 3
