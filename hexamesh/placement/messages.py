@@ -36,6 +36,16 @@ NodeId = Annotated[bytes, Len(NODE_ID_BYTES)]
 
 @struct
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Scout(Struct):
+    """A node and where to reach it."""
+
+    node: NodeId
+    host: Annotated[str, MaxLen(64)]
+    port: int
+
+
+@struct
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Ballot(Struct):
     model: Annotated[str, MaxLen(64)]  # served name
     source: Annotated[str, MaxLen(256)]  # what the winner loads: a directory or hub id
@@ -43,6 +53,7 @@ class Ballot(Struct):
     replicas: int  # new replicas wanted, 1..MAX_REPLICAS
     quorum: int  # approvals a candidate needs (a majority of the scouts)
     mem_need: int  # bytes of GPU memory the model needs; 0: unknown
+    proposer: Scout  # who called the vote: winners tell it too, whoever voted for them
 
     def __post_init__(self) -> None:
         if not 1 <= self.replicas <= MAX_REPLICAS:
@@ -55,16 +66,6 @@ class Ballot(Struct):
     @property
     def key(self) -> tuple[str, int]:
         return (self.model, self.epoch)
-
-
-@struct
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Scout(Struct):
-    """A node and where to reach it."""
-
-    node: NodeId
-    host: Annotated[str, MaxLen(64)]
-    port: int
 
 
 @struct
@@ -86,7 +87,6 @@ class Proposal(Message):
     scout's vote shows it arrived."""
 
     ballot: Ballot
-    proposer: NodeId
     q: int  # the demand's cell: scouts favour candidates near it
     r: int
     scouts: Annotated[tuple[Scout, ...], MaxLen(MAX_SCOUTS)]  # the electorate

@@ -187,6 +187,7 @@ class Scouting:
             replicas=replicas,
             quorum=quorum_of(len(electorate)),
             mem_need=mem_need,
+            proposer=self._me_scout(),
         )
         scouts = tuple(Scout(node=d.node, host=d.host, port=d.port) for d in electorate)
         e = _Election(
@@ -493,7 +494,7 @@ class Scouting:
             return []
         return [
             (n, a)
-            for n, a in {**e.voters, **e.scouts, **e.told}.items()
+            for n, a in {**e.voters, **e.scouts, **e.told, **self._proposer(e)}.items()
             if n != self.me and n not in e.placed_acked
         ]
 
@@ -510,7 +511,6 @@ class Scouting:
         everyone = tuple(Scout(node=n, host=a[0], port=a[1]) for n, a in e.scouts.items())
         msg = Proposal(
             ballot=e.ballot,
-            proposer=self.me,
             q=e.demand.q,
             r=e.demand.r,
             scouts=everyone,
@@ -527,6 +527,11 @@ class Scouting:
             approve=e.approve,
             ttl=max(e.deadline - now, 0.0),
         )
+
+    @staticmethod
+    def _proposer(e: _Election) -> dict[bytes, Addr]:
+        p = e.ballot.proposer
+        return {p.node: (p.host, p.port)}
 
     def _me_scout(self) -> Scout:
         return Scout(node=self.me, host=self.addr[0], port=self.addr[1])

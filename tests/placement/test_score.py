@@ -7,7 +7,7 @@ import pytest
 
 from hexamesh.comb.waggle import Dance
 from hexamesh.hexgrid import ORIGIN, Hex
-from hexamesh.placement.messages import Ballot
+from hexamesh.placement.messages import Ballot, Scout
 from hexamesh.placement.score import Weights, best, eligible, merit, quorum_of
 
 W = Weights()
@@ -20,7 +20,13 @@ def dance(i: int, cell: Hex = ORIGIN, **changes: Any) -> Dance:
 
 def ballot(**changes: object) -> Ballot:
     fields: dict[str, object] = dict(
-        model="tiny", source="/m/tiny", epoch=1, replicas=1, quorum=3, mem_need=0
+        model="tiny",
+        source="/m/tiny",
+        epoch=1,
+        replicas=1,
+        quorum=3,
+        mem_need=0,
+        proposer=Scout(node=b"p" * 20, host="10.0.0.1", port=7420),
     )
     fields.update(changes)
     return Ballot(**fields)  # type: ignore[arg-type]
