@@ -7,8 +7,8 @@ import pytest
 
 from hexamesh.comb.waggle import Dance
 from hexamesh.hexgrid import ORIGIN, Hex
-from hexamesh.placement.messages import Ballot, Scout
 from hexamesh.placement.score import Weights, best, eligible, merit, quorum_of
+from tests.placement.helpers import ballot
 
 W = Weights()
 
@@ -16,20 +16,6 @@ W = Weights()
 def dance(i: int, cell: Hex = ORIGIN, **changes: Any) -> Dance:
     d = Dance.first(bytes([i]) * 20, ("10.0.0.1", 7420), cell.q, cell.r)
     return dataclasses.replace(d, **changes)
-
-
-def ballot(**changes: object) -> Ballot:
-    fields: dict[str, object] = dict(
-        model="tiny",
-        source="/m/tiny",
-        epoch=1,
-        replicas=1,
-        quorum=3,
-        mem_need=0,
-        proposer=Scout(node=b"p" * 20, host="10.0.0.1", port=7420),
-    )
-    fields.update(changes)
-    return Ballot(**fields)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("scouts", "quorum"), [(1, 1), (2, 2), (3, 2), (4, 3), (7, 4), (19, 10)])

@@ -13,10 +13,11 @@ import pytest
 from hexamesh.comb.waggle import Dance
 from hexamesh.hexgrid import ORIGIN, spiral
 from hexamesh.net.base import Addr
-from hexamesh.placement.messages import Ballot, Placed, Proposal, Scout, Site, Vote, VoteAck
+from hexamesh.placement.messages import Ballot, Placed, Proposal, Site, Vote, VoteAck
 from hexamesh.placement.vote import PlacementConfig, PlacementError, Scouting
 from hexamesh.wire import Codec, Envelope, KeyRing, WireError, decode_frame, encode_frame
 from simulations.placement import Swarm, nid
+from tests.placement import helpers
 
 CONFIG = PlacementConfig()
 
@@ -161,15 +162,7 @@ def test_winners_are_bounded_by_the_slots_when_a_withdrawal_is_lost() -> None:
     """Two candidates may both count a quorum (a scout's new vote lost on the
     way to the old favourite): both ask to claim, and the slots decide."""
     hand = Hand([0.9, 0.9, 0.9, 0.1, 0.9, 0.9, 0.2])
-    ballot = Ballot(
-        model="tiny",
-        source="/m/tiny",
-        epoch=1,
-        replicas=1,
-        quorum=4,
-        mem_need=0,
-        proposer=Scout(node=nid(0), host=addr(0)[0], port=7420),
-    )
+    ballot = helpers.ballot(quorum=4)
 
     def vote(scout: int, version: int, pick: int) -> None:
         site = Site(node=nid(pick), host=addr(pick)[0], port=7420, merit=0.5)
@@ -247,19 +240,11 @@ def test_a_cut_off_majority_moves_nothing_on_the_comb() -> None:
 
 def test_a_ballot_out_of_bounds_on_the_wire_is_a_wire_error() -> None:
     codec = Codec(KeyRing.generate())
-    good = Ballot(
-        model="tiny",
-        source="/m",
-        epoch=1,
-        replicas=1,
-        quorum=1,
-        mem_need=0,
-        proposer=Scout(node=nid(0), host="h", port=1),
-    )
+    good = helpers.ballot(source="/m", quorum=1)
     vote = Vote(ballot=good, scout=nid(0), version=1, approve=(), ttl=1.0)
     env = Envelope(sender=nid(0), msg_id=1, message=vote)
     frame = encode_frame(env)
-    fields = ["tiny", "/m", 1, 1, 1, 0, [nid(0), "h", 1]]  # a Ballot on the wire, in order
+    fields = ["tiny", "/m", 1, 1, 1, 0, [nid(0), "10.0.0.0", 7420]]  # a Ballot on the wire
     bad = frame.replace(msgpack.packb(fields), msgpack.packb([*fields[:3], 0, *fields[4:]]))
     assert bad != frame
     with pytest.raises(WireError, match=r"replicas must be in 1\.\.8"):
