@@ -55,7 +55,7 @@ from hexamesh.dht.records import Record
 from hexamesh.dht.service import Dht, DhtError
 from hexamesh.hexgrid import ORIGIN, Hex
 from hexamesh.identity import Identity
-from hexamesh.net.base import Addr
+from hexamesh.net.base import Addr, format_addr
 from hexamesh.net.driver import CoreDriver
 from hexamesh.net.udp import open_udp_transport
 from hexamesh.wire import Codec, KeyRing
@@ -380,6 +380,15 @@ class Honeycomb:
             for event in self.comb.events():
                 if event.state is MemberState.ALIVE:
                     self._draw_misses = 0  # a joiner (or a return): a new candidate
+                # State changes at INFO, except joins (a swarm's worth at startup).
+                log.log(
+                    logging.DEBUG if event.state is MemberState.ALIVE else logging.INFO,
+                    "peer %s at %s: %s (incarnation %d)",
+                    event.node.hex()[:8],
+                    format_addr(event.addr),
+                    event.state.name.lower(),
+                    event.incarnation,
+                )
                 self._publish(event)
             if not self.comb.placed:
                 continue

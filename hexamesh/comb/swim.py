@@ -273,6 +273,8 @@ class Swim:
         self._probing: dict[bytes, int] = {}  # target -> seq of the probe in flight
         self._heard_at: dict[bytes, float] = {}  # node -> last message from it
         self._told_dead: dict[bytes, float] = {}  # node -> when we told it it is dead
+        self._corrected: dict[bytes, float] = {}  # node -> when we last corrected its news
+        self._stale: list[_Member] = []  # returned members the message at hand said were dead
         self._probes: dict[int, _Probe] = {}  # our seq -> probe
         self._relays: dict[int, _Relay] = {}  # our seq -> probe we make for another node
         # Piggybacking rides probes and acks, a dozen items each: a thousand queued
@@ -375,6 +377,8 @@ class Swim:
         self.tell_dead(env.sender, sender, now)
         for update in getattr(msg, "updates", ()):
             self._apply(update, env.sender, now)
+        if self._stale:
+            self._correct(env.sender, sender, now)
         if isinstance(msg, Probe):
             if msg.target == self.me:
                 self._send(sender, env.msg_id, Ack(updates=self._piggyback()))
@@ -622,6 +626,8 @@ class Swim:
             self._broadcast(u, now, sender)
         else:
             self._told(u, sender)
+            if u.incarnation < member.incarnation and member.state is MemberState.ALIVE:
+                self._stale.append(member)
 
     def _suspect(
         self,
@@ -787,6 +793,21 @@ class Swim:
                 0, self._update(self.me, self.addr, self.incarnation, MemberState.ALIVE, self.me)
             )
         return tuple(out[:MAX_SYNC])
+
+    def _correct(self, sender: bytes, addr: Addr, now: float) -> None:
+        """``sender`` spread deaths of members that have come back since: stale
+        tombstones, held by a node that missed the returns. Tell it the returns
+        (at most once per probe interval). Without this a stale tombstone
+        outlived the return: the return ages out of push-pull after
+        ``sync_news_age``, while the tombstone, learned anew by each node that
+        missed it, is new news to each."""
+        stale, self._stale = self._stale, []
+        if now - self._corrected.get(sender, -1e9) < self.config.probe_interval:
+            return
+        self._corrected[sender] = now
+        back = tuple(self._update(m.node, m.addr, m.incarnation, m.state, self.me) for m in stale)
+        for i in range(0, len(back), MAX_UPDATES):
+            self._send(addr, self._rng.getrandbits(64), Gossip(updates=back[i : i + MAX_UPDATES]))
 
     def _sync(self, now: float) -> None:
         live = [n for n in self.spread if self.members[n].state is MemberState.ALIVE]

@@ -344,3 +344,54 @@ def test_the_piggyback_queue_is_bounded_in_a_mass_failure() -> None:
         c.receive(gossip_from(1, *deaths[start : start + 30]), addr(1), 1.0)
     assert all(c.state_of(d.node) is MemberState.DEAD for d in deaths)  # every death held
     assert len(c._queue) == PIGGYBACK_QUEUE  # but only so many wait to be piggybacked
+
+
+def test_a_stale_tombstone_is_corrected_by_whoever_knows_the_return() -> None:
+    """Node 8 died (incarnation 0) and came back (1). A node that missed the
+    return spreads its death: every holder of the return answers with it, on a
+    push-pull (request or reply) and on a flood (once per probe interval)."""
+    from hexamesh.comb.swim import Sync
+
+    c = lone(0, [1, 2])
+    back = MemberUpdate(
+        node=node_id(8),
+        host="10.9.9.9",
+        port=1,
+        incarnation=1,
+        state=MemberState.ALIVE,
+        by=node_id(8),
+    )
+    c.receive(gossip_from(1, verdict(8, by=1)), addr(1), 1.0)
+    c.receive(gossip_from(1, back), addr(1), 2.0)
+    assert c.state_of(node_id(8)) is MemberState.ALIVE
+    c.outbox()
+
+    def sent_to(peer: int) -> list[MemberUpdate]:
+        return [
+            u
+            for to, env in c.outbox()
+            if to == addr(peer)
+            for u in env.message.updates  # type: ignore[attr-defined]
+            if u.node == node_id(8)
+        ]
+
+    stale = verdict(8, by=5)
+    now = 200.0  # the return is long past sync_news_age: not news any more
+    ask = Envelope(sender=node_id(2), msg_id=5, message=Sync(updates=(stale,), reply=False))
+    c.receive(ask, addr(2), now)
+    assert [(u.state, u.incarnation) for u in sent_to(2)] == [(MemberState.ALIVE, 1)]
+    reply = Envelope(sender=node_id(1), msg_id=6, message=Sync(updates=(stale,), reply=True))
+    c.receive(reply, addr(1), now)
+    assert [(u.state, u.incarnation) for u in sent_to(1)] == [(MemberState.ALIVE, 1)]
+    c.receive(gossip_from(3, stale), addr(3), now)
+    assert [(u.state, u.incarnation) for u in sent_to(3)] == [(MemberState.ALIVE, 1)]
+    c.receive(gossip_from(3, stale), addr(3), now + 0.5)
+    assert sent_to(3) == []  # once per probe interval
+    assert c.state_of(node_id(8)) is MemberState.ALIVE
+    fresh = lone(4, [5])  # a node that knew nothing: the old news is all it has
+    fresh.receive(gossip_from(5, stale), addr(5), now)
+    assert fresh.state_of(node_id(8)) is MemberState.DEAD
+    fresh.receive(
+        Envelope(sender=node_id(0), msg_id=7, message=Gossip(updates=(back,))), addr(0), now
+    )
+    assert fresh.state_of(node_id(8)) is MemberState.ALIVE
