@@ -312,6 +312,7 @@ class Swim:
     def set_links(self, links: list[bytes], now: float, spread: Sequence[bytes] = ()) -> None:
         """Watch ``links``; tell news to them and to ``spread``. Known members
         only, never ourselves."""
+        had_links = bool(self.spread)
         self.links = [n for n in dict.fromkeys(links) if n != self.me and n in self.members]
         self.spread = [
             n for n in dict.fromkeys([*self.links, *spread]) if n != self.me and n in self.members
@@ -324,6 +325,12 @@ class Swim:
         for node in list(self._quiet_until):
             if node not in self._watched:
                 del self._quiet_until[node]
+        if self.spread and not had_links:
+            # Our first links (we just joined, or came back): swap news with one
+            # now, as memberlist's join does a push-pull, instead of in up to
+            # 45 s. It brings the recent news, and the link corrects any old
+            # death we picked up before we had anyone to tell it to.
+            self._next_sync = min(self._next_sync, now)
 
     def heard(self, node: bytes, now: float) -> None:
         """A message came from ``node``: proof of life, no probe needed for a while."""

@@ -395,3 +395,22 @@ def test_a_stale_tombstone_is_corrected_by_whoever_knows_the_return() -> None:
         Envelope(sender=node_id(0), msg_id=7, message=Gossip(updates=(back,))), addr(0), now
     )
     assert fresh.state_of(node_id(8)) is MemberState.ALIVE
+
+
+def test_a_node_swaps_news_with_a_link_as_soon_as_it_has_one() -> None:
+    import random
+
+    from hexamesh.comb.swim import Sync
+
+    c = Swim(node_id(0), addr(0), SwimConfig(), random.Random(0), 0.0)
+    c.add_member(node_id(1), addr(1), 0, 0.0)
+
+    def syncs_at(now: float) -> list[tuple[Addr, bool]]:
+        c.handle_timer(now)
+        return [(to, e.message.reply) for to, e in c.outbox() if isinstance(e.message, Sync)]
+
+    assert syncs_at(1.0) == []  # no links yet
+    c.set_links([node_id(1)], 2.0)
+    assert syncs_at(2.0) == [(addr(1), False)]
+    c.set_links([node_id(1)], 3.0)  # links again: not a first link, no early sync
+    assert syncs_at(3.0) == []
