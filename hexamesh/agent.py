@@ -241,9 +241,7 @@ async def run_agent(
             wall_clock(),
             placed=False,
         )
-        scouting = Scouting(
-            identity.node_id, address, lambda: _live_view(comb), PlacementConfig(), rng
-        )
+        scouting = Scouting(identity.node_id, address, comb.live_dances, PlacementConfig(), rng)
         mux = Mux()
         mux.add(probe, Ping, Pong)
         mux.add(dht_core, *DHT_MESSAGES)
@@ -360,17 +358,6 @@ def _held(engine: Engine) -> int:
     return sum(
         st not in (EngineState.FAILED, EngineState.STOPPED) for st in engine.models().values()
     )
-
-
-def _live_view(comb: Comb) -> dict[bytes, Dance]:
-    """The dances placement votes weigh: ours and our live neighbourhood's."""
-    view = {
-        n: s.dance
-        for n, s in comb.waggle.view.items()
-        if comb.swim.state_of(n) is not MemberState.DEAD
-    }
-    view[comb.node] = comb.waggle.dance
-    return view
 
 
 def _note_rtts(probe: RttProbe, status: AgentStatus) -> None:

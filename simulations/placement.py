@@ -36,7 +36,6 @@ from functools import partial
 from typing import Any
 
 from hexamesh.comb.core import COMB_MESSAGES, Comb, CombConfig
-from hexamesh.comb.swim import MemberState
 from hexamesh.comb.waggle import Dance
 from hexamesh.hexgrid import ORIGIN, Hex, spiral
 from hexamesh.net.base import Addr
@@ -53,15 +52,6 @@ POLL = 0.02  # s between looks at the cores' claims
 
 def nid(i: int) -> bytes:
     return (i + 1).to_bytes(20, "big")
-
-
-def live_view(comb: Comb) -> Mapping[bytes, Dance]:
-    """What a node's scouting sees: its own dance and the live ones it holds."""
-    view = {n: s.dance for n, s in comb.waggle.view.items()}
-    for n in [n for n in view if comb.swim.state_of(n) is MemberState.DEAD]:
-        del view[n]
-    view[comb.node] = comb.waggle.dance
-    return view
 
 
 @dataclass
@@ -102,7 +92,7 @@ class Swarm:
                 scout = Scouting(
                     d.node,
                     (d.host, d.port),
-                    partial(live_view, comb),
+                    comb.live_dances,
                     config or PlacementConfig(),
                     host.rng,
                 )

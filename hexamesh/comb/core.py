@@ -350,6 +350,16 @@ class Comb:
         seen = self.waggle.view.get(node)
         return seen.dance if seen else None
 
+    def live_dances(self) -> dict[bytes, Dance]:
+        """Our dance and those of the live peers in our neighbourhood view (what
+        placement votes weigh)."""
+        state_of = self.swim.state_of
+        out = {
+            n: s.dance for n, s in self.waggle.view.items() if state_of(n) is not MemberState.DEAD
+        }
+        out[self.node] = self.waggle.dance
+        return out
+
     def peers_with(self, model: str) -> list[Dance]:
         """Live peers in our neighbourhood view that hold ``model``, least loaded first."""
         out = [

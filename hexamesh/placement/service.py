@@ -95,6 +95,7 @@ class Placements:
         self._clock = clock
         self._load = load
         self._room = room
+        self._value = msgpack.packb([core.addr[0], core.addr[1]])  # our address, as slots hold it
         self.loading = 0  # wins being claimed or loaded: room they take already
         self.won: dict[tuple[str, int], int] = {}  # elections we hold a slot in -> slot
         self._nursery: trio.Nursery | None = None
@@ -163,7 +164,6 @@ class Placements:
     async def claim_slot(self, ballot: Ballot) -> int | None:
         """Take a free slot of the election (or find the one we hold); None if all are taken."""
         me = self.core.me
-        value = msgpack.packb([self.core.addr[0], self.core.addr[1]])
         for slot in range(ballot.replicas):
             key = slot_key(ballot.model, ballot.epoch, slot)
             holder = slot_holder(await self.dht.get(key, every_replica=True))
@@ -171,7 +171,7 @@ class Placements:
                 if holder[0] == me:
                     return slot
                 continue
-            await self.dht.put(key, value, SLOT_TTL, seq=math.floor(self._clock() * 1000))
+            await self.dht.put(key, self._value, SLOT_TTL, seq=math.floor(self._clock() * 1000))
             holder = slot_holder(await self.dht.get(key, every_replica=True))
             if holder is not None and holder[0] == me:
                 return slot
@@ -180,9 +180,8 @@ class Placements:
 
     async def _release(self, key: str) -> None:
         """Replace our record under ``key`` by one gone in a second, and stop renewing it."""
-        value = msgpack.packb([self.core.addr[0], self.core.addr[1]])
         try:
-            await self.dht.put(key, value, RELEASE_TTL)
+            await self.dht.put(key, self._value, RELEASE_TTL)
         except DhtError as e:
             log.info("releasing %s: %s", key, e)
         self.dht.withdraw(key)

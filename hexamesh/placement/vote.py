@@ -107,7 +107,6 @@ class _Election:
     deadline: float
     scouts: dict[bytes, Addr]  # the electorate; empty when we only heard votes (a candidate)
     voters: dict[bytes, Addr] = field(default_factory=dict)  # scouts whose votes reached us
-    proposer: bytes | None = None  # set when we proposed it
     votes: dict[bytes, tuple[int, tuple[bytes, ...]]] = field(default_factory=dict)
     version: int = 0  # of our own vote
     approve: tuple[Site, ...] = ()
@@ -195,7 +194,6 @@ class Scouting:
             demand=at,
             deadline=now + (self.config.ttl if ttl is None else ttl),
             scouts={s.node: (s.host, s.port) for s in scouts},
-            proposer=self.me,
         )
         self._elections[ballot.key] = e
         log.info(
@@ -471,7 +469,7 @@ class Scouting:
 
     def _resend(self, e: _Election, now: float) -> None:
         e.resend_at = now + self.config.retry
-        if e.proposer == self.me:
+        if e.ballot.proposer.node == self.me:
             missing = [
                 Scout(node=n, host=a[0], port=a[1])
                 for n, a in e.scouts.items()
