@@ -148,20 +148,10 @@ def run_chaos(
         ring = load_key_file(work / "agent0" / "swarm.key")
         ids = [p.wait_ready()["node_id"] for p in procs]
 
-        def settled() -> bool:
-            # Placed, linked, every link held alive. (Members beyond the links are
-            # not all known to everyone: a death still reaches them, as news of a
-            # stranger is kept as a tombstone and spread.)
-            states = [p.status() or {} for p in procs]
-            return all(
-                s.get("cell")
-                and s.get("neighbours")
-                and set(s["neighbours"]) <= set(s.get("alive", []))
-                and not s.get("dead")
-                for s in states
-            )
-
         def unsettled() -> dict[int, str]:
+            # Settled: placed, linked, every link held alive. (Members beyond the
+            # links are not all known to everyone: a death still reaches them, as
+            # news of a stranger is kept as a tombstone and spread.)
             out = {}
             for i, p in enumerate(procs):
                 s = p.status() or {}
@@ -172,6 +162,9 @@ def run_chaos(
                 elif s.get("dead"):
                     out[i] = f"holds {len(s['dead'])} dead"
             return out
+
+        def settled() -> bool:
+            return not unsettled()
 
         wait_until("the comb to settle", settled, SETTLE_TIMEOUT, procs=procs, show=unsettled)
         progress(f"{config.agents} agents up and linked after {time.monotonic() - t_begin:.1f} s")
