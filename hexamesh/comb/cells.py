@@ -16,7 +16,8 @@ first (seven agents started at once on a busy machine, 3 runs in 4).
 
 *Duplicate claims.* If two live nodes end up claiming one cell, the older
 claim keeps it (tie: the lower node id) and the other chooses again. Both sides
-apply the same rule to the same facts, so they agree without talking.
+apply the same rule to the same records (``dht.claim.holder_of``, which
+placement slots share), so they agree without talking.
 
 *Links.* A node links to the owners of its six adjacent cells. Where an
 adjacent cell is empty (the edge, or a hole), it links to the nearest live
@@ -30,31 +31,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
 
 from hexamesh.hexgrid import ORIGIN, Hex, nearest_in_direction, neighbours, spiral_index
 
-__all__ = ["Claim", "choose_cell", "comb_links", "connected", "link_graph", "settle"]
+__all__ = ["choose_cell", "comb_links", "connected", "link_graph"]
 
 # RTTs this close to the lowest are the same distance (noise, not geography):
 # a view request's round trip on a loaded host swings by a few ms, while
 # sites worth keeping apart are tens of ms apart.
 RTT_TIE = 0.002  # s
 RTT_TIE_RATIO = 1.5
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Claim:
-    cell: Hex
-    owner: bytes  # node id
-    since: float  # when the claim was first made (its record's first publication)
-
-
-def settle(a: Claim, b: Claim) -> Claim:
-    """The claim that keeps a contested cell: the older one, ties to the lower node id."""
-    if a.cell != b.cell:
-        raise ValueError("only claims on one cell conflict")
-    return min(a, b, key=lambda c: (c.since, c.owner))
 
 
 def choose_cell(

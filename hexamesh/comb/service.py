@@ -19,7 +19,7 @@ key (a live record of someone else: taken, choose again), then stores its own
 at the k closest nodes (each holder refuses a second owner: put-if-absent),
 then reads back every replica it can reach. If replicas disagree (two
 claims raced), the older claim wins, ties to the lower node id
-(``cells.settle``); every claimant applies the same rule to the same records,
+(``dht.claim.holder_of``); every claimant applies the same rule to the same records,
 so they agree without talking, and the loser chooses again.
 
 *Keeping it.* A dance that shows another node in our cell (a claim that raced
@@ -42,16 +42,15 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import msgpack
 import trio
 
-from hexamesh.comb.cells import Claim, choose_cell, settle
+from hexamesh.comb.cells import choose_cell
 from hexamesh.comb.core import Comb, CombConfig, ViewReply
 from hexamesh.comb.swim import MembershipEvent, MemberState
 from hexamesh.comb.waggle import Dance
-from hexamesh.dht.records import Record
+from hexamesh.dht.claim import addr_value, holder_of, release
 from hexamesh.dht.service import Dht, DhtError
 from hexamesh.hexgrid import ORIGIN, Hex
 from hexamesh.identity import Identity
@@ -60,7 +59,7 @@ from hexamesh.net.driver import CoreDriver
 from hexamesh.net.udp import open_udp_transport
 from hexamesh.wire import Codec, KeyRing
 
-__all__ = ["CELL_TTL", "ClaimError", "Honeycomb", "cell_key", "claim_of", "fetch_view"]
+__all__ = ["CELL_TTL", "ClaimError", "Honeycomb", "cell_key", "fetch_view"]
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +75,6 @@ SHORTCUTS = 2  # long links from the Kademlia table
 SHORTCUT_REFRESH = 60.0  # s between shortcut draws
 MODEL_TTL = 300.0  # s; a model:<name> provider entry's lease (renewed at half)
 MODEL_INDEX = "*"  # model:* has one entry per serving node: [host, port, [models]]
-RELEASE_TTL = 1.0  # s; what is left of a released cell record's lease
 # s between looks at the comb while it is not placed yet (joining). Once placed,
 # the upkeep task sleeps until the driver says the core has membership events
 # or a contested cell, or until the next check is due: each wake costs ~0.1-0.7
@@ -95,33 +93,6 @@ class ClaimError(Exception):
 
 def cell_key(cell: Hex) -> str:
     return f"cell:{cell.q},{cell.r}"
-
-
-@dataclass(frozen=True, slots=True)
-class _Owner:
-    claim: Claim
-    addr: Addr
-
-
-def claim_of(record: Record, cell: Hex) -> _Owner | None:
-    """The claim a cell record makes; None for a malformed value."""
-    try:
-        host, port = msgpack.unpackb(record.value)
-        addr = (str(host), int(port))
-    except (ValueError, TypeError, msgpack.UnpackException):
-        return None
-    return _Owner(Claim(cell=cell, owner=record.publisher_id, since=record.seq), addr)
-
-
-def _winner(records: list[Record], cell: Hex) -> _Owner | None:
-    owners = [o for o in (claim_of(r, cell) for r in records) if o is not None]
-    if not owners:
-        return None
-    best = owners[0]
-    for other in owners[1:]:
-        if settle(best.claim, other.claim) is other.claim:
-            best = other
-    return best
 
 
 class Honeycomb:
@@ -175,8 +146,8 @@ class Honeycomb:
         return receive
 
     def _addr_value(self) -> bytes:
-        """Our address as cell and model records carry it (read by ``claim_of``)."""
-        return bytes(msgpack.packb([self.comb.addr[0], self.comb.addr[1]]))
+        """Our address as cell and model records carry it."""
+        return addr_value(self.comb.addr)
 
     # -- asking other nodes -----------------------------------------------
 
@@ -269,20 +240,20 @@ class Honeycomb:
         """Try to take ``cell``: read, put-if-absent, read back and settle."""
         key = cell_key(cell)
         now = self._clock()
-        holder = _winner(await self.dht.get(key, every_replica=True), cell)
-        if holder is not None and holder.claim.owner != self.node:
-            self.comb.learn(holder.claim.owner, holder.addr, cell, now)
+        holder = holder_of(await self.dht.get(key, every_replica=True))
+        if holder is not None and holder.node != self.node:
+            self.comb.learn(holder.node, holder.addr, cell, now)
             return False
         value = self._addr_value()
         # The claim's age is its sequence number (ms); re-claiming our own cell
         # after a restart starts a newer one, which replaces the old record.
         await self.dht.put(key, value, CELL_TTL, seq=math.floor(now * 1000))
-        holder = _winner(await self.dht.get(key, every_replica=True), cell)
-        if holder is None or holder.claim.owner == self.node:
+        holder = holder_of(await self.dht.get(key, every_replica=True))
+        if holder is None or holder.node == self.node:
             return True
-        log.info("lost %s to %s (older claim)", cell, holder.claim.owner.hex()[:8])
+        log.info("lost %s to %s (older claim)", cell, holder.node.hex()[:8])
         await self._release(key)
-        self.comb.learn(holder.claim.owner, holder.addr, cell, now)
+        self.comb.learn(holder.node, holder.addr, cell, now)
         return False
 
     async def _settle_contest(self) -> None:
@@ -290,19 +261,17 @@ class Honeycomb:
         cell = self.comb.cell
         self.comb.contested = None
         try:
-            holder = _winner(await self.dht.get(cell_key(cell), every_replica=True), cell)
+            holder = holder_of(await self.dht.get(cell_key(cell), every_replica=True))
         except DhtError as e:
             log.warning("checking our cell %s: %s", cell, e)
             return
-        if holder is None or holder.claim.owner == self.node:
+        if holder is None or holder.node == self.node:
             if holder is None:  # our record vanished (a long partition): claim it again
                 await self.claim(cell)
             return
-        log.warning(
-            "cell %s belongs to %s (older claim): moving", cell, holder.claim.owner.hex()[:8]
-        )
+        log.warning("cell %s belongs to %s (older claim): moving", cell, holder.node.hex()[:8])
         await self._release(cell_key(cell))
-        self.comb.learn(holder.claim.owner, holder.addr, cell, self._clock())
+        self.comb.learn(holder.node, holder.addr, cell, self._clock())
         new = await self._claim_some({})
         self.comb.place(new, self._clock())
         self.driver.poke()
@@ -419,14 +388,7 @@ class Honeycomb:
         await self._release(cell_key(self.comb.cell))
 
     async def _release(self, key: str) -> None:
-        """Replace our record under ``key`` by one gone in a second (and stop
-        renewing it), so it blocks no replica for the rest of its lease."""
-        value = self._addr_value()
-        try:
-            await self.dht.put(key, value, RELEASE_TTL)
-        except DhtError as e:
-            log.info("releasing %s: %s", key, e)
-        self.dht.withdraw(key)
+        await release(self.dht, key, self._addr_value())
 
 
 async def _request_view(

@@ -31,14 +31,13 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import msgpack
 import trio
 
 from hexamesh.comb.core import Comb
-from hexamesh.dht.records import Record
+from hexamesh.dht.claim import Holder, addr_value, holder_of, release
 from hexamesh.dht.service import Dht, DhtError
 from hexamesh.engine.supervisor import Engine, EngineState
-from hexamesh.net.base import Addr, format_addr
+from hexamesh.net.base import format_addr
 from hexamesh.net.driver import CoreDriver
 from hexamesh.placement.messages import MAX_REPLICAS, Ballot
 from hexamesh.placement.swarmscale import Reading, Scale, Swarmscale
@@ -46,12 +45,11 @@ from hexamesh.placement.vote import PlacementError, Scouting
 from hexamesh.serve.http import HttpConnection, Request
 from hexamesh.serve.requests import ApiError, parse_json_body
 
-__all__ = ["SLOT_TTL", "Placements", "run_swarmscale", "slot_holder", "slot_key"]
+__all__ = ["SLOT_TTL", "Placements", "run_swarmscale", "slot_key"]
 
 log = logging.getLogger(__name__)
 
 SLOT_TTL = 300.0  # s lease of a slot record, renewed at half by the DHT core while we live
-RELEASE_TTL = 1.0  # s; a slot given back is re-stored with this lease, so it frees at once
 CLAIM_POLL = 0.1  # s between looks at the core's claims (a quorum is a rare event)
 MIN_TTL, MAX_TTL = 1.0, 60.0  # s an election may be given through the API
 WAIT_STEP = 0.2  # s between looks at an election the API waits for
@@ -59,21 +57,6 @@ WAIT_STEP = 0.2  # s between looks at an election the API waits for
 
 def slot_key(model: str, epoch: int, slot: int) -> str:
     return f"placement:{model}:{epoch}:{slot}"
-
-
-def slot_holder(records: list[Record]) -> tuple[bytes, Addr] | None:
-    """Who holds a slot, by the older claim (ties to the lower node id); None if
-    nobody does (malformed values are skipped)."""
-    best: tuple[int, bytes, Addr] | None = None
-    for r in records:
-        try:
-            host, port = msgpack.unpackb(r.value)
-            addr = (str(host), int(port))
-        except (ValueError, TypeError, msgpack.UnpackException):
-            continue
-        if best is None or (r.seq, r.publisher_id) < best[:2]:
-            best = (r.seq, r.publisher_id, addr)
-    return None if best is None else (best[1], best[2])
 
 
 class Placements:
@@ -95,7 +78,7 @@ class Placements:
         self._clock = clock
         self._load = load
         self._room = room
-        self._value = msgpack.packb([core.addr[0], core.addr[1]])  # our address, as slots hold it
+        self._value = addr_value(core.addr)  # what our slot records hold
         self.loading = 0  # wins being claimed or loaded: room they take already
         self.won: dict[tuple[str, int], int] = {}  # elections we hold a slot in -> slot
         self._nursery: trio.Nursery | None = None
@@ -166,25 +149,20 @@ class Placements:
         me = self.core.me
         for slot in range(ballot.replicas):
             key = slot_key(ballot.model, ballot.epoch, slot)
-            holder = slot_holder(await self.dht.get(key, every_replica=True))
+            holder = holder_of(await self.dht.get(key, every_replica=True))
             if holder is not None:
-                if holder[0] == me:
+                if holder.node == me:
                     return slot
                 continue
             await self.dht.put(key, self._value, SLOT_TTL, seq=math.floor(self._clock() * 1000))
-            holder = slot_holder(await self.dht.get(key, every_replica=True))
-            if holder is not None and holder[0] == me:
+            holder = holder_of(await self.dht.get(key, every_replica=True))
+            if holder is not None and holder.node == me:
                 return slot
             await self._release(key)  # lost a race for it: the next one
         return None
 
     async def _release(self, key: str) -> None:
-        """Replace our record under ``key`` by one gone in a second, and stop renewing it."""
-        try:
-            await self.dht.put(key, self._value, RELEASE_TTL)
-        except DhtError as e:
-            log.info("releasing %s: %s", key, e)
-        self.dht.withdraw(key)
+        await release(self.dht, key, self._value)
 
     async def give_back(self, model: str) -> bool:
         """Free the slots we hold for ``model`` (its replica here is going); False
@@ -195,12 +173,12 @@ class Placements:
             await self._release(slot_key(key[0], key[1], slot))
         return bool(keys)
 
-    async def slots(self, model: str, epoch: int, replicas: int) -> dict[int, tuple[bytes, Addr]]:
+    async def slots(self, model: str, epoch: int, replicas: int) -> dict[int, Holder]:
         """Who holds each slot of an election, as the DHT says."""
         out = {}
         for slot in range(replicas):
             records = await self.dht.get(slot_key(model, epoch, slot), every_replica=True)
-            holder = slot_holder(records)
+            holder = holder_of(records)
             if holder is not None:
                 out[slot] = holder
         return out
@@ -237,8 +215,8 @@ class Placements:
             log.warning("reading the slots of %s@%d: %s", model, epoch, e)
             held = {}
         winners = [
-            {"slot": slot, "node": node.hex(), "address": format_addr(addr)}
-            for slot, (node, addr) in sorted(held.items())
+            {"slot": slot, "node": h.node.hex(), "address": format_addr(h.addr)}
+            for slot, h in sorted(held.items())
         ]
         return {
             "object": "placement",

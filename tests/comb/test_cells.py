@@ -3,7 +3,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hexamesh.comb.cells import Claim, choose_cell, comb_links, connected, link_graph, settle
+from hexamesh.comb.cells import choose_cell, comb_links, connected, link_graph
 from hexamesh.hexgrid import ORIGIN, Hex, distance, neighbours, spiral
 
 
@@ -67,14 +67,6 @@ def test_rtts_apart_by_noise_only_leave_the_comb_compact() -> None:
     others = {n: 0.040 for c, n in owners.items() if c != fastest}
     cell = choose_cell(owners, {owners[fastest]: 0.002, **others})
     assert fastest in neighbours(cell) and distance(cell, ORIGIN) == 2
-
-
-def test_duplicate_claims_settle_the_same_way_on_both_sides() -> None:
-    a = Claim(cell=Hex(1, 0), owner=nid(9), since=10.0)
-    b = Claim(cell=Hex(1, 0), owner=nid(3), since=12.0)
-    c = Claim(cell=Hex(1, 0), owner=nid(1), since=10.0)
-    assert settle(a, b) == settle(b, a) == a  # older wins
-    assert settle(a, c) == settle(c, a) == c  # tie: lower node id
 
 
 @settings(max_examples=40)

@@ -13,11 +13,9 @@ import trio
 from hexamesh.agent import STATUS_FILE_NAME, AgentStatus, run_agent
 from hexamesh.comb.waggle import Dance
 from hexamesh.config import AgentConfig
-from hexamesh.dht.records import sign_record
 from hexamesh.engine.load import EngineLoad
 from hexamesh.engine.supervisor import EngineConfig, EngineState, ModelSpec
-from hexamesh.identity import Identity
-from hexamesh.placement.service import run_swarmscale, slot_holder
+from hexamesh.placement.service import run_swarmscale
 from hexamesh.placement.swarmscale import ScaleConfig, Swarmscale
 from tests.helpers import run_hexamesh
 
@@ -141,15 +139,6 @@ async def test_bad_placement_requests_get_clear_errors(tmp_path: Path) -> None:
                 r = await client.post(f"{agent.api}/placements", content=b"{not json")
                 assert r.status_code == 400
             nursery.cancel_scope.cancel()
-
-
-def test_the_older_claim_holds_a_slot() -> None:
-    a, b = Identity.generate(), Identity.generate()
-    older = sign_record(a, "placement:tiny:1:0", b"\x92\xa1h\x01", seq=100, expires=2e9)
-    newer = sign_record(b, "placement:tiny:1:0", b"\x92\xa1i\x02", seq=200, expires=2e9)
-    bad = sign_record(b, "placement:tiny:1:0", b"not msgpack", seq=1, expires=2e9)
-    assert slot_holder([newer, older, bad]) == (a.node_id, ("h", 1))
-    assert slot_holder([bad]) is None and slot_holder([]) is None
 
 
 # -- swarmscale in the agent: the loop over stand-ins, on trio's mock clock ------

@@ -1,0 +1,63 @@
+"""Owning a single-owner DHT key by claim (a comb cell, a placement slot).
+
+A claim record's value is the claimant's address (msgpack ``[host, port]``)
+and its sequence number the claim time in milliseconds. The k closest nodes
+store put-if-absent, but two claims can still race onto different replicas;
+every reader then applies the same rule, the older claim keeps the key, ties
+to the lower node id, so claimants agree without talking. Giving a key back
+re-stores the record with a one-second lease and stops renewing it, so it
+blocks no replica for the rest of its lease.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import msgpack
+
+from hexamesh.dht.records import Record
+from hexamesh.dht.service import Dht, DhtError
+from hexamesh.net.base import Addr
+
+__all__ = ["RELEASE_TTL", "Holder", "addr_value", "holder_of", "release"]
+
+log = logging.getLogger(__name__)
+
+RELEASE_TTL = 1.0  # s; a key given back is re-stored with this lease, so it frees at once
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    node: bytes  # the claimant (the record's publisher)
+    addr: Addr  # where to reach it (the record's value)
+    since: int  # the claim's sequence number: its time in ms
+
+
+def addr_value(addr: Addr) -> bytes:
+    """A claim record's value: our address."""
+    return bytes(msgpack.packb([addr[0], addr[1]]))
+
+
+def holder_of(records: Iterable[Record]) -> Holder | None:
+    """Who holds the key by the rule above; None if nobody (malformed values are skipped)."""
+    best: Holder | None = None
+    for r in records:
+        try:
+            host, port = msgpack.unpackb(r.value)
+            addr = (str(host), int(port))
+        except (ValueError, TypeError, msgpack.UnpackException):
+            continue
+        if best is None or (r.seq, r.publisher_id) < (best.since, best.node):
+            best = Holder(node=r.publisher_id, addr=addr, since=r.seq)
+    return best
+
+
+async def release(dht: Dht, key: str, value: bytes) -> None:
+    """Give ``key`` back (see the module docstring); a DHT failure is logged, not raised."""
+    try:
+        await dht.put(key, value, RELEASE_TTL)
+    except DhtError as e:
+        log.info("releasing %s: %s", key, e)
+    dht.withdraw(key)
