@@ -42,7 +42,7 @@ from hexamesh.serve.relay import (
     request_bytes,
 )
 from hexamesh.serve.requests import ApiError, CompletionRequest, parse_completion
-from hexamesh.serve.router import LOW_MAX_LOAD, Candidate, Priority, rank
+from hexamesh.serve.router import LOW_MAX_LOAD, MAX_ATTEMPTS, Candidate, Priority, rank
 from hexamesh.serve.upstreampool import UpstreamPool
 from hexamesh.serve.view import SwarmView
 
@@ -50,7 +50,6 @@ __all__ = ["SERVED_ADDR", "SERVED_BY", "FrontDoor", "JobsApi"]
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 4  # servers tried for one request (first choice + failovers/continuations)
 TOKENIZE_TIMEOUT = 5.0  # s; counting a continuation's text, once per continuation
 _CONTINUES = b'"' + sse.CONTINUES.encode() + b'"'
 SERVED_BY = "x-hexamesh-served-by"  # node id (hex) of the agent whose engine answered
@@ -268,6 +267,7 @@ class FrontDoor:
             path=path,
             forwards=route.forwards if route else 0,
             priority=priority,
+            ranker=self.view.node,
         )
 
     async def _open_peer(

@@ -27,8 +27,13 @@ Candidates already on the request's path are never chosen (no loops), and a
 request that has been forwarded ``MAX_FORWARDS`` times is served locally or
 not at all. Saturated candidates (``load >= SATURATED``) go behind the others,
 least loaded first: the fallback when everyone is busy. Ties go to the local
-engine, then to the lower load, then to the node id (so the order is total and
-the same on every run).
+engine, then to the lower load, then to a hash of the ranking node's id and
+the candidate's (rendezvous hashing): the order is total and the same on
+every run, but each node breaks ties its own way. Candidates nothing tells
+apart (DHT-only ones: unknown load, unknown cell) are thus spread over the
+swarm's entry points; broken by node id, every peer without a server in view
+sent its requests to the same lowest-id provider (found by ``hexamesh
+simulate``: one of nine servers generated half the tokens).
 
 Job priorities bend this a little: ``high`` adds ``STABILITY_WEIGHT`` times
 the candidate's uptime in hours (capped at one), so long-lived servers win;
@@ -39,10 +44,12 @@ slow down a busy server).
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = [
+    "MAX_ATTEMPTS",
     "MAX_FORWARDS",
     "Candidate",
     "Priority",
@@ -52,6 +59,7 @@ __all__ = [
 ]
 
 MAX_FORWARDS = 2  # forwards a request may take; the DESIGN's hop counter limit
+MAX_ATTEMPTS = 4  # servers tried for one request (first choice + failovers/continuations)
 W_LOAD, W_MATCH, W_PROXIMITY = 0.4, 0.3, 0.3  # the DESIGN's weights
 UNKNOWN_LOAD = 0.5  # assumed for DHT-only candidates: neither idle nor busy
 PROVIDER_MATCH = 0.5  # model known from a DHT record only (may be stale)
@@ -103,8 +111,10 @@ def rank(
     path: Iterable[bytes] = (),
     forwards: int = 0,
     priority: Priority = Priority.MEDIUM,
+    ranker: bytes = b"",
 ) -> list[Candidate]:
-    """Candidates best first; those on ``path`` (or remote, past the hop limit) left out."""
+    """Candidates best first; those on ``path`` (or remote, past the hop limit) left
+    out. ``ranker``: the ranking node's id, which breaks ties (see above)."""
     seen = set(path)
     usable = [c for c in candidates if c.local or (c.node not in seen and may_forward(forwards))]
     if priority is Priority.LOW:
@@ -118,15 +128,18 @@ def rank(
     def load_of(c: Candidate) -> float:
         return UNKNOWN_LOAD if c.load is None else c.load
 
+    def tie(c: Candidate) -> bytes:
+        return hashlib.blake2b(ranker + c.node, digest_size=8).digest()
+
     def key(c: Candidate) -> tuple[float, int, float, bytes]:
-        return (-round(score(c, priority), 9), 0 if c.local else 1, load_of(c), c.node)
+        return (-round(score(c, priority), 9), 0 if c.local else 1, load_of(c), tie(c))
 
     sure = [c for c in unique.values() if not c.doubtful]
     fresh = [c for c in sure if load_of(c) < SATURATED]
     busy = [c for c in sure if load_of(c) >= SATURATED]
-    doubtful = sorted((c for c in unique.values() if c.doubtful), key=lambda c: c.node)
+    doubtful = sorted((c for c in unique.values() if c.doubtful), key=tie)
     return (
         sorted(fresh, key=key)
-        + sorted(busy, key=lambda c: (load_of(c), not c.local, c.node))
+        + sorted(busy, key=lambda c: (load_of(c), not c.local, tie(c)))
         + doubtful
     )

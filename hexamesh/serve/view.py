@@ -6,10 +6,13 @@ implementation, :class:`CombView`, reads three sources, freshest first:
 1. the local engine (its own models, load scraped every second);
 2. the comb view: dances of peers within two rings (models, load, cell,
    uptime), a second old at most;
-3. the DHT: ``model:<name>`` providers (address only) for a model nobody
-   nearby serves, and ``model:*`` (every server's model list) for
-   ``/v1/models``. Both cached for ``DHT_CACHE`` seconds, since a lookup
-   costs a few round trips.
+3. the DHT: ``model:<name>`` providers (address only) for a model fewer than
+   ``MAX_ATTEMPTS`` peers nearby serve, and ``model:*`` (every server's model
+   list) for ``/v1/models``. Both cached for ``DHT_CACHE`` seconds, since a
+   lookup costs a few round trips. Providers are looked up while the view
+   offers fewer servers than a request may try, not only when it offers none:
+   with one server in view, a request whose server died had nowhere to fail
+   over to until the comb noticed the death (found by ``hexamesh simulate``).
 
 Peers the failure detector holds dead are left out wherever they came from,
 except as *doubtful* last-resort candidates: a server seen serving the model
@@ -31,15 +34,21 @@ from hexamesh.dht.service import DhtError
 from hexamesh.engine.supervisor import Engine, EngineState
 from hexamesh.hexgrid import Hex, distance
 from hexamesh.net.base import Addr
-from hexamesh.serve.router import Candidate
+from hexamesh.serve.router import MAX_ATTEMPTS, Candidate
 
-__all__ = ["MODEL_INDEX", "CombView", "SwarmView", "decode_index"]
+__all__ = ["MODEL_INDEX", "CombView", "SwarmView", "decode_index", "wants_providers"]
 
 log = logging.getLogger(__name__)
 
 DHT_CACHE = 5.0  # s a DHT answer is reused
 DHT_TIMEOUT = 3.0  # s for one DHT lookup on the request path
 RECENT = 300.0  # s a server seen serving a model stays a (doubtful) last-resort candidate
+
+
+def wants_providers(in_view: int) -> bool:
+    """Should the DHT's providers back up ``in_view`` servers seen in the comb?
+    Yes while a request could try more servers than the view offers."""
+    return in_view < MAX_ATTEMPTS
 
 
 class SwarmView(Protocol):
@@ -97,7 +106,7 @@ class CombView:
                     self._index = (now, entries)
                 elif (
                     model is not None
-                    and not self.honeycomb.peers_with(model)
+                    and wants_providers(len(self.honeycomb.peers_with(model)))
                     and (now - self._providers.get(model, (-1e9, {}))[0] > DHT_CACHE)
                 ):
                     found = {}

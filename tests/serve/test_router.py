@@ -74,3 +74,17 @@ def test_doubtful_candidates_come_last_whatever_their_score() -> None:
     assert [c.node for c in rank([doubtful, busy])] == [B, A]
     assert [c.node for c in rank([doubtful])] == [A]  # but still tried
     assert rank([doubtful, Candidate(node=A, load=0.2, distance=1)])[0].doubtful is False
+
+
+def test_ties_are_broken_per_ranking_node() -> None:
+    # Nine DHT-only providers: same score, unknown load; nothing tells them apart.
+    providers = [Candidate(node=bytes([i]) * 20, in_view=False) for i in range(9)]
+    firsts = [rank(providers, ranker=bytes([r]) * 20)[0].node for r in range(100)]
+    # The same ranker always picks the same one (the order is total and stable) ...
+    assert rank(providers, ranker=b"x" * 20) == rank(providers[::-1], ranker=b"x" * 20)
+    # ... but different rankers spread over the providers instead of all taking one.
+    assert len(set(firsts)) >= 7
+    assert max(firsts.count(n) for n in set(firsts)) <= 30
+    # A tie-break only: a better score still wins for every ranker.
+    better = Candidate(node=b"z" * 20, load=0.0, distance=3)
+    assert all(rank([*providers, better], ranker=bytes([r]) * 20)[0] == better for r in range(20))

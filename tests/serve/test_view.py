@@ -1,0 +1,57 @@
+"""CombView: when the DHT's providers back up the comb view."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import trio
+
+from hexamesh.comb.service import Honeycomb
+from hexamesh.comb.waggle import Dance
+from hexamesh.serve.router import MAX_ATTEMPTS
+from hexamesh.serve.view import CombView, wants_providers
+
+
+@dataclass
+class _Record:
+    publisher_id: bytes
+    value: bytes
+
+
+@dataclass
+class _Dht:
+    lookups: list[str] = field(default_factory=list)
+
+    async def providers(self, key: str) -> list[_Record]:
+        self.lookups.append(key)
+        return []
+
+
+@dataclass
+class _Honeycomb:
+    """What CombView.refresh reads of the honeycomb."""
+
+    in_view: int
+    dht: _Dht = field(default_factory=_Dht)
+    node: bytes = b"m" * 20
+
+    def peers_with(self, model: str) -> list[Dance]:
+        return [
+            Dance.first(bytes([i + 1]) * 20, ("10.0.0.1", 7420 + i), i, 0, models=(model,))
+            for i in range(self.in_view)
+        ]
+
+
+def test_wants_providers_until_the_view_offers_every_attempt() -> None:
+    assert wants_providers(0) and wants_providers(MAX_ATTEMPTS - 1)
+    assert not wants_providers(MAX_ATTEMPTS)
+
+
+async def test_providers_back_up_a_thin_view() -> None:
+    for in_view, looked_up in [(0, True), (1, True), (MAX_ATTEMPTS, False)]:
+        honeycomb = _Honeycomb(in_view)
+        view = CombView(cast(Honeycomb, cast(Any, honeycomb)), None, trio.current_time())
+        await view.refresh("tiny")
+        await view.refresh("tiny")  # cached: one lookup per DHT_CACHE
+        assert honeycomb.dht.lookups == (["tiny"] if looked_up else []), in_view
