@@ -795,5 +795,81 @@ def chaos(
         raise typer.Exit(code=1)
 
 
+@app.command()
+def simulate(
+    nodes: Annotated[int, typer.Option(help="Agents in the simulated swarm")] = 200,
+    servers: Annotated[float, typer.Option(help="Fraction of them serving the model")] = 0.1,
+    minutes: Annotated[float, typer.Option(help="Simulated minutes of requests")] = 5.0,
+    rate: Annotated[float, typer.Option(help="Requests per second, swarm-wide")] = 20.0,
+    tokens: Annotated[int, typer.Option(help="Tokens generated per request")] = 128,
+    loss: Annotated[float, typer.Option(help="Datagram loss probability")] = 0.01,
+    kill: Annotated[float, typer.Option(help="Fraction of nodes SIGKILLed at once")] = 0.0,
+    kill_at: Annotated[float, typer.Option(help="When, in s after the first request")] = 60.0,
+    restart_after: Annotated[
+        float | None, typer.Option(help="Restart the killed after this many s [default: never]")
+    ] = None,
+    churn: Annotated[float, typer.Option(help="Crashes per node per minute")] = 0.0,
+    downtime: Annotated[float, typer.Option(help="s a crashed node stays down")] = 30.0,
+    partition_at: Annotated[
+        float | None, typer.Option(help="Cut the comb in two halves at this s [default: never]")
+    ] = None,
+    heal_at: Annotated[float | None, typer.Option(help="Heal the cut at this s")] = None,
+    seed: Annotated[int, typer.Option(help="Same seed, same run")] = 1,
+    report: Annotated[
+        Path | None, typer.Option(help="Write report.md, plots and summary.json here")
+    ] = None,
+    json_only: Annotated[bool, typer.Option("--json", help="Only the JSON line")] = False,
+) -> None:
+    """Run a whole swarm on simulated time and break it on purpose.
+
+    Every node runs the real comb core (SWIM, waggle) on the network
+    simulator; servers are vLLM stand-ins with measured service times; clients
+    send requests to random live nodes, which route and fail over as the front
+    door does. Faults: a mass SIGKILL, churn, a partition, datagram loss. Last
+    line: one JSON object. Exit 1 if a request hung (no outcome)."""
+    from hexamesh.simulate.report import ReportError, write_report
+    from hexamesh.simulate.swarm import Scenario, run_scenario
+    from hexamesh.simulate.util import no_cycle_collector
+
+    try:
+        scenario = Scenario(
+            nodes=nodes,
+            servers=servers,
+            minutes=minutes,
+            rate=rate,
+            tokens=tokens,
+            loss=loss,
+            kill=kill,
+            kill_at=kill_at,
+            restart_after=restart_after,
+            churn=churn,
+            downtime=downtime,
+            partition_at=partition_at,
+            heal_at=heal_at,
+            seed=seed,
+        )
+    except ValueError as e:
+        raise _fail(str(e)) from None
+
+    def say(line: str) -> None:
+        if not json_only:
+            err.print(line)
+
+    with no_cycle_collector():
+        result, sim = run_scenario(scenario, progress=say)
+    if report is not None:
+        try:
+            files = write_report(sim, result, report)
+        except ReportError as e:
+            raise _fail(str(e)) from None
+        say(f"report: {files[-1]}")
+    if not json_only:
+        for key, value in result.items():
+            err.print(f"{key:>24}: {value}")
+    print(json.dumps(result))
+    if result["hung"]:
+        raise typer.Exit(code=1)
+
+
 def main() -> None:
     app()

@@ -13,7 +13,7 @@ import pytest
 import hexamesh
 
 PACKAGE = Path(hexamesh.__file__).parent
-PURE_MODULES = {"hexgrid.py", "net/base.py", "net/sim.py"}
+PURE_MODULES = {"hexgrid.py", "net/base.py", "net/sim.py", "simulate/engine.py"}
 FORBIDDEN_IMPORTS = {"trio", "socket", "time", "asyncio", "threading", "selectors"}
 ALLOWED_RANDOM = {"Random"}  # random.Random(seed) is injected; module functions are not
 

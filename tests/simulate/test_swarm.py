@@ -1,0 +1,115 @@
+"""The swarm simulation: real comb cores, modelled servers, faults on purpose."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+
+from hexamesh.serve.relay import CONNECT_TIMEOUT
+from hexamesh.simulate.engine import TINY_CPU
+from hexamesh.simulate.swarm import Scenario, SwarmSim, run_scenario
+
+ALONE = TINY_CPU.ttft_s + 127 / 592.0  # one 128-token request on an idle server
+
+
+def without_wall(summary: dict[str, object]) -> dict[str, object]:
+    return {k: v for k, v in summary.items() if k != "wall_s"}
+
+
+def test_a_healthy_swarm_serves_everything_with_no_failover() -> None:
+    out, sim = run_scenario(Scenario(nodes=61, minutes=0.5, rate=10, loss=0.0))
+    assert out["requests"] == len(sim.reqs) > 200
+    assert out["ok"] == out["requests"] and out["ok_frac"] == 1.0
+    assert out["failovers"] == out["continuations"] == out["hung"] == 0
+    # a trip to a server and back, never faster than the engine alone
+    assert out["latency_s_p50"] >= round(ALONE, 2)
+    assert out["ttft_s_p50"] >= round(TINY_CPU.ttft_s, 2)
+    assert out["view_stale_max"] == out["view_wrong_max"] == 0
+
+
+def test_same_seed_same_run() -> None:
+    scenario = Scenario(nodes=37, minutes=0.4, kill=0.2, kill_at=5, seed=3)
+    first, _ = run_scenario(scenario)
+    second, _ = run_scenario(scenario)
+    assert without_wall(first) == without_wall(second)
+    other, _ = run_scenario(Scenario(nodes=37, minutes=0.4, kill=0.2, kill_at=5, seed=4))
+    assert without_wall(other) != without_wall(first)
+
+
+def test_a_mass_kill_costs_clients_nothing_but_their_entry_points() -> None:
+    scenario = Scenario(nodes=127, servers=0.1, minutes=1.0, rate=20, kill=0.3, kill_at=20)
+    out, sim = run_scenario(scenario)
+    assert out["hung"] == 0 and all(r.outcome for r in sim.reqs)
+    assert out["first_choice_dead"] > 0  # the kill did hit routing ...
+    assert out["failovers"] > 0
+    # ... and every request whose entry survived was served: DHT providers back up thin views.
+    assert out["failed_no_server"] == out["failed_all_tried"] == 0
+    assert out["ok"] + out["failed_entry_died"] == out["requests"]
+    assert out["view_clean_s"] is not None and out["view_clean_s"] <= 15
+
+
+def test_a_server_killed_mid_stream_is_continued_elsewhere() -> None:
+    # Long answers (1,000 tokens: ~1.7 s alone), so kills land mid-stream.
+    scenario = Scenario(nodes=61, servers=0.2, minutes=0.5, rate=4, tokens=1000)
+    sim = SwarmSim(scenario)
+    killed = sorted(sim.servers)[:4]
+    for k, server in enumerate(killed):
+        sim.net.call_at(sim.start + 5 + 4 * k, partial(sim.kill, server, "test"))
+    out = sim.run()
+    continued = [r for r in sim.reqs if r.continuations]
+    assert continued, "no kill landed mid-stream"
+    assert all(r.outcome in ("ok", "entry_died") for r in continued)
+    # The continuation asked only for what the client had not had yet.
+    assert all(r.tokens_left < scenario.tokens for r in continued)
+    assert out["hung"] == 0
+
+
+def test_with_every_server_dead_requests_fail_cleanly() -> None:
+    sim = SwarmSim(Scenario(nodes=61, servers=0.1, minutes=0.5, rate=10))
+    kill_at = sim.start + 5
+    for server in sorted(sim.servers):
+        sim.net.call_at(kill_at, partial(sim.kill, server, "test"))
+    out = sim.run()
+    late = [r for r in sim.reqs if r.arrived > kill_at + 1]
+    assert late and all(r.outcome in ("no_server", "all_failed") for r in late)
+    assert all(r.done is not None and r.done - r.arrived < 1.0 for r in late)  # no waiting
+    assert out["hung"] == 0
+
+
+def test_a_partition_costs_a_connect_timeout_and_heals() -> None:
+    scenario = Scenario(
+        nodes=91, servers=0.15, minutes=1.0, rate=10, partition_at=10, heal_at=30, loss=0.0
+    )
+    out, sim = run_scenario(scenario)
+    cut = sim.start + 10
+    early = [r for r in sim.reqs if cut <= r.arrived < cut + 2 and r.failovers]
+    assert early, "nobody tried a server across the cut"
+    # a server across the cut is given up after the relay's connect timeout
+    assert all((r.done or 0) - r.arrived >= CONNECT_TIMEOUT for r in early)
+    assert out["view_wrong_max"] > 0  # each side held the other dead ...
+    assert out["view_clean_s"] is not None  # ... and took it back after the heal
+    assert out["hung"] == 0
+
+
+def test_requests_spread_over_servers_nobody_sees() -> None:
+    # Few servers: most entries know them from the DHT only (unknown load).
+    out, sim = run_scenario(Scenario(nodes=217, servers=0.04, minutes=0.5, rate=30, loss=0.0))
+    tokens = sorted(e.generated for e in sim.engines.values())
+    assert tokens[-1] < 3 * tokens[0], tokens  # by node id, one server took half
+    assert out["tokens_per_server_cv"] < 0.5
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"nodes": 1}, "nodes"),
+        ({"servers": 0.0}, "servers"),
+        ({"loss": 1.0}, "loss"),
+        ({"heal_at": 5.0}, "heal_at"),
+        ({"tokens": 0}, "tokens"),
+    ],
+)
+def test_bad_scenarios_are_refused(changes: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Scenario(**changes)  # type: ignore[arg-type]
