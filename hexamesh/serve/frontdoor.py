@@ -43,6 +43,7 @@ from hexamesh.serve.relay import (
 )
 from hexamesh.serve.requests import ApiError, CompletionRequest, parse_completion
 from hexamesh.serve.router import LOW_MAX_LOAD, MAX_ATTEMPTS, Candidate, Priority, rank
+from hexamesh.serve.shun import Shunned
 from hexamesh.serve.upstreampool import UpstreamPool
 from hexamesh.serve.view import SwarmView
 
@@ -93,6 +94,7 @@ class FrontDoor:
         self.pumps = PumpThread()  # the per-token relay loop (its own thread)
         self.upstreams = UpstreamPool()  # idle keep-alive connections to engines and peers
         self._clock = clock
+        self.shunned = Shunned()  # servers that failed lately: tried last
         pool = self.upstreams
         self.metrics.gauge(
             "hexamesh_upstream_idle_connections",
@@ -263,7 +265,7 @@ class FrontDoor:
     ) -> list[Candidate]:
         path = (*route.path, self.view.node) if route else (self.view.node,)
         return rank(
-            self.view.candidates(model),
+            self.shunned.apply(self.view.candidates(model), self._clock()),
             path=path,
             forwards=route.forwards if route else 0,
             priority=priority,
@@ -373,6 +375,7 @@ class FrontDoor:
             except UpstreamError as e:
                 errors.append(str(e))
                 log.info("server %s failed before answering: %s", cand.node.hex()[:8], e)
+                self.shunned.failed(cand.node, self._clock())
                 continue
             try:
                 if up.status != 200:
@@ -380,6 +383,7 @@ class FrontDoor:
                     if answer is not None:
                         return answer
                     errors.append(f"{cand.node.hex()[:8]} answered {up.status}")
+                    self.shunned.failed(cand.node, self._clock())
                     continue
                 served = self._served_headers(cand, up)
                 if not req.stream:
@@ -387,6 +391,7 @@ class FrontDoor:
                     await conn.respond(
                         200, data, headers=tuple(served), keep_alive=request.keep_alive
                     )
+                    self.shunned.served(cand.node)
                     return 200
                 head = None if sent else self._stream_head(served, request.keep_alive)
                 if done is None:
@@ -410,13 +415,16 @@ class FrontDoor:
                 if ok:
                     events = sum(c.count(b"data:") - c.count(b"data: [DONE]") for c in sent)
                     self.metrics.tokens.inc(events)  # a token per event, or more (merged)
+                    self.shunned.served(cand.node)
                     return 200
             except UpstreamError as e:
                 errors.append(str(e))
+                self.shunned.failed(cand.node, self._clock())
                 continue
             finally:
                 await up.aclose()
             errors.append(f"{cand.node.hex()[:8]} broke off mid-answer")
+            self.shunned.failed(cand.node, self._clock())
             if not sent:
                 continue  # nothing reached the client: plain failover
             done = sse.progress(b"".join(sent), chat=req.chat)
@@ -462,6 +470,7 @@ class FrontDoor:
                     up = await self._open_peer(cand, target, body, None)
             except UpstreamError as e:
                 errors.append(str(e))
+                self.shunned.failed(cand.node, self._clock())
                 continue
             try:
                 if up.status != 200:
@@ -469,12 +478,15 @@ class FrontDoor:
                         detail = (await read_body(up))[:500].decode("utf-8", "replace")
                         raise JobFailed(f"server refused the request ({up.status}): {detail}")
                     errors.append(f"{cand.node.hex()[:8]} answered {up.status}")
+                    self.shunned.failed(cand.node, self._clock())
                     continue
                 data = await read_body(up)
                 served = dict(self._served_headers(cand, up)).get(SERVED_BY, cand.node.hex())
+                self.shunned.served(cand.node)
                 return data, served
             except UpstreamError as e:
                 errors.append(str(e))
+                self.shunned.failed(cand.node, self._clock())
             finally:
                 await up.aclose()
         raise UpstreamError("every server failed: " + "; ".join(errors) if errors else "no server")

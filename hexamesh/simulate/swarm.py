@@ -60,6 +60,7 @@ from hexamesh.net.base import Addr
 from hexamesh.net.sim import GeoLatency, SimHost, SimNetwork
 from hexamesh.serve.relay import CONNECT_TIMEOUT, FIRST_BYTE_TIMEOUT, STALL_TIMEOUT
 from hexamesh.serve.router import MAX_ATTEMPTS, Candidate, rank
+from hexamesh.serve.shun import Shunned
 from hexamesh.serve.view import DHT_CACHE, wants_providers
 from hexamesh.simulate.engine import TINY_CPU, EngineProfile, SimEngine, SimRequest
 from hexamesh.simulate.util import addr_of, percentile
@@ -178,6 +179,7 @@ class SwarmSim:
         self.started: dict[int, float] = {}  # node -> when its process started
         self.providers: dict[bytes, float] = {}  # node -> lease end of its model record
         self._dht_cache: dict[int, tuple[float, list[bytes]]] = {}
+        self.shunned: dict[int, Shunned] = {}  # entry -> its front door's shun list
         self._engine_wake: dict[int, float] = {}
         self._tokens_before: dict[int, float] = {}
         self.reqs: list[_Req] = []
@@ -343,7 +345,8 @@ class SwarmSim:
         """Rank what the entry knows and try the best."""
         if req.gen != gen or req.outcome is not None:
             return
-        ranked = rank(self._candidates(req, providers), ranker=self.ids[req.entry])
+        candidates = self._shunned(req.entry).apply(self._candidates(req, providers), self.net.now)
+        ranked = rank(candidates, ranker=self.ids[req.entry])
         req.ranked = ranked[:MAX_ATTEMPTS]
         self._attempt(req)
 
@@ -393,6 +396,13 @@ class SwarmSim:
         self.on_server.setdefault(server, set()).add(req.id)
         self._wake_engine(server)
 
+    def _shunned(self, entry: int) -> Shunned:
+        """The entry's front door's list of servers that failed it lately."""
+        shunned = self.shunned.get(entry)
+        if shunned is None:
+            shunned = self.shunned[entry] = Shunned()
+        return shunned
+
     def _cut(self, a: int, b: int) -> bool:
         hosts = self.net.hosts
         return hosts[addr_of(a)].group != hosts[addr_of(b)].group
@@ -430,10 +440,14 @@ class SwarmSim:
         self._drop_attempt(req)
         gen = req.gen
 
+        server = req.server
+        assert server is not None
+
         def next_server() -> None:
             if req.gen != gen or req.outcome is not None:
                 return
             now = self.net.now
+            self._shunned(req.entry).failed(self.ids[server], now)
             if delivered > 0:
                 req.tokens_left -= delivered
                 req.prompt += delivered
@@ -453,6 +467,8 @@ class SwarmSim:
         self.by_entry.get(req.entry, set()).discard(req.id)
         second = self._second(now)
         if outcome == "ok":
+            if req.server is not None:
+                self._shunned(req.entry).served(self.ids[req.server])
             second.ok += 1
             second.latencies.append(now - req.arrived)
         else:

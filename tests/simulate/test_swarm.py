@@ -7,6 +7,7 @@ from functools import partial
 import pytest
 
 from hexamesh.serve.relay import CONNECT_TIMEOUT
+from hexamesh.serve.shun import SHUN_PERIOD
 from hexamesh.simulate.engine import TINY_CPU
 from hexamesh.simulate.swarm import Scenario, SwarmSim, run_scenario
 
@@ -89,6 +90,28 @@ def test_a_partition_costs_a_connect_timeout_and_heals() -> None:
     assert all((r.done or 0) - r.arrived >= CONNECT_TIMEOUT for r in early)
     assert out["view_wrong_max"] > 0  # each side held the other dead ...
     assert out["view_clean_s"] is not None  # ... and took it back after the heal
+    assert out["hung"] == 0
+
+
+def test_an_entry_pays_for_a_server_across_the_cut_once() -> None:
+    # Few servers: most entries know them from the DHT only, and nobody on this
+    # side ever declares those across the cut dead (their watchers are there).
+    scenario = Scenario(
+        nodes=169, servers=0.03, minutes=0.75, rate=20, partition_at=5, heal_at=40, loss=0.0
+    )
+    out, sim = run_scenario(scenario)
+    paid: dict[tuple[int, bytes], float] = {}
+    again = 0
+    for r in sorted(sim.reqs, key=lambda r: r.arrived):
+        if r.first_dead and not r.ranked[0].doubtful:
+            key = (r.entry, r.ranked[0].node)
+            gap = r.arrived - paid.get(key, -1e9)
+            if gap < CONNECT_TIMEOUT + 0.5:
+                continue  # sent before the first one timed out: nothing known yet
+            paid[key] = r.arrived
+            again += gap < SHUN_PERIOD
+    assert paid, "nobody tried a server across the cut"
+    assert again == 0  # once timed out, shunned: tried last while anything else is left
     assert out["hung"] == 0
 
 
