@@ -809,6 +809,9 @@ def simulate(
         float | None, typer.Option(help="Restart the killed after this many s [default: never]")
     ] = None,
     churn: Annotated[float, typer.Option(help="Crashes per node per minute")] = 0.0,
+    churn_at: Annotated[
+        float, typer.Option(help="When churn begins, s after the first request")
+    ] = 60.0,
     downtime: Annotated[float, typer.Option(help="s a crashed node stays down")] = 30.0,
     partition_at: Annotated[
         float | None, typer.Option(help="Cut the comb in two halves at this s [default: never]")
@@ -843,6 +846,7 @@ def simulate(
             kill_at=kill_at,
             restart_after=restart_after,
             churn=churn,
+            churn_at=churn_at,
             downtime=downtime,
             partition_at=partition_at,
             heal_at=heal_at,

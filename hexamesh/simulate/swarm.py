@@ -89,6 +89,7 @@ class Scenario:
     kill_at: float = 60.0  # s after the first request
     restart_after: float | None = None  # s until the killed come back (None: never)
     churn: float = 0.0  # crashes per node per minute (each back after `downtime`)
+    churn_at: float = 60.0  # s after the first request when churn begins
     downtime: float = 30.0  # s
     partition_at: float | None = None  # s after the first request: split into two halves
     heal_at: float | None = None
@@ -623,11 +624,10 @@ class SwarmSim:
             if s.heal_at is not None:
                 net.call_at(self.start + s.heal_at, self._heal)
         if s.churn:
-            first_fault = self.start if first_fault is None else min(first_fault, self.start)
+            at = self.start + s.churn_at
+            first_fault = at if first_fault is None else min(first_fault, at)
             for i in range(s.nodes):
-                net.call_at(
-                    self.start + self.rng.expovariate(s.churn / 60.0), partial(self._churn, i)
-                )
+                net.call_at(at + self.rng.expovariate(s.churn / 60.0), partial(self._churn, i))
         net.run(until=self.start)
         net.loss = s.loss
         for i in range(s.nodes):

@@ -50,6 +50,18 @@ def test_a_mass_kill_costs_clients_nothing_but_their_entry_points() -> None:
     assert out["view_clean_s"] is not None and out["view_clean_s"] <= 15
 
 
+def test_churn_crashes_nodes_and_brings_them_back() -> None:
+    scenario = Scenario(nodes=61, minutes=1.0, rate=10, churn=0.5, churn_at=10, downtime=5)
+    out, sim = run_scenario(scenario)
+    crashes = [t for t, what in sim.faults if what.startswith("churn")]
+    assert len(crashes) > 10 and min(crashes) >= sim.start + 10
+    # every node crashed more than `downtime` before the last look is back
+    down = {int(what.split()[-1]) for t, what in sim.faults if t > sim.net.now - 5}
+    assert all(sim.alive(i) for i in range(61) if i not in down)
+    assert out["latency_s_p99_before"] is not None  # a baseline before the churn
+    assert out["hung"] == 0 and out["ok_frac"] > 0.95
+
+
 def test_a_server_killed_mid_stream_is_continued_elsewhere() -> None:
     # Long answers (1,000 tokens: ~1.7 s alone), so kills land mid-stream.
     scenario = Scenario(nodes=61, servers=0.2, minutes=0.5, rate=4, tokens=1000)
