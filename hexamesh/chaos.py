@@ -17,7 +17,6 @@ the CLI prints it as one JSON object on the last line.
 
 from __future__ import annotations
 
-import math
 import random
 import shutil
 import tempfile
@@ -34,6 +33,7 @@ from hexamesh.comb.core import ViewReply
 from hexamesh.comb.service import fetch_view
 from hexamesh.demo import AgentProcess, joining, start_agent, start_local_swarm, wait_until
 from hexamesh.net.base import parse_addr
+from hexamesh.simulate.util import percentile
 from hexamesh.swarmkey import load_key_file
 from hexamesh.wire import KeyRing
 
@@ -121,13 +121,6 @@ async def _watch(
                 every[t] = now
         await trio.sleep(POLL)
     return first, every, wrong
-
-
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, math.floor(q * len(ordered)))], 2)
 
 
 def run_chaos(
@@ -247,9 +240,9 @@ def run_chaos(
             "agents": config.agents,
             "kill": config.kill,
             "rounds": config.rounds,
-            "detect_first_s_p50": _pct(first_all, 0.5),
+            "detect_first_s_p50": percentile(first_all, 0.5),
             "detect_first_s_max": max(first_all, default=None),
-            "detect_all_s_p50": _pct(every_all, 0.5),
+            "detect_all_s_p50": percentile(every_all, 0.5),
             "detect_all_s_max": max(every_all, default=None),
             "undetected": sum(r["undetected"] for r in rounds),
             "false_positives": sum(r["false_positives"] for r in rounds),
