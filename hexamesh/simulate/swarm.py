@@ -551,8 +551,14 @@ class SwarmSim:
             self.kill(i, None)
         self._log_fault(f"killed {len(victims)} nodes at once")
         if self.s.restart_after is not None:
-            for i in victims:
-                self.net.call_at(self.net.now + self.s.restart_after, partial(self.restart, i))
+            self.net.call_at(
+                self.net.now + self.s.restart_after, partial(self._restart_all, victims)
+            )
+
+    def _restart_all(self, nodes: list[int]) -> None:
+        for i in nodes:
+            self.restart(i)
+        self._log_fault(f"restarted the {len(nodes)} killed")
 
     def _churn(self, i: int) -> None:
         now = self.net.now
