@@ -208,8 +208,9 @@ class SwarmSim:
         def make(host: SimHost) -> Comb:
             node = self.ids[i]
             cell = self.cells[i]
-            core = Comb(Dance.first(node, addr_of(i), cell.q, cell.r), CombConfig(), host.rng, 0.0)
-            core.set_map(self.owners, self.addrs, self.net.now, self.shortcuts[node])
+            now = self.net.now  # 0 at the start; later for a restart
+            core = Comb(Dance.first(node, addr_of(i), cell.q, cell.r), CombConfig(), host.rng, now)
+            core.set_map(self.owners, self.addrs, now, self.shortcuts[node])
             return core
 
         return make
