@@ -183,9 +183,9 @@ async def _agent_main(agent: PreparedAgent) -> None:
 @app.command()
 def agent(
     port: Annotated[
-        int | None, typer.Option(help="Peer UDP+TCP port, 0 = any free [default: 7420]")
+        int | None, typer.Option(help="Peer UDP+TCP port, 0 = any free \\[default: 7420]")
     ] = None,
-    host: Annotated[str | None, typer.Option(help="Bind address [default: 0.0.0.0]")] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address \\[default: 0.0.0.0]")] = None,
     data_dir: DataDir = None,
     join: Annotated[
         list[str] | None,
@@ -208,29 +208,29 @@ def agent(
         ),
     ] = None,
     kv_cache_gb: Annotated[
-        int | None, typer.Option(help="CPU: KV-cache GiB per model [default: 1]")
+        int | None, typer.Option(help="CPU: KV-cache GiB per model \\[default: 1]")
     ] = None,
     max_model_len: Annotated[
-        int | None, typer.Option(help="Context tokens per request [default: 1024]")
+        int | None, typer.Option(help="Context tokens per request \\[default: 1024]")
     ] = None,
     api_port: Annotated[
-        int | None, typer.Option(help="OpenAI API port, 0 = any free [default: 7421]")
+        int | None, typer.Option(help="OpenAI API port, 0 = any free \\[default: 7421]")
     ] = None,
     api_host: Annotated[
-        str | None, typer.Option(help="OpenAI API bind address [default: 127.0.0.1]")
+        str | None, typer.Option(help="OpenAI API bind address \\[default: 127.0.0.1]")
     ] = None,
     api_key: Annotated[
         list[str] | None,
         typer.Option(help="Bearer key clients must show (repeatable)", show_default=False),
     ] = None,
     max_jobs: Annotated[
-        int | None, typer.Option(help="Jobs queued here before 429 [default: 256]")
+        int | None, typer.Option(help="Jobs queued here before 429 \\[default: 256]")
     ] = None,
     max_models: Annotated[
         int | None,
         typer.Option(
             help="Models served here at most, --model ones included; below it a placement "
-            "vote may give this agent one, 0 = never [default: 1]"
+            "vote may give this agent one, 0 = never \\[default: 1]"
         ),
     ] = None,
     swarmscale: Annotated[
@@ -238,7 +238,7 @@ def agent(
         typer.Option(
             "--swarmscale/--no-swarmscale",
             help="Call placement votes when models here run hot; drop voted-in replicas "
-            "when cold [default: off]",
+            "when cold \\[default: off]",
             show_default=False,
         ),
     ] = None,
@@ -353,7 +353,7 @@ def ping(
 def peers(
     addr: Annotated[
         str | None,
-        typer.Argument(help="HOST:PORT of an agent [default: the local one in --data-dir]"),
+        typer.Argument(help="HOST:PORT of an agent \\[default: the local one in --data-dir]"),
     ] = None,
     data_dir: DataDir = None,
     swarm_key: Annotated[Path | None, typer.Option(help="Swarm key file")] = None,
@@ -403,7 +403,7 @@ def demo(
         int, typer.Option(min=0, help="Agents that run vLLM on the tiny model (0 = comb only)")
     ] = 2,
     model: Annotated[
-        Path | None, typer.Option(help="Model dir for the engines [default: make the tiny model]")
+        Path | None, typer.Option(help="Model dir for the engines \\[default: make the tiny model]")
     ] = None,
 ) -> None:
     """Start a local swarm on 127.0.0.1 (2 agents with vLLM), send a prompt to an
@@ -516,7 +516,7 @@ PeerUrl = Annotated[
     str | None,
     typer.Option(
         "--peer",
-        help="Any agent's API, e.g. http://127.0.0.1:7421/v1 [default: this machine's agent]",
+        help="Any agent's API, e.g. http://127.0.0.1:7421/v1 \\[default: this machine's agent]",
         envvar="HEXAMESH_PEER",
         show_default=False,
     ),
@@ -570,7 +570,7 @@ def _first_model(client: httpx.Client, url: str) -> str:
 def submit(
     prompt: Annotated[str, typer.Argument(help="The prompt")],
     peer: PeerUrl = None,
-    model: Annotated[str | None, typer.Option(help="Model [default: the first served]")] = None,
+    model: Annotated[str | None, typer.Option(help="Model \\[default: the first served]")] = None,
     stream: Annotated[bool, typer.Option(help="Print tokens as they come")] = True,
     max_tokens: Annotated[int, typer.Option(help="Tokens to generate")] = 64,
     chat: Annotated[bool, typer.Option(help="Use the chat endpoint")] = False,
@@ -638,7 +638,7 @@ def models(peer: PeerUrl = None, api_key: ApiKey = None, data_dir: DataDir = Non
 def jobs_submit(
     prompt: Annotated[str, typer.Argument(help="The prompt")],
     peer: PeerUrl = None,
-    model: Annotated[str | None, typer.Option(help="Model [default: the first served]")] = None,
+    model: Annotated[str | None, typer.Option(help="Model \\[default: the first served]")] = None,
     max_tokens: Annotated[int, typer.Option(help="Tokens to generate")] = 64,
     priority: Annotated[str, typer.Option(help="high, medium or low")] = "medium",
     job_id: Annotated[
@@ -716,12 +716,12 @@ def place(
     source: Annotated[
         str | None,
         typer.Option(
-            help="What the winners load: a DIR on their machines or a hub id [default: MODEL]"
+            help="What the winners load: a DIR on their machines or a hub id \\[default: MODEL]"
         ),
     ] = None,
     replicas: Annotated[int, typer.Option(help="New replicas wanted (1-8)")] = 1,
     ttl: Annotated[
-        float | None, typer.Option(help="Seconds the vote stays open (1-60) [default: 10]")
+        float | None, typer.Option(help="Seconds the vote stays open (1-60) \\[default: 10]")
     ] = None,
     peer: PeerUrl = None,
     api_key: ApiKey = None,
@@ -763,7 +763,7 @@ def chaos(
     seed: Annotated[int | None, typer.Option(help="Seed for the choice of victims")] = None,
     workdir: Annotated[
         Path | None,
-        typer.Option(help="Keep the agents' data dirs and logs here [default: a temp dir]"),
+        typer.Option(help="Keep the agents' data dirs and logs here \\[default: a temp dir]"),
     ] = None,
     json_only: Annotated[bool, typer.Option("--json", help="Only the JSON line")] = False,
 ) -> None:
@@ -806,7 +806,7 @@ def simulate(
     kill: Annotated[float, typer.Option(help="Fraction of nodes SIGKILLed at once")] = 0.0,
     kill_at: Annotated[float, typer.Option(help="When, in s after the first request")] = 60.0,
     restart_after: Annotated[
-        float | None, typer.Option(help="Restart the killed after this many s [default: never]")
+        float | None, typer.Option(help="Restart the killed after this many s \\[default: never]")
     ] = None,
     churn: Annotated[float, typer.Option(help="Crashes per node per minute")] = 0.0,
     churn_at: Annotated[
@@ -814,7 +814,7 @@ def simulate(
     ] = 60.0,
     downtime: Annotated[float, typer.Option(help="s a crashed node stays down")] = 30.0,
     partition_at: Annotated[
-        float | None, typer.Option(help="Cut the comb in two halves at this s [default: never]")
+        float | None, typer.Option(help="Cut the comb in two halves at this s \\[default: never]")
     ] = None,
     heal_at: Annotated[float | None, typer.Option(help="Heal the cut at this s")] = None,
     seed: Annotated[int, typer.Option(help="Same seed, same run")] = 1,

@@ -19,6 +19,15 @@ def test_help_and_version() -> None:
     assert result.exit_code == 0 and __version__ in result.output
 
 
+def test_help_shows_the_defaults_written_in_help_texts() -> None:
+    # "[default: 7420]" in a help string is rich markup unless escaped: it vanished.
+    result = runner.invoke(app, ["agent", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "[default: 7420]" in result.output and "[default: 0.0.0.0]" in result.output
+    result = runner.invoke(app, ["simulate", "--help"], env={"COLUMNS": "200"})
+    assert "[default: never]" in result.output
+
+
 def test_swarm_init_and_invite(tmp_path: Path) -> None:
     result = runner.invoke(app, ["swarm", "init", "--data-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
