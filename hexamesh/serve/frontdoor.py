@@ -35,8 +35,10 @@ from hexamesh.serve.peerauth import H_SIG, PeerAuthError, PeerSigner, SignedRout
 from hexamesh.serve.pumpthread import Outcome, PumpThread, StreamJob
 from hexamesh.serve.relay import (
     STALL_TIMEOUT,
+    DialError,
     UpstreamError,
     UpstreamResponse,
+    dial_first,
     open_upstream,
     read_body,
     request_bytes,
@@ -272,11 +274,50 @@ class FrontDoor:
             ranker=self.view.node,
         )
 
+    def _peer_run(self, tries: list[Candidate], start: int) -> int:
+        """How many candidates from ``start`` on are peers we know how to reach
+        (a local engine or an unknown address ends the run)."""
+        n = 0
+        for cand in tries[start:]:
+            if cand.local or self.view.address(cand.node) is None:
+                break
+            n += 1
+        return n
+
+    async def _dial_ahead(
+        self, tries: list[Candidate], start: int
+    ) -> tuple[int, trio.SocketStream | None]:
+        """The first of the peers from ``start`` on to connect, and its new
+        connection (``dial_first``); those dialled and passed over (slower, or
+        failed) are shunned. Raises DialError, all of them shunned, if none
+        connects."""
+        run = tries[start : start + self._peer_run(tries, start)]
+        if not run:
+            return start, None  # no address: _open_peer says so
+        addrs = [a for c in run if (a := self.view.address(c.node)) is not None]
+        try:
+            first, stream = await dial_first(addrs, self.upstreams)
+        except DialError:
+            for cand in run:
+                self.shunned.failed(cand.node, self._clock())
+            raise
+        for cand in run[:first]:
+            log.info("server %s passed over: slower to connect", cand.node.hex()[:8])
+            self.shunned.failed(cand.node, self._clock())
+        return start + first, stream
+
     async def _open_peer(
-        self, cand: Candidate, target: str, body: bytes, route: SignedRoute | None
+        self,
+        cand: Candidate,
+        target: str,
+        body: bytes,
+        route: SignedRoute | None,
+        stream: trio.SocketStream | None = None,
     ) -> UpstreamResponse:
         addr = self.view.address(cand.node)
         if addr is None:
+            if stream is not None:
+                await stream.aclose()
             raise UpstreamError(f"no address known for {cand.node.hex()[:8]}")
 
         def signed() -> bytes:  # a fresh signature for each send: they are single-use
@@ -284,7 +325,7 @@ class FrontDoor:
             return request_bytes("POST", *addr, target, body, headers, keep_alive=True)
 
         self.metrics.forwards.inc()
-        return await open_upstream(addr[0], addr[1], signed, self.upstreams)
+        return await open_upstream(addr[0], addr[1], signed, self.upstreams, stream)
 
     async def _open_local(self, target: str, body: bytes, url: str | None) -> UpstreamResponse:
         if url is None:
@@ -362,7 +403,12 @@ class FrontDoor:
         sent: list[bytes] = []  # chunked bytes the client holds (streams)
         done: sse.Progress | None = None
         errors: list[str] = []
-        for attempt, cand in enumerate(ranked[:MAX_ATTEMPTS]):
+        tries = ranked[:MAX_ATTEMPTS]
+        skip_until = 0  # candidates before it were passed over (slower to connect)
+        dialled: trio.SocketStream | None = None  # connected by the race, for tries[skip_until]
+        for attempt, cand in enumerate(tries):
+            if attempt < skip_until:
+                continue
             if attempt:
                 (self.metrics.continuations if sent else self.metrics.failovers).inc()
             try:
@@ -371,7 +417,17 @@ class FrontDoor:
                         request.target, body, self.view.local_url(req.model)
                     )
                 else:
-                    up = await self._open_peer(cand, request.target, body, route)
+                    if dialled is None:
+                        first, dialled = await self._dial_ahead(tries, attempt)
+                        if first != attempt:
+                            skip_until = first
+                            continue
+                    stream, dialled = dialled, None
+                    up = await self._open_peer(cand, request.target, body, route, stream)
+            except DialError as e:
+                errors.append(str(e))
+                skip_until = attempt + self._peer_run(tries, attempt)
+                continue
             except UpstreamError as e:
                 errors.append(str(e))
                 log.info("server %s failed before answering: %s", cand.node.hex()[:8], e)

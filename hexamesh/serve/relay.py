@@ -12,6 +12,14 @@ Connections that ended cleanly go back to an ``upstreampool.UpstreamPool``
 when the caller has one (``UpstreamResponse.aclose`` after ``consumed``), and
 ``open_upstream`` takes one from it first.
 
+``dial_first`` races connections to several candidate servers, each started
+``DIAL_STAGGER`` after the one before unless that one failed already (RFC
+8305's happy eyeballs, over servers instead of address families), and pools
+the first that connects. On a LAN a SYN is answered in well under a
+millisecond; a connect still pending after 250 ms is most likely going
+nowhere (a host across a partition, a dead machine), and waiting out
+``CONNECT_TIMEOUT`` for it cost every such request 3 s (``hexamesh simulate``).
+
 Dead upstreams are noticed by EOF/RST, by TCP keepalive (a vanished host:
 about ``KEEPALIVE_IDLE + KEEPALIVE_COUNT * KEEPALIVE_INTERVAL`` s), and by
 ``STALL_TIMEOUT`` of silence mid-stream.
@@ -20,7 +28,7 @@ about ``KEEPALIVE_IDLE + KEEPALIVE_COUNT * KEEPALIVE_INTERVAL`` s), and by
 from __future__ import annotations
 
 import socket as _stdlib_socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -30,9 +38,17 @@ from hexamesh.serve.http import RECV_SIZE
 from hexamesh.serve.sse import ChunkScanner, dechunk
 from hexamesh.serve.upstreampool import UpstreamPool
 
-__all__ = ["UpstreamError", "UpstreamResponse", "open_upstream", "read_body"]
+__all__ = [
+    "DialError",
+    "UpstreamError",
+    "UpstreamResponse",
+    "dial_first",
+    "open_upstream",
+    "read_body",
+]
 
 CONNECT_TIMEOUT = 3.0  # s; a peer on the LAN answers a SYN in under a millisecond
+DIAL_STAGGER = 0.25  # s a connect may take before the next candidate is dialled too (RFC 8305)
 FIRST_BYTE_TIMEOUT = 120.0  # s until the response head: covers queueing in a busy vLLM
 STALL_TIMEOUT = 60.0  # s of silence mid-stream before the upstream counts as dead
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 5, 2, 3  # s, s, probes
@@ -42,6 +58,10 @@ MAX_RESPONSE_BODY = 64 * 1024 * 1024  # bytes of a non-streamed answer
 
 class UpstreamError(Exception):
     """The upstream could not be reached or broke off (before the client saw anything)."""
+
+
+class DialError(UpstreamError):
+    """None of the servers ``dial_first`` raced connected."""
 
 
 @dataclass(slots=True)
@@ -145,16 +165,71 @@ class _Stale(Exception):
     """A pooled connection broke before any byte of the answer: the server had closed it."""
 
 
+async def dial_first(
+    addrs: Sequence[tuple[str, int]], pool: UpstreamPool, stagger: float = DIAL_STAGGER
+) -> tuple[int, trio.SocketStream | None]:
+    """Which of ``addrs`` can take a request soonest: the first with an idle
+    pooled connection (returned as ``(i, None)``: ``open_upstream`` takes it
+    from the pool), or the first to connect, dialled in order ``stagger``
+    apart, the next at once when one fails (``(i, its new connection)``).
+    The other dials are abandoned. Raises DialError if none connects within
+    ``CONNECT_TIMEOUT`` of its start."""
+    if not addrs:
+        raise DialError("no server to dial")
+    if pool.has_idle(addrs[0]):
+        return 0, None  # the common case: a kept-alive connection, no dialling at all
+    winner: int | None = None
+    won: trio.SocketStream | None = None
+    errors: list[str] = []
+
+    async def dial(i: int, done: trio.Event) -> None:
+        nonlocal winner, won
+        host, port = addrs[i]
+        try:
+            if pool.has_idle(addrs[i]):
+                stream = None
+            else:
+                with trio.fail_after(CONNECT_TIMEOUT):
+                    stream = await _connect(host, port)
+        except (OSError, trio.TooSlowError) as e:
+            errors.append(f"cannot connect to {host}:{port}: {e or 'timed out'}")
+            done.set()
+            return
+        if winner is None:
+            winner, won = i, stream
+            nursery.cancel_scope.cancel()
+        elif stream is not None:
+            pool.give(addrs[i], stream)  # connected in the same instant: keep it for later
+
+    async with trio.open_nursery() as nursery:
+        for i in range(len(addrs)):
+            failed = trio.Event()
+            nursery.start_soon(dial, i, failed)
+            if i + 1 < len(addrs):
+                with trio.move_on_after(stagger):
+                    await failed.wait()
+    if winner is None:
+        raise DialError("; ".join(errors))
+    return winner, won
+
+
 async def open_upstream(
-    host: str, port: int, request: bytes | Callable[[], bytes], pool: UpstreamPool | None = None
+    host: str,
+    port: int,
+    request: bytes | Callable[[], bytes],
+    pool: UpstreamPool | None = None,
+    stream: trio.SocketStream | None = None,
 ) -> UpstreamResponse:
-    """Connect (or take a pooled connection), send ``request``, read the
-    response head; raises UpstreamError. With a ``pool`` the request must have
+    """Connect (or take a pooled connection, or use ``stream``, just connected
+    by ``dial_first``), send ``request``, read the response head; raises
+    UpstreamError. With a ``pool`` the request must have
     been built with ``keep_alive=True``. ``request`` may be a function that
     builds it: a resend then gets a new one (a peer's signature is single-use,
     and the server may have read the first before it dropped the connection)."""
     build = request if callable(request) else lambda: request
     key = (host, port)
+    if stream is not None:
+        return await _exchange(stream, host, port, build(), pool, reused=False)
     if pool is not None:
         stream = pool.take(key)
         if stream is not None:

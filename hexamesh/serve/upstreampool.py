@@ -72,6 +72,11 @@ class UpstreamPool:
     def __len__(self) -> int:
         return sum(len(conns) for conns in self._idle.values())
 
+    def has_idle(self, key: Key) -> bool:
+        """Is a connection to ``key`` kept (possibly expired or closed since:
+        ``take`` checks)?"""
+        return bool(self._idle.get(key))
+
     def take(self, key: Key) -> trio.SocketStream | None:
         """The most recently used live idle connection to ``key``, or None."""
         now = self._clock()

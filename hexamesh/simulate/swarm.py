@@ -21,9 +21,11 @@ network's latency; what can go wrong is what goes wrong on real machines:
 
 * the server is dead (SIGKILLed: its port refuses): the entry learns it one
   trip later and fails over to the next candidate;
-* the server is across a partition: the connection times out after the
-  relay's ``CONNECT_TIMEOUT``, or, mid-stream, after ``STALL_TIMEOUT`` of
-  silence (``FIRST_BYTE_TIMEOUT`` before the first byte);
+* the server is across a partition: its SYN goes unanswered, and the entry
+  dials the next candidate ``DIAL_STAGGER`` later (the last one is waited
+  out to ``CONNECT_TIMEOUT``); a stream already running across the cut goes
+  silent and is given up after ``STALL_TIMEOUT`` (``FIRST_BYTE_TIMEOUT``
+  before its first byte);
 * the server dies mid-stream: the entry continues on the next candidate from
   the prompt plus the tokens already sent (a *continuation*);
 * the entry node itself dies: the client's connection drops, the request is
@@ -58,7 +60,12 @@ from hexamesh.comb.waggle import Dance
 from hexamesh.hexgrid import ORIGIN, Hex, distance, spiral, to_cartesian
 from hexamesh.net.base import Addr
 from hexamesh.net.sim import GeoLatency, SimHost, SimNetwork
-from hexamesh.serve.relay import CONNECT_TIMEOUT, FIRST_BYTE_TIMEOUT, STALL_TIMEOUT
+from hexamesh.serve.relay import (
+    CONNECT_TIMEOUT,
+    DIAL_STAGGER,
+    FIRST_BYTE_TIMEOUT,
+    STALL_TIMEOUT,
+)
 from hexamesh.serve.router import MAX_ATTEMPTS, Candidate, rank
 from hexamesh.serve.shun import Shunned
 from hexamesh.serve.view import DHT_CACHE, wants_providers
@@ -386,8 +393,11 @@ class SwarmSim:
             self._lost_attempt(req, now + req.back, 0)
             return
         if self._cut(req.entry, server):
+            # No answer to the SYN: the front door dials the next candidate
+            # DIAL_STAGGER later (dial_first); the last one is waited out.
             req.first_dead |= first
-            self._lost_attempt(req, req.sent_at + CONNECT_TIMEOUT, 0)
+            more = req.tried < len(req.ranked)
+            self._lost_attempt(req, req.sent_at + (DIAL_STAGGER if more else CONNECT_TIMEOUT), 0)
             return
         engine = self.engines[server]
         self._collect(server, engine.advance(now))

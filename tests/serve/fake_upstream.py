@@ -17,6 +17,7 @@ after each answer (``keep_alive``) or go slowly (``token_delay``).
 from __future__ import annotations
 
 import json
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -207,3 +208,21 @@ async def serve_fake(
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     task_status.started(listeners[0].socket.getsockname()[1])
     await trio.serve_listeners(lambda s: handle(s, behaviour, name), listeners)
+
+
+class Blackhole:
+    """An address whose connects hang: a listener with a full accept queue
+    (backlog 0, one connection waiting) drops further SYNs, as a host across
+    a partition or a dead machine leaves them unanswered."""
+
+    def __enter__(self) -> tuple[str, int]:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(0)
+        self.addr = self.listener.getsockname()
+        self.waiting = socket.create_connection(self.addr)  # fills the queue
+        return self.addr
+
+    def __exit__(self, *exc: object) -> None:
+        self.waiting.close()
+        self.listener.close()

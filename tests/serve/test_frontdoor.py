@@ -13,10 +13,11 @@ import trio
 
 from hexamesh.serve.frontdoor import SERVED_BY
 from hexamesh.serve.peerauth import PeerSigner, SignedRoute
+from hexamesh.serve.relay import CONNECT_TIMEOUT
 from hexamesh.serve.requests import MAX_BODY
 from hexamesh.serve.sse import CONTINUES
 from hexamesh.wire import KeyRing
-from tests.serve.fake_upstream import Behaviour, answer
+from tests.serve.fake_upstream import Behaviour, Blackhole, answer
 from tests.serve.swarm import MODEL, Door, link, link_in_order, start_door
 
 
@@ -223,6 +224,29 @@ async def test_failover_before_the_first_token_is_invisible(keyring: KeyRing, ch
         assert first.node == good.view.node and not first.doubtful
         assert {c.node for c in rest} == {dead.view.node, busy.view.node}
         assert all(c.doubtful for c in rest)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_server_that_does_not_answer_its_syn_costs_a_stagger_not_a_timeout(
+    keyring: KeyRing,
+) -> None:
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
+        a = await start_door(nursery, keyring, 1)
+        good = await start_door(nursery, keyring, 2, engine=Behaviour())
+        link(a, good)
+        lost = b"z" * 20  # first choice: less loaded, across a "partition"
+        with Blackhole() as hole:
+            a.view.peers[lost] = hole
+            a.view.loads = {lost: 0.0, good.view.node: 0.5}
+            assert a.front.ranked(MODEL, None)[0].node == lost
+            body = {"model": MODEL, "prompt": "hi there", "max_tokens": 4, "stream": True}
+            start = trio.current_time()
+            text, _, resp = await stream_text(client, f"{a.api}/completions", body)
+            took = trio.current_time() - start
+        assert resp.headers[SERVED_BY] == good.view.node.hex()
+        assert text == expected(body, False)
+        assert took < CONNECT_TIMEOUT  # dialled the next after DIAL_STAGGER
+        assert a.front.ranked(MODEL, None)[-1].node == lost  # and it is shunned
         nursery.cancel_scope.cancel()
 
 

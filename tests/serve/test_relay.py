@@ -5,8 +5,16 @@ import socket
 import pytest
 import trio
 
-from hexamesh.serve.relay import UpstreamError, open_upstream, read_body
+from hexamesh.serve.relay import (
+    CONNECT_TIMEOUT,
+    DialError,
+    UpstreamError,
+    dial_first,
+    open_upstream,
+    read_body,
+)
 from hexamesh.serve.upstreampool import UpstreamPool
+from tests.serve.fake_upstream import Blackhole
 
 REQUEST = b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
 ANSWER = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello"
@@ -107,4 +115,52 @@ async def test_a_response_that_says_close_is_not_pooled() -> None:
         assert not up.keep_alive
         await up.aclose()
         assert len(pool) == 0
+    await listeners[0].aclose()
+
+
+def _closed_port() -> tuple[str, int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()
+
+
+async def test_dial_first_passes_over_a_server_that_does_not_answer_its_syn() -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    good = ("127.0.0.1", listeners[0].socket.getsockname()[1])
+    pool = UpstreamPool()
+    with Blackhole() as hole:
+        start = trio.current_time()
+        first, stream = await dial_first([hole, good], pool, stagger=0.25)
+        took = trio.current_time() - start
+    assert first == 1 and stream is not None
+    # the second was dialled after the stagger, not after the first's timeout
+    assert 0.25 <= took < CONNECT_TIMEOUT
+    await stream.aclose()
+    await listeners[0].aclose()
+
+
+async def test_dial_first_moves_on_at_once_when_a_server_refuses() -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    good = ("127.0.0.1", listeners[0].socket.getsockname()[1])
+    with trio.fail_after(0.2):  # well under the stagger: the refusal starts the next dial
+        first, stream = await dial_first([_closed_port(), good], UpstreamPool(), stagger=1.0)
+    assert first == 1 and stream is not None
+    await stream.aclose()
+    with pytest.raises(DialError, match="cannot connect"):
+        await dial_first([_closed_port(), _closed_port()], UpstreamPool())
+    await listeners[0].aclose()
+
+
+async def test_dial_first_takes_a_kept_connection_without_dialling() -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    good = ("127.0.0.1", listeners[0].socket.getsockname()[1])
+    pool = UpstreamPool()
+    kept = await trio.open_tcp_stream(*good)
+    pool.give(good, kept)
+    with Blackhole() as hole:
+        # the kept connection to the second wins the moment the second is tried
+        assert await dial_first([good, hole], pool) == (0, None)
+        first, stream = await dial_first([hole, good], pool, stagger=0.05)
+    assert (first, stream) == (1, None) and pool.has_idle(good)
+    pool.close()
     await listeners[0].aclose()
