@@ -27,6 +27,7 @@ from typing import Protocol
 
 import trio
 
+from hexamesh.net.base import Addr
 from hexamesh.serve import sse
 from hexamesh.serve.http import HttpConnection, Request, response_head
 from hexamesh.serve.jobs import JobFailed
@@ -274,27 +275,28 @@ class FrontDoor:
             ranker=self.view.node,
         )
 
-    def _peer_run(self, tries: list[Candidate], start: int) -> int:
-        """How many candidates from ``start`` on are peers we know how to reach
-        (a local engine or an unknown address ends the run)."""
-        n = 0
-        for cand in tries[start:]:
-            if cand.local or self.view.address(cand.node) is None:
-                break
-            n += 1
-        return n
+    def _failed(self, errors: list[str], cand: Candidate, why: str) -> None:
+        """``cand`` failed this request: say why, and try it last for a while."""
+        errors.append(why)
+        self.shunned.failed(cand.node, self._clock())
 
     async def _dial_ahead(
         self, tries: list[Candidate], start: int
     ) -> tuple[int, trio.SocketStream | None]:
-        """The first of the peers from ``start`` on to connect, and its new
-        connection (``dial_first``); those dialled and passed over (slower, or
-        failed) are shunned. Raises DialError, all of them shunned, if none
-        connects."""
-        run = tries[start : start + self._peer_run(tries, start)]
+        """The first to connect of the peers from ``start`` on (up to a local
+        engine or a peer with no known address), and its new connection
+        (``dial_first``); those dialled and passed over (slower, or failed)
+        are shunned. Raises DialError, all of them shunned, if none connects."""
+        run: list[Candidate] = []
+        addrs: list[Addr] = []
+        for cand in tries[start:]:
+            addr = None if cand.local else self.view.address(cand.node)
+            if addr is None:
+                break
+            run.append(cand)
+            addrs.append(addr)
         if not run:
             return start, None  # no address: _open_peer says so
-        addrs = [a for c in run if (a := self.view.address(c.node)) is not None]
         try:
             first, stream = await dial_first(addrs, self.upstreams)
         except DialError:
@@ -426,20 +428,18 @@ class FrontDoor:
                     up = await self._open_peer(cand, request.target, body, route, stream)
             except DialError as e:
                 errors.append(str(e))
-                skip_until = attempt + self._peer_run(tries, attempt)
+                skip_until = attempt + e.tried
                 continue
             except UpstreamError as e:
-                errors.append(str(e))
                 log.info("server %s failed before answering: %s", cand.node.hex()[:8], e)
-                self.shunned.failed(cand.node, self._clock())
+                self._failed(errors, cand, str(e))
                 continue
             try:
                 if up.status != 200:
                     answer = await self._non_200(conn, request, up, bool(sent))
                     if answer is not None:
                         return answer
-                    errors.append(f"{cand.node.hex()[:8]} answered {up.status}")
-                    self.shunned.failed(cand.node, self._clock())
+                    self._failed(errors, cand, f"{cand.node.hex()[:8]} answered {up.status}")
                     continue
                 served = self._served_headers(cand, up)
                 if not req.stream:
@@ -474,13 +474,11 @@ class FrontDoor:
                     self.shunned.served(cand.node)
                     return 200
             except UpstreamError as e:
-                errors.append(str(e))
-                self.shunned.failed(cand.node, self._clock())
+                self._failed(errors, cand, str(e))
                 continue
             finally:
                 await up.aclose()
-            errors.append(f"{cand.node.hex()[:8]} broke off mid-answer")
-            self.shunned.failed(cand.node, self._clock())
+            self._failed(errors, cand, f"{cand.node.hex()[:8]} broke off mid-answer")
             if not sent:
                 continue  # nothing reached the client: plain failover
             done = sse.progress(b"".join(sent), chat=req.chat)
@@ -525,24 +523,21 @@ class FrontDoor:
                 else:
                     up = await self._open_peer(cand, target, body, None)
             except UpstreamError as e:
-                errors.append(str(e))
-                self.shunned.failed(cand.node, self._clock())
+                self._failed(errors, cand, str(e))
                 continue
             try:
                 if up.status != 200:
                     if 400 <= up.status < 500 and up.status not in _NOT_THE_CLIENTS:
                         detail = (await read_body(up))[:500].decode("utf-8", "replace")
                         raise JobFailed(f"server refused the request ({up.status}): {detail}")
-                    errors.append(f"{cand.node.hex()[:8]} answered {up.status}")
-                    self.shunned.failed(cand.node, self._clock())
+                    self._failed(errors, cand, f"{cand.node.hex()[:8]} answered {up.status}")
                     continue
                 data = await read_body(up)
                 served = dict(self._served_headers(cand, up)).get(SERVED_BY, cand.node.hex())
                 self.shunned.served(cand.node)
                 return data, served
             except UpstreamError as e:
-                errors.append(str(e))
-                self.shunned.failed(cand.node, self._clock())
+                self._failed(errors, cand, str(e))
             finally:
                 await up.aclose()
         raise UpstreamError("every server failed: " + "; ".join(errors) if errors else "no server")

@@ -61,7 +61,11 @@ class UpstreamError(Exception):
 
 
 class DialError(UpstreamError):
-    """None of the servers ``dial_first`` raced connected."""
+    """None of the ``tried`` servers ``dial_first`` raced connected."""
+
+    def __init__(self, message: str, tried: int) -> None:
+        super().__init__(message)
+        self.tried = tried
 
 
 @dataclass(slots=True)
@@ -175,7 +179,7 @@ async def dial_first(
     The other dials are abandoned. Raises DialError if none connects within
     ``CONNECT_TIMEOUT`` of its start."""
     if not addrs:
-        raise DialError("no server to dial")
+        raise DialError("no server to dial", 0)
     if pool.has_idle(addrs[0]):
         return 0, None  # the common case: a kept-alive connection, no dialling at all
     winner: int | None = None
@@ -209,7 +213,7 @@ async def dial_first(
                 with trio.move_on_after(stagger):
                     await failed.wait()
     if winner is None:
-        raise DialError("; ".join(errors))
+        raise DialError("; ".join(errors), len(addrs))
     return winner, won
 
 
