@@ -48,6 +48,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -187,7 +188,8 @@ class SwarmSim:
         self.started: dict[int, float] = {}  # node -> when its process started
         self.providers: dict[bytes, float] = {}  # node -> lease end of its model record
         self._dht_cache: dict[int, tuple[float, list[bytes]]] = {}
-        self.shunned: dict[int, Shunned] = {}  # entry -> its front door's shun list
+        # entry -> its front door's list of servers that failed it lately
+        self.shunned: defaultdict[int, Shunned] = defaultdict(Shunned)
         self._engine_wake: dict[int, float] = {}
         self._tokens_before: dict[int, float] = {}
         self.reqs: list[_Req] = []
@@ -336,7 +338,7 @@ class SwarmSim:
 
     def _route(self, req: _Req) -> None:
         providers = None
-        if wants_providers(sum(not c.local for c in self._candidates(req, None))):
+        if wants_providers(len(self.comb(req.entry).peers_with(self.s.model))):
             # Few peers in view serve it: the DHT's providers back them up
             # (looked up once per DHT_CACHE s per entry, as CombView does).
             now = self.net.now
@@ -354,7 +356,7 @@ class SwarmSim:
         """Rank what the entry knows and try the best."""
         if req.gen != gen or req.outcome is not None:
             return
-        candidates = self._shunned(req.entry).apply(self._candidates(req, providers), self.net.now)
+        candidates = self.shunned[req.entry].apply(self._candidates(req, providers), self.net.now)
         ranked = rank(candidates, ranker=self.ids[req.entry])
         req.ranked = ranked[:MAX_ATTEMPTS]
         self._attempt(req)
@@ -408,13 +410,6 @@ class SwarmSim:
         self.on_server.setdefault(server, set()).add(req.id)
         self._wake_engine(server)
 
-    def _shunned(self, entry: int) -> Shunned:
-        """The entry's front door's list of servers that failed it lately."""
-        shunned = self.shunned.get(entry)
-        if shunned is None:
-            shunned = self.shunned[entry] = Shunned()
-        return shunned
-
     def _cut(self, a: int, b: int) -> bool:
         hosts = self.net.hosts
         return hosts[addr_of(a)].group != hosts[addr_of(b)].group
@@ -451,7 +446,6 @@ class SwarmSim:
         fails over (nothing sent yet) or continues (``delivered`` tokens sent)."""
         self._drop_attempt(req)
         gen = req.gen
-
         server = req.server
         assert server is not None
 
@@ -459,7 +453,7 @@ class SwarmSim:
             if req.gen != gen or req.outcome is not None:
                 return
             now = self.net.now
-            self._shunned(req.entry).failed(self.ids[server], now)
+            self.shunned[req.entry].failed(self.ids[server], now)
             if delivered > 0:
                 req.tokens_left -= delivered
                 req.prompt += delivered
@@ -480,7 +474,7 @@ class SwarmSim:
         second = self._second(now)
         if outcome == "ok":
             if req.server is not None:
-                self._shunned(req.entry).served(self.ids[req.server])
+                self.shunned[req.entry].served(self.ids[req.server])
             second.ok += 1
             second.latencies.append(now - req.arrived)
         else:
