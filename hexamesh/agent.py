@@ -34,7 +34,7 @@ import trio
 from hexamesh import __version__
 from hexamesh.comb.core import COMB_MESSAGES, Comb, CombConfig
 from hexamesh.comb.service import ClaimError, Honeycomb
-from hexamesh.comb.swim import MemberState
+from hexamesh.comb.swim import MembershipEvent, MemberState
 from hexamesh.comb.waggle import Dance
 from hexamesh.config import AgentConfig
 from hexamesh.dht.contact import Contact
@@ -308,6 +308,7 @@ async def run_agent(
                 metrics=_metrics(honeycomb, transport, driver),
             )
             stack.callback(front.close)  # runs before the nursery exits: later give-backs close
+            honeycomb.on_event(partial(_cut_requests_to_the_dead, front))
             transport.http_handler = lambda stream, first: front.serve_connection(
                 stream, first, peer=True
             )
@@ -346,6 +347,13 @@ async def run_agent(
                 status_path.unlink(missing_ok=True)
                 if len(dht_core.table):
                     save_contacts(contacts_path, dht_core.closest(identity.node_id, 200))
+
+
+def _cut_requests_to_the_dead(front: FrontDoor, event: MembershipEvent) -> None:
+    """A death verdict: requests waiting on that peer move on now, instead of
+    waiting out a timeout for a server that may be frozen (docs/serving.md)."""
+    if event.state is MemberState.DEAD:
+        front.server_died(event.node)
 
 
 def _room(free: int) -> str:

@@ -97,7 +97,8 @@ def cell_key(cell: Hex) -> str:
 
 class Honeycomb:
     """The comb for the rest of the agent: ``neighbours``, ``peers_with``,
-    ``state_of``, ``subscribe`` (membership events) and the cell's upkeep."""
+    ``state_of``, ``subscribe`` and ``on_event`` (membership events) and the
+    cell's upkeep."""
 
     def __init__(
         self,
@@ -114,6 +115,7 @@ class Honeycomb:
         self._clock = clock
         self._rng = rng or random.Random()
         self._subscribers: list[trio.MemorySendChannel[MembershipEvent]] = []
+        self._listeners: list[Callable[[MembershipEvent], None]] = []
         self.events_dropped = 0
         self._attention = trio.Event()  # set when the core has something for run()
         self._draw_misses = 0  # draws in a row that left us short of shortcuts
@@ -144,6 +146,12 @@ class Honeycomb:
         send, receive = trio.open_memory_channel[MembershipEvent](EVENT_BUFFER)
         self._subscribers.append(send)
         return receive
+
+    def on_event(self, listener: Callable[[MembershipEvent], None]) -> None:
+        """Call ``listener`` with every membership change as it is handed out,
+        synchronously: none is dropped (a subscriber's channel drops what does
+        not fit, as after a mass failure), so it must be quick and not raise."""
+        self._listeners.append(listener)
 
     def _addr_value(self) -> bytes:
         """Our address as cell and model records carry it."""
@@ -371,6 +379,8 @@ class Honeycomb:
                 self.draw_shortcuts()
 
     def _publish(self, event: MembershipEvent) -> None:
+        for listener in self._listeners:
+            listener(event)
         for channel in list(self._subscribers):
             try:
                 channel.send_nowait(event)

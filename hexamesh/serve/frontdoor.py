@@ -19,16 +19,19 @@ request hangs. Limits and behaviour: docs/serving.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Protocol
 
 import trio
 
 from hexamesh.net.base import Addr
 from hexamesh.serve import sse
+from hexamesh.serve.deathwatch import DeathWatch
 from hexamesh.serve.http import HttpConnection, Request, response_head
 from hexamesh.serve.jobs import JobFailed
 from hexamesh.serve.metrics import ServeMetrics
@@ -70,6 +73,21 @@ class BrokenStream(Exception):
     """A forwarded stream we could not finish: the connection is cut, not ended."""
 
 
+class _Cut:
+    """A death verdict for the server of a rewritten stream: cancels the read
+    in progress, never a write to the client (a chunk half written would
+    break the stream's framing)."""
+
+    def __init__(self) -> None:
+        self.dead = False
+        self.scope: trio.CancelScope | None = None
+
+    def __call__(self) -> None:
+        self.dead = True
+        if self.scope is not None:
+            self.scope.cancel()
+
+
 class JobsApi(Protocol):
     """An API mounted on the front door (jobs, placements): True if it answered."""
 
@@ -98,6 +116,7 @@ class FrontDoor:
         self.upstreams = UpstreamPool()  # idle keep-alive connections to engines and peers
         self._clock = clock
         self.shunned = Shunned()  # servers that failed lately: tried last
+        self.deaths = DeathWatch()  # waits on peers, cut when the comb declares one dead
         pool = self.upstreams
         self.metrics.gauge(
             "hexamesh_upstream_idle_connections",
@@ -114,6 +133,35 @@ class FrontDoor:
             "Kept-alive upstream connections found closed by the server",
             lambda: pool.stats.stale,
         )
+        deaths = self.deaths
+        self.metrics.counter(
+            "hexamesh_requests_cut_by_verdict",
+            "Waits on a peer cut because the comb declared it dead (then failed over)",
+            lambda: deaths.cut,
+        )
+
+    def server_died(self, node: bytes) -> None:
+        """The comb declared ``node`` dead: requests waiting on it move on now."""
+        if self.deaths.dead(node):
+            log.info("server %s declared dead: its requests move on", node.hex()[:8])
+
+    def _watch(
+        self, cand: Candidate, cut: Callable[[], None]
+    ) -> contextlib.AbstractContextManager[None]:
+        """While in it, a verdict that ``cand`` is dead calls ``cut`` (a local
+        engine is never watched: it is us)."""
+        if cand.local:
+            return contextlib.nullcontext()
+        return self.deaths.waiting_on(cand.node, cut)
+
+    @contextlib.contextmanager
+    def _unless_declared_dead(self, cand: Candidate) -> Iterator[None]:
+        """Run the body, which only reads from or writes to ``cand``; if the comb
+        declares it dead meanwhile, cancel the body and raise UpstreamError."""
+        with trio.CancelScope() as scope, self._watch(cand, scope.cancel):
+            yield
+        if scope.cancelled_caught:
+            raise UpstreamError(f"{cand.node.hex()[:8]} was declared dead")
 
     def close(self) -> None:
         """Close the pooled upstream connections (streams in flight are not touched;
@@ -425,7 +473,8 @@ class FrontDoor:
                             skip_until = first
                             continue
                     stream, dialled = dialled, None
-                    up = await self._open_peer(cand, request.target, body, route, stream)
+                    with self._unless_declared_dead(cand):
+                        up = await self._open_peer(cand, request.target, body, route, stream)
             except DialError as e:
                 errors.append(str(e))
                 skip_until = attempt + e.tried
@@ -443,7 +492,8 @@ class FrontDoor:
                     continue
                 served = self._served_headers(cand, up)
                 if not req.stream:
-                    data = await read_body(up)
+                    with self._unless_declared_dead(cand):
+                        data = await read_body(up)
                     await conn.respond(
                         200, data, headers=tuple(served), keep_alive=request.keep_alive
                     )
@@ -460,14 +510,17 @@ class FrontDoor:
                         stall_timeout=STALL_TIMEOUT,
                         sent=sent,
                     )
-                    outcome = await self.pumps.relay(job)
+                    with self._watch(cand, partial(self.pumps.abandon, job)):
+                        outcome = await self.pumps.relay(job)
                     if outcome is Outcome.CLIENT_GONE:
                         raise BrokenPipeError("the client left mid-stream")
                     ok = outcome is Outcome.DONE
                     # past the last chunk with nothing after it: the connection can carry another
                     up.consumed = ok and up.chunked and not job.scanner.pending
                 else:
-                    ok = await self._relay_rewritten(conn, up, sent, done, req.chat, head)
+                    cut = _Cut()
+                    with self._watch(cand, cut):
+                        ok = await self._relay_rewritten(conn, up, sent, done, req.chat, head, cut)
                 if ok:
                     events = sum(c.count(b"data:") - c.count(b"data: [DONE]") for c in sent)
                     self.metrics.tokens.inc(events)  # a token per event, or more (merged)
@@ -521,7 +574,8 @@ class FrontDoor:
                 if cand.local:
                     up = await self._open_local(target, body, self.view.local_url(req.model))
                 else:
-                    up = await self._open_peer(cand, target, body, None)
+                    with self._unless_declared_dead(cand):
+                        up = await self._open_peer(cand, target, body, None)
             except UpstreamError as e:
                 self._failed(errors, cand, str(e))
                 continue
@@ -532,7 +586,8 @@ class FrontDoor:
                         raise JobFailed(f"server refused the request ({up.status}): {detail}")
                     self._failed(errors, cand, f"{cand.node.hex()[:8]} answered {up.status}")
                     continue
-                data = await read_body(up)
+                with self._unless_declared_dead(cand):
+                    data = await read_body(up)
                 served = dict(self._served_headers(cand, up)).get(SERVED_BY, cand.node.hex())
                 self.shunned.served(cand.node)
                 return data, served
@@ -572,8 +627,10 @@ class FrontDoor:
         done: sse.Progress,
         chat: bool,
         head: bytes | None,
+        cut: _Cut,
     ) -> bool:
-        """The slow path after a mid-stream failure: parse, rewrite and re-frame events."""
+        """The slow path after a mid-stream failure: parse, rewrite and re-frame
+        events. False: the server broke off (or ``cut`` says it was declared dead)."""
         scanner = sse.ChunkScanner()
         tail = b""
         data = up.rest
@@ -596,10 +653,16 @@ class FrontDoor:
             if scanner.done:
                 await conn.send(sse.LAST_CHUNK)
                 return True
+            if cut.dead:
+                return False
             try:
-                with trio.fail_after(60.0):
+                with trio.CancelScope() as cut.scope, trio.fail_after(STALL_TIMEOUT):
                     data = await up.stream.receive_some(65536)
             except (OSError, trio.BrokenResourceError, trio.TooSlowError):
+                return False
+            finally:
+                cut.scope = None
+            if cut.dead:
                 return False
             if not data:
                 if not up.chunked:

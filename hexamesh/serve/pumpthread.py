@@ -15,7 +15,9 @@ the first chunk, keep a reference to what was sent. A client that reads
 slowly gets backpressure (the upstream is not read while our output waits for
 the client). Outcomes: ``DONE`` (the last chunk passed), ``UPSTREAM_FAILED``
 (EOF, reset, or ``stall_timeout`` of silence: the caller may continue the
-stream elsewhere), ``CLIENT_GONE``.
+stream elsewhere), ``CLIENT_GONE``. ``abandon`` ends a job as
+``UPSTREAM_FAILED`` from outside (its server was declared dead), after the
+client has the chunk being written, so the stream can go on elsewhere.
 
 Thread safety: a job's sockets belong to the loop from ``submit`` until its
 outcome is posted; the trio side does not touch them meanwhile. Cancelling
@@ -81,6 +83,7 @@ class StreamJob:
     out: memoryview | None = None  # bytes waiting for the client to read
     last: float = 0.0
     done_cb: Callable[[], None] | None = None
+    abandoned: bool = False  # set by ``PumpThread.abandon`` (any thread)
 
 
 class PumpThread:
@@ -127,6 +130,12 @@ class PumpThread:
             raise
         assert job.outcome is not None
         return job.outcome
+
+    def abandon(self, job: StreamJob) -> None:
+        """Give up on ``job``'s upstream (safe from any thread): it ends as
+        ``UPSTREAM_FAILED`` once the client has any chunk half written."""
+        job.abandoned = True
+        self._post("abandon", job)
 
     def close(self) -> None:
         self._closed = True
@@ -226,6 +235,8 @@ class PumpThread:
             del by_fd[job.client_fd]
             if job.scanner.done:
                 finish(job, Outcome.DONE)
+            elif job.abandoned:
+                finish(job, Outcome.UPSTREAM_FAILED)
             else:
                 ep.modify(job.up_fd, select.EPOLLIN)
 
@@ -242,7 +253,14 @@ class PumpThread:
                             what, job = self._inbox.get_nowait()
                         except queue.Empty:
                             break
+                        if what == "abandon":
+                            if job in jobs and job.out is None:
+                                finish(job, Outcome.UPSTREAM_FAILED)
+                            continue  # mid-write: on_client_writable ends it
                         if what == "add":
+                            if job.abandoned:  # before it started
+                                finish(job, Outcome.UPSTREAM_FAILED)
+                                continue
                             jobs.add(job)
                             job.last = time.monotonic()
                             by_fd[job.up_fd] = job

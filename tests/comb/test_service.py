@@ -10,8 +10,15 @@ import trio
 import trio.testing
 
 from hexamesh.comb.core import COMB_MESSAGES, Comb, CombConfig, ViewReply
-from hexamesh.comb.service import CELL_TTL, RTT_SAMPLES, SHORTCUTS, Honeycomb, cell_key
-from hexamesh.comb.swim import MembershipEvent
+from hexamesh.comb.service import (
+    CELL_TTL,
+    EVENT_BUFFER,
+    RTT_SAMPLES,
+    SHORTCUTS,
+    Honeycomb,
+    cell_key,
+)
+from hexamesh.comb.swim import MembershipEvent, MemberState
 from hexamesh.comb.waggle import Dance
 from hexamesh.dht.core import DhtConfig, DhtCore
 from hexamesh.dht.service import DHT_MESSAGES, Dht
@@ -199,6 +206,8 @@ async def test_a_graceful_leave_is_known_at_once_and_frees_the_cell(
         await trio.sleep(3)
         leaver = nodes[2]
         events = nodes[0].subscribe()
+        heard: list[MembershipEvent] = []
+        nodes[0].on_event(heard.append)
         got: list[tuple[MembershipEvent, float]] = []
 
         async def receive() -> None:
@@ -211,8 +220,36 @@ async def test_a_graceful_leave_is_known_at_once_and_frees_the_cell(
         [(event, received_at)] = got
         assert event.node == leaver.node and event.state.name == "DEAD"
         assert received_at - event.at < 0.001  # handed over as the core made it, no polling
+        assert heard == [event]
         await trio.sleep(2)
         assert await nodes[1].dht.get(cell_key(leaver.comb.cell)) == []
+
+
+async def test_listeners_hear_every_event_where_a_lagging_subscriber_drops_some(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A mass failure hands out more deaths at once than a channel holds: the
+    front door listens (``on_event``), so no verdict is lost to it."""
+    async with joined_swarm(2, 1) as (_, _, nodes):
+        node = nodes[0]
+        channel = node.subscribe()
+        heard: list[MembershipEvent] = []
+        node.on_event(heard.append)
+        burst = [
+            MembershipEvent(
+                node=i.to_bytes(20, "big"),
+                addr=("10.0.0.1", i),
+                state=MemberState.DEAD,
+                incarnation=0,
+                at=0.0,
+            )
+            for i in range(EVENT_BUFFER + 44)
+        ]
+        for event in burst:
+            node._publish(event)
+        assert heard == burst
+        assert node.events_dropped == 44
+        assert [channel.receive_nowait() for _ in range(EVENT_BUFFER)] == burst[:EVENT_BUFFER]
 
 
 async def test_models_are_danced_to_neighbours_and_announced_in_the_dht(

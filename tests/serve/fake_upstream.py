@@ -9,7 +9,9 @@ the prompt (and, for chat, the messages), so a continuation from prompt +
 text-so-far produces exactly the rest of the original answer. A stream that
 asks for ``stream_options.include_usage`` ends with vLLM's usage event. Knobs
 make it refuse (``status``), die before answering (``die_before``), break off
-after a number of tokens (``die_after``), end a stream with an error event
+after a number of tokens (``die_after``), go silent with the connection open
+as a frozen server does (``freeze_before`` the answer, ``freeze_after`` a
+number of tokens), end a stream with an error event
 (``error_after``), ignore the usage request (``usage``), close the connection
 after each answer (``keep_alive``) or go slowly (``token_delay``).
 """
@@ -30,6 +32,8 @@ class Behaviour:
     status: int = 200
     die_before: bool = False
     die_after: int | None = None  # tokens streamed, then the connection is cut
+    freeze_before: bool = False  # read the request, then say nothing, connection open
+    freeze_after: int | None = None  # tokens streamed, then silence, connection open
     token_delay: float = 0.0
     per_event: int = 1  # tokens merged into one streamed event
     error_after: int | None = None  # tokens streamed, then an error event ends the stream
@@ -108,6 +112,8 @@ async def _answer_one(stream: trio.SocketStream, b: Behaviour, name: str) -> boo
     b.served.append(body)
     if b.die_before:
         return False
+    if b.freeze_before:
+        await trio.sleep_forever()
     if b.status != 200:
         err = json.dumps({"error": {"message": "refused", "code": b.status}}).encode()
         await stream.send_all(
@@ -169,6 +175,8 @@ async def _answer_one(stream: trio.SocketStream, b: Behaviour, name: str) -> boo
     for i in range(0, len(tokens), b.per_event):
         if b.die_after is not None and i >= b.die_after:
             return False
+        if b.freeze_after is not None and i >= b.freeze_after:
+            await trio.sleep_forever()
         if b.error_after is not None and i >= b.error_after:
             error = {"error": {"message": "engine failed mid-stream", "code": 500}}
             await stream.send_all(_chunk(b"data: " + json.dumps(error).encode() + b"\n\n"))

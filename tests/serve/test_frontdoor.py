@@ -14,7 +14,8 @@ import trio
 from hexamesh.serve.frontdoor import SERVED_BY
 from hexamesh.serve.peerauth import PeerSigner, SignedRoute
 from hexamesh.serve.relay import CONNECT_TIMEOUT
-from hexamesh.serve.requests import MAX_BODY
+from hexamesh.serve.requests import MAX_BODY, parse_completion
+from hexamesh.serve.router import Priority
 from hexamesh.serve.sse import CONTINUES
 from hexamesh.wire import KeyRing
 from tests.serve.fake_upstream import Behaviour, Blackhole, answer
@@ -280,6 +281,123 @@ async def test_mid_stream_death_continues_on_another_server(keyring: KeyRing, ch
         else:
             assert sent["prompt"] == "a b c w3 w4 w5"
         assert a.front.metrics.continuations._value.get() == 1
+        nursery.cancel_scope.cancel()
+
+
+async def _when(check: Any, timeout: float = 5.0) -> None:
+    with trio.fail_after(timeout):
+        while not check():
+            await trio.sleep(0.01)
+
+
+@pytest.mark.parametrize("chat", [False, True])
+async def test_a_stream_whose_server_is_declared_dead_goes_on_at_once(
+    keyring: KeyRing, chat: bool
+) -> None:
+    """A frozen server keeps its connection open and sends nothing: the stream
+    would wait STALL_TIMEOUT (60 s). The comb's verdict cuts it at once and
+    another server continues it."""
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=30) as client:
+        a = await start_door(nursery, keyring, 1)
+        frozen = await start_door(nursery, keyring, 2, engine=Behaviour(freeze_after=3))
+        spare = await start_door(nursery, keyring, 3, engine=Behaviour())
+        link_in_order(a, frozen, spare)
+        if chat:
+            body: dict[str, Any] = {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "a b c"}],
+                "max_tokens": 8,
+            }
+        else:
+            body = {"model": MODEL, "prompt": "a b c", "max_tokens": 8}
+        url = f"{a.api}/{'chat/' if chat else ''}completions"
+        got: list[tuple[str, list[dict[str, Any]]]] = []
+
+        async def ask() -> None:
+            text, events, _ = await stream_text(client, url, {**body, "stream": True})
+            got.append((text, events))
+
+        nursery.start_soon(ask)
+        node = frozen.view.node
+        await _when(lambda: frozen.behaviour is not None and frozen.behaviour.served)
+        await trio.sleep(0.2)  # the three tokens are through; the server is silent
+        assert a.front.deaths.waiting(node) == 1
+        assert not got
+        started = trio.current_time()
+        a.front.server_died(node)
+        await _when(lambda: got)
+        assert trio.current_time() - started < 2.0  # not the stall timeout
+        text, events = got[0]
+        assert text == expected(body, chat)  # one uninterrupted answer
+        assert len({e["id"] for e in events}) == 1
+        assert spare.behaviour is not None and spare.behaviour.served[0]["max_tokens"] == 5
+        assert a.front.metrics.continuations._value.get() == 1
+        assert a.front.deaths.cut == 1 and a.front.deaths.waiting(node) == 0
+        assert a.front.ranked(MODEL, None)[-1].node == node  # and it is tried last
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_request_whose_server_is_declared_dead_before_answering_fails_over(
+    keyring: KeyRing, stream: bool
+) -> None:
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=30) as client:
+        a = await start_door(nursery, keyring, 1)
+        frozen = await start_door(nursery, keyring, 2, engine=Behaviour(freeze_before=True))
+        spare = await start_door(nursery, keyring, 3, engine=Behaviour())
+        link_in_order(a, frozen, spare)
+        body = {"model": MODEL, "prompt": "hi there", "max_tokens": 4, "stream": stream}
+        got: list[tuple[str, httpx.Response]] = []
+
+        async def ask() -> None:
+            if stream:
+                text, _, resp = await stream_text(client, f"{a.api}/completions", body)
+            else:
+                resp = await client.post(f"{a.api}/completions", json=body)
+                text = resp.json()["choices"][0]["text"]
+            got.append((text, resp))
+
+        nursery.start_soon(ask)
+        node = frozen.view.node
+        await _when(lambda: a.front.deaths.waiting(node))  # waiting for its answer
+        await trio.sleep(0.1)
+        assert not got
+        a.front.server_died(node)
+        a.front.server_died(spare.view.node)  # nobody waits on it: nothing happens
+        await _when(lambda: got, timeout=2.0)
+        text, resp = got[0]
+        assert resp.status_code == 200 and text == expected(body, False)
+        assert resp.headers[SERVED_BY] == spare.view.node.hex()
+        assert a.front.metrics.failovers._value.get() == 1
+        assert a.front.deaths.cut == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_job_whose_server_is_declared_dead_runs_elsewhere(keyring: KeyRing) -> None:
+    """The jobs' path (``fetch``, one non-streamed answer) is cut the same way."""
+    async with trio.open_nursery() as nursery:
+        a = await start_door(nursery, keyring, 1)
+        frozen = await start_door(nursery, keyring, 2, engine=Behaviour(freeze_before=True))
+        spare = await start_door(nursery, keyring, 3, engine=Behaviour())
+        link_in_order(a, frozen, spare)
+        req = parse_completion(
+            json.dumps({"model": MODEL, "prompt": "hi there", "max_tokens": 4}).encode(),
+            chat=False,
+        )
+        got: list[tuple[bytes, str]] = []
+
+        async def fetch() -> None:
+            got.append(await a.front.fetch(req, Priority.MEDIUM))
+
+        nursery.start_soon(fetch)
+        await _when(lambda: a.front.deaths.waiting(frozen.view.node))
+        a.front.server_died(frozen.view.node)
+        await _when(lambda: got, timeout=2.0)
+        data, served = got[0]
+        assert served == spare.view.node.hex()
+        assert json.loads(data)["choices"][0]["text"] == expected(
+            {"prompt": "hi there", "max_tokens": 4}, False
+        )
         nursery.cancel_scope.cancel()
 
 

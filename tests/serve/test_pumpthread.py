@@ -138,3 +138,72 @@ async def test_cancelling_hands_the_sockets_back(pumps: PumpThread) -> None:
     # the loop let go of both sockets: the same ones can be relayed again
     theirs.sendall(chunk(b"data: 1\n\n") + LAST_CHUNK)
     assert await pumps.relay(job(up, client)) is Outcome.DONE
+
+
+async def test_abandoning_a_silent_upstream_ends_the_job_at_once(pumps: PumpThread) -> None:
+    theirs, up, client, reader = pairs()
+    whole = chunk(b"data: 1\n\n") + chunk(b"data: 2\n\n")
+    theirs.sendall(whole)  # then silence, the connection open (a frozen server)
+    j = job(up, client, stall_timeout=60.0)
+    async with trio.open_nursery() as nursery:
+        outcome: list[Outcome] = []
+
+        async def relay() -> None:
+            outcome.append(await pumps.relay(j))
+
+        nursery.start_soon(relay)
+        with trio.fail_after(2):
+            while b"".join(j.sent) != whole:
+                await trio.sleep(0.01)
+        with trio.fail_after(2):  # not the 60 s stall timeout
+            pumps.abandon(j)
+            while not outcome:
+                await trio.sleep(0.01)
+    assert outcome == [Outcome.UPSTREAM_FAILED]
+    client.close()
+    assert read_all(reader) == b"HEAD\r\n\r\n" + whole
+    assert b"".join(j.sent) == whole
+
+
+async def test_a_job_abandoned_before_it_starts_sends_nothing(pumps: PumpThread) -> None:
+    theirs, up, client, reader = pairs()
+    theirs.sendall(chunk(b"data: 1\n\n"))
+    j = job(up, client, first=chunk(b"data: 0\n\n"))
+    pumps.abandon(j)  # the verdict came before the relay started
+    with trio.fail_after(2):
+        assert await pumps.relay(j) is Outcome.UPSTREAM_FAILED
+    client.close()
+    assert read_all(reader) == b""
+    assert j.sent == []
+
+
+async def test_abandoning_mid_write_lets_the_client_have_the_whole_chunk(
+    pumps: PumpThread,
+) -> None:
+    """A chunk half written to a slow client is finished before the job ends:
+    what follows (a continuation) must start on a chunk boundary."""
+    theirs, up, client, reader = pairs()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    big = chunk(b"data: " + b"x" * 200_000 + b"\n\n")
+    theirs.sendall(big[:1000])
+    j = job(up, client, stall_timeout=60.0)
+    async with trio.open_nursery() as nursery:
+        outcome: list[Outcome] = []
+
+        async def relay() -> None:
+            outcome.append(await pumps.relay(j))
+
+        nursery.start_soon(relay)
+        nursery.start_soon(trio.to_thread.run_sync, theirs.sendall, big[1000:])
+        with trio.fail_after(2):
+            while not j.sent:  # the chunk is whole upstream and being written
+                await trio.sleep(0.01)
+        pumps.abandon(j)
+        await trio.sleep(0.2)
+        assert not outcome  # still writing: the client has not read
+        got = await trio.to_thread.run_sync(read_all, reader)
+        with trio.fail_after(2):
+            while not outcome:
+                await trio.sleep(0.01)
+    assert outcome == [Outcome.UPSTREAM_FAILED]
+    assert got == b"HEAD\r\n\r\n" + big
