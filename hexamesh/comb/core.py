@@ -272,12 +272,30 @@ class Comb:
                 out.append(self.addrs[owner])
         return out
 
+    def _back_if_refuted(self, dance: Dance, now: float) -> None:
+        """A dance (first-hand or relayed) from a node we hold suspect or dead at
+        a lower incarnation: it refuted, and we missed the news (we were cut off
+        from everyone who spread it). SWIM's rule, alive at a higher incarnation
+        wins, applied to the dance's incarnation: after a partition healed, nodes
+        that heard a returned node's dances through a common neighbour held it
+        dead until a push-pull, up to 45 s."""
+        member = self.swim.members.get(dance.node)
+        if (
+            member is not None
+            and member.state is not MemberState.ALIVE
+            and dance.incarnation > member.incarnation
+        ):
+            self.swim.add_member(dance.node, (dance.host, dance.port), dance.incarnation, now)
+
     def _tell_watchers(self, now: float) -> None:
         """We refuted a suspicion: tell everyone who dances to us at once, not
-        only our own links (across holes a watcher may not be one of them)."""
+        only our own links (across holes a watcher may not be one of them), and
+        dance the new incarnation (a node that missed the refutation learns it
+        from the dance)."""
         if self.swim.incarnation == self._incarnation:
             return
         self._incarnation = self.swim.incarnation
+        self.waggle.update(now, incarnation=self.swim.incarnation)
         update = MemberUpdate(
             node=self.node,
             host=self.addr[0],
@@ -385,7 +403,9 @@ class Comb:
                 moved |= self.learn(
                     dance.node, (dance.host, dance.port), Hex(dance.q, dance.r), now
                 )
-            if moved:
+                if dance.incarnation:
+                    self._back_if_refuted(dance, now)
+            if moved or self.swim.relink_needed:
                 self.relink(now)
         elif isinstance(msg, ViewReq):
             self._outbox.append(

@@ -582,6 +582,15 @@ class Swim:
                         self.me, self.addr, self.incarnation, MemberState.ALIVE, self.me
                     )
                     self._send(told.addr, self._rng.getrandbits(64), Gossip(updates=(mine,)))
+            elif u.state is not MemberState.ALIVE:
+                # The teller holds an old suspicion or death of us: it missed our
+                # refutation (cut off while it went round, or a flood lost). Tell it
+                # (``_correct``), or it holds us dead until a push-pull brings the
+                # news, up to 45 s: after a partition healed, nodes that had
+                # relinked around us kept us dead, hearing our dances all along.
+                self._stale.append(
+                    _Member(self.me, self.addr, self.incarnation, MemberState.ALIVE, now)
+                )
             return
         if u.state is MemberState.SUSPECT and u.node not in self._watched:
             return  # not ours to judge: its watchers will tell us the verdict

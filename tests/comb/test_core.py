@@ -107,3 +107,79 @@ def test_a_shortcut_that_becomes_a_comb_link_is_dropped() -> None:
     net.interact(addr(0), lambda c, now: c.learn(nid(1), addr(1), Hex(1, 0), now) and c.relink(now))
     assert nid(1) in centre.neighbours()
     assert centre.shortcuts == []  # the service draws a far one instead
+
+
+def _lone_centre() -> tuple[Comb, list[Hex]]:
+    import random
+
+    cells = spiral(ORIGIN, 2)
+    owners = {c: nid(i) for i, c in enumerate(cells)}
+    addrs = {nid(i): addr(i) for i in range(len(cells))}
+    centre = Comb(Dance.first(nid(0), addr(0), 0, 0), CombConfig(), random.Random(0), 0.0)
+    centre.set_map(owners, addrs, 0.0)
+    for i in range(7, len(cells)):  # ring 2: members we know, not links
+        centre.swim.add_member(nid(i), addr(i), 0, 0.0)
+    centre.events()
+    centre.outbox()
+    return centre, cells
+
+
+def test_a_relayed_dance_at_a_higher_incarnation_brings_back_a_node_held_dead() -> None:
+    """We missed a refutation (cut off while it spread): the node's dance,
+    relayed by a neighbour, carries its new incarnation, and SWIM's rule
+    applies to it: alive at a higher incarnation beats dead at a lower one."""
+    from hexamesh.comb.swim import Gossip, MemberUpdate
+    from hexamesh.comb.waggle import HopDance, WaggleMsg
+    from hexamesh.wire import Envelope
+
+    centre, cells = _lone_centre()
+    far, link = 10, 1  # ring 2, and a ring-1 link between us
+    dead = MemberUpdate(
+        node=nid(far),
+        host=addr(far)[0],
+        port=7420,
+        incarnation=0,
+        state=MemberState.DEAD,
+        by=nid(link),
+    )
+    centre.receive(
+        Envelope(sender=nid(link), msg_id=1, message=Gossip(updates=(dead,))), addr(link), 1.0
+    )
+    assert centre.swim.state_of(nid(far)) is MemberState.DEAD
+    centre.events()
+
+    def relayed(incarnation: int, version: int) -> Envelope:
+        cell = cells[far]
+        theirs = Dance.first(nid(far), addr(far), cell.q, cell.r)
+        theirs = Dance(
+            **{
+                **{f: getattr(theirs, f) for f in theirs.__dataclass_fields__},
+                "incarnation": incarnation,
+                "version": version,
+            }
+        )
+        mine = Dance.first(nid(link), addr(link), cells[link].q, cells[link].r)
+        msg = WaggleMsg(dances=(HopDance(dance=mine, hops=2), HopDance(dance=theirs, hops=1)))
+        return Envelope(sender=nid(link), msg_id=2, message=msg)
+
+    centre.receive(relayed(incarnation=0, version=5), addr(link), 2.0)
+    assert centre.swim.state_of(nid(far)) is MemberState.DEAD  # an old dance proves nothing
+    centre.receive(relayed(incarnation=1, version=6), addr(link), 3.0)
+    assert centre.swim.state_of(nid(far)) is MemberState.ALIVE
+    [event] = [e for e in centre.events() if e.node == nid(far)]
+    assert event.state is MemberState.ALIVE and event.incarnation == 1
+
+
+def test_a_refutation_is_danced() -> None:
+    from hexamesh.comb.swim import Gossip, MemberUpdate
+    from hexamesh.wire import Envelope
+
+    centre, _ = _lone_centre()
+    suspect_me = MemberUpdate(
+        node=nid(0), host=addr(0)[0], port=7420, incarnation=0, state=MemberState.SUSPECT, by=nid(1)
+    )
+    centre.receive(
+        Envelope(sender=nid(1), msg_id=1, message=Gossip(updates=(suspect_me,))), addr(1), 1.0
+    )
+    assert centre.swim.incarnation == 1
+    assert centre.waggle.dance.incarnation == 1

@@ -313,6 +313,33 @@ def test_a_node_tells_its_accuser_it_is_alive_even_off_its_links() -> None:
     assert any(u.node == node_id(0) and u.incarnation == 1 for u in direct)
 
 
+def test_a_node_held_dead_at_an_old_incarnation_tells_the_holder_it_is_back() -> None:
+    """A node that missed our refutation tells us its old verdict (as it does
+    to a dead node that dances to it): we answer with our incarnation, once
+    per probe interval, instead of leaving it to a push-pull."""
+    c = lone(0, [1])
+    c.receive(gossip_from(1, verdict(of=0, by=1)), addr(1), 1.0)
+    assert c.incarnation == 1  # refuted
+    c.outbox()
+
+    def told(peer: int) -> list[tuple[MemberState, int]]:
+        return [
+            (u.state, u.incarnation)
+            for to, env in c.outbox()
+            if to == addr(peer)
+            for u in env.message.updates  # type: ignore[attr-defined]
+            if u.node == node_id(0)
+        ]
+
+    c.receive(gossip_from(7, verdict(of=0, by=7)), addr(7), 5.0)  # the old death, incarnation 0
+    assert told(7) == [(MemberState.ALIVE, 1)]
+    assert c.incarnation == 1  # nothing to refute again
+    c.receive(gossip_from(7, verdict(of=0, by=7)), addr(7), 5.5)
+    assert told(7) == []  # once per probe interval
+    c.receive(gossip_from(7, verdict(of=0, by=7)), addr(7), 6.5)
+    assert told(7) == [(MemberState.ALIVE, 1)]
+
+
 def test_push_pull_exchanges_recent_news_only() -> None:
     from hexamesh.comb.swim import Sync
 
