@@ -183,6 +183,9 @@ class SwimConfig:
     piggyback_bytes: int = 900  # bytes of updates per probe or ack, well inside a datagram
     awareness_max: int = 8  # local health scales timings by at most this factor
     sync_interval: float = 30.0  # s between push-pull exchanges with one random link (memberlist)
+    reconnect_interval: float = 30.0  # s between tries to reach one member held dead (Serf's
+    # reconnect): after a partition heals, each side holds the other dead and, having
+    # relinked around it, never hears from it; the one reached refutes and it spreads
     sync_news_age: float = 90.0  # s; older news is no longer exchanged: every node has had
     # a few syncs to pull what it missed (memberlist forgets the dead after 30 s). Without
     # it, after a mass failure every sync carried a thousand old deaths (tens of KB) forever.
@@ -266,6 +269,7 @@ class Swim:
         # bytes iterate in hash order, which PYTHONHASHSEED changes per process,
         # and the order of deaths must replay exactly for a given seed.
         self._suspects: dict[bytes, None] = {}
+        self._dead: dict[bytes, None] = {}  # members held dead (a dict: ordered, see above)
         self.links: list[bytes] = []  # watched
         self.spread: list[bytes] = []  # told news: watched links and shortcuts
         self._watched: set[bytes] = set()
@@ -294,6 +298,7 @@ class Swim:
         self._events: list[MembershipEvent] = []
         self._next_sync = now + rng.uniform(0.5, 1.5) * config.sync_interval
         self._next_health = now + config.probe_interval
+        self._next_reconnect = now + config.reconnect_interval
         self.relink_needed = False  # a link died or a dead node came back (the owner of links)
         # Who else watches a node (its other neighbours, known to the owner of the
         # map): our own accusations go to them directly, so their suspicions
@@ -434,10 +439,15 @@ class Swim:
         if now >= self._next_sync:
             self._sync(now)
             self._next_sync = now + self._rng.uniform(0.5, 1.5) * self.config.sync_interval
+        if now >= self._next_reconnect:
+            self._next_reconnect = now + self.config.reconnect_interval
+            self._reconnect(now)
 
     def next_timer(self) -> float | None:
         # Called after every event: plain loops, no lists.
         soonest = self._next_sync
+        if self._dead and self._next_reconnect < soonest:
+            soonest = self._next_reconnect
         if self.awareness.score and self._next_health < soonest:
             soonest = self._next_health
         if self._flood_at is not None and self._flood_at < soonest:
@@ -565,8 +575,12 @@ class Swim:
                 at=now,
             )
         )
-        if member.state is MemberState.DEAD and member.node in self.spread:
-            self.relink_needed = True
+        if member.state is MemberState.DEAD:
+            self._dead[member.node] = None
+            if member.node in self.spread:
+                self.relink_needed = True
+        else:
+            self._dead.pop(member.node, None)
 
     def _apply(self, u: MemberUpdate, sender: bytes, now: float) -> None:
         if u.node == self.me:
@@ -824,6 +838,19 @@ class Swim:
         back = tuple(self._update(m.node, m.addr, m.incarnation, m.state, self.me) for m in stale)
         for i in range(0, len(back), MAX_UPDATES):
             self._send(addr, self._rng.getrandbits(64), Gossip(updates=back[i : i + MAX_UPDATES]))
+
+    def _reconnect(self, now: float) -> None:
+        """Tell one member we hold dead that it is (Serf's reconnect): a dead
+        one loses a datagram; a live one we lost to a partition refutes, and
+        answers us (``_apply``), and the return floods on both sides."""
+        if not self._dead:
+            return
+        member = self.members[self._rng.choice(list(self._dead))]
+        self._told_dead[member.node] = now  # its answer need not be told again
+        verdict = self._update(
+            member.node, member.addr, member.incarnation, MemberState.DEAD, self.me
+        )
+        self._send(member.addr, self._rng.getrandbits(64), Gossip(updates=(verdict,)))
 
     def _sync(self, now: float) -> None:
         live = [n for n in self.spread if self.members[n].state is MemberState.ALIVE]

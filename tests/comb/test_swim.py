@@ -340,6 +340,30 @@ def test_a_node_held_dead_at_an_old_incarnation_tells_the_holder_it_is_back() ->
     assert told(7) == [(MemberState.ALIVE, 1)]
 
 
+def test_a_member_held_dead_is_tried_now_and_then_and_comes_back_if_alive() -> None:
+    """Serf's reconnect: after a partition each side holds the other dead and
+    hears nothing from it; one member held dead is told so every interval."""
+    c = lone(0, [1])
+    other = lone(8, [9])
+    c.receive(gossip_from(1, verdict(of=8, by=1)), addr(1), 1.0)
+    assert c.state_of(node_id(8)) is MemberState.DEAD
+    c.outbox()
+    interval = SwimConfig().reconnect_interval
+    assert (c.next_timer() or 0.0) <= interval
+    c.handle_timer(interval)
+    [env] = [e for to, e in c.outbox() if to == addr(8)]
+    # node 8 was only cut off: it refutes, and answers us directly
+    other.receive(env, addr(0), interval)
+    assert other.incarnation == 1
+    back = [e for to, e in other.outbox() if to == addr(0)]
+    assert back
+    for e in back:
+        c.receive(e, addr(8), interval + 0.01)
+    assert c.state_of(node_id(8)) is MemberState.ALIVE
+    c.handle_timer(2 * interval)
+    assert not [e.message for to, e in c.outbox() if to == addr(8)]  # nobody held dead
+
+
 def test_push_pull_exchanges_recent_news_only() -> None:
     from hexamesh.comb.swim import Sync
 
