@@ -805,6 +805,13 @@ def simulate(
     loss: Annotated[float, typer.Option(help="Datagram loss probability")] = 0.01,
     kill: Annotated[float, typer.Option(help="Fraction of nodes SIGKILLed at once")] = 0.0,
     kill_at: Annotated[float, typer.Option(help="When, in s after the first request")] = 60.0,
+    vanish: Annotated[
+        bool,
+        typer.Option(
+            help="Killed and crashed nodes vanish (power or network lost: no TCP reset, "
+            "their connections go silent) instead of their processes dying"
+        ),
+    ] = False,
     restart_after: Annotated[
         float | None, typer.Option(help="Restart the killed after this many s \\[default: never]")
     ] = None,
@@ -844,6 +851,7 @@ def simulate(
             loss=loss,
             kill=kill,
             kill_at=kill_at,
+            vanish=vanish,
             restart_after=restart_after,
             churn=churn,
             churn_at=churn_at,

@@ -1,6 +1,9 @@
 """Serving end to end with real processes and real vLLM (CPU) on the tiny model:
 three agents on 127.0.0.1, two of them with an engine. A prompt to the agent
-without the model is served by one with it; then a burst of 50 streamed
+without the model is served by one with it; a stream whose serving agent is
+frozen (SIGSTOP: its connections stay open, nothing comes) goes on at the other
+once the comb declares the frozen one dead, in seconds, not the relay's 60 s
+stall timeout; then a burst of 50 streamed
 requests and 20 jobs while the serving agent is SIGKILLed: every job completes,
 every request completes or gets a clean error before its first token, none hangs.
 Skipped where vLLM is not installed unless HEXAMESH_REQUIRE_VLLM=1 (CI)."""
@@ -18,7 +21,7 @@ import httpx
 import pytest
 import trio
 
-from hexamesh.demo import LOOPBACK, joining, start_agent, wait_until
+from hexamesh.demo import LOOPBACK, AgentProcess, joining, start_agent, wait_until
 from tests.helpers import run_hexamesh
 
 if importlib.util.find_spec("vllm") is None:
@@ -29,6 +32,10 @@ if importlib.util.find_spec("vllm") is None:
 pytestmark = pytest.mark.e2e
 
 READY_TIMEOUT = 600  # s; two vLLM CPU servers starting at once on two cores
+
+
+def metric(text: str, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
 
 async def one_stream(client: httpx.AsyncClient, api: str, i: int) -> tuple[str, str]:
@@ -59,7 +66,43 @@ async def one_stream(client: httpx.AsyncClient, api: str, i: int) -> tuple[str, 
             return "ok", r.headers["x-hexamesh-served-by"]
 
 
-def test_prompt_to_any_peer_and_sigkill_of_the_server_mid_burst(tmp_path: Path) -> None:
+async def stream_through_a_freeze(api: str, servers: dict[str, AgentProcess]) -> float:
+    """A long stream whose server is SIGSTOPped after a few events (and left
+    stopped); returns the longest silence the client saw."""
+    body = {
+        "model": "tiny",
+        "prompt": "a frozen server",
+        "max_tokens": 900,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    events, finished, gap, last = 0, False, 0.0, None
+    frozen = None
+    async with httpx.AsyncClient(timeout=httpx.Timeout(180, connect=5)) as client:
+        with trio.fail_after(120):
+            async with client.stream("POST", f"{api}/completions", json=body) as r:
+                assert r.status_code == 200
+                server = servers[r.headers["x-hexamesh-served-by"]]
+                async for line in r.aiter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    event = json.loads(line[6:])
+                    assert "error" not in event, event
+                    now = trio.current_time()
+                    gap = max(gap, now - last) if last is not None else 0.0
+                    last = now
+                    events += 1
+                    if events == 5:
+                        os.kill(server.proc.pid, signal.SIGSTOP)
+                        frozen = server
+                    finished = finished or bool(event["choices"][0].get("finish_reason"))
+    assert frozen is not None, f"the stream ended after {events} events"
+    assert finished, "the stream ended without a finish_reason"
+    return gap
+
+
+def test_prompt_to_any_peer_a_frozen_server_and_sigkill_mid_burst(tmp_path: Path) -> None:
     tiny = tmp_path / "tiny"
     made = run_hexamesh("model", "make-tiny", str(tiny), timeout=300)
     assert made.returncode == 0, made.stderr
@@ -94,6 +137,21 @@ def test_prompt_to_any_peer_and_sigkill_of_the_server_mid_burst(tmp_path: Path) 
         assert out.stdout.strip() and "served by" in out.stderr
         served = out.stderr.split("served by ")[1].split()[0]
         assert any(n.startswith(served) for n in servers)
+
+        # A frozen server: the comb's verdict (a few seconds) cuts the stream,
+        # the other server continues it.
+        try:
+            gap = trio.run(stream_through_a_freeze, api, servers)
+        finally:
+            for p in procs:  # SIGCONT: it finds itself declared dead and rejoins
+                if p.proc.poll() is None:
+                    os.kill(p.proc.pid, signal.SIGCONT)
+        print(f"frozen server: the stream's longest silence {gap:.2f} s")
+        assert gap < 20, f"the stream stood still {gap:.1f} s (stall timeout: 60 s)"
+        metrics = httpx.get(api.removesuffix("/v1") + "/metrics", timeout=10).text
+        assert metric(metrics, "hexamesh_requests_cut_by_verdict_total") >= 1, metrics
+        assert metric(metrics, "hexamesh_continuations_total") >= 1
+        wait_until("the frozen agent back", both_listed, 120, interval=0.5, procs=procs)
 
         async def burst() -> tuple[list[tuple[str, str]], dict[str, dict[str, Any]]]:
             results: list[tuple[str, str]] = []
@@ -148,11 +206,7 @@ def test_prompt_to_any_peer_and_sigkill_of_the_server_mid_burst(tmp_path: Path) 
         # survivor, whose vLLM counted the text they had (/tokenize) to keep
         # max_tokens: no agent fell back to the event bound.
         metrics = httpx.get(api.removesuffix("/v1") + "/metrics", timeout=10).text
-        continued = sum(
-            float(line.split()[-1])
-            for line in metrics.splitlines()
-            if line.startswith("hexamesh_continuations_total")
-        )
+        continued = metric(metrics, "hexamesh_continuations_total")
         logs = " ".join(" ".join(p.log_path.read_text(errors="replace").split()) for p in procs)
         assert "stays a bound" not in logs, f"{continued} continuations"
     finally:

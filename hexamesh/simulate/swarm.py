@@ -21,11 +21,11 @@ network's latency; what can go wrong is what goes wrong on real machines:
 
 * the server is dead (SIGKILLed: its port refuses): the entry learns it one
   trip later and fails over to the next candidate;
-* the server is across a partition: its SYN goes unanswered, and the entry
-  dials the next candidate ``DIAL_STAGGER`` later (the last one is waited
-  out to ``CONNECT_TIMEOUT``); a stream already running across the cut goes
-  silent and is given up after ``STALL_TIMEOUT`` (``FIRST_BYTE_TIMEOUT``
-  before its first byte);
+* the server is across a partition, or its machine vanished (``vanish``:
+  power or network lost, no TCP reset): its SYN goes unanswered, and the
+  entry dials the next candidate ``DIAL_STAGGER`` later (the last one is
+  waited out to ``CONNECT_TIMEOUT``); a request already running there goes
+  silent and is given up when TCP keepalive does (``KEEPALIVE_GIVE_UP``);
 * the server dies mid-stream: the entry continues on the next candidate from
   the prompt plus the tokens already sent (a *continuation*);
 * the entry node itself dies: the client's connection drops, the request is
@@ -65,7 +65,9 @@ from hexamesh.serve.relay import (
     CONNECT_TIMEOUT,
     DIAL_STAGGER,
     FIRST_BYTE_TIMEOUT,
-    STALL_TIMEOUT,
+    KEEPALIVE_COUNT,
+    KEEPALIVE_IDLE,
+    KEEPALIVE_INTERVAL,
 )
 from hexamesh.serve.router import MAX_ATTEMPTS, Candidate, rank
 from hexamesh.serve.shun import Shunned
@@ -80,6 +82,10 @@ SCRAPE = 1.0  # s between an engine's load scrapes (the supervisor's scrape_inte
 DHT_LOOKUP = 0.05  # s for a providers lookup (a few round trips on a LAN)
 SAMPLE = 5.0  # s between looks at every node's view
 FAULT_WINDOW = 60.0  # s after the first fault whose requests count as "during the fault"
+# s from a server going silent (cut off, vanished) until the relay's TCP keepalive
+# gives up on it: idle time, then unanswered probes
+KEEPALIVE_GIVE_UP = KEEPALIVE_IDLE + KEEPALIVE_COUNT * KEEPALIVE_INTERVAL
+VERDICT_POLL = 0.1  # s between looks for a verdict on a silent server (the agent hears it at once)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,6 +100,7 @@ class Scenario:
     prompt_tokens: int = 32
     loss: float = 0.01  # datagram loss
     kill: float = 0.0  # fraction of the nodes SIGKILLed at once at kill_at
+    vanish: bool = False  # crashed machines vanish (no TCP reset) instead of processes dying
     kill_at: float = 60.0  # s after the first request
     restart_after: float | None = None  # s until the killed come back (None: never)
     churn: float = 0.0  # crashes per node per minute (each back after `downtime`)
@@ -185,6 +192,9 @@ class SwarmSim:
         self.servers: set[int] = set(self.rng.sample(range(n), count))
         self.engines: dict[int, SimEngine] = {}
         self.ready: set[int] = set()  # servers whose model is loaded
+        self.vanished: set[int] = set()  # dead without a trace: SYNs and streams go unanswered
+        self.silent_waits: list[float] = []  # s each silent attempt was waited on
+        self.silent_cut_by_verdict = 0  # of them, ended by the comb's verdict (not keepalive)
         self.started: dict[int, float] = {}  # node -> when its process started
         self.providers: dict[bytes, float] = {}  # node -> lease end of its model record
         self._dht_cache: dict[int, tuple[float, list[bytes]]] = {}
@@ -260,10 +270,15 @@ class SwarmSim:
             req = self.reqs[rid]
             self._drop_attempt(req)
             self._finish(req, "entry_died")
-        for rid in list(self.on_server.pop(i, ())):  # its port refuses: a reset, one trip
+        for rid in list(self.on_server.pop(i, ())):
             req = self.reqs[rid]
             delivered = self._delivered(req, now)
-            self._lost_attempt(req, now + req.back, delivered)
+            if self.s.vanish:
+                self._silent(req, delivered)
+            else:  # its port refuses: a reset, one trip
+                self._lost_attempt(req, now + req.back, delivered)
+        if self.s.vanish:
+            self.vanished.add(i)
         self.engines.pop(i, None)
         if why is not None:
             self._log_fault(f"{why}: node {i}")
@@ -272,6 +287,7 @@ class SwarmSim:
         if self.alive(i):
             return
         self.net.restart(addr_of(i))
+        self.vanished.discard(i)
         self.started[i] = self.net.now
         if i in self.servers:
             self._boot_engine(i, self.net.now)
@@ -388,18 +404,18 @@ class SwarmSim:
         server = req.server
         assert server is not None
         first = req.tried == 1
-        if not self.alive(server) or server not in self.ready:
-            # A dead agent's port refuses, and a live one without the model
-            # answers 503 at once: either way the entry hears it one trip later.
-            req.first_dead |= first and not self.alive(server)
-            self._lost_attempt(req, now + req.back, 0)
-            return
-        if self._cut(req.entry, server):
+        if server in self.vanished or self._cut(req.entry, server):
             # No answer to the SYN: the front door dials the next candidate
             # DIAL_STAGGER later (dial_first); the last one is waited out.
             req.first_dead |= first
             more = req.tried < len(req.ranked)
             self._lost_attempt(req, req.sent_at + (DIAL_STAGGER if more else CONNECT_TIMEOUT), 0)
+            return
+        if not self.alive(server) or server not in self.ready:
+            # A dead agent's port refuses, and a live one without the model
+            # answers 503 at once: either way the entry hears it one trip later.
+            req.first_dead |= first and not self.alive(server)
+            self._lost_attempt(req, now + req.back, 0)
             return
         engine = self.engines[server]
         self._collect(server, engine.advance(now))
@@ -441,10 +457,43 @@ class SwarmSim:
                 engine.cancel(req.id, now)
                 self._wake_engine(server)
 
+    def _silent(self, req: _Req, delivered: int) -> None:
+        """The current attempt's server went silent now (cut off, vanished):
+        nothing more arrives. The entry moves on when its comb declares the
+        server dead (the front door's death watch) or when TCP keepalive gives
+        up, whichever comes first."""
+        self._drop_attempt(req)
+        gen, server = req.gen, req.server
+        assert server is not None
+        node, since = self.ids[server], self.net.now
+        give_up = since + KEEPALIVE_GIVE_UP
+
+        def check() -> None:
+            if req.gen != gen or req.outcome is not None:
+                return
+            now = self.net.now
+            verdict = self._held_dead(req.entry, node)
+            if verdict or now >= give_up:
+                self.silent_waits.append(now - since)
+                self.silent_cut_by_verdict += verdict
+                self._move_on(req, now, delivered)
+            else:
+                self.net.call_at(min(give_up, now + VERDICT_POLL), check)
+
+        self.net.call_at(since + VERDICT_POLL, check)
+
+    def _held_dead(self, entry: int, node: bytes) -> bool:
+        """Does ``entry``'s comb hold ``node`` dead (a verdict its front door hears)?"""
+        return self.comb(entry).swim.state_of(node) is MemberState.DEAD
+
     def _lost_attempt(self, req: _Req, learned_at: float, delivered: int) -> None:
         """The current attempt failed; the entry learns it at ``learned_at`` and
         fails over (nothing sent yet) or continues (``delivered`` tokens sent)."""
         self._drop_attempt(req)
+        self._move_on(req, learned_at, delivered)
+
+    def _move_on(self, req: _Req, learned_at: float, delivered: int) -> None:
+        """At ``learned_at`` the entry fails over or continues (the attempt is dropped)."""
         gen = req.gen
         server = req.server
         assert server is not None
@@ -578,14 +627,12 @@ class SwarmSim:
         west = [addr_of(i) for i, c in enumerate(self.cells) if to_cartesian(c)[0] < 0]
         self.net.partition(west)
         now = self.net.now
-        # Streams across the cut go silent: the entry gives up after its timeout.
+        # Requests running across the cut go silent.
         for req in self.reqs:
             if req.outcome is None and req.server is not None and self._cut(req.entry, req.server):
                 if req.id not in self.on_server.get(req.server, ()):
                     continue
-                delivered = self._delivered(req, now)
-                timeout = STALL_TIMEOUT if req.first_token is not None else FIRST_BYTE_TIMEOUT
-                self._lost_attempt(req, now + timeout, delivered)
+                self._silent(req, self._delivered(req, now))
         self._log_fault(f"partition: {len(west)} nodes cut from {self.s.nodes - len(west)}")
 
     def _heal(self) -> None:
@@ -684,6 +731,11 @@ class SwarmSim:
             failovers=sum(r.failovers for r in reqs),
             continuations=sum(r.continuations for r in reqs),
             first_choice_dead=sum(r.first_dead for r in reqs),
+            # attempts whose server went silent mid-request (cut off, vanished),
+            # how many the comb's verdict ended (the rest: TCP keepalive), how long
+            silent=len(self.silent_waits),
+            silent_cut_by_verdict=self.silent_cut_by_verdict,
+            silent_wait_s_max=round(max(self.silent_waits), 2) if self.silent_waits else None,
             ttft_s_p50=percentile(ttft, 0.5),
             ttft_s_p99=percentile(ttft, 0.99),
             latency_s_p50=percentile(latency, 0.5),

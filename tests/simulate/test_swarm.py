@@ -9,7 +9,7 @@ import pytest
 from hexamesh.serve.relay import CONNECT_TIMEOUT, DIAL_STAGGER
 from hexamesh.serve.shun import SHUN_PERIOD
 from hexamesh.simulate.engine import TINY_CPU
-from hexamesh.simulate.swarm import Scenario, SwarmSim, run_scenario
+from hexamesh.simulate.swarm import KEEPALIVE_GIVE_UP, Scenario, SwarmSim, run_scenario
 
 ALONE = TINY_CPU.ttft_s + 127 / 592.0  # one 128-token request on an idle server
 
@@ -88,6 +88,35 @@ def test_with_every_server_dead_requests_fail_cleanly() -> None:
     assert late and all(r.outcome in ("no_server", "all_failed") for r in late)
     assert all(r.done is not None and r.done - r.arrived < 1.0 for r in late)  # no waiting
     assert out["hung"] == 0
+
+
+def test_requests_to_vanished_servers_move_on_at_the_verdict() -> None:
+    """Machines that vanish send no reset: their requests go silent. The entry
+    moves on when its comb declares the server dead (seconds), before TCP
+    keepalive would have given up; the rest of the run is served."""
+    scenario = Scenario(
+        nodes=91,
+        servers=0.15,
+        minutes=0.5,
+        rate=20,
+        tokens=512,
+        kill=0.3,
+        kill_at=10,
+        vanish=True,
+        loss=0.0,
+    )
+    out, _ = run_scenario(scenario)
+    assert out["silent"] > 0
+    assert out["silent_cut_by_verdict"] == out["silent"]
+    assert out["silent_wait_s_max"] < KEEPALIVE_GIVE_UP
+    assert out["continuations"] > 0 and out["hung"] == 0
+    assert out["failed_all_tried"] == 0 and out["failed_no_server"] == 0
+    # without the verdicts (a front door deaf to the comb) they wait out keepalive
+    deaf = SwarmSim(scenario)
+    deaf._held_dead = lambda entry, node: False  # type: ignore[method-assign]
+    out = deaf.run()
+    assert out["silent"] > 0 and out["silent_cut_by_verdict"] == 0
+    assert out["silent_wait_s_max"] >= KEEPALIVE_GIVE_UP
 
 
 def test_a_partition_costs_a_dial_stagger_and_heals() -> None:
