@@ -1,24 +1,30 @@
-"""Chaos on one machine: real agent processes, SIGKILLed, watched over the wire.
+"""Chaos on one machine: real agent processes, SIGKILLed or frozen, watched over the wire.
 
 ``hexamesh chaos`` starts a swarm of agent processes on 127.0.0.1 (as the
 demo does), waits until every agent holds every other alive, then runs
 rounds: SIGKILL ``kill`` random agents at once (never the founder, which is
-everyone's seed), and watch the survivors. Each survivor is asked what it
+everyone's seed), or with ``freeze`` SIGSTOP them (a hung process: its
+sockets stay open and its kernel answers TCP, but it says nothing), and
+watch the survivors. Each survivor is asked what it
 sees every ``POLL`` seconds over the sealed wire (``ViewReq``, as ``hexamesh
 peers`` does), which is finer than the agents' once-a-second ``agent.json``.
 
 Per round it measures, from the kill: when the first survivor declared each
 victim dead and when every survivor had; whether any survivor was declared
 dead by anyone (a false positive); then, with ``restart``, it starts the
-victims again from their data dirs (same node ids, a higher incarnation) and
-measures when every survivor holds them alive again. The result is a dict;
+victims again from their data dirs (same node ids, a higher incarnation), or
+SIGCONTs the frozen ones (they wake up holding everyone alive, are told they
+were declared dead, and refute), and measures when every survivor holds them
+alive again. The result is a dict;
 the CLI prints it as one JSON object on the last line.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -51,6 +57,7 @@ class ChaosConfig:
     kill: int = 2  # SIGKILLed at once each round
     rounds: int = 1
     restart: bool = True  # bring the victims back after each round and time their return
+    freeze: bool = False  # SIGSTOP the victims (and SIGCONT to bring them back) instead
     timeout: float = 60.0  # s a round may take to converge before it is reported unfinished
     seed: int | None = None  # victims' choice; None: random
 
@@ -172,10 +179,14 @@ def run_chaos(
                 if i not in victims
             }
             start = time.monotonic()
-            for i in victims:
-                procs[i].proc.kill()
-            for i in victims:
-                procs[i].proc.wait()
+            if config.freeze:
+                for i in victims:
+                    os.kill(procs[i].proc.pid, signal.SIGSTOP)
+            else:
+                for i in victims:
+                    procs[i].proc.kill()
+                for i in victims:
+                    procs[i].proc.wait()
             first, every, wrong = trio.run(
                 _watch,
                 ring,
@@ -190,17 +201,21 @@ def run_chaos(
                 "round": k + 1,
                 "victims": [t[:8] for t in victim_ids],
                 "killed": len(victims),
+                "how": "SIGSTOP" if config.freeze else "SIGKILL",
                 "detect_first_s": [first.get(t) for t in victim_ids],
                 "detect_all_s": [every.get(t) for t in victim_ids],
                 "undetected": sum(t not in every for t in victim_ids),
                 "false_positives": len({w.split(">")[1] for w in wrong}),
                 "held_dead_wrongly": sorted(wrong),  # "survivor>node", short ids
             }
-            progress(f"round {k + 1}: killed {len(victims)}, {result}")
+            progress(f"round {k + 1}: {result['how']} {len(victims)}, {result}")
             if config.restart:
                 start = time.monotonic()
                 for i in victims:
-                    procs[i] = start_agent(work / f"agent{i}", *seed_flags, "--max-models", "0")
+                    if config.freeze:
+                        os.kill(procs[i].proc.pid, signal.SIGCONT)
+                    else:
+                        procs[i] = start_agent(work / f"agent{i}", *seed_flags, "--max-models", "0")
                 _, back, _ = trio.run(
                     _watch,
                     ring,
@@ -239,6 +254,7 @@ def run_chaos(
             "simulation": "chaos",
             "agents": config.agents,
             "kill": config.kill,
+            "freeze": config.freeze,
             "rounds": config.rounds,
             "detect_first_s_p50": percentile(first_all, 0.5),
             "detect_first_s_max": max(first_all, default=None),
@@ -254,6 +270,8 @@ def run_chaos(
         }
     finally:
         for p in procs:
+            if p.proc.poll() is None:
+                os.kill(p.proc.pid, signal.SIGCONT)  # a frozen one cannot take SIGTERM
             p.stop()
         if own_dir:
             shutil.rmtree(work, ignore_errors=True)

@@ -756,6 +756,13 @@ def chaos(
     agents: Annotated[int, typer.Option(help="Agent processes to start")] = 7,
     kill: Annotated[int, typer.Option(help="Agents SIGKILLed at once each round")] = 2,
     rounds: Annotated[int, typer.Option(help="Kill rounds")] = 1,
+    freeze: Annotated[
+        bool,
+        typer.Option(
+            help="SIGSTOP the victims instead (a hung process: alive to TCP, silent), "
+            "and SIGCONT them to bring them back"
+        ),
+    ] = False,
     restart: Annotated[
         bool, typer.Option(help="Restart the victims after each round and time their return")
     ] = True,
@@ -770,14 +777,20 @@ def chaos(
     """Kill real agent processes on this machine and time how the swarm notices.
 
     Starts AGENTS agents on 127.0.0.1, SIGKILLs KILL of them (never the
-    founder), watches the survivors declare them dead (over the wire, every
-    0.25 s), then restarts them and watches them come back. Last line: one JSON
-    object."""
+    founder), or freezes them (--freeze), watches the survivors declare them
+    dead (over the wire, every 0.25 s), then restarts (or thaws) them and
+    watches them come back. Last line: one JSON object."""
     from hexamesh.chaos import ChaosConfig, run_chaos
 
     try:
         config = ChaosConfig(
-            agents=agents, kill=kill, rounds=rounds, restart=restart, timeout=timeout, seed=seed
+            agents=agents,
+            kill=kill,
+            rounds=rounds,
+            restart=restart,
+            freeze=freeze,
+            timeout=timeout,
+            seed=seed,
         )
     except ValueError as e:
         raise _fail(str(e)) from None

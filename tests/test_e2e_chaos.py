@@ -1,4 +1,4 @@
-"""`hexamesh chaos`: real agents SIGKILLed, the survivors notice, the victims return."""
+"""`hexamesh chaos`: real agents SIGKILLed or frozen, the survivors notice, the victims return."""
 
 import json
 from pathlib import Path
@@ -10,9 +10,11 @@ from tests.helpers import run_hexamesh
 pytestmark = pytest.mark.e2e
 
 
-def test_chaos_kills_agents_and_times_the_swarm_noticing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("freeze", [False, True])
+def test_chaos_kills_agents_and_times_the_swarm_noticing(tmp_path: Path, freeze: bool) -> None:
     done = run_hexamesh(
         "chaos",
+        *(["--freeze"] if freeze else []),
         "--agents",
         "5",
         "--kill",
@@ -27,8 +29,9 @@ def test_chaos_kills_agents_and_times_the_swarm_noticing(tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr[-3000:]
     r = json.loads(done.stdout.strip().splitlines()[-1])
     assert (r["agents"], r["kill"], r["undetected"], r["not_back"]) == (5, 2, 0, 0)
-    assert r["false_positives"] == 0
+    assert r["false_positives"] == 0 and r["never_clean"] == 0
     [round_] = r["per_round"]
+    assert round_["how"] == ("SIGSTOP" if freeze else "SIGKILL")
     first, every = round_["detect_first_s"], round_["detect_all_s"]
     assert all(0 < f <= a < 30 for f, a in zip(first, every, strict=True))
     assert all(0 < b < 60 for b in round_["rejoin_all_s"])
