@@ -41,6 +41,15 @@ def expected(body: dict[str, Any], chat: bool) -> str:
     return "".join(answer(body, chat))
 
 
+def question(api: str, chat: bool, words: str, max_tokens: int) -> tuple[str, dict[str, Any]]:
+    """The URL and body of a completion (or chat) request for ``words``."""
+    url = f"{api}/{'chat/' if chat else ''}completions"
+    if chat:
+        messages = [{"role": "user", "content": words}]
+        return url, {"model": MODEL, "messages": messages, "max_tokens": max_tokens}
+    return url, {"model": MODEL, "prompt": words, "max_tokens": max_tokens}
+
+
 @pytest.fixture
 def keyring() -> KeyRing:
     return KeyRing.generate()
@@ -201,15 +210,7 @@ async def test_failover_before_the_first_token_is_invisible(keyring: KeyRing, ch
         busy = await start_door(nursery, keyring, 3, engine=Behaviour(status=503))
         good = await start_door(nursery, keyring, 4, engine=Behaviour())
         link_in_order(a, dead, busy, good)
-        if chat:
-            body: dict[str, Any] = {
-                "model": MODEL,
-                "messages": [{"role": "user", "content": "hi there"}],
-                "max_tokens": 4,
-            }
-        else:
-            body = {"model": MODEL, "prompt": "hi there", "max_tokens": 4}
-        url = f"{a.api}/{'chat/' if chat else ''}completions"
+        url, body = question(a.api, chat, "hi there", 4)
         text, _, resp = await stream_text(client, url, {**body, "stream": True})
         assert resp.status_code == 200
         assert text == expected(body, chat)
@@ -258,15 +259,7 @@ async def test_mid_stream_death_continues_on_another_server(keyring: KeyRing, ch
         dying = await start_door(nursery, keyring, 2, engine=Behaviour(die_after=3))
         spare = await start_door(nursery, keyring, 3, engine=Behaviour())
         link_in_order(a, dying, spare)
-        if chat:
-            body: dict[str, Any] = {
-                "model": MODEL,
-                "messages": [{"role": "user", "content": "a b c"}],
-                "max_tokens": 8,
-            }
-        else:
-            body = {"model": MODEL, "prompt": "a b c", "max_tokens": 8}
-        url = f"{a.api}/{'chat/' if chat else ''}completions"
+        url, body = question(a.api, chat, "a b c", 8)
         text, events, _ = await stream_text(client, url, {**body, "stream": True})
         assert text == expected(body, chat)  # one uninterrupted answer
         assert len({e["id"] for e in events}) == 1 and len({e["created"] for e in events}) == 1
@@ -302,15 +295,7 @@ async def test_a_stream_whose_server_is_declared_dead_goes_on_at_once(
         frozen = await start_door(nursery, keyring, 2, engine=Behaviour(freeze_after=3))
         spare = await start_door(nursery, keyring, 3, engine=Behaviour())
         link_in_order(a, frozen, spare)
-        if chat:
-            body: dict[str, Any] = {
-                "model": MODEL,
-                "messages": [{"role": "user", "content": "a b c"}],
-                "max_tokens": 8,
-            }
-        else:
-            body = {"model": MODEL, "prompt": "a b c", "max_tokens": 8}
-        url = f"{a.api}/{'chat/' if chat else ''}completions"
+        url, body = question(a.api, chat, "a b c", 8)
         got: list[tuple[str, list[dict[str, Any]]]] = []
 
         async def ask() -> None:

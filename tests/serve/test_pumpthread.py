@@ -140,18 +140,24 @@ async def test_cancelling_hands_the_sockets_back(pumps: PumpThread) -> None:
     assert await pumps.relay(job(up, client)) is Outcome.DONE
 
 
+def relay_soon(nursery: trio.Nursery, pumps: PumpThread, j: StreamJob) -> list[Outcome]:
+    """Relay ``j`` in the background; its outcome lands in the list returned."""
+    outcome: list[Outcome] = []
+
+    async def relay() -> None:
+        outcome.append(await pumps.relay(j))
+
+    nursery.start_soon(relay)
+    return outcome
+
+
 async def test_abandoning_a_silent_upstream_ends_the_job_at_once(pumps: PumpThread) -> None:
     theirs, up, client, reader = pairs()
     whole = chunk(b"data: 1\n\n") + chunk(b"data: 2\n\n")
     theirs.sendall(whole)  # then silence, the connection open (a frozen server)
     j = job(up, client, stall_timeout=60.0)
     async with trio.open_nursery() as nursery:
-        outcome: list[Outcome] = []
-
-        async def relay() -> None:
-            outcome.append(await pumps.relay(j))
-
-        nursery.start_soon(relay)
+        outcome = relay_soon(nursery, pumps, j)
         with trio.fail_after(2):
             while b"".join(j.sent) != whole:
                 await trio.sleep(0.01)
@@ -188,12 +194,7 @@ async def test_abandoning_mid_write_lets_the_client_have_the_whole_chunk(
     theirs.sendall(big[:1000])
     j = job(up, client, stall_timeout=60.0)
     async with trio.open_nursery() as nursery:
-        outcome: list[Outcome] = []
-
-        async def relay() -> None:
-            outcome.append(await pumps.relay(j))
-
-        nursery.start_soon(relay)
+        outcome = relay_soon(nursery, pumps, j)
         nursery.start_soon(trio.to_thread.run_sync, theirs.sendall, big[1000:])
         with trio.fail_after(2):
             while not j.sent:  # the chunk is whole upstream and being written
