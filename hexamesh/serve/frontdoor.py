@@ -12,7 +12,9 @@ serves it from its own engine. The answer is relayed without parsing, by one
 epoll thread for all streams (``pumpthread``). A server that fails before the
 first token is replaced transparently by the next candidate; one that dies
 mid-stream is replaced by another that continues from the prompt plus the text
-already sent (``sse.continuation``), so the client sees one stream. When nobody is left, a
+already sent (``sse.continuation``), so the client sees one stream. A wait on a
+peer the comb declares dead is cut at once (``deathwatch``): a frozen server
+sends no reset. When nobody is left, a
 stream ends with an OpenAI-style error event, a plain request with a 5xx: no
 request hangs. Limits and behaviour: docs/serving.md.
 """
