@@ -571,13 +571,28 @@ class FrontDoor:
         target = "/v1/chat/completions" if req.chat else "/v1/completions"
         body = json.dumps({**req.body, "stream": False}).encode()
         errors: list[str] = []
-        for cand in self.ranked(req.model, None, priority)[:MAX_ATTEMPTS]:
+        tries = self.ranked(req.model, None, priority)[:MAX_ATTEMPTS]
+        skip_until = 0  # as in ``complete``: a server that answers no SYN costs a stagger
+        dialled: trio.SocketStream | None = None
+        for attempt, cand in enumerate(tries):
+            if attempt < skip_until:
+                continue
             try:
                 if cand.local:
                     up = await self._open_local(target, body, self.view.local_url(req.model))
                 else:
+                    if dialled is None:
+                        first, dialled = await self._dial_ahead(tries, attempt)
+                        if first != attempt:
+                            skip_until = first
+                            continue
+                    stream, dialled = dialled, None
                     with self._unless_declared_dead(cand):
-                        up = await self._open_peer(cand, target, body, None)
+                        up = await self._open_peer(cand, target, body, None, stream)
+            except DialError as e:
+                errors.append(str(e))
+                skip_until = attempt + e.tried
+                continue
             except UpstreamError as e:
                 self._failed(errors, cand, str(e))
                 continue

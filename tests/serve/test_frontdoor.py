@@ -252,6 +252,35 @@ async def test_a_server_that_does_not_answer_its_syn_costs_a_stagger_not_a_timeo
         nursery.cancel_scope.cancel()
 
 
+async def test_a_job_whose_server_does_not_answer_its_syn_runs_elsewhere_soon(
+    keyring: KeyRing,
+) -> None:
+    """The jobs' path (``fetch``) races dials as requests do."""
+    async with trio.open_nursery() as nursery:
+        a = await start_door(nursery, keyring, 1)
+        good = await start_door(nursery, keyring, 2, engine=Behaviour())
+        link(a, good)
+        lost = b"z" * 20
+        with Blackhole() as hole:
+            a.view.peers[lost] = hole
+            a.view.loads = {lost: 0.0, good.view.node: 0.5}
+            assert a.front.ranked(MODEL, None)[0].node == lost
+            req = parse_completion(
+                json.dumps({"model": MODEL, "prompt": "hi there", "max_tokens": 4}).encode(),
+                chat=False,
+            )
+            start = trio.current_time()
+            data, served = await a.front.fetch(req, Priority.MEDIUM)
+            took = trio.current_time() - start
+        assert served == good.view.node.hex()
+        assert json.loads(data)["choices"][0]["text"] == expected(
+            {"prompt": "hi there", "max_tokens": 4}, False
+        )
+        assert took < CONNECT_TIMEOUT
+        assert a.front.ranked(MODEL, None)[-1].node == lost
+        nursery.cancel_scope.cancel()
+
+
 @pytest.mark.parametrize("chat", [False, True])
 async def test_mid_stream_death_continues_on_another_server(keyring: KeyRing, chat: bool) -> None:
     async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
