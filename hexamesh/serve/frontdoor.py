@@ -90,6 +90,18 @@ class _Cut:
             self.scope.cancel()
 
 
+class _Dials:
+    """One request's dial races over its candidates (``FrontDoor._connection_for``)."""
+
+    def __init__(self, tries: list[Candidate]) -> None:
+        self.tries = tries
+        self.skip_until = 0  # candidates before it were passed over (slower, or failed)
+        self.won: trio.SocketStream | None = None  # connected by a race, for tries[skip_until]
+
+    def passed_over(self, attempt: int) -> bool:
+        return attempt < self.skip_until
+
+
 class JobsApi(Protocol):
     """An API mounted on the front door (jobs, placements): True if it answered."""
 
@@ -358,6 +370,25 @@ class FrontDoor:
             self.shunned.failed(cand.node, self._clock())
         return start + first, stream
 
+    async def _connection_for(
+        self, dials: _Dials, attempt: int, errors: list[str]
+    ) -> tuple[bool, trio.SocketStream | None]:
+        """(go, connection) for the peer ``dials.tries[attempt]``: a race's winner,
+        or None to take a pooled one. go is False when a race passed it over
+        for a later candidate or none of the raced connected (said in ``errors``)."""
+        if dials.won is None:
+            try:
+                first, dials.won = await self._dial_ahead(dials.tries, attempt)
+            except DialError as e:
+                errors.append(str(e))
+                dials.skip_until = attempt + e.tried
+                return False, None
+            if first != attempt:
+                dials.skip_until = first
+                return False, None
+        stream, dials.won = dials.won, None
+        return True, stream
+
     async def _open_peer(
         self,
         cand: Candidate,
@@ -455,11 +486,9 @@ class FrontDoor:
         sent: list[bytes] = []  # chunked bytes the client holds (streams)
         done: sse.Progress | None = None
         errors: list[str] = []
-        tries = ranked[:MAX_ATTEMPTS]
-        skip_until = 0  # candidates before it were passed over (slower to connect)
-        dialled: trio.SocketStream | None = None  # connected by the race, for tries[skip_until]
-        for attempt, cand in enumerate(tries):
-            if attempt < skip_until:
+        dials = _Dials(ranked[:MAX_ATTEMPTS])
+        for attempt, cand in enumerate(dials.tries):
+            if dials.passed_over(attempt):
                 continue
             if attempt:
                 (self.metrics.continuations if sent else self.metrics.failovers).inc()
@@ -469,18 +498,11 @@ class FrontDoor:
                         request.target, body, self.view.local_url(req.model)
                     )
                 else:
-                    if dialled is None:
-                        first, dialled = await self._dial_ahead(tries, attempt)
-                        if first != attempt:
-                            skip_until = first
-                            continue
-                    stream, dialled = dialled, None
+                    go, stream = await self._connection_for(dials, attempt, errors)
+                    if not go:
+                        continue
                     with self._unless_declared_dead(cand):
                         up = await self._open_peer(cand, request.target, body, route, stream)
-            except DialError as e:
-                errors.append(str(e))
-                skip_until = attempt + e.tried
-                continue
             except UpstreamError as e:
                 log.info("server %s failed before answering: %s", cand.node.hex()[:8], e)
                 self._failed(errors, cand, str(e))
@@ -571,28 +593,19 @@ class FrontDoor:
         target = "/v1/chat/completions" if req.chat else "/v1/completions"
         body = json.dumps({**req.body, "stream": False}).encode()
         errors: list[str] = []
-        tries = self.ranked(req.model, None, priority)[:MAX_ATTEMPTS]
-        skip_until = 0  # as in ``complete``: a server that answers no SYN costs a stagger
-        dialled: trio.SocketStream | None = None
-        for attempt, cand in enumerate(tries):
-            if attempt < skip_until:
+        dials = _Dials(self.ranked(req.model, None, priority)[:MAX_ATTEMPTS])
+        for attempt, cand in enumerate(dials.tries):
+            if dials.passed_over(attempt):
                 continue
             try:
                 if cand.local:
                     up = await self._open_local(target, body, self.view.local_url(req.model))
                 else:
-                    if dialled is None:
-                        first, dialled = await self._dial_ahead(tries, attempt)
-                        if first != attempt:
-                            skip_until = first
-                            continue
-                    stream, dialled = dialled, None
+                    go, stream = await self._connection_for(dials, attempt, errors)
+                    if not go:
+                        continue
                     with self._unless_declared_dead(cand):
                         up = await self._open_peer(cand, target, body, None, stream)
-            except DialError as e:
-                errors.append(str(e))
-                skip_until = attempt + e.tried
-                continue
             except UpstreamError as e:
                 self._failed(errors, cand, str(e))
                 continue
