@@ -825,6 +825,13 @@ def simulate(
             "their connections go silent) instead of their processes dying"
         ),
     ] = False,
+    freeze: Annotated[
+        bool,
+        typer.Option(
+            help="Killed and crashed nodes freeze (SIGSTOP, a hang: their connections stay "
+            "up and go silent) and later thaw where they stopped, instead of dying"
+        ),
+    ] = False,
     restart_after: Annotated[
         float | None, typer.Option(help="Restart the killed after this many s \\[default: never]")
     ] = None,
@@ -848,7 +855,8 @@ def simulate(
     Every node runs the real comb core (SWIM, waggle) on the network
     simulator; servers are vLLM stand-ins with measured service times; clients
     send requests to random live nodes, which route and fail over as the front
-    door does. Faults: a mass SIGKILL, churn, a partition, datagram loss. Last
+    door does. Faults: a mass SIGKILL (or machines vanishing, or agents
+    freezing), churn, a partition, datagram loss. Last
     line: one JSON object. Exit 1 if a request hung (no outcome)."""
     from hexamesh.simulate.report import ReportError, write_report
     from hexamesh.simulate.swarm import Scenario, run_scenario
@@ -865,6 +873,7 @@ def simulate(
             kill=kill,
             kill_at=kill_at,
             vanish=vanish,
+            freeze=freeze,
             restart_after=restart_after,
             churn=churn,
             churn_at=churn_at,

@@ -240,6 +240,18 @@ class SimNetwork:
         self._touch(host)
         return host
 
+    def thaw(self, addr: Addr) -> SimHost:
+        """Resume a killed host with the core it had (a process stopped with
+        SIGSTOP, then continued): its state is as it was, its timers fire late.
+        What was sent to it meanwhile is lost (a real socket buffer keeps the
+        last few hundred KB)."""
+        host = self.hosts[addr]
+        host.alive = True
+        host.generation += 1
+        host.timer_at = None
+        self._touch(host)
+        return host
+
     def partition(self, *groups: Iterable[Addr]) -> None:
         """Split the network: hosts in different groups cannot talk.
 

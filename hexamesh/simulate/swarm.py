@@ -26,6 +26,10 @@ network's latency; what can go wrong is what goes wrong on real machines:
   entry dials the next candidate ``DIAL_STAGGER`` later (the last one is
   waited out to ``CONNECT_TIMEOUT``); a request already running there goes
   silent and is given up when TCP keepalive does (``KEEPALIVE_GIVE_UP``);
+* the server's agent froze (``freeze``: SIGSTOP, a hang): its kernel still
+  answers TCP, so a request sent or running there waits for the entry's
+  verdict on the server or for the relay's own timeouts (``FIRST_BYTE_TIMEOUT``,
+  ``STALL_TIMEOUT``); a server that thaws first goes on with the stream;
 * the server dies mid-stream: the entry continues on the next candidate from
   the prompt plus the tokens already sent (a *continuation*);
 * the entry node itself dies: the client's connection drops, the request is
@@ -35,7 +39,8 @@ network's latency; what can go wrong is what goes wrong on real machines:
 Faults: a fraction of the nodes SIGKILLed at once (``kill``, ``kill_at``),
 optionally restarted ``restart_after`` seconds later (a restarted server
 loads its model again, ``startup_s``), churn (each node crashes at a rate
-per minute and comes back ``downtime`` later), a partition of the comb into
+per minute and comes back ``downtime`` later; frozen nodes thaw instead of
+restarting), a partition of the comb into
 two halves (``partition_at`` to ``heal_at``) and datagram loss. The network
 and the cores are the real ones; HTTP, the DHT and the engine are modelled.
 
@@ -68,6 +73,7 @@ from hexamesh.serve.relay import (
     KEEPALIVE_COUNT,
     KEEPALIVE_IDLE,
     KEEPALIVE_INTERVAL,
+    STALL_TIMEOUT,
 )
 from hexamesh.serve.router import MAX_ATTEMPTS, Candidate, rank
 from hexamesh.serve.shun import Shunned
@@ -101,6 +107,7 @@ class Scenario:
     loss: float = 0.01  # datagram loss
     kill: float = 0.0  # fraction of the nodes SIGKILLed at once at kill_at
     vanish: bool = False  # crashed machines vanish (no TCP reset) instead of processes dying
+    freeze: bool = False  # crashed agents freeze (SIGSTOP, a hang): TCP up, nothing answers
     kill_at: float = 60.0  # s after the first request
     restart_after: float | None = None  # s until the killed come back (None: never)
     churn: float = 0.0  # crashes per node per minute (each back after `downtime`)
@@ -120,6 +127,7 @@ class Scenario:
             (0.0 <= self.loss < 1.0, "loss is a probability in [0, 1)"),
             (0.0 <= self.kill < 1.0, "kill is a fraction in [0, 1)"),
             (self.churn >= 0 and self.downtime >= 0, "churn and downtime must not be negative"),
+            (not (self.vanish and self.freeze), "a crash is either vanish or freeze, not both"),
             (
                 self.heal_at is None
                 or (self.partition_at is not None and self.heal_at > self.partition_at),
@@ -193,8 +201,10 @@ class SwarmSim:
         self.engines: dict[int, SimEngine] = {}
         self.ready: set[int] = set()  # servers whose model is loaded
         self.vanished: set[int] = set()  # dead without a trace: SYNs and streams go unanswered
+        self.frozen: set[int] = set()  # stopped: connections open, nothing answers; they thaw
         self.silent_waits: list[float] = []  # s each silent attempt was waited on
         self.silent_cut_by_verdict = 0  # of them, ended by the comb's verdict (not keepalive)
+        self.silent_resumed = 0  # of them, going on where they stopped (the server thawed)
         self.started: dict[int, float] = {}  # node -> when its process started
         self.providers: dict[bytes, float] = {}  # node -> lease end of its model record
         self._dht_cache: dict[int, tuple[float, list[bytes]]] = {}
@@ -270,21 +280,43 @@ class SwarmSim:
             req = self.reqs[rid]
             self._drop_attempt(req)
             self._finish(req, "entry_died")
+        if self.s.vanish:
+            self.vanished.add(i)
+        if self.s.freeze:
+            self.frozen.add(i)  # its engine stays loaded, as stopped as its agent
+        engine = self.engines.get(i)
+        if self.s.freeze and engine is not None:
+            # What finished before the stop still reaches its client; the rest
+            # stops with the agent (dropped here, resubmitted if it thaws in time).
+            self._collect(i, engine.advance(now))
         for rid in list(self.on_server.pop(i, ())):
             req = self.reqs[rid]
             delivered = self._delivered(req, now)
+            if self.s.freeze and engine is not None:
+                engine.cancel(rid, now)
             if self.s.vanish:
-                self._silent(req, delivered)
+                self._silent(req, delivered, now + KEEPALIVE_GIVE_UP)
+            elif self.s.freeze:  # the kernel keeps the connection up: the relay's timeouts
+                if delivered:
+                    self._silent(req, delivered, now + STALL_TIMEOUT)
+                else:
+                    self._silent(req, 0, req.sent_at + FIRST_BYTE_TIMEOUT)
             else:  # its port refuses: a reset, one trip
                 self._lost_attempt(req, now + req.back, delivered)
-        if self.s.vanish:
-            self.vanished.add(i)
-        self.engines.pop(i, None)
+        if not self.s.freeze:
+            self.engines.pop(i, None)
         if why is not None:
             self._log_fault(f"{why}: node {i}")
 
     def restart(self, i: int) -> None:
+        """Bring node ``i`` back: a fresh process, or a frozen one continued."""
         if self.alive(i):
+            return
+        if i in self.frozen:
+            self.frozen.discard(i)
+            self.net.thaw(addr_of(i))  # the same core, its state as it was
+            if i in self.engines:
+                self.ready.add(i)
             return
         self.net.restart(addr_of(i))
         self.vanished.discard(i)
@@ -411,6 +443,11 @@ class SwarmSim:
             more = req.tried < len(req.ranked)
             self._lost_attempt(req, req.sent_at + (DIAL_STAGGER if more else CONNECT_TIMEOUT), 0)
             return
+        if server in self.frozen:
+            # Its kernel accepts the connection and the request; nothing answers.
+            req.first_dead |= first
+            self._silent(req, 0, req.sent_at + FIRST_BYTE_TIMEOUT)
+            return
         if not self.alive(server) or server not in self.ready:
             # A dead agent's port refuses, and a live one without the model
             # answers 503 at once: either way the entry hears it one trip later.
@@ -457,16 +494,18 @@ class SwarmSim:
                 engine.cancel(req.id, now)
                 self._wake_engine(server)
 
-    def _silent(self, req: _Req, delivered: int) -> None:
-        """The current attempt's server went silent now (cut off, vanished):
-        nothing more arrives. The entry moves on when its comb declares the
-        server dead (the front door's death watch) or when TCP keepalive gives
-        up, whichever comes first."""
+    def _silent(self, req: _Req, delivered: int, give_up: float) -> None:
+        """The current attempt's server went silent now (cut off, vanished,
+        frozen): nothing more arrives. The entry moves on when its comb
+        declares the server dead (the front door's death watch) or at
+        ``give_up`` (TCP keepalive; the relay's own timeouts where the
+        server's kernel still answers), whichever comes first. A frozen server
+        that thaws before either goes on with the stream."""
         self._drop_attempt(req)
         gen, server = req.gen, req.server
         assert server is not None
         node, since = self.ids[server], self.net.now
-        give_up = since + KEEPALIVE_GIVE_UP
+        frozen = server in self.frozen
 
         def check() -> None:
             if req.gen != gen or req.outcome is not None:
@@ -477,6 +516,15 @@ class SwarmSim:
                 self.silent_waits.append(now - since)
                 self.silent_cut_by_verdict += verdict
                 self._move_on(req, now, delivered)
+            elif frozen and server not in self.frozen and self.alive(server):
+                # Thawed: the connection was open all along, the stream goes on
+                # where it stopped (its engine takes the rest as a new request).
+                self.silent_waits.append(now - since)
+                self.silent_resumed += 1
+                req.tokens_left -= delivered
+                req.prompt += delivered
+                req.sent_at = now
+                self._at_server(req, req.gen)
             else:
                 self.net.call_at(min(give_up, now + VERDICT_POLL), check)
 
@@ -603,7 +651,7 @@ class SwarmSim:
         victims = self.rng.sample([i for i in range(self.s.nodes) if self.alive(i)], count)
         for i in sorted(victims):
             self.kill(i, None)
-        self._log_fault(f"killed {len(victims)} nodes at once")
+        self._log_fault(f"{'froze' if self.s.freeze else 'killed'} {len(victims)} nodes at once")
         if self.s.restart_after is not None:
             self.net.call_at(
                 self.net.now + self.s.restart_after, partial(self._restart_all, victims)
@@ -612,7 +660,11 @@ class SwarmSim:
     def _restart_all(self, nodes: list[int]) -> None:
         for i in nodes:
             self.restart(i)
-        self._log_fault(f"restarted the {len(nodes)} killed")
+        self._log_fault(
+            f"thawed the {len(nodes)} frozen"
+            if self.s.freeze
+            else f"restarted the {len(nodes)} killed"
+        )
 
     def _churn(self, i: int) -> None:
         now = self.net.now
@@ -632,7 +684,7 @@ class SwarmSim:
             if req.outcome is None and req.server is not None and self._cut(req.entry, req.server):
                 if req.id not in self.on_server.get(req.server, ()):
                     continue
-                self._silent(req, self._delivered(req, now))
+                self._silent(req, self._delivered(req, now), now + KEEPALIVE_GIVE_UP)
         self._log_fault(f"partition: {len(west)} nodes cut from {self.s.nodes - len(west)}")
 
     def _heal(self) -> None:
@@ -735,6 +787,7 @@ class SwarmSim:
             # how many the comb's verdict ended (the rest: TCP keepalive), how long
             silent=len(self.silent_waits),
             silent_cut_by_verdict=self.silent_cut_by_verdict,
+            silent_resumed=self.silent_resumed,
             silent_wait_s_max=round(max(self.silent_waits), 2) if self.silent_waits else None,
             ttft_s_p50=percentile(ttft, 0.5),
             ttft_s_p99=percentile(ttft, 0.99),

@@ -145,6 +145,28 @@ def test_kill_drops_traffic_and_timers_restart_gives_a_fresh_core() -> None:
     assert len(fresh.received) == 1
 
 
+def test_thaw_resumes_the_same_core_its_overdue_timer_fires_at_once() -> None:
+    net = SimNetwork()
+    [sender] = recorders(net, 1)
+    frozen = RecordingCore()
+    net.add_host(addr(1), lambda host: frozen)
+    frozen.wake_at = 5.0
+    net.interact(addr(1), lambda c, now: None)
+    net.kill(addr(1))  # SIGSTOP
+    sender.send(addr(1), blob())
+    net.interact(addr(0), lambda c, now: None)
+    net.run(until=8.0)
+    assert frozen.received == [] and frozen.timers == []
+    net.thaw(addr(1))  # SIGCONT at 8 s
+    assert net.hosts[addr(1)].core is frozen
+    net.run(until=8.0)
+    assert frozen.timers == [8.0]  # late, not lost
+    sender.send(addr(1), blob(b"after"))
+    net.interact(addr(0), lambda c, now: None)
+    net.run(until=9.0)
+    assert [env.message for env, _, _ in frozen.received] == [blob(b"after").message]
+
+
 def test_duplication() -> None:
     net = SimNetwork(duplicate=1.0)
     a, b = recorders(net, 2)

@@ -9,7 +9,13 @@ import pytest
 from hexamesh.serve.relay import CONNECT_TIMEOUT, DIAL_STAGGER
 from hexamesh.serve.shun import SHUN_PERIOD
 from hexamesh.simulate.engine import TINY_CPU
-from hexamesh.simulate.swarm import KEEPALIVE_GIVE_UP, Scenario, SwarmSim, run_scenario
+from hexamesh.simulate.swarm import (
+    KEEPALIVE_GIVE_UP,
+    VERDICT_POLL,
+    Scenario,
+    SwarmSim,
+    run_scenario,
+)
 
 ALONE = TINY_CPU.ttft_s + 127 / 592.0  # one 128-token request on an idle server
 
@@ -119,6 +125,39 @@ def test_requests_to_vanished_servers_move_on_at_the_verdict() -> None:
     assert out["silent_wait_s_max"] >= KEEPALIVE_GIVE_UP
 
 
+def test_frozen_servers_are_cut_at_the_verdict_and_thaw_back() -> None:
+    """Frozen agents (SIGSTOP, a hang) keep their connections up: only the
+    verdict ends the wait before the relay's own timeouts (60-120 s). Thawed
+    20 s later they refute their deaths and are everyone's peers again."""
+    scenario = Scenario(
+        nodes=91,
+        servers=0.15,
+        minutes=1.0,
+        rate=20,
+        tokens=512,
+        kill=0.3,
+        kill_at=10,
+        freeze=True,
+        restart_after=20,
+        loss=0.0,
+    )
+    out, sim = run_scenario(scenario)
+    assert sim.faults[1][1].startswith("thawed")
+    assert out["silent"] > 0 and out["silent_cut_by_verdict"] == out["silent"]
+    assert out["silent_wait_s_max"] < 10
+    assert out["continuations"] > 0 and out["hung"] == 0
+    assert out["failed_all_tried"] == 0 and out["failed_no_server"] == 0
+    assert out["view_wrong_max"] > 0  # the thawed were held dead for a while ...
+    assert out["view_clean_s"] is not None and out["view_clean_s"] < 20 + 15  # ... not for long
+    # A front door deaf to the comb waits until the thaw, and the streams go on there.
+    deaf = SwarmSim(scenario)
+    deaf._held_dead = lambda entry, node: False  # type: ignore[method-assign]
+    out = deaf.run()
+    assert out["silent"] > 0 and out["silent_resumed"] == out["silent"]
+    assert out["silent_wait_s_max"] == pytest.approx(20.0, abs=VERDICT_POLL + 1e-6)
+    assert out["hung"] == 0
+
+
 def test_a_partition_costs_a_dial_stagger_and_heals() -> None:
     scenario = Scenario(
         nodes=91, servers=0.15, minutes=1.0, rate=10, partition_at=10, heal_at=30, loss=0.0
@@ -176,6 +215,7 @@ def test_requests_spread_over_servers_nobody_sees() -> None:
         ({"loss": 1.0}, "loss"),
         ({"heal_at": 5.0}, "heal_at"),
         ({"tokens": 0}, "tokens"),
+        ({"vanish": True, "freeze": True}, "vanish or freeze"),
     ],
 )
 def test_bad_scenarios_are_refused(changes: dict[str, float], message: str) -> None:
