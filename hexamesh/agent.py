@@ -64,7 +64,13 @@ from hexamesh.serve.jobs import DhtJobs, Jobs, JobStore
 from hexamesh.serve.metrics import ServeMetrics
 from hexamesh.serve.peerauth import PeerSigner
 from hexamesh.serve.view import CombView
-from hexamesh.swarmkey import JoinToken, SwarmKeyError, create_key_file, load_key_file
+from hexamesh.swarmkey import (
+    JoinToken,
+    SwarmKeyError,
+    create_key_file,
+    load_key_file,
+    save_key_file,
+)
 from hexamesh.wire import Codec, KeyRing
 
 __all__ = [
@@ -113,16 +119,25 @@ class AgentStatus:
 def resolve_keyring(config: AgentConfig) -> tuple[KeyRing, tuple[str, ...], bool]:
     """The swarm key ring, the seeds to join, and whether we found a new swarm.
 
-    A join token supplies both key and seed. With no seeds and no key file, this
-    node founds a swarm and writes a new key (mode 0600). With seeds but no
-    key, it refuses: a node without the key can neither join nor read.
+    A join token supplies both key and seed; its key is saved to the key file
+    if there is none (as Consul keeps ``-encrypt`` in its data dir), so a
+    restart without the token stays in the swarm, and the CLI's commands that
+    read the key file find it. With no seeds and no key file, this node founds
+    a swarm and writes a new key (mode 0600). With seeds but no key, it
+    refuses: a node without the key can neither join nor read.
     """
     seeds = config.join
+    path = config.swarm_key_path
     if config.token:
         token = JoinToken.decode(config.token)
         seeds = (*seeds, format_addr((token.host, token.port)))
-        return KeyRing(token.key), seeds, False
-    path = config.swarm_key_path
+        ring = KeyRing(token.key)
+        if not path.exists():
+            save_key_file(path, ring)
+            log.info("saved the token's swarm key to %s", path)
+        elif _primary_in(path) != token.key:
+            log.warning("%s holds another swarm key: left as it is, the token's is used", path)
+        return ring, seeds, False
     if not path.exists() and not seeds:
         log.info("founding a new swarm; wrote its key to %s", path)
         return create_key_file(path), seeds, True
@@ -132,6 +147,14 @@ def resolve_keyring(config: AgentConfig) -> tuple[KeyRing, tuple[str, ...], bool
             "`hexamesh swarm invite` on a member"
         )
     return load_key_file(path), seeds, not seeds
+
+
+def _primary_in(path: Path) -> bytes | None:
+    """The primary key of a key file, None if it cannot be read."""
+    try:
+        return load_key_file(path).primary
+    except SwarmKeyError:
+        return None
 
 
 async def _resolve(seed: str) -> Addr:

@@ -29,6 +29,7 @@ __all__ = [
     "SwarmKeyError",
     "create_key_file",
     "load_key_file",
+    "save_key_file",
 ]
 
 SWARM_KEY_FILE_NAME = "swarm.key"
@@ -52,12 +53,16 @@ def _unb64(text: str) -> bytes:
 
 def create_key_file(path: Path) -> KeyRing:
     """Write a new random swarm key to ``path`` (mode 0600); never overwrites."""
+    return save_key_file(path, KeyRing.generate())
+
+
+def save_key_file(path: Path, ring: KeyRing) -> KeyRing:
+    """Write ``ring`` to ``path`` (mode 0600), primary first; never overwrites."""
     if path.exists():
         raise SwarmKeyError(f"{path} exists already; refusing to overwrite a swarm key")
     path.parent.mkdir(parents=True, exist_ok=True)
-    ring = KeyRing.generate()
     text = "# hexamesh swarm key: primary first, older keys below during a rotation\n"
-    write_secret_file(path, (text + _b64(ring.primary) + "\n").encode())
+    write_secret_file(path, (text + "".join(_b64(k) + "\n" for k in ring.keys)).encode())
     return ring
 
 

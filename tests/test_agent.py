@@ -7,9 +7,11 @@ from typing import Any
 
 import trio
 
-from hexamesh.agent import STATUS_FILE_NAME, AgentStatus, _StatusFile, run_agent
+from hexamesh.agent import STATUS_FILE_NAME, AgentStatus, _StatusFile, resolve_keyring, run_agent
 from hexamesh.config import AgentConfig
 from hexamesh.hexgrid import ORIGIN, Hex, distance
+from hexamesh.swarmkey import SWARM_KEY_FILE_NAME, JoinToken, create_key_file, load_key_file
+from hexamesh.wire import KeyRing
 
 
 async def wait_for(path: Path, check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
@@ -90,3 +92,24 @@ def test_the_status_file_skips_rewrites_for_rtt_wobble_alone(tmp_path: Path) -> 
     path.unlink()  # removed under us: written again whatever changed
     status_file.write(status, now=14.0)
     assert path.exists()
+
+
+def test_a_token_key_is_kept_so_a_restart_without_it_stays_in_the_swarm(tmp_path: Path) -> None:
+    ring = KeyRing.generate()
+    token = JoinToken("10.0.0.1", 7420, ring.primary).encode()
+    got, seeds, founder = resolve_keyring(AgentConfig(data_dir=tmp_path, token=token))
+    assert got.primary == ring.primary and seeds == ("10.0.0.1:7420",) and not founder
+    saved = tmp_path / SWARM_KEY_FILE_NAME
+    assert load_key_file(saved).primary == ring.primary  # mode 0600, or it would not load
+    # restarted without the token (and the CLI, given only the data dir): the same swarm
+    again, _, _ = resolve_keyring(AgentConfig(data_dir=tmp_path))
+    assert again.primary == ring.primary
+
+
+def test_a_token_never_overwrites_a_key_file(tmp_path: Path, caplog: Any) -> None:
+    mine = create_key_file(tmp_path / SWARM_KEY_FILE_NAME)
+    other = JoinToken("10.0.0.1", 7420, KeyRing.generate().primary)
+    got, _, _ = resolve_keyring(AgentConfig(data_dir=tmp_path, token=other.encode()))
+    assert got.primary == other.key  # this run uses the token's key ...
+    assert load_key_file(tmp_path / SWARM_KEY_FILE_NAME).primary == mine.primary  # ... file kept
+    assert "holds another swarm key" in caplog.text
