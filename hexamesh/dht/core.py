@@ -600,7 +600,10 @@ class DhtCore:
         targets += [(c.addr, c.id) for c in known or []]
         pending = {"n": len(targets)}
 
-        def after_pings() -> None:
+        def after_pings(at: float) -> None:
+            # ``at``: when the last ping ended. A lookup started at ``now`` after
+            # an unanswered ping (a second later) got RPCs expired on arrival:
+            # a node restarted with only dead saved contacts never joined.
             def after_self(contacts: list[Contact], stats: LookupStats) -> None:
                 self._found_self(contacts, stats)
                 self._refresh_beyond_neighbour(stats.finished)
@@ -608,19 +611,19 @@ class DhtCore:
                 on_done(contacts, stats)
 
             if self._operations >= self.config.max_operations:
-                on_done([], LookupStats(hops=0, queries=0, failures=0, started=now, finished=now))
+                on_done([], LookupStats(hops=0, queries=0, failures=0, started=at, finished=at))
                 return
-            self.lookup(self.me.id, now, after_self)
+            self.lookup(self.me.id, at, after_self)
 
-        def one(_: object = None, *__: object) -> None:
+        def one(at: float) -> None:
             pending["n"] -= 1
             if pending["n"] == 0:
-                after_pings()
+                after_pings(at)
 
         if not targets:
-            self._deferred.append(after_pings)
+            self._deferred.append(lambda: after_pings(now))
         for addr, node_id in targets:
-            self._request(addr, node_id, DhtPing(), lambda m, c, t: one(), lambda t: one(), now)
+            self._request(addr, node_id, DhtPing(), lambda m, c, t: one(t), one, now)
         self._run_deferred()
 
     def _check_sparse(self, now: float) -> None:

@@ -156,6 +156,28 @@ def test_a_forged_record_in_a_reply_is_ignored() -> None:
     assert swarm.core(0).stats.records_rejected > 0
 
 
+def test_a_restart_with_a_dead_saved_contact_joins_at_the_first_try() -> None:
+    """The self-lookup starts when the last ping ends (a dead one: a timeout
+    later), with that time: it used to start with the time bootstrap began,
+    and every RPC it sent was expired on arrival, so a node whose saved
+    contacts included one dead never joined."""
+    swarm = joined_swarm(12, 3)
+    contacts = swarm.core(0).table.closest(swarm.core(0).me.id, 3)
+    swarm.net.kill(contacts[0].addr)
+    swarm.net.kill(swarm.addrs[0])
+    swarm.net.restart(swarm.addrs[0])  # a fresh core: an empty table, the saved contacts
+    box: list[object] = []
+    swarm.net.interact(
+        swarm.addrs[0],
+        lambda core, now: core.bootstrap([], now, lambda r, s: box.extend([r, s]), known=contacts),
+    )
+    swarm.net.run(until=swarm.net.now + 30.0)
+    found, stats = box
+    assert isinstance(found, list) and isinstance(stats, LookupStats)
+    assert found and contacts[0] not in found
+    assert {c.id for c in contacts[1:]} <= {c.id for c in found}
+
+
 def test_unanswered_contacts_are_dropped_after_repeated_timeouts() -> None:
     swarm = joined_swarm(30, 8, DhtConfig(max_failures=2))
     core = swarm.core(0)
