@@ -95,6 +95,7 @@ CONTACTS_FILE_NAME = "contacts.json"
 JOBS_FILE_NAME = "jobs.sqlite"
 CONTACTS_SAVE_TICKS = 60  # status intervals between saves of the DHT contacts
 JOIN_RETRY_MAX = 60.0  # s; longest wait between DHT bootstrap attempts
+TABLE_POLL = 1.0  # s; while bootstrap waits to retry, how often it looks for a node that reached us
 LEAVE_TIMEOUT = 2.0  # s a graceful stop spends telling the swarm it leaves
 UPTIME_STEP = 60.0  # s; the dance's uptime is refreshed this often (placement votes weigh it)
 
@@ -549,5 +550,10 @@ async def _join_dht(dht: Dht, seeds: list[Addr], known: list[Contact]) -> None:
             )
             return
         log.info("DHT bootstrap found nobody; retrying in %.0f s", delay)
-        await trio.sleep(delay)
+        # Sooner if a node reaches us meanwhile (it joined through us): then
+        # there is someone to look ourselves up through.
+        had = len(dht.core.table)
+        with trio.move_on_after(delay):
+            while len(dht.core.table) <= had:
+                await trio.sleep(TABLE_POLL)
         delay = min(delay * 2, JOIN_RETRY_MAX)
