@@ -311,10 +311,14 @@ class Honeycomb:
         picks: list[bytes] = []
         for _ in range(4 * SHORTCUTS):
             target = self._rng.getrandbits(160).to_bytes(20, "big")
-            for contact in self.dht.closest(target, 1):
+            # The contact nearest a random id that may be a shortcut: not only
+            # the nearest one, which in a small swarm was often a comb link or
+            # a pick already, leaving a slot empty with candidates to spare.
+            for contact in self.dht.closest(target, len(links) + len(picks) + 2):
                 if contact.id != self.node and contact.id not in links and contact.id not in picks:
                     self.comb.addrs.setdefault(contact.id, (contact.host, contact.port))
                     picks.append(contact.id)
+                    break
             if len(picks) >= SHORTCUTS:
                 break
         self.comb.set_shortcuts(picks, self._clock())
