@@ -445,7 +445,10 @@ async def _serve_api(
     config: AgentConfig, front: FrontDoor, *, task_status: trio.TaskStatus[str]
 ) -> None:
     """The OpenAI API listener; reports its base URL once bound."""
-    listeners = await trio.open_tcp_listeners(config.api_port, host=config.api_host)
+    try:
+        listeners = await trio.open_tcp_listeners(config.api_port, host=config.api_host)
+    except OSError as e:  # say which port: the peer port fails the same way
+        raise OSError(e.errno, f"API {config.api_host}:{config.api_port}: {e.strerror}") from None
     sockname = listeners[0].socket.getsockname()
     host = config.api_host if config.api_host not in ("0.0.0.0", "::") else "127.0.0.1"
     url = f"http://{format_addr((host, sockname[1]))}/v1"

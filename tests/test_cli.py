@@ -61,3 +61,4 @@ def test_agent_reports_a_taken_port_without_a_traceback(tmp_path: Path) -> None:
         )
     assert result.exit_code == 2
     assert "cannot start the agent" in result.output and "Traceback" not in result.output
+    assert f"UDP 127.0.0.1:{port}" in " ".join(result.output.split())  # which port

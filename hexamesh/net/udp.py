@@ -206,9 +206,9 @@ async def _bind(host: str, port: int) -> tuple[trio.socket.SocketType, trio.sock
         udp = trio.socket.socket(family, _stdlib_socket.SOCK_DGRAM)
         try:
             await udp.bind((host, port))
-        except OSError:
+        except OSError as e:
             udp.close()
-            raise
+            raise OSError(e.errno, f"UDP {host}:{port}: {e.strerror}") from None
         bound_port = udp.getsockname()[1]
         tcp = trio.socket.socket(family, _stdlib_socket.SOCK_STREAM)
         tcp.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEADDR, 1)
@@ -219,7 +219,7 @@ async def _bind(host: str, port: int) -> tuple[trio.socket.SocketType, trio.sock
             tcp.close()
             if e.errno == errno.EADDRINUSE and port == 0:
                 continue  # the TCP side of this port is taken; draw another
-            raise
+            raise OSError(e.errno, f"TCP {host}:{bound_port}: {e.strerror}") from None
         tcp.listen(128)
         return udp, tcp
     raise OSError(errno.EADDRINUSE, f"no port free for both UDP and TCP on {host}")
