@@ -65,6 +65,11 @@ def detect_device() -> Device:
     )
 
 
+def looks_like_path(model: str) -> bool:
+    """Is a ``--model`` source written as a path (not a hub id like ``org/name``)?"""
+    return model.startswith(("/", "./", "../", "~")) or model in (".", "..")
+
+
 def model_bytes(model: str) -> int:
     """Size of a local model's weight files (0 for a hub id: unknown until downloaded)."""
     path = Path(model)

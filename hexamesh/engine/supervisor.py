@@ -23,6 +23,7 @@ left behind: the group is killed even if the leader already exited.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import enum
 import logging
@@ -33,14 +34,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import trio
 
-from hexamesh.engine.device import Device, detect_device, model_bytes
+from hexamesh.engine.device import Device, detect_device, looks_like_path, model_bytes
 from hexamesh.engine.load import EngineLoad, parse_metrics
 
 __all__ = [
@@ -56,6 +58,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 GROUP_EXIT_WAIT = 5.0  # s to wait for a killed group to vanish (zombies never do)
+
+
+LAST_LINES = 40  # of vLLM's output kept to say why it exited
 
 
 class EngineError(Exception):
@@ -157,6 +162,17 @@ def server_env(spec: ModelSpec, device: Device, config: EngineConfig) -> dict[st
 NICE_ENV = "HEXAMESH_ENGINE_NICE"  # read by the guard before it starts the server
 
 
+def _why_it_exited(lines: Iterable[str]) -> str | None:
+    """The line of vLLM's last output that says why it stopped: its last
+    exception (``SomeError: ...``), else its last line."""
+    kept = [line.strip() for line in lines if line.strip()]
+    for line in reversed(kept):
+        head = line.split(":", 1)[0]
+        if " " not in head and head.endswith(("Error", "Exception", "Exit")):
+            return line[:300]
+    return kept[-1][:300] if kept else None
+
+
 class _Server:
     """One model's server: its process, state and load."""
 
@@ -172,6 +188,7 @@ class _Server:
         self.ready = trio.Event()
         self.failed_reason: str | None = None
         self.cancel = trio.CancelScope()
+        self.last_lines: collections.deque[str] = collections.deque(maxlen=LAST_LINES)
 
     @property
     def url(self) -> str:
@@ -220,7 +237,11 @@ class Engine:
     # -- load / unload ----------------------------------------------------
 
     def check_fits(self, spec: ModelSpec) -> None:
-        """Raise EngineError unless ``spec`` fits what is free on this machine."""
+        """Raise EngineError unless ``spec`` fits what is free on this machine
+        (and, written as a path, is a directory: else vLLM would fail on it
+        ``max_restarts`` times over minutes before the model is failed)."""
+        if looks_like_path(spec.model) and not Path(spec.model).is_dir():
+            raise EngineError(f"{spec.name}: no model directory at {spec.model}")
         weights = model_bytes(spec.model)
         if self.device.gpu:
             need = weights * 1.2
@@ -300,6 +321,8 @@ class Engine:
                     with trio.CancelScope(shield=True):
                         self._kill_group(server, signal.SIGKILL)
                 code = process.returncode
+                why = _why_it_exited(server.last_lines)
+                server.last_lines.clear()
                 now = time.monotonic()
                 server.crashes = [t for t in server.crashes if now - t < cfg.restart_window]
                 server.crashes.append(now)
@@ -307,7 +330,7 @@ class Engine:
                     server.state = EngineState.FAILED
                     server.failed_reason = (
                         f"vLLM exited {len(server.crashes)} times in {cfg.restart_window:.0f} s "
-                        f"(last exit code {code})"
+                        f"(last exit code {code}{': ' + why if why else ''})"
                     )
                     log.error("%s: %s; giving up", server.spec.name, server.failed_reason)
                     server.ready.set()
@@ -315,7 +338,11 @@ class Engine:
                 server.state = EngineState.RESTARTING
                 server.restarts += 1
                 log.warning(
-                    "%s: vLLM exited with %s; restarting in %.0f s", server.spec.name, code, delay
+                    "%s: vLLM exited with %s%s; restarting in %.0f s",
+                    server.spec.name,
+                    code,
+                    f" ({why})" if why else "",
+                    delay,
                 )
                 await trio.sleep(delay)
                 delay = min(delay * 2, cfg.restart_max_delay)
@@ -327,7 +354,9 @@ class Engine:
             buffer += chunk
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
-                log.info("[%s] %s", server.spec.name, line.decode(errors="replace").rstrip())
+                text = line.decode(errors="replace").rstrip()
+                server.last_lines.append(text)
+                log.info("[%s] %s", server.spec.name, text)
 
     async def _watch_health(self, server: _Server, scope: trio.CancelScope) -> None:
         """Wait for /health, then scrape /metrics every interval."""

@@ -34,7 +34,10 @@ def main() -> None:
     parser.add_argument("--port", type=int)
     args, _ = parser.parse_known_args()
     if "FAKE_VLLM_EXIT" in os.environ:
-        print("fake vllm: crashing as told", flush=True)
+        # vLLM's last words, as a failed start prints them: a traceback's tail
+        print("Traceback (most recent call last):", flush=True)
+        print("ValueError: crashing as told (FAKE_VLLM_EXIT)", flush=True)
+        print("fake vllm: exiting", flush=True)
         sys.exit(int(os.environ["FAKE_VLLM_EXIT"]))
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
     if "FAKE_VLLM_CHILD_PIDFILE" in os.environ:

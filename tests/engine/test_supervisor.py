@@ -89,8 +89,19 @@ async def test_a_model_that_does_not_fit_is_refused(tmp_path: Path) -> None:
 
 async def test_a_crash_loop_ends_in_a_clear_failure(tmp_path: Path) -> None:
     async with open_engine(config(FAKE_VLLM_EXIT="3"), CPU) as engine:
-        with pytest.raises(EngineError, match="exited 6 times"):
+        with pytest.raises(EngineError, match="exited 6 times") as failed:
             await engine.load(ModelSpec(name="bad", model=str(tmp_path), kv_cache_gb=0.01))
+        assert "ValueError: crashing as told" in str(failed.value)  # vLLM's own reason
+        assert engine.models() == {}
+
+
+async def test_a_model_path_that_is_not_a_directory_is_refused_at_once(tmp_path: Path) -> None:
+    async with open_engine(config(), CPU) as engine:
+        start = trio.current_time()
+        for missing in (str(tmp_path / "nope"), "./nope-either"):
+            with pytest.raises(EngineError, match="no model directory at"):
+                await engine.load(ModelSpec(name="typo", model=missing, kv_cache_gb=0.01))
+        assert trio.current_time() - start < 1.0  # no vLLM started
         assert engine.models() == {}
 
 
