@@ -307,7 +307,8 @@ class FrontDoor:
 
     # -- completions ------------------------------------------------------
 
-    async def _known_or_404(self, model: str) -> None:
+    async def known_or_404(self, model: str) -> None:
+        """Raise 404 (listing the models served) unless the swarm serves ``model``."""
         if self.view.candidates(model):
             return
         await self.view.refresh(model)
@@ -473,7 +474,7 @@ class FrontDoor:
                 f"`{sse.CONTINUES}` is reserved for the swarm's own continuations",
                 param=sse.CONTINUES,
             )
-        await self._known_or_404(req.model)
+        await self.known_or_404(req.model)
         ranked = self.ranked(req.model, route)
         if not ranked:
             raise ApiError(
@@ -587,7 +588,7 @@ class FrontDoor:
     async def fetch(self, req: CompletionRequest, priority: Priority) -> tuple[bytes, str]:
         """One non-streamed answer through the router, with failover: (body, served-by)."""
         try:
-            await self._known_or_404(req.model)
+            await self.known_or_404(req.model)
         except ApiError as e:
             raise UpstreamError(e.message) from None
         target = "/v1/chat/completions" if req.chat else "/v1/completions"

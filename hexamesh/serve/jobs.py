@@ -184,6 +184,7 @@ class JobRunner(Protocol):
 
     async def fetch(self, req: CompletionRequest, priority: Priority) -> tuple[bytes, str]: ...
     def busy(self, model: str) -> bool: ...
+    async def known_or_404(self, model: str) -> None: ...
 
 
 class JobDht(Protocol):
@@ -338,6 +339,9 @@ class Jobs:
         held = self.store.get(jid)
         if held is not None:  # an idempotent retry: same job, never a second run
             return 200, held.public()
+        # As the chat and completion APIs do: a typo gets a 404 naming the
+        # models served now, not a 202 and a job failed five rounds later.
+        await self.runner.known_or_404(req.model)
         if self.store.active() >= self.max_jobs:
             raise ApiError(
                 429,

@@ -130,13 +130,20 @@ async def test_submit_status_collect_and_idempotent_retry(tmp_path: Path) -> Non
         nursery.cancel_scope.cancel()
 
 
-async def test_a_full_queue_says_429_and_priorities_order_the_queue(tmp_path: Path) -> None:
+async def test_unknown_models_get_404_a_full_queue_429_priorities_order_the_queue(
+    tmp_path: Path,
+) -> None:
     ring = KeyRing.generate()
     async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
-        a = await start_door(nursery, ring, 1)
+        a = await start_door(nursery, ring, 1, engine=Behaviour())
         store = JobStore(tmp_path / "q.sqlite")
         jobs = Jobs(store, a.front, None, owner="x", node=a.view.node, max_jobs=3)
         a.front.jobs = jobs  # not running: jobs stay queued
+        # a model nobody serves: refused as a completion would be, nothing queued
+        r = await client.post(f"{a.api}/jobs", json={"model": "typo", "prompt": "x"})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+        assert MODEL in r.json()["error"]["message"]  # it names what is served
+        assert store.counts() == {}
         for prio in ("low", "medium", "high"):
             r = await client.post(
                 f"{a.api}/jobs", json={"model": MODEL, "prompt": prio, "priority": prio, "id": prio}
