@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import pytest
 
@@ -96,21 +97,26 @@ def test_with_every_server_dead_requests_fail_cleanly() -> None:
     assert out["hung"] == 0
 
 
+def mass_fault(**changes: Any) -> Scenario:
+    """91 nodes, 15 % of them servers, 512-token requests; 30 % struck 10 s in, no loss."""
+    base: dict[str, Any] = dict(
+        nodes=91, servers=0.15, rate=20, tokens=512, kill=0.3, kill_at=10, loss=0.0
+    )
+    return Scenario(**{**base, **changes})
+
+
+def deaf_run(scenario: Scenario) -> dict[str, Any]:
+    """The same run with front doors deaf to the comb's death verdicts."""
+    sim = SwarmSim(scenario)
+    sim._held_dead = lambda entry, node: False  # type: ignore[method-assign]
+    return sim.run()
+
+
 def test_requests_to_vanished_servers_move_on_at_the_verdict() -> None:
     """Machines that vanish send no reset: their requests go silent. The entry
     moves on when its comb declares the server dead (seconds), before TCP
     keepalive would have given up; the rest of the run is served."""
-    scenario = Scenario(
-        nodes=91,
-        servers=0.15,
-        minutes=0.5,
-        rate=20,
-        tokens=512,
-        kill=0.3,
-        kill_at=10,
-        vanish=True,
-        loss=0.0,
-    )
+    scenario = mass_fault(minutes=0.5, vanish=True)
     out, _ = run_scenario(scenario)
     assert out["silent"] > 0
     assert out["silent_cut_by_verdict"] == out["silent"]
@@ -118,9 +124,7 @@ def test_requests_to_vanished_servers_move_on_at_the_verdict() -> None:
     assert out["continuations"] > 0 and out["hung"] == 0
     assert out["failed_all_tried"] == 0 and out["failed_no_server"] == 0
     # without the verdicts (a front door deaf to the comb) they wait out keepalive
-    deaf = SwarmSim(scenario)
-    deaf._held_dead = lambda entry, node: False  # type: ignore[method-assign]
-    out = deaf.run()
+    out = deaf_run(scenario)
     assert out["silent"] > 0 and out["silent_cut_by_verdict"] == 0
     assert out["silent_wait_s_max"] >= KEEPALIVE_GIVE_UP
 
@@ -129,18 +133,7 @@ def test_frozen_servers_are_cut_at_the_verdict_and_thaw_back() -> None:
     """Frozen agents (SIGSTOP, a hang) keep their connections up: only the
     verdict ends the wait before the relay's own timeouts (60-120 s). Thawed
     20 s later they refute their deaths and are everyone's peers again."""
-    scenario = Scenario(
-        nodes=91,
-        servers=0.15,
-        minutes=1.0,
-        rate=20,
-        tokens=512,
-        kill=0.3,
-        kill_at=10,
-        freeze=True,
-        restart_after=20,
-        loss=0.0,
-    )
+    scenario = mass_fault(minutes=1.0, freeze=True, restart_after=20)
     out, sim = run_scenario(scenario)
     assert sim.faults[1][1].startswith("thawed")
     assert out["silent"] > 0 and out["silent_cut_by_verdict"] == out["silent"]
@@ -150,9 +143,7 @@ def test_frozen_servers_are_cut_at_the_verdict_and_thaw_back() -> None:
     assert out["view_wrong_max"] > 0  # the thawed were held dead for a while ...
     assert out["view_clean_s"] is not None and out["view_clean_s"] < 20 + 15  # ... not for long
     # A front door deaf to the comb waits until the thaw, and the streams go on there.
-    deaf = SwarmSim(scenario)
-    deaf._held_dead = lambda entry, node: False  # type: ignore[method-assign]
-    out = deaf.run()
+    out = deaf_run(scenario)
     assert out["silent"] > 0 and out["silent_resumed"] == out["silent"]
     assert out["silent_wait_s_max"] == pytest.approx(20.0, abs=VERDICT_POLL + 1e-6)
     assert out["hung"] == 0
