@@ -437,6 +437,13 @@ async def fetch_view(keyring: KeyRing, addr: Addr, timeout: float = VIEW_TIMEOUT
         driver = CoreDriver(comb, transport, Codec(keyring), node_id=identity.node_id)
         await nursery.start(driver.run)
         try:
-            return await _request_view(comb, driver, addr, time.time(), timeout)
+            reply: ViewReply | TimeoutError = await _request_view(
+                comb, driver, addr, time.time(), timeout
+            )
+        except TimeoutError as e:
+            reply = e  # raised below: out of the nursery, not wrapped in a group
         finally:
             nursery.cancel_scope.cancel()
+    if isinstance(reply, TimeoutError):
+        raise reply
+    return reply

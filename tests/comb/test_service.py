@@ -17,6 +17,7 @@ from hexamesh.comb.service import (
     SHORTCUTS,
     Honeycomb,
     cell_key,
+    fetch_view,
 )
 from hexamesh.comb.swim import MembershipEvent, MemberState
 from hexamesh.comb.waggle import Dance
@@ -261,3 +262,14 @@ async def test_models_are_danced_to_neighbours_and_announced_in_the_dht(
         assert [d.node for d in nodes[0].peers_with("tiny")] == [nodes[2].node]
         providers = await nodes[3].dht.providers("tiny")
         assert [r.publisher_id for r in providers] == [nodes[2].node]
+
+
+async def test_fetch_view_from_nobody_is_a_plain_timeout_error() -> None:
+    """Raised out of its nursery, so callers can catch it (``hexamesh peers``
+    printed a traceback of the group for an agent that was down)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))  # bound, never read: no reply, no ICMP
+        with pytest.raises(TimeoutError, match="no view"):
+            await fetch_view(KeyRing.generate(), silent.getsockname(), timeout=0.2)
