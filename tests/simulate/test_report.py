@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from hexamesh.cli import app
@@ -29,16 +30,30 @@ def test_report_has_the_summary_and_plots(tmp_path: Path) -> None:
     assert "](timeline.png)" in md and f"| `ok` | {summary['ok']} |" in md
 
 
-def test_simulate_command_ends_with_one_json_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fault", [[], ["--kill", "0.2", "--kill-at", "5", "--freeze"]])
+def test_simulate_command_ends_with_one_json_line(tmp_path: Path, fault: list[str]) -> None:
     result = runner.invoke(
         app,
-        ["simulate", "--nodes", "37", "--minutes", "0.3", "--json", "--report", str(tmp_path)],
+        [
+            "simulate",
+            "--nodes",
+            "37",
+            "--minutes",
+            "0.3",
+            "--json",
+            "--report",
+            str(tmp_path),
+            *fault,
+        ],
     )
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
     doc = json.loads(lines[-1])
     assert doc["simulation"] == "swarm" and doc["nodes"] == 37 and doc["hung"] == 0
+    assert doc["freeze"] is bool(fault)
     assert (tmp_path / "timeline.png").exists()
+    if fault:
+        assert "froze 7 nodes at once" in (tmp_path / "report.md").read_text()
 
 
 def test_simulate_refuses_a_bad_scenario() -> None:
