@@ -117,15 +117,18 @@ class AgentStatus:
     api: str | None = None  # the OpenAI API's base URL, e.g. http://127.0.0.1:7421/v1
 
 
-def resolve_keyring(config: AgentConfig) -> tuple[KeyRing, tuple[str, ...], bool]:
+def resolve_keyring(
+    config: AgentConfig, *, write_new: bool = True
+) -> tuple[KeyRing, tuple[str, ...], bool]:
     """The swarm key ring, the seeds to join, and whether we found a new swarm.
 
     A join token supplies both key and seed; its key is saved to the key file
     if there is none (as Consul keeps ``-encrypt`` in its data dir), so a
     restart without the token stays in the swarm, and the CLI's commands that
     read the key file find it. With no seeds and no key file, this node founds
-    a swarm and writes a new key (mode 0600). With seeds but no key, it
-    refuses: a node without the key can neither join nor read.
+    a swarm with a new key, written to the key file (mode 0600) unless
+    ``write_new`` is False (the agent writes it once bound). With seeds but no
+    key, it refuses: a node without the key can neither join nor read.
     """
     seeds = config.join
     path = config.swarm_key_path
@@ -140,6 +143,8 @@ def resolve_keyring(config: AgentConfig) -> tuple[KeyRing, tuple[str, ...], bool
             log.warning("%s holds another swarm key: left as it is, the token's is used", path)
         return ring, seeds, False
     if not path.exists() and not seeds:
+        if not write_new:
+            return KeyRing.generate(), seeds, True
         log.info("founding a new swarm; wrote its key to %s", path)
         return create_key_file(path), seeds, True
     if not path.exists():
@@ -217,13 +222,19 @@ class PreparedAgent:
     keyring: KeyRing
     seeds: tuple[str, ...]
     founder: bool
+    # A new swarm's key, written once the agent is bound (a start that fails
+    # on a taken port leaves no key of a swarm that never ran).
+    unsaved_key: Path | None = None
 
 
 def prepare_agent(config: AgentConfig) -> PreparedAgent:
     """Load (or create) the node key and the swarm key; raises IdentityError/SwarmKeyError."""
     identity = Identity.load_or_create(config.data_dir)
-    keyring, seeds, founder = resolve_keyring(config)
-    return PreparedAgent(config, identity, keyring, seeds, founder)
+    path = config.swarm_key_path
+    had_key = path.exists()
+    keyring, seeds, founder = resolve_keyring(config, write_new=False)
+    unsaved = path if founder and not had_key and not config.token else None
+    return PreparedAgent(config, identity, keyring, seeds, founder, unsaved)
 
 
 def wall_clock() -> float:
@@ -350,6 +361,9 @@ async def run_agent(
             await nursery.start(jobs.run)
             front.placements = placements
             status.api = await nursery.start(_serve_api, config, front)
+            if agent.unsaved_key is not None:  # bound: this swarm runs; before agent.json
+                save_key_file(agent.unsaved_key, keyring)
+                log.info("founded a new swarm; wrote its key to %s", agent.unsaved_key)
             status_file.write(status, trio.current_time())
             if on_ready is not None:
                 on_ready(status)

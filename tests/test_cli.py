@@ -5,7 +5,7 @@ from typer.testing import CliRunner
 
 from hexamesh import __version__
 from hexamesh.cli import app
-from hexamesh.swarmkey import JoinToken, load_key_file
+from hexamesh.swarmkey import SWARM_KEY_FILE_NAME, JoinToken, load_key_file
 
 runner = CliRunner()
 
@@ -62,3 +62,18 @@ def test_agent_reports_a_taken_port_without_a_traceback(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "cannot start the agent" in result.output and "Traceback" not in result.output
     assert f"UDP 127.0.0.1:{port}" in " ".join(result.output.split())  # which port
+    assert not (tmp_path / SWARM_KEY_FILE_NAME).exists()  # no key of a swarm that never ran
+
+
+def test_a_founder_writes_its_new_key_once_bound_not_before(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        api_port = taken.getsockname()[1]
+        flags = ["--host", "127.0.0.1", "--port", "0", "--api-port", str(api_port)]
+        result = runner.invoke(app, ["agent", *flags, "--data-dir", str(tmp_path)])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and f"API 127.0.0.1:{api_port}" in said
+    assert not (tmp_path / SWARM_KEY_FILE_NAME).exists()
