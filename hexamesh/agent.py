@@ -48,7 +48,7 @@ from hexamesh.engine.supervisor import (
     ModelSpec,
     open_engine,
 )
-from hexamesh.fileio import write_text_atomic
+from hexamesh.fileio import DataDirLock, write_text_atomic
 from hexamesh.identity import Identity
 from hexamesh.net.base import Addr, format_addr, parse_addr
 from hexamesh.net.driver import CoreDriver
@@ -225,16 +225,23 @@ class PreparedAgent:
     # A new swarm's key, written once the agent is bound (a start that fails
     # on a taken port leaves no key of a swarm that never ran).
     unsaved_key: Path | None = None
+    lock: DataDirLock | None = None  # held on the data dir until run_agent returns
 
 
 def prepare_agent(config: AgentConfig) -> PreparedAgent:
-    """Load (or create) the node key and the swarm key; raises IdentityError/SwarmKeyError."""
-    identity = Identity.load_or_create(config.data_dir)
-    path = config.swarm_key_path
-    had_key = path.exists()
-    keyring, seeds, founder = resolve_keyring(config, write_new=False)
+    """Lock the data dir, load (or create) the node key and the swarm key;
+    raises DataDirBusy, IdentityError or SwarmKeyError."""
+    lock = DataDirLock(config.data_dir)
+    try:
+        identity = Identity.load_or_create(config.data_dir)
+        path = config.swarm_key_path
+        had_key = path.exists()
+        keyring, seeds, founder = resolve_keyring(config, write_new=False)
+    except BaseException:
+        lock.release()
+        raise
     unsaved = path if founder and not had_key and not config.token else None
-    return PreparedAgent(config, identity, keyring, seeds, founder, unsaved)
+    return PreparedAgent(config, identity, keyring, seeds, founder, unsaved, lock)
 
 
 def wall_clock() -> float:
@@ -252,9 +259,23 @@ async def run_agent(
     """Run until cancelled. ``task_status.started`` gets the status once bound.
 
     ``engine_config`` replaces the engine's defaults (tests run a stand-in vLLM).
+    The data dir's lock is released on return.
     """
     if isinstance(agent, AgentConfig):
         agent = prepare_agent(agent)
+    try:
+        await _run_agent(agent, on_ready, engine_config, task_status)
+    finally:
+        if agent.lock is not None:
+            agent.lock.release()
+
+
+async def _run_agent(
+    agent: PreparedAgent,
+    on_ready: Callable[[AgentStatus], None] | None,
+    engine_config: EngineConfig | None,
+    task_status: trio.TaskStatus[AgentStatus],
+) -> None:
     config, identity, keyring = agent.config, agent.identity, agent.keyring
     seed_addrs = [await _resolve(s) for s in agent.seeds]
     contacts_path = config.data_dir / CONTACTS_FILE_NAME

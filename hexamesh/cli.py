@@ -29,6 +29,7 @@ from hexamesh.agent import (
 from hexamesh.comb.core import ViewReply
 from hexamesh.config import DEFAULT_API_PORT, ConfigError, default_data_dir, load_config
 from hexamesh.dht.service import Dht, DhtError, open_dht_node
+from hexamesh.fileio import DataDirBusy
 from hexamesh.identity import Identity, IdentityError
 from hexamesh.net.base import format_addr, parse_addr
 from hexamesh.net.driver import CoreDriver
@@ -275,7 +276,7 @@ def agent(
     _setup_logging(cfg.log_level)
     try:
         prepared = prepare_agent(cfg)
-    except (IdentityError, SwarmKeyError) as e:
+    except (DataDirBusy, IdentityError, SwarmKeyError) as e:
         raise _fail(str(e)) from None
     try:
         trio.run(_agent_main, prepared)

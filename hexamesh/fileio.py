@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 from pathlib import Path
 
-__all__ = ["write_text_atomic"]
+__all__ = ["LOCK_FILE_NAME", "DataDirBusy", "DataDirLock", "write_text_atomic"]
+
+LOCK_FILE_NAME = "agent.lock"
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -13,3 +17,37 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+class DataDirBusy(Exception):
+    """Another running agent holds this data dir."""
+
+
+class DataDirLock:
+    """An exclusive ``flock`` on ``<data_dir>/agent.lock`` while an agent runs
+    there: two agents on one data dir would be one node id twice, and would
+    share a job queue. The kernel drops the lock when the process ends,
+    SIGKILL included, so a restart after a crash finds it free."""
+
+    def __init__(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = data_dir / LOCK_FILE_NAME
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise DataDirBusy(
+                f"{data_dir} is in use by another agent (pid {holder}); "
+                "give each agent its own --data-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)  # closing drops the flock
+            self._fd = None
