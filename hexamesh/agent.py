@@ -587,7 +587,11 @@ async def _join_dht(dht: Dht, seeds: list[Addr], known: list[Contact]) -> None:
                 "joined the DHT: %d neighbours, %d contacts", len(neighbours), len(dht.core.table)
             )
             return
-        log.info("DHT bootstrap found nobody; retrying in %.0f s", delay)
+        log.info(
+            "DHT bootstrap found nobody (seeds down or unreachable, or another swarm key); "
+            "retrying in %.0f s",
+            delay,
+        )
         # Sooner if a node reaches us meanwhile (it joined through us): then
         # there is someone to look ourselves up through.
         had = len(dht.core.table)
