@@ -62,6 +62,8 @@ class DriverConfig:
     stream_readers: int = 32  # concurrent incoming streams; more wait in the backlog
     stream_timeout: float = 5.0  # s to connect, or to read one frame, before giving up
     frames_per_stream: int = 64  # frames one incoming stream may carry
+    drop_warn_interval: float = 60.0  # s between warnings about one sender's unopenable frames
+    drop_warn_senders: int = 1024  # senders remembered for that (a bound: UDP sources are cheap)
 
 
 @dataclass
@@ -107,6 +109,7 @@ class CoreDriver:
         )
         self._readers = trio.Semaphore(self.config.stream_readers)
         self._watchers: list[Callable[[], None]] = []
+        self._drop_warned: dict[Addr, float] = {}  # sender -> when we last warned
 
     # -- public -----------------------------------------------------------
 
@@ -139,12 +142,30 @@ class CoreDriver:
 
     # -- inbound ----------------------------------------------------------
 
+    def _warn_dropped(self, sender: Addr, error: WireError) -> None:
+        """Say so when a sender's frames do not open: most often a node started
+        with another swarm's key, which otherwise looks like a dead seed to it.
+        Once a minute per sender (``drop_warn_interval``), from a bounded table."""
+        now = self._clock()
+        if now - self._drop_warned.get(sender, -math.inf) < self.config.drop_warn_interval:
+            log.debug("%s: dropped frame from %s: %s", self.node_id[:4].hex(), sender, error)
+            return
+        if len(self._drop_warned) >= self.config.drop_warn_senders:
+            self._drop_warned.clear()
+        self._drop_warned[sender] = now
+        log.warning(
+            "%s: dropped a frame from %s: %s (another swarm's key? said once a minute per sender)",
+            self.node_id[:4].hex(),
+            sender,
+            error,
+        )
+
     def _handle(self, sender: Addr, data: bytes, limit: int) -> None:
         try:
             env = self.codec.open(data, limit=limit)
         except WireError as e:
             self.stats.malformed += 1
-            log.debug("%s: dropped frame from %s: %s", self.node_id[:4].hex(), sender, e)
+            self._warn_dropped(sender, e)
             return
         if isinstance(env.message, StreamHello):
             self.stats.malformed += 1  # only valid as the first frame of a stream

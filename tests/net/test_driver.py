@@ -52,7 +52,7 @@ async def test_rtt_probes_over_a_delayed_lossy_network(
 
 
 async def test_bad_datagrams_are_dropped_and_counted(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with open_memory_network(random.Random(1)) as net, trio.open_nursery() as nursery:
         core = RecordingCore()
@@ -71,6 +71,16 @@ async def test_bad_datagrams_are_dropped_and_counted(
         assert [env for env, _, _ in core.received] == [good]
         assert core.received[0][1] == A
         assert driver.stats.malformed == 4 and driver.stats.received == 1
+        # the operator hears of it (a wrong swarm key), once a minute per sender
+        warned = [r for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warned) == 1 and "another swarm's key" in warned[0].getMessage()
+        await attacker.send(B, other_swarm.seal(good))
+        await trio.sleep(1)
+        assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1
+        await trio.sleep(60)
+        await attacker.send(B, other_swarm.seal(good))
+        await trio.sleep(1)
+        assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 2
         nursery.cancel_scope.cancel()
 
 
