@@ -240,6 +240,11 @@ class Scouting:
                 out[n] = out.get(n, 0) + 1
         return out
 
+    @property
+    def has_claims(self) -> bool:
+        """Are there won quorums ``claims`` would return (a cheap look)?"""
+        return bool(self._claims)
+
     def claims(self) -> list[Ballot]:
         """Elections this node won a quorum in: claim a slot, then say how it went."""
         out, self._claims = self._claims, []
