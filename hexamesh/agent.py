@@ -67,7 +67,6 @@ from hexamesh.serve.view import CombView
 from hexamesh.swarmkey import (
     JoinToken,
     SwarmKeyError,
-    create_key_file,
     load_key_file,
     save_key_file,
 )
@@ -117,18 +116,16 @@ class AgentStatus:
     api: str | None = None  # the OpenAI API's base URL, e.g. http://127.0.0.1:7421/v1
 
 
-def resolve_keyring(
-    config: AgentConfig, *, write_new: bool = True
-) -> tuple[KeyRing, tuple[str, ...], bool]:
+def resolve_keyring(config: AgentConfig) -> tuple[KeyRing, tuple[str, ...], bool]:
     """The swarm key ring, the seeds to join, and whether we found a new swarm.
 
     A join token supplies both key and seed; its key is saved to the key file
     if there is none (as Consul keeps ``-encrypt`` in its data dir), so a
     restart without the token stays in the swarm, and the CLI's commands that
     read the key file find it. With no seeds and no key file, this node founds
-    a swarm with a new key, written to the key file (mode 0600) unless
-    ``write_new`` is False (the agent writes it once bound). With seeds but no
-    key, it refuses: a node without the key can neither join nor read.
+    a swarm with a new key, which the agent writes to the key file (mode 0600)
+    once bound. With seeds but no key, it refuses: a node without the key can
+    neither join nor read.
     """
     seeds = config.join
     path = config.swarm_key_path
@@ -143,10 +140,7 @@ def resolve_keyring(
             log.warning("%s holds another swarm key: left as it is, the token's is used", path)
         return ring, seeds, False
     if not path.exists() and not seeds:
-        if not write_new:
-            return KeyRing.generate(), seeds, True
-        log.info("founding a new swarm; wrote its key to %s", path)
-        return create_key_file(path), seeds, True
+        return KeyRing.generate(), seeds, True
     if not path.exists():
         raise SwarmKeyError(
             f"joining needs the swarm key: copy it to {path}, or pass --token from "
@@ -234,13 +228,12 @@ def prepare_agent(config: AgentConfig) -> PreparedAgent:
     lock = DataDirLock(config.data_dir)
     try:
         identity = Identity.load_or_create(config.data_dir)
-        path = config.swarm_key_path
-        had_key = path.exists()
-        keyring, seeds, founder = resolve_keyring(config, write_new=False)
+        keyring, seeds, founder = resolve_keyring(config)
     except BaseException:
         lock.release()
         raise
-    unsaved = path if founder and not had_key and not config.token else None
+    path = config.swarm_key_path
+    unsaved = path if founder and not path.exists() else None  # a new swarm's key
     return PreparedAgent(config, identity, keyring, seeds, founder, unsaved, lock)
 
 
