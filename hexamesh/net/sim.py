@@ -232,13 +232,9 @@ class SimNetwork:
     def restart(self, addr: Addr) -> SimHost:
         """Start a killed host again with a fresh core (state is lost, as in a crash)."""
         host = self.hosts[addr]
-        host.alive = True
-        host.generation += 1
-        host.timer_at = None
         host.rng = random.Random(self.rng.random())
         host.core = host.factory(host)
-        self._touch(host)
-        return host
+        return self.thaw(addr)
 
     def thaw(self, addr: Addr) -> SimHost:
         """Resume a killed host with the core it had (a process stopped with
