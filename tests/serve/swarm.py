@@ -111,3 +111,15 @@ def link_in_order(a: Door, *servers: Door) -> None:
     next, so the router tries them in this order."""
     link(a, *servers)
     a.view.loads = {s.view.node: i / len(servers) for i, s in enumerate(servers)}
+
+
+async def entry_first_spare(
+    nursery: trio.Nursery, keyring: KeyRing, first: Behaviour
+) -> tuple[Door, Door, Door]:
+    """An entry without an engine, a first-choice server that behaves as
+    ``first`` says (dies, freezes...), and a sound spare the router tries next."""
+    entry = await start_door(nursery, keyring, 1)
+    chosen = await start_door(nursery, keyring, 2, engine=first)
+    spare = await start_door(nursery, keyring, 3, engine=Behaviour())
+    link_in_order(entry, chosen, spare)
+    return entry, chosen, spare

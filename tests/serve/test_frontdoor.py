@@ -19,7 +19,7 @@ from hexamesh.serve.router import Priority
 from hexamesh.serve.sse import CONTINUES
 from hexamesh.wire import KeyRing
 from tests.serve.fake_upstream import Behaviour, Blackhole, answer
-from tests.serve.swarm import MODEL, Door, link, link_in_order, start_door
+from tests.serve.swarm import MODEL, Door, entry_first_spare, link, link_in_order, start_door
 
 
 async def stream_text(
@@ -284,10 +284,7 @@ async def test_a_job_whose_server_does_not_answer_its_syn_runs_elsewhere_soon(
 @pytest.mark.parametrize("chat", [False, True])
 async def test_mid_stream_death_continues_on_another_server(keyring: KeyRing, chat: bool) -> None:
     async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
-        a = await start_door(nursery, keyring, 1)
-        dying = await start_door(nursery, keyring, 2, engine=Behaviour(die_after=3))
-        spare = await start_door(nursery, keyring, 3, engine=Behaviour())
-        link_in_order(a, dying, spare)
+        a, _, spare = await entry_first_spare(nursery, keyring, Behaviour(die_after=3))
         url, body = question(a.api, chat, "a b c", 8)
         text, events, _ = await stream_text(client, url, {**body, "stream": True})
         assert text == expected(body, chat)  # one uninterrupted answer
@@ -320,10 +317,7 @@ async def test_a_stream_whose_server_is_declared_dead_goes_on_at_once(
     would wait STALL_TIMEOUT (60 s). The comb's verdict cuts it at once and
     another server continues it."""
     async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=30) as client:
-        a = await start_door(nursery, keyring, 1)
-        frozen = await start_door(nursery, keyring, 2, engine=Behaviour(freeze_after=3))
-        spare = await start_door(nursery, keyring, 3, engine=Behaviour())
-        link_in_order(a, frozen, spare)
+        a, frozen, spare = await entry_first_spare(nursery, keyring, Behaviour(freeze_after=3))
         url, body = question(a.api, chat, "a b c", 8)
         got: list[tuple[str, list[dict[str, Any]]]] = []
 
@@ -356,10 +350,7 @@ async def test_a_request_whose_server_is_declared_dead_before_answering_fails_ov
     keyring: KeyRing, stream: bool
 ) -> None:
     async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=30) as client:
-        a = await start_door(nursery, keyring, 1)
-        frozen = await start_door(nursery, keyring, 2, engine=Behaviour(freeze_before=True))
-        spare = await start_door(nursery, keyring, 3, engine=Behaviour())
-        link_in_order(a, frozen, spare)
+        a, frozen, spare = await entry_first_spare(nursery, keyring, Behaviour(freeze_before=True))
         body = {"model": MODEL, "prompt": "hi there", "max_tokens": 4, "stream": stream}
         got: list[tuple[str, httpx.Response]] = []
 
@@ -390,10 +381,7 @@ async def test_a_request_whose_server_is_declared_dead_before_answering_fails_ov
 async def test_a_job_whose_server_is_declared_dead_runs_elsewhere(keyring: KeyRing) -> None:
     """The jobs' path (``fetch``, one non-streamed answer) is cut the same way."""
     async with trio.open_nursery() as nursery:
-        a = await start_door(nursery, keyring, 1)
-        frozen = await start_door(nursery, keyring, 2, engine=Behaviour(freeze_before=True))
-        spare = await start_door(nursery, keyring, 3, engine=Behaviour())
-        link_in_order(a, frozen, spare)
+        a, frozen, spare = await entry_first_spare(nursery, keyring, Behaviour(freeze_before=True))
         req = parse_completion(
             json.dumps({"model": MODEL, "prompt": "hi there", "max_tokens": 4}).encode(),
             chat=False,
