@@ -307,17 +307,20 @@ class FrontDoor:
 
     # -- completions ------------------------------------------------------
 
-    async def known_or_404(self, model: str) -> None:
-        """Raise 404 (listing the models served) unless the swarm serves ``model``."""
-        if self.view.candidates(model):
-            return
+    async def known_or_404(self, model: str) -> list[Candidate]:
+        """The candidates for ``model`` (none when only the DHT's index knows
+        it); raise 404 (listing the models served) unless the swarm serves it."""
+        cands = self.view.candidates(model)
+        if cands:
+            return cands
         await self.view.refresh(model)
-        if self.view.candidates(model):
-            return
+        cands = self.view.candidates(model)
+        if cands:
+            return cands
         await self.view.refresh(None)
         known = sorted(self.view.models())
         if model in known:
-            return
+            return cands
         raise ApiError(
             404,
             f"The model `{model}` does not exist in this swarm; models served: "
@@ -327,11 +330,17 @@ class FrontDoor:
         )
 
     def ranked(
-        self, model: str, route: SignedRoute | None, priority: Priority = Priority.MEDIUM
+        self,
+        model: str,
+        route: SignedRoute | None,
+        priority: Priority = Priority.MEDIUM,
+        cands: list[Candidate] | None = None,  # the view's, when the caller has them already
     ) -> list[Candidate]:
         path = (*route.path, self.view.node) if route else (self.view.node,)
         return rank(
-            self.shunned.apply(self.view.candidates(model), self._clock()),
+            self.shunned.apply(
+                self.view.candidates(model) if cands is None else cands, self._clock()
+            ),
             path=path,
             forwards=route.forwards if route else 0,
             priority=priority,
@@ -474,8 +483,7 @@ class FrontDoor:
                 f"`{sse.CONTINUES}` is reserved for the swarm's own continuations",
                 param=sse.CONTINUES,
             )
-        await self.known_or_404(req.model)
-        ranked = self.ranked(req.model, route)
+        ranked = self.ranked(req.model, route, cands=await self.known_or_404(req.model))
         if not ranked:
             raise ApiError(
                 503,
@@ -588,13 +596,13 @@ class FrontDoor:
     async def fetch(self, req: CompletionRequest, priority: Priority) -> tuple[bytes, str]:
         """One non-streamed answer through the router, with failover: (body, served-by)."""
         try:
-            await self.known_or_404(req.model)
+            cands = await self.known_or_404(req.model)
         except ApiError as e:
             raise UpstreamError(e.message) from None
         target = "/v1/chat/completions" if req.chat else "/v1/completions"
         body = json.dumps({**req.body, "stream": False}).encode()
         errors: list[str] = []
-        dials = _Dials(self.ranked(req.model, None, priority)[:MAX_ATTEMPTS])
+        dials = _Dials(self.ranked(req.model, None, priority, cands)[:MAX_ATTEMPTS])
         for attempt, cand in enumerate(dials.tries):
             if dials.passed_over(attempt):
                 continue
