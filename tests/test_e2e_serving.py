@@ -67,7 +67,7 @@ async def one_stream(client: httpx.AsyncClient, api: str, i: int) -> tuple[str, 
 
 
 async def stream_through_a_freeze(api: str, servers: dict[str, AgentProcess]) -> float:
-    """A long stream whose server is SIGSTOPped after a few events (and left
+    """A long stream whose server is SIGSTOPped at its first event (and left
     stopped); returns the longest silence the client saw."""
     body = {
         "model": "tiny",
@@ -93,13 +93,22 @@ async def stream_through_a_freeze(api: str, servers: dict[str, AgentProcess]) ->
                     gap = max(gap, now - last) if last is not None else 0.0
                     last = now
                     events += 1
-                    if events == 5:
+                    if events == 1:
                         os.kill(server.proc.pid, signal.SIGSTOP)
                         frozen = server
                     finished = finished or bool(event["choices"][0].get("finish_reason"))
     assert frozen is not None, f"the stream ended after {events} events"
     assert finished, "the stream ended without a finish_reason"
     return gap
+
+
+def frozen_server_outcome(api: str) -> tuple[float, float]:
+    """(streams cut by a death verdict, streams continued), from the front's metrics."""
+    text = httpx.get(api.removesuffix("/v1") + "/metrics", timeout=10).text
+    return (
+        metric(text, "hexamesh_requests_cut_by_verdict_total"),
+        metric(text, "hexamesh_continuations_total"),
+    )
 
 
 def test_prompt_to_any_peer_a_frozen_server_and_sigkill_mid_burst(tmp_path: Path) -> None:
@@ -139,18 +148,27 @@ def test_prompt_to_any_peer_a_frozen_server_and_sigkill_mid_burst(tmp_path: Path
         assert any(n.startswith(served) for n in servers)
 
         # A frozen server: the comb's verdict (a few seconds) cuts the stream,
-        # the other server continues it.
-        try:
-            gap = trio.run(stream_through_a_freeze, api, servers)
-        finally:
-            for p in procs:  # SIGCONT: it finds itself declared dead and rejoins
-                if p.proc.poll() is None:
-                    os.kill(p.proc.pid, signal.SIGCONT)
-        print(f"frozen server: the stream's longest silence {gap:.2f} s")
+        # the other server continues it. The freeze can land too late: next to
+        # two vLLMs on two cores this client may read its first event only once
+        # the server has sent all 900 (CI saw the whole stream end in 1.2 s,
+        # untouched). Such a stream ends whole at the frozen server, nothing
+        # cut or continued (a freeze that lands cuts it, or stalls it for the
+        # relay's 60 s and then continues it): then it is tried again.
+        for attempt in range(3):
+            before = frozen_server_outcome(api)
+            try:
+                gap = trio.run(stream_through_a_freeze, api, servers)
+            finally:
+                for p in procs:  # SIGCONT: it finds itself declared dead and rejoins
+                    if p.proc.poll() is None:
+                        os.kill(p.proc.pid, signal.SIGCONT)
+            after = frozen_server_outcome(api)
+            cut, continued = after[0] - before[0], after[1] - before[1]
+            print(f"frozen server, try {attempt}: longest silence {gap:.2f} s, cut {cut}")
+            if cut or continued:
+                break
         assert gap < 20, f"the stream stood still {gap:.1f} s (stall timeout: 60 s)"
-        metrics = httpx.get(api.removesuffix("/v1") + "/metrics", timeout=10).text
-        assert metric(metrics, "hexamesh_requests_cut_by_verdict_total") >= 1, metrics
-        assert metric(metrics, "hexamesh_continuations_total") >= 1
+        assert cut >= 1 and continued >= 1, (cut, continued)
         wait_until("the frozen agent back", both_listed, 120, interval=0.5, procs=procs)
 
         async def burst() -> tuple[list[tuple[str, str]], dict[str, dict[str, Any]]]:
