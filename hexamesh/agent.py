@@ -349,8 +349,10 @@ async def _run_agent(
                     nursery.start_soon(
                         partial(run_swarmscale, placements, engine, comb, scale, clock=wall_clock)
                     )
+            view = CombView(honeycomb, engine, trio.current_time())
+            await nursery.start(view.run)
             front = FrontDoor(
-                view=CombView(honeycomb, engine, trio.current_time()),
+                view=view,
                 signer=PeerSigner(keyring, identity.node_id),
                 address=status.address,
                 api_keys=config.api_keys,

@@ -73,6 +73,7 @@ from hexamesh.wire import KeyRing
 class View:
     node = b"r" * 20
     async def refresh(self, model): return None
+    def refresh_soon(self, model): return True
     def candidates(self, model): return [Candidate(node=self.node, local=True, load=0.0)]
     def address(self, node): return None
     def local_url(self, model): return "http://127.0.0.1:" + sys.argv[1]

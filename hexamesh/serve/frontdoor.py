@@ -311,7 +311,7 @@ class FrontDoor:
         """The candidates for ``model`` (none when only the DHT's index knows
         it); raise 404 (listing the models served) unless the swarm serves it."""
         cands = self.view.candidates(model)
-        if cands:
+        if cands and self.view.refresh_soon(model):  # a thin view's backups: fresh ones for later
             return cands
         await self.view.refresh(model)
         cands = self.view.candidates(model)

@@ -13,6 +13,11 @@ implementation, :class:`CombView`, reads three sources, freshest first:
    offers fewer servers than a request may try, not only when it offers none:
    with one server in view, a request whose server died had nowhere to fail
    over to until the comb noticed the death (found by ``hexamesh simulate``).
+   A request waits for the lookup (``refresh``) when it has nobody to send
+   to, or when no lookup was ever made (its only backups); otherwise the
+   lookup runs in ``run``, off the request path (``refresh_soon``), and
+   backs up the requests after it (a lookup's providers stay candidates
+   until the next lookup replaces them).
 
 Peers the failure detector holds dead are left out wherever they came from,
 except as *doubtful* last-resort candidates: a server seen serving the model
@@ -55,6 +60,7 @@ class SwarmView(Protocol):
     node: bytes
 
     async def refresh(self, model: str | None) -> None: ...
+    def refresh_soon(self, model: str) -> bool: ...
     def candidates(self, model: str) -> list[Candidate]: ...
     def address(self, node: bytes) -> Addr | None: ...
     def local_url(self, model: str) -> str | None: ...
@@ -87,6 +93,21 @@ class CombView:
         self._providers: dict[str, tuple[float, dict[bytes, Addr]]] = {}
         self._index: tuple[float, dict[bytes, tuple[Addr, tuple[str, ...]]]] = (-1e9, {})
         self._recent: dict[str, dict[bytes, tuple[Addr, float]]] = {}  # model -> node -> seen
+        self._wanted: set[str] = set()  # models whose providers ``run`` looks up next
+        self._wake = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Look up the providers ``refresh_soon`` asked for, one model at a time."""
+        task_status.started()
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            while self._wanted:
+                model = next(iter(self._wanted))
+                try:
+                    await self.refresh(model)
+                finally:
+                    self._wanted.discard(model)
 
     def _dead(self, node: bytes) -> bool:
         return self.honeycomb.comb.swim.state_of(node) is MemberState.DEAD
@@ -117,6 +138,22 @@ class CombView:
                     self._providers[model] = (now, found)
         except (DhtError, trio.TooSlowError) as e:
             log.debug("DHT lookup for %s failed: %s", model or "the model index", e)
+
+    def refresh_soon(self, model: str) -> bool:
+        """``refresh(model)`` off the request path (``run``); a no-op while the
+        providers are fresh, the view is thick enough, or a lookup is pending.
+        False when a thin view has never had its providers: the caller awaits
+        ``refresh`` (once), or its request would have no backup."""
+        looked_up = self._providers.get(model)
+        if looked_up is not None and trio.current_time() - looked_up[0] <= DHT_CACHE:
+            return True
+        if model in self._wanted or not wants_providers(len(self.honeycomb.peers_with(model))):
+            return True
+        if looked_up is None:
+            return False
+        self._wanted.add(model)
+        self._wake.set()
+        return True
 
     def _local(self, model: str) -> Candidate | None:
         if self.engine is None or self.engine.models().get(model) is not EngineState.READY:

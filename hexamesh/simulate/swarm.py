@@ -13,8 +13,10 @@ as an agent dances it, and it announces the model in a stand-in for the DHT
 
 Clients send requests (Poisson arrivals, ``rate`` per second, swarm-wide) to
 a random live node. That node routes as the front door does: candidates are
-its own engine, the peers in its comb view that dance the model, and, when
-none does, the DHT's providers (looked up once per ``DHT_CACHE`` s); the real
+its own engine, the peers in its comb view that dance the model, and, while
+fewer than ``MAX_ATTEMPTS`` do, the DHT's providers (looked up once per
+``DHT_CACHE`` s; a request waits for it only when it has no candidate or
+its entry never looked up); the real
 :func:`~hexamesh.serve.router.rank` orders them and the first
 ``MAX_ATTEMPTS`` are tried in turn. The request travels over the simulated
 network's latency; what can go wrong is what goes wrong on real machines:
@@ -208,6 +210,7 @@ class SwarmSim:
         self.started: dict[int, float] = {}  # node -> when its process started
         self.providers: dict[bytes, float] = {}  # node -> lease end of its model record
         self._dht_cache: dict[int, tuple[float, list[bytes]]] = {}
+        self._dht_pending: set[int] = set()  # entries with a lookup off the request path
         # entry -> its front door's list of servers that failed it lately
         self.shunned: defaultdict[int, Shunned] = defaultdict(Shunned)
         self._engine_wake: dict[int, float] = {}
@@ -391,14 +394,22 @@ class SwarmSim:
             # (looked up once per DHT_CACHE s per entry, as CombView does).
             now = self.net.now
             cached = self._dht_cache.get(req.entry)
+            providers = None if cached is None else cached[1]
             if cached is None or now - cached[0] > DHT_CACHE:
                 found = [n for n, until in self.providers.items() if until > now]
-                self._dht_cache[req.entry] = (now + DHT_LOOKUP, found)
-                gen = req.gen
-                self.net.call_at(now + DHT_LOOKUP, lambda: self._go(req, gen, found))
-                return
-            providers = cached[1]
+                if cached is None or not self._candidates(req, providers):  # wait for it
+                    self._dht_cache[req.entry] = (now + DHT_LOOKUP, found)
+                    gen = req.gen
+                    self.net.call_at(now + DHT_LOOKUP, lambda: self._go(req, gen, found))
+                    return
+                if req.entry not in self._dht_pending:  # off the request path (refresh_soon)
+                    self._dht_pending.add(req.entry)
+                    self.net.call_at(now + DHT_LOOKUP, partial(self._looked_up, req.entry, found))
         self._go(req, req.gen, providers)
+
+    def _looked_up(self, entry: int, found: list[bytes]) -> None:
+        self._dht_cache[entry] = (self.net.now, found)
+        self._dht_pending.discard(entry)
 
     def _go(self, req: _Req, gen: int, providers: list[bytes] | None) -> None:
         """Rank what the entry knows and try the best."""

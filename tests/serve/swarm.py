@@ -29,9 +29,14 @@ class FakeView:
     loads: dict[bytes, float] = field(default_factory=dict)
     distances: dict[bytes, int] = field(default_factory=dict)
     local_load: float = 0.0
+    soon: list[str] = field(default_factory=list)  # refresh_soon's calls
 
     async def refresh(self, model: str | None) -> None:
         return None
+
+    def refresh_soon(self, model: str) -> bool:
+        self.soon.append(model)
+        return True
 
     def candidates(self, model: str) -> list[Candidate]:
         if model != MODEL:

@@ -72,6 +72,8 @@ async def test_forward_to_a_peer_that_has_the_model(keyring: KeyRing) -> None:
         assert resp.headers[SERVED_BY] == b.view.node.hex()
         assert b.behaviour is not None and len(b.behaviour.served) == 2
         assert a.front.metrics.forwards._value.get() == 2
+        # a server in view: the DHT's backups are asked for off the request path
+        assert a.view.soon == [MODEL, MODEL]
         nursery.cancel_scope.cancel()
 
 

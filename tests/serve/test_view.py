@@ -6,11 +6,12 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import trio
+import trio.testing
 
 from hexamesh.comb.service import Honeycomb
 from hexamesh.comb.waggle import Dance
 from hexamesh.serve.router import MAX_ATTEMPTS
-from hexamesh.serve.view import CombView, wants_providers
+from hexamesh.serve.view import DHT_CACHE, CombView, wants_providers
 
 
 @dataclass
@@ -55,3 +56,23 @@ async def test_providers_back_up_a_thin_view() -> None:
         await view.refresh("tiny")
         await view.refresh("tiny")  # cached: one lookup per DHT_CACHE
         assert honeycomb.dht.lookups == (["tiny"] if looked_up else []), in_view
+
+
+async def test_a_thin_view_is_backed_up_off_the_request_path(autojump_clock: object) -> None:
+    for in_view, looked_up in [(1, True), (MAX_ATTEMPTS, False)]:
+        honeycomb = _Honeycomb(in_view)
+        view = CombView(cast(Honeycomb, cast(Any, honeycomb)), None, trio.current_time())
+        async with trio.open_nursery() as nursery:
+            await nursery.start(view.run)
+            # never looked up: a thin view's caller waits for the first lookup
+            assert view.refresh_soon("tiny") is not looked_up
+            await view.refresh("tiny")
+            await trio.sleep(DHT_CACHE + 1)  # stale: the next one runs behind the caller
+            assert view.refresh_soon("tiny") and view.refresh_soon("tiny")  # pending: once
+            assert len(honeycomb.dht.lookups) == looked_up  # not in the caller's time
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(honeycomb.dht.lookups) == 2 * looked_up, in_view
+            assert view.refresh_soon("tiny")  # fresh: nothing to do
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(honeycomb.dht.lookups) == 2 * looked_up
+            nursery.cancel_scope.cancel()
