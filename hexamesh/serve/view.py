@@ -9,8 +9,9 @@ implementation, :class:`CombView`, reads three sources, freshest first:
 3. the DHT: ``model:<name>`` providers (address only) for a model fewer than
    ``MAX_ATTEMPTS`` peers nearby serve, and ``model:*`` (every server's model
    list) for ``/v1/models``. Both cached for ``DHT_CACHE`` seconds, since a
-   lookup costs a few round trips. Providers are looked up while the view
-   offers fewer servers than a request may try, not only when it offers none:
+   lookup costs a few round trips (a failed one too, keeping what it had).
+   Providers are looked up while the view offers fewer servers than a
+   request may try, not only when it offers none:
    with one server in view, a request whose server died had nowhere to fail
    over to until the comb noticed the death (found by ``hexamesh simulate``).
    A request waits for the lookup (``refresh``) when it has nobody to send
@@ -138,6 +139,12 @@ class CombView:
                     self._providers[model] = (now, found)
         except (DhtError, trio.TooSlowError) as e:
             log.debug("DHT lookup for %s failed: %s", model or "the model index", e)
+            # held like an answer for DHT_CACHE s, so that a sick DHT costs one
+            # request DHT_TIMEOUT per DHT_CACHE, not every request
+            if model is None:
+                self._index = (now, self._index[1])
+            else:
+                self._providers[model] = (now, self._providers.get(model, (now, {}))[1])
 
     def refresh_soon(self, model: str) -> bool:
         """``refresh(model)`` off the request path (``run``); a no-op while the

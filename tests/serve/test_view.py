@@ -11,7 +11,7 @@ import trio.testing
 from hexamesh.comb.service import Honeycomb
 from hexamesh.comb.waggle import Dance
 from hexamesh.serve.router import MAX_ATTEMPTS
-from hexamesh.serve.view import DHT_CACHE, CombView, wants_providers
+from hexamesh.serve.view import DHT_CACHE, DHT_TIMEOUT, CombView, wants_providers
 
 
 @dataclass
@@ -23,9 +23,12 @@ class _Record:
 @dataclass
 class _Dht:
     lookups: list[str] = field(default_factory=list)
+    hangs: bool = False  # a sick DHT: no answer before the lookup times out
 
     async def providers(self, key: str) -> list[_Record]:
         self.lookups.append(key)
+        if self.hangs:
+            await trio.sleep_forever()
         return []
 
 
@@ -76,3 +79,18 @@ async def test_a_thin_view_is_backed_up_off_the_request_path(autojump_clock: obj
             await trio.testing.wait_all_tasks_blocked()
             assert len(honeycomb.dht.lookups) == 2 * looked_up
             nursery.cancel_scope.cancel()
+
+
+async def test_a_failed_lookup_is_held_like_an_answer(autojump_clock: object) -> None:
+    honeycomb = _Honeycomb(1, _Dht(hangs=True))
+    view = CombView(cast(Honeycomb, cast(Any, honeycomb)), None, trio.current_time())
+    for key in ("tiny", None):
+        start = trio.current_time()
+        await view.refresh(key)
+        assert trio.current_time() - start == DHT_TIMEOUT  # the one request that waited
+        await view.refresh(key)  # the next ones do not, for DHT_CACHE s
+        assert trio.current_time() - start == DHT_TIMEOUT
+    assert view.refresh_soon("tiny")  # has candidates, and looked: nobody waits
+    await trio.sleep(DHT_CACHE)
+    await view.refresh("tiny")  # then it is asked again
+    assert len(honeycomb.dht.lookups) == 3
