@@ -126,11 +126,7 @@ class CombView:
                         if got is not None:
                             entries[r.publisher_id] = got
                     self._index = (now, entries)
-                elif (
-                    model is not None
-                    and wants_providers(len(self.honeycomb.peers_with(model)))
-                    and (now - self._providers.get(model, (-1e9, {}))[0] > DHT_CACHE)
-                ):
+                elif model is not None and self._wants_lookup(model, now):
                     found = {}
                     for r in await dht.providers(model):
                         addr = decode_addr(r.value)
@@ -146,17 +142,20 @@ class CombView:
             else:
                 self._providers[model] = (now, self._providers.get(model, (now, {}))[1])
 
+    def _wants_lookup(self, model: str, now: float) -> bool:
+        """Whether ``model``'s providers are stale and the comb view thin."""
+        return now - self._providers.get(model, (-1e9, {}))[0] > DHT_CACHE and wants_providers(
+            len(self.honeycomb.peers_with(model))
+        )
+
     def refresh_soon(self, model: str) -> bool:
         """``refresh(model)`` off the request path (``run``); a no-op while the
         providers are fresh, the view is thick enough, or a lookup is pending.
         False when a thin view has never had its providers: the caller awaits
         ``refresh`` (once), or its request would have no backup."""
-        looked_up = self._providers.get(model)
-        if looked_up is not None and trio.current_time() - looked_up[0] <= DHT_CACHE:
+        if model in self._wanted or not self._wants_lookup(model, trio.current_time()):
             return True
-        if model in self._wanted or not wants_providers(len(self.honeycomb.peers_with(model))):
-            return True
-        if looked_up is None:
+        if model not in self._providers:
             return False
         self._wanted.add(model)
         self._wake.set()
