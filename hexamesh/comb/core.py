@@ -436,7 +436,12 @@ class Comb:
         return wag if swim is None else min(swim, wag)
 
     def outbox(self) -> list[tuple[Addr, Envelope]]:
+        # Called after every event, and most leave two of the three empty.
         out = self._outbox
         if out:
             self._outbox = []
-        return [*out, *self.swim.outbox(), *self.waggle.outbox()]
+        swim = self.swim.outbox()
+        wag = self.waggle.outbox()
+        if swim or wag:
+            return [*out, *swim, *wag]
+        return out

@@ -472,9 +472,10 @@ class Swim:
             if due < soonest:
                 soonest = due
         if self._suspects:
+            bounds = self._suspicion_bounds()
             for node in self._suspects:
                 member = self.members[node]
-                due = member.suspicion_start + self._suspicion_total(member)
+                due = member.suspicion_start + self._suspicion_total(member, bounds)
                 if due < soonest:
                     soonest = due
         for relay in self._relays.values():
@@ -718,19 +719,22 @@ class Swim:
         expected = cfg.suspicion_confirmations
         return minimum, cfg.suspicion_max_mult * minimum, expected
 
-    def _suspicion_total(self, member: _Member) -> float:
-        minimum, maximum, expected = self._suspicion_bounds()
+    def _suspicion_total(
+        self, member: _Member, bounds: tuple[float, float, int] | None = None
+    ) -> float:
+        minimum, maximum, expected = bounds or self._suspicion_bounds()
         # The first accuser is not a confirmation.
         confirmations = max(0, len(member.confirmers) - 1)
         return remaining_suspicion_time(confirmations, expected, 0.0, minimum, maximum)
 
     def _expire_suspicions(self, now: float) -> None:
+        bounds = self._suspicion_bounds()
         for node in list(self._suspects):
             member = self.members[node]
             if member.state is not MemberState.SUSPECT:
                 self._suspects.pop(node, None)
                 continue
-            if now >= member.suspicion_start + self._suspicion_total(member):
+            if now >= member.suspicion_start + self._suspicion_total(member, bounds):
                 self._suspects.pop(node, None)
                 member.state, member.since = MemberState.DEAD, now
                 self._changed.append((now, member))
