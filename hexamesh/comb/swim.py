@@ -56,7 +56,6 @@ from __future__ import annotations
 import enum
 import heapq
 import random
-from collections import deque
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -211,7 +210,6 @@ class _Member:
     incarnation: int
     state: MemberState
     since: float
-    rank: int  # place in ``Swim.members`` (learned order): ties in the digest go by it
     suspicion_start: float = 0.0
     # Accusers of a suspect. Shared and empty otherwise: after a mass failure a
     # node holds thousands of tombstones, and an empty set each is 216 bytes.
@@ -247,10 +245,6 @@ class _News:
     told_us: list[bytes] = field(default_factory=list)
 
 
-def _by_rank(member: _Member) -> int:
-    return member.rank
-
-
 def _news_slot(update: MemberUpdate) -> bytes:
     """Where news about a node sits in ``Swim._news[node]``: one entry per
     suspicion and accuser, one (b"") per verdict or refutation."""
@@ -271,11 +265,6 @@ class Swim:
         self._rng = rng
         self.incarnation = 0
         self.members: dict[bytes, _Member] = {}
-        # (since, member) each time a member's ``since`` is set, oldest first: the
-        # digest reads the newest news without a scan of every member (after a
-        # mass failure a node holds thousands of tombstones and syncs twice a
-        # minute). Entries older than ``sync_news_age`` are dropped as it reads.
-        self._changed: deque[tuple[float, _Member]] = deque()
         # Members in SUSPECT state (timers to watch). A dict, not a set: sets of
         # bytes iterate in hash order, which PYTHONHASHSEED changes per process,
         # and the order of deaths must replay exactly for a given seed.
@@ -615,7 +604,7 @@ class Swim:
                 # news, up to 45 s: after a partition healed, nodes that had
                 # relinked around us kept us dead, hearing our dances all along.
                 self._stale.append(
-                    _Member(self.me, self.addr, self.incarnation, MemberState.ALIVE, now, -1)
+                    _Member(self.me, self.addr, self.incarnation, MemberState.ALIVE, now)
                 )
             return
         if u.state is MemberState.SUSPECT and u.node not in self._watched:
@@ -624,11 +613,8 @@ class Swim:
         if member is None:
             # A stranger (alive, suspect, or dead: a tombstone, so that a rejoin
             # with an old incarnation is not believed, and the news keeps spreading).
-            member = _Member(
-                u.node, (u.host, u.port), u.incarnation, u.state, now, len(self.members)
-            )
+            member = _Member(u.node, (u.host, u.port), u.incarnation, u.state, now)
             self.members[u.node] = member
-            self._changed.append((now, member))
             if u.state is MemberState.SUSPECT:
                 member.suspicion_start = now
                 member.confirmers = {u.by}
@@ -647,7 +633,6 @@ class Swim:
                     (u.host, u.port),
                     now,
                 )
-                self._changed.append((now, member))
                 member.confirmers = _NOBODY
                 if changed:
                     self._emit(member, now)
@@ -667,7 +652,6 @@ class Swim:
             self._suspect(u.node, u.by, now, incarnation=u.incarnation, sender=sender)
         elif member.state is not MemberState.DEAD and u.incarnation >= member.incarnation:
             member.incarnation, member.state, member.since = u.incarnation, MemberState.DEAD, now
-            self._changed.append((now, member))
             self._suspects.pop(u.node, None)
             self._emit(member, now)
             self._broadcast(u, now, sender)
@@ -702,7 +686,6 @@ class Swim:
         member.state = MemberState.SUSPECT
         self._suspects[node] = None
         member.since = member.suspicion_start = now
-        self._changed.append((now, member))
         member.confirmers = {by, *(also or ())}
         self._emit(member, now)
         accusation = self._update(node, member.addr, member.incarnation, MemberState.SUSPECT, by)
@@ -737,7 +720,6 @@ class Swim:
             if now >= member.suspicion_start + self._suspicion_total(member, bounds):
                 self._suspects.pop(node, None)
                 member.state, member.since = MemberState.DEAD, now
-                self._changed.append((now, member))
                 self._emit(member, now)
                 self._broadcast(
                     self._update(
@@ -831,28 +813,14 @@ class Swim:
         suspicions, refutations) of the last ``sync_news_age``, newest first,
         at most MAX_SYNC entries."""
         since = now - self.config.sync_news_age
-        changed = self._changed
-        while changed and changed[0][0] < since:
-            changed.popleft()
-        # Newest first, members changed at the same instant in learned order (as
-        # a scan of ``members`` would give them), up to MAX_SYNC: read from the
-        # newest end of the log (time never runs backwards, so it is in order).
-        newest: list[_Member] = []
-        group: list[_Member] = []
-        group_at = now
-        seen: set[bytes] = set()
-        for at, m in reversed(changed):
-            if at != group_at:
-                newest += sorted(group, key=_by_rank)
-                group, group_at = [], at
-                if len(newest) >= MAX_SYNC:
-                    break
-            if m.node in seen:
-                continue  # changed again since: its newest entry came first
-            seen.add(m.node)
-            if m.state is not MemberState.ALIVE or m.incarnation > 0:
-                group.append(m)
-        newest += sorted(group, key=_by_rank)
+        notable = (
+            m
+            for m in self.members.values()
+            if (m.state is not MemberState.ALIVE or m.incarnation > 0) and m.since >= since
+        )
+        # The newest MAX_SYNC without sorting them all: after a mass failure a
+        # node holds thousands of tombstones and syncs every interval.
+        newest = heapq.nsmallest(MAX_SYNC, notable, key=lambda m: -m.since)
         out = [self._update(m.node, m.addr, m.incarnation, m.state, self.me) for m in newest]
         if self.incarnation > 0:
             out.insert(

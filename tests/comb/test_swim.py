@@ -1,12 +1,5 @@
 """SWIM on the discrete-event simulator: detection, dissemination, no false alarms."""
 
-from dataclasses import replace
-
-import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-import hexamesh.comb.swim as swim
 from hexamesh.comb.swim import (
     Gossip,
     MemberState,
@@ -472,52 +465,3 @@ def test_a_node_swaps_news_with_a_link_as_soon_as_it_has_one() -> None:
     assert syncs_at(2.0) == [(addr(1), False)]
     c.set_links([node_id(1)], 3.0)  # links again: not a first link, no early sync
     assert syncs_at(3.0) == []
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    steps=st.lists(
-        st.tuples(
-            st.sampled_from(["dead", "suspect", "back", "stranger"]),
-            st.integers(1, 30),  # whom
-            st.sampled_from([0.0, 0.0, 1.0, 40.0]),  # time passing (ties are common)
-        ),
-        max_size=60,
-    ),
-    cap=st.integers(1, 8),
-)
-def test_the_digest_is_the_newest_notable_news_in_learned_order(
-    steps: list[tuple[str, int, float]], cap: int
-) -> None:
-    """The digest reads a log of changes instead of scanning every member: it
-    must give what the scan gave, newest first, ties in the order learned."""
-    c = lone(0, [1, 2, 3])
-    now = 0.0
-    incarnations: dict[int, int] = {}
-    for kind, who, passed in steps:
-        now += passed
-        inc = incarnations.get(who, 0)
-        if kind == "dead":
-            update = news_of(who, 1, MemberState.DEAD)
-        elif kind == "suspect":
-            update = news_of(1 + who % 3, 2, MemberState.SUSPECT)  # watched links only
-        else:  # a refutation or a stranger learned alive at a new incarnation
-            incarnations[who] = inc = inc + 1
-            update = news_of(who + (100 if kind == "stranger" else 0), who, MemberState.ALIVE)
-        c.receive(gossip_from(1, replace(update, incarnation=inc)), addr(1), now)
-    cutoff = now - SwimConfig().sync_news_age
-    scanned = sorted(
-        (
-            m
-            for m in c.members.values()
-            if (m.state is not MemberState.ALIVE or m.incarnation > 0) and m.since >= cutoff
-        ),
-        key=lambda m: -m.since,
-    )[:cap]
-    expected = [(m.node, m.state, m.incarnation) for m in scanned]
-    if c.incarnation > 0:
-        expected = [(c.me, MemberState.ALIVE, c.incarnation), *expected][:cap]
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(swim, "MAX_SYNC", cap)
-        digest = c._digest(now)
-    assert [(u.node, u.state, u.incarnation) for u in digest] == expected
