@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import random
 import sys
 import time
@@ -291,4 +292,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main()
+    # The swarm is one reference cycle (hosts hold core factories that hold the
+    # network): only the interpreter's last collection frees it, which walks
+    # every object the run made (4.5 s after 2,000 nodes x 0.3 min, 12 s after
+    # 3,000 x 2.5). The process is done: leave without it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -32,6 +32,12 @@ def no_cycle_collector() -> Iterator[None]:
         yield
     finally:
         if was_on:
+            # Hand what the run made to the oldest generation untraversed (freeze,
+            # then unfreeze): with the collector off the whole run, the youngest
+            # generation holds every object made since, and the first collection
+            # after ``enable`` walked them all (4.5 s after 2,000 nodes x 0.3 min).
+            gc.freeze()
+            gc.unfreeze()
             gc.enable()
 
 
