@@ -75,6 +75,7 @@ class RecordingCore:
         self.received: list[tuple[Envelope, Addr, float]] = []
         self.timers: list[float] = []
         self.wake_at: float | None = None
+        self.log: list[tuple[str, float]] = []  # ("receive" | "timer", when), in order
         self._outbox: list[tuple[Addr, Envelope]] = []
 
     def send(self, addr: Addr, env: Envelope) -> None:
@@ -82,9 +83,11 @@ class RecordingCore:
 
     def receive(self, env: Envelope, sender: Addr, now: float) -> None:
         self.received.append((env, sender, now))
+        self.log.append(("receive", now))
 
     def handle_timer(self, now: float) -> None:
         self.timers.append(now)
+        self.log.append(("timer", now))
         self.wake_at = None
 
     def next_timer(self) -> float | None:

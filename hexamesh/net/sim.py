@@ -27,6 +27,9 @@ The network is imperfect on purpose: per-message latency from a pluggable
 model, random loss, duplication, directional link loss, partitions (hosts in
 different groups cannot talk), and kill/restart of hosts (a killed host drops
 everything sent to it; a restarted one gets a fresh core from its factory).
+A *frozen* host (SIGSTOP) is stopped like a killed one, but its kernel keeps
+what arrives in the socket buffer, up to ``SOCKET_BUFFER``, and a thaw hands
+it to the core before anything else happens.
 Each host counts messages and bytes sent, received and dropped.
 """
 
@@ -56,6 +59,13 @@ __all__ = [
 _DELIVER = 0
 _TIMER = 1
 _CALL = 2
+
+# What a stopped process's UDP socket holds: Linux's default receive buffer
+# (net.core.rmem_default), each datagram charged its size plus the kernel's
+# bookkeeping (skb truesize on x86-64), so ~190 datagrams of 350 bytes; when
+# it is full the kernel drops what arrives.
+SOCKET_BUFFER = 212_992  # bytes
+SKB_OVERHEAD = 768  # bytes per datagram
 
 
 class LatencyModel(Protocol):
@@ -119,6 +129,8 @@ class SimHost:
     __slots__ = (
         "addr",
         "alive",
+        "backlog",
+        "backlog_room",
         "core",
         "dropped_msgs",
         "factory",
@@ -148,6 +160,8 @@ class SimHost:
         self.position = position
         self.rng = rng  # the host's own stream; hand it to its core
         self.alive = True
+        self.backlog: list[tuple[Addr, Envelope, int]] | None = None  # frozen: what it holds
+        self.backlog_room = 0  # bytes left in a frozen host's socket buffer
         self.group = 0  # partition group; only hosts in one group can talk
         self.generation = 0  # bumped by kill/restart to void pending timers
         self.timer_at: float | None = None
@@ -198,6 +212,8 @@ class SimNetwork:
         self.to_dead = 0  # sent to a dead or unknown host
         self.duplicated = 0
         self.streamed = 0  # envelopes that needed a stream
+        self.held = 0  # kept in a frozen host's socket buffer for its thaw
+        self.buffer_full = 0  # dropped by a frozen host's full socket buffer
 
     # -- hosts ------------------------------------------------------------
 
@@ -228,23 +244,40 @@ class SimNetwork:
         host.alive = False
         host.generation += 1
         host.timer_at = None
+        host.backlog = None
+
+    def freeze(self, addr: Addr, *, buffer: int = SOCKET_BUFFER) -> None:
+        """Stop a host as SIGSTOP does: its core runs nothing and its timers
+        wait, but its kernel takes what arrives into the socket buffer
+        (``buffer`` bytes, each message charged its size plus SKB_OVERHEAD;
+        once full, what arrives is dropped). ``thaw`` hands it over."""
+        self.kill(addr)
+        host = self.hosts[addr]
+        host.backlog = []
+        host.backlog_room = buffer
 
     def restart(self, addr: Addr) -> SimHost:
         """Start a killed host again with a fresh core (state is lost, as in a crash)."""
         host = self.hosts[addr]
         host.rng = random.Random(self.rng.random())
         host.core = host.factory(host)
+        host.backlog = None  # a new process, a new socket
         return self.thaw(addr)
 
     def thaw(self, addr: Addr) -> SimHost:
-        """Resume a killed host with the core it had (a process stopped with
-        SIGSTOP, then continued): its state is as it was, its timers fire late.
-        What was sent to it meanwhile is lost (a real socket buffer keeps the
-        last few hundred KB)."""
+        """Resume a stopped host with the core it had (SIGCONT): its state is
+        as it was. What its socket buffer held (``freeze``) reaches it first,
+        in the order it arrived, then its overdue timers fire. A host stopped
+        with ``kill`` holds nothing: what was sent to it is lost."""
         host = self.hosts[addr]
         host.alive = True
         host.generation += 1
         host.timer_at = None
+        held, host.backlog = host.backlog or [], None
+        for src_addr, env, size in held:
+            heapq.heappush(
+                self._heap, (self.now, next(self._seq), _DELIVER, host, src_addr, env, size)
+            )
         self._touch(host)
         return host
 
@@ -367,7 +400,10 @@ class SimNetwork:
             if kind == _DELIVER:
                 dst = event[3]
                 if not dst.alive:
-                    self.to_dead += 1
+                    if dst.backlog is None:
+                        self.to_dead += 1
+                    else:
+                        self._hold(dst, event[4], event[5], event[6])
                     continue
                 src_addr = event[4]
                 src = self.hosts[src_addr]
@@ -395,6 +431,22 @@ class SimNetwork:
         self.events += count
         return count
 
+    def _hold(self, dst: SimHost, src_addr: Addr, env: Envelope, size: int) -> None:
+        """A message reaching a frozen host: into its socket buffer if there is
+        room, else dropped."""
+        assert dst.backlog is not None
+        src = self.hosts[src_addr]
+        if src.group != dst.group:
+            self.partitioned += 1
+            src.dropped_msgs += 1
+        elif size + SKB_OVERHEAD > dst.backlog_room:
+            self.buffer_full += 1
+            src.dropped_msgs += 1
+        else:
+            dst.backlog_room -= size + SKB_OVERHEAD
+            dst.backlog.append((src_addr, env, size))
+            self.held += 1
+
     def pending(self) -> int:
         """Events still scheduled (stale timers included)."""
         return len(self._heap)
@@ -414,6 +466,8 @@ class SimNetwork:
             "to_dead": self.to_dead,
             "duplicated": self.duplicated,
             "streamed": self.streamed,
+            "held": self.held,
+            "buffer_full": self.buffer_full,
             "sent_msgs": sum(h.sent_msgs for h in hosts),
             "sent_bytes": sum(h.sent_bytes for h in hosts),
         }

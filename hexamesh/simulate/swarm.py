@@ -277,7 +277,10 @@ class SwarmSim:
         if not self.alive(i):
             return
         now = self.net.now
-        self.net.kill(addr_of(i))
+        if self.s.freeze:
+            self.net.freeze(addr_of(i))  # its kernel keeps what arrives, for the thaw
+        else:
+            self.net.kill(addr_of(i))
         self.ready.discard(i)
         for rid in list(self.by_entry.get(i, ())):  # the client's connection drops
             req = self.reqs[rid]

@@ -5,8 +5,15 @@ import random
 import pytest
 
 from hexamesh.net.rtt import RttConfig, RttProbe
-from hexamesh.net.sim import ConstantLatency, GeoLatency, SimHost, SimNetwork, UniformLatency
-from hexamesh.wire import MAX_STREAM_FRAME, EncodeError, Envelope
+from hexamesh.net.sim import (
+    SKB_OVERHEAD,
+    ConstantLatency,
+    GeoLatency,
+    SimHost,
+    SimNetwork,
+    UniformLatency,
+)
+from hexamesh.wire import MAX_STREAM_FRAME, Codec, EncodeError, Envelope
 from tests.helpers import Blob, RecordingCore
 
 
@@ -165,6 +172,47 @@ def test_thaw_resumes_the_same_core_its_overdue_timer_fires_at_once() -> None:
     net.interact(addr(0), lambda c, now: None)
     net.run(until=9.0)
     assert [env.message for env, _, _ in frozen.received] == [blob(b"after").message]
+
+
+def test_a_frozen_host_gets_what_its_socket_buffer_held_before_its_overdue_timer() -> None:
+    net = SimNetwork()
+    [sender] = recorders(net, 1)
+    frozen = RecordingCore()
+    net.add_host(addr(1), lambda host: frozen)
+    frozen.wake_at = 5.0
+    net.interact(addr(1), lambda c, now: None)
+    size = Codec.sealed_size(blob(b"0"))
+    room = 3 * (size + SKB_OVERHEAD)  # three datagrams fit
+    net.freeze(addr(1), buffer=room)
+    for i in range(5):
+        sender.send(addr(1), blob(str(i).encode()))
+    net.interact(addr(0), lambda c, now: None)
+    net.run(until=8.0)
+    assert frozen.received == [] and frozen.timers == []  # stopped
+    assert (net.held, net.buffer_full, net.to_dead) == (3, 2, 0)
+    assert net.hosts[addr(0)].dropped_msgs == 2
+    net.thaw(addr(1))  # SIGCONT at 8 s
+    net.run(until=8.0)
+    # The first three, in the order they came, at the thaw; then the late timer.
+    assert [env.message for env, _, _ in frozen.received] == [
+        blob(str(i).encode()).message for i in range(3)
+    ]
+    assert frozen.log == [("receive", 8.0)] * 3 + [("timer", 8.0)]
+
+
+def test_a_restarted_process_does_not_get_the_old_socket_buffer() -> None:
+    net = SimNetwork()
+    [sender] = recorders(net, 1)
+    made: list[RecordingCore] = []
+    net.add_host(addr(1), lambda host: made.append(RecordingCore()) or made[-1])
+    net.freeze(addr(1))
+    sender.send(addr(1), blob())
+    net.interact(addr(0), lambda c, now: None)
+    net.run(until=1.0)
+    assert net.held == 1
+    net.restart(addr(1))
+    net.run(until=2.0)
+    assert made[-1].received == [] and made[0].received == []
 
 
 def test_duplication() -> None:
