@@ -152,14 +152,20 @@ def test_kill_drops_traffic_and_timers_restart_gives_a_fresh_core() -> None:
     assert len(fresh.received) == 1
 
 
+def sleeper(net: SimNetwork) -> tuple[RecordingCore, RecordingCore]:
+    """Host 0 sends; host 1 wants to be woken at 5 s."""
+    [sender] = recorders(net, 1)
+    sleeping = RecordingCore()
+    net.add_host(addr(1), lambda host: sleeping)
+    sleeping.wake_at = 5.0
+    net.interact(addr(1), lambda c, now: None)
+    return sender, sleeping
+
+
 def test_thaw_resumes_the_same_core_its_overdue_timer_fires_at_once() -> None:
     net = SimNetwork()
-    [sender] = recorders(net, 1)
-    frozen = RecordingCore()
-    net.add_host(addr(1), lambda host: frozen)
-    frozen.wake_at = 5.0
-    net.interact(addr(1), lambda c, now: None)
-    net.kill(addr(1))  # SIGSTOP
+    sender, frozen = sleeper(net)
+    net.kill(addr(1))  # stopped with nothing held (``freeze`` keeps a socket buffer: below)
     sender.send(addr(1), blob())
     net.interact(addr(0), lambda c, now: None)
     net.run(until=8.0)
@@ -176,11 +182,7 @@ def test_thaw_resumes_the_same_core_its_overdue_timer_fires_at_once() -> None:
 
 def test_a_frozen_host_gets_what_its_socket_buffer_held_before_its_overdue_timer() -> None:
     net = SimNetwork()
-    [sender] = recorders(net, 1)
-    frozen = RecordingCore()
-    net.add_host(addr(1), lambda host: frozen)
-    frozen.wake_at = 5.0
-    net.interact(addr(1), lambda c, now: None)
+    sender, frozen = sleeper(net)
     size = Codec.sealed_size(blob(b"0"))
     room = 3 * (size + SKB_OVERHEAD)  # three datagrams fit
     net.freeze(addr(1), buffer=room)
