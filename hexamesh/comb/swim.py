@@ -30,10 +30,12 @@ refutation only has to reach the few watchers, who are one hop away.
 *Dissemination* (SWIM §4.1, as a flood over the comb). News (a death, a
 suspicion among watchers, a refutation, a rejoin) is batched for at most
 ``gossip_interval`` (it joins the next flood already due) and then sent to
-every link that has not told us the same thing, and once more
-``flood_repeat`` later: ``flood_rounds`` copies per link at most, so each
-node sends one item about ``flood_rounds * links`` times, the same order as
-SWIM's ``retransmit_mult * log10(N)``. Over a comb with
+every link and shortcut that has not told us the same thing, and once more
+``flood_repeat`` later to the comb links: ``flood_rounds`` copies per link
+at most and one per shortcut, so each node sends one item about
+``flood_rounds * links + shortcuts`` times, the same order as SWIM's
+``retransmit_mult * log10(N)``. The second round repairs a lost copy; a
+shortcut only speeds the flood across the comb, which carries it anyway. Over a comb with
 shortcuts a flood reaches every node in O(log N) hops, and a node misses it
 only if every copy from every link is lost. News also rides on every probe
 and ack (retransmit-limited piggybacking). Join news is not flooded: a
@@ -177,8 +179,9 @@ class SwimConfig:
     # (memberlist uses SuspicionMult - 2; in a honeycomb two other neighbours share each link)
     retransmit_mult: int = 4  # piggybacked news rides mult * ceil(log10(N + 1)) messages
     gossip_interval: float = 0.1  # s; news waits at most this long for its flood (batching)
-    flood_rounds: int = 2  # copies of one item a link gets at most (a lost datagram is
-    # repaired by the second round; a link that told us the news gets none)
+    flood_rounds: int = 2  # copies of one item a comb link gets at most (a lost datagram
+    # is repaired by the second round; a link that told us the news gets none); a
+    # shortcut gets one
     flood_repeat: float = 0.5  # s between the rounds (time for links to echo it back)
     piggyback_bytes: int = 900  # bytes of updates per probe or ack, well inside a datagram
     awareness_max: int = 8  # local health scales timings by at most this factor
@@ -785,7 +788,10 @@ class Swim:
             member = self.members[target]
             if member.state is MemberState.DEAD:
                 continue
-            items = [n.update for n in ready if target not in n.told_us]
+            if target in self._watched:
+                items = [n.update for n in ready if target not in n.told_us]
+            else:  # a shortcut: the first round only (the comb links repair loss)
+                items = [n.update for n in ready if not n.rounds and target not in n.told_us]
             for start in range(0, len(items), per_msg):
                 chunk = tuple(items[start : start + per_msg])
                 self._send(member.addr, self._rng.getrandbits(64), Gossip(updates=chunk))
