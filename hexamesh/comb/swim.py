@@ -537,10 +537,18 @@ class Swim:
             if n != probe.target and self.members[n].state is MemberState.ALIVE
         ]
         self._rng.shuffle(helpers)
-        # Links heard from lately first: after a mass failure, asking dead
-        # helpers would cost their nacks and wrongly lower our own health.
+        # Links heard from lately first, then shortcuts, then watched links gone
+        # quiet: after a mass failure, asking dead helpers would cost their
+        # nacks (each a confirmation) and wrongly lower our own health. A
+        # watched link silent past ``quiet_after`` should have danced: it is
+        # likely dead itself; a shortcut never dances to us, its silence
+        # tells nothing.
         fresh = now - self.config.quiet_after
-        helpers.sort(key=lambda n: self._heard_at.get(n, -1e9) < fresh)
+        watched = self._watched
+        heard_at = self._heard_at
+        helpers.sort(
+            key=lambda n: 0 if heard_at.get(n, -1e9) >= fresh else (2 if n in watched else 1)
+        )
         helpers = helpers[: self.config.indirect_checks]
         for helper in helpers:
             req = ProbeReq(

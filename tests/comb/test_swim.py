@@ -302,6 +302,25 @@ def test_helpers_that_nack_confirm_the_suspicion_and_spare_our_health() -> None:
     assert c.awareness.score == 0  # every helper answered: the problem is not us
 
 
+def test_helpers_are_links_heard_lately_then_shortcuts_then_quiet_links() -> None:
+    import random
+
+    from hexamesh.comb.swim import _Probe
+
+    c = Swim(node_id(0), addr(0), SwimConfig(indirect_checks=2), random.Random(0), 0.0)
+    for j in range(1, 6):
+        c.add_member(node_id(j), addr(j), 0, 0.0)
+    c.set_links([node_id(j) for j in (1, 2, 3, 5)], 0.0, spread=[node_id(4)])
+    c.heard(node_id(2), 9.5)  # dances on
+    c.heard(node_id(3), 7.0)  # quiet past quiet_after: should have danced, likely dead
+    c.heard(node_id(5), 8.5)
+    c.outbox()
+    probe = _Probe(target=node_id(1), sent=9.5, indirect_at=10.0, give_up_at=10.5)
+    assert c._ask_indirect(7, probe, 10.0) == 2
+    asked = [to for to, e in c.outbox() if isinstance(e.message, ProbeReq)]
+    assert asked == [addr(2), addr(4)]  # not 3 or 5: the shortcut 4 never dances to us
+
+
 def test_a_node_tells_its_accuser_it_is_alive_even_off_its_links() -> None:
     c = lone(0, [1])
     c.receive(gossip_from(7, suspicion(of=0, by=7)), addr(7), 1.0)
