@@ -13,6 +13,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from hexamesh.comb.swim import SYNC_ANSWER, SYNC_ASK, SYNC_REST, Sync
 from hexamesh.net.base import Addr
 from hexamesh.placement.messages import MAX_REPLICAS, MAX_SCOUTS, Ballot
 from hexamesh.wire import (
@@ -105,6 +106,10 @@ BOUNDED_FIELDS: dict[type, dict[str, st.SearchStrategy[Any]]] = {
         "replicas": st.integers(1, MAX_REPLICAS),
         "quorum": st.integers(1, MAX_SCOUTS),
         "mem_need": st.integers(0, 2**64 - 1),
+    },
+    Sync: {
+        "step": st.sampled_from([SYNC_ASK, SYNC_ANSWER, SYNC_REST]),
+        "fingerprint": st.integers(0, 2**64 - 1),
     },
 }
 

@@ -50,15 +50,23 @@ accuses later instead of accusing healthy peers.
 
 *Anti-entropy.* Every ``sync_interval`` a node swaps its notable news
 (deaths, suspicions, refutations) with one random link (push-pull), which
-repairs what a lost flood missed.
+repairs what a lost flood missed. It asks with its suspicions (few, and
+each a confirmation for another watcher) and a fingerprint of its deaths and
+refutations of the last ``sync_news_age``; a link whose own fingerprint
+differs answers with all its news, and the asker then sends what that
+answer lacked; one that agrees answers with its suspicions, if any. After a
+mass failure two neighbours hold the same thousands of deaths, and a
+push-pull between them costs two small datagrams instead of two digests of
+a thousand entries.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 import heapq
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -143,14 +151,26 @@ class Gossip(Message):
 
 MAX_SYNC = 1024  # entries in one push-pull exchange (over a stream)
 
+# The steps of a push-pull exchange (``Sync.step``).
+SYNC_ASK = 0  # the asker's suspicions and fingerprint (of its deaths and refutations)
+SYNC_ANSWER = 1  # the answerer's digest if the fingerprints differ, else its suspicions
+SYNC_REST = 2  # what the answer lacked of the asker's digest; not answered
+
 
 @message(0x0206)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Sync(Message):
-    """Push-pull anti-entropy: everything not plainly alive at incarnation 0."""
+    """Push-pull anti-entropy of notable news (not plainly alive at incarnation 0)."""
 
     updates: Annotated[tuple[MemberUpdate, ...], MaxLen(MAX_SYNC)]
-    reply: bool  # False: please answer with yours
+    step: int  # SYNC_ASK, SYNC_ANSWER or SYNC_REST
+    fingerprint: int  # of the sender's recent news (``Swim._fingerprint``), 64 bits
+
+    def __post_init__(self) -> None:
+        if self.step not in (SYNC_ASK, SYNC_ANSWER, SYNC_REST):
+            raise ValueError(f"unknown sync step {self.step}")
+        if not 0 <= self.fingerprint < 1 << 64:
+            raise ValueError("a sync fingerprint is 64 bits")
 
 
 @message(0x0207)
@@ -248,6 +268,13 @@ class _News:
     told_us: list[bytes] = field(default_factory=list)
 
 
+def _entry_hash(node: bytes, incarnation: int, state: MemberState) -> int:
+    """64 bits of one news entry for a fingerprint (a keyed hash would add
+    nothing: only holders of the swarm key can send a Sync)."""
+    data = node + incarnation.to_bytes(8, "big") + bytes((state,))
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
 def _news_slot(update: MemberUpdate) -> bytes:
     """Where news about a node sits in ``Swim._news[node]``: one entry per
     suspicion and accuser, one (b"") per verdict or refutation."""
@@ -267,6 +294,7 @@ class Swim:
         self.config = config
         self._rng = rng
         self.incarnation = 0
+        self._refuted_at = -1e9  # when we last raised our incarnation
         self.members: dict[bytes, _Member] = {}
         # Members in SUSPECT state (timers to watch). A dict, not a set: sets of
         # bytes iterate in hash order, which PYTHONHASHSEED changes per process,
@@ -411,8 +439,7 @@ class Swim:
             if probe is not None:
                 probe.nackers.add(env.sender)
         elif isinstance(msg, Sync):
-            if not msg.reply:
-                self._send(sender, env.msg_id, Sync(updates=self._digest(now), reply=True))
+            self._sync_step(msg, sender, env.msg_id, now)
         elif isinstance(msg, ProbeReq):
             seq = self._rng.getrandbits(64)
             nack_at = now + 0.8 * self.config.probe_timeout  # before the requester gives up
@@ -600,6 +627,7 @@ class Swim:
                 # Suspected or declared dead: refute with a higher incarnation (SWIM §4.2),
                 # straight back to whoever told us too (it may not be one of our links).
                 self.incarnation = u.incarnation + 1
+                self._refuted_at = now
                 self.false_suspicions_refuted += 1
                 self._announce(now)
                 told = self.members.get(sender)
@@ -826,15 +854,9 @@ class Swim:
         """What anti-entropy exchanges: news that gossip may have lost (deaths,
         suspicions, refutations) of the last ``sync_news_age``, newest first,
         at most MAX_SYNC entries."""
-        since = now - self.config.sync_news_age
-        notable = (
-            m
-            for m in self.members.values()
-            if (m.state is not MemberState.ALIVE or m.incarnation > 0) and m.since >= since
-        )
         # The newest MAX_SYNC without sorting them all: after a mass failure a
         # node holds thousands of tombstones and syncs every interval.
-        newest = heapq.nsmallest(MAX_SYNC, notable, key=lambda m: -m.since)
+        newest = heapq.nsmallest(MAX_SYNC, self._notable(now), key=lambda m: -m.since)
         out = [self._update(m.node, m.addr, m.incarnation, m.state, self.me) for m in newest]
         if self.incarnation > 0:
             out.insert(
@@ -875,11 +897,63 @@ class Swim:
         if not live:
             return
         peer = self._rng.choice(live)
-        self._send(
-            self.members[peer].addr,
-            self._rng.getrandbits(64),
-            Sync(updates=self._digest(now), reply=False),
-        )
+        fingerprint = self._fingerprint(now)
+        ask = Sync(updates=self._suspicions(now), step=SYNC_ASK, fingerprint=fingerprint)
+        self._send(self.members[peer].addr, self._rng.getrandbits(64), ask)
+
+    def _sync_step(self, msg: Sync, sender: Addr, msg_id: int, now: float) -> None:
+        """The rest of a push-pull (its updates are applied already).
+
+        Suspicions always travel (few, and each is a watcher's confirmation);
+        the deaths and refutations, which after a mass failure are thousands
+        and the same at both ends, only when the fingerprints differ."""
+        mine = self._fingerprint(now)
+        if msg.step == SYNC_ASK:
+            if mine != msg.fingerprint:
+                answer = self._digest(now)
+            else:
+                answer = self._suspicions(now)
+                if not answer:
+                    return  # we agree, and no suspicion to confirm
+            self._send(sender, msg_id, Sync(updates=answer, step=SYNC_ANSWER, fingerprint=mine))
+        elif msg.step == SYNC_ANSWER and mine != msg.fingerprint:
+            # Still apart after taking the answer: the answerer lacks some of ours.
+            theirs = {(u.node, u.incarnation, u.state) for u in msg.updates}
+            rest = tuple(
+                u
+                for u in self._digest(now)
+                if u.state is not MemberState.SUSPECT
+                and (u.node, u.incarnation, u.state) not in theirs
+            )
+            if rest:
+                self._send(sender, msg_id, Sync(updates=rest, step=SYNC_REST, fingerprint=0))
+
+    def _notable(self, now: float) -> Iterator[_Member]:
+        """Members with news of the last ``sync_news_age``: not plainly alive."""
+        since = now - self.config.sync_news_age
+        for m in self.members.values():
+            if (m.state is not MemberState.ALIVE or m.incarnation > 0) and m.since >= since:
+                yield m
+
+    def _suspicions(self, now: float) -> tuple[MemberUpdate, ...]:
+        return tuple(
+            self._update(m.node, m.addr, m.incarnation, m.state, self.me)
+            for m in self._notable(now)
+            if m.state is MemberState.SUSPECT
+        )[:MAX_SYNC]
+
+    def _fingerprint(self, now: float) -> int:
+        """The deaths and refutations ``_digest`` holds, untruncated, in 64
+        bits: two nodes that hold the same of the last ``sync_news_age`` agree
+        on it. Our own entry counts while our last refutation is that recent
+        (the others' records of it age the same way)."""
+        total = 0
+        for m in self._notable(now):
+            if m.state is not MemberState.SUSPECT:
+                total ^= _entry_hash(m.node, m.incarnation, m.state)
+        if self.incarnation > 0 and self._refuted_at >= now - self.config.sync_news_age:
+            total ^= _entry_hash(self.me, self.incarnation, MemberState.ALIVE)
+        return total
 
     def _send(self, addr: Addr, msg_id: int, msg: Message) -> None:
         self._outbox.append((addr, Envelope(sender=self.me, msg_id=msg_id, message=msg)))

@@ -133,30 +133,59 @@ def test_links_are_members_only_and_never_self() -> None:
     assert c.links == [node_id(1)]
 
 
-def test_push_pull_repairs_a_missed_death_and_answers_with_its_own_news() -> None:
+def exchange(asker: Swim, answerer: Swim, now: float) -> list[int]:
+    """One push-pull from ``asker`` to its one link; the steps that went by."""
     from hexamesh.comb.swim import Sync
 
-    net = swarm(10)
-    net.run(until=2.0)
-    c = core(net, 0)
-    dead = MemberUpdate(
-        node=node_id(5),
-        host=addr(5)[0],
-        port=addr(5)[1],
-        incarnation=0,
-        state=MemberState.DEAD,
-        by=node_id(4),
-    )
-    c.receive(
-        Envelope(sender=node_id(4), msg_id=77, message=Sync(updates=(dead,), reply=False)),
-        addr(4),
-        2.0,
-    )
-    assert c.state_of(node_id(5)) is MemberState.DEAD
-    replies = [(a, e) for a, e in c.outbox() if isinstance(e.message, Sync)]
-    [(to, env)] = replies
-    assert to == addr(4) and env.msg_id == 77 and env.message.reply  # type: ignore[attr-defined]
-    assert any(u.node == node_id(5) and u.state is MemberState.DEAD for u in env.message.updates)  # type: ignore[attr-defined]
+    def syncs(core: Swim) -> list[Envelope]:
+        return [e for _, e in core.outbox() if isinstance(e.message, Sync)]
+
+    asker._sync(now)
+    steps = []
+    pending = [(asker, answerer, e) for e in syncs(asker)]
+    while pending:
+        src, dst, env = pending.pop(0)
+        steps.append(env.message.step)  # type: ignore[attr-defined]
+        dst.receive(env, src.addr, now)
+        pending += [(dst, src, e) for e in syncs(dst)]
+    return steps
+
+
+def test_push_pull_swaps_what_each_side_missed() -> None:
+    from hexamesh.comb.swim import SYNC_ANSWER, SYNC_ASK, SYNC_REST
+
+    a, b = lone(0, [1]), lone(1, [0])
+    a.receive(gossip_from(2, verdict(8, by=2)), addr(2), 1.0)  # b missed this one
+    b.receive(gossip_from(3, verdict(9, by=3)), addr(3), 1.0)  # and a this one
+    assert exchange(a, b, 2.0) == [SYNC_ASK, SYNC_ANSWER, SYNC_REST]
+    for c in (a, b):
+        assert c.state_of(node_id(8)) is c.state_of(node_id(9)) is MemberState.DEAD
+
+
+def test_push_pull_between_nodes_that_hold_the_same_news_is_one_datagram() -> None:
+    from hexamesh.comb.swim import SYNC_ANSWER, SYNC_ASK
+
+    a, b = lone(0, [1]), lone(1, [0])
+    for c in (a, b):
+        c.receive(gossip_from(2, verdict(8, by=2), verdict(9, by=2)), addr(2), 1.0)
+    assert exchange(a, b, 2.0) == [SYNC_ASK]
+    b.receive(gossip_from(3, verdict(7, by=3)), addr(3), 3.0)
+    # b holds more: it answers, and a, which holds nothing b lacks, sends no rest.
+    assert exchange(a, b, 4.0) == [SYNC_ASK, SYNC_ANSWER]
+    assert a.state_of(node_id(7)) is MemberState.DEAD
+
+
+def test_push_pull_always_carries_suspicions_each_a_confirmation() -> None:
+    from hexamesh.comb.swim import SYNC_ANSWER, SYNC_ASK
+
+    a, b = lone(0, [1, 5]), lone(1, [0, 5])  # both watch 5
+    for c in (a, b):
+        c.receive(gossip_from(2, verdict(8, by=2)), addr(2), 1.0)  # the same death
+        c._suspect(node_id(5), c.me, 1.5)
+    # The fingerprints agree (the death), yet each learns the other's suspicion.
+    assert exchange(a, b, 2.0) == [SYNC_ASK, SYNC_ANSWER]
+    assert a.members[node_id(5)].confirmers == {node_id(0), node_id(1)}
+    assert b.members[node_id(5)].confirmers == {node_id(0), node_id(1)}
 
 
 def lone(i: int, links: list[int], spread: list[int] = ()) -> Swim:  # type: ignore[assignment]
@@ -386,19 +415,22 @@ def test_a_member_held_dead_is_tried_now_and_then_and_comes_back_if_alive() -> N
 
 
 def test_push_pull_exchanges_recent_news_only() -> None:
-    from hexamesh.comb.swim import Sync
+    from hexamesh.comb.swim import SYNC_ASK, Sync
 
     c = lone(0, [1, 2])
 
     c.receive(gossip_from(1, verdict(8, by=1)), addr(1), 10.0)
     c.receive(gossip_from(1, verdict(9, by=1)), addr(1), 60.0)
-    ask = Envelope(sender=node_id(2), msg_id=5, message=Sync(updates=(), reply=False))
+    ask = Envelope(
+        sender=node_id(2), msg_id=5, message=Sync(updates=(), step=SYNC_ASK, fingerprint=0)
+    )
 
     def answer(now: float) -> set[bytes]:
+        """What ``c`` answers an asker that holds no news (nothing: no answer)."""
         c.outbox()
         c.receive(ask, addr(2), now)
-        [reply] = [e.message for _, e in c.outbox() if isinstance(e.message, Sync)]
-        return {u.node for u in reply.updates}
+        replies = [e.message for _, e in c.outbox() if isinstance(e.message, Sync)]
+        return {u.node for reply in replies for u in reply.updates}
 
     age = SwimConfig().sync_news_age
     assert answer(10.0 + age) == {node_id(8), node_id(9)}
@@ -422,7 +454,7 @@ def test_a_stale_tombstone_is_corrected_by_whoever_knows_the_return() -> None:
     """Node 8 died (incarnation 0) and came back (1). A node that missed the
     return spreads its death: every holder of the return answers with it, on a
     push-pull (request or reply) and on a flood (once per probe interval)."""
-    from hexamesh.comb.swim import Sync
+    from hexamesh.comb.swim import SYNC_ANSWER, SYNC_ASK, Sync
 
     c = lone(0, [1, 2])
     back = MemberUpdate(
@@ -449,10 +481,16 @@ def test_a_stale_tombstone_is_corrected_by_whoever_knows_the_return() -> None:
 
     stale = verdict(8, by=5)
     now = 200.0  # the return is long past sync_news_age: not news any more
-    ask = Envelope(sender=node_id(2), msg_id=5, message=Sync(updates=(stale,), reply=False))
+    ask = Envelope(
+        sender=node_id(2), msg_id=5, message=Sync(updates=(stale,), step=SYNC_ASK, fingerprint=0)
+    )
     c.receive(ask, addr(2), now)
     assert [(u.state, u.incarnation) for u in sent_to(2)] == [(MemberState.ALIVE, 1)]
-    reply = Envelope(sender=node_id(1), msg_id=6, message=Sync(updates=(stale,), reply=True))
+    reply = Envelope(
+        sender=node_id(1),
+        msg_id=6,
+        message=Sync(updates=(stale,), step=SYNC_ANSWER, fingerprint=1),
+    )
     c.receive(reply, addr(1), now)
     assert [(u.state, u.incarnation) for u in sent_to(1)] == [(MemberState.ALIVE, 1)]
     c.receive(gossip_from(3, stale), addr(3), now)
@@ -472,17 +510,17 @@ def test_a_stale_tombstone_is_corrected_by_whoever_knows_the_return() -> None:
 def test_a_node_swaps_news_with_a_link_as_soon_as_it_has_one() -> None:
     import random
 
-    from hexamesh.comb.swim import Sync
+    from hexamesh.comb.swim import SYNC_ASK, Sync
 
     c = Swim(node_id(0), addr(0), SwimConfig(), random.Random(0), 0.0)
     c.add_member(node_id(1), addr(1), 0, 0.0)
 
-    def syncs_at(now: float) -> list[tuple[Addr, bool]]:
+    def syncs_at(now: float) -> list[tuple[Addr, int]]:
         c.handle_timer(now)
-        return [(to, e.message.reply) for to, e in c.outbox() if isinstance(e.message, Sync)]
+        return [(to, e.message.step) for to, e in c.outbox() if isinstance(e.message, Sync)]
 
     assert syncs_at(1.0) == []  # no links yet
     c.set_links([node_id(1)], 2.0)
-    assert syncs_at(2.0) == [(addr(1), False)]
+    assert syncs_at(2.0) == [(addr(1), SYNC_ASK)]
     c.set_links([node_id(1)], 3.0)  # links again: not a first link, no early sync
     assert syncs_at(3.0) == []
