@@ -35,12 +35,12 @@ every link and shortcut that has not told us the same thing, and once more
 at most and one per shortcut, so each node sends one item about
 ``flood_rounds * links + shortcuts`` times, the same order as SWIM's
 ``retransmit_mult * log10(N)``. The second round repairs a lost copy; a
-shortcut only speeds the flood across the comb, which carries it anyway. Over a comb with
-shortcuts a flood reaches every node in O(log N) hops, and a node misses it
-only if every copy from every link is lost. News also rides on every probe
-and ack (retransmit-limited piggybacking). Join news is not flooded: a
-joiner's neighbourhood learns it from its dances, and nobody needs a full
-member list (the DHT finds anyone).
+shortcut only speeds the flood across the comb, which carries it anyway.
+Over a comb with shortcuts a flood reaches every node in O(log N) hops, and a
+node misses it only if every copy from every link is lost. News also rides
+on every probe and ack (retransmit-limited piggybacking). Join news is not
+flooded: a joiner's neighbourhood learns it from its dances, and nobody
+needs a full member list (the DHT finds anyone).
 
 *Local health* (Lifeguard §3.1). A failed probe raises our awareness score by
 the number of helpers that did not even answer ``Nack`` (all of them when
@@ -907,6 +907,8 @@ class Swim:
         Suspicions always travel (few, and each is a watcher's confirmation);
         the deaths and refutations, which after a mass failure are thousands
         and the same at both ends, only when the fingerprints differ."""
+        if msg.step == SYNC_REST:
+            return
         mine = self._fingerprint(now)
         if msg.step == SYNC_ASK:
             if mine != msg.fingerprint:
@@ -916,7 +918,7 @@ class Swim:
                 if not answer:
                     return  # we agree, and no suspicion to confirm
             self._send(sender, msg_id, Sync(updates=answer, step=SYNC_ANSWER, fingerprint=mine))
-        elif msg.step == SYNC_ANSWER and mine != msg.fingerprint:
+        elif mine != msg.fingerprint:
             # Still apart after taking the answer: the answerer lacks some of ours.
             theirs = {(u.node, u.incarnation, u.state) for u in msg.updates}
             rest = tuple(
