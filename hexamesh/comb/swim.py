@@ -57,7 +57,10 @@ differs answers with all its news, and the asker then sends what that
 answer lacked; one that agrees answers with its suspicions, if any. After a
 mass failure two neighbours hold the same thousands of deaths, and a
 push-pull between them costs two small datagrams instead of two digests of
-a thousand entries.
+a thousand entries. A node also asks each new comb link for a push-pull
+``new_link_sync`` after linking: the flood does not resend finished news to
+links made later, and a node whose links all died would hear nothing until
+its next push-pull.
 """
 
 from __future__ import annotations
@@ -209,6 +212,10 @@ class SwimConfig:
     reconnect_interval: float = 30.0  # s between tries to reach one member held dead (Serf's
     # reconnect): after a partition heals, each side holds the other dead and, having
     # relinked around it, never hears from it; the one reached refutes and it spreads
+    new_link_sync: float = 3.0  # s after a comb link is made, a push-pull with it: the flood
+    # does not resend finished news to links made later, and a node whose links all died
+    # heard nothing until its next push-pull (up to 45 s). By then the flood is over, so
+    # the fingerprints agree and the ask is one datagram, unless news is really missing
     sync_news_age: float = 90.0  # s; older news is no longer exchanged: every node has had
     # a few syncs to pull what it missed (memberlist forgets the dead after 30 s). Without
     # it, after a mass failure every sync carried a thousand old deaths (tens of KB) forever.
@@ -330,6 +337,7 @@ class Swim:
         self._next_sync = now + rng.uniform(0.5, 1.5) * config.sync_interval
         self._next_health = now + config.probe_interval
         self._next_reconnect = now + config.reconnect_interval
+        self._new_links: dict[bytes, float] = {}  # comb link made lately -> push-pull with it then
         self.relink_needed = False  # a link died or a dead node came back (the owner of links)
         # Who else watches a node (its other neighbours, known to the owner of the
         # map): our own accusations go to them directly, so their suspicions
@@ -349,6 +357,7 @@ class Swim:
         """Watch ``links``; tell news to them and to ``spread``. Known members
         only, never ourselves."""
         had_links = bool(self.spread)
+        was_watched = self._watched
         self.links = [n for n in dict.fromkeys(links) if n != self.me and n in self.members]
         self.spread = [
             n for n in dict.fromkeys([*self.links, *spread]) if n != self.me and n in self.members
@@ -361,6 +370,13 @@ class Swim:
         for node in list(self._quiet_until):
             if node not in self._watched:
                 del self._quiet_until[node]
+        if had_links:  # (first links: a push-pull at once, below)
+            for node in self.links:
+                if node not in was_watched:
+                    self._new_links[node] = now + self.config.new_link_sync
+        for node in list(self._new_links):
+            if node not in self._watched:
+                del self._new_links[node]
         if self.spread and not had_links:
             # Our first links (we just joined, or came back): swap news with one
             # now, as memberlist's join does a push-pull, instead of in up to
@@ -472,6 +488,10 @@ class Swim:
         if now >= self._next_reconnect:
             self._next_reconnect = now + self.config.reconnect_interval
             self._reconnect(now)
+        for node, due in list(self._new_links.items()):
+            if now >= due:
+                del self._new_links[node]
+                self._sync(now, node)
 
     def next_timer(self) -> float | None:
         # Called after every event: plain loops, no lists.
@@ -500,6 +520,9 @@ class Swim:
         for relay in self._relays.values():
             if relay.nack_at < soonest:
                 soonest = relay.nack_at
+        for due in self._new_links.values():
+            if due < soonest:
+                soonest = due
         return soonest
 
     def outbox(self) -> list[tuple[Addr, Envelope]]:
@@ -892,11 +915,15 @@ class Swim:
         )
         self._send(member.addr, self._rng.getrandbits(64), Gossip(updates=(verdict,)))
 
-    def _sync(self, now: float) -> None:
-        live = [n for n in self.spread if self.members[n].state is MemberState.ALIVE]
-        if not live:
+    def _sync(self, now: float, peer: bytes | None = None) -> None:
+        """Ask ``peer`` (a random live link if None) for a push-pull."""
+        if peer is None:
+            live = [n for n in self.spread if self.members[n].state is MemberState.ALIVE]
+            if not live:
+                return
+            peer = self._rng.choice(live)
+        elif self.members[peer].state is not MemberState.ALIVE:
             return
-        peer = self._rng.choice(live)
         fingerprint = self._fingerprint(now)
         ask = Sync(updates=self._suspicions(now), step=SYNC_ASK, fingerprint=fingerprint)
         self._send(self.members[peer].addr, self._rng.getrandbits(64), ask)

@@ -507,6 +507,24 @@ def test_a_stale_tombstone_is_corrected_by_whoever_knows_the_return() -> None:
     assert fresh.state_of(node_id(8)) is MemberState.ALIVE
 
 
+def test_a_new_comb_link_gets_a_push_pull_once_the_flood_is_over() -> None:
+    from hexamesh.comb.swim import SYNC_ASK, Sync
+
+    c = lone(0, [1, 2])
+
+    def syncs_at(now: float) -> list[tuple[Addr, int]]:
+        c.handle_timer(now)
+        return [(to, e.message.step) for to, e in c.outbox() if isinstance(e.message, Sync)]
+
+    syncs_at(0.0)  # the first links' push-pull
+    later = SwimConfig().new_link_sync
+    c.set_links([node_id(j) for j in (1, 2, 3, 4)], 10.0)  # 3 and 4 are new
+    c.set_links([node_id(j) for j in (1, 2, 3)], 10.5)  # 4 is gone again
+    assert syncs_at(10.0 + later - 0.01) == []
+    assert syncs_at(10.0 + later) == [(addr(3), SYNC_ASK)]
+    assert syncs_at(14.0) == []  # once (the regular push-pull is 15-45 s after the first)
+
+
 def test_a_node_swaps_news_with_a_link_as_soon_as_it_has_one() -> None:
     import random
 
