@@ -40,7 +40,9 @@ from hexamesh.config import AgentConfig
 from hexamesh.dht.contact import Contact
 from hexamesh.dht.core import DhtConfig, DhtCore
 from hexamesh.dht.service import DHT_MESSAGES, Dht, DhtError, load_contacts, save_contacts
+from hexamesh.engine.device import Device
 from hexamesh.engine.supervisor import (
+    GPU_SHARE,
     Engine,
     EngineConfig,
     EngineError,
@@ -97,6 +99,10 @@ JOIN_RETRY_MAX = 60.0  # s; longest wait between DHT bootstrap attempts
 TABLE_POLL = 1.0  # s; while bootstrap waits to retry, how often it looks for a node that reached us
 LEAVE_TIMEOUT = 2.0  # s a graceful stop spends telling the swarm it leaves
 UPTIME_STEP = 60.0  # s; the dance's uptime is refreshed this often (placement votes weigh it)
+# s between readings of the GPU's memory for the dance (an nvidia-smi run, ~50 ms
+# of a thread): placement votes weigh free GPU memory, which changes when a
+# server starts or stops, not from second to second
+GPU_POLL = 10.0
 
 
 @dataclass
@@ -436,15 +442,20 @@ def _note_rtts(probe: RttProbe, status: AgentStatus) -> None:
 
 
 def model_spec(text: str, config: AgentConfig) -> ModelSpec:
-    """``--model`` value -> spec: ``NAME=DIR|ID`` or ``DIR|ID`` (named after its last part)."""
+    """``--model`` value -> spec: ``NAME=DIR|ID`` or ``DIR|ID`` (named after its last part).
+
+    On a GPU each model this agent may hold gets an equal part of GPU_SHARE: vLLM
+    takes its whole share at start, so the first of two would leave no room."""
     name, sep, model = text.partition("=")
     if not sep:
         model, name = text, Path(text.rstrip("/")).name
+    held = max(1, config.max_models, len(config.model))
     return ModelSpec(
         name=name,
         model=model,
         kv_cache_gb=float(config.kv_cache_gb),
         max_model_len=config.max_model_len,
+        gpu_memory_utilization=round(GPU_SHARE / held, 3),
     )
 
 
@@ -502,6 +513,7 @@ async def _serve_models(
     """Load the configured models into the engine; dance them, their load, whether
     there is room for more (status "up" or "full") and our uptime."""
     started = wall_clock()
+    gpu_read = -GPU_POLL
     specs = [model_spec(m, config) for m in config.model]
     for spec in specs:
         status.models[spec.name] = {"state": "starting", "load": 0.0}
@@ -531,10 +543,21 @@ async def _serve_models(
             }
         if wall_clock() - started - dance.uptime >= UPTIME_STEP:
             now["uptime"] = round(wall_clock() - started)
+        if engine.device.gpu and wall_clock() - gpu_read >= GPU_POLL:
+            gpu_read = wall_clock()
+            now |= _gpu_memory(await engine.refresh_device())
         if any(getattr(dance, k) != v for k, v in now.items()):
             honeycomb.comb.waggle.update(wall_clock(), **now)
             honeycomb.driver.poke()
         await trio.sleep(STATUS_INTERVAL)
+
+
+def _gpu_memory(device: Device) -> dict[str, object]:
+    """The dance's GPU fields; 0 (not judged on) where nvidia-smi cannot say."""
+    total, free = device.gpu_total, device.gpu_free
+    if total is None or free is None:
+        return {"gpu_total": 0, "gpu_used": 0}
+    return {"gpu_total": total, "gpu_used": max(0, total - free)}
 
 
 def _note_comb(honeycomb: Honeycomb, status: AgentStatus) -> None:

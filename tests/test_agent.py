@@ -6,12 +6,18 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from rich.console import Console
 
 from hexamesh.agent import STATUS_FILE_NAME, AgentStatus, _StatusFile, resolve_keyring, run_agent
+from hexamesh.comb.render import peer_table, view_json
+from hexamesh.comb.service import fetch_view
 from hexamesh.config import AgentConfig
+from hexamesh.engine.supervisor import EngineConfig
 from hexamesh.hexgrid import ORIGIN, Hex, distance
+from hexamesh.net.base import parse_addr
 from hexamesh.swarmkey import SWARM_KEY_FILE_NAME, JoinToken, create_key_file, load_key_file
 from hexamesh.wire import KeyRing
+from tests.engine.fake_gpu import FakeGpu
 
 
 async def wait_for(path: Path, check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
@@ -113,3 +119,52 @@ def test_a_token_never_overwrites_a_key_file(tmp_path: Path, caplog: Any) -> Non
     assert got.primary == other.key  # this run uses the token's key ...
     assert load_key_file(tmp_path / SWARM_KEY_FILE_NAME).primary == mine.primary  # ... file kept
     assert "holds another swarm key" in caplog.text
+
+
+async def test_on_a_gpu_the_dance_carries_its_memory_and_each_model_gets_a_share(
+    tmp_path: Path, fake_gpu: FakeGpu
+) -> None:
+    """A model's vLLM takes its share of the GPU at start; the agent's dance then
+    reports the GPU's memory as nvidia-smi reads it, and `hexamesh peers` shows it."""
+    fake_gpu.reads(total_mib=143_771, free_mib=143_000)
+    model_dir = tmp_path / "tiny"
+    model_dir.mkdir()
+    argv = tmp_path / "argv"
+    engine = EngineConfig(
+        server_module="tests.engine.fake_vllm",
+        ready_timeout=20.0,
+        stop_grace=2.0,
+        extra_env={"FAKE_VLLM_ARGV": str(argv)},
+    )
+    cfg = AgentConfig(
+        data_dir=tmp_path / "a",
+        host="127.0.0.1",
+        port=0,
+        api_port=0,
+        model=(f"tiny={model_dir}",),
+        max_models=2,
+    )
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            agent: AgentStatus = await nursery.start(
+                lambda task_status: run_agent(cfg, engine_config=engine, task_status=task_status)
+            )
+            await wait_for(
+                tmp_path / "a" / STATUS_FILE_NAME,
+                lambda d: d["models"].get("tiny", {}).get("state") == "ready",
+            )
+            args = argv.read_text().splitlines()
+            assert args[args.index("--gpu-memory-utilization") + 1] == "0.425"  # 0.85 / 2
+            ring = load_key_file(tmp_path / "a" / SWARM_KEY_FILE_NAME)
+            while True:
+                view = await fetch_view(ring, parse_addr(agent.address))
+                (mine,) = [c for c in view_json(view)["cells"] if c["node"] == agent.node_id]
+                if mine["gpu_total"]:
+                    break
+                await trio.sleep(0.1)
+            assert mine["gpu_total"] == 143_771 * 2**20
+            assert mine["gpu_used"] == 771 * 2**20
+            table = Console(width=200, record=True)
+            table.print(peer_table(view))
+            assert "0.8/140.4 GiB" in table.export_text()
+            nursery.cancel_scope.cancel()

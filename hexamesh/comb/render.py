@@ -67,7 +67,8 @@ def peer_table(view: ViewReply) -> Table:
     dead = set(view.dead)
     me = view.cells[0].node if view.placed and view.cells else None
     table = Table(box=None)
-    for column in ("node", "cell", "address", "state", "load", "queue", "kv", "tok/s", "models"):
+    columns = ("node", "cell", "address", "state", "load", "queue", "kv", "tok/s", "gpu", "models")
+    for column in columns:
         table.add_column(column)
     for entry in sorted(view.cells, key=lambda c: distance(Hex(c.q, c.r), ORIGIN)):
         d = dances.get(entry.node)
@@ -82,9 +83,17 @@ def peer_table(view: ViewReply) -> Table:
             str(d.queue) if d else "-",
             f"{d.kv:.2f}" if d else "-",
             f"{d.tok_s:.0f}" if d else "-",
+            _gpu(d),
             ",".join(d.models) if d else "-",
         )
     return table
+
+
+def _gpu(d: Dance | None) -> str:
+    """GPU memory used/total, "-" where the node reports none (a CPU node)."""
+    if d is None or not d.gpu_total:
+        return "-"
+    return f"{d.gpu_used / 2**30:.1f}/{d.gpu_total / 2**30:.1f} GiB"
 
 
 def view_json(view: ViewReply) -> dict[str, object]:
@@ -100,6 +109,8 @@ def view_json(view: ViewReply) -> dict[str, object]:
                 "address": f"{c.host}:{c.port}",
                 "load": dances[c.node].load if c.node in dances else None,
                 "models": list(dances[c.node].models) if c.node in dances else None,
+                "gpu_used": dances[c.node].gpu_used if c.node in dances else None,  # bytes
+                "gpu_total": dances[c.node].gpu_total if c.node in dances else None,  # 0: none
             }
             for c in view.cells
         ],

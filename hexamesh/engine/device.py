@@ -38,6 +38,7 @@ def detect_device() -> Device:
     """The first NVIDIA GPU if ``nvidia-smi`` lists one, else the CPU.
 
     ``HEXAMESH_DEVICE=cpu`` forces the CPU (a GPU machine running the CPU build).
+    Call it again for a fresh reading of the GPU's memory (~50 ms: a subprocess).
     """
     if os.environ.get("HEXAMESH_DEVICE", "").lower() == "cpu" or not shutil.which("nvidia-smi"):
         return Device(gpu=False, name="cpu")
@@ -54,15 +55,21 @@ def detect_device() -> Device:
             check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
-        return Device(gpu=False, name="cpu")
+        return Device(gpu=False, name="cpu")  # a driver nvidia-smi cannot talk to
     first = out.strip().splitlines()[0] if out.strip() else ""
     parts = [p.strip() for p in first.split(",")]
-    if len(parts) != 3:
+    if len(parts) != 3 or not parts[0]:
         return Device(gpu=False, name="cpu")
-    mib = 2**20
-    return Device(
-        gpu=True, name=parts[0], gpu_total=int(parts[1]) * mib, gpu_free=int(parts[2]) * mib
-    )
+    return Device(gpu=True, name=parts[0], gpu_total=_mib(parts[1]), gpu_free=_mib(parts[2]))
+
+
+def _mib(field: str) -> int | None:
+    """Bytes from one of nvidia-smi's MiB fields; None where it prints "[N/A]" or
+    "[Insufficient Permissions]" (some virtual GPUs): memory unknown, not zero."""
+    try:
+        return int(field) * 2**20
+    except ValueError:
+        return None
 
 
 def looks_like_path(model: str) -> bool:

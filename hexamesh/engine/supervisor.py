@@ -62,6 +62,11 @@ GROUP_EXIT_WAIT = 5.0  # s to wait for a killed group to vanish (zombies never d
 
 LAST_LINES = 40  # of vLLM's output kept to say why it exited
 
+# Of a GPU's memory, what one agent's vLLM servers take together (vLLM's own
+# default for one server is 0.9): the rest holds each server's CUDA context and
+# leaves other processes on the GPU some room.
+GPU_SHARE = 0.85
+
 
 class EngineError(Exception):
     """A model could not be loaded, does not fit, or is not loaded."""
@@ -73,7 +78,7 @@ class ModelSpec:
     model: str  # a local directory or a hub id
     dtype: str = "auto"  # "float32" on CPU unless told otherwise
     max_model_len: int = 1024
-    gpu_memory_utilization: float = 0.85  # share of the GPU vLLM may take
+    gpu_memory_utilization: float = GPU_SHARE  # of the GPU's total memory this server takes
     tensor_parallel_size: int = 1
     kv_cache_gb: float = 1.0  # CPU only: VLLM_CPU_KVCACHE_SPACE
     extra_args: tuple[str, ...] = ()  # passed to vLLM as they are
@@ -244,13 +249,7 @@ class Engine:
             raise EngineError(f"{spec.name}: no model directory at {spec.model}")
         weights = model_bytes(spec.model)
         if self.device.gpu:
-            need = weights * 1.2
-            free = self.device.gpu_free
-            if free is not None and need > free:
-                raise EngineError(
-                    f"{spec.name} needs about {need / 2**30:.1f} GiB of GPU memory, "
-                    f"{free / 2**30:.1f} GiB free"
-                )
+            self._check_fits_gpu(spec, weights)
             return
         kv_in_use = sum(s.spec.kv_cache_gb for s in self._servers.values()) * 2**30
         need = weights * self.config.ram_headroom + spec.kv_cache_gb * 2**30
@@ -262,10 +261,41 @@ class Engine:
                 f"{max(0, ram_free) / 2**30:.1f} GiB free"
             )
 
+    def _check_fits_gpu(self, spec: ModelSpec, weights: int) -> None:
+        """vLLM takes ``gpu_memory_utilization`` of the GPU's total memory at start
+        and refuses to start when less than that is free ("Free memory on device ...
+        is less than desired GPU memory utilization"); its weights must fit in it."""
+        total, free = self.device.gpu_total, self.device.gpu_free
+        if total is None or free is None:
+            return  # nvidia-smi could not say: vLLM's own check decides
+        share = spec.gpu_memory_utilization * total
+        if share > free:
+            raise EngineError(
+                f"{spec.name} would take {share / 2**30:.1f} GiB of GPU memory "
+                f"({spec.gpu_memory_utilization:g} of {total / 2**30:.1f}), "
+                f"{free / 2**30:.1f} GiB free"
+            )
+        need = weights * 1.2
+        if need > share:
+            raise EngineError(
+                f"{spec.name} needs about {need / 2**30:.1f} GiB of GPU memory, "
+                f"its share is {share / 2**30:.1f} GiB"
+            )
+
+    async def refresh_device(self) -> Device:
+        """A fresh reading of the GPU's memory (the CPU needs none). A failed
+        reading keeps the last one: the GPU did not go away."""
+        if self.device.gpu:
+            fresh = await trio.to_thread.run_sync(detect_device)
+            if fresh.gpu:
+                self.device = fresh
+        return self.device
+
     async def load(self, spec: ModelSpec) -> None:
         """Start serving ``spec``; returns when ready, raises EngineError otherwise."""
         if spec.name in self._servers:
             raise EngineError(f"model {spec.name!r} is loaded already")
+        await self.refresh_device()  # what the servers started since took
         self.check_fits(spec)
         server = _Server(spec)
         self._servers[spec.name] = server

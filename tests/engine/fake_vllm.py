@@ -4,7 +4,8 @@ and chat, streamed or not), answers in microseconds. It also forks a child that
 sleeps, so tests can check that stopping the server leaves no process behind.
 
 Behaviour switches (environment): FAKE_VLLM_EXIT=N exits with code N at once
-(a crash loop); FAKE_VLLM_CHILD_PIDFILE=path writes the child's pid there.
+(a crash loop); FAKE_VLLM_CHILD_PIDFILE=path writes the child's pid there;
+FAKE_VLLM_ARGV=path writes its arguments there, one per line.
 """
 
 import argparse
@@ -33,6 +34,9 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int)
     args, _ = parser.parse_known_args()
+    if "FAKE_VLLM_ARGV" in os.environ:
+        with open(os.environ["FAKE_VLLM_ARGV"], "w") as f:
+            f.write("\n".join(sys.argv[1:]))
     if "FAKE_VLLM_EXIT" in os.environ:
         # vLLM's last words, as a failed start prints them: a traceback's tail
         print("Traceback (most recent call last):", flush=True)

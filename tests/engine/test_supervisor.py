@@ -9,14 +9,17 @@ import pytest
 import trio
 
 from hexamesh.engine.client import EngineClient, EngineRequestError, EngineUnavailable
-from hexamesh.engine.device import Device
+from hexamesh.engine.device import Device, detect_device
 from hexamesh.engine.supervisor import (
     EngineConfig,
     EngineError,
     EngineState,
     ModelSpec,
     open_engine,
+    server_command,
+    server_env,
 )
+from tests.engine.fake_gpu import FakeGpu
 
 CPU = Device(gpu=False, name="cpu")
 
@@ -84,6 +87,53 @@ async def test_a_model_that_does_not_fit_is_refused(tmp_path: Path) -> None:
     async with open_engine(config(), CPU) as engine:
         with pytest.raises(EngineError, match="GiB of RAM"):
             await engine.load(ModelSpec(name="huge", model=str(tmp_path), kv_cache_gb=1e6))
+        assert engine.models() == {}
+
+
+def test_on_a_gpu_vllm_is_given_its_share_and_no_cpu_settings() -> None:
+    gpu = Device(gpu=True, name="NVIDIA H200", gpu_total=143771 * 2**20, gpu_free=143000 * 2**20)
+    spec = ModelSpec(name="m", model="/models/m", gpu_memory_utilization=0.425)
+    cmd = server_command(spec, 8001, gpu, EngineConfig())
+    assert cmd[cmd.index("--gpu-memory-utilization") + 1] == "0.425"
+    assert cmd[cmd.index("--tensor-parallel-size") + 1] == "1"
+    assert cmd[cmd.index("--dtype") + 1] == "auto"  # the model's own (bf16, fp16) on a GPU
+    env = server_env(spec, gpu, EngineConfig())
+    assert "VLLM_CPU_KVCACHE_SPACE" not in env and env.get("VLLM_TARGET_DEVICE") != "cpu"
+    cpu_cmd = server_command(spec, 8001, CPU, EngineConfig())
+    assert "--gpu-memory-utilization" not in cpu_cmd
+    assert cpu_cmd[cpu_cmd.index("--dtype") + 1] == "float32"
+
+
+async def test_on_a_gpu_a_model_is_refused_when_its_share_is_not_free(
+    tmp_path: Path, fake_gpu: FakeGpu
+) -> None:
+    fake_gpu.reads(total_mib=100_000, free_mib=99_000)
+
+    def half(name: str) -> ModelSpec:
+        return ModelSpec(name=name, model=str(tmp_path), gpu_memory_utilization=0.45)
+
+    async with open_engine(config(), detect_device()) as engine:
+        await engine.load(half("first"))
+        # what a real vLLM would leave: its 45,000 MiB taken. Each load reads afresh.
+        fake_gpu.reads(total_mib=100_000, free_mib=40_000)
+        with pytest.raises(EngineError, match=r"would take 43.9 GiB .*0.45 of 97.7.*39.1 GiB free"):
+            await engine.load(half("second"))
+        assert engine.models() == {"first": EngineState.READY}
+        assert engine.device.gpu_free == 40_000 * 2**20
+        fake_gpu.prints("NVIDIA-SMI has failed", rc=9)  # a failed reading keeps the last
+        assert (await engine.refresh_device()).gpu_free == 40_000 * 2**20
+
+
+async def test_on_a_gpu_weights_larger_than_the_share_are_refused(
+    tmp_path: Path, fake_gpu: FakeGpu
+) -> None:
+    fake_gpu.reads(total_mib=10_000, free_mib=10_000)
+    with (tmp_path / "model.safetensors").open("wb") as f:
+        f.truncate(5 * 2**30)  # sparse: 5 GiB of weights on no disk
+    big = ModelSpec(name="big", model=str(tmp_path), gpu_memory_utilization=0.5)
+    async with open_engine(config(), detect_device()) as engine:
+        with pytest.raises(EngineError, match=r"needs about 6.0 GiB .* its share is 4.9 GiB"):
+            await engine.load(big)
         assert engine.models() == {}
 
 
