@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from tests.engine.fake_gpu import FakeGpu
+
 
 def last_json(*args: str) -> dict[str, object]:
     out = subprocess.run(
@@ -177,3 +179,21 @@ def test_placement_simulation_small() -> None:
     assert r["placed"] == r["reachable"] == r["proposer_heard_all"]
     assert r["no_quorum_moved"] == 0 and r["over_placed"] == 0
     assert isinstance(r["time_to_quorum_s_p99"], float) and r["time_to_quorum_s_p99"] < 2.0
+
+
+def test_gpucheck_on_a_stand_in_gpu_and_vllm(fake_gpu: FakeGpu) -> None:
+    r = last_json("simulations.gpucheck", "--json", "--server-module", "tests.engine.fake_vllm")
+    assert r["gpu"] == "NVIDIA H200" and r["detect_matches"] is True
+    assert "would take 140.3 GiB" in str(r["too_big_refused"])
+    assert r["server_share"] == 0.425  # 0.85 over --max-models 2
+    assert r["dance_gpu_total_mib"] == 143_771 and r["dance_gpu_used_mib"] == 771
+    assert r["dance_matches"] is True
+    assert r["completion_status"] == 200 and r["completion_tokens"] == 16
+
+
+def test_gpucheck_without_a_gpu_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEXAMESH_DEVICE", "cpu")
+    out = subprocess.run(
+        [sys.executable, "-m", "simulations.gpucheck", "--json"], capture_output=True, text=True
+    )
+    assert out.returncode == 1 and "no NVIDIA GPU here" in out.stderr
