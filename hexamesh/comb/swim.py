@@ -880,7 +880,7 @@ class Swim:
         # The newest MAX_SYNC without sorting them all: after a mass failure a
         # node holds thousands of tombstones and syncs every interval.
         newest = heapq.nsmallest(MAX_SYNC, self._notable(now), key=lambda m: -m.since)
-        out = [self._update(m.node, m.addr, m.incarnation, m.state, self.me) for m in newest]
+        out = [u for m in newest for u in self._as_held(m)]
         if self.incarnation > 0:
             out.insert(
                 0, self._update(self.me, self.addr, self.incarnation, MemberState.ALIVE, self.me)
@@ -965,11 +965,25 @@ class Swim:
                 yield m
 
     def _suspicions(self, now: float) -> tuple[MemberUpdate, ...]:
+        since = now - self.config.sync_news_age
+        held = (self.members[node] for node in self._suspects)
         return tuple(
-            self._update(m.node, m.addr, m.incarnation, m.state, self.me)
-            for m in self._notable(now)
-            if m.state is MemberState.SUSPECT
+            u
+            for m in held
+            if m.state is MemberState.SUSPECT and m.since >= since
+            for u in self._as_held(m)
         )[:MAX_SYNC]
+
+    def _as_held(self, m: _Member) -> Iterator[MemberUpdate]:
+        """``m`` for a push-pull: a suspicion once per accuser we know of, each
+        named. Lifeguard shortens a suspicion for *independent* accusers; named
+        as ours, a suspicion we only relay would count as one more at the other
+        end (and back again at the next exchange)."""
+        if m.state is MemberState.SUSPECT:
+            for by in sorted(m.confirmers):  # sorted: sets of bytes iterate by hash
+                yield self._update(m.node, m.addr, m.incarnation, m.state, by)
+        else:
+            yield self._update(m.node, m.addr, m.incarnation, m.state, self.me)
 
     def _fingerprint(self, now: float) -> int:
         """The deaths and refutations ``_digest`` holds, untruncated, in 64

@@ -542,3 +542,23 @@ def test_a_node_swaps_news_with_a_link_as_soon_as_it_has_one() -> None:
     assert syncs_at(2.0) == [(addr(1), SYNC_ASK)]
     c.set_links([node_id(1)], 3.0)  # links again: not a first link, no early sync
     assert syncs_at(3.0) == []
+
+
+def test_a_relayed_suspicion_is_passed_on_with_its_accusers_not_as_ours() -> None:
+    """Lifeguard counts independent accusers: a link that only heard of a
+    suspicion must not become one more accuser at the other end of a push-pull."""
+    a, b = lone(0, [1, 5]), lone(1, [0, 5])  # both watch 5
+    accusation = MemberUpdate(
+        node=node_id(5),
+        host=addr(5)[0],
+        port=addr(5)[1],
+        incarnation=0,
+        state=MemberState.SUSPECT,
+        by=node_id(7),
+    )
+    a.receive(gossip_from(7, accusation), addr(7), 1.0)
+    a._suspect(node_id(5), node_id(9), 1.2)  # another accuser a heard of (a nack, say)
+    b._suspect(node_id(5), b.me, 1.5)  # b's own failed probe
+    exchange(a, b, 2.0)
+    assert b.members[node_id(5)].confirmers == {node_id(1), node_id(7), node_id(9)}
+    assert a.members[node_id(5)].confirmers == {node_id(1), node_id(7), node_id(9)}
