@@ -548,15 +548,7 @@ def test_a_relayed_suspicion_is_passed_on_with_its_accusers_not_as_ours() -> Non
     """Lifeguard counts independent accusers: a link that only heard of a
     suspicion must not become one more accuser at the other end of a push-pull."""
     a, b = lone(0, [1, 5]), lone(1, [0, 5])  # both watch 5
-    accusation = MemberUpdate(
-        node=node_id(5),
-        host=addr(5)[0],
-        port=addr(5)[1],
-        incarnation=0,
-        state=MemberState.SUSPECT,
-        by=node_id(7),
-    )
-    a.receive(gossip_from(7, accusation), addr(7), 1.0)
+    a.receive(gossip_from(7, suspicion(of=5, by=7)), addr(7), 1.0)
     a._suspect(node_id(5), node_id(9), 1.2)  # another accuser a heard of (a nack, say)
     b._suspect(node_id(5), b.me, 1.5)  # b's own failed probe
     exchange(a, b, 2.0)
