@@ -42,7 +42,6 @@ from hexamesh.dht.core import DhtConfig, DhtCore
 from hexamesh.dht.service import DHT_MESSAGES, Dht, DhtError, load_contacts, save_contacts
 from hexamesh.engine.device import Device
 from hexamesh.engine.supervisor import (
-    GPU_SHARE,
     Engine,
     EngineConfig,
     EngineError,
@@ -444,8 +443,8 @@ def _note_rtts(probe: RttProbe, status: AgentStatus) -> None:
 def model_spec(text: str, config: AgentConfig) -> ModelSpec:
     """``--model`` value -> spec: ``NAME=DIR|ID`` or ``DIR|ID`` (named after its last part).
 
-    On a GPU each model this agent may hold gets an equal part of GPU_SHARE: vLLM
-    takes its whole share at start, so the first of two would leave no room."""
+    On a GPU each model this agent may hold gets an equal part of ``gpu_share``:
+    vLLM takes its whole share at start, so the first of two would leave no room."""
     name, sep, model = text.partition("=")
     if not sep:
         model, name = text, Path(text.rstrip("/")).name
@@ -455,7 +454,7 @@ def model_spec(text: str, config: AgentConfig) -> ModelSpec:
         model=model,
         kv_cache_gb=float(config.kv_cache_gb),
         max_model_len=config.max_model_len,
-        gpu_memory_utilization=round(GPU_SHARE / held, 3),
+        gpu_memory_utilization=round(config.gpu_share / held, 3),
     )
 
 

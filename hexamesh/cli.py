@@ -214,6 +214,13 @@ def agent(
     max_model_len: Annotated[
         int | None, typer.Option(help="Context tokens per request \\[default: 1024]")
     ] = None,
+    gpu_share: Annotated[
+        float | None,
+        typer.Option(
+            help="GPU: share of the GPU's memory this agent's models take together, "
+            "lower where agents share a GPU \\[default: 0.85]"
+        ),
+    ] = None,
     api_port: Annotated[
         int | None, typer.Option(help="OpenAI API port, 0 = any free \\[default: 7421]")
     ] = None,
@@ -262,6 +269,7 @@ def agent(
         "model": model or None,
         "kv_cache_gb": kv_cache_gb,
         "max_model_len": max_model_len,
+        "gpu_share": gpu_share,
         "api_port": api_port,
         "api_host": api_host,
         "api_keys": api_key or None,

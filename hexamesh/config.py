@@ -56,6 +56,9 @@ class AgentConfig:
     log_level: str = "INFO"
     model: tuple[str, ...] = ()  # models to serve: DIR, hub id, or NAME=DIR|ID each
     kv_cache_gb: int = 1  # CPU only: KV-cache space per model (VLLM_CPU_KVCACHE_SPACE)
+    # GPU only: of the GPU's memory, what this agent's vLLM servers take together,
+    # split equally over max_models. Below 0.85 where agents share one GPU.
+    gpu_share: float = 0.85
     max_model_len: int = 1024  # tokens of context per request
     api_host: str = "127.0.0.1"  # the OpenAI API's bind address; loopback unless told
     api_port: int = DEFAULT_API_PORT  # the OpenAI API's TCP port; 0 = any free port
@@ -86,6 +89,8 @@ class AgentConfig:
                 raise ConfigError(f"join: {e}") from None
         if self.kv_cache_gb < 1:
             raise ConfigError(f"kv_cache_gb must be at least 1, got {self.kv_cache_gb}")
+        if not 0.0 < self.gpu_share <= 1.0:
+            raise ConfigError(f"gpu_share must be in (0, 1], got {self.gpu_share}")
         if self.max_model_len < 16:
             raise ConfigError(f"max_model_len must be at least 16, got {self.max_model_len}")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -126,6 +131,10 @@ def _convert(name: str, tp: Any, value: Any, layer: str) -> Any:
             if isinstance(value, bool):
                 raise ValueError("a number, not a boolean")
             return int(value)
+        if tp is float:
+            if isinstance(value, bool):
+                raise ValueError("a number, not a boolean")
+            return float(value)
         if tp is str:
             if not isinstance(value, str):
                 raise ValueError("a string")

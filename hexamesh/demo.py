@@ -29,6 +29,7 @@ from rich.text import Text
 from hexamesh.agent import STATUS_FILE_NAME
 from hexamesh.comb.render import hex_map
 from hexamesh.comb.service import fetch_view
+from hexamesh.engine.device import detect_device
 from hexamesh.net.base import parse_addr
 from hexamesh.swarmkey import load_key_file
 from hexamesh.wire import KeyRing
@@ -208,6 +209,9 @@ def _comb_map(ring: KeyRing, addr: str) -> RenderableType:
 ENGINE_AGENTS = (1, 4)  # ring members that run vLLM; agent0 (the centre) has no model
 MODEL_READY_TIMEOUT = 900.0  # s; vLLM CPU servers start in 35-110 s each, here two at once
 DEMO_PROMPT = "The honeycomb swarm"
+# On a GPU the demo's engines share its one card: each agent's --gpu-share is
+# this over their number (one agent's default would leave the next no room).
+DEMO_GPU_SHARE = 0.85
 
 
 def _ready_engines(procs: list[AgentProcess]) -> int:
@@ -245,6 +249,15 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def serve_flags(model: Path, engines: int, *, gpu: bool) -> tuple[str, ...]:
+    """Agent flags for one of the demo's ``engines`` engine agents; on a GPU they
+    share the one card."""
+    flags: tuple[str, ...] = ("--model", f"tiny={model}")
+    if gpu:
+        flags += ("--gpu-share", f"{DEMO_GPU_SHARE / engines:.3f}")
+    return flags
+
+
 def run_demo(
     console: Console,
     *,
@@ -272,7 +285,8 @@ def run_demo(
                 model = make_tiny_model(workdir / "tiny")
             picks = [i for i in ENGINE_AGENTS if i < agents][:engines]
             picks += [i for i in range(1, agents) if i not in picks][: engines - len(picks)]
-            per_agent = {i: ("--model", f"tiny={model}") for i in picks}
+            serve = serve_flags(model, len(picks), gpu=detect_device().gpu)
+            per_agent = {i: serve for i in picks}
         procs.extend(start_local_swarm(workdir, agents, per_agent=per_agent))
         seed = procs[0].wait_ready()["address"]
         key = str(workdir / "agent0" / "swarm.key")

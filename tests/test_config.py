@@ -42,6 +42,16 @@ def test_booleans_from_file_and_environment(
     assert load_config(file, env=env).swarmscale is on
 
 
+def test_a_gpu_share_from_file_environment_or_flag(tmp_path: Path) -> None:
+    file = tmp_path / "agent.toml"
+    file.write_text("gpu-share = 0.5\n")  # a TOML float
+    assert load_config(file, env={}).gpu_share == 0.5
+    file.write_text("gpu-share = 1\n")  # a TOML integer is a float here too
+    assert load_config(file, env={}).gpu_share == 1.0
+    assert load_config(file, env={"HEXAMESH_GPU_SHARE": "0.25"}).gpu_share == 0.25
+    assert load_config(file, env={}, overrides={"gpu_share": 0.4}).gpu_share == 0.4
+
+
 def test_config_file_from_environment(tmp_path: Path) -> None:
     file = tmp_path / "agent.toml"
     file.write_text(f'data_dir = "{tmp_path}/d"\n')
@@ -61,6 +71,10 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
         ("", {"HEXAMESH_LOG_LEVEL": "loud"}, "log_level"),
         ("", {"HEXAMESH_SWARMSCALE": "maybe"}, "true or false"),
         ("max-models = -1\n", {}, "max_models must be at least 0"),
+        ("gpu-share = 0\n", {}, r"gpu_share must be in \(0, 1\]"),
+        ("", {"HEXAMESH_GPU_SHARE": "1.5"}, r"gpu_share must be in \(0, 1\]"),
+        ("", {"HEXAMESH_GPU_SHARE": "half"}, "gpu_share='half' is not valid"),
+        ("gpu-share = true\n", {}, "not a boolean"),
     ],
 )
 def test_bad_configuration_is_reported_with_its_source(

@@ -1,4 +1,5 @@
-"""wait_until: the one polling helper the end-to-end tests and benchmarks share."""
+"""wait_until (the one polling helper the end-to-end tests and benchmarks
+share) and the demo's engine flags."""
 
 import subprocess
 import sys
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hexamesh.demo import AgentProcess, wait_until
+from hexamesh.demo import AgentProcess, serve_flags, wait_until
 
 
 def test_returns_the_first_truthy_result() -> None:
@@ -27,3 +28,14 @@ def test_fails_fast_when_an_agent_exits(tmp_path: Path) -> None:
     agent = AgentProcess(proc, tmp_path, log)
     with pytest.raises(RuntimeError, match=r"exited with 3:\nboom: cannot bind"):
         wait_until("never", lambda: False, 60.0, procs=[agent])
+
+
+def test_on_a_gpu_the_demo_engines_share_the_card() -> None:
+    model = Path("/tmp/tiny")
+    assert serve_flags(model, 2, gpu=False) == ("--model", "tiny=/tmp/tiny")
+    assert serve_flags(model, 2, gpu=True) == (
+        "--model",
+        "tiny=/tmp/tiny",
+        "--gpu-share",
+        "0.425",
+    )
