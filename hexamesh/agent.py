@@ -98,7 +98,7 @@ JOIN_RETRY_MAX = 60.0  # s; longest wait between DHT bootstrap attempts
 TABLE_POLL = 1.0  # s; while bootstrap waits to retry, how often it looks for a node that reached us
 LEAVE_TIMEOUT = 2.0  # s a graceful stop spends telling the swarm it leaves
 UPTIME_STEP = 60.0  # s; the dance's uptime is refreshed this often (placement votes weigh it)
-# s between readings of the GPU's memory for the dance (an nvidia-smi run, ~50 ms
+# s between readings of the GPU's memory for the dance (an nvidia-smi run, ~20 ms
 # of a thread): placement votes weigh free GPU memory, which changes when a
 # server starts or stops, not from second to second
 GPU_POLL = 10.0
