@@ -172,6 +172,8 @@ class Waggle:
         return (
             new.status != old.status
             or new.models != old.models
+            # a new cell: the neighbours link to us only once they hear of it
+            or (new.q, new.r) != (old.q, old.r)
             or abs(new.load - old.load) > delta
             or abs(new.kv - old.kv) > delta
         )

@@ -1,6 +1,8 @@
 import random
 from dataclasses import replace
 
+import pytest
+
 from hexamesh.comb.waggle import Dance, HopDance, Waggle, WaggleConfig, WaggleMsg
 
 
@@ -51,6 +53,17 @@ def test_a_noticeable_change_is_danced_early_a_small_one_waits() -> None:
     w.update(regular - 0.9, load=0.5)  # noticeable: soon, but not before min_interval
     assert w.next_timer() < regular
     assert w.dance.version == 3
+
+
+def test_a_new_cell_is_danced_at_once() -> None:
+    """Neighbours link to a node (and so watch it) once they hear its cell: a node
+    killed between taking a cell and its next heartbeat was never declared dead."""
+    w = waggle(1, [2])
+    w.handle_timer(w.next_timer())
+    w.outbox()
+    regular = w.next_timer()
+    w.update(regular - 0.9, q=5, r=-3)  # 0.1 s after the last push
+    assert w.next_timer() == pytest.approx(regular - 1.0 + w.config.min_interval)  # not 0.9 s on
 
 
 def one(n: int) -> bytes:
