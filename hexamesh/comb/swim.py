@@ -338,7 +338,9 @@ class Swim:
         self._next_health = now + config.probe_interval
         self._next_reconnect = now + config.reconnect_interval
         self._new_links: dict[bytes, float] = {}  # comb link made lately -> push-pull with it then
-        self.relink_needed = False  # a link died or a dead node came back (the owner of links)
+        # a link was suspected or died, or a node came back (for the owner of links)
+        self.relink_needed = False
+        self.left = False  # we left gracefully (``leave``): a process on its way out
         # Who else watches a node (its other neighbours, known to the owner of the
         # map): our own accusations go to them directly, so their suspicions
         # confirm each other even where they are not linked to each other.
@@ -405,6 +407,7 @@ class Swim:
     def leave(self, now: float) -> None:
         """Leave gracefully: tell every link at once that we are gone (they relink
         without waiting for a timeout). Coming back later is a rejoin."""
+        self.left = True
         self.incarnation += 1
         bye = self._update(self.me, self.addr, self.incarnation, MemberState.DEAD, self.me)
         for node in self.spread:
@@ -646,6 +649,8 @@ class Swim:
 
     def _apply(self, u: MemberUpdate, sender: bytes, now: float) -> None:
         if u.node == self.me:
+            if self.left:
+                return  # we said goodbye: our death is the news, not a rumour to refute
             if u.state is not MemberState.ALIVE and u.incarnation >= self.incarnation:
                 # Suspected or declared dead: refute with a higher incarnation (SWIM §4.2),
                 # straight back to whoever told us too (it may not be one of our links).
@@ -688,7 +693,9 @@ class Swim:
         if u.state is MemberState.ALIVE:
             if u.incarnation > member.incarnation:
                 changed = member.state is not MemberState.ALIVE
-                self.relink_needed |= member.state is MemberState.DEAD
+                self.relink_needed |= member.state is MemberState.DEAD or (
+                    member.state is MemberState.SUSPECT and u.node in self._watched
+                )
                 member.incarnation, member.state, member.addr, member.since = (
                     u.incarnation,
                     MemberState.ALIVE,
@@ -747,6 +754,7 @@ class Swim:
             member.incarnation = incarnation
         member.state = MemberState.SUSPECT
         self._suspects[node] = None
+        self.relink_needed |= node in self._watched  # watch who is behind it (Comb)
         member.since = member.suspicion_start = now
         member.confirmers = {by, *(also or ())}
         self._emit(member, now)

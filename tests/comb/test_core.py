@@ -183,3 +183,31 @@ def test_a_refutation_is_danced() -> None:
     )
     assert centre.swim.incarnation == 1
     assert centre.waggle.dance.incarnation == 1
+
+
+def test_while_a_link_is_suspected_the_node_behind_it_is_watched_too() -> None:
+    cells = spiral(ORIGIN, 2)
+    net, combs = build(cells)
+    net.run(until=5.0)
+    centre = combs[0]
+    east = nid(cells.index(Hex(1, 0)))
+    live = {c for c in cells if c != Hex(1, 0)}
+    past = nearest_in_direction(ORIGIN, 0, live.__contains__, 4)
+    assert past is not None
+    behind = nid(cells.index(past))
+    assert behind not in centre.swim.links
+
+    def suspect_east(c: Comb, now: float) -> None:
+        c.swim._suspect(east, c.node, now)
+        assert c.swim.relink_needed
+        c.relink(now)
+
+    net.interact(addr(0), suspect_east)
+    # Probed and judged like a link from now on; not a comb link, not danced to.
+    assert behind in centre.swim.links and behind in centre.swim._quiet_until
+    assert behind not in centre.neighbours() and behind not in centre.waggle.links
+    assert centre.comb_links[0] == east
+    # East is alive: it refutes, and the centre stops watching past it.
+    net.run(until=10.0)
+    assert centre.swim.state_of(east) is MemberState.ALIVE
+    assert behind not in centre.swim.links

@@ -554,3 +554,15 @@ def test_a_relayed_suspicion_is_passed_on_with_its_accusers_not_as_ours() -> Non
     exchange(a, b, 2.0)
     assert b.members[node_id(5)].confirmers == {node_id(1), node_id(7), node_id(9)}
     assert a.members[node_id(5)].confirmers == {node_id(1), node_id(7), node_id(9)}
+
+
+def test_a_node_that_left_does_not_refute_its_own_goodbye() -> None:
+    """Its bye comes back to it from a link's flood (or from a node that holds it
+    dead and hears its last dance): refuting it would undo the leave."""
+    c = lone(0, [1, 2])
+    c.leave(1.0)
+    bye = [e.message for _, e in c.outbox()]
+    assert len(bye) == 2 and all(m.updates[0].state is MemberState.DEAD for m in bye)  # type: ignore[attr-defined]
+    c.receive(gossip_from(1, bye[0].updates[0]), addr(1), 1.1)  # type: ignore[attr-defined]
+    assert c.incarnation == 1 and c.false_suspicions_refuted == 0
+    assert not [e for _, e in c.outbox()]
