@@ -130,6 +130,13 @@ async def _watch(
     return first, every, wrong
 
 
+def unwatched(statuses: list[dict[str, Any]]) -> list[int]:
+    """The agents (by index into ``statuses``, as in agent.json) that no other
+    agent links to: nobody probes them, so their death would go unnoticed."""
+    linked = {n for s in statuses for n in s.get("neighbours") or ()}
+    return [i for i, s in enumerate(statuses) if s.get("node_id") not in linked]
+
+
 def run_chaos(
     config: ChaosConfig,
     *,
@@ -149,12 +156,16 @@ def run_chaos(
         ids = [p.wait_ready()["node_id"] for p in procs]
 
         def unsettled() -> dict[int, str]:
-            # Settled: placed, linked, every link held alive. (Members beyond the
-            # links are not all known to everyone: a death still reaches them, as
-            # news of a stranger is kept as a tombstone and spread.)
+            # Settled: placed, linked, every link held alive, and linked to by
+            # someone (watched: a node killed before any neighbour heard of its
+            # cell is never declared dead). (Members beyond the links are not all
+            # known to everyone: a death still reaches them, as news of a
+            # stranger is kept as a tombstone and spread.)
             out = {}
-            for i, p in enumerate(procs):
-                s = p.status() or {}
+            statuses = [p.status() or {} for p in procs]
+            for i in unwatched(statuses):
+                out[i] = "linked to by nobody"
+            for i, s in enumerate(statuses):
                 if not s.get("cell"):
                     out[i] = "no cell"
                 elif not set(s.get("neighbours") or [None]) <= set(s.get("alive", [])):
@@ -163,14 +174,22 @@ def run_chaos(
                     out[i] = f"holds {len(s['dead'])} dead"
             return out
 
-        def settled() -> bool:
-            return not unsettled()
+        def settle() -> None:
+            wait_until(
+                "the comb to settle",
+                lambda: not unsettled(),
+                SETTLE_TIMEOUT,
+                procs=procs,
+                show=unsettled,
+            )
 
-        wait_until("the comb to settle", settled, SETTLE_TIMEOUT, procs=procs, show=unsettled)
+        settle()
         progress(f"{config.agents} agents up and linked after {time.monotonic() - t_begin:.1f} s")
         seed_flags = joining(procs[0].status()["address"], work / "agent0" / "swarm.key")  # type: ignore[index]
         rounds: list[dict[str, Any]] = []
         for k in range(config.rounds):
+            if k:
+                settle()  # the restarted agents too: placed, linked and linked to
             victims = rng.sample(range(1, config.agents), config.kill)
             victim_ids = [ids[i] for i in victims]
             survivors = {

@@ -129,7 +129,7 @@ def start_agent(data_dir: Path, *args: str, env: dict[str, str] | None = None) -
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / STATUS_FILE_NAME).unlink(missing_ok=True)
     log_path = data_dir / "agent.log"
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab") as log:  # a restart (chaos) adds to it
         proc = subprocess.Popen(
             [sys.executable, "-m", "hexamesh", "agent", "--data-dir", str(data_dir), *args],
             stdout=log,
