@@ -247,12 +247,9 @@ class Comb:
             s for s in self.shortcuts if s not in linked and state_of(s) is not MemberState.DEAD
         ]
         addrs = self.addrs
-        for node in [*self.comb_links.values(), *self.shortcuts]:
-            if state_of(node) is None and node in addrs:
-                self.swim.add_member(node, addrs[node], 0, now)
         watched = list(self.comb_links.values())
         behind = self._behind_suspects(watched)
-        for node in behind:
+        for node in [*watched, *self.shortcuts, *behind]:
             if state_of(node) is None and node in addrs:
                 self.swim.add_member(node, addrs[node], 0, now)
         self.swim.set_links([*watched, *behind], now, spread=self.shortcuts)
