@@ -422,6 +422,9 @@ class Swim:
     def live_members(self) -> list[bytes]:
         return [n for n, m in self.members.items() if m.state is not MemberState.DEAD]
 
+    def dead_members(self) -> list[bytes]:
+        return list(self._dead)
+
     @property
     def has_events(self) -> bool:
         """Are there membership changes ``events()`` has not handed out yet?"""

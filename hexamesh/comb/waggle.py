@@ -17,7 +17,11 @@ node whatever the swarm size. A node also dances to whoever danced to it
 lately (``answer_for`` heartbeats): across holes links can be one-sided, and
 the relation must be two-way for both proof of life and the two-ring view.
 A dance older (lower version) than the one held is ignored; a view entry not
-refreshed for ``expiry`` is dropped.
+refreshed for ``expiry`` is dropped. So is the dance of a node the failure
+detector holds dead (``held_dead``, set by the owner): ring-1 nodes relay each
+other's copies of it, and each copy refreshed the others', so a dead node's
+dance went round its old neighbourhood for as long as the swarm ran (a fifth of
+every view two minutes after a mass failure, 37 % more bytes per push).
 
 Any push from a link is also proof of life for the failure detector: in
 steady state neighbours hear each other every heartbeat and need no probes.
@@ -26,6 +30,7 @@ steady state neighbours hear each other every heartbeat and need no probes.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -149,6 +154,10 @@ class Waggle:
         self._next_push = now + rng.uniform(0, config.heartbeat)  # spread the swarm's pushes
         self._last_push = -1e9
         self._pushes = 0
+        # Is this the dance of a node held dead (at this incarnation or a later
+        # one)? Such dances are dropped, not kept or relayed. A dance at a higher
+        # incarnation is a refutation and passes.
+        self.held_dead: Callable[[Dance], bool] = lambda dance: False
 
     def set_links(self, links: dict[bytes, Addr]) -> None:
         self.links = {n: a for n, a in links.items() if n != self.dance.node}
@@ -190,6 +199,9 @@ class Waggle:
             d = hd.dance
             if d.node == self.dance.node:
                 continue
+            if self.held_dead(d):
+                self.view.pop(d.node, None)
+                continue
             seen = self.view.get(d.node)
             if seen is not None and seen.dance.version >= d.version:
                 if seen.dance.version == d.version:
@@ -213,8 +225,9 @@ class Waggle:
         return news
 
     def handle_timer(self, now: float) -> None:
+        held_dead = self.held_dead
         for node, seen in list(self.view.items()):
-            if now - seen.at > self.config.expiry:
+            if now - seen.at > self.config.expiry or held_dead(seen.dance):
                 del self.view[node]
         if now >= self._next_push:
             self._push(now)

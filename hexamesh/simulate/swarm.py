@@ -707,7 +707,8 @@ class SwarmSim:
 
     def _look(self) -> None:
         """Every node's view against the truth: dead peers held alive (stale) and
-        live peers held dead (wrong)."""
+        live peers held dead (wrong; the view drops a peer held dead, so these
+        are counted among the members)."""
         now = self.net.now
         stale = wrong = 0
         for i in range(self.s.nodes):
@@ -715,11 +716,10 @@ class SwarmSim:
                 continue
             comb = self.comb(i)
             for node in comb.waggle.view:
-                held_dead = comb.swim.state_of(node) is MemberState.DEAD
-                if self.alive(self.index[node]):
-                    wrong += held_dead
-                else:
-                    stale += not held_dead
+                if not self.alive(self.index[node]):
+                    stale += comb.swim.state_of(node) is not MemberState.DEAD
+            for node in comb.swim.dead_members():
+                wrong += self.alive(self.index[node])
         self.views.append((now, stale, wrong))
         self.net.call_at(now + SAMPLE, self._look)
 

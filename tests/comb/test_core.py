@@ -211,3 +211,19 @@ def test_while_a_link_is_suspected_the_node_behind_it_is_watched_too() -> None:
     net.run(until=10.0)
     assert centre.swim.state_of(east) is MemberState.ALIVE
     assert behind not in centre.swim.links
+
+
+def test_a_dead_neighbours_dance_leaves_every_view() -> None:
+    """Its ring-1 neighbours relay its last dance to each other; each copy used
+    to refresh the others', so it stayed in their views for as long as they
+    ran. Once it is declared dead the dance is dropped everywhere."""
+    cells = spiral(ORIGIN, 2)
+    net, combs = build(cells)
+    net.run(until=10.0)
+    victim = cells.index(Hex(1, 0))
+    holders = [c for c in combs if nid(victim) in c.waggle.view]
+    assert len(holders) >= 6  # its ring and more
+    net.kill(addr(victim))
+    net.run(until=10.0 + 2 * CombConfig().waggle.expiry)  # past the echo's refreshes
+    assert all(c.swim.state_of(nid(victim)) is MemberState.DEAD for c in holders)
+    assert [c.node for c in holders if nid(victim) in c.waggle.view] == []

@@ -105,3 +105,28 @@ def test_a_noticeable_change_heard_from_a_link_is_relayed_early() -> None:
     t = soon + 0.05
     w.receive(WaggleMsg(dances=(HopDance(dance=dance(2, version=3, load=0.05), hops=2),)), t)
     assert w.next_timer() == regular  # a small change waits for the heartbeat
+
+
+def test_the_dance_of_a_node_held_dead_is_dropped_and_not_relayed() -> None:
+    w = waggle(1, [3])
+    dead: dict[bytes, int] = {}  # node -> incarnation held dead at
+    w.held_dead = lambda d: d.incarnation <= dead.get(d.node, -1)
+    w.receive(WaggleMsg(dances=(HopDance(dance=dance(2, version=4), hops=2),)), 0.1)
+    dead[one(2)] = 0
+    # a link relays the same dance back: it no longer refreshes our copy, it ends it
+    assert not w.receive(WaggleMsg(dances=(HopDance(dance=dance(2, version=4), hops=1),)), 0.2)
+    assert one(2) not in w.view
+    w.handle_timer(w.next_timer())
+    [(_, env)] = w.outbox()
+    assert [hd.dance.node for hd in env.message.dances] == [one(1)]  # type: ignore[attr-defined]
+    # a refutation (a higher incarnation) passes
+    back = replace(dance(2, version=5), incarnation=1)
+    assert w.receive(WaggleMsg(dances=(HopDance(dance=back, hops=2),)), 0.3) == [back]
+
+
+def test_a_view_entry_is_dropped_when_its_node_is_declared_dead() -> None:
+    w = waggle(1, [3])
+    w.receive(WaggleMsg(dances=(HopDance(dance=dance(2), hops=2),)), 0.1)
+    w.held_dead = lambda d: d.node == one(2)
+    w.handle_timer(0.5)  # long before the entry would expire
+    assert one(2) not in w.view
