@@ -59,6 +59,12 @@ class BroadcastQueue(Generic[T]):
         if len(self._items) > self.max_items:
             self._forget(self._order[-1][2])
 
+    def discard(self, key: Hashable, value: T) -> None:
+        """Drop the news about ``key`` if it is still ``value`` (not replaced)."""
+        item = self._items.get(key)
+        if item is not None and item.value is value:
+            self._forget(item)
+
     def take(self, budget: int, overhead: int = 0) -> list[T]:
         """Items that fit in ``budget`` bytes (each costing ``size + overhead``).
 

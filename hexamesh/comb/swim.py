@@ -38,7 +38,8 @@ at most and one per shortcut, so each node sends one item about
 shortcut only speeds the flood across the comb, which carries it anyway.
 Over a comb with shortcuts a flood reaches every node in O(log N) hops, and a
 node misses it only if every copy from every link is lost. News also rides
-on every probe and ack (retransmit-limited piggybacking). Join news is not
+on every probe and ack (retransmit-limited piggybacking) until its flood is
+done; after that it only cost bytes. Join news is not
 flooded: a joiner's neighbourhood learns it from its dances, and nobody
 needs a full member list (the DHT finds anyone).
 
@@ -868,6 +869,7 @@ class Swim:
         for news in ready:
             news.rounds += 1
             if news.rounds >= cfg.flood_rounds:  # only the ready ones can have reached it
+                self._queue.discard(news.update.node, news.update)
                 slots = self._news[news.update.node]
                 del slots[_news_slot(news.update)]
                 if not slots:

@@ -95,3 +95,15 @@ def test_takes_what_sorting_every_item_would(limit: int, max_items: int, ops: li
         else:
             assert q.take(a, overhead=b) == model.take(a, b)
         assert len(q) == len(model.items)
+
+
+def test_discard_drops_the_news_only_if_it_was_not_replaced() -> None:
+    q: BroadcastQueue[str] = BroadcastQueue(lambda: 5)
+    q.queue("a", "a-dead", 10)
+    q.queue("b", "b-suspect", 10)
+    q.queue("b", "b-dead", 10)
+    q.discard("a", "a-dead")
+    q.discard("b", "b-suspect")  # replaced since: stays
+    assert len(q) == 1 and q.take(100) == ["b-dead"]
+    q.discard("b", "b-dead")
+    assert len(q) == 0 and q.take(100) == []

@@ -566,3 +566,27 @@ def test_a_node_that_left_does_not_refute_its_own_goodbye() -> None:
     c.receive(gossip_from(1, bye[0].updates[0]), addr(1), 1.1)  # type: ignore[attr-defined]
     assert c.incarnation == 1 and c.false_suspicions_refuted == 0
     assert not [e for _, e in c.outbox()]
+
+
+def test_news_rides_probes_and_acks_only_until_its_flood_is_done() -> None:
+    """Every link gets flooded news twice; after that, piggybacking it on each
+    probe and ack for a dozen more sends only cost bytes (after a mass failure
+    under loss, ~600 B per node per second for ten minutes)."""
+    from hexamesh.comb.swim import Ack
+
+    c = lone(0, [1, 2, 3])
+    dead = verdict(9, by=1)
+
+    def ack_to_probe(t: float) -> tuple[MemberUpdate, ...]:
+        probe = Envelope(sender=node_id(2), msg_id=7, message=Probe(target=node_id(0), updates=()))
+        c.receive(probe, addr(2), t)
+        [ack] = [e.message for _, e in c.outbox() if isinstance(e.message, Ack)]
+        return ack.updates
+
+    c.receive(gossip_from(1, dead), addr(1), 1.0)
+    assert dead in ack_to_probe(1.05)  # the flood has not gone yet
+    c.handle_timer(1.1)  # round 1
+    assert dead in ack_to_probe(1.2)
+    c.handle_timer(1.6)  # round 2: done
+    assert c.outbox()
+    assert dead not in ack_to_probe(1.7)
