@@ -29,6 +29,7 @@ from hexamesh.agent import (
 from hexamesh.comb.core import ViewReply
 from hexamesh.config import DEFAULT_API_PORT, ConfigError, default_data_dir, load_config
 from hexamesh.dht.service import Dht, DhtError, open_dht_node
+from hexamesh.engine.device import GPU_SHARE
 from hexamesh.fileio import DataDirBusy
 from hexamesh.identity import Identity, IdentityError
 from hexamesh.net.base import format_addr, parse_addr
@@ -218,7 +219,7 @@ def agent(
         float | None,
         typer.Option(
             help="GPU: share of the GPU's memory this agent's models take together, "
-            "lower where agents share a GPU \\[default: 0.85]"
+            f"lower where agents share a GPU \\[default: {GPU_SHARE}]"
         ),
     ] = None,
     api_port: Annotated[

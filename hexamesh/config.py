@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hexamesh.engine.device import GPU_SHARE
 from hexamesh.net.base import parse_addr
 
 __all__ = [
@@ -57,8 +58,8 @@ class AgentConfig:
     model: tuple[str, ...] = ()  # models to serve: DIR, hub id, or NAME=DIR|ID each
     kv_cache_gb: int = 1  # CPU only: KV-cache space per model (VLLM_CPU_KVCACHE_SPACE)
     # GPU only: of the GPU's memory, what this agent's vLLM servers take together,
-    # split equally over max_models. Below 0.85 where agents share one GPU.
-    gpu_share: float = 0.85
+    # split equally over max_models. Lower where agents share one GPU.
+    gpu_share: float = GPU_SHARE
     max_model_len: int = 1024  # tokens of context per request
     api_host: str = "127.0.0.1"  # the OpenAI API's bind address; loopback unless told
     api_port: int = DEFAULT_API_PORT  # the OpenAI API's TCP port; 0 = any free port

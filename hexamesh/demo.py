@@ -29,7 +29,7 @@ from rich.text import Text
 from hexamesh.agent import STATUS_FILE_NAME
 from hexamesh.comb.render import hex_map
 from hexamesh.comb.service import fetch_view
-from hexamesh.engine.device import detect_device
+from hexamesh.engine.device import GPU_SHARE, detect_device
 from hexamesh.net.base import parse_addr
 from hexamesh.swarmkey import load_key_file
 from hexamesh.wire import KeyRing
@@ -210,8 +210,7 @@ ENGINE_AGENTS = (1, 4)  # ring members that run vLLM; agent0 (the centre) has no
 MODEL_READY_TIMEOUT = 900.0  # s; vLLM CPU servers start in 35-110 s each, here two at once
 DEMO_PROMPT = "The honeycomb swarm"
 # On a GPU the demo's engines share its one card: each agent's --gpu-share is
-# this over their number (one agent's default would leave the next no room).
-DEMO_GPU_SHARE = 0.85
+# GPU_SHARE over their number (one agent's default would leave the next no room).
 
 
 def _ready_engines(procs: list[AgentProcess]) -> int:
@@ -254,7 +253,7 @@ def serve_flags(model: Path, engines: int, *, gpu: bool) -> tuple[str, ...]:
     share the one card."""
     flags: tuple[str, ...] = ("--model", f"tiny={model}")
     if gpu:
-        flags += ("--gpu-share", f"{DEMO_GPU_SHARE / engines:.3f}")
+        flags += ("--gpu-share", f"{GPU_SHARE / engines:.3f}")
     return flags
 
 

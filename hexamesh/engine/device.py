@@ -12,7 +12,13 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Device", "detect_device", "model_bytes"]
+__all__ = ["GPU_SHARE", "Device", "detect_device", "model_bytes"]
+
+# Of a GPU's memory, what one agent's vLLM servers take together (vLLM's own
+# default for one server is 0.9): the rest holds each server's CUDA context and
+# leaves other processes on the GPU some room. Here, not in the supervisor, so
+# that the configuration can name it without importing trio and httpx.
+GPU_SHARE = 0.85
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,13 @@ from pathlib import Path
 import httpx
 import trio
 
-from hexamesh.engine.device import Device, detect_device, looks_like_path, model_bytes
+from hexamesh.engine.device import (
+    GPU_SHARE,
+    Device,
+    detect_device,
+    looks_like_path,
+    model_bytes,
+)
 from hexamesh.engine.load import EngineLoad, parse_metrics
 
 __all__ = [
@@ -61,11 +67,6 @@ GROUP_EXIT_WAIT = 5.0  # s to wait for a killed group to vanish (zombies never d
 
 
 LAST_LINES = 40  # of vLLM's output kept to say why it exited
-
-# Of a GPU's memory, what one agent's vLLM servers take together (vLLM's own
-# default for one server is 0.9): the rest holds each server's CUDA context and
-# leaves other processes on the GPU some room.
-GPU_SHARE = 0.85
 
 
 class EngineError(Exception):
