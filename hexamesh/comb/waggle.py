@@ -21,7 +21,7 @@ refreshed for ``expiry`` is dropped. So is the dance of a node the failure
 detector holds dead (``held_dead``, set by the owner): ring-1 nodes relay each
 other's copies of it, and each copy refreshed the others', so a dead node's
 dance went round its old neighbourhood for as long as the swarm ran (a fifth of
-every view two minutes after a mass failure, 37 % more bytes per push).
+every view two minutes after a mass failure).
 
 Any push from a link is also proof of life for the failure detector: in
 steady state neighbours hear each other every heartbeat and need no probes.
