@@ -179,7 +179,7 @@ class Comb:
         self._outbox: list[tuple[Addr, Envelope]] = []
         self._incarnation = 0  # the last one our watchers were told about
         self.swim.other_watchers = self._other_watchers
-        self.waggle.held_dead = self._held_dead
+        self.waggle.dead = self.swim.dead
 
     # -- the map ----------------------------------------------------------
 
@@ -290,15 +290,6 @@ class Comb:
             ):
                 out.append(self.addrs[owner])
         return out
-
-    def _held_dead(self, dance: Dance) -> bool:
-        """Do we hold ``dance``'s node dead at its incarnation (or a later one)?"""
-        member = self.swim.members.get(dance.node)
-        return (
-            member is not None
-            and member.state is MemberState.DEAD
-            and dance.incarnation <= member.incarnation
-        )
 
     def _back_if_refuted(self, dance: Dance, now: float) -> None:
         """A dance (first-hand or relayed) from a node we hold suspect or dead at

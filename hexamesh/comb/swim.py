@@ -67,10 +67,11 @@ its next push-pull.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import heapq
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -276,9 +277,12 @@ class _News:
     told_us: list[bytes] = field(default_factory=list)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _entry_hash(node: bytes, incarnation: int, state: MemberState) -> int:
     """64 bits of one news entry for a fingerprint (a keyed hash would add
-    nothing: only holders of the swarm key can send a Sync)."""
+    nothing: only holders of the swarm key can send a Sync). Memoized: a node
+    hashes every death it holds for each push-pull, and after a mass failure
+    it holds thousands (12 % of a 3,000-node simulation's time after the kill)."""
     data = node + incarnation.to_bytes(8, "big") + bytes((state,))
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
@@ -308,7 +312,9 @@ class Swim:
         # bytes iterate in hash order, which PYTHONHASHSEED changes per process,
         # and the order of deaths must replay exactly for a given seed.
         self._suspects: dict[bytes, None] = {}
-        self._dead: dict[bytes, None] = {}  # members held dead (a dict: ordered, see above)
+        # Members held dead -> the incarnation they are held dead at (a dict:
+        # ordered, see above). Read by the waggle next to us (``dead``).
+        self._dead: dict[bytes, int] = {}
         self.links: list[bytes] = []  # watched
         self.spread: list[bytes] = []  # told news: watched links and shortcuts
         self._watched: set[bytes] = set()
@@ -425,6 +431,11 @@ class Swim:
 
     def dead_members(self) -> list[bytes]:
         return list(self._dead)
+
+    @property
+    def dead(self) -> Mapping[bytes, int]:
+        """Members held dead -> their incarnation then (a live view, not a copy)."""
+        return self._dead
 
     @property
     def has_events(self) -> bool:
@@ -645,7 +656,7 @@ class Swim:
             )
         )
         if member.state is MemberState.DEAD:
-            self._dead[member.node] = None
+            self._dead[member.node] = member.incarnation
             if member.node in self.spread:
                 self.relink_needed = True
         else:

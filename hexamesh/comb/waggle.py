@@ -18,7 +18,7 @@ lately (``answer_for`` heartbeats): across holes links can be one-sided, and
 the relation must be two-way for both proof of life and the two-ring view.
 A dance older (lower version) than the one held is ignored; a view entry not
 refreshed for ``expiry`` is dropped. So is the dance of a node the failure
-detector holds dead (``held_dead``, set by the owner): ring-1 nodes relay each
+detector holds dead (``dead``, set by the owner): ring-1 nodes relay each
 other's copies of it, and each copy refreshed the others', so a dead node's
 dance went round its old neighbourhood for as long as the swarm ran (a fifth of
 every view two minutes after a mass failure).
@@ -30,7 +30,7 @@ steady state neighbours hear each other every heartbeat and need no probes.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -154,10 +154,10 @@ class Waggle:
         self._next_push = now + rng.uniform(0, config.heartbeat)  # spread the swarm's pushes
         self._last_push = -1e9
         self._pushes = 0
-        # Is this the dance of a node held dead (at this incarnation or a later
-        # one)? Such dances are dropped, not kept or relayed. A dance at a higher
-        # incarnation is a refutation and passes.
-        self.held_dead: Callable[[Dance], bool] = lambda dance: False
+        # Nodes held dead -> the incarnation they are held dead at (the failure
+        # detector's). Their dances at that incarnation or lower are dropped, not
+        # kept or relayed; a dance at a higher one is a refutation and passes.
+        self.dead: Mapping[bytes, int] = {}
 
     def set_links(self, links: dict[bytes, Addr]) -> None:
         self.links = {n: a for n, a in links.items() if n != self.dance.node}
@@ -199,7 +199,8 @@ class Waggle:
             d = hd.dance
             if d.node == self.dance.node:
                 continue
-            if self.held_dead(d):
+            dead_at = self.dead.get(d.node)
+            if dead_at is not None and d.incarnation <= dead_at:
                 self.view.pop(d.node, None)
                 continue
             seen = self.view.get(d.node)
@@ -225,9 +226,9 @@ class Waggle:
         return news
 
     def handle_timer(self, now: float) -> None:
-        held_dead = self.held_dead
+        dead = self.dead
         for node, seen in list(self.view.items()):
-            if now - seen.at > self.config.expiry or held_dead(seen.dance):
+            if now - seen.at > self.config.expiry or seen.dance.incarnation <= dead.get(node, -1):
                 del self.view[node]
         if now >= self._next_push:
             self._push(now)

@@ -110,7 +110,7 @@ def test_a_noticeable_change_heard_from_a_link_is_relayed_early() -> None:
 def test_the_dance_of_a_node_held_dead_is_dropped_and_not_relayed() -> None:
     w = waggle(1, [3])
     dead: dict[bytes, int] = {}  # node -> incarnation held dead at
-    w.held_dead = lambda d: d.incarnation <= dead.get(d.node, -1)
+    w.dead = dead
     w.receive(WaggleMsg(dances=(HopDance(dance=dance(2, version=4), hops=2),)), 0.1)
     dead[one(2)] = 0
     # a link relays the same dance back: it no longer refreshes our copy, it ends it
@@ -127,6 +127,6 @@ def test_the_dance_of_a_node_held_dead_is_dropped_and_not_relayed() -> None:
 def test_a_view_entry_is_dropped_when_its_node_is_declared_dead() -> None:
     w = waggle(1, [3])
     w.receive(WaggleMsg(dances=(HopDance(dance=dance(2), hops=2),)), 0.1)
-    w.held_dead = lambda d: d.node == one(2)
+    w.dead = {one(2): 0}
     w.handle_timer(0.5)  # long before the entry would expire
     assert one(2) not in w.view
