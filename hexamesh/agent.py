@@ -11,15 +11,33 @@ hear at once and its cell frees within a second.
 
 While running, the agent keeps ``<data_dir>/agent.json`` up to date (node id,
 address, cell, pid, RTT to each seed, comb neighbours, peers it holds alive
-and dead), so tools and tests can see its state without scraping logs.
+and dead, its services' health), so tools and tests can see its state
+without scraping logs.
+
+*Addresses.* The address peers are told is a guess at first and then what
+peers report seeing (``net.address``): joiners ping their seeds, a restarted
+agent pings its saved contacts. When it changes, the agent re-announces it
+(``Readdress``): a SWIM announcement at a higher incarnation, its dance, its
+cell record and its ``model:`` records.
+
+*Containment.* Every service runs under ``services.Services`` (restarted with
+backoff when it fails, shown as degraded meanwhile); every unit of work
+reports what it raises to one ``faults.Faults`` (counted per component in the
+metrics). A write of agent.json that fails is tried again at the next tick.
+The agent raises its descriptor limit (``limits.NOFILE_WANTED``) and keeps
+its SWIM incarnation in the data dir, so that a restart refutes its old
+death with a small step (``limits.MAX_INCARNATION_JUMP``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import math
 import os
+import resource
 import socket as _stdlib_socket
 import time
 from collections.abc import Callable
@@ -49,8 +67,13 @@ from hexamesh.engine.supervisor import (
     ModelSpec,
     open_engine,
 )
+from hexamesh.faults import Component, Faults
 from hexamesh.fileio import DataDirLock, write_text_atomic
 from hexamesh.identity import Identity
+from hexamesh.limits import API_CONNECTIONS, CONNECTIONS_PER_SOURCE, NOFILE_WANTED
+from hexamesh.logs import printable
+from hexamesh.net.address import AddressBook, guess_host, is_wildcard, local_hosts
+from hexamesh.net.admission import Admission
 from hexamesh.net.base import Addr, format_addr, parse_addr
 from hexamesh.net.driver import CoreDriver
 from hexamesh.net.mux import Mux
@@ -65,6 +88,7 @@ from hexamesh.serve.jobs import DhtJobs, Jobs, JobStore
 from hexamesh.serve.metrics import ServeMetrics
 from hexamesh.serve.peerauth import PeerSigner
 from hexamesh.serve.view import CombView
+from hexamesh.services import Services
 from hexamesh.swarmkey import (
     JoinToken,
     SwarmKeyError,
@@ -93,6 +117,8 @@ RTT_REWRITE_INTERVAL = 10.0  # s; agent.json is not rewritten more often for new
 SEED_PROBE_INTERVAL = RTT_REWRITE_INTERVAL
 CONTACTS_FILE_NAME = "contacts.json"
 JOBS_FILE_NAME = "jobs.sqlite"
+INCARNATION_FILE_NAME = "incarnation"  # our SWIM incarnation, kept across restarts
+CONTACTS_PINGED = 8  # saved contacts a restarted agent pings to learn its address
 CONTACTS_SAVE_TICKS = 60  # status intervals between saves of the DHT contacts
 JOIN_RETRY_MAX = 60.0  # s; longest wait between DHT bootstrap attempts
 TABLE_POLL = 1.0  # s; while bootstrap waits to retry, how often it looks for a node that reached us
@@ -119,6 +145,10 @@ class AgentStatus:
     alive: list[str] = field(default_factory=list)  # members held alive or suspect
     dead: list[str] = field(default_factory=list)  # members held dead
     api: str | None = None  # the OpenAI API's base URL, e.g. http://127.0.0.1:7421/v1
+    # "ok", or "degraded" while a service is being restarted (``services``)
+    health: str = "ok"
+    services: dict[str, dict[str, object]] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)  # contained failures by component
 
 
 def resolve_keyring(config: AgentConfig) -> tuple[KeyRing, tuple[str, ...], bool]:
@@ -171,29 +201,47 @@ async def _resolve(seed: str) -> Addr:
     return str(sockaddr[0]), int(sockaddr[1])
 
 
-def _advertised_host(config: AgentConfig, bound: Addr, seeds: list[Addr]) -> str:
-    if config.advertise:
-        return config.advertise
-    if bound[0] not in ("0.0.0.0", "::"):
-        return bound[0]
-    # Ask the kernel which local address routes to a seed (connect on UDP sends nothing).
-    for seed in seeds:
-        with _stdlib_socket.socket(_stdlib_socket.AF_INET, _stdlib_socket.SOCK_DGRAM) as s:
-            try:
-                s.connect(seed)
-                return str(s.getsockname()[0])
-            except OSError:
-                continue
-    return "127.0.0.1"
+def _address_book(config: AgentConfig, bound: Addr, towards: list[Addr]) -> AddressBook:
+    """Our first advertised address, and what may change it (``net.address``)."""
+    hosts = local_hosts()
+    host = guess_host(bound[0], config.advertise, towards, hosts)
+    fixed = bool(config.advertise) or not is_wildcard(bound[0])
+    return AddressBook(current=(host, bound[1]), fixed=fixed, local=frozenset(hosts))
+
+
+def raise_nofile(wanted: int = NOFILE_WANTED) -> int:
+    """Raise the soft descriptor limit towards ``wanted`` (never past the hard
+    limit), as Go and Consul do; returns the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as e:
+            log.warning("could not raise the descriptor limit from %d: %s", soft, e)
+    return int(soft)
+
+
+def load_incarnation(path: Path) -> int:
+    """Our SWIM incarnation when we last ran (0 if unknown)."""
+    try:
+        value = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return 0
+    return max(0, value)
 
 
 class _StatusFile:
     """agent.json, rewritten only when it changed (a write and rename: ~0.2 ms
     of CPU and a disk write). The seeds' round-trip times wobble every tick,
-    so a change in them alone is written at most every ``RTT_REWRITE_INTERVAL``."""
+    so a change in them alone is written at most every ``RTT_REWRITE_INTERVAL``.
+    A write that fails (disk full, out of descriptors) is reported and tried
+    again at the next tick: the file is for tools, the agent runs on."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, faults: Faults) -> None:
         self.path = path
+        self.faults = faults
         self._last = ""
         self._shape = ""  # the last text written, with only whether each RTT is known
         self._written_at = -math.inf
@@ -201,14 +249,18 @@ class _StatusFile:
     def write(self, status: AgentStatus, now: float) -> None:
         fields = asdict(status)
         text = json.dumps(fields, indent=2) + "\n"
-        if text == self._last and self.path.exists():
+        try:
+            if text == self._last and self.path.exists():
+                return
+            measured = {seed: rtt is not None for seed, rtt in status.seeds.items()}
+            shape = json.dumps({**fields, "seeds": measured})
+            rtts_only = shape == self._shape and self.path.exists()
+            if rtts_only and now - self._written_at < RTT_REWRITE_INTERVAL:
+                return
+            write_text_atomic(self.path, text)
+        except OSError as e:
+            self.faults.caught(Component.STATUS, e, f"writing {self.path.name}")
             return
-        measured = {seed: rtt is not None for seed, rtt in status.seeds.items()}
-        shape = json.dumps({**fields, "seeds": measured})
-        rtts_only = shape == self._shape and self.path.exists()
-        if rtts_only and now - self._written_at < RTT_REWRITE_INTERVAL:
-            return
-        write_text_atomic(self.path, text)
         self._last, self._shape, self._written_at = text, shape, now
 
 
@@ -275,21 +327,29 @@ async def _run_agent(
     task_status: trio.TaskStatus[AgentStatus],
 ) -> None:
     config, identity, keyring = agent.config, agent.identity, agent.keyring
+    faults = Faults()
+    services = Services(faults)
+    raise_nofile()
     seed_addrs = [await _resolve(s) for s in agent.seeds]
     contacts_path = config.data_dir / CONTACTS_FILE_NAME
     known = [c for c in load_contacts(contacts_path) if c.id != identity.node_id]
     founder = agent.founder and not known
-    async with open_udp_transport(config.host, config.port) as transport:
+    incarnation_path = config.data_dir / INCARNATION_FILE_NAME
+    incarnation = load_incarnation(incarnation_path)
+    async with open_udp_transport(config.host, config.port, faults) as transport:
         bound = transport.local_address
-        address = (_advertised_host(config, bound, seed_addrs), bound[1])
+        contact_addrs = [(c.host, c.port) for c in known[:CONTACTS_PINGED]]
+        book = _address_book(config, bound, [*seed_addrs, *contact_addrs])
+        address = book.current
         rng = Random()
         probe = RttProbe(identity.node_id, RttConfig(interval=SEED_PROBE_INTERVAL), rng)
         dht_core = DhtCore(identity, address, DhtConfig(), rng, wall_clock())
+        # "full": no room for a model a placement vote could give us (see _serve_models).
+        first = Dance.first(
+            identity.node_id, address, 0, 0, status=_room(config.max_models - len(config.model))
+        )
         comb = Comb(
-            # "full": no room for a model a placement vote could give us (see _serve_models).
-            Dance.first(
-                identity.node_id, address, 0, 0, status=_room(config.max_models - len(config.model))
-            ),
+            dataclasses.replace(first, incarnation=incarnation),
             CombConfig(),
             rng,
             wall_clock(),
@@ -302,7 +362,12 @@ async def _run_agent(
         mux.add(comb, *COMB_MESSAGES)
         mux.add(scouting, *PLACEMENT_MESSAGES)
         driver = CoreDriver(
-            mux, transport, Codec(keyring), node_id=identity.node_id, clock=wall_clock
+            mux,
+            transport,
+            Codec(keyring),
+            node_id=identity.node_id,
+            clock=wall_clock,
+            faults=faults,
         )
         dht = Dht(dht_core, driver, clock=wall_clock)
         honeycomb = Honeycomb(comb, driver, dht, clock=wall_clock, rng=rng)
@@ -316,7 +381,7 @@ async def _run_agent(
             seeds={format_addr(a): None for a in seed_addrs},
         )
         status_path = config.data_dir / STATUS_FILE_NAME
-        status_file = _StatusFile(status_path)
+        status_file = _StatusFile(status_path, faults)
         log.info(
             "node %s listening on %s (bound %s)", identity.short, status.address, format_addr(bound)
         )
@@ -324,14 +389,17 @@ async def _run_agent(
             serves = config.model or config.max_models > 0
             engine = await stack.enter_async_context(open_engine(engine_config)) if serves else None
             nursery = await stack.enter_async_context(trio.open_nursery())
-            await nursery.start(driver.run)
+            await nursery.start(services.run, "driver", driver.run)
             now = wall_clock()
             for addr in seed_addrs:
                 probe.watch(addr, now)
+            for addr in contact_addrs:  # what do our old peers see? (our address, after a move)
+                probe.ping(addr, now)
             driver.poke()
-            await nursery.start(honeycomb.run)
+            await nursery.start(services.run, "comb", honeycomb.run)
             views_from = [*seed_addrs, *[(c.host, c.port) for c in known[:8]]]
-            nursery.start_soon(_join, dht, honeycomb, seed_addrs, known, views_from, founder)
+            join = partial(_join, dht, honeycomb, seed_addrs, known, views_from, founder)
+            nursery.start_soon(partial(services.run, "join", services.wrap("join", join)))
 
             async def load(name: str, source: str) -> None:
                 if engine is None:
@@ -345,43 +413,53 @@ async def _run_agent(
                 clock=wall_clock,
                 load=load,
                 room=lambda: config.max_models - (_held(engine) if engine else len(config.model)),
+                faults=faults,
             )
-            await nursery.start(placements.run)
+            await nursery.start(services.run, "placement", placements.run)
             if engine is not None:
-                nursery.start_soon(_serve_models, config, honeycomb, status, engine, placements)
+                serve = partial(_serve_models, config, honeycomb, status, engine, placements)
+                nursery.start_soon(partial(services.run, "engine", services.wrap("engine", serve)))
                 if config.swarmscale:
                     scale = Swarmscale(ScaleConfig())
-                    nursery.start_soon(
-                        partial(run_swarmscale, placements, engine, comb, scale, clock=wall_clock)
+                    upkeep = partial(
+                        run_swarmscale, placements, engine, comb, scale, clock=wall_clock
                     )
+                    swarmscale = services.wrap("swarmscale", upkeep)
+                    nursery.start_soon(partial(services.run, "swarmscale", swarmscale))
             view = CombView(honeycomb, engine, trio.current_time())
-            await nursery.start(view.run)
+            await nursery.start(services.run, "view", view.run)
+            jobs_dht = DhtJobs(dht, lambda n: honeycomb.comb.swim.state_of(n) is MemberState.DEAD)
             front = FrontDoor(
                 view=view,
                 signer=PeerSigner(keyring, identity.node_id),
                 address=status.address,
                 api_keys=config.api_keys,
-                metrics=_metrics(honeycomb, transport, driver),
+                metrics=_metrics(honeycomb, transport, driver, faults, services),
+                faults=faults,
+                health=lambda: _health(status, services),
             )
             stack.callback(front.close)  # runs before the nursery exits: later give-backs close
             honeycomb.on_event(partial(_cut_requests_to_the_dead, front))
-            transport.http_handler = lambda stream, first: front.serve_connection(
-                stream, first, peer=True
-            )
+            transport.http_handler = partial(_peer_http, front)
             front.jobs = jobs = Jobs(
                 JobStore(config.data_dir / JOBS_FILE_NAME),
                 front,
-                DhtJobs(dht, lambda n: honeycomb.comb.swim.state_of(n) is MemberState.DEAD),
+                jobs_dht,
                 owner=status.address,
                 node=identity.node_id,
                 max_jobs=config.max_jobs,
+                retention=config.job_retention,
+                faults=faults,
             )
             front.metrics.gauge(
                 "hexamesh_jobs_active", "Jobs queued or running here", jobs.store.active
             )
-            await nursery.start(jobs.run)
+            await nursery.start(services.run, "jobs", jobs.run)
             front.placements = placements
-            status.api = await nursery.start(_serve_api, config, front)
+            readdress = Readdress(
+                book, comb, dht_core, scouting, placements, honeycomb, front, jobs, status
+            )
+            status.api = await nursery.start(_serve_api, config, front, services)
             if agent.unsaved_key is not None:  # bound: this swarm runs; before agent.json
                 save_key_file(agent.unsaved_key, keyring)
                 log.info("founded a new swarm; wrote its key to %s", agent.unsaved_key)
@@ -390,22 +468,114 @@ async def _run_agent(
                 on_ready(status)
             task_status.started(status)
             ticks = 0
+            kept_incarnation = incarnation
             try:
                 while True:
                     await trio.sleep(STATUS_INTERVAL)
                     ticks += 1
+                    for seen in probe.observations():
+                        readdress.report(seen.reporter, seen.seen, wall_clock())
+                    if readdress.pending:
+                        nursery.start_soon(readdress.announce)
                     _note_rtts(probe, status)
                     _note_comb(honeycomb, status)
+                    _note_health(status, services, faults)
                     status.dht_contacts = len(dht_core.table)
                     status_file.write(status, trio.current_time())
+                    if comb.swim.incarnation != kept_incarnation:
+                        kept_incarnation = comb.swim.incarnation
+                        _keep_incarnation(incarnation_path, kept_incarnation, faults)
                     if ticks % CONTACTS_SAVE_TICKS == 0 and len(dht_core.table):
-                        save_contacts(contacts_path, dht_core.closest(identity.node_id, 200))
+                        _save_contacts(contacts_path, dht_core, faults)
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(LEAVE_TIMEOUT):
                     await honeycomb.leave()
+                _keep_incarnation(incarnation_path, comb.swim.incarnation, faults)
                 status_path.unlink(missing_ok=True)
                 if len(dht_core.table):
-                    save_contacts(contacts_path, dht_core.closest(identity.node_id, 200))
+                    _save_contacts(contacts_path, dht_core, faults)
+
+
+class Readdress:
+    """Our advertised address: peers' reports (``report``), and the re-announcing
+    when it changes (``announce``: everything that carries it)."""
+
+    def __init__(
+        self,
+        book: AddressBook,
+        comb: Comb,
+        dht_core: DhtCore,
+        scouting: Scouting,
+        placements: Placements,
+        honeycomb: Honeycomb,
+        front: FrontDoor,
+        jobs: Jobs,
+        status: AgentStatus,
+    ) -> None:
+        self.book = book
+        self.comb = comb
+        self.dht_core = dht_core
+        self.scouting = scouting
+        self.placements = placements
+        self.honeycomb = honeycomb
+        self.front = front
+        self.jobs = jobs
+        self.status = status
+        self.pending = False  # the records in the DHT still carry the old address
+
+    def report(self, reporter: str, seen: Addr, now: float) -> None:
+        new = self.book.report(reporter, seen, now)
+        if new is None:
+            return
+        log.info("peers reach us at %s: advertising it", printable(format_addr(new)))
+        self.comb.readdress(new, now)  # SWIM and the dance: at once
+        self.dht_core.me = Contact.of(self.dht_core.me.id, new)
+        self.scouting.addr = new
+        self.placements.readdress(new)
+        self.front.address = self.jobs.owner = self.status.address = format_addr(new)
+        self.honeycomb.driver.poke()
+        self.pending = True
+
+    async def announce(self) -> None:
+        """The DHT's records of us: our cell and the models we serve."""
+        self.pending = False
+        try:
+            await self.honeycomb.reannounce()
+        except DhtError as e:  # the next change, or the lease renewal, tries again
+            log.warning("re-announcing our new address: %s", e)
+
+
+async def _peer_http(
+    front: FrontDoor, stream: trio.SocketStream, first: bytes, ticket: object
+) -> None:
+    """An HTTP connection on the peer port (a peer's signed forward)."""
+    await front.serve_connection(stream, first, peer=True, ticket=ticket)  # type: ignore[arg-type]
+
+
+def _keep_incarnation(path: Path, incarnation: int, faults: Faults) -> None:
+    try:
+        write_text_atomic(path, f"{incarnation}\n")
+    except OSError as e:
+        faults.caught(Component.STATUS, e, f"writing {path.name}")
+
+
+def _save_contacts(path: Path, dht_core: DhtCore, faults: Faults) -> None:
+    try:
+        save_contacts(path, dht_core.closest(dht_core.me.id, 200))
+    except OSError as e:
+        faults.caught(Component.STATUS, e, f"writing {path.name}")
+
+
+def _health(status: AgentStatus, services: Services) -> dict[str, object]:
+    """What /health adds to the node and address: "degraded" while a service restarts."""
+    degraded = services.degraded()
+    return {"status": "degraded" if degraded else "ok", "degraded": degraded}
+
+
+def _note_health(status: AgentStatus, services: Services, faults: Faults) -> None:
+    status.services = dict(services.states())
+    status.health = "degraded" if services.degraded() else "ok"
+    status.errors = {c.value: n for c, n in faults.counts.items() if n}
 
 
 def _cut_requests_to_the_dead(front: FrontDoor, event: MembershipEvent) -> None:
@@ -458,7 +628,13 @@ def model_spec(text: str, config: AgentConfig) -> ModelSpec:
     )
 
 
-def _metrics(honeycomb: Honeycomb, transport: UdpTransport, driver: CoreDriver) -> ServeMetrics:
+def _metrics(
+    honeycomb: Honeycomb,
+    transport: UdpTransport,
+    driver: CoreDriver,
+    faults: Faults,
+    services: Services,
+) -> ServeMetrics:
     metrics = ServeMetrics()
     swim = honeycomb.comb.swim
 
@@ -478,13 +654,57 @@ def _metrics(honeycomb: Honeycomb, transport: UdpTransport, driver: CoreDriver) 
         "Peer messages dropped as malformed",
         lambda: driver.stats.malformed,
     )
+    metrics.counter(
+        "hexamesh_updates_refused",
+        "Membership news refused (an incarnation out of bounds, hearsay over the cap)",
+        lambda: swim.refused,
+    )
+    metrics.labelled(
+        "counter",
+        "hexamesh_errors",
+        "Units of work that failed and were dropped (a datagram, connection, stream, job...)",
+        "component",
+        lambda: {c.value: float(n) for c, n in faults.counts.items()},
+    )
+    metrics.labelled(
+        "gauge",
+        "hexamesh_service_up",
+        "1 while the service runs, 0 while it waits to be restarted",
+        "service",
+        lambda: {name: float(services.up(name)) for name in services.states()},
+    )
+    metrics.labelled(
+        "counter",
+        "hexamesh_service_restarts",
+        "Times the service failed and was restarted",
+        "service",
+        lambda: {name: float(services.restarts(name)) for name in services.states()},
+    )
+    peer = transport.admission.stats
+    metrics.labelled(
+        "counter",
+        "hexamesh_peer_connections_refused",
+        "Connections to the peer port closed at once, by reason",
+        "reason",
+        lambda: {
+            "per_source": float(peer.refused_source),
+            "full": float(peer.refused_full),
+            "evicted_idle": float(peer.evicted),
+            "silent": float(st.silent),
+        },
+    )
     return metrics
 
 
 async def _serve_api(
-    config: AgentConfig, front: FrontDoor, *, task_status: trio.TaskStatus[str]
+    config: AgentConfig,
+    front: FrontDoor,
+    services: Services,
+    *,
+    task_status: trio.TaskStatus[str],
 ) -> None:
-    """The OpenAI API listener; reports its base URL once bound."""
+    """The OpenAI API listener; reports its base URL once bound. Connections
+    are admitted per source and in total (``net.admission``)."""
     try:
         listeners = await trio.open_tcp_listeners(config.api_port, host=config.api_host)
     except OSError as e:  # say which port: the peer port fails the same way
@@ -497,9 +717,65 @@ async def _serve_api(
             "the API listens on %s without API keys: anyone who reaches it may use it",
             config.api_host,
         )
+    admission = Admission(total=API_CONNECTIONS, per_source=CONNECTIONS_PER_SOURCE)
+    stats = admission.stats
+    front.metrics.labelled(
+        "counter",
+        "hexamesh_api_connections_refused",
+        "Connections to the API port closed at once, by reason",
+        "reason",
+        lambda: {
+            "per_source": float(stats.refused_source),
+            "full": float(stats.refused_full),
+            "evicted_idle": float(stats.evicted),
+        },
+    )
+
+    async def admitted(stream: trio.SocketStream) -> None:
+        try:
+            source = str(stream.socket.getpeername()[0])
+        except OSError:
+            source = ""
+        ticket = admission.admit(source)
+        if ticket is None:
+            _refuse(stream)
+            await stream.aclose()
+            return
+        try:
+            await front.serve_connection(stream, ticket=ticket)
+        finally:
+            ticket.release()
+
+    async def serve(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await trio.serve_listeners(admitted, listeners)
+
     log.info("OpenAI API on %s", url)
     task_status.started(url)
-    await trio.serve_listeners(front.serve_connection, listeners)
+    await services.run("api", serve)
+
+
+_BUSY_BODY = json.dumps(
+    {
+        "error": {
+            "message": "too many connections: retry later",
+            "type": "server_error",
+            "param": None,
+            "code": "overloaded",
+        }
+    }
+).encode()
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    b"retry-after: 1\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s"
+    % (len(_BUSY_BODY), _BUSY_BODY)
+)
+
+
+def _refuse(stream: trio.SocketStream) -> None:
+    """Say 503 to a connection over the bounds, best effort (never waits)."""
+    with contextlib.suppress(OSError):
+        stream.socket.send(_BUSY)
 
 
 async def _serve_models(
@@ -515,6 +791,8 @@ async def _serve_models(
     gpu_read = -GPU_POLL
     specs = [model_spec(m, config) for m in config.model]
     for spec in specs:
+        if spec.name in engine.models():
+            continue  # this service was restarted: the engine holds it already
         status.models[spec.name] = {"state": "starting", "load": 0.0}
         try:
             await engine.load(spec)

@@ -32,6 +32,7 @@ from hexamesh.dht.service import Dht, DhtError, open_dht_node
 from hexamesh.engine.device import GPU_SHARE
 from hexamesh.fileio import DataDirBusy
 from hexamesh.identity import Identity, IdentityError
+from hexamesh.logs import OneLineFormatter
 from hexamesh.net.base import format_addr, parse_addr
 from hexamesh.net.driver import CoreDriver
 from hexamesh.net.rtt import RttConfig, RttProbe
@@ -101,11 +102,10 @@ def _key_path(data_dir: Path | None, explicit: Path | None) -> Path:
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(name)s: %(message)s",
-        handlers=[RichHandler(console=err, show_path=False)],
-    )
+    handler = RichHandler(console=err, show_path=False)
+    # one record, one line: peers' and clients' text in a message is escaped
+    handler.setFormatter(OneLineFormatter("%(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
     # httpx logs every request at INFO: the engine's 1 s scrapes would flood the log
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
@@ -235,6 +235,10 @@ def agent(
     max_jobs: Annotated[
         int | None, typer.Option(help="Jobs queued here before 429 \\[default: 256]")
     ] = None,
+    job_retention: Annotated[
+        float | None,
+        typer.Option(help="Seconds a finished job is kept, then deleted \\[default: 86400]"),
+    ] = None,
     max_models: Annotated[
         int | None,
         typer.Option(
@@ -275,6 +279,7 @@ def agent(
         "api_host": api_host,
         "api_keys": api_key or None,
         "max_jobs": max_jobs,
+        "job_retention": job_retention,
         "max_models": max_models,
         "swarmscale": swarmscale,
     }

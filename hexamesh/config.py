@@ -65,6 +65,7 @@ class AgentConfig:
     api_port: int = DEFAULT_API_PORT  # the OpenAI API's TCP port; 0 = any free port
     api_keys: tuple[str, ...] = ()  # bearer keys clients must show; none = no client auth
     max_jobs: int = 256  # jobs queued or running on this agent; more are refused (429)
+    job_retention: float = 86400.0  # s a finished job (done or failed) is kept, then deleted
     # Models this agent serves at most, its --model ones included. Below that it
     # dances "up" and a placement vote may give it a replica to load; at it,
     # "full". 0: it takes no placements (and runs no engine without --model).
@@ -83,6 +84,8 @@ class AgentConfig:
             raise ConfigError(f"max_models must be at least 0, got {self.max_models}")
         if self.max_jobs < 1:
             raise ConfigError(f"max_jobs must be at least 1, got {self.max_jobs}")
+        if not self.job_retention > 0:
+            raise ConfigError(f"job_retention must be above 0 s, got {self.job_retention}")
         for seed in self.join:
             try:
                 parse_addr(seed)

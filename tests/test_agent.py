@@ -13,6 +13,7 @@ from hexamesh.comb.render import peer_table, view_json
 from hexamesh.comb.service import fetch_view
 from hexamesh.config import AgentConfig
 from hexamesh.engine.supervisor import EngineConfig
+from hexamesh.faults import Component, Faults
 from hexamesh.hexgrid import ORIGIN, Hex, distance
 from hexamesh.net.base import parse_addr
 from hexamesh.swarmkey import SWARM_KEY_FILE_NAME, JoinToken, create_key_file, load_key_file
@@ -70,7 +71,7 @@ async def test_founder_takes_the_centre_and_a_joiner_links_next_to_it(tmp_path: 
 
 def test_the_status_file_skips_rewrites_for_rtt_wobble_alone(tmp_path: Path) -> None:
     path = tmp_path / STATUS_FILE_NAME
-    status_file = _StatusFile(path)
+    status_file = _StatusFile(path, Faults())
     status = AgentStatus(
         node_id="ab", address="127.0.0.1:1", cell="0,0", pid=1, version="0", founder=True
     )
@@ -98,6 +99,20 @@ def test_the_status_file_skips_rewrites_for_rtt_wobble_alone(tmp_path: Path) -> 
     path.unlink()  # removed under us: written again whatever changed
     status_file.write(status, now=14.0)
     assert path.exists()
+
+
+def test_a_status_file_write_that_fails_is_counted_and_tried_again(tmp_path: Path) -> None:
+    faults = Faults()
+    path = tmp_path / "gone" / STATUS_FILE_NAME  # its directory is missing: the write fails
+    status_file = _StatusFile(path, faults)
+    status = AgentStatus(
+        node_id="ab", address="127.0.0.1:1", cell=None, pid=1, version="0", founder=True
+    )
+    status_file.write(status, now=0.0)  # does not raise
+    assert faults.counts[Component.STATUS] == 1 and not path.exists()
+    path.parent.mkdir()
+    status_file.write(status, now=1.0)  # the next tick: the same text, written this time
+    assert json.loads(path.read_text())["node_id"] == "ab"
 
 
 def test_a_token_key_is_kept_so_a_restart_without_it_stays_in_the_swarm(tmp_path: Path) -> None:

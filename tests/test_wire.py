@@ -80,7 +80,7 @@ def test_ints_where_floats_belong_are_encoded_as_floats() -> None:
 
 
 def test_seal_uses_a_fresh_nonce_each_time() -> None:
-    e = env(Ping())
+    e = env(Ping(host="10.0.0.1", port=7420))
     assert CODEC.seal(e) != CODEC.seal(e)
 
 
@@ -168,7 +168,7 @@ def test_deep_nesting_is_rejected() -> None:
 
 
 def test_wrong_key_and_corruption_are_wire_errors() -> None:
-    sealed = CODEC.seal(env(Ping()))
+    sealed = CODEC.seal(env(Ping(host="10.0.0.1", port=7420)))
     other = Codec(KeyRing(bytes([1]) * 32))
     with pytest.raises(WireError, match="key not in our key ring"):
         other.open(sealed)
@@ -187,7 +187,7 @@ def test_key_rotation_old_key_still_opens_new_key_seals() -> None:
     before = Codec(KeyRing(old))
     during = Codec(KeyRing(new, [old]))  # promoted new key, old still accepted
     after = Codec(KeyRing(new))
-    e = env(Ping())
+    e = env(Ping(host="10.0.0.1", port=7420))
     assert during.open(before.seal(e)) == e
     assert after.open(during.seal(e)) == e
     with pytest.raises(WireError):

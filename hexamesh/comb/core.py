@@ -167,7 +167,10 @@ class Comb:
         self.placed = placed
         self.cell = Hex(dance.q, dance.r)
         self._rng = rng
-        self.swim = Swim(dance.node, self.addr, config.swim, rng, now)
+        # our incarnation when we last ran, if the caller kept it (the agent does)
+        self.swim = Swim(
+            dance.node, self.addr, config.swim, rng, now, incarnation=dance.incarnation
+        )
         self.waggle = Waggle(dance, config.waggle, rng, now)
         self.comb_links: dict[int, bytes] = {}
         self.shortcuts: list[bytes] = []
@@ -177,7 +180,7 @@ class Comb:
         self.contested: Hex | None = None  # our cell, danced by someone else too
         self.replies: dict[int, tuple[float, ViewReply]] = {}  # msg_id -> (when, reply)
         self._outbox: list[tuple[Addr, Envelope]] = []
-        self._incarnation = 0  # the last one our watchers were told about
+        self._incarnation = dance.incarnation  # the last one our watchers were told about
         self.swim.other_watchers = self._other_watchers
         self.waggle.dead = self.swim.dead
 
@@ -209,9 +212,10 @@ class Comb:
         """``node`` (at ``addr``) owns ``cell``; True if the map changed."""
         if node == self.node:
             return False
+        changed = self.addrs.get(node) != addr  # it moved host: links must dial the new one
         self.addrs[node] = addr
         old = self._cell_of.get(node)
-        changed = self.owners.get(cell) != node
+        changed |= self.owners.get(cell) != node
         if old is not None and old != cell and self.owners.get(old) == node:
             del self.owners[old]  # it moved (lost a contested cell and claimed another)
             changed = True
@@ -221,6 +225,14 @@ class Comb:
             return changed
         self.owners[cell] = node
         return changed
+
+    def readdress(self, addr: Addr, now: float) -> None:
+        """Peers reach us at ``addr`` from now on (``net.address``): SWIM
+        announces it with a higher incarnation, our dance carries it."""
+        self.addr = addr
+        self.swim.readdress(addr, now)
+        self.waggle.update(now, host=addr[0], port=addr[1])
+        self._tell_watchers(now)
 
     def place(self, cell: Hex, now: float) -> None:
         """Take ``cell`` (claimed by the caller); starts linking and dancing."""
@@ -256,6 +268,16 @@ class Comb:
         self.swim.set_links([*watched, *behind], now, spread=self.shortcuts)
         # Dances go to comb links only: shortcuts carry membership news, not load.
         self.waggle.set_links({n: addrs[n] for n in watched if n in addrs})
+
+    def _forget(self, nodes: list[bytes]) -> None:
+        """Members the failure detector forgot (``Swim._reap``): their cells and
+        addresses go too, or a relink would add a dead one back as a member."""
+        for node in nodes:
+            cell = self._cell_of.pop(node, None)
+            if cell is not None and self.owners.get(cell) == node:
+                del self.owners[cell]
+            self.addrs.pop(node, None)
+            self.waggle.view.pop(node, None)
 
     def _behind_suspects(self, links: list[bytes]) -> list[bytes]:
         """Who our links would be if the suspected ones died, to watch (probe and
@@ -444,6 +466,7 @@ class Comb:
         due = self.swim.next_timer()
         if due is not None and due <= now:
             self.swim.handle_timer(now)
+            self._forget(self.swim.take_reaped())
             if self.swim.relink_needed:
                 self.relink(now)
         if self.waggle.next_timer() <= now:

@@ -303,6 +303,19 @@ class Honeycomb:
         index = msgpack.packb([self.comb.addr[0], self.comb.addr[1], list(models)])
         await self.dht.announce(MODEL_INDEX, bytes(index), MODEL_TTL)
 
+    async def reannounce(self) -> None:
+        """Our address changed (``agent.Readdress``): store our cell and model
+        records again with the new one. The cell's claim keeps its age but for
+        a millisecond (a record's sequence must grow with its value)."""
+        if self.comb.placed:
+            await self.dht.put(cell_key(self.comb.cell), self._addr_value(), CELL_TTL)
+        models = self.comb.waggle.dance.models
+        for model in models:
+            await self.dht.announce(model, self._addr_value(), MODEL_TTL)
+        if models:
+            index = msgpack.packb([self.comb.addr[0], self.comb.addr[1], list(models)])
+            await self.dht.announce(MODEL_INDEX, bytes(index), MODEL_TTL)
+
     # -- upkeep -----------------------------------------------------------
 
     def draw_shortcuts(self) -> None:

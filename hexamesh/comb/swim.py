@@ -70,6 +70,7 @@ import enum
 import functools
 import hashlib
 import heapq
+import math
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -84,6 +85,7 @@ from hexamesh.comb.suspicion import (
     suspicion_timeout,
 )
 from hexamesh.identity import NODE_ID_BYTES
+from hexamesh.limits import MAX_HEARSAY, MAX_INCARNATION, MAX_INCARNATION_JUMP
 from hexamesh.net.base import Addr
 from hexamesh.wire import Envelope, Len, MaxLen, Message, Struct, message, struct
 
@@ -221,6 +223,17 @@ class SwimConfig:
     sync_news_age: float = 90.0  # s; older news is no longer exchanged: every node has had
     # a few syncs to pull what it missed (memberlist forgets the dead after 30 s). Without
     # it, after a mass failure every sync carried a thousand old deaths (tens of KB) forever.
+    tombstone_ttl: float = 360.0  # s a member held dead is kept, then forgotten (reaped),
+    # cells and address with it (Comb). It guards against stale copies bringing the node
+    # back: a dance leaves views after 60 s, news leaves push-pull after 90 s, a dead
+    # node's cell lease runs out after 60 s and its model: lease after 300 s. Serf keeps
+    # tombstones 24 h, for reconnects across long partitions; here a swarm under churn
+    # (new identities) would hold every death of the day: 72,000 a day at 5 % of 1,000
+    # nodes a minute, where 6 min hold ~300 (docs/decisions.md).
+    hearsay_ttl: float = 360.0  # s a live member that is neither link nor shortcut is kept
+    # after the last news of it and the last word from it (a former link or shortcut, a
+    # node heard of in a flood); a relink adds it back when it is a link again
+    reap_interval: float = 30.0  # s between sweeps for members and notes past their time
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -299,13 +312,20 @@ _FLOOD_BYTES = 1100  # updates per flood datagram (inside MAX_DATAGRAM with enve
 
 class Swim:
     def __init__(
-        self, node_id: bytes, addr: Addr, config: SwimConfig, rng: random.Random, now: float
+        self,
+        node_id: bytes,
+        addr: Addr,
+        config: SwimConfig,
+        rng: random.Random,
+        now: float,
+        *,
+        incarnation: int = 0,  # ours when we last ran (the agent keeps it on disk)
     ) -> None:
         self.me = node_id
         self.addr = addr
         self.config = config
         self._rng = rng
-        self.incarnation = 0
+        self.incarnation = incarnation
         self._refuted_at = -1e9  # when we last raised our incarnation
         self.members: dict[bytes, _Member] = {}
         # Members in SUSPECT state (timers to watch). A dict, not a set: sets of
@@ -345,6 +365,13 @@ class Swim:
         self._next_health = now + config.probe_interval
         self._next_reconnect = now + config.reconnect_interval
         self._new_links: dict[bytes, float] = {}  # comb link made lately -> push-pull with it then
+        self._next_reap = now + config.reap_interval
+        # Members we only heard of (not added by the comb as links, shortcuts or
+        # the nodes behind suspects), oldest first: at most MAX_HEARSAY.
+        self._hearsay: dict[bytes, None] = {}
+        self._reaped: list[
+            bytes
+        ] = []  # forgotten since ``take_reaped`` (the Comb drops their cells)
         # a link was suspected or died, or a node came back (for the owner of links)
         self.relink_needed = False
         self.left = False  # we left gracefully (``leave``): a process on its way out
@@ -354,6 +381,9 @@ class Swim:
         self.other_watchers: Callable[[bytes], list[Addr]] = lambda node: []
         self.probes_sent = 0
         self.false_suspicions_refuted = 0
+        # Updates refused: an incarnation past MAX_INCARNATION, or a claim about
+        # us too far past our own (MAX_INCARNATION_JUMP): forged or corrupt.
+        self.refused = 0
         self._announce(now)
 
     # ------------------------------------------------------------- commands
@@ -361,6 +391,7 @@ class Swim:
     def add_member(self, node: bytes, addr: Addr, incarnation: int, now: float) -> None:
         """Learn a member from outside (the honeycomb, the DHT)."""
         self._apply(self._update(node, addr, incarnation, MemberState.ALIVE, node), self.me, now)
+        self._hearsay.pop(node, None)  # first-hand now
 
     def set_links(self, links: list[bytes], now: float, spread: Sequence[bytes] = ()) -> None:
         """Watch ``links``; tell news to them and to ``spread``. Known members
@@ -392,6 +423,14 @@ class Swim:
             # 45 s. It brings the recent news, and the link corrects any old
             # death we picked up before we had anyone to tell it to.
             self._next_sync = min(self._next_sync, now)
+
+    def readdress(self, addr: Addr, now: float) -> None:
+        """We are reached at ``addr`` from now on: announce it as a refutation
+        is announced (alive at a higher incarnation, which wins everywhere)."""
+        self.addr = addr
+        self.incarnation += 1
+        self._refuted_at = now
+        self._announce(now)
 
     def heard(self, node: bytes, now: float) -> None:
         """A message came from ``node``: proof of life, no probe needed for a while."""
@@ -436,6 +475,11 @@ class Swim:
     def dead(self) -> Mapping[bytes, int]:
         """Members held dead -> their incarnation then (a live view, not a copy)."""
         return self._dead
+
+    def take_reaped(self) -> list[bytes]:
+        """Members forgotten since the last call (their tombstone or hearsay aged out)."""
+        out, self._reaped = self._reaped, []
+        return out
 
     @property
     def has_events(self) -> bool:
@@ -510,10 +554,48 @@ class Swim:
             if now >= due:
                 del self._new_links[node]
                 self._sync(now, node)
+        if now >= self._next_reap:
+            self._next_reap = now + self.config.reap_interval
+            self._reap(now)
+
+    def _reap(self, now: float) -> None:
+        """Forget members past their time: the dead after ``tombstone_ttl``, live
+        ones that are neither link nor shortcut after ``hearsay_ttl`` without
+        news of them or a word from them. Never a link, a shortcut or a suspect;
+        the notes kept per node go with them."""
+        cfg = self.config
+        keep = set(self.spread) | self._watched
+        for node in list(self._dead):
+            member = self.members[node]
+            if node not in keep and now - member.since > cfg.tombstone_ttl:
+                self._forget(node)
+        quiet = now - cfg.hearsay_ttl
+        heard_at = self._heard_at
+        for node, member in list(self.members.items()):
+            if (
+                member.state is MemberState.ALIVE
+                and member.since < quiet
+                and node not in keep
+                and heard_at.get(node, -math.inf) < quiet
+            ):
+                self._forget(node)
+        for notes in (self._heard_at, self._told_dead, self._corrected):
+            for node, at in list(notes.items()):
+                if node not in self.members and now - at > cfg.tombstone_ttl:
+                    del notes[node]
+
+    def _forget(self, node: bytes) -> None:
+        self.members.pop(node, None)
+        self._dead.pop(node, None)
+        self._suspects.pop(node, None)
+        self._hearsay.pop(node, None)
+        self._reaped.append(node)
 
     def next_timer(self) -> float | None:
         # Called after every event: plain loops, no lists.
         soonest = self._next_sync
+        if self._next_reap < soonest:
+            soonest = self._next_reap
         if self._dead and self._next_reconnect < soonest:
             soonest = self._next_reconnect
         if self.awareness.score and self._next_health < soonest:
@@ -663,9 +745,20 @@ class Swim:
             self._dead.pop(member.node, None)
 
     def _apply(self, u: MemberUpdate, sender: bytes, now: float) -> None:
+        if not 0 <= u.incarnation <= MAX_INCARNATION:
+            self.refused += 1
+            return
         if u.node == self.me:
             if self.left:
                 return  # we said goodbye: our death is the news, not a rumour to refute
+            if u.incarnation - self.incarnation > MAX_INCARNATION_JUMP or (
+                u.state is not MemberState.ALIVE and u.incarnation >= MAX_INCARNATION
+            ):
+                # Not a real accusation (ours is kept across restarts, so a real
+                # one is a few refutations ahead at most): refuting it would spend
+                # the counter, and one at the maximum could never be refuted.
+                self.refused += 1
+                return
             if u.state is not MemberState.ALIVE and u.incarnation >= self.incarnation:
                 # Suspected or declared dead: refute with a higher incarnation (SWIM §4.2),
                 # straight back to whoever told us too (it may not be one of our links).
@@ -695,8 +788,13 @@ class Swim:
         if member is None:
             # A stranger (alive, suspect, or dead: a tombstone, so that a rejoin
             # with an old incarnation is not believed, and the news keeps spreading).
+            if sender != self.me and not self._room_for_hearsay():
+                self.refused += 1
+                return
             member = _Member(u.node, (u.host, u.port), u.incarnation, u.state, now)
             self.members[u.node] = member
+            if sender != self.me:
+                self._hearsay[u.node] = None
             if u.state is MemberState.SUSPECT:
                 member.suspicion_start = now
                 member.confirmers = {u.by}
@@ -743,6 +841,18 @@ class Swim:
             self._told(u, sender)
             if u.incarnation < member.incarnation and member.state is MemberState.ALIVE:
                 self._stale.append(member)
+
+    def _room_for_hearsay(self) -> bool:
+        """Make room for one more member heard of (at most MAX_HEARSAY): the
+        oldest news of a node we neither link to nor judge goes first."""
+        if len(self._hearsay) < MAX_HEARSAY:
+            return True
+        keep = set(self.spread) | self._watched
+        for node in self._hearsay:
+            if node not in keep and node not in self._suspects:
+                self._forget(node)
+                return True
+        return False
 
     def _suspect(
         self,

@@ -183,6 +183,8 @@ class Waggle:
             or new.models != old.models
             # a new cell: the neighbours link to us only once they hear of it
             or (new.q, new.r) != (old.q, old.r)
+            # a new address or incarnation: links reach and believe us by it
+            or (new.host, new.port, new.incarnation) != (old.host, old.port, old.incarnation)
             or abs(new.load - old.load) > delta
             or abs(new.kv - old.kv) > delta
         )

@@ -19,9 +19,9 @@ import msgpack
 
 from hexamesh.dht.records import Record
 from hexamesh.dht.service import Dht, DhtError
-from hexamesh.net.base import Addr
+from hexamesh.net.base import Addr, peer_addr
 
-__all__ = ["RELEASE_TTL", "Holder", "addr_value", "holder_of", "release"]
+__all__ = ["RELEASE_TTL", "Holder", "addr_value", "decode_addr", "holder_of", "release"]
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +40,23 @@ def addr_value(addr: Addr) -> bytes:
     return bytes(msgpack.packb([addr[0], addr[1]]))
 
 
+def decode_addr(value: bytes) -> Addr | None:
+    """An address record's value (``addr_value``; a peer's: checked), or None."""
+    try:
+        got = msgpack.unpackb(value)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return None
+    if not isinstance(got, list | tuple) or len(got) < 2:
+        return None
+    return peer_addr(got[0], got[1])
+
+
 def holder_of(records: Iterable[Record]) -> Holder | None:
     """Who holds the key by the rule above; None if nobody (malformed values are skipped)."""
     best: Holder | None = None
     for r in records:
-        try:
-            host, port = msgpack.unpackb(r.value)
-            addr = (str(host), int(port))
-        except (ValueError, TypeError, msgpack.UnpackException):
+        addr = decode_addr(r.value)
+        if addr is None:
             continue
         if best is None or (r.seq, r.publisher_id) < (best.since, best.node):
             best = Holder(node=r.publisher_id, addr=addr, since=r.seq)

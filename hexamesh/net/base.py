@@ -15,13 +15,35 @@ Two abstractions meet here:
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Protocol
 
 from hexamesh.wire import Envelope
 
-__all__ = ["Addr", "Core", "FrameStream", "Transport", "format_addr", "parse_addr"]
+__all__ = [
+    "Addr",
+    "Core",
+    "FrameStream",
+    "Transport",
+    "format_addr",
+    "parse_addr",
+    "peer_addr",
+]
 
 Addr = tuple[str, int]
+
+
+def peer_addr(host: object, port: object) -> Addr | None:
+    """An address a peer gave (its dance, a record, a message), if usable: an
+    IP literal and a port in 1..65535; else None. Never a host name: resolving
+    one would let any peer make us wait on a DNS server of its choosing."""
+    if type(host) is not str or type(port) is not int or not 0 < port < 65536:
+        return None
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return host, port
 
 
 def parse_addr(text: str, default_port: int | None = None) -> Addr:

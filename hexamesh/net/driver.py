@@ -15,8 +15,12 @@ in one nursery owned by :meth:`CoreDriver.run`:
 A stream opens with a sealed ``StreamHello`` naming the sender's datagram port,
 so what arrives on it is attributed to the sender's real address, not to its
 ephemeral TCP port. Bad input (a frame that fails to open or decode, a stream
-that stalls or lies) is dropped, counted and logged at DEBUG; it never reaches
-the nursery.
+that stalls or lies) is dropped, counted and logged at DEBUG, with one
+warning per ``limits.DROP_WARN_INTERVAL`` for all senders together (a source
+address is free to forge). A core that raises on a message or a timer, or
+hands out a message that cannot be sealed, loses that one unit of work: it is
+reported to ``faults`` (counted by component, logged once a minute per kind),
+and the driver goes on. Nothing a peer sends reaches the nursery.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from typing import Protocol
 
 import trio
 
+from hexamesh.faults import Component, Faults
+from hexamesh.limits import DROP_WARN_INTERVAL
 from hexamesh.net.base import Addr, Core, FrameStream, Transport
 from hexamesh.wire import (
     MAX_DATAGRAM,
@@ -44,6 +50,8 @@ from hexamesh.wire import (
 __all__ = ["CoreDriver", "DriverConfig", "DriverStats", "StreamHello"]
 
 log = logging.getLogger(__name__)
+
+TIMER_FAILURE_PAUSE = 0.1  # s the timer loop waits after a core's timer failed
 
 
 @message(0x0003)
@@ -62,8 +70,6 @@ class DriverConfig:
     stream_readers: int = 32  # concurrent incoming streams; more wait in the backlog
     stream_timeout: float = 5.0  # s to connect, or to read one frame, before giving up
     frames_per_stream: int = 64  # frames one incoming stream may carry
-    drop_warn_interval: float = 60.0  # s between warnings about one sender's unopenable frames
-    drop_warn_senders: int = 1024  # senders remembered for that (a bound: UDP sources are cheap)
 
 
 @dataclass
@@ -75,7 +81,7 @@ class DriverStats:
     oversize: int = 0  # envelopes too large even for a stream (a local bug)
     streams_sent: int = 0
     stream_errors: int = 0  # outgoing or incoming streams that failed
-    core_errors: int = 0  # exceptions raised by the core (a local bug)
+    core_errors: int = 0  # units of work a core failed on (reported to ``faults``)
 
 
 class _StreamTransport(Transport, Protocol):
@@ -92,6 +98,7 @@ class CoreDriver:
         node_id: bytes,
         config: DriverConfig | None = None,
         clock: Callable[[], float] = trio.current_time,
+        faults: Faults | None = None,
     ) -> None:
         self.core = core
         self.transport = transport
@@ -109,7 +116,9 @@ class CoreDriver:
         )
         self._readers = trio.Semaphore(self.config.stream_readers)
         self._watchers: list[Callable[[], None]] = []
-        self._drop_warned: dict[Addr, float] = {}  # sender -> when we last warned
+        self.faults = faults or Faults()
+        self._warned_at = -math.inf  # the last warning about unopenable frames
+        self._unwarned = 0  # unopenable frames since that warning
 
     # -- public -----------------------------------------------------------
 
@@ -138,27 +147,36 @@ class CoreDriver:
 
     def _stepped(self) -> None:
         for fn in self._watchers:
-            fn()
+            try:
+                fn()
+            except Exception as e:
+                self._core_failed(e, "a watcher")
 
     # -- inbound ----------------------------------------------------------
 
     def _warn_dropped(self, sender: Addr, error: WireError) -> None:
-        """Say so when a sender's frames do not open: most often a node started
-        with another swarm's key, which otherwise looks like a dead seed to it.
-        Once a minute per sender (``drop_warn_interval``), from a bounded table."""
+        """Say so when frames do not open: most often a node started with
+        another swarm's key, which otherwise looks like a dead seed to it. One
+        warning per ``DROP_WARN_INTERVAL`` for all senders together: a source
+        address costs a forger nothing, so a table per sender would be his."""
         now = self._clock()
-        if now - self._drop_warned.get(sender, -math.inf) < self.config.drop_warn_interval:
+        if now - self._warned_at < DROP_WARN_INTERVAL:
+            self._unwarned += 1
             log.debug("%s: dropped frame from %s: %s", self.node_id[:4].hex(), sender, error)
             return
-        if len(self._drop_warned) >= self.config.drop_warn_senders:
-            self._drop_warned.clear()
-        self._drop_warned[sender] = now
+        more = f"; {self._unwarned} more since the last warning" if self._unwarned else ""
+        self._warned_at, self._unwarned = now, 0
         log.warning(
-            "%s: dropped a frame from %s: %s (another swarm's key? said once a minute per sender)",
+            "%s: dropped a frame from %s: %s (another swarm's key?%s)",
             self.node_id[:4].hex(),
             sender,
             error,
+            more,
         )
+
+    def _core_failed(self, error: Exception, what: str, kind: type[Message] | None = None) -> None:
+        self.stats.core_errors += 1
+        self.faults.caught(component_of(kind), error, what)
 
     def _handle(self, sender: Addr, data: bytes, limit: int) -> None:
         try:
@@ -173,11 +191,8 @@ class CoreDriver:
         self.stats.received += 1
         try:
             self.core.receive(env, sender, self._clock())
-        except Exception:
-            self.stats.core_errors += 1
-            log.exception(
-                "%s: core failed on %s", self.node_id[:4].hex(), type(env.message).__name__
-            )
+        except Exception as e:
+            self._core_failed(e, f"a {type(env.message).__name__} from {sender}", type(env.message))
         self.poke()
 
     async def _receive_loop(self) -> None:
@@ -217,12 +232,20 @@ class CoreDriver:
     # -- outbound ---------------------------------------------------------
 
     def _flush(self) -> None:
-        for addr, env in self.core.outbox():
+        try:
+            out = self.core.outbox()
+        except Exception as e:
+            self._core_failed(e, "collecting the outbox")
+            return
+        for addr, env in out:
             try:
                 sealed = self.codec.seal(env, limit=MAX_STREAM_FRAME)
             except EncodeError as e:
                 self.stats.oversize += 1
                 log.error("%s: cannot send to %s: %s", self.node_id[:4].hex(), addr, e)
+                continue
+            except Exception as e:  # a value the wire cannot carry (a counter past 2^64)
+                self._core_failed(e, f"sealing a {type(env.message).__name__}", type(env.message))
                 continue
             queue = self._send_in if len(sealed) <= MAX_DATAGRAM else self._stream_in
             try:
@@ -270,9 +293,37 @@ class CoreDriver:
                 # Woken by the deadline itself: due, even if converting between the
                 # two clocks left ``now`` a rounding error short of it.
                 now = max(now, deadline)
+                failed = False
                 try:
                     self.core.handle_timer(now)
-                except Exception:
-                    self.stats.core_errors += 1
-                    log.exception("%s: core timer failed", self.node_id[:4].hex())
+                except Exception as e:
+                    self._core_failed(e, "a timer")
+                    failed = True
+                for error, what, kind in self._core_errors():
+                    self._core_failed(error, what, kind)
+                    failed = True
                 self._stepped()
+                if failed:
+                    # A timer that fails before it moves on stays due: without
+                    # a pause the loop would spin on it.
+                    await trio.sleep(TIMER_FAILURE_PAUSE)
+
+    def _core_errors(self) -> list[tuple[Exception, str, type[Message] | None]]:
+        """What a composite core (``Mux``) caught from its parts' timers."""
+        take = getattr(self.core, "take_errors", None)
+        return take() if take is not None else []
+
+
+_COMPONENTS = {
+    0x00: Component.NET,
+    0x01: Component.DHT,
+    0x02: Component.COMB,
+    0x03: Component.PLACEMENT,
+}
+
+
+def component_of(kind: type[Message] | None) -> Component:
+    """The component a message type belongs to (its type id's range, see wire.py)."""
+    if kind is None:
+        return Component.DRIVER
+    return _COMPONENTS.get(kind.TYPE_ID >> 8, Component.DRIVER)

@@ -4,7 +4,8 @@ An agent runs many protocol cores (RTT probe, DHT, later membership and
 gossip) over one socket. ``Mux`` is itself a core: it hands each envelope to
 the core that registered its message type, fires the timers that are due,
 and concatenates outboxes. Envelopes of a type nobody registered are counted
-and dropped.
+and dropped. A core whose timer raises does not keep the others' timers
+from running: the error is kept for the driver (``take_errors``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ class Mux:
         self._cores: list[Core] = []
         self._routes: dict[type[Message], Core] = {}
         self.unrouted = 0
+        # (error, what failed, a message type of the core that failed), for the driver
+        self._errors: list[tuple[Exception, str, type[Message] | None]] = []
 
     def add(self, core: Core, *types: type[Message]) -> None:
         """Route ``types`` to ``core``; a type may have one owner only."""
@@ -41,7 +44,16 @@ class Mux:
         for core in self._cores:
             when = core.next_timer()
             if when is not None and when <= now:
-                core.handle_timer(now)
+                try:
+                    core.handle_timer(now)
+                except Exception as e:
+                    kind = next((t for t, c in self._routes.items() if c is core), None)
+                    self._errors.append((e, f"a timer of {type(core).__name__}", kind))
+
+    def take_errors(self) -> list[tuple[Exception, str, type[Message] | None]]:
+        """Errors the cores' timers raised since the last call."""
+        out, self._errors = self._errors, []
+        return out
 
     def next_timer(self) -> float | None:
         times = [t for t in (c.next_timer() for c in self._cores) if t is not None]

@@ -10,29 +10,39 @@ Samples are smoothed as TCP does (RFC 6298 §2: SRTT <- 7/8 SRTT + 1/8 R).
 It is what a joining node uses to find its closest peer (DESIGN, "Honeycomb":
 "a joiner measures RTT to a few peers"), what ``hexamesh agent --join`` uses to
 show that a seed is reachable, and the reference shape for the bigger cores.
+
+Each ping and pong also tells the other side the address it is reached at
+(a ``Ping`` the address it was sent to, a ``Pong`` the address the ping came
+from), as libp2p's identify does: ``observations`` hands these reports to
+the agent, which decides what to advertise (``net.address``).
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Annotated
 
 from hexamesh.net.base import Addr
-from hexamesh.wire import Envelope, Message, message
+from hexamesh.wire import Envelope, MaxLen, Message, message
 
-__all__ = ["Ping", "Pong", "RttConfig", "RttProbe", "RttSample"]
+__all__ = ["Observation", "Ping", "Pong", "RttConfig", "RttProbe", "RttSample"]
+
+Host = Annotated[str, MaxLen(64)]
 
 
 @message(0x0001)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Ping(Message):
-    pass
+    host: Host  # where the pinger sent this: how it reaches us
+    port: int
 
 
 @message(0x0002)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Pong(Message):
-    pass
+    host: Host  # where the ping came from: how the pinger is reached
+    port: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,6 +60,17 @@ class RttSample:
     at: float
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Observation:
+    """A peer's report of the address it reaches us at."""
+
+    # The reporter's IP address: a node id costs nothing to make, a source
+    # address a little more (and a pong comes from one we chose to ping).
+    reporter: str
+    seen: Addr
+    at: float
+
+
 class RttProbe:
     def __init__(self, node_id: bytes, config: RttConfig, rng: random.Random) -> None:
         self.node_id = node_id
@@ -60,6 +81,7 @@ class RttProbe:
         self._srtt: dict[Addr, float] = {}
         self._outbox: list[tuple[Addr, Envelope]] = []
         self._samples: list[RttSample] = []
+        self._observations: list[Observation] = []
         self.lost = 0
 
     # -- commands ---------------------------------------------------------
@@ -80,7 +102,8 @@ class RttProbe:
             oldest = next(iter(self._outstanding))
             del self._outstanding[oldest]
         self._outstanding[msg_id] = (addr, now)
-        self._outbox.append((addr, Envelope(sender=self.node_id, msg_id=msg_id, message=Ping())))
+        ping = Ping(host=addr[0][:64], port=addr[1])
+        self._outbox.append((addr, Envelope(sender=self.node_id, msg_id=msg_id, message=ping)))
         return msg_id
 
     def srtt(self, addr: Addr) -> float | None:
@@ -92,12 +115,15 @@ class RttProbe:
     def receive(self, env: Envelope, sender: Addr, now: float) -> None:
         msg = env.message
         if isinstance(msg, Ping):
-            reply = Envelope(sender=self.node_id, msg_id=env.msg_id, message=Pong())
+            pong = Pong(host=sender[0][:64], port=sender[1])
+            reply = Envelope(sender=self.node_id, msg_id=env.msg_id, message=pong)
             self._outbox.append((sender, reply))
+            self._observe(sender[0], (msg.host, msg.port), now)
         elif isinstance(msg, Pong):
             pending = self._outstanding.pop(env.msg_id, None)
             if pending is None:
                 return  # late, duplicated or unsolicited
+            self._observe(sender[0], (msg.host, msg.port), now)
             addr, sent = pending
             rtt = now - sent
             old = self._srtt.get(addr)
@@ -128,4 +154,13 @@ class RttProbe:
     def samples(self) -> list[RttSample]:
         """Samples and losses since the last call (drained)."""
         out, self._samples = self._samples, []
+        return out
+
+    def _observe(self, reporter: str, seen: Addr, now: float) -> None:
+        if len(self._observations) < self.config.max_outstanding:  # undrained: bounded
+            self._observations.append(Observation(reporter=reporter, seen=seen, at=now))
+
+    def observations(self) -> list[Observation]:
+        """Reports of the address peers reach us at, since the last call (drained)."""
+        out, self._observations = self._observations, []
         return out

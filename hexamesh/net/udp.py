@@ -7,13 +7,20 @@ them apart (a frame's length prefix starts with 0, an HTTP method with a
 letter) and HTTP connections go to ``http_handler`` (the front door).
 Streams carry frames with a 4-byte big-endian length prefix; a frame over
 ``max_frame`` or a peer that stalls mid-frame ends the stream with an error.
-Accepted streams wait in a bounded queue (``stream_backlog``); when it is full
-new connections are closed at once and counted, so a flood of connections
-cannot grow memory.
+
+Anyone can connect, so every TCP connection is admitted first
+(``net.admission``: at most ``CONNECTIONS_PER_SOURCE`` from one address and
+``PEER_HTTP_CONNECTIONS`` in all, an idle HTTP connection evicted for a new
+one at the bound) and must say what it is within ``SNIFF_TIMEOUT``.
+Accepted streams wait in a bounded queue (``STREAM_BACKLOG``); when it is
+full new ones are closed at once and counted. Running out of descriptors
+makes the accept loop pause (``ACCEPT_BACKOFF``), never end; one connection
+that fails in any way is reported to ``faults`` and closed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import logging
@@ -24,7 +31,16 @@ from dataclasses import dataclass
 
 import trio
 
-from hexamesh.net.base import Addr, FrameStream
+from hexamesh.faults import Component, Faults
+from hexamesh.limits import (
+    ACCEPT_BACKOFF,
+    CONNECTIONS_PER_SOURCE,
+    PEER_HTTP_CONNECTIONS,
+    SNIFF_TIMEOUT,
+    STREAM_BACKLOG,
+)
+from hexamesh.net.admission import Admission, Ticket
+from hexamesh.net.base import Addr, FrameStream, peer_addr
 from hexamesh.wire import MAX_STREAM_FRAME, WireError
 
 __all__ = [
@@ -36,15 +52,15 @@ __all__ = [
     "open_udp_transport",
 ]
 
-HttpHandler = Callable[[trio.SocketStream, bytes], Awaitable[None]]
+# (connection, its first bytes, its place on the port): the front door
+HttpHandler = Callable[[trio.SocketStream, bytes, Ticket], Awaitable[None]]
 
 log = logging.getLogger(__name__)
 
 RECV_BUFFER = 65536  # bytes; larger than any datagram, so nothing is truncated
-STREAM_BACKLOG = 16  # accepted streams waiting for a reader; more are refused
-SNIFF_TIMEOUT = 5.0  # s for a new TCP connection to send its first bytes
-HTTP_CONNECTIONS = 512  # concurrent HTTP connections on the peer port; more are closed
 BIND_ATTEMPTS = 20  # with port 0: tries to find a port free for both UDP and TCP
+# accept() errors that mean "out of a resource for now" (as trio's serve_listeners)
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 _LENGTH = 4
 
 
@@ -56,18 +72,26 @@ class TransportStats:
     bytes_received: int = 0
     send_errors: int = 0  # sendto failed (unreachable, no route, buffer full)
     streams_refused: int = 0  # backlog full
-    http_refused: int = 0  # HTTP connections over the limit, or with no handler
+    http_refused: int = 0  # HTTP connections with no handler
+    accept_errors: int = 0  # accept() failed (out of descriptors, ...): the loop paused
+    silent: int = 0  # connections that said nothing within SNIFF_TIMEOUT
 
 
 class TcpFrameStream:
     """Length-prefixed frames over a trio stream."""
 
     def __init__(
-        self, stream: trio.abc.Stream, *, max_frame: int = MAX_STREAM_FRAME, initial: bytes = b""
+        self,
+        stream: trio.abc.Stream,
+        *,
+        max_frame: int = MAX_STREAM_FRAME,
+        initial: bytes = b"",
+        ticket: Ticket | None = None,
     ) -> None:
         self._stream = stream
         self._buffer = bytearray(initial)
         self.max_frame = max_frame
+        self._ticket = ticket  # its place on the port, given back when it closes
 
     async def send_frame(self, frame: bytes) -> None:
         if len(frame) > self.max_frame:
@@ -94,6 +118,8 @@ class TcpFrameStream:
         return frame
 
     async def aclose(self) -> None:
+        if self._ticket is not None:
+            self._ticket.release()
         await self._stream.aclose()
 
 
@@ -109,7 +135,9 @@ def ip_family(host: str) -> int | None:
 class UdpTransport:
     """Bound UDP socket plus a TCP listener on the same port."""
 
-    def __init__(self, udp: trio.socket.SocketType, tcp: trio.socket.SocketType) -> None:
+    def __init__(
+        self, udp: trio.socket.SocketType, tcp: trio.socket.SocketType, faults: Faults | None = None
+    ) -> None:
         self._udp = udp
         self._listener = trio.SocketListener(tcp)
         host, port = udp.getsockname()[:2]
@@ -119,16 +147,20 @@ class UdpTransport:
             STREAM_BACKLOG
         )
         self.http_handler: HttpHandler | None = None
-        self._http_slots = trio.Semaphore(HTTP_CONNECTIONS)
+        self.admission = Admission(total=PEER_HTTP_CONNECTIONS, per_source=CONNECTIONS_PER_SOURCE)
+        self.faults = faults or Faults()
 
     @property
     def local_address(self) -> Addr:
         return self._local
 
     async def send(self, addr: Addr, data: bytes) -> None:
+        if peer_addr(*addr) is None:  # a name or a bad port a peer gave: never resolved
+            self.stats.send_errors += 1
+            return
         try:
             await self._udp.sendto(data, addr)
-        except OSError as e:
+        except (OSError, OverflowError, ValueError) as e:
             self.stats.send_errors += 1
             log.debug("sendto %s failed: %s", addr, e)
             return
@@ -148,6 +180,8 @@ class UdpTransport:
             return (addr[0], addr[1]), data
 
     async def open_stream(self, addr: Addr) -> FrameStream:
+        if peer_addr(*addr) is None:
+            raise OSError(f"not an address to dial: {addr!r}")
         stream = await trio.open_tcp_stream(addr[0], addr[1])
         return TcpFrameStream(stream)
 
@@ -158,42 +192,65 @@ class UdpTransport:
     async def _accept_loop(self) -> None:
         async with trio.open_nursery() as nursery:
             while True:
-                stream = await self._listener.accept()
-                nursery.start_soon(self._sniff, stream)
+                try:
+                    stream = await self._listener.accept()
+                except OSError as e:
+                    # Out of descriptors (a flood, or a leak elsewhere): wait for
+                    # some to close. Any other error of one accept: the same.
+                    self.stats.accept_errors += 1
+                    if e.errno not in ACCEPT_CAPACITY_ERRNOS:
+                        self.faults.caught(Component.TRANSPORT, e, "an accept")
+                    await trio.sleep(ACCEPT_BACKOFF)
+                    continue
+                try:
+                    source = str(stream.socket.getpeername()[0])
+                except OSError:  # gone already
+                    await _close(stream)
+                    continue
+                ticket = self.admission.admit(source)
+                if ticket is None:
+                    await _close(stream)
+                    continue
+                nursery.start_soon(self._contained, stream, ticket)
 
-    async def _sniff(self, stream: trio.SocketStream) -> None:
-        """Frames (first byte 0: a length prefix under 16 MiB) or HTTP (a method name)."""
-        with trio.move_on_after(SNIFF_TIMEOUT):
-            try:
-                first = await stream.receive_some(RECV_BUFFER)
-            except (OSError, trio.BrokenResourceError):
-                first = b""
-        if not first:  # silent, gone or timed out
-            await stream.aclose()
-            return
+    async def _contained(self, stream: trio.SocketStream, ticket: Ticket) -> None:
+        """One connection; whatever it does, it ends here (reported if it raised)."""
+        handed_over = False
+        try:
+            handed_over = await self._sniff(stream, ticket)
+        except Exception as e:
+            self.faults.caught(Component.TRANSPORT, e, f"a connection from {ticket.source}")
+        finally:
+            if not handed_over:
+                ticket.release()
+                await _close(stream)
+
+    async def _sniff(self, stream: trio.SocketStream, ticket: Ticket) -> bool:
+        """Frames (first byte 0: a length prefix under 16 MiB) or HTTP (a method
+        name). True when a frame stream was queued (its reader closes it)."""
+        first = b""
+        with (
+            trio.move_on_after(SNIFF_TIMEOUT),
+            contextlib.suppress(OSError, trio.BrokenResourceError),
+        ):
+            first = await stream.receive_some(RECV_BUFFER)
+        if not first:  # silent, gone or timed out (a port scanner waiting for a banner)
+            self.stats.silent += 1
+            return False
         if first[0] == 0:
             peer = stream.socket.getpeername()
+            framed = TcpFrameStream(stream, initial=first, ticket=ticket)
             try:
-                framed = TcpFrameStream(stream, initial=first)
                 self._streams_in.send_nowait(((peer[0], peer[1]), framed))
             except trio.WouldBlock:
                 self.stats.streams_refused += 1
-                await stream.aclose()
-            return
+                return False
+            return True
         if self.http_handler is None:
             self.stats.http_refused += 1
-            await stream.aclose()
-            return
-        try:
-            self._http_slots.acquire_nowait()
-        except trio.WouldBlock:
-            self.stats.http_refused += 1
-            await stream.aclose()
-            return
-        try:
-            await self.http_handler(stream, first)
-        finally:
-            self._http_slots.release()
+            return False
+        await self.http_handler(stream, first, ticket)
+        return False
 
     async def aclose(self) -> None:
         self._udp.close()
@@ -225,11 +282,18 @@ async def _bind(host: str, port: int) -> tuple[trio.socket.SocketType, trio.sock
     raise OSError(errno.EADDRINUSE, f"no port free for both UDP and TCP on {host}")
 
 
+async def _close(stream: trio.SocketStream) -> None:
+    with trio.CancelScope(shield=True):
+        await stream.aclose()
+
+
 @asynccontextmanager
-async def open_udp_transport(host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[UdpTransport]:
+async def open_udp_transport(
+    host: str = "127.0.0.1", port: int = 0, faults: Faults | None = None
+) -> AsyncIterator[UdpTransport]:
     """Bind UDP and TCP on ``host:port`` (0 = any free port) for the block's duration."""
     udp, tcp = await _bind(host, port)
-    transport = UdpTransport(udp, tcp)
+    transport = UdpTransport(udp, tcp, faults)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(transport._accept_loop)

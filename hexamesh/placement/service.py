@@ -37,7 +37,9 @@ from hexamesh.comb.core import Comb
 from hexamesh.dht.claim import Holder, addr_value, holder_of, release
 from hexamesh.dht.service import Dht, DhtError
 from hexamesh.engine.supervisor import Engine, EngineState
-from hexamesh.net.base import format_addr
+from hexamesh.faults import Component, Faults
+from hexamesh.limits import MAX_ELECTION_TTL
+from hexamesh.net.base import Addr, format_addr
 from hexamesh.net.driver import CoreDriver
 from hexamesh.placement.messages import MAX_REPLICAS, Ballot
 from hexamesh.placement.swarmscale import Reading, Scale, Swarmscale
@@ -50,7 +52,7 @@ __all__ = ["SLOT_TTL", "Placements", "run_swarmscale", "slot_key"]
 log = logging.getLogger(__name__)
 
 SLOT_TTL = 300.0  # s lease of a slot record, renewed at half by the DHT core while we live
-MIN_TTL, MAX_TTL = 1.0, 60.0  # s an election may be given through the API
+MIN_TTL = 1.0  # s; the shortest election the API may ask for (the longest: MAX_ELECTION_TTL)
 WAIT_STEP = 0.2  # s between looks at an election the API waits for
 
 
@@ -68,6 +70,7 @@ class Placements:
         clock: Callable[[], float],
         load: Callable[[str, str], Awaitable[None]],
         room: Callable[[], int],
+        faults: Faults | None = None,
     ) -> None:
         """``load(name, source)`` loads a model into the local engine (raises on
         failure); ``room()`` says how many more models it may hold now."""
@@ -77,6 +80,7 @@ class Placements:
         self._clock = clock
         self._load = load
         self._room = room
+        self.faults = faults or Faults()
         self._value = addr_value(core.addr)  # what our slot records hold
         self.loading = 0  # wins being claimed or loaded: room they take already
         self.won: dict[tuple[str, int], int] = {}  # elections we hold a slot in -> slot
@@ -86,6 +90,10 @@ class Placements:
         # for an event that comes a few times a day.
         self._claimed = trio.Event()
         driver.add_watcher(self._check_claims)
+
+    def readdress(self, addr: Addr) -> None:
+        """Slots we claim from now on name ``addr`` (held ones renew as they were)."""
+        self._value = addr_value(addr)
 
     def _check_claims(self) -> None:
         if self.core.has_claims:
@@ -103,7 +111,14 @@ class Placements:
                 await self._claimed.wait()
                 self._claimed = trio.Event()
                 for ballot in self.core.claims():
-                    nursery.start_soon(self._win, ballot)
+                    nursery.start_soon(self._contained_win, ballot)
+
+    async def _contained_win(self, ballot: Ballot) -> None:
+        """``_win``; what it raises ends that win only (reported to ``faults``)."""
+        try:
+            await self._win(ballot)
+        except Exception as e:
+            self.faults.caught(Component.PLACEMENT, e, f"winning {ballot.model}@{ballot.epoch}")
 
     def spawn(self, election: Awaitable[dict[str, Any]]) -> None:
         """Run an election in the background (swarmscale's votes); its outcome is logged."""
@@ -265,9 +280,11 @@ class Placements:
         if ttl is not None and (
             not isinstance(ttl, int | float)
             or isinstance(ttl, bool)
-            or not MIN_TTL <= ttl <= MAX_TTL
+            or not MIN_TTL <= ttl <= MAX_ELECTION_TTL
         ):
-            raise ApiError(400, f"`ttl` must be {MIN_TTL:g}-{MAX_TTL:g} seconds", param="ttl")
+            raise ApiError(
+                400, f"`ttl` must be {MIN_TTL:g}-{MAX_ELECTION_TTL:g} seconds", param="ttl"
+            )
         doc = await self.propose(model, source, replicas, mem_need=mem_need, ttl=ttl)
         await conn.respond(200, json.dumps(doc).encode(), keep_alive=request.keep_alive)
         return True

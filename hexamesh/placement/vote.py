@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 
 from hexamesh.comb.waggle import Dance
 from hexamesh.hexgrid import Hex, distance
+from hexamesh.limits import MAX_ELECTION_TTL
 from hexamesh.net.base import Addr
 from hexamesh.placement.messages import (
     MAX_REPLICAS,
@@ -85,7 +86,11 @@ class PlacementConfig:
     retry: float = 0.5  # s between resends of an unanswered proposal or unacked vote (loss)
     revote_every: float = 0.2  # s; a scout re-ranks at most this often (others' votes, winners)
     keep_closed: float = 300.0  # s a closed election is remembered (late copies are ignored)
-    max_open: int = 16  # elections open at once on one node; more proposals are refused
+    # Elections others opened that this node takes part in at once; more are
+    # refused. Counted apart from our own (max_own), so others' proposals,
+    # forged or not, cannot keep an operator from calling a vote here.
+    max_open: int = 16
+    max_own: int = 16  # elections this node proposed that are open at once
     weights: Weights = field(default_factory=Weights)
 
 
@@ -164,8 +169,8 @@ class Scouting:
         (default: our own cell)."""
         if (model, epoch) in self._elections:
             raise PlacementError(f"election {model}@{epoch} exists already")
-        if self._open() >= self.config.max_open:
-            raise PlacementError(f"{self.config.max_open} elections are open already")
+        if self._open(own=True) >= self.config.max_own:
+            raise PlacementError(f"{self.config.max_own} elections of ours are open already")
         if not 1 <= replicas <= MAX_REPLICAS:
             raise PlacementError(f"replicas must be in 1..{MAX_REPLICAS}")
         dances = self._view()
@@ -338,16 +343,22 @@ class Scouting:
 
     # ------------------------------------------------------------ receiving
 
-    def _open(self) -> int:
-        return sum(not e.closed for e in self._elections.values())
+    def _open(self, *, own: bool) -> int:
+        """Open elections we proposed (``own``) or others did."""
+        return sum(
+            not e.closed and (e.ballot.proposer.node == self.me) == own
+            for e in self._elections.values()
+        )
 
     def _election_for(self, ballot: Ballot, ttl: float, now: float) -> _Election | None:
         e = self._elections.get(ballot.key)
         if e is None:
-            if self._open() >= self.config.max_open:
-                self.refused += 1
+            if ballot.proposer.node == self.me or self._open(own=False) >= self.config.max_open:
+                self.refused += 1  # (ours is never made by another's message)
                 return None
-            e = _Election(ballot=ballot, demand=Hex(0, 0), deadline=now + ttl, scouts={})
+            # The time left comes from a peer: at most what the API allows.
+            left = min(max(ttl, 0.0), MAX_ELECTION_TTL)
+            e = _Election(ballot=ballot, demand=Hex(0, 0), deadline=now + left, scouts={})
             self._elections[ballot.key] = e
         return e
 

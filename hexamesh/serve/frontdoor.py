@@ -27,10 +27,12 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
+from hexamesh.faults import Component, Faults
+from hexamesh.net.admission import Ticket
 from hexamesh.net.base import Addr
 from hexamesh.serve import sse
 from hexamesh.serve.deathwatch import DeathWatch
@@ -118,15 +120,19 @@ class FrontDoor:
         api_keys: tuple[str, ...] = (),
         metrics: ServeMetrics | None = None,
         clock: Callable[[], float] = time.time,
+        faults: Faults | None = None,
+        health: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.view = view
+        self.faults = faults or Faults()
+        self._health = health  # what /health adds (the services' state)
         self.signer = signer
         self.address = address  # our peer address, reported as SERVED_ADDR
         self.api_keys = frozenset(api_keys)
         self.metrics = metrics or ServeMetrics()
         self.jobs: JobsApi | None = None
         self.placements: JobsApi | None = None  # POST /v1/placements (clients only)
-        self.pumps = PumpThread()  # the per-token relay loop (its own thread)
+        self.pumps = PumpThread(self.faults)  # the per-token relay loop (its own thread)
         self.upstreams = UpstreamPool()  # idle keep-alive connections to engines and peers
         self._clock = clock
         self.shunned = Shunned()  # servers that failed lately: tried last
@@ -185,10 +191,16 @@ class FrontDoor:
     # -- connections ------------------------------------------------------
 
     async def serve_connection(
-        self, stream: trio.SocketStream, initial: bytes = b"", *, peer: bool = False
+        self,
+        stream: trio.SocketStream,
+        initial: bytes = b"",
+        *,
+        peer: bool = False,
+        ticket: Ticket | None = None,
     ) -> None:
-        """Answer requests on one connection until the client leaves (never raises)."""
-        conn = HttpConnection(stream, initial)
+        """Answer requests on one connection until the client leaves (never
+        raises). ``ticket``: its place on the port (``net.admission``)."""
+        conn = HttpConnection(stream, initial, ticket)
         try:
             while not conn.closed:
                 try:
@@ -210,8 +222,8 @@ class FrontDoor:
             pass  # the client left; nothing of ours is lost
         except BrokenStream as e:
             log.info("cut a forwarded stream short: %s", e)
-        except Exception:
-            log.exception("front door: unexpected error on a connection")
+        except Exception as e:
+            self.faults.caught(Component.FRONTDOOR, e, "a connection")
         finally:
             with trio.CancelScope(shield=True):
                 await conn.aclose()
@@ -263,6 +275,8 @@ class FrontDoor:
         path, method = request.path, request.method
         if path == "/health" and method == "GET" and not peer:
             body = {"status": "ok", "node": self.view.node.hex(), "address": self.address}
+            if self._health is not None:
+                body |= self._health()
             await conn.respond(200, json.dumps(body).encode(), keep_alive=request.keep_alive)
             return 200
         if path == "/metrics" and method == "GET" and not peer:
@@ -674,7 +688,11 @@ class FrontDoor:
         tail = b""
         data = up.rest
         while True:
-            whole = scanner.feed(data) if up.chunked else sse.chunk(data)
+            try:
+                whole = scanner.feed(data) if up.chunked else sse.chunk(data)
+            except sse.ChunkError as e:
+                log.info("a continuation's server sent a broken stream: %s", e)
+                return False
             if whole:
                 tail += sse.dechunk(whole)
                 blocks = tail.split(b"\n\n")

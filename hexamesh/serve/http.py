@@ -15,11 +15,14 @@ on its path to the first token.
 One parser per connection: pipelined requests queue up and are answered in
 order.
 
-Limits: a request head over ``MAX_HEAD`` bytes is 431, a body over
-``requests.MAX_BODY`` is 413, a client silent for ``IDLE_TIMEOUT`` between
-requests (or ``READ_TIMEOUT`` within one) is disconnected. The connection
-is closed after a request to upgrade it (WebSocket, CONNECT): nothing here
-speaks another protocol.
+Limits (``hexamesh.limits``): a request head over ``MAX_HEAD`` bytes is 431,
+a body over ``MAX_BODY`` is 413; a request whose head is not whole within
+``HEAD_TIMEOUT`` of its first byte, or whose body is not within
+``READ_TIMEOUT``, gets 408 and the connection is closed; a client silent
+for ``IDLE_TIMEOUT`` between requests is disconnected (and may be sooner,
+when the port is full: ``net.admission``). The connection is closed after a
+request to upgrade it (WebSocket, CONNECT): nothing here speaks another
+protocol.
 """
 
 from __future__ import annotations
@@ -32,13 +35,12 @@ from dataclasses import dataclass, field
 import httptools
 import trio
 
-from hexamesh.serve.requests import MAX_BODY, ApiError
+from hexamesh.limits import HEAD_TIMEOUT, IDLE_TIMEOUT, MAX_BODY, MAX_HEAD, READ_TIMEOUT
+from hexamesh.net.admission import Ticket
+from hexamesh.serve.requests import ApiError
 
 __all__ = ["HttpConnection", "Request", "response_head"]
 
-MAX_HEAD = 64 * 1024  # bytes of request line + headers
-IDLE_TIMEOUT = 75.0  # s a keep-alive connection may sit idle (above common client pools' 60 s)
-READ_TIMEOUT = 30.0  # s to receive a whole request once it has begun
 RECV_SIZE = 65536  # bytes per read
 
 _REASONS = {
@@ -49,6 +51,7 @@ _REASONS = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    408: "Request Timeout",
     413: "Payload Too Large",
     429: "Too Many Requests",
     431: "Request Header Fields Too Large",
@@ -148,12 +151,15 @@ class _BodyTooLarge(Exception):
 class HttpConnection:
     """One accepted connection: ``next_request()``, then a response, repeat."""
 
-    def __init__(self, stream: trio.SocketStream, initial: bytes = b"") -> None:
+    def __init__(
+        self, stream: trio.SocketStream, initial: bytes = b"", ticket: Ticket | None = None
+    ) -> None:
         self.stream = stream
         self.fd = stream.socket.fileno()
         self._parsed = _Parsed(self)
         self.parser = httptools.HttpRequestParser(self._parsed)
         self._initial = initial
+        self._ticket = ticket  # its place on the port: evictable while idle
         self.closed = False
 
     def _feed(self, data: bytes) -> None:
@@ -189,21 +195,34 @@ class HttpConnection:
         if self._initial:
             data, self._initial = self._initial, b""
             self._feed(data)
-        deadline = trio.current_time() + IDLE_TIMEOUT
-        reading = False
+        idle_until = trio.current_time() + IDLE_TIMEOUT
+        began: float | None = None  # when the request's first byte came
         while not done:
             if self.closed:
                 return None
-            if self._parsed.begun and not reading:
-                reading = True
-                deadline = trio.current_time() + READ_TIMEOUT
+            parsed = self._parsed
+            if parsed.begun and began is None:
+                began = trio.current_time()
+            if began is None:
+                deadline = idle_until
+            else:
+                deadline = began + (HEAD_TIMEOUT if parsed.in_head else READ_TIMEOUT)
             with trio.move_on_at(deadline) as scope:
+                if began is None and self._ticket is not None:
+                    self._ticket.idle(scope)  # between requests: may be evicted
                 try:
                     data = await self.stream.receive_some(RECV_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     data = b""
+                finally:
+                    if self._ticket is not None:
+                        self._ticket.busy()
             if scope.cancelled_caught or not data:
                 self.closed = True
+                if scope.cancelled_caught and began is not None:
+                    part = "head" if parsed.in_head else "body"
+                    limit = HEAD_TIMEOUT if parsed.in_head else READ_TIMEOUT
+                    raise ApiError(408, f"the request's {part} did not come within {limit:g} s")
                 return None
             self._feed(data)
         return done.popleft()

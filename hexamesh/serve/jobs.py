@@ -22,12 +22,19 @@ takeover happens only after the failure detector declared the acceptor dead.
 Limits: ``max_jobs`` queued or running per acceptor (429 beyond), a job
 request of at most ``MAX_JOB_REQUEST`` bytes, results up to ``MAX_INLINE``
 bytes travel in the DHT (larger ones are read from the peer that ran it).
+Finished jobs (done or failed) are deleted ``retention`` seconds after they
+finished (``--job-retention``, 24 h by default).
+
+Containment: a job whose request turns out malformed (a ``job:`` record any
+key holder may have written) fails with an error; a job or a takeover that
+raises is reported to ``faults`` and dropped, and the workers go on.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import sqlite3
 import time
@@ -41,6 +48,7 @@ from typing import Any, Protocol
 import msgpack
 import trio
 
+from hexamesh.faults import Component, Faults
 from hexamesh.serve.http import HttpConnection, Request
 from hexamesh.serve.requests import ApiError, CompletionRequest, parse_completion, parse_json_body
 from hexamesh.serve.router import Priority
@@ -56,6 +64,8 @@ RETRY_DELAY = 2.0  # s before a job whose round failed is tried again (doubles)
 WORKERS = 4  # jobs run at once per acceptor (each one request to some server)
 JOB_TTL = 24 * 3600.0  # s a job record lives in the DHT
 TAKEOVER_INTERVAL = 5.0  # s between scans for jobs whose acceptor died
+RETENTION = 24 * 3600.0  # s a finished job is kept (the default of --job-retention)
+PRUNE_INTERVAL = 600.0  # s between deletions of finished jobs past their retention
 LOW_WAIT = 1.0  # s a low-priority job waits when every server is busy
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _PRIORITY_ORDER = {"high": 0, "medium": 1, "low": 2}
@@ -178,6 +188,14 @@ class JobStore:
     def counts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
 
+    def prune(self, finished_before: float) -> int:
+        """Delete the jobs done or failed before ``finished_before``; how many."""
+        cursor = self.db.execute(
+            "DELETE FROM jobs WHERE state IN ('done','failed') AND updated < ?",
+            (finished_before,),
+        )
+        return int(cursor.rowcount)
+
 
 class JobRunner(Protocol):
     """What runs a job's request: the front door's router with failover."""
@@ -248,17 +266,22 @@ def encode_record(job: Job, owner: str, max_inline: int = MAX_INLINE) -> bytes:
 def decode_record(value: bytes) -> dict[str, Any] | None:
     try:
         doc = msgpack.unpackb(value)
-    except (ValueError, msgpack.UnpackException):
+    except Exception:  # anyone's bytes: malformed, too deep, an ext type...
         return None
     return doc if isinstance(doc, dict) and "id" in doc else None
 
 
 def job_from_doc(doc: dict[str, Any]) -> Job:
+    """A job from a DHT record (anyone's: every field is checked by the caller
+    that runs it, ``_run_one``); raises ValueError or TypeError on a bad one."""
+    body = doc.get("body") or {}
+    if not isinstance(body, dict):
+        raise ValueError("a job's body must be an object")
     return Job(
         id=str(doc["id"]),
         model=str(doc.get("model", "")),
         chat=bool(doc.get("chat")),
-        body=dict(doc.get("body") or {}),
+        body=dict(body),
         priority=str(doc.get("priority", "medium")),
         state=str(doc.get("state", "queued")),
         result=doc.get("result"),
@@ -291,8 +314,10 @@ class Jobs:
         owner: str,
         node: bytes,
         max_jobs: int,
+        retention: float = RETENTION,
         rng: Random | None = None,
         clock: Callable[[], float] = time.time,
+        faults: Faults | None = None,
     ) -> None:
         self.store = store
         self.runner = runner
@@ -300,10 +325,12 @@ class Jobs:
         self.owner = owner  # our peer address, written into job records
         self.node = node
         self.max_jobs = max_jobs
+        self.retention = retention
+        self.faults = faults or Faults()
         self._rng = rng or Random()
         self._clock = clock
         self._wake = trio.Event()
-        self._claimed: set[str] = set()
+        self._claimed: dict[str, float] = {}  # job id -> when we stopped looking at it
 
     # -- HTTP ---------------------------------------------------------------
 
@@ -373,7 +400,7 @@ class Jobs:
         docs = [] if self.dht is None else await self._records(jid)
         if local is not None:
             docs.append({**local.public(), "state": local.state})
-        best = merge(docs)
+        best = merge([d for d in docs if _readable(d)])
         if best is None:
             raise ApiError(404, f"no job {jid} on this peer or in the DHT", code="job_not_found")
         return job_from_doc(best).public()
@@ -409,8 +436,12 @@ class Jobs:
                 nursery.start_soon(self._takeover_loop)
             task_status.started()
             running: set[str] = set()
+            next_prune = trio.current_time()
             while True:
                 self._wake = trio.Event()
+                if trio.current_time() >= next_prune:
+                    next_prune = trio.current_time() + PRUNE_INTERVAL
+                    self.prune()
                 waiting = False  # a low job yields: look again in LOW_WAIT
                 for job in self.store.queued():
                     if job.id in running:
@@ -422,20 +453,41 @@ class Jobs:
                     self.store.set_state(job.id, "running")
                     await send.send(job)
                 running = {j for j in running if _state(self.store.get(j)) == "running"}
-                with trio.move_on_after(LOW_WAIT if waiting else float("inf")):
+                wait = min(LOW_WAIT if waiting else math.inf, PRUNE_INTERVAL)
+                with trio.move_on_after(wait):
                     await self._wake.wait()
+
+    def prune(self) -> int:
+        """Delete finished jobs past their retention, and forget old takeovers."""
+        now = self._clock()
+        gone = self.store.prune(now - self.retention)
+        if gone:
+            log.info("deleted %d finished jobs older than %.0f s", gone, self.retention)
+        for jid, at in list(self._claimed.items()):
+            if now - at > JOB_TTL:  # its records are gone from the DHT too
+                del self._claimed[jid]
+        return gone
 
     async def _worker(self, receive: trio.MemoryReceiveChannel[Job]) -> None:
         async for job in receive:
-            await self._run_one(job, publish_key=None)
+            try:
+                await self._run_one(job, publish_key=None)
+            except Exception as e:
+                self.faults.caught(Component.JOBS, e, f"job {job.id}")
+                self.store.set_state(job.id, "failed", error=f"internal error: {e}"[:500])
             self._wake.set()
 
     async def _run_one(self, job: Job, *, publish_key: str | None) -> Job:
         running = Job(**{**_fields(job), "state": "running", "attempts": job.attempts + 1})
         await self._publish(running, key=publish_key)
-        req = parse_completion(json.dumps(job.body).encode(), chat=job.chat)
         try:
-            data, served_by = await self.runner.fetch(req, Priority(job.priority))
+            req = parse_completion(json.dumps(job.body).encode(), chat=job.chat)
+            priority = Priority(job.priority)
+        except (ApiError, ValueError) as e:  # a record any key holder may have written
+            final = Job(**{**_fields(running), "state": "failed", "error": f"bad job: {e}"})
+            return await self._finish(job, final, publish_key)
+        try:
+            data, served_by = await self.runner.fetch(req, priority)
             result = json.loads(data)
             final = Job(
                 **{**_fields(running), "state": "done", "result": result, "served_by": served_by}
@@ -454,6 +506,10 @@ class Jobs:
                     self.store.set_state(job.id, "queued", attempts=running.attempts)
                     return running
                 return await self._run_one(running, publish_key=publish_key)
+        return await self._finish(job, final, publish_key)
+
+    async def _finish(self, job: Job, final: Job, publish_key: str | None) -> Job:
+        """Record ``final`` here and in the DHT."""
         if publish_key is None:
             self.store.set_state(
                 job.id,
@@ -482,14 +538,18 @@ class Jobs:
                     continue
                 if publisher == self.node or not self.dht.is_dead(publisher):
                     continue
-                await self._take_over(jid, doc)
+                try:
+                    await self._take_over(jid, doc)
+                except Exception as e:
+                    self._claimed[jid] = self._clock()  # not again: it would fail again
+                    self.faults.caught(Component.JOBS, e, f"taking over job {jid}")
 
     async def _take_over(self, jid: str, doc: dict[str, Any]) -> None:
         """Claim a dead acceptor's job in jobrun:<id>; run it if our claim is first."""
         assert self.dht is not None
         runs = await self.dht.get_records(f"jobrun:{jid}")
         if any(d.get("state") in ("done", "failed") for _, d in runs):
-            self._claimed.add(jid)
+            self._claimed[jid] = self._clock()
             return
         live = [(p, d) for p, d in runs if not self.dht.is_dead(p)]
         if live:
@@ -501,9 +561,18 @@ class Jobs:
         claims = sorted((int(d.get("_seq", 0)), p) for p, d in runs if not self.dht.is_dead(p))
         if claims and claims[0][1] != self.node:
             return
-        self._claimed.add(jid)
+        self._claimed[jid] = self._clock()
         log.info("job %s: its acceptor is dead; running it here", jid)
         await self._run_one(job, publish_key=f"jobrun:{jid}")
+
+
+def _readable(doc: dict[str, Any]) -> bool:
+    """Does a job record (anyone's) make a job?"""
+    try:
+        job_from_doc(doc)
+    except (KeyError, TypeError, ValueError):
+        return False
+    return True
 
 
 def _state(job: Job | None) -> str | None:

@@ -11,7 +11,7 @@ from callbacks the agent registers, so they cost nothing between scrapes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -22,16 +22,29 @@ __all__ = ["ServeMetrics"]
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
+Labelled = tuple[str, str, str, Callable[[], Mapping[str, float]]]  # kind, doc, label, values
+
+
 class _Callbacks(Collector):
     def __init__(self) -> None:
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.counters: dict[str, tuple[str, Callable[[], float]]] = {}
+        self.labelled: dict[str, Labelled] = {}
 
     def collect(self) -> Iterator[Metric]:
         for name, (doc, fn) in self.gauges.items():
             yield GaugeMetricFamily(name, doc, value=fn())
         for name, (doc, fn) in self.counters.items():
             yield CounterMetricFamily(name, doc, value=fn())
+        for name, (kind, doc, label, values) in self.labelled.items():
+            family: GaugeMetricFamily | CounterMetricFamily
+            if kind == "counter":
+                family = CounterMetricFamily(name, doc, labels=[label])
+            else:
+                family = GaugeMetricFamily(name, doc, labels=[label])
+            for value_label, value in sorted(values().items()):
+                family.add_metric([value_label], value)
+            yield family
 
 
 class ServeMetrics:
@@ -70,6 +83,12 @@ class ServeMetrics:
 
     def counter(self, name: str, doc: str, fn: Callable[[], float]) -> None:
         self._callbacks.counters[name] = (doc, fn)
+
+    def labelled(
+        self, kind: str, name: str, doc: str, label: str, fn: Callable[[], Mapping[str, float]]
+    ) -> None:
+        """A family with one label (``kind``: "gauge" or "counter"), read at scrape time."""
+        self._callbacks.labelled[name] = (kind, doc, label, fn)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

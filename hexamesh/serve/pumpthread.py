@@ -23,6 +23,12 @@ Thread safety: a job's sockets belong to the loop from ``submit`` until its
 outcome is posted; the trio side does not touch them meanwhile. Cancelling
 (the trio side was cancelled) asks the loop to drop the job and waits for the
 acknowledgement, so trio never closes a socket the loop still uses.
+
+Containment: an upstream whose framing is broken (``sse.ChunkError``), or
+anything else one job raises, ends that job as ``UPSTREAM_FAILED`` (reported
+to ``faults``); the loop goes on with the others. Should the loop itself die,
+every job it held ends as ``UPSTREAM_FAILED`` and the next ``relay`` starts a
+new thread: a stream may fail, later ones never hang.
 """
 
 from __future__ import annotations
@@ -41,7 +47,8 @@ from dataclasses import dataclass, field
 
 import trio
 
-from hexamesh.serve.sse import ChunkScanner, chunk
+from hexamesh.faults import Component, Faults
+from hexamesh.serve.sse import ChunkError, ChunkScanner, chunk
 
 __all__ = ["Outcome", "PumpThread", "StreamJob"]
 
@@ -89,7 +96,7 @@ class StreamJob:
 class PumpThread:
     """The loop; started on first use, stopped by ``close``."""
 
-    def __init__(self) -> None:
+    def __init__(self, faults: Faults | None = None) -> None:
         self._inbox: queue.SimpleQueue[tuple[str, StreamJob]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -97,12 +104,42 @@ class PumpThread:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._closed = False
+        self.faults = faults or Faults()
+        self.restarts = 0  # times the loop died and a new one was started
 
     def _ensure(self) -> None:
         with self._lock:
+            if self._thread is not None and not self._thread.is_alive():
+                self._thread = None  # it died (and failed its jobs): start another
+                self.restarts += 1
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="hexamesh-pump", daemon=True)
+                self._thread = threading.Thread(
+                    target=self._contained, name="hexamesh-pump", daemon=True
+                )
                 self._thread.start()
+
+    def _contained(self) -> None:
+        """The loop; if it dies, its jobs fail (never hang) and ``relay`` restarts it."""
+        held: set[StreamJob] = set()
+        try:
+            self._run(held)
+        except BaseException as e:  # the thread's last word: nothing above it would log it
+            self.faults.caught(Component.RELAY, e, "the relay loop (restarted on next use)")
+            for job in held:
+                if job.outcome is None:
+                    job.outcome = Outcome.UPSTREAM_FAILED
+                    if job.done_cb is not None:
+                        job.done_cb()
+            # jobs posted but not taken yet: failed too, so no relay waits for ever
+            while True:
+                try:
+                    _, job = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if job.outcome is None:
+                    job.outcome = Outcome.UPSTREAM_FAILED
+                    if job.done_cb is not None:
+                        job.done_cb()
 
     def _post(self, what: str, job: StreamJob) -> None:
         self._inbox.put((what, job))
@@ -145,11 +182,11 @@ class PumpThread:
 
     # -- the loop (its own thread) -----------------------------------------
 
-    def _run(self) -> None:
+    def _run(self, jobs: set[StreamJob]) -> None:
+        """``jobs``: the jobs the loop holds (the caller fails them if it dies)."""
         ep = select.epoll()
         ep.register(self._wake_r, select.EPOLLIN)
         by_fd: dict[int, StreamJob] = {}  # up_fd and client_fd -> job
-        jobs: set[StreamJob] = set()
 
         def finish(job: StreamJob, outcome: Outcome) -> None:
             for fd in (job.up_fd, job.client_fd):
@@ -216,6 +253,18 @@ class PumpThread:
                 ):
                     log.debug("relay write failed: %s", e)
                 finish(job, Outcome.CLIENT_GONE)
+            except ChunkError as e:  # the upstream's framing is broken: fail it over
+                log.info("upstream sent a broken stream: %s", e)
+                finish(job, Outcome.UPSTREAM_FAILED)
+
+        def contained(job: StreamJob, step: Callable[[StreamJob], None]) -> None:
+            """One job's step; anything it raises ends that job only."""
+            try:
+                step(job)
+            except Exception as e:
+                self.faults.caught(Component.RELAY, e, "a relayed stream")
+                if job in jobs:
+                    finish(job, Outcome.UPSTREAM_FAILED)
 
         def on_client_writable(job: StreamJob) -> None:
             assert job.out is not None
@@ -271,6 +320,10 @@ class PumpThread:
                                     forward(job, first)
                                 except OSError:
                                     finish(job, Outcome.CLIENT_GONE)
+                                except Exception as e:  # ChunkError, or a bug
+                                    if not isinstance(e, ChunkError):
+                                        self.faults.caught(Component.RELAY, e, "a stream's start")
+                                    finish(job, Outcome.UPSTREAM_FAILED)
                         elif job in jobs:
                             finish(job, Outcome.CANCELLED)
                         elif job.outcome is None:  # cancelled before it was added
@@ -282,9 +335,9 @@ class PumpThread:
                 if owner is None:
                     continue
                 if fd == owner.client_fd:
-                    on_client_writable(owner)
+                    contained(owner, on_client_writable)
                 else:
-                    on_upstream(owner)
+                    contained(owner, on_upstream)
             now = time.monotonic()
             for job in [j for j in jobs if now - j.last > j.stall_timeout]:
                 finish(job, Outcome.UPSTREAM_FAILED)

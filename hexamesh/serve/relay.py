@@ -33,9 +33,10 @@ from dataclasses import dataclass, field
 
 import trio
 
+from hexamesh.limits import MAX_RESPONSE_BODY, MAX_RESPONSE_HEAD
 from hexamesh.net.udp import ip_family
 from hexamesh.serve.http import RECV_SIZE
-from hexamesh.serve.sse import ChunkScanner, dechunk
+from hexamesh.serve.sse import ChunkError, ChunkScanner, dechunk
 from hexamesh.serve.upstreampool import UpstreamPool
 
 __all__ = [
@@ -52,8 +53,6 @@ DIAL_STAGGER = 0.25  # s a connect may take before the next candidate is dialled
 FIRST_BYTE_TIMEOUT = 120.0  # s until the response head: covers queueing in a busy vLLM
 STALL_TIMEOUT = 60.0  # s of silence mid-stream before the upstream counts as dead
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 5, 2, 3  # s, s, probes
-MAX_RESPONSE_HEAD = 64 * 1024  # bytes
-MAX_RESPONSE_BODY = 64 * 1024 * 1024  # bytes of a non-streamed answer
 
 
 class UpstreamError(Exception):
@@ -128,7 +127,9 @@ def parse_head(head: bytes) -> tuple[int, dict[str, str], bool]:
     """(status, headers with lower-cased names, keep-alive) of a response head."""
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+    code = parts[1] if len(parts) > 1 else ""
+    three_digits = len(code) == 3 and code.isascii() and code.isdigit()
+    if not parts[0].startswith("HTTP/1.") or not three_digits:
         raise UpstreamError(f"malformed status line {lines[0][:80]!r}")
     headers: dict[str, str] = {}
     for line in lines[1:]:
@@ -138,7 +139,7 @@ def parse_head(head: bytes) -> tuple[int, dict[str, str], bool]:
     connection = headers.get("connection", "").lower()
     http10 = parts[0] == "HTTP/1.0"  # keep-alive only when asked for
     keep_alive = "keep-alive" in connection if http10 else "close" not in connection
-    return int(parts[1]), headers, keep_alive
+    return int(code), headers, keep_alive
 
 
 async def _connect(host: str, port: int) -> trio.SocketStream:
@@ -299,20 +300,20 @@ async def _exchange(
 async def read_body(up: UpstreamResponse) -> bytes:
     """A whole (non-streamed) body: by content-length, chunked, or to EOF."""
     buf = bytearray(up.rest)
-    length = up.headers.get("content-length")
     scanner = ChunkScanner() if up.chunked else None
     out = bytearray()
-    if scanner is not None:
-        out += scanner.feed(bytes(buf))
     try:
+        length = _content_length(up.headers)
+        if scanner is not None:
+            out += scanner.feed(bytes(buf))
         with trio.fail_after(STALL_TIMEOUT):
             while True:
                 if scanner is not None and scanner.done:
                     up.consumed = not scanner.pending
                     return dechunk(bytes(out))
-                if length is not None and len(buf) >= int(length):
-                    up.consumed = len(buf) == int(length)
-                    return bytes(buf[: int(length)])
+                if length is not None and len(buf) >= length:
+                    up.consumed = len(buf) == length
+                    return bytes(buf[:length])
                 data = await up.stream.receive_some(RECV_SIZE)
                 if not data:
                     if length is None and scanner is None:
@@ -326,3 +327,15 @@ async def read_body(up: UpstreamResponse) -> bytes:
                     raise UpstreamError("answer over the size limit")
     except (OSError, trio.BrokenResourceError, trio.TooSlowError) as e:
         raise UpstreamError(f"upstream failed mid-answer: {e or 'stalled'}") from None
+    except ChunkError as e:
+        raise UpstreamError(f"upstream sent a broken answer: {e}") from None
+
+
+def _content_length(headers: dict[str, str]) -> int | None:
+    """A response's content-length; UpstreamError if it is not a number."""
+    text = headers.get("content-length")
+    if text is None:
+        return None
+    if not text.isascii() or not text.isdigit() or len(text) > 18:
+        raise UpstreamError(f"bad content-length {text[:40]!r}")
+    return int(text)

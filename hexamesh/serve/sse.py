@@ -23,10 +23,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from hexamesh.limits import MAX_PENDING_CHUNK
 from hexamesh.serve.requests import CompletionRequest
 
 __all__ = [
     "CONTINUES",
+    "ChunkError",
     "ChunkScanner",
     "Progress",
     "chunk",
@@ -54,12 +56,28 @@ def chunk(data: bytes) -> bytes:
 LAST_CHUNK = b"0\r\n\r\n"
 
 
+class ChunkError(ValueError):
+    """An upstream's chunked framing is broken (a bad size line, a chunk that
+    does not end, one larger than ``limits.MAX_PENDING_CHUNK``): the upstream
+    is failed, as one that broke off."""
+
+
+def chunk_size(line: bytes) -> int:
+    """The size on a chunk's size line (hex, optional extensions); ChunkError if bad."""
+    digits = line.split(b";", 1)[0].strip()
+    if not digits or len(digits) > 16 or digits.strip(b"0123456789abcdefABCDEF"):
+        raise ChunkError(f"bad chunk size line {line[:40]!r}")
+    return int(digits, 16)
+
+
 class ChunkScanner:
     """Follows HTTP/1.1 chunked framing so a relay forwards whole chunks only.
 
     ``feed(data)`` returns the bytes that end on a chunk boundary (safe to
     send: if the server dies now, the client holds only whole events) and
     keeps the rest until it completes. ``done`` once the last chunk passed.
+    Raises ChunkError on broken framing, or when more than
+    ``MAX_PENDING_CHUNK`` bytes would wait for a chunk's end.
     """
 
     __slots__ = ("done", "pending")
@@ -75,8 +93,10 @@ class ChunkScanner:
         while pos < end:
             eol = buf.find(b"\r\n", pos)
             if eol < 0:
+                if end - pos > 64:  # a size line is a few hex digits
+                    raise ChunkError(f"chunk size line over 64 bytes: {buf[pos : pos + 40]!r}")
                 break
-            size = int(buf[pos:eol].split(b";", 1)[0], 16)
+            size = chunk_size(buf[pos:eol])
             if size == 0:
                 if buf[eol + 2 : eol + 4] == b"\r\n":  # no trailers, which servers here never send
                     cut = eol + 4
@@ -85,8 +105,12 @@ class ChunkScanner:
             nxt = eol + 2 + size + 2  # data and its CRLF
             if nxt > end:
                 break
+            if buf[nxt - 2 : nxt] != b"\r\n":
+                raise ChunkError("a chunk's data does not end with CRLF")
             pos = cut = nxt
         self.pending = buf[cut:]
+        if len(self.pending) > MAX_PENDING_CHUNK:
+            raise ChunkError(f"a chunk over {MAX_PENDING_CHUNK} bytes is not ended")
         return buf[:cut] if cut < end else buf
 
 
@@ -98,7 +122,7 @@ def dechunk(data: bytes) -> bytes:
         eol = data.find(b"\r\n", pos)
         if eol < 0:
             break
-        size = int(data[pos:eol].split(b";", 1)[0], 16)
+        size = chunk_size(data[pos:eol])
         if size == 0:
             break
         out += data[eol + 2 : eol + 2 + size]

@@ -23,23 +23,31 @@ implementation, :class:`CombView`, reads three sources, freshest first:
 Peers the failure detector holds dead are left out wherever they came from,
 except as *doubtful* last-resort candidates: a server seen serving the model
 in the last ``RECENT`` seconds is still tried after everyone else.
+
+The caches are keyed by the model names clients ask for, so they hold at
+most ``limits.MODEL_CACHE`` models each, the least recently used dropped
+first: a client naming a new model per request costs a lookup each, not
+memory for ever.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import msgpack
 import trio
 
 from hexamesh.comb.service import MODEL_INDEX, Honeycomb
 from hexamesh.comb.swim import MemberState
+from hexamesh.dht.claim import decode_addr
 from hexamesh.dht.service import DhtError
 from hexamesh.engine.supervisor import Engine, EngineState
 from hexamesh.hexgrid import Hex, distance
-from hexamesh.net.base import Addr
+from hexamesh.limits import MAX_MODEL_NAME, MODEL_CACHE
+from hexamesh.net.base import Addr, peer_addr
 from hexamesh.serve.router import MAX_ATTEMPTS, Candidate
 
 __all__ = ["MODEL_INDEX", "CombView", "SwarmView", "decode_index", "wants_providers"]
@@ -49,6 +57,30 @@ log = logging.getLogger(__name__)
 DHT_CACHE = 5.0  # s a DHT answer is reused
 DHT_TIMEOUT = 3.0  # s for one DHT lookup on the request path
 RECENT = 300.0  # s a server seen serving a model stays a (doubtful) last-resort candidate
+
+
+V = TypeVar("V")
+
+
+class ModelCache(OrderedDict[str, V]):
+    """A dict of at most ``limit`` models; setting or reading one makes it the
+    most recently used, and the least recently used goes past the limit."""
+
+    def __init__(self, limit: int = MODEL_CACHE) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def __setitem__(self, key: str, value: V) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+
+    def touch(self, key: str) -> V | None:
+        value = self.get(key)
+        if value is not None:
+            self.move_to_end(key)
+        return value
 
 
 def wants_providers(in_view: int) -> bool:
@@ -68,21 +100,20 @@ class SwarmView(Protocol):
     def models(self) -> dict[str, set[bytes]]: ...
 
 
+MAX_INDEX_MODELS = 64  # models one model:* entry may list (a node serves a handful)
+
+
 def decode_index(value: bytes) -> tuple[Addr, tuple[str, ...]] | None:
     """A ``model:*`` entry: (host, port, [models]); None if malformed."""
     try:
         host, port, models = msgpack.unpackb(value)
-        return (str(host), int(port)), tuple(str(m) for m in models)
     except (ValueError, TypeError, msgpack.UnpackException):
         return None
-
-
-def decode_addr(value: bytes) -> Addr | None:
-    try:
-        host, port = msgpack.unpackb(value)[:2]
-        return str(host), int(port)
-    except (ValueError, TypeError, msgpack.UnpackException):
+    addr = peer_addr(host, port)
+    if addr is None or not isinstance(models, list | tuple) or len(models) > MAX_INDEX_MODELS:
         return None
+    names = tuple(m for m in models if isinstance(m, str) and 0 < len(m) <= MAX_MODEL_NAME)
+    return addr, names
 
 
 class CombView:
@@ -91,9 +122,10 @@ class CombView:
         self.engine = engine
         self.node = honeycomb.node
         self._started = started
-        self._providers: dict[str, tuple[float, dict[bytes, Addr]]] = {}
+        self._providers: ModelCache[tuple[float, dict[bytes, Addr]]] = ModelCache()
         self._index: tuple[float, dict[bytes, tuple[Addr, tuple[str, ...]]]] = (-1e9, {})
-        self._recent: dict[str, dict[bytes, tuple[Addr, float]]] = {}  # model -> node -> seen
+        # model -> node -> (address, when seen serving it)
+        self._recent: ModelCache[dict[bytes, tuple[Addr, float]]] = ModelCache()
         self._wanted: set[str] = set()  # models whose providers ``run`` looks up next
         self._wake = trio.Event()
 
@@ -192,7 +224,11 @@ class CombView:
             if node != self.node and not self._dead(node):
                 out.append(Candidate(node=node, in_view=False))
         now = trio.current_time()
-        recent = self._recent.setdefault(model, {})
+        recent = self._recent.touch(model)
+        if recent is None:
+            if not out:
+                return out  # nothing seen serving it: no entry (an unknown name costs nothing)
+            recent = self._recent[model] = {}
         for c in out:
             addr = None if c.local else self.address(c.node)
             if addr is not None:
@@ -208,7 +244,7 @@ class CombView:
     def address(self, node: bytes) -> Addr | None:
         dance = self.honeycomb.state_of(node)
         if dance is not None:
-            return dance.host, dance.port
+            return peer_addr(dance.host, dance.port)
         for _, found in self._providers.values():
             if node in found:
                 return found[node]

@@ -16,10 +16,27 @@ def probe(**cfg: float) -> RttProbe:
 
 def test_answers_a_ping_with_a_pong_carrying_the_same_id() -> None:
     p = probe()
-    p.receive(Envelope(sender=b"b" * 20, msg_id=42, message=Ping()), B, 0.0)
+    p.receive(Envelope(sender=b"b" * 20, msg_id=42, message=Ping(host="10.0.0.1", port=1)), B, 0.0)
     [(addr, env)] = p.outbox()
-    assert addr == B and env.msg_id == 42 and isinstance(env.message, Pong)
+    assert addr == B and env.msg_id == 42
+    assert env.message == Pong(host=B[0], port=B[1])  # where the ping came from
     assert p.outbox() == []
+
+
+def test_pings_and_answered_pongs_say_where_the_peer_reaches_us() -> None:
+    p = probe()
+    # B pinged us at A: how B reaches us
+    p.receive(Envelope(sender=b"b" * 20, msg_id=1, message=Ping(host=A[0], port=A[1])), B, 0.0)
+    msg_id = p.ping(B, 1.0)
+    [(_, sent)] = [m for m in p.outbox() if isinstance(m[1].message, Ping)]
+    assert sent.message == Ping(host=B[0], port=B[1])  # where we sent it
+    seen = Pong(host="192.0.2.7", port=7420)
+    p.receive(Envelope(sender=b"b" * 20, msg_id=msg_id, message=seen), B, 1.1)
+    # an unsolicited pong says nothing: anyone may send one
+    p.receive(Envelope(sender=b"c" * 20, msg_id=99, message=seen), ("10.0.0.3", 1), 1.2)
+    got = [(o.reporter, o.seen) for o in p.observations()]
+    assert got == [(B[0], A), (B[0], ("192.0.2.7", 7420))]
+    assert p.observations() == []
 
 
 def test_watch_probes_every_interval_and_smooths_rtt() -> None:
@@ -29,12 +46,13 @@ def test_watch_probes_every_interval_and_smooths_rtt() -> None:
     p.handle_timer(0.0)
     [(_, ping)] = p.outbox()
     assert p.next_timer() == 0.5  # the pong deadline comes before the next probe
-    p.receive(Envelope(sender=b"b" * 20, msg_id=ping.msg_id, message=Pong()), B, 0.100)
+    pong = Pong(host=A[0], port=A[1])
+    p.receive(Envelope(sender=b"b" * 20, msg_id=ping.msg_id, message=pong), B, 0.100)
     assert p.srtt(B) == pytest.approx(0.100)
     assert p.next_timer() == 1.0
     p.handle_timer(1.0)
     [(_, ping2)] = p.outbox()
-    p.receive(Envelope(sender=b"b" * 20, msg_id=ping2.msg_id, message=Pong()), B, 1.020)
+    p.receive(Envelope(sender=b"b" * 20, msg_id=ping2.msg_id, message=pong), B, 1.020)
     assert p.srtt(B) == pytest.approx(0.100 + (0.020 - 0.100) / 8)  # RFC 6298 smoothing
     assert [s.rtt for s in p.samples()] == pytest.approx([0.100, 0.020])
 
@@ -45,7 +63,7 @@ def test_lost_probe_is_reported_once_and_late_pong_ignored() -> None:
     p.handle_timer(0.5)
     [sample] = p.samples()
     assert sample.rtt is None and p.lost == 1
-    p.receive(Envelope(sender=b"b" * 20, msg_id=msg_id, message=Pong()), B, 0.9)
+    p.receive(Envelope(sender=b"b" * 20, msg_id=msg_id, message=Pong(host=A[0], port=1)), B, 0.9)
     assert p.samples() == [] and p.srtt(B) is None
 
 

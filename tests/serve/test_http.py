@@ -8,8 +8,10 @@ import pytest
 import trio
 import trio.testing
 
-from hexamesh.serve.http import IDLE_TIMEOUT, MAX_HEAD, READ_TIMEOUT, HttpConnection
-from hexamesh.serve.requests import MAX_BODY, ApiError
+from hexamesh.limits import HEAD_TIMEOUT, IDLE_TIMEOUT, MAX_BODY, MAX_HEAD, READ_TIMEOUT
+from hexamesh.net.admission import Admission
+from hexamesh.serve.http import HttpConnection
+from hexamesh.serve.requests import ApiError
 
 POST = (
     b"POST /v1/completions?x=1 HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
@@ -237,12 +239,51 @@ async def test_an_idle_client_is_let_go(
     assert conn.closed
 
 
-async def test_a_request_begun_and_not_finished_times_out_sooner(
+async def test_a_slow_head_gets_408_after_the_head_timeout(
     pair: tuple[HttpConnection, trio.SocketStream], mock_clock: trio.testing.MockClock
 ) -> None:
     conn, client = pair
     mock_clock.autojump_threshold = 0
-    await client.send_all(POST[:30])
+    await client.send_all(POST[:30])  # a slowloris: the head never ends
     started = trio.current_time()
-    assert await conn.next_request() is None
+    with pytest.raises(ApiError) as e:
+        await conn.next_request()
+    assert e.value.status == 408 and "head" in e.value.message
+    assert trio.current_time() - started == pytest.approx(HEAD_TIMEOUT)
+    assert conn.closed
+
+
+async def test_a_slow_body_gets_408_after_the_read_timeout(
+    pair: tuple[HttpConnection, trio.SocketStream], mock_clock: trio.testing.MockClock
+) -> None:
+    conn, client = pair
+    mock_clock.autojump_threshold = 0
+    head_end = POST.index(b"\r\n\r\n") + 4
+    await client.send_all(POST[: head_end + 2])  # the head whole, the body begun
+    started = trio.current_time()
+    with pytest.raises(ApiError) as e:
+        await conn.next_request()
+    assert e.value.status == 408 and "body" in e.value.message
     assert trio.current_time() - started == pytest.approx(READ_TIMEOUT)
+
+
+async def test_an_idle_connection_is_evicted_for_a_new_one_at_the_bound(
+    pair: tuple[HttpConnection, trio.SocketStream], mock_clock: trio.testing.MockClock
+) -> None:
+    conn, _ = pair
+    admission = Admission(total=1, per_source=8)
+    ticket = admission.admit("10.0.0.1")
+    assert ticket is not None
+    idle = HttpConnection(conn.stream, ticket=ticket)
+    async with trio.open_nursery() as nursery:
+        got: list[object] = []
+
+        async def wait() -> None:
+            got.append(await idle.next_request())
+
+        nursery.start_soon(wait)
+        await trio.testing.wait_all_tasks_blocked()
+        newcomer = admission.admit("10.0.0.2")  # the port is full: the idle one goes
+        assert newcomer is not None and admission.stats.evicted == 1
+    assert got == [None] and idle.closed
+    assert trio.current_time() == 0  # at once, not after IDLE_TIMEOUT

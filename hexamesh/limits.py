@@ -1,0 +1,80 @@
+"""Every bound on what the outside can make an agent hold or wait for.
+
+An agent's ports are reachable by anyone, and any holder of the swarm key may
+lie. Whatever a client, a peer or an engine can make an agent keep, count or
+wait for has a bound here, with its unit and why it is that size; the code
+that enforces a bound imports it from this module, and docs/operator.md
+lists them all (a test holds the two to each other). The wire format's own
+limits (datagram and frame sizes, field lengths) are in ``wire.py`` and
+docs/wire.md; the DHT's store limits in ``dht.records.StoreConfig``.
+"""
+
+from __future__ import annotations
+
+# -- descriptors and connections (both ports) ---------------------------------
+
+# The agent raises its soft RLIMIT_NOFILE to this (never past the hard limit):
+# the usual soft 1,024 is less than the connection bounds below add up to.
+NOFILE_WANTED = 65536
+# Open connections on the API port. At the bound a new client evicts the
+# connection idle longest (between requests), else it is refused: idle
+# keep-alive sockets cannot lock new clients out.
+API_CONNECTIONS = 512
+# HTTP connections (signed forwards) on the peer port, same rule.
+PEER_HTTP_CONNECTIONS = 512
+# Open connections from one IP address on one port; more are refused at once.
+# Above the connection pools of common clients (httpx 100, aiohttp 100).
+CONNECTIONS_PER_SOURCE = 128
+# Accepted frame streams (large peer messages) waiting for a reader; more are refused.
+STREAM_BACKLOG = 16
+SNIFF_TIMEOUT = 5.0  # s for a new peer-port connection to send its first bytes
+ACCEPT_BACKOFF = 0.1  # s an accept loop waits when out of descriptors (as trio's serve_listeners)
+
+# -- HTTP requests (both ports) -------------------------------------------------
+
+MAX_HEAD = 64 * 1024  # bytes of request line and headers; more is 431
+MAX_BODY = 1024 * 1024  # bytes of a request body; more is 413
+HEAD_TIMEOUT = 10.0  # s from a request's first byte to the end of its head; then 408
+READ_TIMEOUT = 30.0  # s from a request's first byte to its last; then 408
+IDLE_TIMEOUT = 75.0  # s a keep-alive connection may sit idle (above common client pools' 60 s)
+MAX_JSON_DEPTH = 32  # nesting of arrays and objects in a request body; deeper is 400
+MAX_MODEL_NAME = 256  # characters of a requested model name; longer is 400
+MAX_TOKENS_LIMIT = 32768  # max_tokens above this is refused outright
+MAX_CHOICES = 8  # `n` and `best_of`: answers generated for one request
+MAX_LOGPROBS = 20  # `logprobs` / `top_logprobs` per token (OpenAI's own bound)
+MAX_LIST_ITEMS = 4096  # items of `messages`, a `prompt` list, `stop`, `logit_bias`
+
+# -- answers from upstreams (an engine, or a peer we forward to) ---------------
+
+MAX_RESPONSE_HEAD = 64 * 1024  # bytes of a response head
+MAX_RESPONSE_BODY = 64 * 1024 * 1024  # bytes of a non-streamed answer
+# Bytes of one incomplete HTTP chunk a relay holds while waiting for its end:
+# an engine's SSE event is a few hundred bytes; a chunk that never ends is a
+# broken or hostile upstream, failed over like one that died.
+MAX_PENDING_CHUNK = 1024 * 1024
+
+# -- what peers say --------------------------------------------------------------
+
+# Incarnations are SWIM's refutation counters (+1 per refutation). A claim
+# above this is refused: a counter that reached 2^64 could not be sent.
+MAX_INCARNATION = 2**32 - 1
+# A claim that *we* are suspect or dead more than this above our own
+# incarnation is refused: ours is kept on disk across restarts, so a real
+# claim is at most a few refutations ahead, and refuting a forged one would
+# spend the counter.
+MAX_INCARNATION_JUMP = 1024
+# Members a node holds that it only heard of (not its links or shortcuts):
+# after a mass failure every survivor holds every death for a while. Beyond
+# this the oldest news is dropped first. ~200 bytes each.
+MAX_HEARSAY = 16384
+# Elections a peer may open here last at most this long (proposals and votes
+# carry the time left); the API's own bound.
+MAX_ELECTION_TTL = 60.0  # s
+
+# -- caches keyed by what clients ask --------------------------------------------
+
+MODEL_CACHE = 256  # models whose DHT lookups are cached; the least recently used goes
+
+# -- logs ---------------------------------------------------------------------------
+
+DROP_WARN_INTERVAL = 60.0  # s between warnings about unopenable datagrams (all senders together)
