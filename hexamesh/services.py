@@ -102,9 +102,10 @@ class Services:
                     if first:
                         first = False
                         task_status.started(value)
-            except Exception as e:
+            except Exception as group:
+                e = _leaf(group)
                 if first:
-                    raise  # it never started: the agent cannot run (say why)
+                    raise e from None  # it never started: the agent cannot run (say why)
                 service.state = ServiceState.RESTARTING
                 service.restarts += 1
                 service.last_error = printable(f"{type(e).__name__}: {e}", 300)
@@ -127,3 +128,10 @@ class Services:
 
         started.__name__ = name
         return started
+
+
+def _leaf(error: Exception) -> Exception:
+    """The one exception inside a nursery's group (the group if there are several)."""
+    while isinstance(error, ExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error

@@ -227,3 +227,26 @@ def test_a_dead_neighbours_dance_leaves_every_view() -> None:
     net.run(until=10.0 + 2 * CombConfig().waggle.expiry)  # past the echo's refreshes
     assert all(c.swim.state_of(nid(victim)) is MemberState.DEAD for c in holders)
     assert [c.node for c in holders if nid(victim) in c.waggle.view] == []
+
+
+def test_a_dead_neighbour_is_forgotten_with_its_cell_and_not_detected_again() -> None:
+    cells = spiral(ORIGIN, 2)
+    net, combs = build(cells)
+    net.run(until=10.0)
+    victim = cells.index(Hex(1, 0))
+    net.kill(addr(victim))
+    net.run(until=40.0)
+    centre = combs[0]
+    assert centre.swim.state_of(nid(victim)) is MemberState.DEAD
+    ttl = CombConfig().swim.tombstone_ttl
+    net.run(until=40.0 + ttl + 2 * CombConfig().swim.reap_interval)
+    centre.events()
+    for c in combs:
+        if c is not combs[victim]:
+            assert c.swim.state_of(nid(victim)) is None  # forgotten...
+            assert nid(victim) not in c.owners.values() and nid(victim) not in c.addrs
+            assert nid(victim) not in c.neighbours()
+    net.run(until=40.0 + 2 * ttl)
+    # ... and not added back by a relink (which would probe it and declare it dead again)
+    assert all(e.node != nid(victim) for e in centre.events())
+    assert centre.swim.state_of(nid(victim)) is None

@@ -1,5 +1,7 @@
 """SWIM on the discrete-event simulator: detection, dissemination, no false alarms."""
 
+import random
+
 from hexamesh.comb.swim import (
     Gossip,
     MemberState,
@@ -590,3 +592,51 @@ def test_news_rides_probes_and_acks_only_until_its_flood_is_done() -> None:
     c.handle_timer(1.6)  # round 2: done
     assert c.outbox()
     assert dead not in ack_to_probe(1.7)
+
+
+def _lonely(config: SwimConfig | None = None) -> Swim:
+    """A node with one link (node 2), stepped by hand."""
+    swim = Swim(node_id(1), addr(1), config or SwimConfig(), random.Random(1), 0.0)
+    swim.add_member(node_id(2), addr(2), 0, 0.0)
+    swim.set_links([node_id(2)], 0.0)
+    return swim
+
+
+def _run(swim: Swim, until: float, *, heard: bytes | None = None) -> None:
+    """Fire the core's timers up to ``until`` (the link dancing every second, if given)."""
+    now = 0.0
+    while now < until:
+        due = swim.next_timer()
+        now = min(until, now + 1.0, due if due is not None and due > now else now + 1.0)
+        if heard is not None:
+            swim.heard(heard, now)
+        swim.handle_timer(now)
+        swim.outbox()
+
+
+def test_tombstones_and_quiet_members_are_forgotten_links_never() -> None:
+    cfg = SwimConfig()
+    swim = _lonely(cfg)
+    dead, quiet = node_id(7), node_id(8)
+    verdict = MemberUpdate(
+        node=dead, host="10.0.0.7", port=7420, incarnation=0, state=MemberState.DEAD, by=node_id(2)
+    )
+    swim.receive(
+        Envelope(sender=node_id(2), msg_id=1, message=Gossip(updates=(verdict,))), addr(2), 1.0
+    )
+    swim.add_member(quiet, ("10.0.0.8", 7420), 0, 1.0)  # a former shortcut, say
+    assert swim.state_of(dead) is MemberState.DEAD and swim.state_of(quiet) is MemberState.ALIVE
+    _run(swim, cfg.tombstone_ttl - cfg.reap_interval, heard=node_id(2))
+    assert swim.state_of(dead) is MemberState.DEAD  # kept for its time
+    _run(swim, cfg.tombstone_ttl + 2 * cfg.reap_interval + 1, heard=node_id(2))
+    assert swim.state_of(dead) is None and swim.state_of(quiet) is None
+    assert set(swim.take_reaped()) == {dead, quiet} and swim.take_reaped() == []
+    assert swim.state_of(node_id(2)) is MemberState.ALIVE  # the link stays
+    assert dead not in swim.dead and set(swim.members) == {node_id(2)}
+
+
+def test_a_dead_link_is_kept_until_the_comb_relinks() -> None:
+    cfg = SwimConfig()
+    swim = _lonely(cfg)
+    _run(swim, 2 * cfg.tombstone_ttl)  # the link never speaks: suspected, then dead
+    assert swim.state_of(node_id(2)) is MemberState.DEAD  # still a link: not forgotten

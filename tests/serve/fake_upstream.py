@@ -13,7 +13,8 @@ after a number of tokens (``die_after``), go silent with the connection open
 as a frozen server does (``freeze_before`` the answer, ``freeze_after`` a
 number of tokens), end a stream with an error event
 (``error_after``), ignore the usage request (``usage``), close the connection
-after each answer (``keep_alive``) or go slowly (``token_delay``).
+after each answer (``keep_alive``), go slowly (``token_delay``) or answer
+with given bytes, malformed on purpose (``raw``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class Behaviour:
     usage: bool = True  # honour stream_options.include_usage
     keep_alive: bool = True  # False: close the connection after each answer
     tokenize: bool = True  # answer /tokenize (else 404, as an engine without it)
+    raw: bytes | None = None  # answer with these bytes as they are (malformed on purpose)...
+    raw_then: str = "close"  # ... then "close" the connection, or "hang" with it open
     served: list[dict[str, Any]] = field(default_factory=list)  # request bodies seen
     tokenized: list[dict[str, Any]] = field(default_factory=list)  # /tokenize bodies seen
     connections: int = 0  # connections accepted
@@ -110,6 +113,11 @@ async def _answer_one(stream: trio.SocketStream, b: Behaviour, name: str) -> boo
         )
         return True
     b.served.append(body)
+    if b.raw is not None:
+        await stream.send_all(b.raw)
+        if b.raw_then == "hang":
+            await trio.sleep_forever()
+        return False
     if b.die_before:
         return False
     if b.freeze_before:

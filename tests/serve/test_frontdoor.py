@@ -11,10 +11,11 @@ import httpx
 import pytest
 import trio
 
+from hexamesh.limits import MAX_BODY
 from hexamesh.serve.frontdoor import SERVED_BY
 from hexamesh.serve.peerauth import PeerSigner, SignedRoute
 from hexamesh.serve.relay import CONNECT_TIMEOUT
-from hexamesh.serve.requests import MAX_BODY, parse_completion
+from hexamesh.serve.requests import parse_completion
 from hexamesh.serve.router import Priority
 from hexamesh.serve.sse import CONTINUES
 from hexamesh.wire import KeyRing
@@ -542,6 +543,52 @@ BAD_REQUESTS = [
         "messages",
     ),
     ("POST", "/v1/completions", b"x" * (MAX_BODY + 1), 413, "limit"),
+    (
+        "POST",
+        "/v1/completions",
+        json.dumps({"model": MODEL, "prompt": "x", "kv_transfer_params": {}}).encode(),
+        400,
+        "unsupported field(s): `kv_transfer_params`",
+    ),
+    (
+        "POST",
+        "/v1/chat/completions",
+        json.dumps(
+            {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "chat_template": "x"}
+        ).encode(),
+        400,
+        "`chat_template`",
+    ),
+    (
+        "POST",
+        "/v1/completions",
+        json.dumps({"model": MODEL, "prompt": "x", "n": 1000}).encode(),
+        400,
+        "`n` must be an integer from 1 to 8",
+    ),
+    (
+        "POST",
+        "/v1/completions",
+        json.dumps({"model": MODEL, "prompt": "x", "logprobs": 10**6}).encode(),
+        400,
+        "`logprobs`",
+    ),
+    (
+        "POST",
+        "/v1/completions",
+        json.dumps({"model": MODEL, "prompt": "x", "stop": ["s"] * 5000}).encode(),
+        400,
+        "`stop` holds more than 4096 items",
+    ),
+    (
+        "POST",
+        "/v1/completions",
+        json.dumps({"model": MODEL, "prompt": [[[[[[]]]]]] * 1})
+        .encode()
+        .replace(b"[]", b"[" * 40 + b"]" * 40),
+        400,
+        "nests deeper than 32 levels",
+    ),
     ("GET", "/v1/completions", b"", 405, "POST"),
     ("GET", "/v1/nothing", b"", 404, "no such endpoint"),
 ]

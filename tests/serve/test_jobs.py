@@ -3,6 +3,7 @@ restart recovery and takeover after the acceptor's death (in-memory DHT)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -212,3 +213,21 @@ async def test_a_dead_acceptors_job_is_taken_over_and_readable_anywhere(tmp_path
         await trio.sleep(0.3)
         assert len(server.behaviour.served) == 1  # one taker ran it, once
         nursery.cancel_scope.cancel()
+
+
+def test_finished_jobs_are_deleted_after_their_retention(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "j.sqlite")
+    for jid, state in (("done", "done"), ("failed", "failed"), ("waiting", "queued")):
+        store.add(
+            Job(
+                id=jid,
+                model=MODEL,
+                chat=False,
+                body={"model": MODEL, "prompt": "x"},
+                priority="medium",
+                state=state,
+                created=time.time() - 3 * 86400,
+            )
+        )
+    assert store.prune(time.time() - 86400) == 2  # finished and older than a day
+    assert store.get("waiting") is not None and store.counts() == {"queued": 1}

@@ -8,10 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hexamesh.limits import MAX_PENDING_CHUNK
 from hexamesh.serve.requests import parse_completion
 from hexamesh.serve.sse import (
     CONTINUES,
     LAST_CHUNK,
+    ChunkError,
     ChunkScanner,
     chunk,
     continuation,
@@ -94,3 +96,28 @@ def test_settling_a_continuation_takes_off_the_uncounted_tokens(
 def test_settling_a_request_that_is_no_continuation_changes_nothing() -> None:
     plain = {"model": "m", "max_tokens": 4}
     assert settle_continuation(plain, 9) == plain
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        b"zz\r\ndata: x\r\n",  # not hex
+        b"-5\r\nhello\r\n",  # signed
+        b"1_0\r\n0123456789abcdef\r\n",  # int() would take it
+        b"5\r\nhelloXX",  # the data does not end with CRLF
+        b"1" * 80,  # a size line that never ends
+        b"ffffffffffffffffff\r\n",  # over 16 hex digits
+    ],
+)
+def test_broken_chunk_framing_is_a_chunk_error(stream: bytes) -> None:
+    with pytest.raises(ChunkError):
+        ChunkScanner().feed(stream)
+
+
+def test_a_chunk_that_never_ends_is_not_buffered_past_the_bound() -> None:
+    scanner = ChunkScanner()
+    scanner.feed(b"%x\r\n" % (64 * MAX_PENDING_CHUNK))  # announced: 64 MiB
+    with pytest.raises(ChunkError, match="not ended"):
+        for _ in range(40):
+            scanner.feed(b"x" * 65536)
+    assert len(scanner.pending) <= MAX_PENDING_CHUNK + 65536
