@@ -329,7 +329,8 @@ async def _run_agent(
     config, identity, keyring = agent.config, agent.identity, agent.keyring
     faults = Faults()
     services = Services(faults)
-    raise_nofile()
+    # each port's connection bounds within a quarter of our descriptors (limits.py)
+    connections = max(16, raise_nofile() // 4)
     seed_addrs = [await _resolve(s) for s in agent.seeds]
     contacts_path = config.data_dir / CONTACTS_FILE_NAME
     known = [c for c in load_contacts(contacts_path) if c.id != identity.node_id]
@@ -337,6 +338,8 @@ async def _run_agent(
     incarnation_path = config.data_dir / INCARNATION_FILE_NAME
     incarnation = load_incarnation(incarnation_path)
     async with open_udp_transport(config.host, config.port, faults) as transport:
+        transport.admission.total = min(transport.admission.total, connections)
+        transport.admission.per_source = min(transport.admission.per_source, connections)
         bound = transport.local_address
         contact_addrs = [(c.host, c.port) for c in known[:CONTACTS_PINGED]]
         book = _address_book(config, bound, [*seed_addrs, *contact_addrs])
@@ -387,6 +390,7 @@ async def _run_agent(
         )
         async with AsyncExitStack() as stack:
             serves = config.model or config.max_models > 0
+            engine_config = engine_config or EngineConfig(server_module=config.engine_module)
             engine = await stack.enter_async_context(open_engine(engine_config)) if serves else None
             nursery = await stack.enter_async_context(trio.open_nursery())
             await nursery.start(services.run, "driver", driver.run)
@@ -459,7 +463,7 @@ async def _run_agent(
             readdress = Readdress(
                 book, comb, dht_core, scouting, placements, honeycomb, front, jobs, status
             )
-            status.api = await nursery.start(_serve_api, config, front, services)
+            status.api = await nursery.start(_serve_api, config, front, services, connections)
             if agent.unsaved_key is not None:  # bound: this swarm runs; before agent.json
                 save_key_file(agent.unsaved_key, keyring)
                 log.info("founded a new swarm; wrote its key to %s", agent.unsaved_key)
@@ -700,6 +704,7 @@ async def _serve_api(
     config: AgentConfig,
     front: FrontDoor,
     services: Services,
+    connections: int,
     *,
     task_status: trio.TaskStatus[str],
 ) -> None:
@@ -717,7 +722,10 @@ async def _serve_api(
             "the API listens on %s without API keys: anyone who reaches it may use it",
             config.api_host,
         )
-    admission = Admission(total=API_CONNECTIONS, per_source=CONNECTIONS_PER_SOURCE)
+    admission = Admission(
+        total=min(API_CONNECTIONS, connections),
+        per_source=min(CONNECTIONS_PER_SOURCE, connections),
+    )
     stats = admission.stats
     front.metrics.labelled(
         "counter",

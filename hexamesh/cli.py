@@ -215,6 +215,14 @@ def agent(
     max_model_len: Annotated[
         int | None, typer.Option(help="Context tokens per request \\[default: 1024]")
     ] = None,
+    engine_module: Annotated[
+        str | None,
+        typer.Option(
+            help="Server module run per model with python -m (a stand-in in tests) "
+            "\\[default: vllm.entrypoints.openai.api_server]",
+            hidden=True,
+        ),
+    ] = None,
     gpu_share: Annotated[
         float | None,
         typer.Option(
@@ -274,6 +282,7 @@ def agent(
         "model": model or None,
         "kv_cache_gb": kv_cache_gb,
         "max_model_len": max_model_len,
+        "engine_module": engine_module,
         "gpu_share": gpu_share,
         "api_port": api_port,
         "api_host": api_host,

@@ -61,6 +61,9 @@ class AgentConfig:
     # split equally over max_models. Lower where agents share one GPU.
     gpu_share: float = GPU_SHARE
     max_model_len: int = 1024  # tokens of context per request
+    # The OpenAI-compatible server run for each model, as ``python -m <module>``:
+    # vLLM's. Tests and `hexamesh chaos --fake-engine` name a stand-in.
+    engine_module: str = "vllm.entrypoints.openai.api_server"
     api_host: str = "127.0.0.1"  # the OpenAI API's bind address; loopback unless told
     api_port: int = DEFAULT_API_PORT  # the OpenAI API's TCP port; 0 = any free port
     api_keys: tuple[str, ...] = ()  # bearer keys clients must show; none = no client auth

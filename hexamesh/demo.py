@@ -124,14 +124,29 @@ def wait_until(
         time.sleep(interval)
 
 
-def start_agent(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> AgentProcess:
-    """Start ``hexamesh agent`` as a child process logging to ``data_dir/agent.log``."""
+def start_agent(
+    data_dir: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    prefix: tuple[str, ...] = (),
+) -> AgentProcess:
+    """Start ``hexamesh agent`` as a child process logging to ``data_dir/agent.log``;
+    ``prefix`` runs it another way (``netns.Host.run_prefix``: on another host)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / STATUS_FILE_NAME).unlink(missing_ok=True)
     log_path = data_dir / "agent.log"
     with open(log_path, "ab") as log:  # a restart (chaos) adds to it
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hexamesh", "agent", "--data-dir", str(data_dir), *args],
+            [
+                *prefix,
+                sys.executable,
+                "-m",
+                "hexamesh",
+                "agent",
+                "--data-dir",
+                str(data_dir),
+                *args,
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 # The agent raises its soft RLIMIT_NOFILE to this (never past the hard limit):
 # the usual soft 1,024 is less than the connection bounds below add up to.
+# Where the limit stays lower, each port's connection bounds shrink to a
+# quarter of it, so the ports run out of places before the agent runs out
+# of descriptors (for its files, its engine, its peers).
 NOFILE_WANTED = 65536
 # Open connections on the API port. At the bound a new client evicts the
 # connection idle longest (between requests), else it is refused: idle

@@ -21,6 +21,14 @@ core itself from every dance it hears, which carries the dancer's cell. A
 dance that puts another node in our own cell is a contested claim: the core
 raises ``contested`` and the agent settles it through the DHT.
 
+Addresses: what a node says of its own address (its dance, its claims) may
+be out of date, since a node learns its address from its peers
+(``net.address``). The address its comb messages come *from* is where it is
+reached, so once a known node is heard from an address other than the one
+held, that one is kept and preferred to what dances say (``_reached_at``).
+When our own address changes (``readdress``) we tell every live member we
+know directly: a node whose first address was wrong had no links to dance to.
+
 ``ViewReq``/``ViewReply`` let anyone holding the swarm key ask a node what it
 sees: its dance, the dances in its view, and the cells it knows. A joiner asks
 before choosing a cell; ``hexamesh peers`` asks to draw the map.
@@ -63,6 +71,7 @@ __all__ = [
 ]
 
 MAX_VIEW_CELLS = 4096  # cells in one ViewReply (sent over a stream when large)
+READDRESS_TELLS = 256  # live members told our new address directly (links first, then any)
 MAX_VIEW_DANCES = 512  # dances in one ViewReply
 
 
@@ -177,6 +186,7 @@ class Comb:
         self.owners: MutableMapping[Hex, bytes] = {}
         self.addrs: MutableMapping[bytes, Addr] = {}
         self._cell_of: dict[bytes, Hex] = {}  # learned from dances: who moved
+        self._reached_at: dict[bytes, Addr] = {}  # where known nodes' messages came from
         self.contested: Hex | None = None  # our cell, danced by someone else too
         self.replies: dict[int, tuple[float, ViewReply]] = {}  # msg_id -> (when, reply)
         self._outbox: list[tuple[Addr, Envelope]] = []
@@ -212,6 +222,7 @@ class Comb:
         """``node`` (at ``addr``) owns ``cell``; True if the map changed."""
         if node == self.node:
             return False
+        addr = self._reached_at.get(node, addr)  # what we see beats what it says
         changed = self.addrs.get(node) != addr  # it moved host: links must dial the new one
         self.addrs[node] = addr
         old = self._cell_of.get(node)
@@ -228,11 +239,40 @@ class Comb:
 
     def readdress(self, addr: Addr, now: float) -> None:
         """Peers reach us at ``addr`` from now on (``net.address``): SWIM
-        announces it with a higher incarnation, our dance carries it."""
+        announces it with a higher incarnation, our dance carries it, and every
+        live member we know hears it from us (at most ``READDRESS_TELLS``)."""
         self.addr = addr
         self.swim.readdress(addr, now)
         self.waggle.update(now, host=addr[0], port=addr[1])
         self._tell_watchers(now)
+        update = MemberUpdate(
+            node=self.node,
+            host=addr[0],
+            port=addr[1],
+            incarnation=self.swim.incarnation,
+            state=MemberState.ALIVE,
+            by=self.node,
+        )
+        members = self.swim.members
+        first = [n for n in self.swim.spread if n in members]
+        rest = [n for n in members if n not in set(first)]
+        live = [
+            members[n].addr for n in [*first, *rest] if members[n].state is not MemberState.DEAD
+        ]
+        for to in live[:READDRESS_TELLS]:
+            msg = Gossip(updates=(update,))
+            env = Envelope(sender=self.node, msg_id=self._rng.getrandbits(64), message=msg)
+            self._outbox.append((to, env))
+
+    def _heard_from(self, node: bytes, addr: Addr) -> bool:
+        """A comb message of ``node``'s came from ``addr``: where it is reached.
+        True if that is news (the links must dial it there)."""
+        if node == self.node or node not in self.addrs or self.addrs[node] == addr:
+            return False
+        self._reached_at[node] = addr
+        self.addrs[node] = addr
+        self.swim.reached_at(node, addr)
+        return True
 
     def place(self, cell: Hex, now: float) -> None:
         """Take ``cell`` (claimed by the caller); starts linking and dancing."""
@@ -277,6 +317,7 @@ class Comb:
             if cell is not None and self.owners.get(cell) == node:
                 del self.owners[cell]
             self.addrs.pop(node, None)
+            self._reached_at.pop(node, None)
             self.waggle.view.pop(node, None)
 
     def _behind_suspects(self, links: list[bytes]) -> list[bytes]:
@@ -435,11 +476,11 @@ class Comb:
 
     def receive(self, env: Envelope, sender: Addr, now: float) -> None:
         msg = env.message
+        moved = self._heard_from(env.sender, sender)
         if isinstance(msg, WaggleMsg):
             self.swim.heard(env.sender, now)
             if self.swim.state_of(env.sender) is MemberState.DEAD:
                 self.swim.tell_dead(env.sender, sender, now)  # so it can rejoin
-            moved = False
             for dance in self.waggle.receive(msg, now, sender):
                 moved |= self.learn(
                     dance.node, (dance.host, dance.port), Hex(dance.q, dance.r), now
@@ -452,13 +493,17 @@ class Comb:
             self._outbox.append(
                 (sender, Envelope(sender=self.node, msg_id=env.msg_id, message=self.view_reply()))
             )
+            if moved:
+                self.relink(now)
         elif isinstance(msg, ViewReply):
             self.replies[env.msg_id] = (now, msg)
             while len(self.replies) > self.config.max_replies:
                 del self.replies[min(self.replies, key=lambda k: self.replies[k][0])]
+            if moved:
+                self.relink(now)
         else:
             self.swim.receive(env, sender, now)
-            if self.swim.relink_needed:
+            if moved or self.swim.relink_needed:
                 self.relink(now)
             self._tell_watchers(now)
 

@@ -432,6 +432,12 @@ class Swim:
         self._refuted_at = now
         self._announce(now)
 
+    def reached_at(self, node: bytes, addr: Addr) -> None:
+        """``node``'s messages come from ``addr``: probe it there (``Comb._heard_from``)."""
+        member = self.members.get(node)
+        if member is not None:
+            member.addr = addr
+
     def heard(self, node: bytes, now: float) -> None:
         """A message came from ``node``: proof of life, no probe needed for a while."""
         self._heard_at[node] = now
