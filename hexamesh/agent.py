@@ -32,6 +32,7 @@ death with a small step (``limits.MAX_INCARNATION_JUMP``).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import json
 import logging
@@ -223,6 +224,21 @@ def raise_nofile(wanted: int = NOFILE_WANTED) -> int:
     return int(soft)
 
 
+MMAP_THRESHOLD = 128 * 1024  # bytes; glibc allocations this large get mappings of their own
+
+
+def tame_malloc() -> None:
+    """glibc only: fix the size above which an allocation gets its own mapping
+    (and goes back to the system when freed) at ``MMAP_THRESHOLD``. By default
+    the threshold grows after the first such buffer is freed, and from then
+    on every 1 MiB request body or upstream read stays in the heap for good: a
+    flood of large requests raised the agent's memory for the rest of its life."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        m_mmap_threshold = -3  # malloc.h
+        libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD)
+
+
 def load_incarnation(path: Path) -> int:
     """Our SWIM incarnation when we last ran (0 if unknown)."""
     try:
@@ -329,6 +345,7 @@ async def _run_agent(
     config, identity, keyring = agent.config, agent.identity, agent.keyring
     faults = Faults()
     services = Services(faults)
+    tame_malloc()
     # each port's connection bounds within a quarter of our descriptors (limits.py)
     connections = max(16, raise_nofile() // 4)
     seed_addrs = [await _resolve(s) for s in agent.seeds]

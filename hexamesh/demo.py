@@ -129,9 +129,11 @@ def start_agent(
     *args: str,
     env: dict[str, str] | None = None,
     prefix: tuple[str, ...] = (),
+    preexec: Callable[[], None] | None = None,
 ) -> AgentProcess:
     """Start ``hexamesh agent`` as a child process logging to ``data_dir/agent.log``;
-    ``prefix`` runs it another way (``netns.Host.run_prefix``: on another host)."""
+    ``prefix`` runs it another way (``netns.Host.run_prefix``: on another host),
+    ``preexec`` runs in the child before it starts (a lowered limit)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / STATUS_FILE_NAME).unlink(missing_ok=True)
     log_path = data_dir / "agent.log"
@@ -154,6 +156,7 @@ def start_agent(
             env={"HEXAMESH_API_PORT": "0", **os.environ, **(env or {}), "COLUMNS": "200"},
             # Ctrl-C reaches only the parent, which stops its agents in order.
             start_new_session=True,
+            preexec_fn=preexec,
         )
     return AgentProcess(proc, data_dir, log_path)
 

@@ -67,9 +67,10 @@ MAX_INCARNATION = 2**32 - 1
 # spend the counter.
 MAX_INCARNATION_JUMP = 1024
 # Members a node holds that it only heard of (not its links or shortcuts):
-# after a mass failure every survivor holds every death for a while. Beyond
-# this the oldest news is dropped first. ~200 bytes each.
-MAX_HEARSAY = 16384
+# after a mass failure every survivor holds every death for a while (3,000 at
+# 10,000 nodes with 30 % killed). Beyond this the oldest news is dropped
+# first. ~700 bytes each, all told: 2.8 MiB at the bound.
+MAX_HEARSAY = 4096
 # Elections a peer may open here last at most this long (proposals and votes
 # carry the time left); the API's own bound.
 MAX_ELECTION_TTL = 60.0  # s

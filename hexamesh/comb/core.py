@@ -38,6 +38,7 @@ A node starts *unplaced* (no cell yet: no links, no dances) until ``place``.
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -54,11 +55,11 @@ from hexamesh.comb.swim import (
     SwimConfig,
 )
 from hexamesh.comb.waggle import Dance, Waggle, WaggleConfig, WaggleMsg
-from hexamesh.hexgrid import Hex
+from hexamesh.hexgrid import ORIGIN, Hex, distance
 from hexamesh.hexgrid import neighbours as adjacent_cells
 from hexamesh.identity import NODE_ID_BYTES
 from hexamesh.net.base import Addr
-from hexamesh.wire import Envelope, Len, MaxLen, Message, Struct, message, struct
+from hexamesh.wire import MAX_ITEMS, Envelope, Len, MaxLen, Message, Struct, message, struct
 
 __all__ = [
     "COMB_MESSAGES",
@@ -70,7 +71,11 @@ __all__ = [
     "ViewReq",
 ]
 
-MAX_VIEW_CELLS = 4096  # cells in one ViewReply (sent over a stream when large)
+# Cells (and deaths) in one ViewReply: the wire's bound on any array, so that a
+# reply always decodes. A larger map sends the cells nearest the centre (where a
+# joiner looks for holes first) and the latest deaths; a ViewReply of a full
+# map took 4,096 and no joiner could read it past 1,024.
+MAX_VIEW_CELLS = MAX_ITEMS
 READDRESS_TELLS = 256  # live members told our new address directly (links first, then any)
 MAX_VIEW_DANCES = 512  # dances in one ViewReply
 
@@ -415,10 +420,16 @@ class Comb:
         if self.placed:
             dances.insert(0, self.waggle.dance)
         state_of = self.swim.state_of
-        cells = [
-            CellEntry(node=n, host=self.addrs[n][0], port=self.addrs[n][1], q=c.q, r=c.r)
+        live = [
+            (c, n)
             for c, n in self.owners.items()
             if n in self.addrs and state_of(n) is not MemberState.DEAD
+        ]
+        if len(live) >= MAX_VIEW_CELLS:
+            live = heapq.nsmallest(MAX_VIEW_CELLS - 1, live, key=lambda cn: distance(ORIGIN, cn[0]))
+        cells = [
+            CellEntry(node=n, host=self.addrs[n][0], port=self.addrs[n][1], q=c.q, r=c.r)
+            for c, n in live
         ]
         if self.placed:
             cells.insert(
@@ -431,7 +442,8 @@ class Comb:
                     r=self.cell.r,
                 ),
             )
-        dead = [n for n, m in self.swim.members.items() if m.state is MemberState.DEAD]
+        held = self.swim.members
+        dead = heapq.nlargest(MAX_VIEW_CELLS, self.swim.dead, key=lambda n: held[n].since)
         return ViewReply(
             placed=self.placed,
             dances=tuple(dances[:MAX_VIEW_DANCES]),

@@ -371,12 +371,18 @@ class Honeycomb:
             with trio.move_on_at(wake_at):
                 await self._attention.wait()
             self._attention = trio.Event()
+            near = set(self.comb.swim.spread)
+            others = 0
             for event in self.comb.events():
                 if event.state is MemberState.ALIVE:
                     self._draw_misses = 0  # a joiner (or a return): a new candidate
-                # State changes at INFO, except joins (a swarm's worth at startup).
+                # Our links' suspicions and deaths at INFO; joins, and news of
+                # nodes further off, at DEBUG and counted: a mass failure (or a
+                # flood of forged news) is thousands of them.
+                here = event.node in near and event.state is not MemberState.ALIVE
+                others += not here and event.state is not MemberState.ALIVE
                 log.log(
-                    logging.DEBUG if event.state is MemberState.ALIVE else logging.INFO,
+                    logging.INFO if here else logging.DEBUG,
                     "peer %s at %s: %s (incarnation %d)",
                     event.node.hex()[:8],
                     format_addr(event.addr),
@@ -384,6 +390,8 @@ class Honeycomb:
                     event.incarnation,
                 )
                 self._publish(event)
+            if others:
+                log.info("%d peers further off suspected or dead", others)
             if not self.comb.placed:
                 continue
             now = trio.current_time()

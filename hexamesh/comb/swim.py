@@ -595,6 +595,7 @@ class Swim:
         self._dead.pop(node, None)
         self._suspects.pop(node, None)
         self._hearsay.pop(node, None)
+        self._news.pop(node, None)  # its heap entries are stale now, skipped when due
         self._reaped.append(node)
 
     def next_timer(self) -> float | None:
@@ -794,7 +795,8 @@ class Swim:
         if member is None:
             # A stranger (alive, suspect, or dead: a tombstone, so that a rejoin
             # with an old incarnation is not believed, and the news keeps spreading).
-            if sender != self.me and not self._room_for_hearsay():
+            crowded = sender != self.me and len(self._hearsay) >= MAX_HEARSAY
+            if crowded and not self._room_for_hearsay():
                 self.refused += 1
                 return
             member = _Member(u.node, (u.host, u.port), u.incarnation, u.state, now)
@@ -806,7 +808,9 @@ class Swim:
                 member.confirmers = {u.by}
                 self._suspects[u.node] = None
             self._emit(member, now)
-            if u.state is not MemberState.ALIVE:
+            if u.state is not MemberState.ALIVE and not crowded:
+                # (news over the hearsay cap is kept, not passed on: a flood of
+                # forged strangers stops here instead of going round the swarm)
                 self._broadcast(u, now, sender)
             return
         if u.state is MemberState.ALIVE:
@@ -851,8 +855,6 @@ class Swim:
     def _room_for_hearsay(self) -> bool:
         """Make room for one more member heard of (at most MAX_HEARSAY): the
         oldest news of a node we neither link to nor judge goes first."""
-        if len(self._hearsay) < MAX_HEARSAY:
-            return True
         keep = set(self.spread) | self._watched
         for node in self._hearsay:
             if node not in keep and node not in self._suspects:

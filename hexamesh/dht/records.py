@@ -34,6 +34,7 @@ most ``MAX_VALUE`` bytes and expiries at most ``max_ttl`` ahead.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Annotated
@@ -123,6 +124,9 @@ def key_kind(key: str) -> KeyKind | None:
     return _KINDS.get(prefix + sep) if sep else None
 
 
+FULL_SWEEP_INTERVAL = 1.0  # s; a full store looks for expired records at most this often
+
+
 class StoreRefused(Exception):
     """A record this node will not store; the message is sent back to the publisher."""
 
@@ -130,6 +134,9 @@ class StoreRefused(Exception):
 @dataclass(frozen=True, kw_only=True)
 class StoreConfig:
     max_records: int = 10_000  # entries held in all (set entries count one each)
+    # bytes held in all: a publisher costs nothing to make, so the per-publisher
+    # quota alone let 10,000 throwaway keys store 80 MiB here
+    max_bytes: int = 8 * 1024 * 1024
     max_bytes_per_publisher: int = 256 * 1024  # bytes of records from one publisher
     max_entries_per_set: int = 64  # providers / votes held for one set key
     max_ttl: float = 24 * 3600.0  # s; refuse records that expire later than this
@@ -144,6 +151,8 @@ class RecordStore:
         self._data: dict[str, dict[bytes, Record]] = {}  # key -> publisher id -> record
         self._bytes: dict[bytes, int] = {}  # publisher id -> bytes held
         self._count = 0
+        self.total_bytes = 0
+        self._swept_at = -math.inf  # the last sweep for room when full
 
     def __len__(self) -> int:
         return self._count
@@ -196,12 +205,21 @@ class RecordStore:
         used = self._bytes.get(publisher, 0) - old_size + record.size
         if used > self.config.max_bytes_per_publisher:
             raise StoreRefused("publisher is over its storage quota")
-        if mine is None and self._count >= self.config.max_records:
-            self.expire(now)
-            if self._count >= self.config.max_records:
+        total = self.total_bytes - old_size + record.size
+        if (mine is None and self._count >= self.config.max_records) or (
+            total > self.config.max_bytes and record.size > old_size
+        ):
+            if now - self._swept_at >= FULL_SWEEP_INTERVAL:  # a sweep is O(records)
+                self._swept_at = now
+                self.expire(now)
+            total = self.total_bytes - old_size + record.size
+            if self._count >= self.config.max_records and mine is None:
                 raise StoreRefused("storage full")
+            if total > self.config.max_bytes:
+                raise StoreRefused("storage full (bytes)")
         self._data.setdefault(record.key, {})[publisher] = record
         self._bytes[publisher] = used
+        self.total_bytes = total
         if mine is None:
             self._count += 1
         return True
@@ -225,6 +243,7 @@ class RecordStore:
         else:
             del self._bytes[publisher]
         self._count -= 1
+        self.total_bytes -= record.size
 
     def expire(self, now: float) -> int:
         """Drop every expired record; returns how many went."""

@@ -148,3 +148,19 @@ def test_publisher_bytes_are_accounted_and_released() -> None:
     assert used > 100
     store.expire(NOW + 61)
     assert store.bytes_of(ALICE.node_id) == 0
+
+
+def test_the_store_is_bounded_in_bytes_whatever_the_publishers() -> None:
+    """Throwaway publishers each within their quota could fill 80 MiB before."""
+    store = RecordStore(StoreConfig(max_bytes=100_000))
+    now = 1000.0
+    stored = 0
+    for i in range(100):
+        record = sign_record(Identity.generate(), f"job:x{i}", bytes(8000), seq=1, expires=now + 60)
+        try:
+            store.put(record, now)
+            stored += 1
+        except StoreRefused as e:
+            assert "full" in str(e)
+    assert store.total_bytes <= 100_000 and stored == 100_000 // record.size
+    assert len(store) == stored
