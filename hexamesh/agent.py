@@ -362,25 +362,22 @@ async def _run_agent(
         book = _address_book(config, bound, [*seed_addrs, *contact_addrs])
         address = book.current
         rng = Random()
-        probe = RttProbe(identity.node_id, RttConfig(interval=SEED_PROBE_INTERVAL), rng)
-        dht_core = DhtCore(identity, address, DhtConfig(), rng, wall_clock())
-        # "full": no room for a model a placement vote could give us (see _serve_models).
-        first = Dance.first(
-            identity.node_id, address, 0, 0, status=_room(config.max_models - len(config.model))
-        )
-        comb = Comb(
-            dataclasses.replace(first, incarnation=incarnation),
-            CombConfig(),
+        cores = AgentCores.build(
+            identity,
+            address,
             rng,
             wall_clock(),
-            placed=False,
+            incarnation=incarnation,
+            # "full": no room for a model a placement vote could give us (_serve_models)
+            room=config.max_models - len(config.model),
         )
-        scouting = Scouting(identity.node_id, address, comb.live_dances, PlacementConfig(), rng)
-        mux = Mux()
-        mux.add(probe, Ping, Pong)
-        mux.add(dht_core, *DHT_MESSAGES)
-        mux.add(comb, *COMB_MESSAGES)
-        mux.add(scouting, *PLACEMENT_MESSAGES)
+        probe, dht_core, comb, scouting, mux = (
+            cores.probe,
+            cores.dht,
+            cores.comb,
+            cores.scouting,
+            cores.mux,
+        )
         driver = CoreDriver(
             mux,
             transport,
@@ -515,6 +512,47 @@ async def _run_agent(
                 status_path.unlink(missing_ok=True)
                 if len(dht_core.table):
                     _save_contacts(contacts_path, dht_core, faults)
+
+
+@dataclass(frozen=True)
+class AgentCores:
+    """The protocol cores of an agent behind one ``Mux``, as the agent runs them
+    (tests drive the same composition)."""
+
+    probe: RttProbe
+    dht: DhtCore
+    comb: Comb
+    scouting: Scouting
+    mux: Mux
+
+    @classmethod
+    def build(
+        cls,
+        identity: Identity,
+        address: Addr,
+        rng: Random,
+        now: float,
+        *,
+        incarnation: int = 0,
+        room: int = 1,
+    ) -> AgentCores:
+        probe = RttProbe(identity.node_id, RttConfig(interval=SEED_PROBE_INTERVAL), rng)
+        dht = DhtCore(identity, address, DhtConfig(), rng, now)
+        first = Dance.first(identity.node_id, address, 0, 0, status=_room(room))
+        comb = Comb(
+            dataclasses.replace(first, incarnation=incarnation),
+            CombConfig(),
+            rng,
+            now,
+            placed=False,
+        )
+        scouting = Scouting(identity.node_id, address, comb.live_dances, PlacementConfig(), rng)
+        mux = Mux()
+        mux.add(probe, Ping, Pong)
+        mux.add(dht, *DHT_MESSAGES)
+        mux.add(comb, *COMB_MESSAGES)
+        mux.add(scouting, *PLACEMENT_MESSAGES)
+        return cls(probe, dht, comb, scouting, mux)
 
 
 class Readdress:

@@ -1,9 +1,11 @@
 """The Comb core on the simulator: links from the map, quiet steady state, views."""
 
+import random
+
 from hexamesh.comb.core import Comb, CombConfig
 from hexamesh.comb.swim import MemberState
 from hexamesh.comb.waggle import Dance
-from hexamesh.hexgrid import ORIGIN, Hex, nearest_in_direction, neighbours, spiral
+from hexamesh.hexgrid import ORIGIN, Hex, distance, nearest_in_direction, neighbours, spiral
 from hexamesh.net.base import Addr
 from hexamesh.net.sim import SimHost, SimNetwork, UniformLatency
 
@@ -250,3 +252,33 @@ def test_a_dead_neighbour_is_forgotten_with_its_cell_and_not_detected_again() ->
     # ... and not added back by a relink (which would probe it and declare it dead again)
     assert all(e.node != nid(victim) for e in centre.events())
     assert centre.swim.state_of(nid(victim)) is None
+
+
+def test_a_view_of_a_map_past_the_wire_bound_still_decodes() -> None:
+    """A ViewReply carried up to 4,096 cells and deaths, which no joiner could
+    decode past the wire's 1,024 items: after a mass failure of that size,
+    or in a swarm that large, nobody could join."""
+    from hexamesh.comb.core import ViewReply
+    from hexamesh.comb.swim import Gossip, MemberUpdate
+    from hexamesh.wire import MAX_ITEMS, MAX_STREAM_FRAME, Codec, Envelope, KeyRing
+
+    comb = Comb(Dance.first(nid(0), addr(0), 0, 0), CombConfig(), random.Random(1), 0.0)
+    cells = spiral(ORIGIN, 40)[1:3001]  # 3,000 live neighbours' cells
+    for i, cell in enumerate(cells, start=1):
+        comb.learn(nid(i), addr(i % 250), cell, 0.0)
+    for i in range(5000, 8000):  # and 3,000 deaths
+        comb.swim.add_member(nid(i), addr(1), 0, float(i))
+        death = MemberUpdate(
+            node=nid(i), host="10.0.0.1", port=1, incarnation=0, state=MemberState.DEAD, by=nid(1)
+        )
+        comb.swim.receive(
+            Envelope(sender=nid(1), msg_id=i, message=Gossip(updates=(death,))), addr(1), float(i)
+        )
+    reply = comb.view_reply()
+    assert len(reply.cells) == len(reply.dead) == MAX_ITEMS
+    assert max(distance(ORIGIN, Hex(c.q, c.r)) for c in reply.cells) <= 18  # nearest the centre
+    assert nid(7999) in reply.dead  # the latest deaths first
+    codec = Codec(KeyRing(bytes(32)))
+    sealed = codec.seal(Envelope(sender=nid(0), msg_id=1, message=reply), limit=MAX_STREAM_FRAME)
+    assert codec.open(sealed, limit=MAX_STREAM_FRAME).message == reply
+    assert isinstance(reply, ViewReply)

@@ -31,9 +31,11 @@ from hexamesh.net.rtt import Ping, Pong, RttConfig, RttProbe
 from hexamesh.net.udp import open_udp_transport
 from hexamesh.placement.messages import Ballot, Proposal, Scout
 from hexamesh.placement.vote import PlacementConfig, Scouting
+from hexamesh.serve import relay
 from hexamesh.serve.jobs import Jobs, JobStore
 from hexamesh.serve.view import CombView
 from hexamesh.wire import Codec, Envelope, KeyRing
+from simulations.hostile import BROKEN_ANSWERS
 from tests.serve.fake_upstream import Behaviour
 from tests.serve.swarm import MODEL, entry_first_spare, start_door
 
@@ -406,4 +408,35 @@ async def test_11_a_model_name_with_control_characters_is_refused() -> None:
                 f"{door.api}/completions", json={"model": "x\nINFO forged", "prompt": "hi"}
             )
             assert r.status_code == 400 and r.json()["error"]["param"] == "model"
+        nursery.cancel_scope.cancel()
+
+
+SILENT = b""  # accepts, reads the request, never answers
+
+
+@pytest.mark.parametrize(
+    ("name", "answer", "then"),
+    [(name, answer, then) for name, (answer, then) in BROKEN_ANSWERS.items()]
+    + [("accepts and never answers", SILENT, "hang")],
+)
+async def test_a_broken_upstream_fails_one_request_over_and_the_relay_goes_on(
+    monkeypatch: pytest.MonkeyPatch, name: str, answer: bytes, then: str
+) -> None:
+    """Malformed answers from a server (any peer may claim to serve a model):
+    bad chunk sizes, truncated events, endless heads, silence. Each request
+    moves on to the sound spare; the relay lives on."""
+    monkeypatch.setattr(relay, "FIRST_BYTE_TIMEOUT", 1.0)  # the silent one, sooner
+    ring = KeyRing.generate()
+    bad = Behaviour(raw=answer, raw_then=then)
+    async with trio.open_nursery() as nursery:
+        entry, _, _ = await entry_first_spare(nursery, ring, bad)
+        async with httpx.AsyncClient(timeout=30) as client:
+            for stream in (True, False, True):
+                body = {"model": MODEL, "prompt": "a b", "max_tokens": 3, "stream": stream}
+                r = await client.post(f"{entry.api}/completions", json=body)
+                assert r.status_code == 200, (name, r.text)
+                if stream and name == "bad content-length":
+                    continue  # a plain 200 body, streamed on as it came: not the relay's to judge
+                assert "w2" in r.text  # the spare's answer
+        assert bad.served and entry.front.pumps.restarts == 0
         nursery.cancel_scope.cancel()
