@@ -15,6 +15,16 @@ Phases: joins 5 ms apart; settle 30 s; measure the steady-state traffic for
 remaining minutes. Latency: hosts in a unit square, one-way
 ``0.5 ms + 50 ms x distance`` times jitter in [1, 1.2].
 
+Churn (``--churn F``): from the kill on, a fraction F of the nodes per
+minute crash (one at a time, evenly spaced) and as many new identities join
+(a cell chosen as any joiner chooses; a crashed node's cell lease runs out
+after ``CELL_TTL``, when joiners may take it). Per node, the state it holds
+(members including tombstones, the cells it learned, its dance view) is
+measured 10 simulated minutes after the kill and at the end:
+``state_entries_p99_start`` and ``_end``, which must stay flat (tombstones and
+quiet members are reaped, ``SwimConfig.tombstone_ttl``). Churned nodes are
+expected deaths: ``churn_deaths_undetected`` counts those nobody declared.
+
 The last line printed is one JSON object.
 """
 
@@ -40,6 +50,8 @@ from simulations.common import addr_of, emit, no_cycle_collector, percentile
 
 SHORTCUTS = 2  # per node
 WAVE = 10.0  # s after the kill counted as the death wave (detection and spread end within it)
+CELL_TTL = 60.0  # s; a crashed node's cell lease runs out (comb.service.CELL_TTL)
+STATE_AFTER = 600.0  # s after the kill: the first measurement of the state nodes hold
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -86,6 +98,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         def __len__(self) -> int:
             return len(owners)
 
+    def newcomer() -> int:
+        """A new identity, at a new address and place (churn); its index."""
+        i = len(ids)
+        ids.append((i + 1).to_bytes(20, "big"))
+        addrs[ids[i]] = addr_of(i)
+        index[ids[i]] = i
+        positions.append((rng.random(), rng.random()))
+        return i
+
     def join(i: int) -> None:
         node = ids[i]
         cell = choose_cell(owners, Rtt(i), free)
@@ -105,7 +126,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # Neighbours within reach re-link (the map changed near them).
         near = [owners[c] for c in spiral(cell, config.look_past_holes)[1:] if c in owners]
         for other in sorted(near, key=index.__getitem__):  # in join order, as before
-            refresh(index[other])
+            if net.hosts[addr_of(index[other])].alive:  # (a crashed one's lease lasts a while)
+                refresh(index[other])
 
     for i in range(args.nodes):
         net.call_at(i * args.join_spacing, lambda i=i: join(i))
@@ -151,12 +173,42 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     victim_ids = {ids[v] for v in victims}
     live = [i for i in range(args.nodes) if i not in victims]
+    churned: dict[bytes, float] = {}  # crashed by churn (expected deaths) -> when
+    churn_seen: dict[bytes, float] = {}  # churned node -> when first declared dead
+    map_start = 0
+
+    def churn() -> None:
+        """One node crashes, one new identity joins; the crashed cell frees later."""
+        if net.now >= end:
+            return
+        v = rng.choice(live)
+        live.remove(v)
+        net.kill(addr_of(v))
+        churned[ids[v]] = net.now
+        cell = cell_of[ids[v]]
+
+        def lease_ends() -> None:
+            if owners.get(cell) == ids[v]:
+                del owners[cell]
+                if any(c in owners for c in hex_neighbours(cell)):
+                    free.add(cell)
+
+        net.call_at(net.now + CELL_TTL, lease_ends)
+        j = newcomer()
+        join(j)
+        live.append(j)
+        net.call_at(net.now + rng.uniform(4.0, 6.0), lambda: wobble(j))
+        net.call_at(net.now + 60.0 / (args.churn * args.nodes), churn)
+
+    end = t_kill + args.minutes * 60.0
+    if args.churn > 0:
+        net.call_at(t_kill + 60.0 / (args.churn * args.nodes), churn)
+    state_start: list[int] = []
     first_dead: dict[bytes, float] = {}
     known_dead: dict[bytes, set[int]] = {v: set() for v in victim_ids}
     all_dead_at: dict[bytes, float] = {}
     false_positives: set[bytes] = set()
     staleness: list[float] = []
-    end = t_kill + args.minutes * 60.0
     # The traffic once the comb has healed: the last 30 s, if the run is long enough.
     late_from = end - window
     measure_late = late_from >= t_kill + window
@@ -183,8 +235,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     known_dead[e.node].add(i)
                     if len(known_dead[e.node]) == len(live):
                         all_dead_at.setdefault(e.node, e.at - t_kill)
+                elif e.node in churned:
+                    churn_seen.setdefault(e.node, e.at)
                 else:
                     false_positives.add(e.node)
+        if not state_start and t >= t_kill + STATE_AFTER:
+            state_start = [_state_entries(comb(i)) for i in live]
+            map_start = len(owners)
         if int(t / step) % 20 == 0:  # every 10 s: how old is what nodes hold about their 2 rings?
             progress(f"t={t:.0f} s: {len(first_dead)} of {len(victim_ids)} victims detected")
             for i in rng.sample(live, min(50, len(live))):
@@ -207,6 +264,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             net.now - made_at.get((peer, seen.dance.version + 1), net.now)
                         )
 
+    state_end = [_state_entries(comb(i)) for i in live]
     late: tuple[float | None, float | None] = (None, None)
     if late0 is not None:
         msgs, sent_bytes = _per_node_s(late0, _sent(net, live), net.now - late_from)
@@ -255,8 +313,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "holes": holes,
         "connected": connected(graph),
         "connected_by_map": connected(link_graph(live_owners, config.look_past_holes)),
+        # Members (tombstones included), learned cells and dances each node holds,
+        # STATE_AFTER after the kill and at the end; the map the simulation keeps
+        # for all (what the DHT holds: leases run out)
+        "state_entries_p99_start": percentile([float(x) for x in state_start], 0.99),
+        "state_entries_p99_end": percentile([float(x) for x in state_end], 0.99),
+        "map_cells_start": map_start if state_start else None,
+        "map_cells_end": len(owners),
+        "churned": len(churned),
+        # a churned node nobody declared dead (those killed in the last 30 s may be
+        # on their way: not counted)
+        "churn_deaths_undetected": len(
+            {n for n, at in churned.items() if n not in churn_seen and at < end - 30.0}
+        ),
         "wall_s": round(time.perf_counter() - t0, 1),
     }
+
+
+def _state_entries(c: Comb) -> int:
+    """What one node holds per other node: members (tombstones too), cells, dances."""
+    return len(c.swim.members) + len(c._cell_of) + len(c.waggle.view)
 
 
 def _sent(net: SimNetwork, hosts: Sequence[int]) -> tuple[int, int, int]:
@@ -283,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--join-spacing", type=float, default=0.005)
+    parser.add_argument(
+        "--churn", type=float, default=0.0, help="nodes per minute that crash and are replaced"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     with no_cycle_collector():
