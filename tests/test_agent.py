@@ -5,6 +5,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
+import pytest
 import trio
 from rich.console import Console
 
@@ -183,4 +185,48 @@ async def test_on_a_gpu_the_dance_carries_its_memory_and_each_model_gets_a_share
             table = Console(width=200, record=True)
             table.print(peer_table(view))
             assert "0.8/140.4 GiB" in table.export_text()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_failed_service_is_restarted_and_shown_degraded_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service that fails (here the front door's view of the swarm, once)
+    does not end the agent: /health and agent.json say degraded until it is
+    back, then ok, with the restart counted in the metrics."""
+    from hexamesh.serve.view import CombView
+
+    real_run = CombView.run
+    failures = [RuntimeError("the view broke")]
+
+    async def flaky_run(self: CombView, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        if failures:
+            task_status.started()
+            await trio.sleep(0.5)
+            raise failures.pop()
+        await real_run(self, task_status=task_status)
+
+    monkeypatch.setattr(CombView, "run", flaky_run)
+    cfg = AgentConfig(data_dir=tmp_path / "a", host="127.0.0.1", port=0, api_port=0)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            agent: AgentStatus = await nursery.start(
+                lambda task_status: run_agent(cfg, task_status=task_status)
+            )
+            base = str(agent.api).removesuffix("/v1")
+            async with httpx.AsyncClient(timeout=5) as client:
+                while (await client.get(f"{base}/health")).json()["status"] != "degraded":
+                    await trio.sleep(0.05)
+                assert (await client.get(f"{base}/health")).json()["degraded"] == ["view"]
+                state = await wait_for(
+                    tmp_path / "a" / STATUS_FILE_NAME,
+                    lambda d: d["health"] == "ok" and d["services"].get("view", {}).get("restarts"),
+                )
+                assert state["services"]["view"]["restarts"] == 1
+                assert "the view broke" in state["services"]["view"]["last_error"]
+                health = (await client.get(f"{base}/health")).json()
+                assert health["status"] == "ok" and health["degraded"] == []
+                metrics = (await client.get(f"{base}/metrics")).text
+                assert 'hexamesh_service_restarts_total{service="view"} 1.0' in metrics
+                assert 'hexamesh_errors_total{component="service"} 1.0' in metrics
             nursery.cancel_scope.cancel()

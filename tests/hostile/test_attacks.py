@@ -440,3 +440,15 @@ async def test_a_broken_upstream_fails_one_request_over_and_the_relay_goes_on(
                 assert "w2" in r.text  # the spare's answer
         assert bad.served and entry.front.pumps.restarts == 0
         nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_given_host_name_is_never_resolved() -> None:
+    """A dance or record naming ``slow.example`` would make the sender's DNS
+    server decide how long our send loop waits: only IP literals are dialled."""
+    async with open_udp_transport("127.0.0.1", 0) as t:
+        for addr in [("slow.example", 7420), ("10.0.0.1", 0), ("10.0.0.1", 70000)]:
+            with trio.fail_after(1):
+                await t.send(addr, b"x")
+            with pytest.raises(OSError):
+                await t.open_stream(addr)
+        assert t.stats.send_errors == 3 and t.stats.datagrams_sent == 0
