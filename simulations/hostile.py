@@ -164,21 +164,10 @@ def check(target: Target, tally: Tally, what: str) -> bool:
     """The agent is up: /health, a newcomer's view and DHT join, a completion."""
     if not target.alive():
         return False
-    try:
-        with httpx.Client(timeout=CHECK_TIMEOUT) as client:
-            health = client.get(target.api.removesuffix("/v1") + "/health")
-            tally.answer(health.status_code, what=f"/health after {what}")
-            body = {"model": MODEL, "prompt": "one two", "max_tokens": 3}
-            r = client.post(f"{target.api}/completions", json=body)
-            tally.answer(r.status_code, what=f"a completion after {what}")
-            ok = health.status_code == 200 and r.status_code == 200
-    except httpx.TimeoutException:
-        tally.hung += 1
-        tally.failures.append(f"hung: an HTTP check after {what}")
-        return False
-    except httpx.HTTPError as e:
-        tally.answer(None, what=f"a check after {what}: {e}")
-        return False
+    health = _request(tally, "GET", target.api.removesuffix("/v1") + "/health")
+    body = {"model": MODEL, "prompt": "one two", "max_tokens": 3}
+    answer = _request(tally, "POST", f"{target.api}/completions", json=body)
+    ok = health == answer == 200
     try:
         joined = trio.run(_join, target)
     except TimeoutError:
@@ -205,7 +194,13 @@ Attack = Callable[[Target, Tally], None]
 
 
 def _http(tally: Tally, method: str, url: str, *, own: bool = True, **kw: Any) -> int | None:
+    """One attacking request: counted as tried, its answer judged."""
     tally.tried += 1
+    return _request(tally, method, url, own=own, **kw)
+
+
+def _request(tally: Tally, method: str, url: str, *, own: bool = True, **kw: Any) -> int | None:
+    """An HTTP request's status; None (and counted) if it hung or got no answer."""
     try:
         r = httpx.request(method, url, timeout=CHECK_TIMEOUT, **kw)
     except httpx.TimeoutException:

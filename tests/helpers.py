@@ -145,15 +145,21 @@ def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
             return st.lists(strategy_for(args[0]), **size(MAX_ITEMS, 4)).map(tuple)
         return st.tuples(*(strategy_for(a) for a in args))
     if isinstance(tp, type) and issubclass(tp, Struct):
-        hints = typing.get_type_hints(tp, include_extras=True)
-        own = BOUNDED_FIELDS.get(tp, {})
-        made = {
-            f.name: own[f.name] if f.name in own else strategy_for(hints[f.name])
-            for f in fields(tp)
-            if f.init
-        }
-        return st.builds(tp, **made)
+        return struct_strategy(tp, strategy_for)
     raise TypeError(f"no strategy for {tp!r}")
+
+
+def struct_strategy(
+    tp: type[Struct], field: typing.Callable[[Any], st.SearchStrategy[Any]]
+) -> st.SearchStrategy[Any]:
+    """A wire struct whose fields come from ``field(type)`` (``BOUNDED_FIELDS``
+    where the struct checks its own)."""
+    hints = typing.get_type_hints(tp, include_extras=True)
+    own = BOUNDED_FIELDS.get(tp, {})
+    made = {
+        f.name: own[f.name] if f.name in own else field(hints[f.name]) for f in fields(tp) if f.init
+    }
+    return st.builds(tp, **made)
 
 
 def envelopes(cls: type[Message]) -> st.SearchStrategy[Envelope]:

@@ -13,7 +13,6 @@ import enum
 import math
 import types
 import typing
-from dataclasses import fields
 from typing import Any
 
 from hypothesis import strategies as st
@@ -28,7 +27,7 @@ from hexamesh.wire import (
     field_limits,
     message_types,
 )
-from tests.helpers import BOUNDED_FIELDS
+from tests.helpers import struct_strategy
 
 EXTREME_INTS = [0, 1, -1, 2**31, 2**32 - 1, 2**32, 2**63 - 1, -(2**63), 2**64 - 1]
 EXTREME_FLOATS = [0.0, -0.0, 5e-324, 1e-308, 1e308, -1e308, 0.5, 1e15, -1.0]
@@ -80,14 +79,7 @@ def hostile(tp: Any, me: bytes, *, longest: int = MAX_STR) -> st.SearchStrategy[
             return items.map(lambda xs: tuple(xs + xs[:1])[:high] if xs else tuple(xs))
         return st.tuples(*(again(a) for a in args))
     if isinstance(tp, type) and issubclass(tp, Struct):
-        hints = typing.get_type_hints(tp, include_extras=True)
-        own = BOUNDED_FIELDS.get(tp, {})
-        made = {
-            f.name: own[f.name] if f.name in own else again(hints[f.name])
-            for f in fields(tp)
-            if f.init
-        }
-        return st.builds(tp, **made)
+        return struct_strategy(tp, again)
     raise TypeError(f"no strategy for {tp!r}")
 
 
