@@ -35,6 +35,7 @@ from hexamesh.faults import Component, Faults
 from hexamesh.net.admission import Ticket
 from hexamesh.net.base import Addr
 from hexamesh.serve import sse
+from hexamesh.serve.attempts import Action, Attempts, Dial, Finish, GiveUp, PassOn
 from hexamesh.serve.deathwatch import DeathWatch
 from hexamesh.serve.http import HttpConnection, Request, response_head
 from hexamesh.serve.jobs import JobFailed
@@ -52,7 +53,7 @@ from hexamesh.serve.relay import (
     request_bytes,
 )
 from hexamesh.serve.requests import ApiError, CompletionRequest, parse_completion
-from hexamesh.serve.router import LOW_MAX_LOAD, MAX_ATTEMPTS, Candidate, Priority, rank
+from hexamesh.serve.router import LOW_MAX_LOAD, Candidate, Priority, rank
 from hexamesh.serve.shun import Shunned
 from hexamesh.serve.upstreampool import UpstreamPool
 from hexamesh.serve.view import SwarmView
@@ -66,11 +67,6 @@ _CONTINUES = b'"' + sse.CONTINUES.encode() + b'"'
 SERVED_BY = "x-hexamesh-served-by"  # node id (hex) of the agent whose engine answered
 SERVED_ADDR = "x-hexamesh-server"  # that agent's peer address
 COMPLETION_PATHS = {"/v1/completions": False, "/v1/chat/completions": True}  # path -> chat
-# 4xx answers that say nothing about the request itself, so the next server is
-# tried: a timeout, a busy server, a peer refusing our signature (its key or
-# clock is off), a server that no longer has the model (our view of it was
-# stale: the model's existence was checked before routing).
-_NOT_THE_CLIENTS = frozenset({401, 403, 404, 408, 429})
 
 
 class BrokenStream(Exception):
@@ -90,18 +86,6 @@ class _Cut:
         self.dead = True
         if self.scope is not None:
             self.scope.cancel()
-
-
-class _Dials:
-    """One request's dial races over its candidates (``FrontDoor._connection_for``)."""
-
-    def __init__(self, tries: list[Candidate]) -> None:
-        self.tries = tries
-        self.skip_until = 0  # candidates before it were passed over (slower, or failed)
-        self.won: trio.SocketStream | None = None  # connected by a race, for tries[skip_until]
-
-    def passed_over(self, attempt: int) -> bool:
-        return attempt < self.skip_until
 
 
 class JobsApi(Protocol):
@@ -361,57 +345,68 @@ class FrontDoor:
             ranker=self.view.node,
         )
 
-    def _failed(self, errors: list[str], cand: Candidate, why: str) -> None:
-        """``cand`` failed this request: say why, and try it last for a while."""
-        errors.append(why)
-        self.shunned.failed(cand.node, self._clock())
+    def _note(self, attempts: Attempts) -> None:
+        """What the core's last step says for everyone: servers that failed go
+        to the back of the line for a while; moves to another server count."""
+        now = self._clock()
+        for node in attempts.take_failed():
+            self.shunned.failed(node, now)
+        failovers, continuations = attempts.take_moves()
+        self.metrics.failovers.inc(failovers)
+        self.metrics.continuations.inc(continuations)
 
-    async def _dial_ahead(
-        self, tries: list[Candidate], start: int
-    ) -> tuple[int, trio.SocketStream | None]:
-        """The first to connect of the peers from ``start`` on (up to a local
-        engine or a peer with no known address), and its new connection
-        (``dial_first``); those dialled and passed over (slower, or failed)
-        are shunned. Raises DialError, all of them shunned, if none connects."""
+    async def _race(
+        self, attempts: Attempts, action: Dial
+    ) -> tuple[Dial | GiveUp, trio.SocketStream | None]:
+        """Race connections to the peers from ``action``'s on (up to a local
+        engine or a peer with no known address), RFC 8305 style
+        (``dial_first``): the action for the first to connect (the core
+        passes over those before it), and its new connection (None: a pooled
+        one is taken, or the address is unknown and ``_open_peer`` says so)."""
         run: list[Candidate] = []
         addrs: list[Addr] = []
-        for cand in tries[start:]:
+        for cand in attempts.tries[action.attempt :]:
             addr = None if cand.local else self.view.address(cand.node)
             if addr is None:
                 break
             run.append(cand)
             addrs.append(addr)
         if not run:
-            return start, None  # no address: _open_peer says so
+            return action, None
         try:
             first, stream = await dial_first(addrs, self.upstreams)
-        except DialError:
-            for cand in run:
-                self.shunned.failed(cand.node, self._clock())
-            raise
+        except DialError as e:
+            return attempts.raced(None, e.tried, str(e)), None
         for cand in run[:first]:
             log.info("server %s passed over: slower to connect", cand.node.hex()[:8])
-            self.shunned.failed(cand.node, self._clock())
-        return start + first, stream
+        return attempts.raced(action.attempt + first, len(run)), stream
 
-    async def _connection_for(
-        self, dials: _Dials, attempt: int, errors: list[str]
-    ) -> tuple[bool, trio.SocketStream | None]:
-        """(go, connection) for the peer ``dials.tries[attempt]``: a race's winner,
-        or None to take a pooled one. go is False when a race passed it over
-        for a later candidate or none of the raced connected (said in ``errors``)."""
-        if dials.won is None:
-            try:
-                first, dials.won = await self._dial_ahead(dials.tries, attempt)
-            except DialError as e:
-                errors.append(str(e))
-                dials.skip_until = attempt + e.tried
-                return False, None
-            if first != attempt:
-                dials.skip_until = first
-                return False, None
-        stream, dials.won = dials.won, None
-        return True, stream
+    async def _dial(
+        self,
+        attempts: Attempts,
+        action: Dial,
+        target: str,
+        body: bytes,
+        route: SignedRoute | None,
+        model: str,
+    ) -> tuple[Action, UpstreamResponse | None]:
+        """Send the request as ``action`` says (a peer after a dial race): the
+        response head, or the next action when nobody could be reached."""
+        stream = None
+        if not action.candidate.local:
+            raced, stream = await self._race(attempts, action)
+            if not isinstance(raced, Dial):
+                return raced, None
+            action = raced
+        cand = action.candidate
+        try:
+            if cand.local:
+                return action, await self._open_local(target, body, self.view.local_url(model))
+            with self._unless_declared_dead(cand):
+                return action, await self._open_peer(cand, target, body, route, stream)
+        except UpstreamError as e:
+            log.info("server %s failed before answering: %s", cand.node.hex()[:8], e)
+            return attempts.refused(str(e)), None
 
     async def _open_peer(
         self,
@@ -490,7 +485,8 @@ class FrontDoor:
         req: CompletionRequest,
         route: SignedRoute | None,
     ) -> int:
-        """Serve one completion: route, relay, fail over; returns the status sent."""
+        """Serve one completion: route, relay, fail over (the moves are the
+        ``attempts`` core's); returns the status sent."""
         if route is None and sse.CONTINUES in req.body:
             raise ApiError(
                 400,
@@ -505,37 +501,43 @@ class FrontDoor:
                 f"(forwarded {route.forwards if route else 0} times already)",
                 type="service_unavailable",
             )
+        attempts = Attempts(ranked, what=f"`{req.model}`")
+        try:
+            return await self._serve(conn, request, req, route, attempts)
+        finally:
+            self._note(attempts)
+
+    async def _serve(
+        self,
+        conn: HttpConnection,
+        request: Request,
+        req: CompletionRequest,
+        route: SignedRoute | None,
+        attempts: Attempts,
+    ) -> int:
         body = request.body
         sent: list[bytes] = []  # chunked bytes the client holds (streams)
-        done: sse.Progress | None = None
-        errors: list[str] = []
-        dials = _Dials(ranked[:MAX_ATTEMPTS])
-        for attempt, cand in enumerate(dials.tries):
-            if dials.passed_over(attempt):
+        done: sse.Progress | None = None  # what the client held when a stream first broke
+        action: Action = attempts.start()
+        while isinstance(action, Dial):
+            self._note(attempts)
+            action, up = await self._dial(attempts, action, request.target, body, route, req.model)
+            self._note(attempts)  # (a race passes over the slower at once)
+            if up is None:
                 continue
-            if attempt:
-                (self.metrics.continuations if sent else self.metrics.failovers).inc()
-            try:
-                if cand.local:
-                    up = await self._open_local(
-                        request.target, body, self.view.local_url(req.model)
-                    )
-                else:
-                    go, stream = await self._connection_for(dials, attempt, errors)
-                    if not go:
-                        continue
-                    with self._unless_declared_dead(cand):
-                        up = await self._open_peer(cand, request.target, body, route, stream)
-            except UpstreamError as e:
-                log.info("server %s failed before answering: %s", cand.node.hex()[:8], e)
-                self._failed(errors, cand, str(e))
-                continue
+            cand = attempts.current
             try:
                 if up.status != 200:
-                    answer = await self._non_200(conn, request, up, bool(sent))
-                    if answer is not None:
-                        return answer
-                    self._failed(errors, cand, f"{cand.node.hex()[:8]} answered {up.status}")
+                    action = attempts.answered(
+                        up.status, f"{cand.node.hex()[:8]} answered {up.status}"
+                    )
+                    if isinstance(action, PassOn):
+                        data = await read_body(up)
+                        ctype = up.headers.get("content-type", "application/json")
+                        await conn.respond(
+                            up.status, data, content_type=ctype, keep_alive=request.keep_alive
+                        )
+                        return up.status
                     continue
                 served = self._served_headers(cand, up)
                 if not req.stream:
@@ -544,8 +546,8 @@ class FrontDoor:
                     await conn.respond(
                         200, data, headers=tuple(served), keep_alive=request.keep_alive
                     )
-                    self.shunned.served(cand.node)
-                    return 200
+                    action = attempts.done()
+                    break
                 head = None if sent else self._stream_head(served, request.keep_alive)
                 if done is None:
                     job = StreamJob(
@@ -568,37 +570,45 @@ class FrontDoor:
                     cut = _Cut()
                     with self._watch(cand, cut):
                         ok = await self._relay_rewritten(conn, up, sent, done, req.chat, head, cut)
-                if ok:
-                    events = sum(c.count(b"data:") - c.count(b"data: [DONE]") for c in sent)
-                    self.metrics.tokens.inc(events)  # a token per event, or more (merged)
-                    self.shunned.served(cand.node)
-                    return 200
             except UpstreamError as e:
-                self._failed(errors, cand, str(e))
+                action = attempts.refused(str(e))
                 continue
             finally:
                 await up.aclose()
-            self._failed(errors, cand, f"{cand.node.hex()[:8]} broke off mid-answer")
+            if ok:
+                events = sum(c.count(b"data:") - c.count(b"data: [DONE]") for c in sent)
+                self.metrics.tokens.inc(events)  # a token per event, or more (merged)
+                action = attempts.done()
+                break
+            why = f"{cand.node.hex()[:8]} broke off mid-answer"
             if not sent:
-                continue  # nothing reached the client: plain failover
+                action = attempts.broke_off(why, sent=False)
+                continue
             done = sse.progress(b"".join(sent), chat=req.chat)
-            if done.finished:
+            cont = None if done.finished else sse.continuation(req, done)
+            action = attempts.broke_off(
+                why, sent=True, finished=done.finished, continuable=cont is not None
+            )
+            if isinstance(action, Finish):  # the answer was whole: only its end was missing
                 await conn.send(sse.LAST_CHUNK)
                 return 200
-            cont = sse.continuation(req, done)
-            if cont is None:
-                break
-            body = json.dumps(cont).encode()
-        message = f"every server for `{req.model}` failed: " + "; ".join(errors[-MAX_ATTEMPTS:])
-        if sent and route is not None:
+            if cont is not None:
+                body = json.dumps(cont).encode()
+        if isinstance(action, Finish):
+            self.shunned.served(action.candidate.node)
+            return 200
+        assert isinstance(action, GiveUp)
+        if action.mid_stream and route is not None:
             # We are a hop: break the stream off, so the peer before us (which
             # has candidates of its own) continues it; an error event would end it.
-            raise BrokenStream(message)
-        if sent:  # the stream has begun: end it with an error event the client can read
-            err = ApiError(502, message, type="server_error")
+            raise BrokenStream(action.message)
+        if (
+            action.mid_stream
+        ):  # the stream has begun: end it with an error event the client can read
+            err = ApiError(502, action.message, type="server_error")
             await conn.send(sse.chunk(b"data: " + err.body() + b"\n\n") + sse.LAST_CHUNK)
             return 502
-        raise ApiError(502 if errors else 503, message, type="server_error")
+        raise ApiError(action.status, action.message, type="server_error")
 
     # -- jobs -----------------------------------------------------------------
 
@@ -615,51 +625,38 @@ class FrontDoor:
             raise UpstreamError(e.message) from None
         target = "/v1/chat/completions" if req.chat else "/v1/completions"
         body = json.dumps({**req.body, "stream": False}).encode()
-        errors: list[str] = []
-        dials = _Dials(self.ranked(req.model, None, priority, cands)[:MAX_ATTEMPTS])
-        for attempt, cand in enumerate(dials.tries):
-            if dials.passed_over(attempt):
-                continue
-            try:
-                if cand.local:
-                    up = await self._open_local(target, body, self.view.local_url(req.model))
-                else:
-                    go, stream = await self._connection_for(dials, attempt, errors)
-                    if not go:
+        attempts = Attempts(self.ranked(req.model, None, priority, cands), what=f"`{req.model}`")
+        try:
+            action: Action = attempts.start()
+            while isinstance(action, Dial):
+                self._note(attempts)
+                action, up = await self._dial(attempts, action, target, body, None, req.model)
+                self._note(attempts)
+                if up is None:
+                    continue
+                cand = attempts.current
+                try:
+                    if up.status != 200:
+                        action = attempts.answered(
+                            up.status, f"{cand.node.hex()[:8]} answered {up.status}"
+                        )
+                        if isinstance(action, PassOn):
+                            detail = (await read_body(up))[:500].decode("utf-8", "replace")
+                            raise JobFailed(f"server refused the request ({up.status}): {detail}")
                         continue
                     with self._unless_declared_dead(cand):
-                        up = await self._open_peer(cand, target, body, None, stream)
-            except UpstreamError as e:
-                self._failed(errors, cand, str(e))
-                continue
-            try:
-                if up.status != 200:
-                    if 400 <= up.status < 500 and up.status not in _NOT_THE_CLIENTS:
-                        detail = (await read_body(up))[:500].decode("utf-8", "replace")
-                        raise JobFailed(f"server refused the request ({up.status}): {detail}")
-                    self._failed(errors, cand, f"{cand.node.hex()[:8]} answered {up.status}")
-                    continue
-                with self._unless_declared_dead(cand):
-                    data = await read_body(up)
-                served = dict(self._served_headers(cand, up)).get(SERVED_BY, cand.node.hex())
-                self.shunned.served(cand.node)
-                return data, served
-            except UpstreamError as e:
-                self._failed(errors, cand, str(e))
-            finally:
-                await up.aclose()
-        raise UpstreamError("every server failed: " + "; ".join(errors) if errors else "no server")
-
-    async def _non_200(
-        self, conn: HttpConnection, request: Request, up: UpstreamResponse, begun: bool
-    ) -> int | None:
-        """Pass a server's refusal (4xx) to the client; None = try the next server."""
-        if up.status in _NOT_THE_CLIENTS or up.status >= 500 or begun:
-            return None
-        data = await read_body(up)
-        ctype = up.headers.get("content-type", "application/json")
-        await conn.respond(up.status, data, content_type=ctype, keep_alive=request.keep_alive)
-        return up.status
+                        data = await read_body(up)
+                    served = dict(self._served_headers(cand, up)).get(SERVED_BY, cand.node.hex())
+                    self.shunned.served(cand.node)
+                    return data, served
+                except UpstreamError as e:
+                    action = attempts.refused(str(e))
+                finally:
+                    await up.aclose()
+        finally:
+            self._note(attempts)
+        assert isinstance(action, GiveUp)
+        raise UpstreamError(action.message)
 
     def _stream_head(self, served: list[tuple[str, str]], keep_alive: bool) -> bytes:
         headers = [

@@ -20,9 +20,11 @@ implementation, :class:`CombView`, reads three sources, freshest first:
    backs up the requests after it (a lookup's providers stay candidates
    until the next lookup replaces them).
 
-Peers the failure detector holds dead are left out wherever they came from,
-except as *doubtful* last-resort candidates: a server seen serving the model
-in the last ``RECENT`` seconds is still tried after everyone else.
+The candidates themselves are built by ``candidates.gather`` from what the
+view knows (the simulator calls it the same way): peers the failure detector
+holds dead are left out wherever they came from, except as *doubtful*
+last-resort candidates (a server seen serving the model in the last
+``RECENT`` seconds is still tried after everyone else).
 
 The caches are keyed by the model names clients ask for, so they hold at
 most ``limits.MODEL_CACHE`` models each, the least recently used dropped
@@ -45,9 +47,10 @@ from hexamesh.comb.swim import MemberState
 from hexamesh.dht.claim import decode_addr
 from hexamesh.dht.service import DhtError
 from hexamesh.engine.supervisor import Engine, EngineState
-from hexamesh.hexgrid import Hex, distance
+from hexamesh.hexgrid import Hex
 from hexamesh.limits import MAX_MODEL_NAME, MODEL_CACHE
 from hexamesh.net.base import Addr, peer_addr
+from hexamesh.serve.candidates import Local, Peer, Recent, gather
 from hexamesh.serve.router import MAX_ATTEMPTS, Candidate
 
 __all__ = ["MODEL_INDEX", "CombView", "SwarmView", "decode_index", "wants_providers"]
@@ -56,7 +59,6 @@ log = logging.getLogger(__name__)
 
 DHT_CACHE = 5.0  # s a DHT answer is reused
 DHT_TIMEOUT = 3.0  # s for one DHT lookup on the request path
-RECENT = 300.0  # s a server seen serving a model stays a (doubtful) last-resort candidate
 
 
 V = TypeVar("V")
@@ -124,8 +126,7 @@ class CombView:
         self._started = started
         self._providers: ModelCache[tuple[float, dict[bytes, Addr]]] = ModelCache()
         self._index: tuple[float, dict[bytes, tuple[Addr, tuple[str, ...]]]] = (-1e9, {})
-        # model -> node -> (address, when seen serving it)
-        self._recent: ModelCache[dict[bytes, tuple[Addr, float]]] = ModelCache()
+        self._recent = Recent()  # who was seen serving each model lately (doubtful candidates)
         self._wanted: set[str] = set()  # models whose providers ``run`` looks up next
         self._wake = trio.Event()
 
@@ -193,53 +194,29 @@ class CombView:
         self._wake.set()
         return True
 
-    def _local(self, model: str) -> Candidate | None:
+    def _local(self, model: str) -> Local | None:
         if self.engine is None or self.engine.models().get(model) is not EngineState.READY:
             return None
-        return Candidate(
-            node=self.node,
-            local=True,
-            load=self.engine.load_of(model).load,
-            uptime=trio.current_time() - self._started,
-        )
+        uptime = trio.current_time() - self._started
+        return Local(node=self.node, load=self.engine.load_of(model).load, uptime=uptime)
 
     def candidates(self, model: str) -> list[Candidate]:
-        out: list[Candidate] = []
-        local = self._local(model)
-        if local is not None:
-            out.append(local)
-        cell = self.honeycomb.cell
-        for d in self.honeycomb.peers_with(model):
-            if d.node == self.node:
-                continue
-            out.append(
-                Candidate(
-                    node=d.node,
-                    load=d.load,
-                    distance=None if cell is None else distance(cell, Hex(d.q, d.r)),
-                    uptime=d.uptime,
-                )
-            )
-        for node in self._providers.get(model, (0.0, {}))[1]:
-            if node != self.node and not self._dead(node):
-                out.append(Candidate(node=node, in_view=False))
-        now = trio.current_time()
-        recent = self._recent.touch(model)
-        if recent is None:
-            if not out:
-                return out  # nothing seen serving it: no entry (an unknown name costs nothing)
-            recent = self._recent[model] = {}
-        for c in out:
-            addr = None if c.local else self.address(c.node)
-            if addr is not None:
-                recent[c.node] = (addr, now)
-        have = {c.node for c in out}
-        for node, (_, seen) in list(recent.items()):
-            if now - seen > RECENT:
-                del recent[node]
-            elif node not in have:
-                out.append(Candidate(node=node, in_view=False, doubtful=True))
-        return out
+        peers = [
+            Peer(node=d.node, load=d.load, cell=Hex(d.q, d.r), uptime=d.uptime)
+            for d in self.honeycomb.peers_with(model)
+        ]
+        return gather(
+            model,
+            me=self.node,
+            local=self._local(model),
+            peers=peers,
+            cell=self.honeycomb.cell,
+            providers=self._providers.get(model, (0.0, {}))[1],
+            is_dead=self._dead,
+            addresses=self.address,
+            recent=self._recent,
+            now=trio.current_time(),
+        )
 
     def address(self, node: bytes) -> Addr | None:
         dance = self.honeycomb.state_of(node)
@@ -248,10 +225,7 @@ class CombView:
         for _, found in self._providers.values():
             if node in found:
                 return found[node]
-        for recent in self._recent.values():
-            if node in recent:
-                return recent[node][0]
-        return None
+        return self._recent.address(node)
 
     def local_url(self, model: str) -> str | None:
         if self.engine is None or self.engine.models().get(model) is not EngineState.READY:

@@ -12,14 +12,18 @@ as an agent dances it, and it announces the model in a stand-in for the DHT
 (``model:<name>`` providers with the agent's lease).
 
 Clients send requests (Poisson arrivals, ``rate`` per second, swarm-wide) to
-a random live node. That node routes as the front door does: candidates are
-its own engine, the peers in its comb view that dance the model, and, while
-fewer than ``MAX_ATTEMPTS`` do, the DHT's providers (looked up once per
-``DHT_CACHE`` s; a request waits for it only when it has no candidate or
-its entry never looked up); the real
-:func:`~hexamesh.serve.router.rank` orders them and the first
-``MAX_ATTEMPTS`` are tried in turn. The request travels over the simulated
-network's latency; what can go wrong is what goes wrong on real machines:
+a random live node. That node routes with the front door's own code: its
+candidates come from :func:`~hexamesh.serve.candidates.gather` (its own
+engine, the peers in its comb view that dance the model, while fewer than
+``MAX_ATTEMPTS`` do the DHT's providers, looked up once per ``DHT_CACHE`` s,
+a request waiting for it only when it has no candidate or its entry never
+looked up, and the servers seen lately as doubtful last resorts), the real
+:func:`~hexamesh.serve.router.rank` orders them, and the real
+:class:`~hexamesh.serve.attempts.Attempts` decides after each outcome whom
+to try next, when a move is a continuation and when to give up; the shun
+list is the front door's too. The simulation only decides what happens to
+each attempt. The request travels over the simulated network's latency;
+what can go wrong is what goes wrong on real machines:
 
 * the server is dead (SIGKILLed: its port refuses): the entry learns it one
   trip later and fails over to the next candidate;
@@ -65,9 +69,11 @@ from hexamesh.comb.core import Comb, CombConfig
 from hexamesh.comb.service import MODEL_TTL
 from hexamesh.comb.swim import MemberState
 from hexamesh.comb.waggle import Dance
-from hexamesh.hexgrid import ORIGIN, Hex, distance, spiral, to_cartesian
+from hexamesh.hexgrid import ORIGIN, Hex, spiral, to_cartesian
 from hexamesh.net.base import Addr
 from hexamesh.net.sim import GeoLatency, SimHost, SimNetwork
+from hexamesh.serve.attempts import Attempts, Dial, Finish, GiveUp
+from hexamesh.serve.candidates import Local, Peer, Recent, gather
 from hexamesh.serve.relay import (
     CONNECT_TIMEOUT,
     DIAL_STAGGER,
@@ -77,7 +83,7 @@ from hexamesh.serve.relay import (
     KEEPALIVE_INTERVAL,
     STALL_TIMEOUT,
 )
-from hexamesh.serve.router import MAX_ATTEMPTS, Candidate, rank
+from hexamesh.serve.router import Candidate, rank
 from hexamesh.serve.shun import Shunned
 from hexamesh.serve.view import DHT_CACHE, wants_providers
 from hexamesh.simulate.engine import TINY_CPU, EngineProfile, SimEngine, SimRequest
@@ -148,8 +154,7 @@ class _Req:
     entry: int
     tokens_left: int
     prompt: int
-    ranked: list[Candidate] = field(default_factory=list)
-    tried: int = 0  # candidates tried so far
+    attempts: Attempts = field(default_factory=lambda: Attempts(()))  # set when routed
     server: int | None = None
     back: float = 0.0  # one-way delay server -> entry of the current attempt
     sent_at: float = 0.0  # when the current attempt left the entry
@@ -213,6 +218,8 @@ class SwarmSim:
         self._dht_pending: set[int] = set()  # entries with a lookup off the request path
         # entry -> its front door's list of servers that failed it lately
         self.shunned: defaultdict[int, Shunned] = defaultdict(Shunned)
+        # entry -> its front door's servers seen lately (doubtful last resorts)
+        self.recent: defaultdict[int, Recent] = defaultdict(Recent)
         self._engine_wake: dict[int, float] = {}
         self._tokens_before: dict[int, float] = {}
         self.reqs: list[_Req] = []
@@ -360,35 +367,30 @@ class SwarmSim:
         self._route(req)
 
     def _candidates(self, req: _Req, providers: list[bytes] | None) -> list[Candidate]:
-        """What the entry's front door sees (``CombView.candidates``)."""
+        """What the entry's front door sees (``CombView.candidates``: the same ``gather``)."""
         i = req.entry
         comb = self.comb(i)
         now = self.net.now
-        out: list[Candidate] = []
+        local = None
         if i in self.ready:
-            engine = self.engines[i]
-            out.append(
-                Candidate(
-                    node=self.ids[i],
-                    local=True,
-                    load=engine.load().load,
-                    uptime=now - self.started[i],
-                )
-            )
-        cell = self.cells[i]
-        for d in comb.peers_with(self.s.model):
-            out.append(
-                Candidate(
-                    node=d.node,
-                    load=d.load,
-                    distance=distance(cell, Hex(d.q, d.r)),
-                    uptime=d.uptime,
-                )
-            )
-        for node in providers or ():
-            if node != self.ids[i] and comb.swim.state_of(node) is not MemberState.DEAD:
-                out.append(Candidate(node=node, in_view=False))
-        return out
+            load = self.engines[i].load().load
+            local = Local(node=self.ids[i], load=load, uptime=now - self.started[i])
+        peers = [
+            Peer(node=d.node, load=d.load, cell=Hex(d.q, d.r), uptime=d.uptime)
+            for d in comb.peers_with(self.s.model)
+        ]
+        return gather(
+            self.s.model,
+            me=self.ids[i],
+            local=local,
+            peers=peers,
+            cell=self.cells[i],
+            providers=providers or (),
+            is_dead=lambda node: comb.swim.state_of(node) is MemberState.DEAD,
+            addresses=self.addrs,
+            recent=self.recent[i],
+            now=now,
+        )
 
     def _route(self, req: _Req) -> None:
         providers = None
@@ -419,18 +421,16 @@ class SwarmSim:
         if req.gen != gen or req.outcome is not None:
             return
         candidates = self.shunned[req.entry].apply(self._candidates(req, providers), self.net.now)
-        ranked = rank(candidates, ranker=self.ids[req.entry])
-        req.ranked = ranked[:MAX_ATTEMPTS]
-        self._attempt(req)
+        req.attempts = Attempts(rank(candidates, ranker=self.ids[req.entry]))
+        self._attempt(req, req.attempts.start())
 
-    def _attempt(self, req: _Req) -> None:
+    def _attempt(self, req: _Req, action: Dial | GiveUp) -> None:
+        """Do what the attempts core says: send the request on, or give up."""
         now = self.net.now
-        if req.tried >= len(req.ranked):
-            self._finish(req, "no_server" if not req.ranked else "all_failed")
+        if isinstance(action, GiveUp):
+            self._finish(req, "no_server" if action.status == 503 else "all_failed")
             return
-        cand = req.ranked[req.tried]
-        req.tried += 1
-        server = self.index[cand.node]
+        server = self.index[action.candidate.node]
         req.server = server
         req.sent_at = now
         gen = req.gen
@@ -449,13 +449,13 @@ class SwarmSim:
         now = self.net.now
         server = req.server
         assert server is not None
-        first = req.tried == 1
+        first = req.attempts.attempt == 0
         if server in self.vanished or self._cut(req.entry, server):
             # No answer to the SYN: the front door dials the next candidate
             # DIAL_STAGGER later (dial_first); the last one is waited out.
             req.first_dead |= first
-            more = req.tried < len(req.ranked)
-            self._lost_attempt(req, req.sent_at + (DIAL_STAGGER if more else CONNECT_TIMEOUT), 0)
+            stagger = DIAL_STAGGER if req.attempts.more else CONNECT_TIMEOUT
+            self._lost_attempt(req, req.sent_at + stagger, 0)
             return
         if server in self.frozen:
             # Its kernel accepts the connection and the request; nothing answers.
@@ -564,16 +564,22 @@ class SwarmSim:
             if req.gen != gen or req.outcome is not None:
                 return
             now = self.net.now
-            self.shunned[req.entry].failed(self.ids[server], now)
+            why = f"node {server} failed"
             if delivered > 0:
                 req.tokens_left -= delivered
                 req.prompt += delivered
-                req.continuations += 1
-                self._second(now).continuations += 1
+                action = req.attempts.broke_off(why, sent=True)
             else:
-                req.failovers += 1
-                self._second(now).failovers += 1
-            self._attempt(req)
+                action = req.attempts.broke_off(why, sent=False)
+            for node in req.attempts.take_failed():
+                self.shunned[req.entry].failed(node, now)
+            failovers, continuations = req.attempts.take_moves()
+            req.failovers += failovers
+            req.continuations += continuations
+            self._second(now).failovers += failovers
+            self._second(now).continuations += continuations
+            assert not isinstance(action, Finish)  # (the last token is never delivered early)
+            self._attempt(req, action)
 
         self.net.call_at(learned_at, next_server)
 

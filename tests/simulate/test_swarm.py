@@ -178,8 +178,8 @@ def test_an_entry_pays_for_a_server_across_the_cut_once() -> None:
     paid: dict[tuple[int, bytes], float] = {}
     again = 0
     for r in sorted(sim.reqs, key=lambda r: r.arrived):
-        if r.first_dead and not r.ranked[0].doubtful:
-            key = (r.entry, r.ranked[0].node)
+        if r.first_dead and not r.attempts.tries[0].doubtful:
+            key = (r.entry, r.attempts.tries[0].node)
             gap = r.arrived - paid.get(key, -1e9)
             if gap < CONNECT_TIMEOUT + 0.5:
                 continue  # sent before the first one timed out: nothing known yet
