@@ -271,7 +271,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         late = (round(msgs, 2), round(sent_bytes, 1))
     live_owners = {c: n for c, n in owners.items() if n not in victim_ids}
     links = [len(comb(i).comb_links) for i in live]
-    graph = {ids[i]: set() for i in live}
+    graph: dict[bytes, set[bytes]] = {ids[i]: set() for i in live}
     for i in live:
         for other in comb(i).comb_links.values():
             if other in graph:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import math
 import subprocess
 import sys
 import types
@@ -118,10 +117,10 @@ def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
     """Values that fit a wire field type (small, to keep examples fast)."""
     tp, exact, limit = field_limits(tp)
 
-    def size(cap: int, small: int) -> dict[str, int]:
+    def size(cap: int, small: int) -> dict[str, Any]:
         if exact is not None:
             return {"min_size": exact, "max_size": exact}
-        return {"max_size": min(cap, small, limit if limit is not None else math.inf)}
+        return {"max_size": min(cap, small, limit if limit is not None else cap)}
 
     if tp is bool:
         return st.booleans()
@@ -157,7 +156,9 @@ def struct_strategy(
     hints = typing.get_type_hints(tp, include_extras=True)
     own = BOUNDED_FIELDS.get(tp, {})
     made = {
-        f.name: own[f.name] if f.name in own else field(hints[f.name]) for f in fields(tp) if f.init
+        f.name: own[f.name] if f.name in own else field(hints[f.name])
+        for f in fields(typing.cast(Any, tp))
+        if f.init
     }
     return st.builds(tp, **made)
 

@@ -176,7 +176,8 @@ async def test_on_a_gpu_the_dance_carries_its_memory_and_each_model_gets_a_share
             ring = load_key_file(tmp_path / "a" / SWARM_KEY_FILE_NAME)
             while True:
                 view = await fetch_view(ring, parse_addr(agent.address))
-                (mine,) = [c for c in view_json(view)["cells"] if c["node"] == agent.node_id]
+                cells: list[dict[str, Any]] = view_json(view)["cells"]  # type: ignore[assignment]
+                (mine,) = [c for c in cells if c["node"] == agent.node_id]
                 if mine["gpu_total"]:
                     break
                 await trio.sleep(0.1)

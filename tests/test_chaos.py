@@ -12,5 +12,5 @@ def test_an_agent_no_other_agent_links_to_is_unwatched() -> None:
         {},  # no agent.json yet
     ]
     assert unwatched(statuses) == [3, 4]
-    statuses[1]["neighbours"].append("d")
+    statuses[1]["neighbours"] = [*statuses[1]["neighbours"], "d"]
     assert unwatched(statuses) == [4]

@@ -94,4 +94,4 @@ def test_missing_config_file() -> None:
 def test_config_is_frozen() -> None:
     cfg = AgentConfig()
     with pytest.raises(AttributeError):
-        cfg.port = 1  # type: ignore[misc]
+        cfg.port = 1

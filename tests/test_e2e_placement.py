@@ -22,7 +22,7 @@ if importlib.util.find_spec("vllm") is None:
         raise RuntimeError("HEXAMESH_REQUIRE_VLLM=1 but vllm is not importable")
     pytest.skip("vllm is not installed (pip install 'hexamesh[cpu]')", allow_module_level=True)
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.vllm]
 
 READY_TIMEOUT = 300  # s; one vLLM CPU server starting on two cores
 

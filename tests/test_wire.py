@@ -1,5 +1,7 @@
 import contextlib
 import os
+import typing
+from typing import Any
 
 import msgpack
 import pytest
@@ -228,7 +230,7 @@ def test_fuzz_decoder_only_raises_wire_error(case: object, sealed: bool) -> None
     if isinstance(case, bytes):
         data = case
     else:
-        e, how = case  # type: ignore[misc]
+        e, how = typing.cast(tuple[Any, Any], case)
         frame = CODEC.seal(e, limit=MAX_STREAM_FRAME) if sealed else encode_frame(e)
         data = mutate(frame, how) if isinstance(how, list) else frame[:how]
     try:

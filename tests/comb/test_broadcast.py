@@ -1,3 +1,5 @@
+from typing import Any
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -85,7 +87,7 @@ class _SortEveryTime:
         max_size=60,
     ),
 )
-def test_takes_what_sorting_every_item_would(limit: int, max_items: int, ops: list) -> None:
+def test_takes_what_sorting_every_item_would(limit: int, max_items: int, ops: list[Any]) -> None:
     q: BroadcastQueue[int] = BroadcastQueue(lambda: limit, max_items=max_items)
     model = _SortEveryTime(limit, max_items)
     for n, (op, a, b) in enumerate(ops):

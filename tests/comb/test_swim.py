@@ -309,7 +309,7 @@ def test_a_quiet_link_is_probed_a_chatty_one_never() -> None:
     for t in (0.0, 1.0, 2.0, 3.0):
         c.heard(node_id(1), t)  # 1 dances every second; 2 is silent from the start
         c.handle_timer(t)
-    probed = [env.message.target for _, env in c.outbox() if isinstance(env.message, Probe)]  # type: ignore[attr-defined]
+    probed = [env.message.target for _, env in c.outbox() if isinstance(env.message, Probe)]
     assert node_id(2) in probed and node_id(1) not in probed[1:]
 
 
@@ -360,7 +360,7 @@ def test_a_node_tells_its_accuser_it_is_alive_even_off_its_links() -> None:
         u
         for to, env in c.outbox()
         if to == addr(7) and isinstance(env.message, Gossip)
-        for u in env.message.updates  # type: ignore[attr-defined]
+        for u in env.message.updates
     ]
     assert any(u.node == node_id(0) and u.incarnation == 1 for u in direct)
 

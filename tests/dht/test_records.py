@@ -1,4 +1,5 @@
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -46,7 +47,7 @@ def test_a_valid_record_is_stored_and_read_back() -> None:
 )
 def test_a_forged_record_is_never_accepted(field: str, data: st.DataObject) -> None:
     r = rec()
-    changes = {
+    changes: dict[str, Any] = {
         "key": data.draw(st.sampled_from(["cell:0,2", "cell:1,1", "job:x"])),
         "value": data.draw(st.binary(max_size=20).filter(lambda v: v != b"v")),
         "seq": data.draw(st.integers(2, 2**62)),

@@ -28,7 +28,7 @@ if importlib.util.find_spec("vllm") is None:
         raise RuntimeError("HEXAMESH_REQUIRE_VLLM=1 but vllm is not importable")
     pytest.skip("vllm is not installed (pip install 'hexamesh[cpu]')", allow_module_level=True)
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.vllm]
 
 
 @pytest.fixture(scope="module")

@@ -88,8 +88,8 @@ async def test_3_deeply_nested_json_is_a_400_not_a_dropped_connection() -> None:
             deep = b'{"model": "tiny", "prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
             r = await client.post(f"{door.api}/completions", content=deep)
             assert r.status_code == 400 and "nests deeper" in r.json()["error"]["message"]
-            nested = {"model": MODEL, "prompt": "hi", "logit_bias": {}}
-            inner: dict[str, Any] = nested["logit_bias"]
+            inner: dict[str, Any] = {}
+            nested = {"model": MODEL, "prompt": "hi", "logit_bias": inner}
             for _ in range(40):  # valid JSON, but past MAX_JSON_DEPTH
                 inner["x"] = {}
                 inner = inner["x"]

@@ -203,7 +203,7 @@ async def test_full_send_queue_drops_and_counts(autojump_clock: trio.testing.Moc
         core = RecordingCore()
         driver = CoreDriver(
             core, net.endpoint(A), CODEC, node_id=node_id(1), config=DriverConfig(send_queue=4)
-        )  # type: ignore[arg-type]
+        )
         await nursery.start(driver.run)
         for i in range(10):
             core.send(B, Envelope(sender=node_id(1), msg_id=i, message=Blob(data=b"")))

@@ -69,7 +69,7 @@ async def test_an_operator_vote_places_replicas_where_there_is_room(tmp_path: Pa
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             agents = await start_swarm(tmp_path, nursery, 4)
-            api = agents[0].api
+            api = str(agents[0].api)
             async with httpx.AsyncClient(timeout=30) as client:
                 r = await client.post(
                     f"{api}/placements", json={"model": "tiny", "source": str(model_dir)}

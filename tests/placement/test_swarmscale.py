@@ -22,7 +22,7 @@ def run(
         if d is not Scale.HOLD:
             out.append((t, d))
         t += step
-    return out
+    return out  # type: ignore[return-value]  # (Literal members of Scale)
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import socket
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import h11
@@ -105,8 +106,8 @@ async def _answer_one(stream: trio.SocketStream, b: Behaviour, name: str) -> boo
     if target == "/tokenize":
         b.tokenized.append(body)
         count = len(str(body.get("prompt", "")).split())
-        status, data = (200, {"count": count}) if b.tokenize else (404, {"detail": "Not Found"})
-        raw = json.dumps(data).encode()
+        status, doc = (200, {"count": count}) if b.tokenize else (404, {"detail": "Not Found"})
+        raw = json.dumps(doc).encode()
         await stream.send_all(
             b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
             % (status, len(raw), raw)
@@ -223,7 +224,7 @@ async def serve_fake(
     """Serve until cancelled; reports the port."""
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     task_status.started(listeners[0].socket.getsockname()[1])
-    await trio.serve_listeners(lambda s: handle(s, behaviour, name), listeners)
+    await trio.serve_listeners(partial(handle, b=behaviour, name=name), listeners)
 
 
 class Blackhole:

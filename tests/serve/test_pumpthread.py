@@ -4,6 +4,7 @@ backpressure from a slow client, stalls, cancellation (socketpairs)."""
 from __future__ import annotations
 
 import socket
+from functools import partial
 
 import pytest
 import trio
@@ -124,7 +125,7 @@ async def test_a_slow_client_gets_everything_through_backpressure(pumps: PumpThr
             got.extend(reader.recv(1000))
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(trio.to_thread.run_sync, theirs.sendall, body)
+        nursery.start_soon(partial(trio.to_thread.run_sync, theirs.sendall, body))
         nursery.start_soon(trio.to_thread.run_sync, drain)
         assert await pumps.relay(job(up, client)) is Outcome.DONE
     assert bytes(got) == b"HEAD\r\n\r\n" + body
@@ -195,7 +196,7 @@ async def test_abandoning_mid_write_lets_the_client_have_the_whole_chunk(
     j = job(up, client, stall_timeout=60.0)
     async with trio.open_nursery() as nursery:
         outcome = relay_soon(nursery, pumps, j)
-        nursery.start_soon(trio.to_thread.run_sync, theirs.sendall, big[1000:])
+        nursery.start_soon(partial(trio.to_thread.run_sync, theirs.sendall, big[1000:]))
         with trio.fail_after(2):
             while not j.sent:  # the chunk is whole upstream and being written
                 await trio.sleep(0.01)
