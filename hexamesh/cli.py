@@ -31,7 +31,7 @@ from hexamesh.config import DEFAULT_API_PORT, ConfigError, default_data_dir, loa
 from hexamesh.dht.service import Dht, DhtError, open_dht_node
 from hexamesh.engine.device import GPU_SHARE
 from hexamesh.fileio import DataDirBusy
-from hexamesh.identity import Identity, IdentityError
+from hexamesh.identity import Identity, IdentityError, short_id
 from hexamesh.logs import OneLineFormatter
 from hexamesh.net.base import format_addr, parse_addr
 from hexamesh.net.driver import CoreDriver
@@ -498,7 +498,7 @@ def dht_get(
         ttl = r.expires - time.time()
         value = r.value.decode("utf-8", errors="replace")
         console.print(
-            f"{r.key}  publisher {r.publisher_id.hex()[:8]}  seq {r.seq}  ttl {ttl:.0f}s  {value}"
+            f"{r.key}  publisher {short_id(r.publisher_id)}  seq {r.seq}  ttl {ttl:.0f}s  {value}"
         )
 
 

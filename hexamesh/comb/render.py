@@ -18,6 +18,7 @@ from rich.text import Text
 from hexamesh.comb.core import ViewReply
 from hexamesh.comb.waggle import Dance
 from hexamesh.hexgrid import ORIGIN, Hex, distance, spiral
+from hexamesh.identity import short_id
 
 __all__ = ["hex_map", "peer_table", "view_json"]
 
@@ -73,7 +74,7 @@ def peer_table(view: ViewReply) -> Table:
     for entry in sorted(view.cells, key=lambda c: distance(Hex(c.q, c.r), ORIGIN)):
         d = dances.get(entry.node)
         state = "dead" if entry.node in dead else (d.status if d else "alive")
-        name = entry.node.hex()[:8] + (" (this)" if entry.node == me else "")
+        name = short_id(entry.node) + (" (this)" if entry.node == me else "")
         table.add_row(
             name,
             f"{entry.q},{entry.r}",

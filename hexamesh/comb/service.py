@@ -53,7 +53,7 @@ from hexamesh.comb.waggle import Dance
 from hexamesh.dht.claim import addr_value, holder_of, release
 from hexamesh.dht.service import Dht, DhtError
 from hexamesh.hexgrid import ORIGIN, Hex
-from hexamesh.identity import Identity
+from hexamesh.identity import Identity, short_id
 from hexamesh.net.base import Addr, format_addr
 from hexamesh.net.driver import CoreDriver
 from hexamesh.net.udp import open_udp_transport
@@ -259,7 +259,7 @@ class Honeycomb:
         holder = holder_of(await self.dht.get(key, every_replica=True))
         if holder is None or holder.node == self.node:
             return True
-        log.info("lost %s to %s (older claim)", cell, holder.node.hex()[:8])
+        log.info("lost %s to %s (older claim)", cell, short_id(holder.node))
         await self._release(key)
         self.comb.learn(holder.node, holder.addr, cell, now)
         return False
@@ -277,7 +277,7 @@ class Honeycomb:
             if holder is None:  # our record vanished (a long partition): claim it again
                 await self.claim(cell)
             return
-        log.warning("cell %s belongs to %s (older claim): moving", cell, holder.node.hex()[:8])
+        log.warning("cell %s belongs to %s (older claim): moving", cell, short_id(holder.node))
         await self._release(cell_key(cell))
         self.comb.learn(holder.node, holder.addr, cell, self._clock())
         new = await self._claim_some({})
@@ -384,7 +384,7 @@ class Honeycomb:
                 log.log(
                     logging.INFO if here else logging.DEBUG,
                     "peer %s at %s: %s (incarnation %d)",
-                    event.node.hex()[:8],
+                    short_id(event.node),
                     format_addr(event.addr),
                     event.state.name.lower(),
                     event.incarnation,

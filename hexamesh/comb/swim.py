@@ -105,6 +105,13 @@ __all__ = [
 
 NodeId = Annotated[bytes, Len(NODE_ID_BYTES)]
 MAX_UPDATES = 32  # updates in one message
+# A helper that cannot reach a target says so (Nack) at this share of the probe
+# timeout: the requester, which waits the whole timeout, hears it in time.
+NACK_AT = 0.8
+# Push-pulls are drawn this many sync_intervals apart, uniformly: nodes that
+# joined together do not all sync in the same second.
+SYNC_SPREAD = (0.5, 1.5)
+NEVER = -math.inf  # "when" of something that has not happened
 PIGGYBACK_QUEUE = 1024  # news items waiting to ride probes and acks; the most-sent go first
 
 
@@ -326,7 +333,7 @@ class Swim:
         self.config = config
         self._rng = rng
         self.incarnation = incarnation
-        self._refuted_at = -1e9  # when we last raised our incarnation
+        self._refuted_at = NEVER  # when we last raised our incarnation
         self.members: dict[bytes, _Member] = {}
         # Members in SUSPECT state (timers to watch). A dict, not a set: sets of
         # bytes iterate in hash order, which PYTHONHASHSEED changes per process,
@@ -361,7 +368,7 @@ class Swim:
         self.awareness = Awareness(config.awareness_max)
         self._outbox: list[tuple[Addr, Envelope]] = []
         self._events: list[MembershipEvent] = []
-        self._next_sync = now + rng.uniform(0.5, 1.5) * config.sync_interval
+        self._next_sync = now + rng.uniform(*SYNC_SPREAD) * config.sync_interval
         self._next_health = now + config.probe_interval
         self._next_reconnect = now + config.reconnect_interval
         self._new_links: dict[bytes, float] = {}  # comb link made lately -> push-pull with it then
@@ -450,7 +457,7 @@ class Swim:
         member = self.members.get(node)
         if member is None or member.state is not MemberState.DEAD:
             return
-        if now - self._told_dead.get(node, -1e9) < self.config.probe_interval:
+        if now - self._told_dead.get(node, NEVER) < self.config.probe_interval:
             return
         self._told_dead[node] = now
         verdict = self._update(node, member.addr, member.incarnation, MemberState.DEAD, self.me)
@@ -470,9 +477,6 @@ class Swim:
     def state_of(self, node: bytes) -> MemberState | None:
         member = self.members.get(node)
         return member.state if member else None
-
-    def live_members(self) -> list[bytes]:
-        return [n for n, m in self.members.items() if m.state is not MemberState.DEAD]
 
     def dead_members(self) -> list[bytes]:
         return list(self._dead)
@@ -526,7 +530,7 @@ class Swim:
             self._sync_step(msg, sender, env.msg_id, now)
         elif isinstance(msg, ProbeReq):
             seq = self._rng.getrandbits(64)
-            nack_at = now + 0.8 * self.config.probe_timeout  # before the requester gives up
+            nack_at = now + NACK_AT * self.config.probe_timeout  # before the requester gives up
             self._relays[seq] = _Relay(sender, env.msg_id, nack_at)
             self._send(
                 (msg.host, msg.port), seq, Probe(target=msg.target, updates=self._piggyback())
@@ -544,7 +548,7 @@ class Swim:
             # network works, so recover from a burst of failures (Lifeguard).
             self._next_health = now + self.config.probe_interval
             if any(
-                now - self._heard_at.get(n, -1e9) < self.config.probe_interval for n in self.links
+                now - self._heard_at.get(n, NEVER) < self.config.probe_interval for n in self.links
             ):
                 self.awareness.apply(-1)
         self._probe_quiet_links(now)
@@ -552,7 +556,7 @@ class Swim:
             self._flood(now)
         if now >= self._next_sync:
             self._sync(now)
-            self._next_sync = now + self._rng.uniform(0.5, 1.5) * self.config.sync_interval
+            self._next_sync = now + self._rng.uniform(*SYNC_SPREAD) * self.config.sync_interval
         if now >= self._next_reconnect:
             self._next_reconnect = now + self.config.reconnect_interval
             self._reconnect(now)
@@ -704,7 +708,7 @@ class Swim:
         watched = self._watched
         heard_at = self._heard_at
         helpers.sort(
-            key=lambda n: 0 if heard_at.get(n, -1e9) >= fresh else (2 if n in watched else 1)
+            key=lambda n: 0 if heard_at.get(n, NEVER) >= fresh else (2 if n in watched else 1)
         )
         helpers = helpers[: self.config.indirect_checks]
         for helper in helpers:
@@ -1037,7 +1041,7 @@ class Swim:
         ``sync_news_age``, while the tombstone, learned anew by each node that
         missed it, is new news to each."""
         stale, self._stale = self._stale, []
-        if now - self._corrected.get(sender, -1e9) < self.config.probe_interval:
+        if now - self._corrected.get(sender, NEVER) < self.config.probe_interval:
             return
         self._corrected[sender] = now
         back = tuple(self._update(m.node, m.addr, m.incarnation, m.state, self.me) for m in stale)

@@ -29,6 +29,7 @@ steady state neighbours hear each other every heartbeat and need no probes.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -152,7 +153,7 @@ class Waggle:
         self.view: dict[bytes, _Seen] = {}
         self._outbox: list[tuple[Addr, Envelope]] = []
         self._next_push = now + rng.uniform(0, config.heartbeat)  # spread the swarm's pushes
-        self._last_push = -1e9
+        self._last_push = -math.inf  # never
         self._pushes = 0
         # Nodes held dead -> the incarnation they are held dead at (the failure
         # detector's). Their dances at that incarnation or lower are dropped, not

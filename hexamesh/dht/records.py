@@ -41,7 +41,14 @@ from typing import Annotated
 
 import msgpack
 
-from hexamesh.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Identity, node_id_for, verify
+from hexamesh.identity import (
+    PUBLIC_KEY_BYTES,
+    SIGNATURE_BYTES,
+    Identity,
+    node_id_for,
+    short_id,
+    verify,
+)
 from hexamesh.wire import Len, MaxLen, Struct, struct
 
 __all__ = [
@@ -189,7 +196,7 @@ class RecordStore:
         mine = entries.get(publisher)
         if kind is KeyKind.SINGLE and mine is None and entries:
             (owner,) = entries
-            raise StoreRefused(f"{record.key} is held by {owner.hex()[:8]} until it expires")
+            raise StoreRefused(f"{record.key} is held by {short_id(owner)} until it expires")
         if mine is not None:
             if record == mine:
                 return False

@@ -34,6 +34,7 @@ from typing import Protocol
 import trio
 
 from hexamesh.faults import Component, Faults
+from hexamesh.identity import short_id
 from hexamesh.limits import DROP_WARN_INTERVAL
 from hexamesh.net.base import Addr, Core, FrameStream, Transport
 from hexamesh.wire import (
@@ -162,13 +163,13 @@ class CoreDriver:
         now = self._clock()
         if now - self._warned_at < DROP_WARN_INTERVAL:
             self._unwarned += 1
-            log.debug("%s: dropped frame from %s: %s", self.node_id[:4].hex(), sender, error)
+            log.debug("%s: dropped frame from %s: %s", short_id(self.node_id), sender, error)
             return
         more = f"; {self._unwarned} more since the last warning" if self._unwarned else ""
         self._warned_at, self._unwarned = now, 0
         log.warning(
             "%s: dropped a frame from %s: %s (another swarm's key?%s)",
-            self.node_id[:4].hex(),
+            short_id(self.node_id),
             sender,
             error,
             more,
@@ -223,7 +224,7 @@ class CoreDriver:
             pass
         except (WireError, trio.TooSlowError, OSError, trio.BrokenResourceError) as e:
             self.stats.stream_errors += 1
-            log.debug("%s: incoming stream from %s: %s", self.node_id[:4].hex(), peer, e)
+            log.debug("%s: incoming stream from %s: %s", short_id(self.node_id), peer, e)
         finally:
             self._readers.release()
             with trio.CancelScope(shield=True), trio.move_on_after(1):
@@ -242,7 +243,7 @@ class CoreDriver:
                 sealed = self.codec.seal(env, limit=MAX_STREAM_FRAME)
             except EncodeError as e:
                 self.stats.oversize += 1
-                log.error("%s: cannot send to %s: %s", self.node_id[:4].hex(), addr, e)
+                log.error("%s: cannot send to %s: %s", short_id(self.node_id), addr, e)
                 continue
             except Exception as e:  # a value the wire cannot carry (a counter past 2^64)
                 self._core_failed(e, f"sealing a {type(env.message).__name__}", type(env.message))
@@ -273,7 +274,7 @@ class CoreDriver:
                 self.stats.streams_sent += 1
             except (OSError, trio.TooSlowError, trio.BrokenResourceError) as e:
                 self.stats.stream_errors += 1
-                log.debug("%s: stream to %s failed: %s", self.node_id[:4].hex(), addr, e)
+                log.debug("%s: stream to %s failed: %s", short_id(self.node_id), addr, e)
 
     # -- timers -----------------------------------------------------------
 

@@ -92,9 +92,6 @@ class RttProbe:
             raise ValueError(f"already watching {self.config.max_watched} addresses")
         self._watched[addr] = now
 
-    def unwatch(self, addr: Addr) -> None:
-        self._watched.pop(addr, None)
-
     def ping(self, addr: Addr, now: float) -> int:
         """Send one probe; returns its message id."""
         msg_id = self._rng.getrandbits(64)

@@ -453,9 +453,6 @@ class SimNetwork:
 
     # -- observing --------------------------------------------------------
 
-    def live_hosts(self) -> list[SimHost]:
-        return [h for h in self.hosts.values() if h.alive]
-
     def traffic(self) -> dict[str, float]:
         """Network-wide totals, for a simulation's JSON summary."""
         hosts = self.hosts.values()

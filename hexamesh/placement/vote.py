@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 
 from hexamesh.comb.waggle import Dance
 from hexamesh.hexgrid import Hex, distance
+from hexamesh.identity import short_id
 from hexamesh.limits import MAX_ELECTION_TTL
 from hexamesh.net.base import Addr
 from hexamesh.placement.messages import (
@@ -314,7 +315,7 @@ class Scouting:
                     key[0],
                     key[1],
                     out.state if out else "?",
-                    {s: n.hex()[:8] for s, n in (out.winners if out else {}).items()},
+                    {s: short_id(n) for s, n in (out.winners if out else {}).items()},
                 )
                 continue
             if e.rank_at is not None and now >= e.rank_at:

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import trio
 
 from hexamesh.faults import Component, Faults
+from hexamesh.identity import short_id
 from hexamesh.net.admission import Ticket
 from hexamesh.net.base import Addr
 from hexamesh.serve import sse
@@ -147,7 +148,7 @@ class FrontDoor:
     def server_died(self, node: bytes) -> None:
         """The comb declared ``node`` dead: requests waiting on it move on now."""
         if self.deaths.dead(node):
-            log.info("server %s declared dead: its requests move on", node.hex()[:8])
+            log.info("server %s declared dead: its requests move on", short_id(node))
 
     def _watch(
         self, cand: Candidate, cut: Callable[[], None]
@@ -165,7 +166,7 @@ class FrontDoor:
         with trio.CancelScope() as scope, self._watch(cand, scope.cancel):
             yield
         if scope.cancelled_caught:
-            raise UpstreamError(f"{cand.node.hex()[:8]} was declared dead")
+            raise UpstreamError(f"{short_id(cand.node)} was declared dead")
 
     def close(self) -> None:
         """Close the pooled upstream connections (streams in flight are not touched;
@@ -378,7 +379,7 @@ class FrontDoor:
         except DialError as e:
             return attempts.raced(None, e.tried, str(e)), None
         for cand in run[:first]:
-            log.info("server %s passed over: slower to connect", cand.node.hex()[:8])
+            log.info("server %s passed over: slower to connect", short_id(cand.node))
         return attempts.raced(action.attempt + first, len(run)), stream
 
     async def _dial(
@@ -405,7 +406,7 @@ class FrontDoor:
             with self._unless_declared_dead(cand):
                 return action, await self._open_peer(cand, target, body, route, stream)
         except UpstreamError as e:
-            log.info("server %s failed before answering: %s", cand.node.hex()[:8], e)
+            log.info("server %s failed before answering: %s", short_id(cand.node), e)
             return attempts.refused(str(e)), None
 
     async def _open_peer(
@@ -420,7 +421,7 @@ class FrontDoor:
         if addr is None:
             if stream is not None:
                 await stream.aclose()
-            raise UpstreamError(f"no address known for {cand.node.hex()[:8]}")
+            raise UpstreamError(f"no address known for {short_id(cand.node)}")
 
         def signed() -> bytes:  # a fresh signature for each send: they are single-use
             headers = self.signer.headers("POST", target, body, route, self._clock())
@@ -529,7 +530,7 @@ class FrontDoor:
             try:
                 if up.status != 200:
                     action = attempts.answered(
-                        up.status, f"{cand.node.hex()[:8]} answered {up.status}"
+                        up.status, f"{short_id(cand.node)} answered {up.status}"
                     )
                     if isinstance(action, PassOn):
                         data = await read_body(up)
@@ -580,7 +581,7 @@ class FrontDoor:
                 self.metrics.tokens.inc(events)  # a token per event, or more (merged)
                 action = attempts.done()
                 break
-            why = f"{cand.node.hex()[:8]} broke off mid-answer"
+            why = f"{short_id(cand.node)} broke off mid-answer"
             if not sent:
                 action = attempts.broke_off(why, sent=False)
                 continue
@@ -638,7 +639,7 @@ class FrontDoor:
                 try:
                     if up.status != 200:
                         action = attempts.answered(
-                            up.status, f"{cand.node.hex()[:8]} answered {up.status}"
+                            up.status, f"{short_id(cand.node)} answered {up.status}"
                         )
                         if isinstance(action, PassOn):
                             detail = (await read_body(up))[:500].decode("utf-8", "replace")

@@ -35,6 +35,7 @@ memory for ever.
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Protocol, TypeVar
@@ -125,7 +126,7 @@ class CombView:
         self.node = honeycomb.node
         self._started = started
         self._providers: ModelCache[tuple[float, dict[bytes, Addr]]] = ModelCache()
-        self._index: tuple[float, dict[bytes, tuple[Addr, tuple[str, ...]]]] = (-1e9, {})
+        self._index: tuple[float, dict[bytes, tuple[Addr, tuple[str, ...]]]] = (-math.inf, {})
         self._recent = Recent()  # who was seen serving each model lately (doubtful candidates)
         self._wanted: set[str] = set()  # models whose providers ``run`` looks up next
         self._wake = trio.Event()
@@ -177,7 +178,7 @@ class CombView:
 
     def _wants_lookup(self, model: str, now: float) -> bool:
         """Whether ``model``'s providers are stale and the comb view thin."""
-        return now - self._providers.get(model, (-1e9, {}))[0] > DHT_CACHE and wants_providers(
+        return now - self._providers.get(model, (-math.inf, {}))[0] > DHT_CACHE and wants_providers(
             len(self.honeycomb.peers_with(model))
         )
 
