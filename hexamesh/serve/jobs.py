@@ -32,6 +32,7 @@ raises is reported to ``faults`` and dropped, and the workers go on.
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import math
@@ -53,7 +54,7 @@ from hexamesh.serve.http import HttpConnection, Request
 from hexamesh.serve.requests import ApiError, CompletionRequest, parse_completion, parse_json_body
 from hexamesh.serve.router import Priority
 
-__all__ = ["DhtJobs", "JobRunner", "JobStore", "Jobs"]
+__all__ = ["DhtJobs", "JobRunner", "JobState", "JobStore", "Jobs"]
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,23 @@ RETENTION = 24 * 3600.0  # s a finished job is kept (the default of --job-retent
 PRUNE_INTERVAL = 600.0  # s between deletions of finished jobs past their retention
 LOW_WAIT = 1.0  # s a low-priority job waits when every server is busy
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_PRIORITY_ORDER = {"high": 0, "medium": 1, "low": 2}
+
+
+class JobState(enum.StrEnum):
+    """Where a job stands (stored and sent as these strings)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"  # with a result
+    FAILED = "failed"  # with an error
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.DONE, JobState.FAILED)
+
+
+# The most advanced state wins when the acceptor's record and takers' entries differ.
+_ADVANCE = {JobState.QUEUED: 0, JobState.RUNNING: 1, JobState.FAILED: 2, JobState.DONE: 3}
 
 
 class JobFailed(Exception):
@@ -81,8 +98,8 @@ class Job:
     model: str
     chat: bool
     body: dict[str, Any]
-    priority: str
-    state: str  # queued, running, done, failed
+    priority: Priority
+    state: JobState
     result: dict[str, Any] | None = None
     error: str | None = None
     attempts: int = 0
@@ -130,8 +147,8 @@ class JobStore:
             model=model,
             chat=bool(chat),
             body=json.loads(body),
-            priority=prio,
-            state=state,
+            priority=Priority(prio),
+            state=JobState(state),
             result=json.loads(result) if result else None,
             error=error,
             attempts=attempts,
@@ -164,7 +181,7 @@ class JobStore:
             ),
         )
 
-    def set_state(self, jid: str, state: str, **fields: Any) -> None:
+    def set_state(self, jid: str, state: JobState, **fields: Any) -> None:
         sets = ["state=?", "updated=?"]
         values: list[Any] = [state, time.time()]
         for name, value in fields.items():
@@ -282,8 +299,8 @@ def job_from_doc(doc: dict[str, Any]) -> Job:
         model=str(doc.get("model", "")),
         chat=bool(doc.get("chat")),
         body=dict(body),
-        priority=str(doc.get("priority", "medium")),
-        state=str(doc.get("state", "queued")),
+        priority=Priority(str(doc.get("priority", Priority.MEDIUM))),
+        state=JobState(str(doc.get("state", JobState.QUEUED))),
         result=doc.get("result"),
         error=doc.get("error"),
         attempts=int(doc.get("attempts") or 0),
@@ -292,14 +309,19 @@ def job_from_doc(doc: dict[str, Any]) -> Job:
     )
 
 
-_RANK = {"done": 3, "failed": 2, "running": 1, "queued": 0}
-
-
 def merge(docs: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The most advanced state among the acceptor's record and takers' entries."""
     if not docs:
         return None
-    return max(docs, key=lambda d: (_RANK.get(str(d.get("state")), -1), "result" in d))
+
+    def advance(doc: dict[str, Any]) -> tuple[int, bool]:
+        try:
+            rank = _ADVANCE[JobState(str(doc.get("state")))]
+        except ValueError:
+            rank = -1
+        return rank, "result" in doc
+
+    return max(docs, key=advance)
 
 
 class Jobs:
@@ -351,9 +373,12 @@ class Jobs:
         if len(raw) > MAX_JOB_REQUEST:
             raise ApiError(413, f"a job request is at most {MAX_JOB_REQUEST} bytes, got {len(raw)}")
         body = parse_json_body(raw)
-        priority = body.pop("priority", "medium")
-        if priority not in _PRIORITY_ORDER:
-            raise ApiError(400, "`priority` must be high, medium or low", param="priority")
+        try:
+            priority = Priority(body.pop("priority", Priority.MEDIUM))
+        except ValueError:
+            raise ApiError(
+                400, "`priority` must be high, medium or low", param="priority"
+            ) from None
         jid = body.pop("id", None) or uuid.uuid4().hex
         if not isinstance(jid, str) or not _ID.match(jid):
             raise ApiError(400, "`id` must be 1-64 letters, digits, _ or -", param="id")
@@ -383,7 +408,7 @@ class Jobs:
             chat=chat,
             body=body,
             priority=priority,
-            state="queued",
+            state=JobState.QUEUED,
             created=self._clock(),
         )
         self.store.add(job)
@@ -395,7 +420,7 @@ class Jobs:
         if not _ID.match(jid):
             raise ApiError(400, "malformed job id", param="id")
         local = self.store.get(jid)
-        if local is not None and local.state in ("done", "failed"):
+        if local is not None and local.state.finished:
             return local.public()
         docs = [] if self.dht is None else await self._records(jid)
         if local is not None:
@@ -446,13 +471,13 @@ class Jobs:
                 for job in self.store.queued():
                     if job.id in running:
                         continue
-                    if job.priority == "low" and self.runner.busy(job.model):
+                    if job.priority is Priority.LOW and self.runner.busy(job.model):
                         waiting = True
                         continue  # low yields under load
                     running.add(job.id)
-                    self.store.set_state(job.id, "running")
+                    self.store.set_state(job.id, JobState.RUNNING)
                     await send.send(job)
-                running = {j for j in running if _state(self.store.get(j)) == "running"}
+                running = {j for j in running if _state(self.store.get(j)) is JobState.RUNNING}
                 wait = min(LOW_WAIT if waiting else math.inf, PRUNE_INTERVAL)
                 with trio.move_on_after(wait):
                     await self._wake.wait()
@@ -474,36 +499,41 @@ class Jobs:
                 await self._run_one(job, publish_key=None)
             except Exception as e:
                 self.faults.caught(Component.JOBS, e, f"job {job.id}")
-                self.store.set_state(job.id, "failed", error=f"internal error: {e}"[:500])
+                self.store.set_state(job.id, JobState.FAILED, error=f"internal error: {e}"[:500])
             self._wake.set()
 
     async def _run_one(self, job: Job, *, publish_key: str | None) -> Job:
-        running = Job(**{**_fields(job), "state": "running", "attempts": job.attempts + 1})
+        running = Job(**{**_fields(job), "state": JobState.RUNNING, "attempts": job.attempts + 1})
         await self._publish(running, key=publish_key)
         try:
             req = parse_completion(json.dumps(job.body).encode(), chat=job.chat)
             priority = Priority(job.priority)
         except (ApiError, ValueError) as e:  # a record any key holder may have written
-            final = Job(**{**_fields(running), "state": "failed", "error": f"bad job: {e}"})
+            final = Job(**{**_fields(running), "state": JobState.FAILED, "error": f"bad job: {e}"})
             return await self._finish(job, final, publish_key)
         try:
             data, served_by = await self.runner.fetch(req, priority)
             result = json.loads(data)
             final = Job(
-                **{**_fields(running), "state": "done", "result": result, "served_by": served_by}
+                **{
+                    **_fields(running),
+                    "state": JobState.DONE,
+                    "result": result,
+                    "served_by": served_by,
+                }
             )
         except JobFailed as e:
-            final = Job(**{**_fields(running), "state": "failed", "error": str(e)})
+            final = Job(**{**_fields(running), "state": JobState.FAILED, "error": str(e)})
         except Exception as e:
             if running.attempts >= MAX_ATTEMPTS:
-                final = Job(**{**_fields(running), "state": "failed", "error": str(e)})
+                final = Job(**{**_fields(running), "state": JobState.FAILED, "error": str(e)})
             else:
                 log.info("job %s: try %d failed (%s); retrying", job.id, running.attempts, e)
                 if publish_key is None:
-                    self.store.set_state(job.id, "running", attempts=running.attempts)
+                    self.store.set_state(job.id, JobState.RUNNING, attempts=running.attempts)
                 await trio.sleep(RETRY_DELAY * 2 ** (running.attempts - 1))
                 if publish_key is None:
-                    self.store.set_state(job.id, "queued", attempts=running.attempts)
+                    self.store.set_state(job.id, JobState.QUEUED, attempts=running.attempts)
                     return running
                 return await self._run_one(running, publish_key=publish_key)
         return await self._finish(job, final, publish_key)
@@ -534,7 +564,7 @@ class Jobs:
             await trio.sleep(TAKEOVER_INTERVAL * (0.5 + self._rng.random()))
             for key, publisher, doc in self.dht.held_jobs():
                 jid = key.removeprefix("job:")
-                if doc.get("state") in ("done", "failed") or jid in self._claimed:
+                if doc.get("state") in (JobState.DONE, JobState.FAILED) or jid in self._claimed:
                     continue
                 if publisher == self.node or not self.dht.is_dead(publisher):
                     continue
@@ -548,14 +578,14 @@ class Jobs:
         """Claim a dead acceptor's job in jobrun:<id>; run it if our claim is first."""
         assert self.dht is not None
         runs = await self.dht.get_records(f"jobrun:{jid}")
-        if any(d.get("state") in ("done", "failed") for _, d in runs):
+        if any(d.get("state") in (JobState.DONE, JobState.FAILED) for _, d in runs):
             self._claimed[jid] = self._clock()
             return
         live = [(p, d) for p, d in runs if not self.dht.is_dead(p)]
         if live:
             return  # someone alive runs it
         job = job_from_doc(doc)
-        claim = Job(**{**_fields(job), "state": "running"})
+        claim = Job(**{**_fields(job), "state": JobState.RUNNING})
         await self._publish(claim, key=f"jobrun:{jid}")
         runs = await self.dht.get_records(f"jobrun:{jid}")
         claims = sorted((int(d.get("_seq", 0)), p) for p, d in runs if not self.dht.is_dead(p))
@@ -575,7 +605,7 @@ def _readable(doc: dict[str, Any]) -> bool:
     return True
 
 
-def _state(job: Job | None) -> str | None:
+def _state(job: Job | None) -> JobState | None:
     return None if job is None else job.state
 
 

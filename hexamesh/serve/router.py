@@ -68,7 +68,9 @@ STABILITY_WEIGHT = 0.1  # high priority: bonus per hour of uptime, capped at 1 h
 LOW_MAX_LOAD = 0.5  # low priority: candidates above this load are skipped
 
 
-class Priority(enum.Enum):
+class Priority(enum.StrEnum):
+    """A request's priority (sent and stored as these strings)."""
+
     HIGH = "high"
     MEDIUM = "medium"
     LOW = "low"

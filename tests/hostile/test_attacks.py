@@ -275,7 +275,7 @@ class _JobsDht:
     ("doc", "outcome"),
     [
         ({"id": "j1", "body": {}}, "failed"),  # the issue's: parse_completion outside any try
-        ({"id": "j2", "model": "tiny", "body": {"prompt": "hi"}, "priority": "urgent"}, "failed"),
+        ({"id": "j2", "model": "tiny", "body": {"prompt": "hi"}, "priority": "urgent"}, "dropped"),
         ({"id": "j3", "model": "tiny", "body": ["not", "an", "object"]}, "dropped"),
         ({"id": "j4", "body": {"model": "tiny", "prompt": "x", "n": 10**9}}, "failed"),
     ],

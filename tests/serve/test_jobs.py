@@ -12,7 +12,8 @@ import pytest
 import trio
 
 from hexamesh.serve import jobs as jobs_mod
-from hexamesh.serve.jobs import Job, Jobs, JobStore, decode_record
+from hexamesh.serve.jobs import Job, Jobs, JobState, JobStore, decode_record
+from hexamesh.serve.router import Priority
 from hexamesh.wire import KeyRing
 from tests.serve.fake_upstream import Behaviour
 from tests.serve.swarm import MODEL, Door, link, link_in_order, start_door
@@ -164,11 +165,11 @@ def test_a_restart_requeues_running_jobs(tmp_path: Path) -> None:
             model=MODEL,
             chat=False,
             body={"model": MODEL, "prompt": "x"},
-            priority="medium",
-            state="queued",
+            priority=Priority.MEDIUM,
+            state=JobState.QUEUED,
         )
     )
-    store.set_state("j", "running")
+    store.set_state("j", JobState.RUNNING)
     store.db.close()
     again = JobStore(tmp_path / "j.sqlite")
     job = again.get("j")
@@ -217,14 +218,18 @@ async def test_a_dead_acceptors_job_is_taken_over_and_readable_anywhere(tmp_path
 
 def test_finished_jobs_are_deleted_after_their_retention(tmp_path: Path) -> None:
     store = JobStore(tmp_path / "j.sqlite")
-    for jid, state in (("done", "done"), ("failed", "failed"), ("waiting", "queued")):
+    for jid, state in (
+        ("done", JobState.DONE),
+        ("failed", JobState.FAILED),
+        ("waiting", JobState.QUEUED),
+    ):
         store.add(
             Job(
                 id=jid,
                 model=MODEL,
                 chat=False,
                 body={"model": MODEL, "prompt": "x"},
-                priority="medium",
+                priority=Priority.MEDIUM,
                 state=state,
                 created=time.time() - 3 * 86400,
             )
