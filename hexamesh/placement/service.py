@@ -43,7 +43,7 @@ from hexamesh.net.base import Addr, format_addr
 from hexamesh.net.driver import CoreDriver
 from hexamesh.placement.messages import MAX_REPLICAS, Ballot
 from hexamesh.placement.swarmscale import Reading, Scale, Swarmscale
-from hexamesh.placement.vote import PlacementError, Scouting
+from hexamesh.placement.vote import ElectionState, PlacementError, Scouting
 from hexamesh.serve.http import HttpConnection, Request
 from hexamesh.serve.requests import ApiError, parse_json_body
 
@@ -230,7 +230,11 @@ class Placements:
         self.driver.poke()
         while True:
             outcome = self.core.outcome(model, epoch)
-            if outcome is None or outcome.state != "open" or len(outcome.winners) >= replicas:
+            if (
+                outcome is None
+                or outcome.state is not ElectionState.OPEN
+                or len(outcome.winners) >= replicas
+            ):
                 break
             await trio.sleep(WAIT_STEP)
         try:
@@ -248,7 +252,7 @@ class Placements:
             "source": source,
             "epoch": epoch,
             "replicas": replicas,
-            "state": "placed" if winners else "no quorum",
+            "state": ElectionState.PLACED if winners else ElectionState.NO_QUORUM,
             "scouts": len(self.core.electorate(model, epoch)),
             "quorum": ballot.quorum,
             "winners": winners,

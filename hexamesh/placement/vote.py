@@ -44,6 +44,7 @@ their views, votes converge within a few re-ranks and resends (seconds at
 
 from __future__ import annotations
 
+import enum
 import logging
 import random
 from collections.abc import Callable, Mapping
@@ -69,7 +70,7 @@ from hexamesh.placement.messages import (
 from hexamesh.placement.score import Weights, best, eligible, merit, quorum_of
 from hexamesh.wire import Envelope, Message
 
-__all__ = ["Outcome", "PlacementConfig", "PlacementError", "Scouting"]
+__all__ = ["ElectionState", "Outcome", "PlacementConfig", "PlacementError", "Scouting"]
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +96,19 @@ class PlacementConfig:
     weights: Weights = field(default_factory=Weights)
 
 
+class ElectionState(enum.StrEnum):
+    """Where an election stands (sent in the API as these strings)."""
+
+    OPEN = "open"
+    PLACED = "placed"  # a quorum placed at least one replica
+    NO_QUORUM = "no quorum"  # closed with nobody placed: nothing moved
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Outcome:
     model: str
     epoch: int
-    state: str  # "open", "placed" (a quorum placed at least one replica), "no quorum"
+    state: ElectionState
     replicas: int  # wanted
     winners: dict[int, bytes]  # slot -> node, as far as this node heard
     scouts: int  # electorate size (0: this node only watched, as a candidate)
@@ -221,7 +230,10 @@ class Scouting:
         winners = {slot: s.node for slot, s in e.winners.items()}
         if e.my_slot is not None:
             winners[e.my_slot] = self.me
-        state = "open" if not e.closed else ("placed" if winners else "no quorum")
+        if not e.closed:
+            state = ElectionState.OPEN
+        else:
+            state = ElectionState.PLACED if winners else ElectionState.NO_QUORUM
         return Outcome(
             model=model,
             epoch=epoch,

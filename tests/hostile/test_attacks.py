@@ -30,7 +30,7 @@ from hexamesh.net.memory import open_memory_network
 from hexamesh.net.rtt import Ping, Pong, RttConfig, RttProbe
 from hexamesh.net.udp import open_udp_transport
 from hexamesh.placement.messages import Ballot, Proposal, Scout
-from hexamesh.placement.vote import PlacementConfig, Scouting
+from hexamesh.placement.vote import ElectionState, PlacementConfig, Scouting
 from hexamesh.serve import relay
 from hexamesh.serve.jobs import Jobs, JobStore
 from hexamesh.serve.view import CombView
@@ -357,7 +357,8 @@ def test_9_forged_proposals_cannot_keep_an_operator_from_calling_a_vote() -> Non
     core.propose("tiny", "/models/tiny", 1, 7, 1.0)  # ours: still allowed
     core.handle_timer(MAX_ELECTION_TTL + 1.0)
     assert all(
-        core.outcome(f"bait{i}", 1) is None or core.outcome(f"bait{i}", 1).state != "open"  # type: ignore[union-attr]
+        core.outcome(f"bait{i}", 1) is None
+        or core.outcome(f"bait{i}", 1).state is not ElectionState.OPEN  # type: ignore[union-attr]
         for i in range(40)
     )  # every forged election closed within the API's bound
 
