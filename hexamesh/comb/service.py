@@ -38,7 +38,6 @@ replaces the cell record by one that expires in a second.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from collections.abc import Callable
@@ -50,7 +49,7 @@ from hexamesh.comb.cells import choose_cell
 from hexamesh.comb.core import Comb, CombConfig, ViewReply
 from hexamesh.comb.swim import MembershipEvent, MemberState
 from hexamesh.comb.waggle import Dance
-from hexamesh.dht.claim import addr_value, holder_of, release
+from hexamesh.dht.claim import addr_value, claim, holder_of, release
 from hexamesh.dht.service import Dht, DhtError
 from hexamesh.hexgrid import ORIGIN, Hex
 from hexamesh.identity import Identity, short_id
@@ -246,21 +245,15 @@ class Honeycomb:
 
     async def claim(self, cell: Hex) -> bool:
         """Try to take ``cell``: read, put-if-absent, read back and settle."""
-        key = cell_key(cell)
         now = self._clock()
-        holder = holder_of(await self.dht.get(key, every_replica=True))
-        if holder is not None and holder.node != self.node:
-            self.comb.learn(holder.node, holder.addr, cell, now)
-            return False
-        value = self._addr_value()
-        # The claim's age is its sequence number (ms); re-claiming our own cell
-        # after a restart starts a newer one, which replaces the old record.
-        await self.dht.put(key, value, CELL_TTL, seq=math.floor(now * 1000))
-        holder = holder_of(await self.dht.get(key, every_replica=True))
-        if holder is None or holder.node == self.node:
+        # Re-claiming our own cell after a restart starts a newer claim, which
+        # replaces the old record.
+        holder = await claim(
+            self.dht, cell_key(cell), self._addr_value(), CELL_TTL, me=self.node, now=now
+        )
+        if holder is None:
             return True
-        log.info("lost %s to %s (older claim)", cell, short_id(holder.node))
-        await self._release(key)
+        log.info("%s is %s's (older claim)", cell, short_id(holder.node))
         self.comb.learn(holder.node, holder.addr, cell, now)
         return False
 

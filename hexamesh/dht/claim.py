@@ -12,6 +12,7 @@ blocks no replica for the rest of its lease.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -21,7 +22,15 @@ from hexamesh.dht.records import Record
 from hexamesh.dht.service import Dht, DhtError
 from hexamesh.net.base import Addr, peer_addr
 
-__all__ = ["RELEASE_TTL", "Holder", "addr_value", "decode_addr", "holder_of", "release"]
+__all__ = [
+    "RELEASE_TTL",
+    "Holder",
+    "addr_value",
+    "claim",
+    "decode_addr",
+    "holder_of",
+    "release",
+]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +42,9 @@ class Holder:
     node: bytes  # the claimant (the record's publisher)
     addr: Addr  # where to reach it (the record's value)
     since: int  # the claim's sequence number: its time in ms
+
+
+NOBODY = Holder(node=b"", addr=("", 0), since=0)  # no record seen: nobody holds it
 
 
 def addr_value(addr: Addr) -> bytes:
@@ -61,6 +73,36 @@ def holder_of(records: Iterable[Record]) -> Holder | None:
         if best is None or (r.seq, r.publisher_id) < (best.since, best.node):
             best = Holder(node=r.publisher_id, addr=addr, since=r.seq)
     return best
+
+
+async def claim(
+    dht: Dht,
+    key: str,
+    value: bytes,
+    ttl: float,
+    *,
+    me: bytes,
+    now: float,
+    seen: bool = False,
+) -> Holder | None:
+    """Try to take ``key``: read it, store our claim (its sequence number is
+    ``now`` in ms: a newer claim of ours replaces an older one), read it back
+    from every replica and settle by the rule above. None if the key is ours;
+    else who holds it, ``NOBODY`` if no record could be read back (our
+    claim, stored, is given back either way).
+    ``seen``: the read-back must show our record (a placement slot, where two
+    holders would place one replica too many); by default a read-back that
+    finds nothing leaves the key ours (a cell, where a later contest settles
+    it). Raises DhtError."""
+    holder = holder_of(await dht.get(key, every_replica=True))
+    if holder is not None and holder.node != me:
+        return holder
+    await dht.put(key, value, ttl, seq=math.floor(now * 1000))
+    holder = holder_of(await dht.get(key, every_replica=True))
+    if (holder is not None and holder.node == me) or (holder is None and not seen):
+        return None
+    await release(dht, key, value)
+    return holder if holder is not None else NOBODY
 
 
 async def release(dht: Dht, key: str, value: bytes) -> None:

@@ -34,7 +34,7 @@ from typing import Any
 import trio
 
 from hexamesh.comb.core import Comb
-from hexamesh.dht.claim import Holder, addr_value, holder_of, release
+from hexamesh.dht.claim import Holder, addr_value, claim, holder_of, release
 from hexamesh.dht.service import Dht, DhtError
 from hexamesh.engine.supervisor import Engine, EngineState
 from hexamesh.faults import Component, Faults
@@ -170,19 +170,13 @@ class Placements:
 
     async def claim_slot(self, ballot: Ballot) -> int | None:
         """Take a free slot of the election (or find the one we hold); None if all are taken."""
-        me = self.core.me
         for slot in range(ballot.replicas):
             key = slot_key(ballot.model, ballot.epoch, slot)
-            holder = holder_of(await self.dht.get(key, every_replica=True))
-            if holder is not None:
-                if holder.node == me:
-                    return slot
-                continue
-            await self.dht.put(key, self._value, SLOT_TTL, seq=math.floor(self._clock() * 1000))
-            holder = holder_of(await self.dht.get(key, every_replica=True))
-            if holder is not None and holder.node == me:
+            lost_to = await claim(
+                self.dht, key, self._value, SLOT_TTL, me=self.core.me, now=self._clock(), seen=True
+            )
+            if lost_to is None:
                 return slot
-            await self._release(key)  # lost a race for it: the next one
         return None
 
     async def _release(self, key: str) -> None:
