@@ -336,7 +336,7 @@ def test_helpers_that_nack_confirm_the_suspicion_and_spare_our_health() -> None:
 def test_helpers_are_links_heard_lately_then_shortcuts_then_quiet_links() -> None:
     import random
 
-    from hexamesh.comb.swim import _Probe
+    from hexamesh.comb.swim.probing import _Probe
 
     c = Swim(node_id(0), addr(0), SwimConfig(indirect_checks=2), random.Random(0), 0.0)
     for j in range(1, 6):
@@ -442,7 +442,7 @@ def test_push_pull_exchanges_recent_news_only() -> None:
 
 
 def test_the_piggyback_queue_is_bounded_in_a_mass_failure() -> None:
-    from hexamesh.comb.swim import PIGGYBACK_QUEUE
+    from hexamesh.comb.swim.config import PIGGYBACK_QUEUE
 
     c = lone(0, [1, 2])
     deaths = [verdict(100 + j, by=1) for j in range(PIGGYBACK_QUEUE + 200)]

@@ -374,9 +374,9 @@ def test_10_forged_membership_news_cannot_grow_the_member_table_without_bound() 
 
 
 def test_10_hearsay_over_the_cap_pushes_the_oldest_out(monkeypatch: pytest.MonkeyPatch) -> None:
-    from hexamesh.comb import swim as swim_module
+    from hexamesh.comb.swim import members
 
-    monkeypatch.setattr(swim_module, "MAX_HEARSAY", 10)
+    monkeypatch.setattr(members, "MAX_HEARSAY", 10)
     swim = _swim()
     for i in range(25):
         swim.receive(_gossip(_about((5000 + i).to_bytes(20, "big"), 0, MemberState.DEAD)), B, 1.0)

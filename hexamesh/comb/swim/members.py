@@ -1,0 +1,410 @@
+"""Membership state and its transitions: who we hold alive, suspect or dead, and why.
+
+``Membership`` holds what every part of SWIM reads: the members (each with
+its address, incarnation, state and, while suspect, its accusers), the
+suspects' timers, the dead, the members known only from hearsay, and what
+the core hands out (messages, events). News about a member goes through
+``_apply``: about us (refute a suspicion or death with a higher incarnation,
+Swim §4.2), about a stranger (kept, as a tombstone too, within
+``MAX_HEARSAY``), then one handler per state the news says (alive, suspect,
+dead): a higher incarnation wins; at equal incarnation suspect beats alive
+and dead beats both. Suspicions time out per Lifeguard §3.2
+(``_expire_suspicions``); members past their time are forgotten (``_reap``).
+The flood, the probes and the push-pull are mixins over this state
+(``flood``, ``probing``, ``sync``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
+from typing import Any
+
+from hexamesh.comb.broadcast import BroadcastQueue
+from hexamesh.comb.suspicion import (
+    Awareness,
+    remaining_suspicion_time,
+    retransmit_limit,
+    suspicion_timeout,
+)
+from hexamesh.comb.swim.config import SwimConfig
+from hexamesh.comb.swim.messages import Gossip, MemberState, MemberUpdate
+from hexamesh.limits import MAX_HEARSAY, MAX_INCARNATION, MAX_INCARNATION_JUMP
+from hexamesh.net.base import Addr
+from hexamesh.wire import Envelope, Message
+
+__all__ = ["NEVER", "Membership", "MembershipEvent"]
+
+NEVER = -math.inf  # "when" of something that has not happened
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MembershipEvent:
+    node: bytes
+    addr: Addr
+    state: MemberState
+    incarnation: int
+    at: float
+
+
+_NOBODY: frozenset[bytes] = frozenset()
+
+
+@dataclass(slots=True)
+class _Member:
+    node: bytes
+    addr: Addr
+    incarnation: int
+    state: MemberState
+    since: float
+    suspicion_start: float = 0.0
+    # Accusers of a suspect. Shared and empty otherwise: after a mass failure a
+    # node holds thousands of tombstones, and an empty set each is 216 bytes.
+    confirmers: AbstractSet[bytes] = _NOBODY
+
+
+class Membership:
+    """The state every part of SWIM shares, and its transitions (see above)."""
+
+    me: bytes
+    addr: Addr
+    config: SwimConfig
+    _rng: random.Random
+    incarnation: int
+    _refuted_at: float
+    members: dict[bytes, _Member]
+    _suspects: dict[bytes, None]
+    _dead: dict[bytes, int]
+    links: list[bytes]
+    spread: list[bytes]
+    _watched: set[bytes]
+    _heard_at: dict[bytes, float]
+    _told_dead: dict[bytes, float]
+    _corrected: dict[bytes, float]
+    _stale: list[_Member]
+    _queue: BroadcastQueue[MemberUpdate]
+    _news: dict[bytes, dict[bytes, Any]]  # (flood.Flooding's: its _News)
+    awareness: Awareness
+    _outbox: list[tuple[Addr, Envelope]]
+    _events: list[MembershipEvent]
+    _hearsay: dict[bytes, None]
+    _reaped: list[bytes]
+    relink_needed: bool
+    left: bool
+    other_watchers: Callable[[bytes], list[Addr]]
+    false_suspicions_refuted: int
+    refused: int
+
+    # -- what the mixins provide (here last in the order of lookup, so theirs win)
+
+    def _broadcast(self, update: MemberUpdate, now: float, sender: bytes | None = None) -> None:
+        raise NotImplementedError  # flood.Flooding
+
+    def _told(self, u: MemberUpdate, sender: bytes) -> None:
+        raise NotImplementedError  # flood.Flooding
+
+    def _piggyback(self) -> tuple[MemberUpdate, ...]:
+        raise NotImplementedError  # flood.Flooding
+
+    # -- reading ---------------------------------------------------------------
+
+    def state_of(self, node: bytes) -> MemberState | None:
+        member = self.members.get(node)
+        return member.state if member else None
+
+    def dead_members(self) -> list[bytes]:
+        return list(self._dead)
+
+    @property
+    def dead(self) -> Mapping[bytes, int]:
+        """Members held dead -> their incarnation then (a live view, not a copy)."""
+        return self._dead
+
+    def take_reaped(self) -> list[bytes]:
+        """Members forgotten since the last call (their tombstone or hearsay aged out)."""
+        out, self._reaped = self._reaped, []
+        return out
+
+    @property
+    def has_events(self) -> bool:
+        """Are there membership changes ``events()`` has not handed out yet?"""
+        return bool(self._events)
+
+    def events(self) -> list[MembershipEvent]:
+        out, self._events = self._events, []
+        return out
+
+    # -- forgetting --------------------------------------------------------------
+
+    def _reap(self, now: float) -> None:
+        """Forget members past their time: the dead after ``tombstone_ttl``, live
+        ones that are neither link nor shortcut after ``hearsay_ttl`` without
+        news of them or a word from them. Never a link, a shortcut or a suspect;
+        the notes kept per node go with them."""
+        cfg = self.config
+        keep = set(self.spread) | self._watched
+        for node in list(self._dead):
+            member = self.members[node]
+            if node not in keep and now - member.since > cfg.tombstone_ttl:
+                self._forget(node)
+        quiet = now - cfg.hearsay_ttl
+        heard_at = self._heard_at
+        for node, member in list(self.members.items()):
+            if (
+                member.state is MemberState.ALIVE
+                and member.since < quiet
+                and node not in keep
+                and heard_at.get(node, -math.inf) < quiet
+            ):
+                self._forget(node)
+        for notes in (self._heard_at, self._told_dead, self._corrected):
+            for node, at in list(notes.items()):
+                if node not in self.members and now - at > cfg.tombstone_ttl:
+                    del notes[node]
+
+    def _forget(self, node: bytes) -> None:
+        self.members.pop(node, None)
+        self._dead.pop(node, None)
+        self._suspects.pop(node, None)
+        self._hearsay.pop(node, None)
+        self._news.pop(node, None)  # its heap entries are stale now, skipped when due
+        self._reaped.append(node)
+
+    # -- transitions -------------------------------------------------------------
+
+    def _update(
+        self, node: bytes, addr: Addr, incarnation: int, state: MemberState, by: bytes
+    ) -> MemberUpdate:
+        return MemberUpdate(
+            node=node, host=addr[0], port=addr[1], incarnation=incarnation, state=state, by=by
+        )
+
+    def _announce(self, now: float) -> None:
+        self._broadcast(
+            self._update(self.me, self.addr, self.incarnation, MemberState.ALIVE, self.me), now
+        )
+
+    def _retransmits(self) -> int:
+        return retransmit_limit(self.config.retransmit_mult, len(self.members) + 1)
+
+    def _emit(self, member: _Member, now: float) -> None:
+        self._events.append(
+            MembershipEvent(
+                node=member.node,
+                addr=member.addr,
+                state=member.state,
+                incarnation=member.incarnation,
+                at=now,
+            )
+        )
+        if member.state is MemberState.DEAD:
+            self._dead[member.node] = member.incarnation
+            if member.node in self.spread:
+                self.relink_needed = True
+        else:
+            self._dead.pop(member.node, None)
+
+    def _apply(self, u: MemberUpdate, sender: bytes, now: float) -> None:
+        """Take one piece of news about a member, from ``sender``."""
+        if not 0 <= u.incarnation <= MAX_INCARNATION:
+            self.refused += 1
+            return
+        if u.node == self.me:
+            self._news_of_us(u, sender, now)
+            return
+        if u.state is MemberState.SUSPECT and u.node not in self._watched:
+            return  # not ours to judge: its watchers will tell us the verdict
+        member = self.members.get(u.node)
+        if member is None:
+            self._news_of_a_stranger(u, sender, now)
+        elif u.state is MemberState.ALIVE:
+            self._news_alive(member, u, sender, now)
+        elif u.state is MemberState.SUSPECT:
+            self._news_suspect(member, u, sender, now)
+        else:
+            self._news_dead(member, u, sender, now)
+
+    def _news_of_us(self, u: MemberUpdate, sender: bytes, now: float) -> None:
+        if self.left:
+            return  # we said goodbye: our death is the news, not a rumour to refute
+        if u.incarnation - self.incarnation > MAX_INCARNATION_JUMP or (
+            u.state is not MemberState.ALIVE and u.incarnation >= MAX_INCARNATION
+        ):
+            # Not a real accusation (ours is kept across restarts, so a real
+            # one is a few refutations ahead at most): refuting it would spend
+            # the counter, and one at the maximum could never be refuted.
+            self.refused += 1
+            return
+        if u.state is not MemberState.ALIVE and u.incarnation >= self.incarnation:
+            # Suspected or declared dead: refute with a higher incarnation (SWIM §4.2),
+            # straight back to whoever told us too (it may not be one of our links).
+            self.incarnation = u.incarnation + 1
+            self._refuted_at = now
+            self.false_suspicions_refuted += 1
+            self._announce(now)
+            told = self.members.get(sender)
+            if told is not None and sender not in self.spread:
+                mine = self._update(
+                    self.me, self.addr, self.incarnation, MemberState.ALIVE, self.me
+                )
+                self._send(told.addr, self._rng.getrandbits(64), Gossip(updates=(mine,)))
+        elif u.state is not MemberState.ALIVE:
+            # The teller holds an old suspicion or death of us: it missed our
+            # refutation (cut off while it went round, or a flood lost). Tell it
+            # (``_correct``), or it holds us dead until a push-pull brings the
+            # news, up to 45 s: after a partition healed, nodes that had
+            # relinked around us kept us dead, hearing our dances all along.
+            self._stale.append(
+                _Member(self.me, self.addr, self.incarnation, MemberState.ALIVE, now)
+            )
+
+    def _news_of_a_stranger(self, u: MemberUpdate, sender: bytes, now: float) -> None:
+        """Alive, suspect, or dead: a tombstone, so that a rejoin with an old
+        incarnation is not believed, and the news keeps spreading."""
+        crowded = sender != self.me and len(self._hearsay) >= MAX_HEARSAY
+        if crowded and not self._room_for_hearsay():
+            self.refused += 1
+            return
+        member = _Member(u.node, (u.host, u.port), u.incarnation, u.state, now)
+        self.members[u.node] = member
+        if sender != self.me:
+            self._hearsay[u.node] = None
+        if u.state is MemberState.SUSPECT:
+            member.suspicion_start = now
+            member.confirmers = {u.by}
+            self._suspects[u.node] = None
+        self._emit(member, now)
+        if u.state is not MemberState.ALIVE and not crowded:
+            # (news over the hearsay cap is kept, not passed on: a flood of
+            # forged strangers stops here instead of going round the swarm)
+            self._broadcast(u, now, sender)
+
+    def _news_alive(self, member: _Member, u: MemberUpdate, sender: bytes, now: float) -> None:
+        """Alive at a higher incarnation wins over anything: a refutation or a rejoin."""
+        if u.incarnation <= member.incarnation:
+            self._told(u, sender)
+            return
+        changed = member.state is not MemberState.ALIVE
+        self.relink_needed |= member.state is MemberState.DEAD or (
+            member.state is MemberState.SUSPECT and u.node in self._watched
+        )
+        member.incarnation, member.state, member.addr, member.since = (
+            u.incarnation,
+            MemberState.ALIVE,
+            (u.host, u.port),
+            now,
+        )
+        member.confirmers = _NOBODY
+        if changed:
+            self._emit(member, now)
+            self._broadcast(u, now, sender)  # undo the news
+
+    def _news_suspect(self, member: _Member, u: MemberUpdate, sender: bytes, now: float) -> None:
+        """Suspect beats alive at the same incarnation; another accuser confirms."""
+        if u.incarnation < member.incarnation or member.state is MemberState.DEAD:
+            return
+        if member.state is MemberState.SUSPECT and u.incarnation == member.incarnation:
+            if u.by not in member.confirmers:
+                member.confirmers = {*member.confirmers, u.by}  # independent (Lifeguard)
+                self._broadcast(u, now, sender)
+            else:
+                self._told(u, sender)
+            return
+        self._suspect(u.node, u.by, now, incarnation=u.incarnation, sender=sender)
+
+    def _news_dead(self, member: _Member, u: MemberUpdate, sender: bytes, now: float) -> None:
+        """Dead beats alive and suspect at the same or a higher incarnation."""
+        if member.state is not MemberState.DEAD and u.incarnation >= member.incarnation:
+            member.incarnation, member.state, member.since = u.incarnation, MemberState.DEAD, now
+            self._suspects.pop(u.node, None)
+            self._emit(member, now)
+            self._broadcast(u, now, sender)
+            return
+        self._told(u, sender)
+        if u.incarnation < member.incarnation and member.state is MemberState.ALIVE:
+            self._stale.append(member)  # it spreads a death of one who came back
+
+    def _room_for_hearsay(self) -> bool:
+        """Make room for one more member heard of (at most MAX_HEARSAY): the
+        oldest news of a node we neither link to nor judge goes first."""
+        keep = set(self.spread) | self._watched
+        for node in self._hearsay:
+            if node not in keep and node not in self._suspects:
+                self._forget(node)
+                return True
+        return False
+
+    def _suspect(
+        self,
+        node: bytes,
+        by: bytes,
+        now: float,
+        incarnation: int | None = None,
+        sender: bytes | None = None,
+        also: set[bytes] | None = None,
+    ) -> None:
+        member = self.members.get(node)
+        if member is None or member.state is MemberState.DEAD:
+            return
+        if member.state is MemberState.SUSPECT:
+            # Our own failed probe of a node others suspect: an independent confirmation.
+            if by not in member.confirmers:
+                member.confirmers = {*member.confirmers, by}
+                self._broadcast(
+                    self._update(node, member.addr, member.incarnation, MemberState.SUSPECT, by),
+                    now,
+                )
+            return
+        if incarnation is not None:
+            member.incarnation = incarnation
+        member.state = MemberState.SUSPECT
+        self._suspects[node] = None
+        self.relink_needed |= node in self._watched  # watch who is behind it (Comb)
+        member.since = member.suspicion_start = now
+        member.confirmers = {by, *(also or ())}
+        self._emit(member, now)
+        accusation = self._update(node, member.addr, member.incarnation, MemberState.SUSPECT, by)
+        self._broadcast(accusation, now, sender)
+        if by == self.me:
+            spread = {self.members[n].addr for n in self.spread}
+            for addr in self.other_watchers(node):
+                if addr not in spread and addr != self.addr:
+                    self._send(addr, self._rng.getrandbits(64), Gossip(updates=(accusation,)))
+
+    def _suspicion_bounds(self) -> tuple[float, float, int]:
+        cfg = self.config
+        minimum = suspicion_timeout(cfg.suspicion_mult, len(self.members) + 1, cfg.probe_interval)
+        expected = cfg.suspicion_confirmations
+        return minimum, cfg.suspicion_max_mult * minimum, expected
+
+    def _suspicion_total(
+        self, member: _Member, bounds: tuple[float, float, int] | None = None
+    ) -> float:
+        minimum, maximum, expected = bounds or self._suspicion_bounds()
+        # The first accuser is not a confirmation.
+        confirmations = max(0, len(member.confirmers) - 1)
+        return remaining_suspicion_time(confirmations, expected, 0.0, minimum, maximum)
+
+    def _expire_suspicions(self, now: float) -> None:
+        bounds = self._suspicion_bounds()
+        for node in list(self._suspects):
+            member = self.members[node]
+            if member.state is not MemberState.SUSPECT:
+                self._suspects.pop(node, None)
+                continue
+            if now >= member.suspicion_start + self._suspicion_total(member, bounds):
+                self._suspects.pop(node, None)
+                member.state, member.since = MemberState.DEAD, now
+                self._emit(member, now)
+                self._broadcast(
+                    self._update(
+                        member.node, member.addr, member.incarnation, MemberState.DEAD, self.me
+                    ),
+                    now,
+                )
+
+    def _send(self, addr: Addr, msg_id: int, msg: Message) -> None:
+        self._outbox.append((addr, Envelope(sender=self.me, msg_id=msg_id, message=msg)))
