@@ -110,12 +110,7 @@ COMB_MESSAGES: tuple[type[Message], ...] = (*SWIM_MESSAGES, WaggleMsg, ViewReq, 
 
 @dataclass(frozen=True, kw_only=True)
 class CombConfig:
-    # Comb links are few and watched by several neighbours, whose independent
-    # suspicions (and the helpers' nacks) confirm each other: a short minimum
-    # suspicion is safe here.
-    swim: SwimConfig = field(
-        default_factory=lambda: SwimConfig(suspicion_mult=0.5, suspicion_max_mult=4.0)
-    )
+    swim: SwimConfig = field(default_factory=SwimConfig)
     waggle: WaggleConfig = field(default_factory=WaggleConfig)
     look_past_holes: int = 4  # rings a node looks across holes for a link in each direction
     max_replies: int = 64  # ViewReplies kept for the caller to collect

@@ -26,8 +26,12 @@ class SwimConfig:
         0.5  # s; well above LAN RTT, leaves half the interval for indirect probes
     )
     indirect_checks: int = 3  # links asked to probe on our behalf (memberlist IndirectChecks)
-    suspicion_mult: float = 4.0  # minimum suspicion = mult * log10(N) * interval (memberlist LAN)
-    suspicion_max_mult: float = 6.0  # suspicion starts at max_mult times the minimum (Lifeguard)
+    # Minimum suspicion = mult * log10(N) * interval. memberlist's LAN value is 4;
+    # here a link is watched by the other neighbours that share it, whose
+    # independent suspicions (and the helpers' nacks) confirm each other, so a
+    # short minimum is safe (comb report: no false positive at 5 % loss).
+    suspicion_mult: float = 0.5
+    suspicion_max_mult: float = 4.0  # suspicion starts at max_mult times the minimum (Lifeguard)
     suspicion_confirmations: int = 2  # independent accusers that bring it down to the minimum
     # (memberlist uses SuspicionMult - 2; in a honeycomb two other neighbours share each link)
     retransmit_mult: int = 4  # piggybacked news rides mult * ceil(log10(N + 1)) messages
