@@ -1,0 +1,126 @@
+"""The agent's files in its data dir: keys, incarnation, saved contacts; checked before it binds."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from hexamesh.config import AgentConfig
+from hexamesh.dht.core import DhtCore
+from hexamesh.dht.service import save_contacts
+from hexamesh.faults import Component, Faults
+from hexamesh.fileio import DataDirLock, write_text_atomic
+from hexamesh.identity import Identity
+from hexamesh.net.base import format_addr
+from hexamesh.swarmkey import (
+    JoinToken,
+    SwarmKeyError,
+    load_key_file,
+    save_key_file,
+)
+from hexamesh.wire import KeyRing
+
+log = logging.getLogger(__name__)
+
+CONTACTS_FILE_NAME = "contacts.json"
+
+
+JOBS_FILE_NAME = "jobs.sqlite"
+
+
+INCARNATION_FILE_NAME = "incarnation"  # our SWIM incarnation, kept across restarts
+
+
+def resolve_keyring(config: AgentConfig) -> tuple[KeyRing, tuple[str, ...], bool]:
+    """The swarm key ring, the seeds to join, and whether we found a new swarm.
+
+    A join token supplies both key and seed; its key is saved to the key file
+    if there is none (as Consul keeps ``-encrypt`` in its data dir), so a
+    restart without the token stays in the swarm, and the CLI's commands that
+    read the key file find it. With no seeds and no key file, this node founds
+    a swarm with a new key, which the agent writes to the key file (mode 0600)
+    once bound. With seeds but no key, it refuses: a node without the key can
+    neither join nor read.
+    """
+    seeds = config.join
+    path = config.swarm_key_path
+    if config.token:
+        token = JoinToken.decode(config.token)
+        seeds = (*seeds, format_addr((token.host, token.port)))
+        ring = KeyRing(token.key)
+        if not path.exists():
+            save_key_file(path, ring)
+            log.info("saved the token's swarm key to %s", path)
+        elif _primary_in(path) != token.key:
+            log.warning("%s holds another swarm key: left as it is, the token's is used", path)
+        return ring, seeds, False
+    if not path.exists() and not seeds:
+        return KeyRing.generate(), seeds, True
+    if not path.exists():
+        raise SwarmKeyError(
+            f"joining needs the swarm key: copy it to {path}, or pass --token from "
+            "`hexamesh swarm invite` on a member"
+        )
+    return load_key_file(path), seeds, not seeds
+
+
+def _primary_in(path: Path) -> bytes | None:
+    """The primary key of a key file, None if it cannot be read."""
+    try:
+        return load_key_file(path).primary
+    except SwarmKeyError:
+        return None
+
+
+@dataclass(frozen=True)
+class PreparedAgent:
+    """What an agent needs before it binds: checked early, outside any nursery."""
+
+    config: AgentConfig
+    identity: Identity
+    keyring: KeyRing
+    seeds: tuple[str, ...]
+    founder: bool
+    # A new swarm's key, written once the agent is bound (a start that fails
+    # on a taken port leaves no key of a swarm that never ran).
+    unsaved_key: Path | None = None
+    lock: DataDirLock | None = None  # held on the data dir until run_agent returns
+
+
+def prepare_agent(config: AgentConfig) -> PreparedAgent:
+    """Lock the data dir, load (or create) the node key and the swarm key;
+    raises DataDirBusy, IdentityError or SwarmKeyError."""
+    lock = DataDirLock(config.data_dir)
+    try:
+        identity = Identity.load_or_create(config.data_dir)
+        keyring, seeds, founder = resolve_keyring(config)
+    except BaseException:
+        lock.release()
+        raise
+    path = config.swarm_key_path
+    unsaved = path if founder and not path.exists() else None  # a new swarm's key
+    return PreparedAgent(config, identity, keyring, seeds, founder, unsaved, lock)
+
+
+def load_incarnation(path: Path) -> int:
+    """Our SWIM incarnation when we last ran (0 if unknown)."""
+    try:
+        value = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return 0
+    return max(0, value)
+
+
+def _keep_incarnation(path: Path, incarnation: int, faults: Faults) -> None:
+    try:
+        write_text_atomic(path, f"{incarnation}\n")
+    except OSError as e:
+        faults.caught(Component.STATUS, e, f"writing {path.name}")
+
+
+def _save_contacts(path: Path, dht_core: DhtCore, faults: Faults) -> None:
+    try:
+        save_contacts(path, dht_core.closest(dht_core.me.id, 200))
+    except OSError as e:
+        faults.caught(Component.STATUS, e, f"writing {path.name}")

@@ -1,0 +1,220 @@
+"""The agent on the swarm: its cores behind one socket, its address, its join."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import socket as _stdlib_socket
+from dataclasses import dataclass
+from random import Random
+
+import trio
+
+from hexamesh.agent.models import _room
+from hexamesh.agent.status import RTT_REWRITE_INTERVAL, AgentStatus
+from hexamesh.comb.core import COMB_MESSAGES, Comb, CombConfig
+from hexamesh.comb.service import ClaimError, Honeycomb
+from hexamesh.comb.swim import MembershipEvent, MemberState
+from hexamesh.comb.waggle import Dance
+from hexamesh.config import AgentConfig
+from hexamesh.dht.contact import Contact
+from hexamesh.dht.core import DhtConfig, DhtCore
+from hexamesh.dht.service import DHT_MESSAGES, Dht, DhtError
+from hexamesh.identity import Identity
+from hexamesh.logs import printable
+from hexamesh.net.address import AddressBook, guess_host, is_wildcard, local_hosts
+from hexamesh.net.base import Addr, format_addr, parse_addr
+from hexamesh.net.mux import Mux
+from hexamesh.net.rtt import Ping, Pong, RttConfig, RttProbe
+from hexamesh.placement.messages import PLACEMENT_MESSAGES
+from hexamesh.placement.service import Placements
+from hexamesh.placement.vote import PlacementConfig, Scouting
+from hexamesh.serve.frontdoor import FrontDoor
+from hexamesh.serve.jobs import Jobs
+
+log = logging.getLogger(__name__)
+
+# s between RTT probes of each seed (the first at start): the RTT is only shown
+# in agent.json, which takes a new one at most this often, and the comb's SWIM
+# watches liveness. Once a second, a swarm's seed answered every joiner forever.
+SEED_PROBE_INTERVAL = RTT_REWRITE_INTERVAL
+
+
+CONTACTS_PINGED = 8  # saved contacts a restarted agent pings to learn its address
+
+
+JOIN_RETRY_MAX = 60.0  # s; longest wait between DHT bootstrap attempts
+
+
+TABLE_POLL = 1.0  # s; while bootstrap waits to retry, how often it looks for a node that reached us
+
+
+@dataclass(frozen=True)
+class AgentCores:
+    """The protocol cores of an agent behind one ``Mux``, as the agent runs them
+    (tests drive the same composition)."""
+
+    probe: RttProbe
+    dht: DhtCore
+    comb: Comb
+    scouting: Scouting
+    mux: Mux
+
+    @classmethod
+    def build(
+        cls,
+        identity: Identity,
+        address: Addr,
+        rng: Random,
+        now: float,
+        *,
+        incarnation: int = 0,
+        room: int = 1,
+    ) -> AgentCores:
+        probe = RttProbe(identity.node_id, RttConfig(interval=SEED_PROBE_INTERVAL), rng)
+        dht = DhtCore(identity, address, DhtConfig(), rng, now)
+        first = Dance.first(identity.node_id, address, 0, 0, status=_room(room))
+        comb = Comb(
+            dataclasses.replace(first, incarnation=incarnation),
+            CombConfig(),
+            rng,
+            now,
+            placed=False,
+        )
+        scouting = Scouting(identity.node_id, address, comb.live_dances, PlacementConfig(), rng)
+        mux = Mux()
+        mux.add(probe, Ping, Pong)
+        mux.add(dht, *DHT_MESSAGES)
+        mux.add(comb, *COMB_MESSAGES)
+        mux.add(scouting, *PLACEMENT_MESSAGES)
+        return cls(probe, dht, comb, scouting, mux)
+
+
+async def _resolve(seed: str) -> Addr:
+    host, port = parse_addr(seed)
+    infos = await trio.socket.getaddrinfo(host, port, type=_stdlib_socket.SOCK_DGRAM)
+    if not infos:
+        raise OSError(f"cannot resolve {host}")
+    sockaddr = infos[0][4]
+    return str(sockaddr[0]), int(sockaddr[1])
+
+
+def _address_book(config: AgentConfig, bound: Addr, towards: list[Addr]) -> AddressBook:
+    """Our first advertised address, and what may change it (``net.address``)."""
+    hosts = local_hosts()
+    host = guess_host(bound[0], config.advertise, towards, hosts)
+    fixed = bool(config.advertise) or not is_wildcard(bound[0])
+    return AddressBook(current=(host, bound[1]), fixed=fixed, local=frozenset(hosts))
+
+
+class Readdress:
+    """Our advertised address: peers' reports (``report``), and the re-announcing
+    when it changes (``announce``: everything that carries it)."""
+
+    def __init__(
+        self,
+        book: AddressBook,
+        comb: Comb,
+        dht_core: DhtCore,
+        scouting: Scouting,
+        placements: Placements,
+        honeycomb: Honeycomb,
+        front: FrontDoor,
+        jobs: Jobs,
+        status: AgentStatus,
+    ) -> None:
+        self.book = book
+        self.comb = comb
+        self.dht_core = dht_core
+        self.scouting = scouting
+        self.placements = placements
+        self.honeycomb = honeycomb
+        self.front = front
+        self.jobs = jobs
+        self.status = status
+        self.pending = False  # the records in the DHT still carry the old address
+
+    def report(self, reporter: str, seen: Addr, now: float) -> None:
+        new = self.book.report(reporter, seen, now)
+        if new is None:
+            return
+        log.info("peers reach us at %s: advertising it", printable(format_addr(new)))
+        self.comb.readdress(new, now)  # SWIM and the dance: at once
+        self.dht_core.me = Contact.of(self.dht_core.me.id, new)
+        self.scouting.addr = new
+        self.placements.readdress(new)
+        self.front.address = self.jobs.owner = self.status.address = format_addr(new)
+        self.honeycomb.driver.poke()
+        self.pending = True
+
+    async def announce(self) -> None:
+        """The DHT's records of us: our cell and the models we serve."""
+        self.pending = False
+        try:
+            await self.honeycomb.reannounce()
+        except DhtError as e:  # the next change, or the lease renewal, tries again
+            log.warning("re-announcing our new address: %s", e)
+
+
+async def _join(
+    dht: Dht,
+    honeycomb: Honeycomb,
+    seeds: list[Addr],
+    known: list[Contact],
+    views_from: list[Addr],
+    founder: bool,
+) -> None:
+    """Join the DHT (unless we found the swarm), then take a cell; retry with backoff."""
+    if seeds or known:
+        await _join_dht(dht, seeds, known)
+    delay = 1.0
+    while True:
+        try:
+            await honeycomb.join(views_from, founder=founder)
+            return
+        except (ClaimError, DhtError) as e:
+            log.warning("taking a cell failed: %s; retrying in %.0f s", e, delay)
+        await trio.sleep(delay)
+        delay = min(delay * 2, JOIN_RETRY_MAX)
+
+
+async def _join_dht(dht: Dht, seeds: list[Addr], known: list[Contact]) -> None:
+    """Bootstrap the DHT, retrying with backoff while nobody answers."""
+    delay = 1.0
+    while True:
+        try:
+            neighbours = await dht.bootstrap(seeds, known)
+        except DhtError as e:
+            log.warning("DHT bootstrap failed: %s", e)
+            neighbours = []
+        if neighbours:
+            log.info(
+                "joined the DHT: %d neighbours, %d contacts", len(neighbours), len(dht.core.table)
+            )
+            return
+        log.info(
+            "DHT bootstrap found nobody (seeds down or unreachable, or another swarm key); "
+            "retrying in %.0f s",
+            delay,
+        )
+        # Sooner if a node reaches us meanwhile (it joined through us): then
+        # there is someone to look ourselves up through.
+        had = len(dht.core.table)
+        with trio.move_on_after(delay):
+            while len(dht.core.table) <= had:
+                await trio.sleep(TABLE_POLL)
+        delay = min(delay * 2, JOIN_RETRY_MAX)
+
+
+async def _peer_http(
+    front: FrontDoor, stream: trio.SocketStream, first: bytes, ticket: object
+) -> None:
+    """An HTTP connection on the peer port (a peer's signed forward)."""
+    await front.serve_connection(stream, first, peer=True, ticket=ticket)  # type: ignore[arg-type]
+
+
+def _cut_requests_to_the_dead(front: FrontDoor, event: MembershipEvent) -> None:
+    """A death verdict: requests waiting on that peer move on now, instead of
+    waiting out a timeout for a server that may be frozen (docs/serving.md)."""
+    if event.state is MemberState.DEAD:
+        front.server_died(event.node)

@@ -1,0 +1,277 @@
+"""Running an agent: every part wired into one nursery, its services supervised."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from functools import partial
+from random import Random
+
+import trio
+
+from hexamesh import __version__
+from hexamesh.agent.api import _metrics, _serve_api
+from hexamesh.agent.files import (
+    CONTACTS_FILE_NAME,
+    INCARNATION_FILE_NAME,
+    JOBS_FILE_NAME,
+    PreparedAgent,
+    _keep_incarnation,
+    _save_contacts,
+    load_incarnation,
+    prepare_agent,
+)
+from hexamesh.agent.models import _held, _serve_models, model_spec
+from hexamesh.agent.network import (
+    CONTACTS_PINGED,
+    AgentCores,
+    Readdress,
+    _address_book,
+    _cut_requests_to_the_dead,
+    _join,
+    _peer_http,
+    _resolve,
+)
+from hexamesh.agent.process import raise_nofile, tame_malloc, wall_clock
+from hexamesh.agent.status import (
+    STATUS_FILE_NAME,
+    STATUS_INTERVAL,
+    AgentStatus,
+    _health,
+    _note_comb,
+    _note_health,
+    _note_rtts,
+    _StatusFile,
+)
+from hexamesh.comb.service import Honeycomb
+from hexamesh.comb.swim import MemberState
+from hexamesh.config import AgentConfig
+from hexamesh.dht.service import Dht, load_contacts
+from hexamesh.engine.supervisor import (
+    EngineConfig,
+    EngineError,
+    open_engine,
+)
+from hexamesh.faults import Faults
+from hexamesh.net.base import format_addr
+from hexamesh.net.driver import CoreDriver
+from hexamesh.net.udp import open_udp_transport
+from hexamesh.placement.service import Placements, run_swarmscale
+from hexamesh.placement.swarmscale import ScaleConfig, Swarmscale
+from hexamesh.serve.frontdoor import FrontDoor
+from hexamesh.serve.jobs import DhtJobs, Jobs, JobStore
+from hexamesh.serve.peerauth import PeerSigner
+from hexamesh.serve.view import CombView
+from hexamesh.services import Services
+from hexamesh.swarmkey import (
+    save_key_file,
+)
+from hexamesh.wire import Codec
+
+log = logging.getLogger(__name__)
+
+CONTACTS_SAVE_TICKS = 60  # status intervals between saves of the DHT contacts
+
+
+LEAVE_TIMEOUT = 2.0  # s a graceful stop spends telling the swarm it leaves
+
+
+async def run_agent(
+    agent: AgentConfig | PreparedAgent,
+    *,
+    on_ready: Callable[[AgentStatus], None] | None = None,
+    engine_config: EngineConfig | None = None,
+    task_status: trio.TaskStatus[AgentStatus] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run until cancelled. ``task_status.started`` gets the status once bound.
+
+    ``engine_config`` replaces the engine's defaults (tests run a stand-in vLLM).
+    The data dir's lock is released on return.
+    """
+    if isinstance(agent, AgentConfig):
+        agent = prepare_agent(agent)
+    try:
+        await _run_agent(agent, on_ready, engine_config, task_status)
+    finally:
+        if agent.lock is not None:
+            agent.lock.release()
+
+
+async def _run_agent(
+    agent: PreparedAgent,
+    on_ready: Callable[[AgentStatus], None] | None,
+    engine_config: EngineConfig | None,
+    task_status: trio.TaskStatus[AgentStatus],
+) -> None:
+    config, identity, keyring = agent.config, agent.identity, agent.keyring
+    faults = Faults()
+    services = Services(faults)
+    tame_malloc()
+    # each port's connection bounds within a quarter of our descriptors (limits.py)
+    connections = max(16, raise_nofile() // 4)
+    seed_addrs = [await _resolve(s) for s in agent.seeds]
+    contacts_path = config.data_dir / CONTACTS_FILE_NAME
+    known = [c for c in load_contacts(contacts_path) if c.id != identity.node_id]
+    founder = agent.founder and not known
+    incarnation_path = config.data_dir / INCARNATION_FILE_NAME
+    incarnation = load_incarnation(incarnation_path)
+    async with open_udp_transport(config.host, config.port, faults) as transport:
+        transport.admission.total = min(transport.admission.total, connections)
+        transport.admission.per_source = min(transport.admission.per_source, connections)
+        bound = transport.local_address
+        contact_addrs = [(c.host, c.port) for c in known[:CONTACTS_PINGED]]
+        book = _address_book(config, bound, [*seed_addrs, *contact_addrs])
+        address = book.current
+        rng = Random()
+        cores = AgentCores.build(
+            identity,
+            address,
+            rng,
+            wall_clock(),
+            incarnation=incarnation,
+            # "full": no room for a model a placement vote could give us (_serve_models)
+            room=config.max_models - len(config.model),
+        )
+        probe, dht_core, comb, scouting, mux = (
+            cores.probe,
+            cores.dht,
+            cores.comb,
+            cores.scouting,
+            cores.mux,
+        )
+        driver = CoreDriver(
+            mux,
+            transport,
+            Codec(keyring),
+            node_id=identity.node_id,
+            clock=wall_clock,
+            faults=faults,
+        )
+        dht = Dht(dht_core, driver, clock=wall_clock)
+        honeycomb = Honeycomb(comb, driver, dht, clock=wall_clock, rng=rng)
+        status = AgentStatus(
+            node_id=identity.node_id.hex(),
+            address=format_addr(address),
+            cell=None,
+            pid=os.getpid(),
+            version=__version__,
+            founder=founder,
+            seeds={format_addr(a): None for a in seed_addrs},
+        )
+        status_path = config.data_dir / STATUS_FILE_NAME
+        status_file = _StatusFile(status_path, faults)
+        log.info(
+            "node %s listening on %s (bound %s)", identity.short, status.address, format_addr(bound)
+        )
+        async with AsyncExitStack() as stack:
+            serves = config.model or config.max_models > 0
+            engine_config = engine_config or EngineConfig(server_module=config.engine_module)
+            engine = await stack.enter_async_context(open_engine(engine_config)) if serves else None
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            await nursery.start(services.run, "driver", driver.run)
+            now = wall_clock()
+            for addr in seed_addrs:
+                probe.watch(addr, now)
+            for addr in contact_addrs:  # what do our old peers see? (our address, after a move)
+                probe.ping(addr, now)
+            driver.poke()
+            await nursery.start(services.run, "comb", honeycomb.run)
+            views_from = [*seed_addrs, *[(c.host, c.port) for c in known[:8]]]
+            join = partial(_join, dht, honeycomb, seed_addrs, known, views_from, founder)
+            nursery.start_soon(partial(services.run, "join", services.wrap("join", join)))
+
+            async def load(name: str, source: str) -> None:
+                if engine is None:
+                    raise EngineError("this agent runs no engine (--max-models 0)")
+                await engine.load(model_spec(f"{name}={source}", config))
+
+            placements = Placements(
+                scouting,
+                driver,
+                dht,
+                clock=wall_clock,
+                load=load,
+                room=lambda: config.max_models - (_held(engine) if engine else len(config.model)),
+                faults=faults,
+            )
+            await nursery.start(services.run, "placement", placements.run)
+            if engine is not None:
+                serve = partial(_serve_models, config, honeycomb, status, engine, placements)
+                nursery.start_soon(partial(services.run, "engine", services.wrap("engine", serve)))
+                if config.swarmscale:
+                    scale = Swarmscale(ScaleConfig())
+                    upkeep = partial(
+                        run_swarmscale, placements, engine, comb, scale, clock=wall_clock
+                    )
+                    swarmscale = services.wrap("swarmscale", upkeep)
+                    nursery.start_soon(partial(services.run, "swarmscale", swarmscale))
+            view = CombView(honeycomb, engine, trio.current_time())
+            await nursery.start(services.run, "view", view.run)
+            jobs_dht = DhtJobs(dht, lambda n: honeycomb.comb.swim.state_of(n) is MemberState.DEAD)
+            front = FrontDoor(
+                view=view,
+                signer=PeerSigner(keyring, identity.node_id),
+                address=status.address,
+                api_keys=config.api_keys,
+                metrics=_metrics(honeycomb, transport, driver, faults, services),
+                faults=faults,
+                health=lambda: _health(status, services),
+            )
+            stack.callback(front.close)  # runs before the nursery exits: later give-backs close
+            honeycomb.on_event(partial(_cut_requests_to_the_dead, front))
+            transport.http_handler = partial(_peer_http, front)
+            front.jobs = jobs = Jobs(
+                JobStore(config.data_dir / JOBS_FILE_NAME),
+                front,
+                jobs_dht,
+                owner=status.address,
+                node=identity.node_id,
+                max_jobs=config.max_jobs,
+                retention=config.job_retention,
+                faults=faults,
+            )
+            front.metrics.gauge(
+                "hexamesh_jobs_active", "Jobs queued or running here", jobs.store.active
+            )
+            await nursery.start(services.run, "jobs", jobs.run)
+            front.placements = placements
+            readdress = Readdress(
+                book, comb, dht_core, scouting, placements, honeycomb, front, jobs, status
+            )
+            status.api = await nursery.start(_serve_api, config, front, services, connections)
+            if agent.unsaved_key is not None:  # bound: this swarm runs; before agent.json
+                save_key_file(agent.unsaved_key, keyring)
+                log.info("founded a new swarm; wrote its key to %s", agent.unsaved_key)
+            status_file.write(status, trio.current_time())
+            if on_ready is not None:
+                on_ready(status)
+            task_status.started(status)
+            ticks = 0
+            kept_incarnation = incarnation
+            try:
+                while True:
+                    await trio.sleep(STATUS_INTERVAL)
+                    ticks += 1
+                    for seen in probe.observations():
+                        readdress.report(seen.reporter, seen.seen, wall_clock())
+                    if readdress.pending:
+                        nursery.start_soon(readdress.announce)
+                    _note_rtts(probe, status)
+                    _note_comb(honeycomb, status)
+                    _note_health(status, services, faults)
+                    status.dht_contacts = len(dht_core.table)
+                    status_file.write(status, trio.current_time())
+                    if comb.swim.incarnation != kept_incarnation:
+                        kept_incarnation = comb.swim.incarnation
+                        _keep_incarnation(incarnation_path, kept_incarnation, faults)
+                    if ticks % CONTACTS_SAVE_TICKS == 0 and len(dht_core.table):
+                        _save_contacts(contacts_path, dht_core, faults)
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(LEAVE_TIMEOUT):
+                    await honeycomb.leave()
+                _keep_incarnation(incarnation_path, comb.swim.incarnation, faults)
+                status_path.unlink(missing_ok=True)
+                if len(dht_core.table):
+                    _save_contacts(contacts_path, dht_core, faults)
