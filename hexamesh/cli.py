@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import logging
 import signal
 import time
+import types
+import typing
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from random import Random
@@ -27,9 +31,15 @@ from hexamesh.agent import (
     run_agent,
 )
 from hexamesh.comb.core import ViewReply
-from hexamesh.config import DEFAULT_API_PORT, ConfigError, default_data_dir, load_config
+from hexamesh.config import (
+    DEFAULT_API_PORT,
+    FLAGS,
+    AgentConfig,
+    ConfigError,
+    default_data_dir,
+    load_config,
+)
 from hexamesh.dht.service import Dht, DhtError, open_dht_node
-from hexamesh.engine.device import GPU_SHARE
 from hexamesh.fileio import DataDirBusy
 from hexamesh.identity import Identity, IdentityError, short_id
 from hexamesh.logs import OneLineFormatter
@@ -182,115 +192,61 @@ async def _agent_main(agent: PreparedAgent) -> None:
     console.print("stopped")
 
 
-@app.command()
-def agent(
-    port: Annotated[
-        int | None, typer.Option(help="Peer UDP+TCP port, 0 = any free \\[default: 7420]")
-    ] = None,
-    host: Annotated[str | None, typer.Option(help="Bind address \\[default: 0.0.0.0]")] = None,
-    data_dir: DataDir = None,
-    join: Annotated[
-        list[str] | None,
-        typer.Option(help="Seed HOST:PORT to join (repeatable)", show_default=False),
-    ] = None,
-    token: Annotated[
-        str | None, typer.Option(help="Join token from `hexamesh swarm invite`")
-    ] = None,
-    swarm_key: Annotated[Path | None, typer.Option(help="Swarm key file")] = None,
-    advertise: Annotated[str | None, typer.Option(help="Host peers should dial")] = None,
-    config: Annotated[
-        Path | None, typer.Option("--config", help="TOML config file [env: HEXAMESH_CONFIG]")
-    ] = None,
-    log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = None,
-    model: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Serve a model with vLLM: DIR, hub id, or NAME=DIR (repeatable)",
-            show_default=False,
-        ),
-    ] = None,
-    kv_cache_gb: Annotated[
-        int | None, typer.Option(help="CPU: KV-cache GiB per model \\[default: 1]")
-    ] = None,
-    max_model_len: Annotated[
-        int | None, typer.Option(help="Context tokens per request \\[default: 1024]")
-    ] = None,
-    engine_module: Annotated[
-        str | None,
-        typer.Option(
-            help="Server module run per model with python -m (a stand-in in tests) "
-            "\\[default: vllm.entrypoints.openai.api_server]",
-            hidden=True,
-        ),
-    ] = None,
-    gpu_share: Annotated[
-        float | None,
-        typer.Option(
-            help="GPU: share of the GPU's memory this agent's models take together, "
-            f"lower where agents share a GPU \\[default: {GPU_SHARE}]"
-        ),
-    ] = None,
-    api_port: Annotated[
-        int | None, typer.Option(help="OpenAI API port, 0 = any free \\[default: 7421]")
-    ] = None,
-    api_host: Annotated[
-        str | None, typer.Option(help="OpenAI API bind address \\[default: 127.0.0.1]")
-    ] = None,
-    api_key: Annotated[
-        list[str] | None,
-        typer.Option(help="Bearer key clients must show (repeatable)", show_default=False),
-    ] = None,
-    max_jobs: Annotated[
-        int | None, typer.Option(help="Jobs queued here before 429 \\[default: 256]")
-    ] = None,
-    job_retention: Annotated[
-        float | None,
-        typer.Option(help="Seconds a finished job is kept, then deleted \\[default: 86400]"),
-    ] = None,
-    max_models: Annotated[
-        int | None,
-        typer.Option(
-            help="Models served here at most, --model ones included; below it a placement "
-            "vote may give this agent one, 0 = never \\[default: 1]"
-        ),
-    ] = None,
-    swarmscale: Annotated[
-        bool | None,
-        typer.Option(
-            "--swarmscale/--no-swarmscale",
-            help="Call placement votes when models here run hot; drop voted-in replicas "
-            "when cold \\[default: off]",
-            show_default=False,
-        ),
-    ] = None,
-) -> None:
+_METAVARS = {str: "TEXT", int: "INTEGER", float: "FLOAT", Path: "PATH", bool: None}
+
+
+def agent_parameters() -> list[inspect.Parameter]:
+    """The `agent` command's options: one per ``AgentConfig`` field (its type,
+    its default in the help, its text from ``config.FLAGS``), and --config."""
+    hints = typing.get_type_hints(AgentConfig)
+    params = []
+    for f in dataclasses.fields(AgentConfig):
+        flag = FLAGS[f.name]
+        name = flag.name or f.name
+        tp = hints[f.name]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        base = args[0] if typing.get_origin(tp) in (types.UnionType, typing.Union) else tp
+        default = f.default if f.default is not dataclasses.MISSING else None
+        dashed = name.replace("_", "-")
+        decls: list[str] = []
+        if typing.get_origin(base) is tuple:
+            cli_type: Any = list[str]
+            metavar = "TEXT"
+            shown = ""  # repeatable: none unless given
+        elif base is bool:
+            cli_type, metavar = bool, None
+            decls = [f"--{dashed}/--no-{dashed}"]
+            shown = " \\[default: " + ("on" if default else "off") + "]"
+        else:
+            cli_type, metavar = base, _METAVARS[base]
+            shown = "" if default is None else f" \\[default: {default}]"
+        option = typer.Option(
+            *decls, help=flag.help + shown, hidden=flag.hidden, show_default=False, metavar=metavar
+        )
+        params.append(_keyword(name, Annotated[cli_type | None, option]))
+    config = typer.Option("--config", help="TOML config file [env: HEXAMESH_CONFIG]")
+    params.append(_keyword("config", Annotated[Path | None, config]))
+    return params
+
+
+def _keyword(name: str, annotation: Any) -> inspect.Parameter:
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
+    )
+
+
+def agent(**options: Any) -> None:
     """Run an agent on this machine until Ctrl-C / SIGTERM.
 
     Every option can also come from a HEXAMESH_<NAME> environment variable or
     the TOML file given by --config; flags win over the environment, which wins
     over the file.
     """
+    config = options.pop("config")
+    flag_of = {FLAGS[f.name].name or f.name: f.name for f in dataclasses.fields(AgentConfig)}
     overrides = {
-        "port": port,
-        "host": host,
-        "data_dir": data_dir,
-        "join": join or None,
-        "token": token,
-        "swarm_key": swarm_key,
-        "advertise": advertise,
-        "log_level": log_level,
-        "model": model or None,
-        "kv_cache_gb": kv_cache_gb,
-        "max_model_len": max_model_len,
-        "engine_module": engine_module,
-        "gpu_share": gpu_share,
-        "api_port": api_port,
-        "api_host": api_host,
-        "api_keys": api_key or None,
-        "max_jobs": max_jobs,
-        "job_retention": job_retention,
-        "max_models": max_models,
-        "swarmscale": swarmscale,
+        flag_of[name]: (value or None) if isinstance(value, list) else value
+        for name, value in options.items()
     }
     try:
         cfg = load_config(config, overrides=overrides)
@@ -309,6 +265,10 @@ def agent(
         if errors and all(isinstance(e, OSError) for e in errors):
             raise _fail(f"cannot start the agent: {errors[0]}") from None
         raise
+
+
+agent.__signature__ = inspect.Signature(agent_parameters())  # type: ignore[attr-defined]
+app.command()(agent)
 
 
 async def _ping(

@@ -25,6 +25,7 @@ from hexamesh.net.base import parse_addr
 __all__ = [
     "DEFAULT_API_PORT",
     "DEFAULT_PORT",
+    "FLAGS",
     "AgentConfig",
     "ConfigError",
     "default_data_dir",
@@ -108,6 +109,50 @@ class AgentConfig:
     @property
     def swarm_key_path(self) -> Path:
         return self.swarm_key if self.swarm_key is not None else self.data_dir / "swarm.key"
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How an ``AgentConfig`` field is offered on the command line."""
+
+    help: str
+    name: str | None = None  # the flag's name, if not the field's (``--api-key``)
+    hidden: bool = False
+
+
+# The `hexamesh agent` options, one per field, generated from this table and
+# the fields' types and defaults (cli.agent_parameters): a field without a
+# flag here fails a test.
+FLAGS: dict[str, Flag] = {
+    "data_dir": Flag("Data dir: keys, state, jobs"),
+    "host": Flag("Bind address of the peer port"),
+    "port": Flag("Peer UDP+TCP port, 0 = any free"),
+    "advertise": Flag("IP address peers should dial (else learned from them)"),
+    "join": Flag("Seed HOST:PORT to join (repeatable)"),
+    "swarm_key": Flag("Swarm key file"),
+    "token": Flag("Join token from `hexamesh swarm invite`"),
+    "log_level": Flag("DEBUG, INFO, WARNING or ERROR"),
+    "model": Flag("Serve a model with vLLM: DIR, hub id, or NAME=DIR (repeatable)"),
+    "kv_cache_gb": Flag("CPU: KV-cache GiB per model"),
+    "gpu_share": Flag(
+        "GPU: share of the GPU's memory this agent's models take together, "
+        "lower where agents share a GPU"
+    ),
+    "max_model_len": Flag("Context tokens per request"),
+    "engine_module": Flag("Server module run per model with python -m", hidden=True),
+    "api_host": Flag("OpenAI API bind address"),
+    "api_port": Flag("OpenAI API port, 0 = any free"),
+    "api_keys": Flag("Bearer key clients must show (repeatable)", name="api_key"),
+    "max_jobs": Flag("Jobs queued here before 429"),
+    "job_retention": Flag("Seconds a finished job is kept, then deleted"),
+    "max_models": Flag(
+        "Models served here at most, --model ones included; below it a placement "
+        "vote may give this agent one, 0 = never"
+    ),
+    "swarmscale": Flag(
+        "Call placement votes when models here run hot; drop voted-in replicas when cold"
+    ),
+}
 
 
 _TRUE = frozenset({"1", "true", "yes", "on"})

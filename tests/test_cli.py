@@ -77,3 +77,15 @@ def test_a_founder_writes_its_new_key_once_bound_not_before(tmp_path: Path) -> N
     said = " ".join(result.output.split())
     assert result.exit_code == 2 and f"API 127.0.0.1:{api_port}" in said
     assert not (tmp_path / SWARM_KEY_FILE_NAME).exists()
+
+
+def test_every_config_field_is_an_agent_option_and_nothing_else() -> None:
+    import dataclasses
+
+    from hexamesh.cli import agent_parameters
+    from hexamesh.config import FLAGS, AgentConfig
+
+    fields = {f.name for f in dataclasses.fields(AgentConfig)}
+    assert set(FLAGS) == fields
+    names = {p.name for p in agent_parameters()}
+    assert names == {FLAGS[f].name or f for f in fields} | {"config"}
