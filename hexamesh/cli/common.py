@@ -1,0 +1,174 @@
+"""What the commands share: the app and its groups, options, errors, logging, the API client."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import httpx
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from hexamesh.agent import (
+    STATUS_FILE_NAME,
+)
+from hexamesh.config import (
+    DEFAULT_API_PORT,
+    default_data_dir,
+)
+from hexamesh.logs import OneLineFormatter
+from hexamesh.net.base import format_addr
+from hexamesh.swarmkey import (
+    SWARM_KEY_FILE_NAME,
+    JoinToken,
+    SwarmKeyError,
+    load_key_file,
+)
+from hexamesh.wire import KeyRing
+
+app = typer.Typer(
+    help="hexamesh: a peer-to-peer swarm that serves LLM inference with no central coordinator.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+swarm_app = typer.Typer(help="Create and share the swarm key.", no_args_is_help=True)
+
+
+app.add_typer(swarm_app, name="swarm")
+
+
+model_app = typer.Typer(help="Models for the engine.", no_args_is_help=True)
+
+
+app.add_typer(model_app, name="model")
+
+
+dht_app = typer.Typer(
+    help="Read and write the swarm's DHT through a short-lived node.", no_args_is_help=True
+)
+
+
+app.add_typer(dht_app, name="dht")
+
+
+jobs_app = typer.Typer(
+    help="Durable jobs: submit now, collect later, from any peer.", no_args_is_help=True
+)
+
+
+app.add_typer(jobs_app, name="jobs")
+
+
+T = TypeVar("T")
+
+
+console = Console()
+
+
+err = Console(stderr=True)
+
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir", help="Node key and state [env: HEXAMESH_DATA_DIR]", show_default=False
+    ),
+]
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code=2)
+
+
+def _key_path(data_dir: Path | None, explicit: Path | None) -> Path:
+    """The swarm key file: the one named, or swarm.key in the data dir."""
+    return explicit or (data_dir or default_data_dir()) / SWARM_KEY_FILE_NAME
+
+
+def _setup_logging(level: str) -> None:
+    handler = RichHandler(console=err, show_path=False)
+    # one record, one line: peers' and clients' text in a message is escaped
+    handler.setFormatter(OneLineFormatter("%(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+    # httpx logs every request at INFO: the engine's 1 s scrapes would flood the log
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+Join = Annotated[
+    list[str] | None, typer.Option(help="Seed HOST:PORT (repeatable)", show_default=False)
+]
+
+
+SwarmKey = Annotated[Path | None, typer.Option(help="Swarm key file")]
+
+
+Token = Annotated[str | None, typer.Option(help="Join token instead of a key file and seed")]
+
+
+PeerUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--peer",
+        help="Any agent's API, e.g. http://127.0.0.1:7421/v1 \\[default: this machine's agent]",
+        envvar="HEXAMESH_PEER",
+        show_default=False,
+    ),
+]
+
+
+ApiKey = Annotated[
+    str | None, typer.Option("--api-key", help="Bearer key", envvar="HEXAMESH_API_KEY")
+]
+
+
+def _api_url(peer: str | None, data_dir: Path | None) -> str:
+    """The API to talk to: --peer, else the local agent's (agent.json), else the default port."""
+    if peer:
+        url = peer.rstrip("/")
+        if "://" not in url:
+            url = "http://" + url
+        return url if url.endswith("/v1") else url + "/v1"
+    status_file = (data_dir or default_data_dir()) / STATUS_FILE_NAME
+    try:
+        api = json.loads(status_file.read_text()).get("api")
+        if api:
+            return str(api)
+    except (OSError, ValueError):
+        pass
+    return f"http://127.0.0.1:{DEFAULT_API_PORT}/v1"
+
+
+def _client(api_key: str | None) -> httpx.Client:
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.Client(headers=headers, timeout=httpx.Timeout(600.0, connect=5.0))
+
+
+def _check(r: httpx.Response) -> dict[str, Any]:
+    try:
+        doc = r.json()
+    except ValueError:
+        doc = {}
+    if r.status_code >= 400:
+        err = doc.get("error", {}) if isinstance(doc, dict) else {}
+        raise _fail(f"{r.status_code}: {err.get('message') or r.text[:200]}")
+    return doc if isinstance(doc, dict) else {}
+
+
+def _keyring(
+    data_dir: Path | None, swarm_key: Path | None, token: str | None
+) -> tuple[KeyRing, list[str]]:
+    """The swarm key ring from a token or a key file, and the token's seed if any."""
+    try:
+        if token:
+            t = JoinToken.decode(token)
+            return KeyRing(t.key), [format_addr((t.host, t.port))]
+        return load_key_file(_key_path(data_dir, swarm_key)), []
+    except SwarmKeyError as e:
+        raise _fail(str(e)) from None

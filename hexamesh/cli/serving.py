@@ -1,0 +1,217 @@
+"""`hexamesh submit`, `models`, `jobs` and `place`: the swarm's API from the command line."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.table import Table
+
+from hexamesh.cli.common import (
+    ApiKey,
+    DataDir,
+    PeerUrl,
+    _api_url,
+    _check,
+    _client,
+    _fail,
+    app,
+    console,
+    err,
+    jobs_app,
+)
+
+
+def _first_model(client: httpx.Client, url: str) -> str:
+    models = _check(client.get(f"{url}/models")).get("data", [])
+    if not models:
+        raise _fail("the swarm serves no model yet (start an agent with --model)")
+    return str(models[0]["id"])
+
+
+@app.command()
+def submit(
+    prompt: Annotated[str, typer.Argument(help="The prompt")],
+    peer: PeerUrl = None,
+    model: Annotated[str | None, typer.Option(help="Model \\[default: the first served]")] = None,
+    stream: Annotated[bool, typer.Option(help="Print tokens as they come")] = True,
+    max_tokens: Annotated[int, typer.Option(help="Tokens to generate")] = 64,
+    chat: Annotated[bool, typer.Option(help="Use the chat endpoint")] = False,
+    api_key: ApiKey = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Send a prompt to any peer and print the answer (and who served it)."""
+    url = _api_url(peer, data_dir)
+    try:
+        with _client(api_key) as client:
+            model = model or _first_model(client, url)
+            body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "stream": stream}
+            if chat:
+                body["messages"] = [{"role": "user", "content": prompt}]
+            else:
+                body["prompt"] = prompt
+            path = f"{url}/chat/completions" if chat else f"{url}/completions"
+            if not stream:
+                r = client.post(path, json=body)
+                choice = _check(r)["choices"][0]
+                text = choice.get("text") or (choice.get("message") or {}).get("content", "")
+                print(text)
+                _served(r.headers)
+                return
+            with client.stream("POST", path, json=body) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    _check(r)
+                for line in r.iter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    event = json.loads(line[6:])
+                    if "error" in event:
+                        raise _fail(f"stream broke off: {event['error'].get('message')}")
+                    for c in event.get("choices", []):
+                        piece = c.get("text") or (c.get("delta") or {}).get("content") or ""
+                        print(piece, end="", flush=True)
+                print()
+                _served(r.headers)
+    except httpx.HTTPError as e:
+        raise _fail(f"cannot reach {url}: {e}") from None
+
+
+def _served(headers: httpx.Headers) -> None:
+    node = headers.get("x-hexamesh-served-by", "?")
+    err.print(f"[dim]served by {node[:12]} ({headers.get('x-hexamesh-server', '?')})[/]")
+
+
+@app.command()
+def models(peer: PeerUrl = None, api_key: ApiKey = None, data_dir: DataDir = None) -> None:
+    """Models the swarm serves (through any peer)."""
+    url = _api_url(peer, data_dir)
+    try:
+        with _client(api_key) as client:
+            data = _check(client.get(f"{url}/models")).get("data", [])
+    except httpx.HTTPError as e:
+        raise _fail(f"cannot reach {url}: {e}") from None
+    table = Table("model", "servers")
+    for m in data:
+        table.add_row(str(m["id"]), str(m.get("servers", "?")))
+    console.print(table)
+
+
+@jobs_app.command("submit")
+def jobs_submit(
+    prompt: Annotated[str, typer.Argument(help="The prompt")],
+    peer: PeerUrl = None,
+    model: Annotated[str | None, typer.Option(help="Model \\[default: the first served]")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Tokens to generate")] = 64,
+    priority: Annotated[str, typer.Option(help="high, medium or low")] = "medium",
+    job_id: Annotated[
+        str | None, typer.Option("--id", help="Your own id (a retry with it never runs twice)")
+    ] = None,
+    api_key: ApiKey = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Queue a job; prints its id."""
+    url = _api_url(peer, data_dir)
+    try:
+        with _client(api_key) as client:
+            body: dict[str, Any] = {
+                "model": model or _first_model(client, url),
+                "prompt": prompt,
+                "max_tokens": max_tokens,
+                "priority": priority,
+            }
+            if job_id:
+                body["id"] = job_id
+            doc = _check(client.post(f"{url}/jobs", json=body))
+    except httpx.HTTPError as e:
+        raise _fail(f"cannot reach {url}: {e}") from None
+    print(doc["id"])
+
+
+@jobs_app.command("status")
+def jobs_status(
+    job_id: Annotated[str, typer.Argument(help="Job id")],
+    peer: PeerUrl = None,
+    api_key: ApiKey = None,
+    data_dir: DataDir = None,
+) -> None:
+    """A job's status (JSON), asked of any peer."""
+    url = _api_url(peer, data_dir)
+    try:
+        with _client(api_key) as client:
+            doc = _check(client.get(f"{url}/jobs/{job_id}"))
+    except httpx.HTTPError as e:
+        raise _fail(f"cannot reach {url}: {e}") from None
+    print(json.dumps(doc, indent=2))
+
+
+@jobs_app.command("collect")
+def jobs_collect(
+    job_id: Annotated[str, typer.Argument(help="Job id")],
+    peer: PeerUrl = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for it")] = 300.0,
+    api_key: ApiKey = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Wait for a job and print its answer."""
+    url = _api_url(peer, data_dir)
+    deadline = time.monotonic() + timeout
+    try:
+        with _client(api_key) as client:
+            while True:
+                doc = _check(client.get(f"{url}/jobs/{job_id}"))
+                if doc["status"] == "done":
+                    choice = doc["result"]["choices"][0]
+                    print(choice.get("text") or (choice.get("message") or {}).get("content", ""))
+                    return
+                if doc["status"] == "failed":
+                    raise _fail(f"job {job_id} failed: {doc.get('error')}")
+                if time.monotonic() > deadline:
+                    raise _fail(f"job {job_id} still {doc['status']} after {timeout:.0f} s")
+                time.sleep(0.5)
+    except httpx.HTTPError as e:
+        raise _fail(f"cannot reach {url}: {e}") from None
+
+
+@app.command()
+def place(
+    model: Annotated[str, typer.Argument(help="Name to serve the model under")],
+    source: Annotated[
+        str | None,
+        typer.Option(
+            help="What the winners load: a DIR on their machines or a hub id \\[default: MODEL]"
+        ),
+    ] = None,
+    replicas: Annotated[int, typer.Option(help="New replicas wanted (1-8)")] = 1,
+    ttl: Annotated[
+        float | None, typer.Option(help="Seconds the vote stays open (1-60) \\[default: 10]")
+    ] = None,
+    peer: PeerUrl = None,
+    api_key: ApiKey = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Call a placement vote: the scouts near the peer elect agents with room to
+    load the model. No quorum by the deadline: nothing moves (exit code 1)."""
+    url = _api_url(peer, data_dir)
+    body: dict[str, Any] = {"model": model, "source": source or model, "replicas": replicas}
+    if ttl is not None:
+        body["ttl"] = ttl
+    try:
+        with _client(api_key) as client:
+            doc = _check(client.post(f"{url}/placements", json=body))
+    except httpx.HTTPError as e:
+        raise _fail(f"cannot reach {url}: {e}") from None
+    console.print(
+        f"election {doc['model']}@{doc['epoch']}: {doc['scouts']} scouts, quorum {doc['quorum']}"
+    )
+    if not doc["winners"]:  # the vote ran and decided nothing: 1, not an error's 2
+        err.print("no quorum: nothing moved")
+        raise typer.Exit(code=1)
+    table = Table("slot", "node", "address")
+    for w in doc["winners"]:
+        table.add_row(str(w["slot"]), w["node"][:16], w["address"])
+    console.print(table)
+    console.print(f"placed {len(doc['winners'])} of {doc['replicas']}; loading on the winners")
