@@ -32,10 +32,9 @@ def _metrics(
     services: Services,
 ) -> ServeMetrics:
     metrics = ServeMetrics()
-    swim = honeycomb.comb.swim
 
     def alive() -> float:
-        return float(sum(m.state is not MemberState.DEAD for m in swim.members.values()))
+        return float(sum(s is not MemberState.DEAD for s in honeycomb.members().values()))
 
     metrics.gauge("hexamesh_peers_alive", "Members held alive or suspect", alive)
     metrics.gauge("hexamesh_comb_links", "Comb links", lambda: len(honeycomb.neighbours()))
@@ -53,7 +52,7 @@ def _metrics(
     metrics.counter(
         "hexamesh_updates_refused",
         "Membership news refused (an incarnation out of bounds, hearsay over the cap)",
-        lambda: swim.refused,
+        lambda: honeycomb.updates_refused,
     )
     metrics.labelled(
         "counter",

@@ -73,13 +73,13 @@ async def _serve_models(
     while True:
         states = engine.models()
         ready = tuple(n for n, st in states.items() if st is EngineState.READY)
-        if ready != honeycomb.comb.waggle.dance.models:
+        if ready != honeycomb.dance.models:
             await honeycomb.set_models(ready)
         loads = {n: engine.load_of(n) for n in states}
         for name, st in states.items():
             url = engine.url(name) if st is EngineState.READY else None
             status.models[name] = {"state": st.value, "load": loads[name].load, "url": url}
-        dance = honeycomb.comb.waggle.dance
+        dance = honeycomb.dance
         now: dict[str, object] = {"status": _room(placements.room())}
         if loads:
             worst = max(loads.values(), key=lambda x: x.load)
@@ -95,8 +95,7 @@ async def _serve_models(
             gpu_read = wall_clock()
             now |= _gpu_memory(await engine.refresh_device())
         if any(getattr(dance, k) != v for k, v in now.items()):
-            honeycomb.comb.waggle.update(wall_clock(), **now)
-            honeycomb.driver.poke()
+            honeycomb.update_dance(**now)
         await trio.sleep(STATUS_INTERVAL)
 
 

@@ -188,9 +188,7 @@ async def _join_dht(dht: Dht, seeds: list[Addr], known: list[Contact]) -> None:
             log.warning("DHT bootstrap failed: %s", e)
             neighbours = []
         if neighbours:
-            log.info(
-                "joined the DHT: %d neighbours, %d contacts", len(neighbours), len(dht.core.table)
-            )
+            log.info("joined the DHT: %d neighbours, %d contacts", len(neighbours), dht.contacts())
             return
         log.info(
             "DHT bootstrap found nobody (seeds down or unreachable, or another swarm key); "
@@ -199,9 +197,9 @@ async def _join_dht(dht: Dht, seeds: list[Addr], known: list[Contact]) -> None:
         )
         # Sooner if a node reaches us meanwhile (it joined through us): then
         # there is someone to look ourselves up through.
-        had = len(dht.core.table)
+        had = dht.contacts()
         with trio.move_on_after(delay):
-            while len(dht.core.table) <= had:
+            while dht.contacts() <= had:
                 await trio.sleep(TABLE_POLL)
         delay = min(delay * 2, JOIN_RETRY_MAX)
 

@@ -46,7 +46,6 @@ from hexamesh.agent.status import (
     _StatusFile,
 )
 from hexamesh.comb.service import Honeycomb
-from hexamesh.comb.swim import MemberState
 from hexamesh.config import AgentConfig
 from hexamesh.dht.service import Dht, load_contacts
 from hexamesh.engine.supervisor import (
@@ -209,7 +208,7 @@ async def _run_agent(
                     nursery.start_soon(partial(services.run, "swarmscale", swarmscale))
             view = CombView(honeycomb, engine, trio.current_time())
             await nursery.start(services.run, "view", view.run)
-            jobs_dht = DhtJobs(dht, lambda n: honeycomb.comb.swim.state_of(n) is MemberState.DEAD)
+            jobs_dht = DhtJobs(dht, honeycomb.is_dead)
             front = FrontDoor(
                 view=view,
                 signer=PeerSigner(keyring, identity.node_id),

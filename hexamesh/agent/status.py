@@ -97,9 +97,9 @@ def _note_comb(honeycomb: Honeycomb, status: AgentStatus) -> None:
     cell = honeycomb.cell
     status.cell = None if cell is None else str(cell)
     status.neighbours = [n.hex() for n in honeycomb.neighbours()]
-    members = honeycomb.comb.swim.members
-    status.alive = sorted(n.hex() for n, m in members.items() if m.state is not MemberState.DEAD)
-    status.dead = sorted(n.hex() for n, m in members.items() if m.state is MemberState.DEAD)
+    members = honeycomb.members()
+    status.alive = sorted(n.hex() for n, state in members.items() if state is not MemberState.DEAD)
+    status.dead = sorted(n.hex() for n, state in members.items() if state is MemberState.DEAD)
 
 
 def _note_health(status: AgentStatus, services: Services, faults: Faults) -> None:

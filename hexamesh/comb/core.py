@@ -310,15 +310,15 @@ class Comb:
         self.waggle.set_links({n: addrs[n] for n in watched if n in addrs})
 
     def _forget(self, nodes: list[bytes]) -> None:
-        """Members the failure detector forgot (``Swim._reap``): their cells and
-        addresses go too, or a relink would add a dead one back as a member."""
+        """Dead members the failure detector forgot (``Swim._reap``): their cells
+        and addresses go too, or a relink would add one back as a member. (Its
+        dance left the view long before: views drop a dead node's dance.)"""
         for node in nodes:
             cell = self._cell_of.pop(node, None)
             if cell is not None and self.owners.get(cell) == node:
                 del self.owners[cell]
             self.addrs.pop(node, None)
             self._reached_at.pop(node, None)
-            self.waggle.view.pop(node, None)
 
     def _behind_suspects(self, links: list[bytes]) -> list[bytes]:
         """Who our links would be if the suspected ones died, to watch (probe and
@@ -450,6 +450,39 @@ class Comb:
 
     def neighbours(self) -> list[bytes]:
         return list(dict.fromkeys(self.comb_links.values()))
+
+    @property
+    def dance(self) -> Dance:
+        """Our own dance, as our links see it."""
+        return self.waggle.dance
+
+    def update_dance(self, now: float, **changes: object) -> None:
+        self.waggle.update(now, **changes)
+
+    def is_dead(self, node: bytes) -> bool:
+        """Does the failure detector hold ``node`` dead?"""
+        return self.swim.state_of(node) is MemberState.DEAD
+
+    def members(self) -> dict[bytes, MemberState]:
+        """Every member held, and its state (a copy)."""
+        return {n: m.state for n, m in self.swim.members.items()}
+
+    def told_news(self) -> list[bytes]:
+        """The links and shortcuts news goes to (comb links first)."""
+        return list(self.swim.spread)
+
+    def view(self) -> dict[bytes, Dance]:
+        """The dances held of other nodes (the two-ring view), dead or not."""
+        return {n: s.dance for n, s in self.waggle.view.items()}
+
+    @property
+    def updates_refused(self) -> int:
+        """Membership news refused (out of bounds, over the hearsay cap)."""
+        return self.swim.refused
+
+    def leave(self, now: float) -> None:
+        """Leave gracefully (``Swim.leave``)."""
+        self.swim.leave(now)
 
     def state_of(self, node: bytes) -> Dance | None:
         if node == self.node:

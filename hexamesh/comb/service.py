@@ -134,6 +134,28 @@ class Honeycomb:
     def neighbours(self) -> list[bytes]:
         return self.comb.neighbours()
 
+    def is_dead(self, node: bytes) -> bool:
+        return self.comb.is_dead(node)
+
+    def members(self) -> dict[bytes, MemberState]:
+        return self.comb.members()
+
+    @property
+    def dance(self) -> Dance:
+        return self.comb.dance
+
+    def update_dance(self, **changes: object) -> None:
+        """Change our dance (load, status, uptime...); links hear it soon."""
+        self.comb.update_dance(self._clock(), **changes)
+        self.driver.poke()
+
+    def view(self) -> dict[bytes, Dance]:
+        return self.comb.view()
+
+    @property
+    def updates_refused(self) -> int:
+        return self.comb.updates_refused
+
     def peers_with(self, model: str) -> list[Dance]:
         return self.comb.peers_with(model)
 
@@ -226,11 +248,7 @@ class Honeycomb:
     async def _claim_some(self, rtt: dict[bytes, float], first: Hex | None = None) -> Hex:
         taken: dict[Hex, bytes] = {}  # cells found held while trying (maybe by the dead)
         for _ in range(CLAIM_ATTEMPTS):
-            owners = {
-                c: n
-                for c, n in self.comb.owners.items()
-                if self.comb.swim.state_of(n) is not MemberState.DEAD
-            }
+            owners = {c: n for c, n in self.comb.owners.items() if not self.comb.is_dead(n)}
             # A dead node's cell stays leased until its record expires: taken for now.
             cell = first or choose_cell({**owners, **taken}, rtt)
             first = None
@@ -283,8 +301,8 @@ class Honeycomb:
         """Serve ``models`` from now on: dance them (neighbours see at once) and
         announce each in the DHT as a ``model:<name>`` provider, renewed with the
         lease; models dropped are withdrawn (they expire within a lease)."""
-        old = set(self.comb.waggle.dance.models)
-        self.comb.waggle.update(self._clock(), models=tuple(models))
+        old = set(self.comb.dance.models)
+        self.comb.update_dance(self._clock(), models=tuple(models))
         self.driver.poke()
         info = self._addr_value()
         for model in models:
@@ -302,7 +320,7 @@ class Honeycomb:
         a millisecond (a record's sequence must grow with its value)."""
         if self.comb.placed:
             await self.dht.put(cell_key(self.comb.cell), self._addr_value(), CELL_TTL)
-        models = self.comb.waggle.dance.models
+        models = self.comb.dance.models
         for model in models:
             await self.dht.announce(model, self._addr_value(), MODEL_TTL)
         if models:
@@ -364,7 +382,7 @@ class Honeycomb:
             with trio.move_on_at(wake_at):
                 await self._attention.wait()
             self._attention = trio.Event()
-            near = set(self.comb.swim.spread)
+            near = set(self.comb.told_news())
             others = 0
             for event in self.comb.events():
                 if event.state is MemberState.ALIVE:
@@ -411,7 +429,7 @@ class Honeycomb:
         """Leave gracefully: links hear it at once, the cell frees within a second."""
         if not self.comb.placed:
             return
-        self.comb.swim.leave(self._clock())
+        self.comb.leave(self._clock())
         self.driver.poke()
         await self._release(cell_key(self.comb.cell))
 

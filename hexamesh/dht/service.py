@@ -118,6 +118,14 @@ class Dht:
     def closest(self, node_id: bytes, n: int) -> list[Contact]:
         return self.core.closest(node_id, n)
 
+    def contacts(self) -> int:
+        """Contacts in the routing table."""
+        return len(self.core.table)
+
+    def held(self, prefix: str) -> list[Record]:
+        """The records held here (for others, and ours) whose key starts with ``prefix``."""
+        return [r for r in self.core.store.records() if r.key.startswith(prefix)]
+
 
 def save_contacts(path: Path, contacts: list[Contact]) -> None:
     """Write contacts as JSON (never pickle), atomically."""

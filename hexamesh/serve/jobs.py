@@ -249,11 +249,10 @@ class DhtJobs:
 
     def held_jobs(self) -> list[tuple[str, bytes, dict[str, Any]]]:
         out = []
-        for record in self._dht.core.store.records():
-            if record.key.startswith("job:"):
-                doc = decode_record(record.value)
-                if doc is not None:
-                    out.append((record.key, record.publisher_id, doc))
+        for record in self._dht.held("job:"):
+            doc = decode_record(record.value)
+            if doc is not None:
+                out.append((record.key, record.publisher_id, doc))
         return out
 
 

@@ -44,7 +44,6 @@ import msgpack
 import trio
 
 from hexamesh.comb.service import MODEL_INDEX, Honeycomb
-from hexamesh.comb.swim import MemberState
 from hexamesh.dht.claim import decode_addr
 from hexamesh.dht.service import DhtError
 from hexamesh.engine.supervisor import Engine, EngineState
@@ -145,7 +144,7 @@ class CombView:
                     self._wanted.discard(model)
 
     def _dead(self, node: bytes) -> bool:
-        return self.honeycomb.comb.swim.state_of(node) is MemberState.DEAD
+        return self.honeycomb.is_dead(node)
 
     async def refresh(self, model: str | None) -> None:
         """Refresh the DHT caches a request needs (no-op while fresh)."""
@@ -243,9 +242,9 @@ class CombView:
 
         if self.engine is not None:
             add((n for n, s in self.engine.models().items() if s is EngineState.READY), self.node)
-        for node, seen in self.honeycomb.comb.waggle.view.items():
+        for node, dance in self.honeycomb.view().items():
             if not self._dead(node):
-                add(seen.dance.models, node)
+                add(dance.models, node)
         for node, (_, names) in self._index[1].items():
             if node != self.node and not self._dead(node):
                 add(names, node)

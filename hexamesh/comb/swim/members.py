@@ -124,7 +124,8 @@ class Membership:
         return self._dead
 
     def take_reaped(self) -> list[bytes]:
-        """Members forgotten since the last call (their tombstone or hearsay aged out)."""
+        """Dead members forgotten since the last call (their tombstone aged out,
+        or the hearsay cap pushed it out)."""
         out, self._reaped = self._reaped, []
         return out
 
@@ -166,12 +167,16 @@ class Membership:
                     del notes[node]
 
     def _forget(self, node: bytes) -> None:
+        """Drop a member and every note of it; a dead one is also handed out
+        (``take_reaped``: the comb forgets its cell; a live one's cell stays
+        in the map, where its dances keep it current)."""
+        if node in self._dead:
+            self._reaped.append(node)
         self.members.pop(node, None)
         self._dead.pop(node, None)
         self._suspects.pop(node, None)
         self._hearsay.pop(node, None)
         self._news.pop(node, None)  # its heap entries are stale now, skipped when due
-        self._reaped.append(node)
 
     # -- transitions -------------------------------------------------------------
 
