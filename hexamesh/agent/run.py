@@ -54,6 +54,7 @@ from hexamesh.engine.supervisor import (
     open_engine,
 )
 from hexamesh.faults import Faults
+from hexamesh.limits import MAX_INCARNATION
 from hexamesh.net.base import format_addr
 from hexamesh.net.driver import CoreDriver
 from hexamesh.net.udp import open_udp_transport
@@ -115,7 +116,10 @@ async def _run_agent(
     known = [c for c in load_contacts(contacts_path) if c.id != identity.node_id]
     founder = agent.founder and not known
     incarnation_path = config.data_dir / INCARNATION_FILE_NAME
-    incarnation = load_incarnation(incarnation_path)
+    # Each run is a new incarnation: its dances and news supersede those of the
+    # process before it, which peers may still hold and relay (a dance's version
+    # starts again at 1).
+    incarnation = min(load_incarnation(incarnation_path) + 1, MAX_INCARNATION)
     async with open_udp_transport(config.host, config.port, faults) as transport:
         transport.admission.total = min(transport.admission.total, connections)
         transport.admission.per_source = min(transport.admission.per_source, connections)

@@ -16,7 +16,9 @@ every node holds a recent view of its neighbourhood at a constant cost per
 node whatever the swarm size. A node also dances to whoever danced to it
 lately (``answer_for`` heartbeats): across holes links can be one-sided, and
 the relation must be two-way for both proof of life and the two-ring view.
-A dance older (lower version) than the one held is ignored; a view entry not
+A dance older than the one held is ignored: a lower incarnation, or the same
+and a lower version (a restarted node starts again at version 1, at a higher
+incarnation, so its old dances that peers still relay lose); a view entry not
 refreshed for ``expiry`` is dropped. So is the dance of a node the failure
 detector holds dead (``dead``, set by the owner): ring-1 nodes relay each
 other's copies of it, and each copy refreshed the others', so a dead node's
@@ -207,8 +209,11 @@ class Waggle:
                 self.view.pop(d.node, None)
                 continue
             seen = self.view.get(d.node)
-            if seen is not None and seen.dance.version >= d.version:
-                if seen.dance.version == d.version:
+            if seen is not None and (seen.dance.incarnation, seen.dance.version) >= (
+                d.incarnation,
+                d.version,
+            ):
+                if seen.dance.version == d.version and seen.dance.incarnation == d.incarnation:
                     seen.at = now  # still current
                     if hd.hops > seen.hops:
                         # Heard first by a relay, now from the source: ours to relay on.

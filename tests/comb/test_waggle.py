@@ -43,6 +43,19 @@ def test_older_versions_are_ignored() -> None:
     assert w.view[(2).to_bytes(20, "big")].dance.version == 5
 
 
+def test_a_restarted_node_s_dances_beat_those_of_its_old_process() -> None:
+    """A restart begins again at version 1, one incarnation up: peers that still
+    relay the old process's dance (version 9, a cell it no longer holds) must
+    not keep it over the new one's."""
+    w = waggle(1, [])
+    old = replace(dance(2, version=9), q=-1, r=1)
+    new = replace(dance(2, version=1), incarnation=1)
+    assert w.receive(WaggleMsg(dances=(HopDance(dance=old, hops=1),)), 1.0)
+    assert w.receive(WaggleMsg(dances=(HopDance(dance=new, hops=2),)), 2.0) == [new]
+    assert not w.receive(WaggleMsg(dances=(HopDance(dance=old, hops=1),)), 3.0)  # relayed late
+    assert w.view[(2).to_bytes(20, "big")].dance == new
+
+
 def test_a_noticeable_change_is_danced_early_a_small_one_waits() -> None:
     w = waggle(1, [2])
     w.handle_timer(w.next_timer())
