@@ -41,7 +41,7 @@ from typing import Any
 
 from hexamesh.comb.cells import choose_cell, connected, link_graph
 from hexamesh.comb.core import Comb, CombConfig
-from hexamesh.comb.swim import MemberState
+from hexamesh.comb.swim import MembershipEvent, MemberState
 from hexamesh.comb.waggle import Dance
 from hexamesh.hexgrid import ORIGIN, Hex, distance, spiral
 from hexamesh.hexgrid import neighbours as hex_neighbours
@@ -228,7 +228,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             late0 = _sent(net, live)
         for i in live:
             for e in comb(i).events():
-                if e.state is not MemberState.DEAD:
+                if not isinstance(e, MembershipEvent) or e.state is not MemberState.DEAD:
                     continue
                 if e.node in victim_ids:
                     first_dead.setdefault(e.node, e.at - t_kill)

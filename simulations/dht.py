@@ -29,10 +29,7 @@ import random
 import time
 from typing import Any
 
-from hexamesh.dht.contact import Contact
-from hexamesh.dht.core import DhtConfig, DhtCore
-from hexamesh.dht.lookup import LookupStats
-from hexamesh.dht.records import Record
+from hexamesh.dht.core import DhtConfig, DhtCore, Found, Got, Grew, Stored
 from hexamesh.identity import Identity
 from hexamesh.net.base import Addr
 from hexamesh.net.sim import GeoLatency, SimHost, SimNetwork
@@ -75,16 +72,16 @@ class Swarm:
 
             def join(i: int = i, seed_addr: Addr = seed_addr) -> None:
                 self.add(i)
-
-                def done(contacts: list[Contact], stats: LookupStats) -> None:
-                    self.joined[i] = True
-
-                self.net.interact(
-                    self.addrs[i], lambda core, now: core.bootstrap([seed_addr], now, done)
-                )
+                self.net.interact(self.addrs[i], lambda core, now: core.bootstrap([seed_addr], now))
 
             self.net.call_at(self.net.now + i * spacing, join)
         self.net.run(until=self.net.now + len(self.addrs) * spacing + 30.0)
+        for i in range(1, len(self.addrs)):  # a bootstrap ends with a Found
+            self.joined[i] = any(isinstance(e, Found) for e in self.ended(i))
+
+    def ended(self, i: int) -> list[Found | Got | Stored]:
+        """The operations of node ``i`` that ended since the last call."""
+        return [e for e in self.core(i).events() if not isinstance(e, Grew)]
 
     def live(self) -> list[int]:
         return [i for i, a in enumerate(self.addrs) if self.net.hosts[a].alive]
@@ -102,21 +99,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # Oracle check: FIND_NODE results against the true k closest (no kill, no loss yet).
     ids = [ident.node_id for ident in swarm.identities]
     oracle_hits = 0
-    oracle_results: list[tuple[bytes, int, list[Contact]]] = []
+    asked: dict[tuple[int, int], bytes] = {}  # (asker, operation) -> target
     for _ in range(args.oracle):
         target = rng.randbytes(20)
         asker = rng.randrange(args.nodes)
 
-        def found(
-            contacts: list[Contact], stats: LookupStats, target: bytes = target, me: int = asker
-        ) -> None:
-            oracle_results.append((target, me, contacts))
+        def look(core: DhtCore, now: float, t: bytes = target, me: int = asker) -> None:
+            asked[(me, core.lookup(t, now))] = t
 
-        net.interact(
-            swarm.addrs[asker], lambda core, now, t=target, f=found: core.lookup(t, now, f)
-        )
+        net.interact(swarm.addrs[asker], look)
         net.run(until=net.now + 0.01)
     net.run(until=net.now + 30.0)
+    oracle_results = [
+        (asked[(me, e.op)], me, e.contacts)
+        for me in sorted({me for me, _ in asked})
+        for e in swarm.ended(me)
+        if isinstance(e, Found) and (me, e.op) in asked
+    ]
     for target, me, contacts in oracle_results:
         t = int.from_bytes(target, "big")
         # The asker looks for the k closest *other* nodes.
@@ -133,13 +132,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         values[key] = value
         pub = publishers[n % len(publishers)]
         net.interact(
-            swarm.addrs[pub],
-            lambda core, now, k=key, v=value: core.publish(
-                k, v, 3600.0, now, lambda c, s: stored.append(c)
-            ),
+            swarm.addrs[pub], lambda core, now, k=key, v=value: core.publish(k, v, 3600.0, now)
         )
         net.run(until=net.now + 0.005)
     net.run(until=net.now + 30.0)
+    for pub in sorted(set(publishers)):
+        stored += [e.count for e in swarm.ended(pub) if isinstance(e, Stored)]
 
     # Kill a fraction at once (never a future asker), then switch loss on.
     askers = [rng.randrange(args.nodes) for _ in range(args.lookups)]
@@ -156,20 +154,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     found_ok = 0
     finished = 0
 
+    getting: dict[tuple[int, int], str] = {}  # (asker, operation) -> key
     for n, asker in enumerate(askers):
-        key = f"job:{n}"
 
-        def got(records: list[Record], stats: LookupStats, key: str = key) -> None:
-            nonlocal found_ok, finished
-            finished += 1
-            hops.append(stats.hops)
-            durations.append(stats.duration * 1000)
-            if any(r.value == values[key] for r in records):
-                found_ok += 1
+        def get(core: DhtCore, now: float, key: str = f"job:{n}", me: int = asker) -> None:
+            getting[(me, core.get(key, now))] = key
 
-        net.interact(swarm.addrs[asker], lambda core, now, k=key, g=got: core.get(k, now, g))
+        net.interact(swarm.addrs[asker], get)
         net.run(until=net.now + 0.005)
     net.run(until=net.now + 60.0)
+    for asker in sorted(set(askers)):
+        for e in swarm.ended(asker):
+            if not isinstance(e, Got) or (asker, e.op) not in getting:
+                continue
+            finished += 1
+            hops.append(e.stats.hops)
+            durations.append(e.stats.duration * 1000)
+            if any(r.value == values[getting[(asker, e.op)]] for r in e.records):
+                found_ok += 1
     lookup_msgs = net.traffic()["sent_msgs"] - sent_before
 
     return {

@@ -89,6 +89,9 @@ class RelayCore:
         out, self._out = self._out, []
         return out
 
+    def events(self) -> list[object]:
+        return []
+
     def start(self, dst: Addr, payload: bytes) -> None:
         self._out.append(
             (dst, Envelope(sender=self._id, msg_id=0, message=Relay(hops=0, payload=payload)))

@@ -30,7 +30,7 @@ import argparse
 import random
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -42,12 +42,11 @@ from hexamesh.net.base import Addr
 from hexamesh.net.mux import Mux
 from hexamesh.net.sim import SimHost, SimNetwork, UniformLatency
 from hexamesh.placement.messages import PLACEMENT_MESSAGES, Ballot
-from hexamesh.placement.vote import PlacementConfig, Scouting
+from hexamesh.placement.vote import PlacementConfig, Scouting, Won
 from simulations.common import addr_of, emit, percentile
 
 CLAIM_DELAY = (0.02, 0.2)  # s; a DHT read, put-if-absent and read-back, simulated
 LOAD_DELAY = 1.0  # s from winning a slot to dancing the model
-POLL = 0.02  # s between looks at the cores' claims
 
 
 def nid(i: int) -> bytes:
@@ -62,6 +61,7 @@ class Swarm:
     combs: dict[bytes, Comb] = field(default_factory=dict)
     scouting: dict[bytes, Scouting] = field(default_factory=dict)
     addrs: dict[bytes, Addr] = field(default_factory=dict)
+    _node_at: dict[Addr, bytes] = field(default_factory=dict)
     slots: dict[tuple[str, int, int], bytes] = field(default_factory=dict)  # the DHT, abridged
     claimed_at: dict[tuple[str, int], float] = field(default_factory=dict)  # first slot taken
     rng: random.Random = field(default_factory=random.Random)
@@ -82,6 +82,7 @@ class Swarm:
         cells = spiral(ORIGIN, rings)
         owners = {c: nid(i) for i, c in enumerate(cells)}
         swarm.addrs = {nid(i): addr_of(i) for i in range(len(cells))}
+        swarm._node_at = {a: n for n, a in swarm.addrs.items()}
         for i, cell in enumerate(cells):
             node = nid(i)
             load = (loads or {}).get(i, swarm.rng.random())
@@ -107,7 +108,7 @@ class Swarm:
             comb = swarm.combs[node]
             net.interact(a, partial(_set_map, comb, owners, swarm.addrs))
         net.loss = loss
-        swarm._poll()
+        net.on_events = swarm._took
         return swarm
 
     def alive(self, node: bytes) -> bool:
@@ -128,13 +129,14 @@ class Swarm:
 
     # -- what an agent's placement service does, abridged -----------------
 
-    def _poll(self) -> None:
-        for node, scout in self.scouting.items():
-            if self.alive(node):
-                for ballot in scout.claims():
-                    at = self.net.now + self.rng.uniform(*CLAIM_DELAY)
-                    self.net.call_at(at, partial(self._claim, node, ballot))
-        self.net.call_at(self.net.now + POLL, self._poll)
+    def _took(self, host: SimHost, events: Sequence[object]) -> None:
+        """A core's events, as the agent's services take them: a won quorum
+        starts a claim (the rest, membership news, nobody here reads)."""
+        node = self._node_at[host.addr]
+        for event in events:
+            if isinstance(event, Won):
+                at = self.net.now + self.rng.uniform(*CLAIM_DELAY)
+                self.net.call_at(at, partial(self._claim, node, event.ballot))
 
     def _claim(self, node: bytes, ballot: Ballot) -> None:
         if not self.alive(node):

@@ -68,8 +68,17 @@ class Kitchen(Message):
     pair: tuple[str, int]
 
 
+@dataclass(frozen=True)
+class Stepped:
+    """RecordingCore's event: what it just did ("receive" | "timer"), and when."""
+
+    what: str
+    at: float
+
+
 class RecordingCore:
-    """A core that records what it receives and sends what it is told to."""
+    """A core that records what it receives and sends what it is told to; each
+    step is also an event (``Stepped``), and ``emit`` hands out any other."""
 
     def __init__(self) -> None:
         self.received: list[tuple[Envelope, Addr, float]] = []
@@ -77,17 +86,23 @@ class RecordingCore:
         self.wake_at: float | None = None
         self.log: list[tuple[str, float]] = []  # ("receive" | "timer", when), in order
         self._outbox: list[tuple[Addr, Envelope]] = []
+        self._events: list[object] = []
 
     def send(self, addr: Addr, env: Envelope) -> None:
         self._outbox.append((addr, env))
 
+    def emit(self, event: object) -> None:
+        self._events.append(event)
+
     def receive(self, env: Envelope, sender: Addr, now: float) -> None:
         self.received.append((env, sender, now))
         self.log.append(("receive", now))
+        self._events.append(Stepped("receive", now))
 
     def handle_timer(self, now: float) -> None:
         self.timers.append(now)
         self.log.append(("timer", now))
+        self._events.append(Stepped("timer", now))
         self.wake_at = None
 
     def next_timer(self) -> float | None:
@@ -95,6 +110,10 @@ class RecordingCore:
 
     def outbox(self) -> list[tuple[Addr, Envelope]]:
         out, self._outbox = self._outbox, []
+        return out
+
+    def events(self) -> list[object]:
+        out, self._events = self._events, []
         return out
 
 

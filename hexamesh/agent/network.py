@@ -11,7 +11,8 @@ from random import Random
 import trio
 
 from hexamesh.agent.models import _room
-from hexamesh.agent.status import RTT_REWRITE_INTERVAL, AgentStatus
+from hexamesh.agent.process import wall_clock
+from hexamesh.agent.status import RTT_REWRITE_INTERVAL, AgentStatus, _note_rtt
 from hexamesh.comb.core import COMB_MESSAGES, Comb, CombConfig
 from hexamesh.comb.service import ClaimError, Honeycomb
 from hexamesh.comb.swim import MembershipEvent, MemberState
@@ -25,7 +26,7 @@ from hexamesh.logs import printable
 from hexamesh.net.address import AddressBook, guess_host, is_wildcard, local_hosts
 from hexamesh.net.base import Addr, format_addr, parse_addr
 from hexamesh.net.mux import Mux
-from hexamesh.net.rtt import Ping, Pong, RttConfig, RttProbe
+from hexamesh.net.rtt import Observation, Ping, Pong, RttConfig, RttProbe, RttSample
 from hexamesh.placement.messages import PLACEMENT_MESSAGES
 from hexamesh.placement.service import Placements
 from hexamesh.placement.vote import PlacementConfig, Scouting
@@ -39,14 +40,15 @@ log = logging.getLogger(__name__)
 # watches liveness. Once a second, a swarm's seed answered every joiner forever.
 SEED_PROBE_INTERVAL = RTT_REWRITE_INTERVAL
 
+# Death verdicts the request-cutting task may lag behind: a mass failure heard
+# at once is thousands (each verdict costs it a dictionary lookup).
+VERDICT_BUFFER = 4096
+
 
 CONTACTS_PINGED = 8  # saved contacts a restarted agent pings to learn its address
 
 
 JOIN_RETRY_MAX = 60.0  # s; longest wait between DHT bootstrap attempts
-
-
-TABLE_POLL = 1.0  # s; while bootstrap waits to retry, how often it looks for a node that reached us
 
 
 @dataclass(frozen=True)
@@ -197,10 +199,8 @@ async def _join_dht(dht: Dht, seeds: list[Addr], known: list[Contact]) -> None:
         )
         # Sooner if a node reaches us meanwhile (it joined through us): then
         # there is someone to look ourselves up through.
-        had = dht.contacts()
         with trio.move_on_after(delay):
-            while dht.contacts() <= had:
-                await trio.sleep(TABLE_POLL)
+            await dht.grown_past(dht.contacts())
         delay = min(delay * 2, JOIN_RETRY_MAX)
 
 
@@ -211,8 +211,29 @@ async def _peer_http(
     await front.serve_connection(stream, first, peer=True, ticket=ticket)  # type: ignore[arg-type]
 
 
-def _cut_requests_to_the_dead(front: FrontDoor, event: MembershipEvent) -> None:
-    """A death verdict: requests waiting on that peer move on now, instead of
+async def _cut_requests_to_the_dead(
+    front: FrontDoor, events: trio.MemoryReceiveChannel[MembershipEvent]
+) -> None:
+    """Death verdicts: requests waiting on that peer move on now, instead of
     waiting out a timeout for a server that may be frozen (docs/serving.md)."""
-    if event.state is MemberState.DEAD:
-        front.server_died(event.node)
+    async for event in events:
+        if event.state is MemberState.DEAD:
+            front.server_died(event.node)
+
+
+async def _take_probe_events(
+    events: trio.MemoryReceiveChannel[RttSample | Observation],
+    probe: RttProbe,
+    status: AgentStatus,
+    readdress: Readdress,
+) -> None:
+    """The RTT probe's events: the seeds' round trips (for agent.json), and
+    peers' reports of the address they reach us at (``Readdress``)."""
+    async with trio.open_nursery() as nursery:
+        async for event in events:
+            if isinstance(event, Observation):
+                readdress.report(event.reporter, event.seen, wall_clock())
+                if readdress.pending:
+                    nursery.start_soon(readdress.announce)
+            else:
+                _note_rtt(probe, status, event)

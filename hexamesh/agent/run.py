@@ -26,6 +26,7 @@ from hexamesh.agent.files import (
 from hexamesh.agent.models import _held, _serve_models, model_spec
 from hexamesh.agent.network import (
     CONTACTS_PINGED,
+    VERDICT_BUFFER,
     AgentCores,
     Readdress,
     _address_book,
@@ -33,6 +34,7 @@ from hexamesh.agent.network import (
     _join,
     _peer_http,
     _resolve,
+    _take_probe_events,
 )
 from hexamesh.agent.process import raise_nofile, tame_malloc, wall_clock
 from hexamesh.agent.status import (
@@ -42,7 +44,6 @@ from hexamesh.agent.status import (
     _health,
     _note_comb,
     _note_health,
-    _note_rtts,
     _StatusFile,
 )
 from hexamesh.comb.service import Honeycomb
@@ -57,6 +58,7 @@ from hexamesh.faults import Faults
 from hexamesh.limits import MAX_INCARNATION
 from hexamesh.net.base import format_addr
 from hexamesh.net.driver import CoreDriver
+from hexamesh.net.rtt import Observation, RttSample
 from hexamesh.net.udp import open_udp_transport
 from hexamesh.placement.service import Placements, run_swarmscale
 from hexamesh.placement.swarmscale import ScaleConfig, Swarmscale
@@ -152,6 +154,7 @@ async def _run_agent(
             clock=wall_clock,
             faults=faults,
         )
+        probe_events = driver.subscribe(RttSample, Observation)
         dht = Dht(dht_core, driver, clock=wall_clock)
         honeycomb = Honeycomb(comb, driver, dht, clock=wall_clock, rng=rng)
         status = AgentStatus(
@@ -174,6 +177,7 @@ async def _run_agent(
             engine = await stack.enter_async_context(open_engine(engine_config)) if serves else None
             nursery = await stack.enter_async_context(trio.open_nursery())
             await nursery.start(services.run, "driver", driver.run)
+            await nursery.start(services.run, "dht", dht.run)
             now = wall_clock()
             for addr in seed_addrs:
                 probe.watch(addr, now)
@@ -223,9 +227,11 @@ async def _run_agent(
                 health=lambda: _health(status, services),
             )
             stack.callback(front.close)  # runs before the nursery exits: later give-backs close
-            honeycomb.on_event(partial(_cut_requests_to_the_dead, front))
-            transport.http_handler = partial(_peer_http, front)
-            front.jobs = jobs = Jobs(
+            verdicts = honeycomb.subscribe(VERDICT_BUFFER)
+            cut = partial(_cut_requests_to_the_dead, front, verdicts)
+            nursery.start_soon(partial(services.run, "verdicts", services.wrap("verdicts", cut)))
+            transport.serve_http(partial(_peer_http, front))
+            jobs = Jobs(
                 JobStore(config.data_dir / JOBS_FILE_NAME),
                 front,
                 jobs_dht,
@@ -235,14 +241,17 @@ async def _run_agent(
                 retention=config.job_retention,
                 faults=faults,
             )
+            front.mount("/v1/jobs", jobs)
             front.metrics.gauge(
                 "hexamesh_jobs_active", "Jobs queued or running here", jobs.store.active
             )
             await nursery.start(services.run, "jobs", jobs.run)
-            front.placements = placements
+            front.mount("/v1/placements", placements, clients_only=True)
             readdress = Readdress(
                 book, comb, dht_core, scouting, placements, honeycomb, front, jobs, status
             )
+            heard = partial(_take_probe_events, probe_events, probe, status, readdress)
+            nursery.start_soon(partial(services.run, "probe", services.wrap("probe", heard)))
             status.api = await nursery.start(_serve_api, config, front, services, connections)
             if agent.unsaved_key is not None:  # bound: this swarm runs; before agent.json
                 save_key_file(agent.unsaved_key, keyring)
@@ -257,11 +266,6 @@ async def _run_agent(
                 while True:
                     await trio.sleep(STATUS_INTERVAL)
                     ticks += 1
-                    for seen in probe.observations():
-                        readdress.report(seen.reporter, seen.seen, wall_clock())
-                    if readdress.pending:
-                        nursery.start_soon(readdress.announce)
-                    _note_rtts(probe, status)
                     _note_comb(honeycomb, status)
                     _note_health(status, services, faults)
                     status.dht_contacts = len(dht_core.table)

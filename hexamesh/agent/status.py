@@ -13,7 +13,7 @@ from hexamesh.comb.swim import MemberState
 from hexamesh.faults import Component, Faults
 from hexamesh.fileio import write_text_atomic
 from hexamesh.net.base import format_addr
-from hexamesh.net.rtt import RttProbe
+from hexamesh.net.rtt import RttProbe, RttSample
 from hexamesh.services import Services
 
 log = logging.getLogger(__name__)
@@ -80,17 +80,16 @@ class _StatusFile:
         self._last, self._shape, self._written_at = text, shape, now
 
 
-def _note_rtts(probe: RttProbe, status: AgentStatus) -> None:
-    for sample in probe.samples():
-        key = format_addr(sample.addr)
-        before = status.seeds.get(key)
-        if sample.rtt is None:
-            log.debug("probe to %s lost", key)
-            continue
-        srtt = probe.srtt(sample.addr)
-        status.seeds[key] = None if srtt is None else round(srtt * 1000, 1)
-        if before is None:
-            log.info("seed %s reachable, rtt %.2f ms", key, sample.rtt * 1000)
+def _note_rtt(probe: RttProbe, status: AgentStatus, sample: RttSample) -> None:
+    key = format_addr(sample.addr)
+    before = status.seeds.get(key)
+    if sample.rtt is None:
+        log.debug("probe to %s lost", key)
+        return
+    srtt = probe.srtt(sample.addr)
+    status.seeds[key] = None if srtt is None else round(srtt * 1000, 1)
+    if before is None:
+        log.info("seed %s reachable, rtt %.2f ms", key, sample.rtt * 1000)
 
 
 def _note_comb(honeycomb: Honeycomb, status: AgentStatus) -> None:

@@ -36,7 +36,7 @@ from hexamesh.dht.service import Dht, DhtError, open_dht_node
 from hexamesh.identity import Identity, short_id
 from hexamesh.net.base import format_addr, parse_addr
 from hexamesh.net.driver import CoreDriver
-from hexamesh.net.rtt import RttConfig, RttProbe
+from hexamesh.net.rtt import RttConfig, RttProbe, RttSample
 from hexamesh.net.udp import open_udp_transport
 from hexamesh.wire import Codec, KeyRing
 
@@ -49,6 +49,7 @@ async def _ping(
     results: list[float | None] = []
     async with open_udp_transport("0.0.0.0", 0) as transport, trio.open_nursery() as nursery:
         driver = CoreDriver(probe, transport, Codec(ring), node_id=identity.node_id)
+        samples = driver.subscribe(RttSample)
         await nursery.start(driver.run)
         timeout = max(interval, 1.0)
         for _ in range(count):
@@ -56,12 +57,7 @@ async def _ping(
             driver.poke()
             rtt: float | None = None
             with trio.move_on_after(timeout + 0.1):
-                while True:
-                    samples = probe.samples()
-                    if samples:
-                        rtt = samples[0].rtt
-                        break
-                    await trio.sleep(0.002)  # a CLI, not a hot path: polling is fine
+                rtt = (await samples.receive()).rtt  # the pong, or the loss at the timeout
             results.append(rtt)
             shown = f"rtt {rtt * 1000:.2f} ms" if rtt is not None else "lost"
             console.print(f"{format_addr(target)}: {shown}")

@@ -19,7 +19,7 @@ The cell map (cell -> owner, owner -> address) is filled from outside
 (``set_map``, ``learn``: what the DHT and other nodes' views say) and by the
 core itself from every dance it hears, which carries the dancer's cell. A
 dance that puts another node in our own cell is a contested claim: the core
-raises ``contested`` and the agent settles it through the DHT.
+hands out ``CellContested`` and the agent settles it through the DHT.
 
 Addresses: what a node says of its own address (its dance, its claims) may
 be out of date, since a node learns its address from its peers
@@ -31,7 +31,13 @@ know directly: a node whose first address was wrong had no links to dance to.
 
 ``ViewReq``/``ViewReply`` let anyone holding the swarm key ask a node what it
 sees: its dance, the dances in its view, and the cells it knows. A joiner asks
-before choosing a cell; ``hexamesh peers`` asks to draw the map.
+before choosing a cell; ``hexamesh peers`` asks to draw the map. A reply comes
+out as ``ViewArrived`` only if it answers a request of ours.
+
+What the core hands out (``events``): SWIM's membership changes, and
+``ViewArrived``, ``CellContested`` and ``ShortcutLost`` (a shortcut died or
+became a comb link: the agent draws another). SWIM's orders (relink, tell a
+suspect's other watchers, forget a dead member's cell) it carries out itself.
 
 A node starts *unplaced* (no cell yet: no links, no dances) until ``place``.
 """
@@ -40,19 +46,22 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated
 
 from hexamesh.comb.cells import comb_links
 from hexamesh.comb.swim import (
     SWIM_MESSAGES,
+    Forgotten,
     Gossip,
     MembershipEvent,
     MemberState,
     MemberUpdate,
+    Relink,
     Swim,
     SwimConfig,
+    TellWatchers,
 )
 from hexamesh.comb.waggle import Dance, Waggle, WaggleConfig, WaggleMsg
 from hexamesh.hexgrid import ORIGIN, Hex, distance
@@ -113,7 +122,32 @@ class CombConfig:
     swim: SwimConfig = field(default_factory=SwimConfig)
     waggle: WaggleConfig = field(default_factory=WaggleConfig)
     look_past_holes: int = 4  # rings a node looks across holes for a link in each direction
-    max_replies: int = 64  # ViewReplies kept for the caller to collect
+    max_view_requests: int = 64  # our ViewReqs awaiting a reply; the oldest is forgotten
+
+
+@dataclass(frozen=True, slots=True)
+class ViewArrived:
+    """The answer to our ``request_view`` of id ``msg_id``."""
+
+    msg_id: int
+    reply: ViewReply
+
+
+@dataclass(frozen=True, slots=True)
+class CellContested:
+    """Another node dances in our cell: the DHT record decides who keeps it."""
+
+    cell: Hex
+
+
+@dataclass(frozen=True, slots=True)
+class ShortcutLost:
+    """A shortcut died or became a comb link: one far contact fewer."""
+
+    node: bytes
+
+
+CombEvent = MembershipEvent | ViewArrived | CellContested | ShortcutLost
 
 
 class _LiveCells(Mapping[Hex, bytes]):
@@ -187,11 +221,12 @@ class Comb:
         self.addrs: MutableMapping[bytes, Addr] = {}
         self._cell_of: dict[bytes, Hex] = {}  # learned from dances: who moved
         self._reached_at: dict[bytes, Addr] = {}  # where known nodes' messages came from
-        self.contested: Hex | None = None  # our cell, danced by someone else too
-        self.replies: dict[int, tuple[float, ViewReply]] = {}  # msg_id -> (when, reply)
+        self._contested: Hex | None = None  # our cell, danced by someone else too (told once)
+        self._asked: dict[int, None] = {}  # our ViewReqs awaiting a reply, oldest first
+        self._events: list[ViewArrived | CellContested | ShortcutLost] = []
+        self.views_unasked = 0  # ViewReplies that answered no request of ours (dropped)
         self._outbox: list[tuple[Addr, Envelope]] = []
         self._incarnation = dance.incarnation  # the last one our watchers were told about
-        self.swim.other_watchers = self._other_watchers
         self.waggle.dead = self.swim.dead
 
     # -- the map ----------------------------------------------------------
@@ -232,7 +267,9 @@ class Comb:
             changed = True
         self._cell_of[node] = cell
         if self.placed and cell == self.cell:
-            self.contested = cell  # not in our map: the DHT record decides who keeps it
+            if self._contested is None:  # not in our map: the DHT record decides
+                self._contested = cell
+                self._events.append(CellContested(cell))
             return changed
         self.owners[cell] = node
         return changed
@@ -280,14 +317,17 @@ class Comb:
             del self.owners[self.cell]
         self.cell = cell
         self.placed = True
-        self.contested = None
+        self._contested = None
         self.owners.pop(cell, None)
         self.waggle.update(now, q=cell.q, r=cell.r)
         self.relink(now)
 
+    def settling(self) -> None:
+        """The agent is settling our cell's claim: a contest after this is news again."""
+        self._contested = None
+
     def relink(self, now: float) -> None:
         """Recompute the links from the map, skipping nodes we know are dead."""
-        self.swim.relink_needed = False
         if not self.placed:
             return
         state_of = self.swim.state_of
@@ -296,9 +336,12 @@ class Comb:
         # a shortcut that became a comb link (it took a cell next to ours) is one
         # far contact fewer: drop it, and the service draws another
         linked = set(self.comb_links.values())
-        self.shortcuts = [
+        kept = [
             s for s in self.shortcuts if s not in linked and state_of(s) is not MemberState.DEAD
         ]
+        if len(kept) < len(self.shortcuts):
+            self._events.extend(ShortcutLost(s) for s in self.shortcuts if s not in kept)
+        self.shortcuts = kept
         addrs = self.addrs
         watched = list(self.comb_links.values())
         behind = self._behind_suspects(watched)
@@ -309,16 +352,34 @@ class Comb:
         # Dances go to comb links only: shortcuts carry membership news, not load.
         self.waggle.set_links({n: addrs[n] for n in watched if n in addrs})
 
-    def _forget(self, nodes: list[bytes]) -> None:
-        """Dead members the failure detector forgot (``Swim._reap``): their cells
-        and addresses go too, or a relink would add one back as a member. (Its
+    def _take_orders(self, now: float) -> bool:
+        """Carry out SWIM's orders; True if it asked for a relink."""
+        relink = False
+        for order in self.swim.orders():
+            if isinstance(order, Forgotten):
+                self._forget(order.node)
+            elif isinstance(order, TellWatchers):
+                self._tell_other_watchers(order)
+            elif isinstance(order, Relink):
+                relink = True
+        return relink
+
+    def _forget(self, node: bytes) -> None:
+        """A dead member the failure detector forgot (``Swim._reap``): its cell
+        and address go too, or a relink would add it back as a member. (Its
         dance left the view long before: views drop a dead node's dance.)"""
-        for node in nodes:
-            cell = self._cell_of.pop(node, None)
-            if cell is not None and self.owners.get(cell) == node:
-                del self.owners[cell]
-            self.addrs.pop(node, None)
-            self._reached_at.pop(node, None)
+        cell = self._cell_of.pop(node, None)
+        if cell is not None and self.owners.get(cell) == node:
+            del self.owners[cell]
+        self.addrs.pop(node, None)
+        self._reached_at.pop(node, None)
+
+    def _tell_other_watchers(self, order: TellWatchers) -> None:
+        for addr in self._other_watchers(order.node):
+            if addr not in order.skip and addr != self.addr:
+                msg = Gossip(updates=(order.accusation,))
+                env = Envelope(sender=self.node, msg_id=self._rng.getrandbits(64), message=msg)
+                self._outbox.append((addr, env))
 
     def _behind_suspects(self, links: list[bytes]) -> list[bytes]:
         """Who our links would be if the suspected ones died, to watch (probe and
@@ -400,14 +461,14 @@ class Comb:
     # -- asking others ----------------------------------------------------
 
     def request_view(self, addr: Addr, now: float) -> int:
-        """Ask the node at ``addr`` for its view; collect it with ``take_reply``."""
+        """Ask the node at ``addr`` for its view; the answer comes out as
+        ``ViewArrived`` with the id returned."""
         msg_id = self._rng.getrandbits(64)
+        self._asked[msg_id] = None
+        while len(self._asked) > self.config.max_view_requests:
+            del self._asked[next(iter(self._asked))]
         self._outbox.append((addr, Envelope(sender=self.node, msg_id=msg_id, message=ViewReq())))
         return msg_id
-
-    def take_reply(self, msg_id: int) -> ViewReply | None:
-        entry = self.replies.pop(msg_id, None)
-        return entry[1] if entry else None
 
     def view_reply(self) -> ViewReply:
         """What we see: our dance, our view, the live cells we know, the dead."""
@@ -509,8 +570,13 @@ class Comb:
         ]
         return sorted(out, key=lambda d: d.load)
 
-    def events(self) -> list[MembershipEvent]:
-        return self.swim.events()
+    def events(self) -> Sequence[CombEvent]:
+        """Membership changes, view answers, contests and lost shortcuts since the last call."""
+        theirs = self.swim.events()
+        if not self._events:  # after most steps: no allocation
+            return theirs
+        ours, self._events = self._events, []
+        return [*theirs, *ours]
 
     # -- the Core interface -----------------------------------------------
 
@@ -527,7 +593,7 @@ class Comb:
                 )
                 if dance.incarnation:
                     self._back_if_refuted(dance, now)
-            if moved or self.swim.relink_needed:
+            if self._take_orders(now) or moved:
                 self.relink(now)
         elif isinstance(msg, ViewReq):
             self._outbox.append(
@@ -536,14 +602,16 @@ class Comb:
             if moved:
                 self.relink(now)
         elif isinstance(msg, ViewReply):
-            self.replies[env.msg_id] = (now, msg)
-            while len(self.replies) > self.config.max_replies:
-                del self.replies[min(self.replies, key=lambda k: self.replies[k][0])]
+            if env.msg_id in self._asked:
+                del self._asked[env.msg_id]
+                self._events.append(ViewArrived(env.msg_id, msg))
+            else:
+                self.views_unasked += 1  # late, duplicated, or nobody asked
             if moved:
                 self.relink(now)
         else:
             self.swim.receive(env, sender, now)
-            if moved or self.swim.relink_needed:
+            if self._take_orders(now) or moved:
                 self.relink(now)
             self._tell_watchers(now)
 
@@ -551,8 +619,7 @@ class Comb:
         due = self.swim.next_timer()
         if due is not None and due <= now:
             self.swim.handle_timer(now)
-            self._forget(self.swim.take_reaped())
-            if self.swim.relink_needed:
+            if self._take_orders(now):
                 self.relink(now)
         if self.waggle.next_timer() <= now:
             self.waggle.handle_timer(now)

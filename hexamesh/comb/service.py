@@ -23,8 +23,8 @@ claims raced), the older claim wins, ties to the lower node id
 so they agree without talking, and the loser chooses again.
 
 *Keeping it.* A dance that shows another node in our cell (a claim that raced
-past the read-back, or a partition that healed) raises the core's
-``contested`` flag; the owner is then looked up in the DHT the same way and
+past the read-back, or a partition that healed) makes the core hand out
+``CellContested``; the owner is then looked up in the DHT the same way and
 the loser moves. Every ``CLAIM_CHECK`` the owner also re-reads its record.
 
 *Shortcuts* are a few random contacts from the Kademlia table (random
@@ -33,11 +33,17 @@ when one dies.
 
 *Leaving.* A graceful leave tells every link at once (SWIM ``leave``) and
 replaces the cell record by one that expires in a second.
+
+*Events.* ``run`` takes the comb core's events from the driver's channel:
+membership changes go to the log and to every ``subscribe``r, view answers
+to the ``ask_view`` waiting for them, contests and lost shortcuts wake the
+upkeep task. Nothing polls the core.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -46,7 +52,15 @@ import msgpack
 import trio
 
 from hexamesh.comb.cells import choose_cell
-from hexamesh.comb.core import Comb, CombConfig, ViewReply
+from hexamesh.comb.core import (
+    CellContested,
+    Comb,
+    CombConfig,
+    CombEvent,
+    ShortcutLost,
+    ViewArrived,
+    ViewReply,
+)
 from hexamesh.comb.swim import MembershipEvent, MemberState
 from hexamesh.comb.waggle import Dance
 from hexamesh.dht.claim import addr_value, claim, holder_of, release
@@ -74,16 +88,11 @@ SHORTCUTS = 2  # long links from the Kademlia table
 SHORTCUT_REFRESH = 60.0  # s between shortcut draws
 MODEL_TTL = 300.0  # s; a model:<name> provider entry's lease (renewed at half)
 MODEL_INDEX = "*"  # model:* has one entry per serving node: [host, port, [models]]
-# s between looks at the comb while it is not placed yet (joining). Once placed,
-# the upkeep task sleeps until the driver says the core has membership events
-# or a contested cell, or until the next check is due: each wake costs ~0.1-0.7
-# ms of CPU on a small VM, and polling at 4 Hz was ~half an idle agent's wakes.
-EVENT_POLL = 0.25
 SHORTCUT_RETRY = 1.0  # s before a redraw while we have fewer shortcuts than SHORTCUTS
 # A redraw that still leaves us short doubles the wait (up to SHORTCUT_REFRESH);
 # a join heard resets it. In a swarm so small that every node is a comb link
 # there is nothing to draw, and a redraw each second kept idle agents waking.
-EVENT_BUFFER = 256  # events a slow subscriber may lag behind before it misses some
+EVENT_BUFFER = 256  # membership events a slow subscriber may lag behind before it misses some
 
 
 class ClaimError(Exception):
@@ -96,8 +105,7 @@ def cell_key(cell: Hex) -> str:
 
 class Honeycomb:
     """The comb for the rest of the agent: ``neighbours``, ``peers_with``,
-    ``state_of``, ``subscribe`` and ``on_event`` (membership events) and the
-    cell's upkeep."""
+    ``state_of``, ``subscribe`` (membership events) and the cell's upkeep."""
 
     def __init__(
         self,
@@ -113,13 +121,15 @@ class Honeycomb:
         self.dht = dht
         self._clock = clock
         self._rng = rng or random.Random()
+        self._events = driver.subscribe(MembershipEvent, ViewArrived, CellContested, ShortcutLost)
         self._subscribers: list[trio.MemorySendChannel[MembershipEvent]] = []
-        self._listeners: list[Callable[[MembershipEvent], None]] = []
         self.events_dropped = 0
-        self._attention = trio.Event()  # set when the core has something for run()
+        self._views: dict[int, _ViewWait] = {}  # our ViewReqs' ids -> who waits
+        self._attention = trio.Event()  # set when the upkeep task has work
+        self._contested = False  # a CellContested since the last settling
+        self._short = False  # a shortcut was lost since the last draw filled every slot
         self._draw_misses = 0  # draws in a row that left us short of shortcuts
         self._filled = False  # the last draw filled every slot
-        driver.add_watcher(self._check_core)
 
     # -- the view ---------------------------------------------------------
 
@@ -162,17 +172,12 @@ class Honeycomb:
     def state_of(self, node: bytes) -> Dance | None:
         return self.comb.state_of(node)
 
-    def subscribe(self) -> trio.MemoryReceiveChannel[MembershipEvent]:
-        """A channel of membership changes (alive, suspect, dead) from now on."""
-        send, receive = trio.open_memory_channel[MembershipEvent](EVENT_BUFFER)
+    def subscribe(self, buffer: int = EVENT_BUFFER) -> trio.MemoryReceiveChannel[MembershipEvent]:
+        """A channel of membership changes (alive, suspect, dead) from now on;
+        what does not fit in ``buffer`` is dropped (counted in ``events_dropped``)."""
+        send, receive = trio.open_memory_channel[MembershipEvent](buffer)
         self._subscribers.append(send)
         return receive
-
-    def on_event(self, listener: Callable[[MembershipEvent], None]) -> None:
-        """Call ``listener`` with every membership change as it is handed out,
-        synchronously: none is dropped (a subscriber's channel drops what does
-        not fit, as after a mass failure), so it must be quick and not raise."""
-        self._listeners.append(listener)
 
     def _addr_value(self) -> bytes:
         """Our address as cell and model records carry it."""
@@ -183,8 +188,17 @@ class Honeycomb:
     async def ask_view(self, addr: Addr, timeout: float = VIEW_TIMEOUT) -> tuple[ViewReply, float]:
         """The view of the node at ``addr`` and the round-trip time; raises TimeoutError."""
         start = trio.current_time()
-        reply = await _request_view(self.comb, self.driver, addr, self._clock(), timeout)
-        return reply, trio.current_time() - start
+        msg_id = self.comb.request_view(addr, self._clock())
+        waiting = self._views[msg_id] = _ViewWait()
+        self.driver.poke()
+        try:
+            with trio.move_on_after(timeout):
+                await waiting.done.wait()
+        finally:
+            self._views.pop(msg_id, None)
+        if waiting.reply is None:
+            raise _no_view(addr, timeout)
+        return waiting.reply, trio.current_time() - start
 
     def _merge(self, reply: ViewReply) -> bytes | None:
         """Learn the cells a view lists; returns the replying node if placed."""
@@ -207,6 +221,7 @@ class Honeycomb:
         self.comb.place(cell, self._clock())
         self.draw_shortcuts()
         self.driver.poke()
+        self._attention.set()  # the upkeep's clocks start now
         log.info(
             "took cell %s with %d neighbours (%d cells known, RTT to %d owners %s ms)",
             cell,
@@ -278,7 +293,7 @@ class Honeycomb:
     async def _settle_contest(self) -> None:
         """Someone dances in our cell: keep it if our claim wins, else move."""
         cell = self.comb.cell
-        self.comb.contested = None
+        self.comb.settling()
         try:
             holder = holder_of(await self.dht.get(cell_key(cell), every_replica=True))
         except DhtError as e:
@@ -350,19 +365,6 @@ class Honeycomb:
         self._draw_misses = 0 if self._filled else self._draw_misses + 1
         self.driver.poke()
 
-    def _check_core(self) -> None:
-        """After every step of the core (the driver calls it): wake ``run`` if needed."""
-        comb = self.comb
-        if comb.swim.has_events or comb.contested is not None:
-            self._attention.set()
-        elif comb.placed and self._lost_a_shortcut():
-            self._attention.set()  # draw again now, not at the next upkeep
-
-    def _lost_a_shortcut(self) -> bool:
-        """The last draw filled every slot and one has gone since (it died or
-        became a comb link)."""
-        return self._filled and len(self.comb.shortcuts) < SHORTCUTS
-
     def _next_draw(self, last_draw: float) -> float:
         """When the shortcuts are due for a draw: sooner while we have too few."""
         if len(self.comb.shortcuts) >= SHORTCUTS:
@@ -371,20 +373,37 @@ class Honeycomb:
         return last_draw + min(backoff, SHORTCUT_REFRESH)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Hand events to subscribers, settle contests, keep shortcuts; until cancelled."""
-        task_status.started()
-        last_check = last_draw = trio.current_time()
-        while True:
-            if self.comb.placed:
-                wake_at = min(last_check + CLAIM_CHECK, self._next_draw(last_draw))
+        """Take the core's events as they come, and keep the cell and the
+        shortcuts (``_upkeep``); until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._upkeep)
+            task_status.started()
+            async for first in self._events:
+                batch: list[CombEvent] = [first]
+                while True:  # what else came in the same steps: one log summary
+                    try:
+                        batch.append(self._events.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                self._take(batch)
+
+    def _take(self, batch: list[CombEvent]) -> None:
+        near = set(self.comb.told_news())
+        others = 0
+        for event in batch:
+            if isinstance(event, ViewArrived):
+                waiting = self._views.pop(event.msg_id, None)
+                if waiting is not None:  # else its asker gave up
+                    waiting.reply = event.reply
+                    waiting.done.set()
+            elif isinstance(event, CellContested):
+                self._contested = True
+                self._attention.set()
+            elif isinstance(event, ShortcutLost):
+                if self._filled:  # draw again now, not at the next refresh
+                    self._short = True
+                    self._attention.set()
             else:
-                wake_at = trio.current_time() + EVENT_POLL
-            with trio.move_on_at(wake_at):
-                await self._attention.wait()
-            self._attention = trio.Event()
-            near = set(self.comb.told_news())
-            others = 0
-            for event in self.comb.events():
                 if event.state is MemberState.ALIVE:
                     self._draw_misses = 0  # a joiner (or a return): a new candidate
                 # Our links' suspicions and deaths at INFO; joins, and news of
@@ -401,22 +420,32 @@ class Honeycomb:
                     event.incarnation,
                 )
                 self._publish(event)
-            if others:
-                log.info("%d peers further off suspected or dead", others)
+        if others:
+            log.info("%d peers further off suspected or dead", others)
+
+    async def _upkeep(self) -> None:
+        """Settle contests and re-read our cell's record; draw shortcuts."""
+        last_check = last_draw = trio.current_time()
+        while True:
+            wake_at = math.inf
+            if self.comb.placed:
+                wake_at = min(last_check + CLAIM_CHECK, self._next_draw(last_draw))
+            with trio.move_on_at(wake_at):
+                await self._attention.wait()
+            self._attention = trio.Event()
             if not self.comb.placed:
                 continue
             now = trio.current_time()
-            if self.comb.contested is not None or now - last_check >= CLAIM_CHECK:
+            if self._contested or now - last_check >= CLAIM_CHECK:
+                self._contested = False
                 last_check = now
-                self.comb.contested = self.comb.contested or self.comb.cell
                 await self._settle_contest()
-            if now >= self._next_draw(last_draw) or self._lost_a_shortcut():
+            if now >= self._next_draw(last_draw) or self._short:
+                self._short = False
                 last_draw = now
                 self.draw_shortcuts()
 
     def _publish(self, event: MembershipEvent) -> None:
-        for listener in self._listeners:
-            listener(event)
         for channel in list(self._subscribers):
             try:
                 channel.send_nowait(event)
@@ -437,19 +466,18 @@ class Honeycomb:
         await release(self.dht, key, self._addr_value())
 
 
-async def _request_view(
-    comb: Comb, driver: CoreDriver, addr: Addr, now: float, timeout: float
-) -> ViewReply:
-    """Send a ViewReq from ``comb`` and wait for the answer; raises TimeoutError."""
-    msg_id = comb.request_view(addr, now)
-    driver.poke()
-    with trio.move_on_after(timeout):
-        while True:
-            reply = comb.take_reply(msg_id)
-            if reply is not None:
-                return reply
-            await trio.sleep(0.002)  # the driver delivers into the core: poll it
-    raise TimeoutError(
+class _ViewWait:
+    """An ``ask_view`` waiting for its answer."""
+
+    __slots__ = ("done", "reply")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.reply: ViewReply | None = None
+
+
+def _no_view(addr: Addr, timeout: float) -> TimeoutError:
+    return TimeoutError(
         f"no view from {addr[0]}:{addr[1]} within {timeout:.1f} s (down, or another swarm key)"
     )
 
@@ -467,15 +495,17 @@ async def fetch_view(keyring: KeyRing, addr: Addr, timeout: float = VIEW_TIMEOUT
             placed=False,
         )
         driver = CoreDriver(comb, transport, Codec(keyring), node_id=identity.node_id)
+        arrived = driver.subscribe(ViewArrived)
         await nursery.start(driver.run)
-        try:
-            reply: ViewReply | TimeoutError = await _request_view(
-                comb, driver, addr, time.time(), timeout
-            )
-        except TimeoutError as e:
-            reply = e  # raised below: out of the nursery, not wrapped in a group
-        finally:
-            nursery.cancel_scope.cancel()
-    if isinstance(reply, TimeoutError):
-        raise reply
+        msg_id = comb.request_view(addr, time.time())
+        driver.poke()
+        reply: ViewReply | None = None
+        with trio.move_on_after(timeout):
+            async for event in arrived:
+                if event.msg_id == msg_id:
+                    reply = event.reply
+                    break
+        nursery.cancel_scope.cancel()
+    if reply is None:  # raised here: out of the nursery, not wrapped in a group
+        raise _no_view(addr, timeout)
     return reply

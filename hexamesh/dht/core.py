@@ -3,11 +3,15 @@
 Theory of operation
 -------------------
 ``DhtCore`` has the shape of every core here (``receive``, ``handle_timer``,
-``next_timer``, ``outbox``). It never waits: an operation (``lookup``,
-``get``, ``put``, ``publish``, ``bootstrap``) starts at once and reports its
-result through a callback when it finishes, from inside a later ``receive`` or
-``handle_timer``. The trio service (``dht/service.py``) turns callbacks into
-``await``; the simulator calls the methods directly.
+``next_timer``, ``outbox``, ``events``). It never waits: an operation
+(``lookup``, ``get``, ``put``, ``publish``, ``bootstrap``) starts at once,
+returns its id, and reports its result as an event when it finishes, from
+inside a later ``receive`` or ``handle_timer``: ``Found`` (contacts),
+``Got`` (records) or ``Stored`` (replicas that took a record), each with
+the operation's id and statistics. The trio service (``dht/service.py``)
+turns them into ``await``; the simulator reads them from ``events``. The
+table growing is an event too (``Grew``): a node waiting for someone to
+reach it need not poll.
 
 *RPCs.* Every request gets a random 64-bit id; the reply must carry that id
 and come from the node id we asked (a reply from anyone else is ignored). At
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import itertools
 import logging
 import random
 from collections import deque
@@ -73,7 +78,7 @@ from hexamesh.identity import Identity
 from hexamesh.net.base import Addr
 from hexamesh.wire import Envelope, Message
 
-__all__ = ["DhtConfig", "DhtCore", "DhtStats"]
+__all__ = ["DhtConfig", "DhtCore", "DhtEvent", "DhtStats", "Found", "Got", "Grew", "Stored"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +105,43 @@ class DhtConfig:
     republish_fraction: float = 0.5  # republish own records when this share of TTL is left
     expire_interval: float = 60.0  # s between sweeps of expired records
     store: StoreConfig = dataclasses.field(default_factory=StoreConfig)  # limits of what we hold
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A ``lookup`` or ``bootstrap`` ended: the closest nodes it found."""
+
+    op: int
+    contacts: list[Contact]
+    stats: LookupStats
+
+
+@dataclass(frozen=True, slots=True)
+class Got:
+    """A ``get`` ended: the valid records it found (none: the key is empty)."""
+
+    op: int
+    records: list[Record]
+    stats: LookupStats
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A ``put`` or ``publish`` ended: how many nodes hold the record now."""
+
+    op: int
+    count: int
+    stats: LookupStats
+
+
+@dataclass(frozen=True, slots=True)
+class Grew:
+    """The routing table took a new contact; it holds ``size`` now."""
+
+    size: int
+
+
+DhtEvent = Found | Got | Stored | Grew
 
 
 @dataclass
@@ -172,6 +214,8 @@ class DhtCore:
         self._failures: dict[bytes, int] = {}  # node id -> timeouts in a row
         self._pinging: set[bytes] = set()  # LRS contacts being checked
         self._operations = 0
+        self._op_ids = itertools.count(1)
+        self._events: list[DhtEvent] = []
         self._published: dict[str, tuple[Record, float]] = {}  # key -> (record, ttl)
         self._republish: list[tuple[float, str]] = []  # (when, key), lazily pruned
         self._next_refresh = now + config.refresh_interval
@@ -283,6 +327,13 @@ class DhtCore:
         out, self._outbox = self._outbox, []
         return out
 
+    def events(self) -> list[DhtEvent]:
+        """Operations ended and the table grown, since the last call. Only our
+        own operations end here (at most ``max_operations`` at once) and the
+        table is bounded: what waits undrained is bounded too."""
+        out, self._events = self._events, []
+        return out
+
     def _run_deferred(self) -> None:
         while self._deferred:
             batch, self._deferred = self._deferred, []
@@ -324,7 +375,10 @@ class DhtCore:
 
     def _seen(self, contact: Contact, now: float) -> None:
         """Any message proves a node alive; offer it to the routing table (§2.2)."""
+        size = len(self.table)
         stale = self.table.add(contact, now)
+        if len(self.table) > size:
+            self._events.append(Grew(len(self.table)))
         if stale is None or stale.id in self._pinging:
             return
         self._pinging.add(stale.id)
@@ -426,7 +480,54 @@ class DhtCore:
         op.done = True
         self._operations -= 1
 
-    def lookup(
+    # ------------------------------------------------------------ the API
+
+    def lookup(self, target: bytes, now: float, *, budget: int | None = None) -> int:
+        """Find the k nodes closest to ``target``; a ``Found`` event ends it.
+        With a ``budget`` it stops after that many queries (a cheap refresh).
+        Returns the operation's id; raises RuntimeError when too many run."""
+        op = next(self._op_ids)
+        self._lookup(target, now, lambda c, s: self._events.append(Found(op, c, s)), budget=budget)
+        return op
+
+    def get(self, key: str, now: float, *, every_replica: bool = False) -> int:
+        """Find the records under ``key``; a ``Got`` event ends it (``_get``).
+        Raises ValueError for a key of no known type."""
+        op = next(self._op_ids)
+        self._get(
+            key, now, lambda r, s: self._events.append(Got(op, r, s)), every_replica=every_replica
+        )
+        return op
+
+    def put(self, record: Record, now: float) -> int:
+        """Store ``record`` at the k closest nodes to its key; a ``Stored`` event ends it."""
+        op = next(self._op_ids)
+        self._put(record, now, lambda n, s: self._events.append(Stored(op, n, s)))
+        return op
+
+    def publish(
+        self, key: str, value: bytes, ttl: float, now: float, *, seq: int | None = None
+    ) -> int:
+        """Sign and ``put`` a record of ours, republished until ``withdraw``
+        (``_publish``); a ``Stored`` event ends the first put."""
+        op = next(self._op_ids)
+        self._publish(
+            key, value, ttl, now, lambda n, s: self._events.append(Stored(op, n, s)), seq=seq
+        )
+        return op
+
+    def bootstrap(
+        self, seeds: list[Addr], now: float, *, known: list[Contact] | None = None
+    ) -> int:
+        """Join through ``seeds`` (and ``known`` contacts, ``_bootstrap``); a
+        ``Found`` event ends it, with the nodes closest to us."""
+        op = next(self._op_ids)
+        self._bootstrap(seeds, now, lambda c, s: self._events.append(Found(op, c, s)), known=known)
+        return op
+
+    # ------------------------------------------------------------ operations
+
+    def _lookup(
         self, target: bytes, now: float, on_done: NodesCallback, *, budget: int | None = None
     ) -> None:
         """Find the k nodes closest to ``target`` (FIND_NODE, iteratively).
@@ -442,7 +543,7 @@ class DhtCore:
         self._step(op, now, finish)
         self._run_deferred()
 
-    def get(
+    def _get(
         self, key: str, now: float, on_done: RecordsCallback, *, every_replica: bool = False
     ) -> None:
         """Find the records under ``key`` (FIND_VALUE, iteratively).
@@ -485,7 +586,7 @@ class DhtCore:
                 )
                 return
 
-    def put(self, record: Record, now: float, on_done: StoredCallback) -> None:
+    def _put(self, record: Record, now: float, on_done: StoredCallback) -> None:
         """Store ``record`` at the k closest nodes to its key (and here, if we are one)."""
         target = key_id(record.key)
         op = self._start(target, now)
@@ -530,7 +631,7 @@ class DhtCore:
         self._step(op, now, finish)
         self._run_deferred()
 
-    def publish(
+    def _publish(
         self,
         key: str,
         value: bytes,
@@ -559,7 +660,7 @@ class DhtCore:
         record = sign_record(self.identity, key, value, seq, now + ttl)
         self._published[key] = (record, ttl)
         heapq.heappush(self._republish, (now + ttl * (1 - self.config.republish_fraction), key))
-        self.put(record, now, on_done)
+        self._put(record, now, on_done)
         return record
 
     def withdraw(self, key: str) -> None:
@@ -578,11 +679,11 @@ class DhtCore:
         self._published[key] = (renewed, ttl)
         heapq.heappush(self._republish, (now + ttl * (1 - self.config.republish_fraction), key))
         if self._operations < self.config.max_operations:
-            self.put(renewed, now, lambda n, s: None)
+            self._put(renewed, now, lambda n, s: None)
 
     # ------------------------------------------------------ joining, refresh
 
-    def bootstrap(
+    def _bootstrap(
         self,
         seeds: list[Addr],
         now: float,
@@ -613,7 +714,7 @@ class DhtCore:
             if self._operations >= self.config.max_operations:
                 on_done([], LookupStats(hops=0, queries=0, failures=0, started=at, finished=at))
                 return
-            self.lookup(self.me.id, at, after_self)
+            self._lookup(self.me.id, at, after_self)
 
         def one(at: float) -> None:
             pending["n"] -= 1
@@ -644,7 +745,7 @@ class DhtCore:
         self._sparse_backoff = min(self._sparse_backoff * 2, self.config.refresh_interval)
         self._next_sparse_check = now + self._sparse_backoff
         if self._operations < self.config.max_operations:
-            self.lookup(self.me.id, now, self._found_self)
+            self._lookup(self.me.id, now, self._found_self)
 
     def _found_self(self, contacts: list[Contact], stats: LookupStats) -> None:
         self._self_found = len(contacts)
@@ -666,7 +767,7 @@ class DhtCore:
             targets.append(prefix | low)
         for t in targets:
             if self._operations < self.config.max_operations:
-                self.lookup(
+                self._lookup(
                     t.to_bytes(ID_BITS // 8, "big"),
                     now,
                     lambda c, s: None,
@@ -678,7 +779,7 @@ class DhtCore:
             if self._operations >= self.config.max_operations or not len(self.table):
                 return
             target = self._rng.randint(lower, upper)
-            self.lookup(target.to_bytes(ID_BITS // 8, "big"), now, lambda c, s: None)
+            self._lookup(target.to_bytes(ID_BITS // 8, "big"), now, lambda c, s: None)
 
     # ------------------------------------------------------------ queries
 

@@ -2,8 +2,10 @@
 
 ``Dht`` wraps a :class:`DhtCore` run by a ``CoreDriver``: each call starts an
 operation on the core, pokes the driver so its messages leave, and waits (with
-a deadline) for the core's callback. It also saves the routing contacts to a
-JSON file, so an agent can rejoin after a restart without a seed.
+a deadline) for the event that ends it, which ``run`` (a task the owner
+starts) takes from the driver's channel and hands to the waiting call. It
+also saves the routing contacts to a JSON file, so an agent can rejoin after
+a restart without a seed.
 """
 
 from __future__ import annotations
@@ -15,13 +17,11 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from random import Random
-from typing import Any
 
 import trio
 
 from hexamesh.dht.contact import Contact
-from hexamesh.dht.core import DhtConfig, DhtCore
-from hexamesh.dht.lookup import LookupStats
+from hexamesh.dht.core import DhtConfig, DhtCore, Found, Got, Grew, Stored
 from hexamesh.dht.messages import DHT_MESSAGES
 from hexamesh.dht.records import Record
 from hexamesh.fileio import write_text_atomic
@@ -43,6 +43,16 @@ class DhtError(Exception):
     """A DHT operation could not run or did not finish in time."""
 
 
+class _Waiting:
+    """A call waiting for its operation's event."""
+
+    __slots__ = ("done", "result")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: Found | Got | Stored | None = None
+
+
 class Dht:
     def __init__(
         self,
@@ -56,54 +66,73 @@ class Dht:
         self.driver = driver
         self._clock = clock
         self.timeout = timeout
+        self._events = driver.subscribe(Found, Got, Stored, Grew)
+        self._waiting: dict[int, _Waiting] = {}  # operation id -> its caller
+        self._grew = trio.Event()  # set (and replaced) when the table takes a contact
 
-    async def _run(self, start: Callable[[Callable[..., None]], Any], what: str) -> Any:
-        done = trio.Event()
-        box: list[Any] = []
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Hand each operation's result to its caller; until cancelled."""
+        task_status.started()
+        async for event in self._events:
+            if isinstance(event, Grew):
+                self._grew.set()
+                self._grew = trio.Event()
+                continue
+            waiting = self._waiting.pop(event.op, None)
+            if waiting is not None:  # else its caller gave up (the deadline passed)
+                waiting.result = event
+                waiting.done.set()
 
-        def callback(result: Any, stats: LookupStats) -> None:
-            box.append(result)
-            done.set()
-
+    async def _run(self, start: Callable[[], int], what: str) -> Found | Got | Stored:
         try:
-            start(callback)
+            op = start()
         except (RuntimeError, ValueError) as e:
             raise DhtError(f"{what}: {e}") from None
+        waiting = self._waiting[op] = _Waiting()
         self.driver.poke()
-        with trio.move_on_after(self.timeout):
-            await done.wait()
-        if not box:
+        try:
+            with trio.move_on_after(self.timeout):
+                await waiting.done.wait()
+        finally:
+            self._waiting.pop(op, None)
+        if waiting.result is None:
             raise DhtError(f"{what}: no result within {self.timeout:.0f} s")
-        return box[0]
+        return waiting.result
+
+    async def grown_past(self, size: int) -> None:
+        """Return once the routing table holds more than ``size`` contacts."""
+        while len(self.core.table) <= size:
+            await self._grew.wait()
 
     async def bootstrap(
         self, seeds: list[Addr], known: list[Contact] | None = None
     ) -> list[Contact]:
         """Join through ``seeds`` and/or saved contacts; returns our closest neighbours."""
-        result: list[Contact] = await self._run(
-            lambda cb: self.core.bootstrap(seeds, self._clock(), cb, known=known), "bootstrap"
+        found = await self._run(
+            lambda: self.core.bootstrap(seeds, self._clock(), known=known), "bootstrap"
         )
-        return result
+        assert isinstance(found, Found)
+        return found.contacts
 
     async def get(self, key: str, *, every_replica: bool = False) -> list[Record]:
         """Valid records under ``key`` (one for single-owner keys, many for sets;
         with ``every_replica``, every publisher's record the k closest hold)."""
-        result: list[Record] = await self._run(
-            lambda cb: self.core.get(key, self._clock(), cb, every_replica=every_replica),
-            f"get {key}",
+        got = await self._run(
+            lambda: self.core.get(key, self._clock(), every_replica=every_replica), f"get {key}"
         )
-        return result
+        assert isinstance(got, Got)
+        return got.records
 
     async def put(self, key: str, value: bytes, ttl: float, *, seq: int | None = None) -> int:
         """Sign and store a record of ours (republished until withdrawn); returns replicas.
 
         ``seq`` defaults to one more than our last publication of ``key``.
         """
-        result: int = await self._run(
-            lambda cb: self.core.publish(key, value, ttl, self._clock(), cb, seq=seq),
-            f"put {key}",
+        stored = await self._run(
+            lambda: self.core.publish(key, value, ttl, self._clock(), seq=seq), f"put {key}"
         )
-        return result
+        assert isinstance(stored, Stored)
+        return stored.count
 
     def withdraw(self, key: str) -> None:
         """Stop republishing ``key`` (it expires at the end of its lease)."""
@@ -172,7 +201,9 @@ async def open_dht_node(
         core = DhtCore(identity, addr, config or DhtConfig(), Random(), clock())
         driver = CoreDriver(core, transport, Codec(keyring), node_id=identity.node_id, clock=clock)
         await nursery.start(driver.run)
+        dht = Dht(core, driver, clock=clock)
+        await nursery.start(dht.run)
         try:
-            yield Dht(core, driver, clock=clock)
+            yield dht
         finally:
             nursery.cancel_scope.cancel()

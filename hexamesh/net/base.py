@@ -8,14 +8,19 @@ Two abstractions meet here:
   trio (with loss, delay, duplication and partitions for tests);
 * a :class:`Core` is a sans-IO protocol state machine (DHT, membership,
   gossip, voting). It is fed envelopes and timer expiries with the current time
-  and hands back envelopes to send and the time it next wants to be woken. It
-  never touches a socket, a clock or the global random module, so the same core
-  runs under ``net.driver`` (trio, real time) and ``net.sim`` (discrete events).
+  and hands back envelopes to send (``outbox``), what came of its work for the
+  rest of the agent (``events``: results, verdicts, requests for action, as
+  frozen dataclasses) and the time it next wants to be woken. It never touches
+  a socket, a clock or the global random module, and calls nobody back, so the
+  same core runs under ``net.driver`` (trio, real time: events go to the
+  services over channels) and ``net.sim`` (discrete events: the scenario
+  drains them).
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from typing import Protocol
 
 from hexamesh.wire import Envelope
@@ -122,4 +127,10 @@ class Core(Protocol):
 
     def outbox(self) -> list[tuple[Addr, Envelope]]:
         """Envelopes to send, in order; the call empties the outbox."""
+        ...
+
+    def events(self) -> Sequence[object]:
+        """What came of the work since the last call, in order (frozen
+        dataclasses; the call empties them). A core keeps at most a bounded
+        number undrained."""
         ...

@@ -12,6 +12,13 @@ in one nursery owned by :meth:`CoreDriver.run`:
 * ``_stream_sender`` workers: envelopes over one datagram go over a stream;
 * the timer loop in ``run`` itself.
 
+After every step of the core (a message, a timer, a ``poke``) the driver
+sends what it handed out: envelopes to the transport, and events (the core's
+results) to the service that subscribed to their type (``subscribe``), over
+a bounded trio channel. Nothing calls a service back and nothing polls a
+core: a service waits on its channel. An event whose subscriber lags a full
+buffer behind is dropped and counted, as is one nobody subscribed to.
+
 A stream opens with a sealed ``StreamHello`` naming the sender's datagram port,
 so what arrives on it is attributed to the sender's real address, not to its
 ephemeral TCP port. Bad input (a frame that fails to open or decode, a stream
@@ -29,7 +36,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -48,11 +55,15 @@ from hexamesh.wire import (
     message,
 )
 
-__all__ = ["CoreDriver", "DriverConfig", "DriverStats", "StreamHello"]
+__all__ = ["EVENT_BUFFER", "CoreDriver", "DriverConfig", "DriverStats", "StreamHello"]
 
 log = logging.getLogger(__name__)
 
 TIMER_FAILURE_PAUSE = 0.1  # s the timer loop waits after a core's timer failed
+# Events a subscriber may lag behind before more are dropped (and counted). A
+# service reads its channel at once; a burst bigger than this is a mass failure
+# heard in one step, or forged news, and the oldest news is what matters least.
+EVENT_BUFFER = 1024
 
 
 @message(0x0003)
@@ -83,6 +94,9 @@ class DriverStats:
     streams_sent: int = 0
     stream_errors: int = 0  # outgoing or incoming streams that failed
     core_errors: int = 0  # units of work a core failed on (reported to ``faults``)
+    events: int = 0  # events handed to subscribers
+    events_dropped: int = 0  # a subscriber's channel was full
+    events_unrouted: int = 0  # nobody subscribed to the event's type
 
 
 class _StreamTransport(Transport, Protocol):
@@ -116,7 +130,7 @@ class CoreDriver:
             self.config.stream_queue
         )
         self._readers = trio.Semaphore(self.config.stream_readers)
-        self._watchers: list[Callable[[], None]] = []
+        self._routes: dict[type, trio.MemorySendChannel[Any]] = {}
         self.faults = faults or Faults()
         self._warned_at = -math.inf  # the last warning about unopenable frames
         self._unwarned = 0  # unopenable frames since that warning
@@ -138,20 +152,43 @@ class CoreDriver:
         """Call after driving the core directly (e.g. ``core.watch(...)``)."""
         self._flush()
         self._wakeup.set()
-        self._stepped()
+        self._hand_out()
 
-    def add_watcher(self, fn: Callable[[], None]) -> None:
-        """Call ``fn`` whenever the core has run (a message, a timer, a poke), so
-        that a service waiting for the core's results need not poll it. It runs
-        once per datagram: keep it to a few attribute reads."""
-        self._watchers.append(fn)
+    def subscribe(self, *kinds: type, buffer: int = EVENT_BUFFER) -> trio.MemoryReceiveChannel[Any]:
+        """A channel of the core's events of these types, from now on. A type
+        has one subscriber at a time; closing the channel ends the subscription
+        (the type may then be subscribed again)."""
+        for kind in kinds:
+            held = self._routes.get(kind)
+            if held is not None and held.statistics().open_receive_channels:
+                raise ValueError(f"{kind.__name__} events have a subscriber already")
+        send, receive = trio.open_memory_channel[Any](buffer)
+        for kind in kinds:
+            self._routes[kind] = send
+        return receive
 
-    def _stepped(self) -> None:
-        for fn in self._watchers:
+    def _hand_out(self) -> None:
+        """The core's events since the last step, each to its type's subscriber."""
+        try:
+            events = self.core.events()
+        except Exception as e:
+            self._core_failed(e, "collecting events")
+            return
+        routes = self._routes
+        for event in events:
+            channel = routes.get(type(event))
+            if channel is None:
+                self.stats.events_unrouted += 1
+                continue
             try:
-                fn()
-            except Exception as e:
-                self._core_failed(e, "a watcher")
+                channel.send_nowait(event)
+                self.stats.events += 1
+            except trio.WouldBlock:
+                self.stats.events_dropped += 1
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.stats.events_unrouted += 1
+                for kind in [k for k, c in routes.items() if c is channel]:
+                    del routes[kind]
 
     # -- inbound ----------------------------------------------------------
 
@@ -303,7 +340,7 @@ class CoreDriver:
                 for error, what, kind in self._core_errors():
                     self._core_failed(error, what, kind)
                     failed = True
-                self._stepped()
+                self._hand_out()
                 if failed:
                     # A timer that fails before it moves on stays due: without
                     # a pause the loop would spin on it.

@@ -3,7 +3,7 @@
 An agent runs many protocol cores (RTT probe, DHT, later membership and
 gossip) over one socket. ``Mux`` is itself a core: it hands each envelope to
 the core that registered its message type, fires the timers that are due,
-and concatenates outboxes. Envelopes of a type nobody registered are counted
+and concatenates outboxes and events. Envelopes of a type nobody registered are counted
 and dropped. A core whose timer raises does not keep the others' timers
 from running: the error is kept for the driver (``take_errors``).
 """
@@ -63,4 +63,10 @@ class Mux:
         out: list[tuple[Addr, Envelope]] = []
         for core in self._cores:
             out.extend(core.outbox())
+        return out
+
+    def events(self) -> list[object]:
+        out: list[object] = []
+        for core in self._cores:
+            out.extend(core.events())
         return out

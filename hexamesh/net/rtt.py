@@ -13,8 +13,9 @@ show that a seed is reachable, and the reference shape for the bigger cores.
 
 Each ping and pong also tells the other side the address it is reached at
 (a ``Ping`` the address it was sent to, a ``Pong`` the address the ping came
-from), as libp2p's identify does: ``observations`` hands these reports to
-the agent, which decides what to advertise (``net.address``).
+from), as libp2p's identify does: these reports (``Observation``) go out as
+events beside the samples (``RttSample``), and the agent decides what to
+advertise (``net.address``).
 """
 
 from __future__ import annotations
@@ -80,8 +81,7 @@ class RttProbe:
         self._outstanding: dict[int, tuple[Addr, float]] = {}  # msg id -> (addr, sent at)
         self._srtt: dict[Addr, float] = {}
         self._outbox: list[tuple[Addr, Envelope]] = []
-        self._samples: list[RttSample] = []
-        self._observations: list[Observation] = []
+        self._events: list[RttSample | Observation] = []
         self.lost = 0
 
     # -- commands ---------------------------------------------------------
@@ -125,7 +125,7 @@ class RttProbe:
             rtt = now - sent
             old = self._srtt.get(addr)
             self._srtt[addr] = rtt if old is None else old + (rtt - old) / 8
-            self._samples.append(RttSample(addr=addr, rtt=rtt, at=now))
+            self._emit(RttSample(addr=addr, rtt=rtt, at=now))
 
     def handle_timer(self, now: float) -> None:
         deadline = now - self.config.timeout
@@ -133,7 +133,7 @@ class RttProbe:
             if sent <= deadline:
                 del self._outstanding[msg_id]
                 self.lost += 1
-                self._samples.append(RttSample(addr=addr, rtt=None, at=now))
+                self._emit(RttSample(addr=addr, rtt=None, at=now))
         for addr, due in self._watched.items():
             if due <= now:
                 self.ping(addr, now)
@@ -148,16 +148,14 @@ class RttProbe:
         out, self._outbox = self._outbox, []
         return out
 
-    def samples(self) -> list[RttSample]:
-        """Samples and losses since the last call (drained)."""
-        out, self._samples = self._samples, []
+    def events(self) -> list[RttSample | Observation]:
+        """Samples, losses and peers' reports of our address since the last call."""
+        out, self._events = self._events, []
         return out
 
     def _observe(self, reporter: str, seen: Addr, now: float) -> None:
-        if len(self._observations) < self.config.max_outstanding:  # undrained: bounded
-            self._observations.append(Observation(reporter=reporter, seen=seen, at=now))
+        self._emit(Observation(reporter=reporter, seen=seen, at=now))
 
-    def observations(self) -> list[Observation]:
-        """Reports of the address peers reach us at, since the last call (drained)."""
-        out, self._observations = self._observations, []
-        return out
+    def _emit(self, event: RttSample | Observation) -> None:
+        if len(self._events) < self.config.max_outstanding:  # undrained: bounded
+            self._events.append(event)

@@ -12,9 +12,12 @@ reproducible for a given seed. Three kinds of event exist:
 * CALL: a scenario callback (kill a node at t=30 s, start a lookup, ...).
 
 After any event touches a core, the simulator drains the core's outbox into
-the network and (re)schedules its timer. Timers are invalidated lazily: each
-host remembers the one instant it is scheduled for and a *generation* that a
-kill or restart bumps, so stale heap entries are skipped when popped.
+the network and (re)schedules its timer, and, if the scenario set
+``on_events``, hands it the core's events (as the driver hands them to an
+agent's services); otherwise the scenario drains them when it likes.
+Timers are invalidated lazily: each host remembers the one instant it is
+scheduled for and a *generation* that a kill or restart bumps, so stale heap
+entries are skipped when popped.
 
 Envelopes are passed as objects (no encryption or encoding on the hot path);
 their sealed size is computed with the real codec when ``measure_bytes`` is on
@@ -39,7 +42,7 @@ import heapq
 import itertools
 import math
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -197,6 +200,8 @@ class SimNetwork:
         self.duplicate = duplicate
         self.measure_bytes = measure_bytes
         self.stream_bandwidth = stream_bandwidth
+        # Called with a host and its core's events after every step that had any.
+        self.on_events: Callable[[SimHost, Sequence[Any]], None] | None = None
         self.now = 0.0
         self.hosts: dict[Addr, SimHost] = {}
         self._heap: list[tuple[Any, ...]] = []
@@ -323,6 +328,10 @@ class SimNetwork:
         core = host.core
         for dst, env in core.outbox():
             self._send(host, dst, env)
+        if self.on_events is not None:
+            events = core.events()
+            if events:
+                self.on_events(host, events)
         when = core.next_timer()
         if when is not None and when != host.timer_at:
             host.timer_at = when

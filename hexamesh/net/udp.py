@@ -4,7 +4,8 @@ As in memberlist, one port number serves both: UDP for the small, frequent
 messages (probes, gossip, DHT RPCs) and TCP for anything over one datagram.
 The TCP port also takes peers' forwarded HTTP requests: the first byte tells
 them apart (a frame's length prefix starts with 0, an HTTP method with a
-letter) and HTTP connections go to ``http_handler`` (the front door).
+letter) and HTTP connections go to the handler given to ``serve_http`` (the
+front door).
 Streams carry frames with a 4-byte big-endian length prefix; a frame over
 ``max_frame`` or a peer that stalls mid-frame ends the stream with an error.
 
@@ -146,13 +147,18 @@ class UdpTransport:
         self._streams_in, self._streams_out = trio.open_memory_channel[tuple[Addr, TcpFrameStream]](
             STREAM_BACKLOG
         )
-        self.http_handler: HttpHandler | None = None
+        self._http_handler: HttpHandler | None = None  # ``serve_http``; refused until then
         self.admission = Admission(total=PEER_HTTP_CONNECTIONS, per_source=CONNECTIONS_PER_SOURCE)
         self.faults = faults or Faults()
 
     @property
     def local_address(self) -> Addr:
         return self._local
+
+    def serve_http(self, handler: HttpHandler) -> None:
+        """Hand HTTP connections on this port to ``handler`` (the front door, once
+        it is built: it needs the comb, which needs this transport)."""
+        self._http_handler = handler
 
     async def send(self, addr: Addr, data: bytes) -> None:
         if peer_addr(*addr) is None:  # a name or a bad port a peer gave: never resolved
@@ -246,10 +252,10 @@ class UdpTransport:
                 self.stats.streams_refused += 1
                 return False
             return True
-        if self.http_handler is None:
+        if self._http_handler is None:
             self.stats.http_refused += 1
             return False
-        await self.http_handler(stream, first, ticket)
+        await self._http_handler(stream, first, ticket)
         return False
 
     async def aclose(self) -> None:

@@ -4,7 +4,8 @@ The election itself is the :class:`~hexamesh.placement.vote.Scouting` core,
 run by the agent's ``CoreDriver`` beside the comb. This module does what the
 core asks of the world:
 
-*Claiming a slot.* When the core reports a quorum for us, we take one of the
+*Claiming a slot.* When the core reports a quorum for us (``Won``, taken from
+the driver's channel by ``run``), we take one of the
 election's slots, the DHT keys ``placement:<model>:<epoch>:<slot>`` for slot
 < replicas, the way a cell is claimed (``comb.service``): read every replica
 of the key (taken by someone else: try the next slot), store ours
@@ -19,8 +20,9 @@ supervised vLLM server a ``--model`` gets); once it is ready the agent
 dances it and routers send it traffic. A load that fails gives the slot back.
 
 *The API.* ``POST /v1/placements`` (client API, bearer keys like the rest)
-proposes an election here and answers when it is over: every replica placed,
-or the deadline passed. The winners in the answer are read from the DHT.
+proposes an election here and answers when it is over (the core's
+``Decided`` events): every replica placed, or the deadline passed. The winners
+in the answer are read from the DHT.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from hexamesh.net.base import Addr, format_addr
 from hexamesh.net.driver import CoreDriver
 from hexamesh.placement.messages import MAX_REPLICAS, Ballot
 from hexamesh.placement.swarmscale import Reading, Scale, Swarmscale
-from hexamesh.placement.vote import ElectionState, PlacementError, Scouting
+from hexamesh.placement.vote import Decided, ElectionState, Key, PlacementError, Scouting, Won
 from hexamesh.serve.http import HttpConnection, Request
 from hexamesh.serve.requests import ApiError, parse_json_body
 
@@ -53,7 +55,6 @@ log = logging.getLogger(__name__)
 
 SLOT_TTL = 300.0  # s lease of a slot record, renewed at half by the DHT core while we live
 MIN_TTL = 1.0  # s; the shortest election the API may ask for (the longest: MAX_ELECTION_TTL)
-WAIT_STEP = 0.2  # s between looks at an election the API waits for
 
 
 def slot_key(model: str, epoch: int, slot: int) -> str:
@@ -85,19 +86,12 @@ class Placements:
         self.loading = 0  # wins being claimed or loaded: room they take already
         self.won: dict[tuple[str, int], int] = {}  # elections we hold a slot in -> slot
         self._nursery: trio.Nursery | None = None
-        # Set when the core holds a won quorum. It was polled every 0.1 s: ten
-        # wake-ups a second in every idle agent (half of its background CPU)
-        # for an event that comes a few times a day.
-        self._claimed = trio.Event()
-        driver.add_watcher(self._check_claims)
+        self._events = driver.subscribe(Won, Decided)
+        self._moved: dict[Key, trio.Event] = {}  # our elections an API call waits on
 
     def readdress(self, addr: Addr) -> None:
         """Slots we claim from now on name ``addr`` (held ones renew as they were)."""
         self._value = addr_value(addr)
-
-    def _check_claims(self) -> None:
-        if self.core.has_claims:
-            self._claimed.set()
 
     def room(self) -> int:
         """Models this agent may still take (a win in progress counts as taken)."""
@@ -107,11 +101,13 @@ class Placements:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
-            while True:
-                await self._claimed.wait()
-                self._claimed = trio.Event()
-                for ballot in self.core.claims():
-                    nursery.start_soon(self._contained_win, ballot)
+            async for event in self._events:
+                if isinstance(event, Won):
+                    nursery.start_soon(self._contained_win, event.ballot)
+                else:
+                    moved = self._moved.pop((event.outcome.model, event.outcome.epoch), None)
+                    if moved is not None:
+                        moved.set()
 
     async def _contained_win(self, ballot: Ballot) -> None:
         """``_win``; what it raises ends that win only (reported to ``faults``)."""
@@ -230,7 +226,7 @@ class Placements:
                 or len(outcome.winners) >= replicas
             ):
                 break
-            await trio.sleep(WAIT_STEP)
+            await self._moved.setdefault((model, epoch), trio.Event()).wait()
         try:
             held = await self.slots(model, epoch, replicas)
         except DhtError as e:

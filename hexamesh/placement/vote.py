@@ -26,7 +26,7 @@ candidate's rank (recruitment), which pulls a split electorate together.
 
 *Winning.* A candidate that holds approvals from a quorum of scouts, while
 the election is open and it is still eligible, asks its driver to claim a
-slot (``claims()``): one of the DHT keys ``placement:<model>:<epoch>:<slot>``,
+slot (a ``Won`` event): one of the DHT keys ``placement:<model>:<epoch>:<slot>``,
 slot < replicas, put-if-absent. The slots, not the votes, are what bounds the
 replicas: two candidates that both count a quorum (a scout's withdrawal
 still in flight) cannot both take the last slot, so an epoch never places
@@ -36,6 +36,8 @@ still wanted, approve the next best.
 
 *No quorum, no move.* At the deadline (``ttl`` after the proposal) the
 election closes. Nothing is claimed after it; if nobody won, nothing moved.
+The proposer hears its election's progress as events too (``Decided``: a
+winner placed, or the election closed).
 
 Liveness: with a quorum of scouts reachable and an eligible candidate in
 their views, votes converge within a few re-ranks and resends (seconds at
@@ -70,7 +72,15 @@ from hexamesh.placement.messages import (
 from hexamesh.placement.score import Weights, best, eligible, merit, quorum_of
 from hexamesh.wire import Envelope, Message
 
-__all__ = ["ElectionState", "Outcome", "PlacementConfig", "PlacementError", "Scouting"]
+__all__ = [
+    "Decided",
+    "ElectionState",
+    "Outcome",
+    "PlacementConfig",
+    "PlacementError",
+    "Scouting",
+    "Won",
+]
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +125,21 @@ class Outcome:
     quorum: int
 
 
+@dataclass(frozen=True, slots=True)
+class Won:
+    """We hold a quorum's approvals in this election: claim a slot, then tell
+    the core how it went (``claimed`` or ``lost``)."""
+
+    ballot: Ballot
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """An election we proposed moved: a winner was placed, or it closed."""
+
+    outcome: Outcome
+
+
 @dataclass(slots=True, kw_only=True)
 class _Election:
     ballot: Ballot
@@ -156,7 +181,7 @@ class Scouting:
         self._rng = rng
         self._elections: dict[Key, _Election] = {}
         self._outbox: list[tuple[Addr, Envelope]] = []
-        self._claims: list[Ballot] = []
+        self._events: list[Won | Decided] = []
         self.refused = 0  # proposals and votes dropped: too many open, or not of the election
         self.sent = 0  # placement messages sent
 
@@ -258,15 +283,17 @@ class Scouting:
                 out[n] = out.get(n, 0) + 1
         return out
 
-    @property
-    def has_claims(self) -> bool:
-        """Are there won quorums ``claims`` would return (a cheap look)?"""
-        return bool(self._claims)
-
-    def claims(self) -> list[Ballot]:
-        """Elections this node won a quorum in: claim a slot, then say how it went."""
-        out, self._claims = self._claims, []
+    def events(self) -> list[Won | Decided]:
+        """Quorums won, and our own elections' progress, since the last call.
+        Bounded: one ``Won`` per election, elections bounded by ``max_open``."""
+        out, self._events = self._events, []
         return out
+
+    def _decided(self, e: _Election) -> None:
+        if e.ballot.proposer.node == self.me:
+            outcome = self.outcome(e.ballot.model, e.ballot.epoch)
+            if outcome is not None:
+                self._events.append(Decided(outcome))
 
     def claimed(self, key: Key, slot: int, now: float) -> None:
         """The driver holds slot ``slot`` for us: tell the scouts."""
@@ -277,6 +304,7 @@ class Scouting:
         log.info("won %s@%d slot %d", key[0], key[1], slot)
         self._tell_placed(e, now)
         self._touch(e, now)
+        self._decided(e)
 
     def lost(self, key: Key, now: float) -> None:
         """No slot for us (all taken, or we cannot load the model): stand down."""
@@ -306,6 +334,7 @@ class Scouting:
             if e.winners.get(msg.slot) != msg.winner:
                 e.winners[msg.slot] = msg.winner
                 self._touch(e, now)
+                self._decided(e)
         elif isinstance(msg, PlacedAck):
             e = self._elections.get((msg.model, msg.epoch))
             if e is not None and e.my_slot == msg.slot:
@@ -321,6 +350,7 @@ class Scouting:
                 continue
             if now >= e.deadline:
                 e.closed, e.close_at = True, now + self.config.keep_closed
+                self._decided(e)
                 out = self.outcome(*key)
                 log.info(
                     "election %s@%d closed: %s %s",
@@ -494,7 +524,7 @@ class Scouting:
             approvals,
             e.ballot.quorum,
         )
-        self._claims.append(e.ballot)
+        self._events.append(Won(e.ballot))
 
     def _resend(self, e: _Election, now: float) -> None:
         e.resend_at = now + self.config.retry

@@ -115,8 +115,7 @@ class FrontDoor:
         self.address = address  # our peer address, reported as SERVED_ADDR
         self.api_keys = frozenset(api_keys)
         self.metrics = metrics or ServeMetrics()
-        self.jobs: JobsApi | None = None
-        self.placements: JobsApi | None = None  # POST /v1/placements (clients only)
+        self._mounts: list[tuple[str, JobsApi, bool]] = []  # (prefix, api, clients only)
         self.pumps = PumpThread(self.faults)  # the per-token relay loop (its own thread)
         self.upstreams = UpstreamPool()  # idle keep-alive connections to engines and peers
         self._clock = clock
@@ -295,14 +294,19 @@ class FrontDoor:
             listing = json.dumps({"object": "list", "data": data}).encode()
             await conn.respond(200, listing, keep_alive=request.keep_alive)
             return 200
-        if self.jobs is not None and path.startswith("/v1/jobs"):
-            handled = await self.jobs.handle(request, conn)
-            if handled:
+        for prefix, api, clients_only in self._mounts:
+            if (clients_only and route is not None) or not path.startswith(prefix):
+                continue
+            if await api.handle(request, conn):
                 return 200
-        mounted = self.placements if route is None and path.startswith("/v1/placements") else None
-        if mounted is not None and await mounted.handle(request, conn):
-            return 200
         raise ApiError(404, f"no such endpoint: {method} {path}", code="not_found")
+
+    def mount(self, prefix: str, api: JobsApi, *, clients_only: bool = False) -> None:
+        """Serve the paths under ``prefix`` with ``api`` (jobs, placements), as a
+        web framework mounts a sub-application. The jobs API runs its work
+        through this front door: it cannot be built before it, so it is mounted
+        when the agent is wired. ``clients_only``: not on the peer port."""
+        self._mounts.append((prefix, api, clients_only))
 
     # -- completions ------------------------------------------------------
 

@@ -3,7 +3,7 @@
 import random
 
 from hexamesh.comb.core import Comb, CombConfig
-from hexamesh.comb.swim import MemberState
+from hexamesh.comb.swim import RELINK, MembershipEvent, MemberState
 from hexamesh.comb.waggle import Dance
 from hexamesh.hexgrid import ORIGIN, Hex, distance, nearest_in_direction, neighbours, spiral
 from hexamesh.net.base import Addr
@@ -168,7 +168,7 @@ def test_a_relayed_dance_at_a_higher_incarnation_brings_back_a_node_held_dead() 
     assert centre.swim.state_of(nid(far)) is MemberState.DEAD  # an old dance proves nothing
     centre.receive(relayed(incarnation=1, version=6), addr(link), 3.0)
     assert centre.swim.state_of(nid(far)) is MemberState.ALIVE
-    [event] = [e for e in centre.events() if e.node == nid(far)]
+    [event] = [e for e in centre.events() if isinstance(e, MembershipEvent) and e.node == nid(far)]
     assert event.state is MemberState.ALIVE and event.incarnation == 1
 
 
@@ -201,7 +201,7 @@ def test_while_a_link_is_suspected_the_node_behind_it_is_watched_too() -> None:
 
     def suspect_east(c: Comb, now: float) -> None:
         c.swim._suspect(east, c.node, now)
-        assert c.swim.relink_needed
+        assert RELINK in c.swim.orders()  # an order, as a value: the comb carries it out
         c.relink(now)
 
     net.interact(addr(0), suspect_east)
@@ -250,7 +250,7 @@ def test_a_dead_neighbour_is_forgotten_with_its_cell_and_not_detected_again() ->
             assert nid(victim) not in c.neighbours()
     net.run(until=40.0 + 2 * ttl)
     # ... and not added back by a relink (which would probe it and declare it dead again)
-    assert all(e.node != nid(victim) for e in centre.events())
+    assert all(getattr(e, "node", None) != nid(victim) for e in centre.events())
     assert centre.swim.state_of(nid(victim)) is None
 
 
@@ -282,3 +282,59 @@ def test_a_view_of_a_map_past_the_wire_bound_still_decodes() -> None:
     sealed = codec.seal(Envelope(sender=nid(0), msg_id=1, message=reply), limit=MAX_STREAM_FRAME)
     assert codec.open(sealed, limit=MAX_STREAM_FRAME).message == reply
     assert isinstance(reply, ViewReply)
+
+
+def test_a_view_reply_comes_out_only_for_a_request_of_ours() -> None:
+    import random
+
+    from hexamesh.comb.core import ViewArrived, ViewReply, ViewReq
+    from hexamesh.wire import Envelope
+
+    asker = Comb(
+        Dance.first(nid(9), addr(9), 0, 0), CombConfig(max_view_requests=2), random.Random(1), 0.0,
+        placed=False,
+    )  # fmt: skip
+    answer = ViewReply(placed=False, dances=(), cells=(), dead=())
+    ids = [asker.request_view(addr(i), 0.0) for i in range(3)]  # the first is forgotten
+    assert [type(env.message) for _, env in asker.outbox()] == [ViewReq] * 3
+    for msg_id in [*ids, ids[2], 12345]:  # each asked one, one twice, one never asked
+        asker.receive(Envelope(sender=nid(1), msg_id=msg_id, message=answer), addr(1), 0.1)
+    assert asker.events() == [ViewArrived(ids[1], answer), ViewArrived(ids[2], answer)]
+    assert asker.views_unasked == 3
+
+
+def test_a_contest_for_our_cell_is_told_once_until_the_agent_settles_it() -> None:
+    from hexamesh.comb.core import CellContested
+
+    centre, _ = _lone_centre()
+    assert centre.learn(nid(30), addr(30), ORIGIN, 1.0) is True  # it says it owns our cell
+    centre.learn(nid(31), addr(31), ORIGIN, 1.1)
+    assert centre.events() == [CellContested(ORIGIN)]
+    centre.settling()
+    centre.learn(nid(30), addr(30), ORIGIN, 2.0)
+    assert centre.events() == [CellContested(ORIGIN)]
+    assert centre.owners.get(ORIGIN) != nid(30)  # not in our map: the DHT decides
+
+
+def test_our_accusation_goes_to_the_suspects_other_watchers() -> None:
+    """SWIM orders it (``TellWatchers``, a value); the comb knows the map, so
+    it finds the suspect's other neighbours and sends it to them."""
+    from hexamesh.comb.swim import Gossip
+
+    centre, cells = _lone_centre()
+    east = nid(cells.index(Hex(1, 0)))
+    for i, cell in enumerate(cells[1:], 1):  # as their dances tell it
+        centre.learn(nid(i), addr(i), cell, 0.0)
+    told: set[Addr] = set()
+    t = 0.0
+    while centre.swim.state_of(east) is MemberState.ALIVE and t < 30.0:  # nobody answers
+        t = centre.next_timer() or t + 0.1
+        centre.handle_timer(t)
+        for to, env in centre.outbox():
+            if isinstance(env.message, Gossip) and any(
+                u.node == east and u.state is MemberState.SUSPECT for u in env.message.updates
+            ):
+                told.add(to)
+    assert centre.swim.state_of(east) is MemberState.SUSPECT
+    ring2 = {addr(cells.index(c)) for c in neighbours(Hex(1, 0)) if distance(ORIGIN, c) == 2}
+    assert len(ring2) == 3 and ring2 <= told  # east's watchers that are not our links

@@ -7,7 +7,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from hexamesh.dht.contact import Contact
-from hexamesh.dht.core import DhtConfig, DhtCore
+from hexamesh.dht.core import DhtConfig, DhtCore, Found, Got
 from hexamesh.dht.lookup import LookupStats
 from hexamesh.dht.messages import DhtPing, FindNode, Nodes
 from hexamesh.dht.records import Record, sign_record
@@ -23,16 +23,18 @@ def joined_swarm(n: int, seed: int, config: DhtConfig | None = None) -> Swarm:
     return swarm
 
 
-def collect(swarm: Swarm, i: int, start: str, *args: object) -> list[object]:
+def collect(swarm: Swarm, i: int, start: str, *args: object, **kw: object) -> list[object]:
     """Run one operation on node i to completion; returns [result, stats]."""
-    box: list[object] = []
+    ops: list[int] = []
     swarm.net.interact(
-        swarm.addrs[i],
-        lambda core, now: getattr(core, start)(*args, now, lambda r, s: box.extend([r, s])),
+        swarm.addrs[i], lambda core, now: ops.append(getattr(core, start)(*args, now, **kw))
     )
     swarm.net.run(until=swarm.net.now + 30.0)
-    assert box, f"{start} never finished"
-    return box
+    ended = [e for e in swarm.ended(i) if e.op == ops[0]]
+    assert ended, f"{start} never finished"
+    [e] = ended
+    result = e.contacts if isinstance(e, Found) else e.records if isinstance(e, Got) else e.count
+    return [result, e.stats]
 
 
 def true_closest(swarm: Swarm, target: bytes, k: int, skip: set[int]) -> list[bytes]:
@@ -166,13 +168,7 @@ def test_a_restart_with_a_dead_saved_contact_joins_at_the_first_try() -> None:
     swarm.net.kill(contacts[0].addr)
     swarm.net.kill(swarm.addrs[0])
     swarm.net.restart(swarm.addrs[0])  # a fresh core: an empty table, the saved contacts
-    box: list[object] = []
-    swarm.net.interact(
-        swarm.addrs[0],
-        lambda core, now: core.bootstrap([], now, lambda r, s: box.extend([r, s]), known=contacts),
-    )
-    swarm.net.run(until=swarm.net.now + 30.0)
-    found, stats = box
+    found, stats = collect(swarm, 0, "bootstrap", [], known=contacts)
     assert isinstance(found, list) and isinstance(stats, LookupStats)
     assert found and contacts[0] not in found
     assert {c.id for c in contacts[1:]} <= {c.id for c in found}
@@ -196,13 +192,14 @@ def test_in_flight_rpcs_are_bounded_and_the_rest_queue() -> None:
     done: list[object] = []
 
     def start(c: DhtCore, now: float) -> None:
-        for _ in range(30):
-            c.lookup(random.Random(len(done)).randbytes(20), now, lambda r, s: done.append(r))
+        for n in range(30):
+            c.lookup(random.Random(n).randbytes(20), now)
 
     swarm.net.interact(swarm.addrs[0], start)
     while len(done) < 30:
         peak = max(peak, len(core._inflight))
         swarm.net.run(max_events=1)
+        done += [e for e in core.events() if isinstance(e, Found)]
     assert peak <= 4
 
 

@@ -8,9 +8,9 @@ import trio.testing
 
 from hexamesh.net.driver import CoreDriver, StreamHello
 from hexamesh.net.memory import MemoryNetwork, open_memory_network
-from hexamesh.net.rtt import RttConfig, RttProbe
+from hexamesh.net.rtt import RttConfig, RttProbe, RttSample
 from hexamesh.wire import MAX_DATAGRAM, Codec, Envelope, KeyRing
-from tests.helpers import Blob, RecordingCore
+from tests.helpers import Blob, RecordingCore, Stepped
 
 A, B = ("10.0.0.1", 7420), ("10.0.0.2", 7420)
 CODEC = Codec(KeyRing(bytes(32)))
@@ -39,10 +39,13 @@ async def test_rtt_probes_over_a_delayed_lossy_network(
         b = RttProbe(node_id(2), RttConfig(), random.Random(2))
         da = await start(nursery, net, A, a, 1)
         await start(nursery, net, B, b, 2)
+        heard = da.subscribe(RttSample)
         a.watch(B, trio.current_time())
         da.poke()
         await trio.sleep(100)
-        samples = a.samples()
+        samples = []
+        while sample := heard.receive_nowait() if heard.statistics().current_buffer_used else None:
+            samples.append(sample)
         assert a.srtt(B) == pytest.approx(0.020)
         answered = [s for s in samples if s.rtt is not None]
         # 100 probes, each needing 2 datagrams through 20% loss: ~64% answered.
@@ -173,26 +176,56 @@ async def test_timers_fire_on_the_mock_clock(autojump_clock: trio.testing.MockCl
         nursery.cancel_scope.cancel()
 
 
-async def test_watchers_see_every_step_of_the_core(
+async def test_events_reach_their_subscriber_after_every_step(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """A service waiting for the core's results is told after each message,
-    timer and poke, so it never needs to poll the core."""
+    """What the core hands out after a poke, a timer or a message reaches the
+    service that subscribed to its type, over a channel: nobody polls the core."""
     async with open_memory_network(random.Random(1)) as net, trio.open_nursery() as nursery:
         core = RecordingCore()
-        seen: list[tuple[int, int]] = []  # (messages, timers) the core had at each call
         driver = await start(nursery, net, B, core, 2)
-        driver.add_watcher(lambda: seen.append((len(core.received), len(core.timers))))
-        core.wake_at = trio.current_time() + 1.0
+        steps = driver.subscribe(Stepped)
+        notes = driver.subscribe(str)
+        core.emit("after a poke")
+        t0 = trio.current_time()
+        core.wake_at = t0 + 1.0
         driver.poke()
-        assert seen == [(0, 0)]
-        await trio.sleep(2)
-        assert seen[-1] == (0, 1)  # after the timer ran
+        assert notes.receive_nowait() == "after a poke"
+        with trio.fail_after(2):
+            assert await steps.receive() == Stepped("timer", t0 + 1.0)
         sender = net.endpoint(A)
-        env = Envelope(sender=node_id(1), msg_id=1, message=Blob(data=b"x"))
-        await sender.send(B, CODEC.seal(env))
-        await trio.sleep(1)
-        assert seen[-1] == (1, 1)  # after the message was handed in
+        await sender.send(
+            B, CODEC.seal(Envelope(sender=node_id(1), msg_id=1, message=Blob(data=b"x")))
+        )
+        with trio.fail_after(1):
+            assert (await steps.receive()).what == "receive"
+        core.emit(3)  # a type nobody subscribed to: counted, dropped
+        driver.poke()
+        assert driver.stats.events == 3 and driver.stats.events_unrouted == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_lagging_subscriber_loses_events_counted_and_may_resubscribe(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_memory_network(random.Random(1)) as net, trio.open_nursery() as nursery:
+        core = RecordingCore()
+        driver = await start(nursery, net, B, core, 2)
+        notes = driver.subscribe(str, buffer=2)
+        with pytest.raises(ValueError, match="subscriber already"):
+            driver.subscribe(str)
+        for i in range(5):
+            core.emit(f"note {i}")
+        driver.poke()
+        assert [notes.receive_nowait(), notes.receive_nowait()] == ["note 0", "note 1"]
+        assert driver.stats.events_dropped == 3
+        notes.close()  # ends the subscription
+        core.emit("unheard")
+        driver.poke()
+        again = driver.subscribe(str)
+        core.emit("heard")
+        driver.poke()
+        assert again.receive_nowait() == "heard"
         nursery.cancel_scope.cancel()
 
 

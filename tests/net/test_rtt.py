@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from hexamesh.net.rtt import Ping, Pong, RttConfig, RttProbe
+from hexamesh.net.rtt import Observation, Ping, Pong, RttConfig, RttProbe, RttSample
 from hexamesh.wire import Envelope
 
 A, B = ("10.0.0.1", 1), ("10.0.0.2", 1)
@@ -34,9 +34,9 @@ def test_pings_and_answered_pongs_say_where_the_peer_reaches_us() -> None:
     p.receive(Envelope(sender=b"b" * 20, msg_id=msg_id, message=seen), B, 1.1)
     # an unsolicited pong says nothing: anyone may send one
     p.receive(Envelope(sender=b"c" * 20, msg_id=99, message=seen), ("10.0.0.3", 1), 1.2)
-    got = [(o.reporter, o.seen) for o in p.observations()]
+    got = [(o.reporter, o.seen) for o in p.events() if isinstance(o, Observation)]
     assert got == [(B[0], A), (B[0], ("192.0.2.7", 7420))]
-    assert p.observations() == []
+    assert p.events() == []
 
 
 def test_watch_probes_every_interval_and_smooths_rtt() -> None:
@@ -54,17 +54,18 @@ def test_watch_probes_every_interval_and_smooths_rtt() -> None:
     [(_, ping2)] = p.outbox()
     p.receive(Envelope(sender=b"b" * 20, msg_id=ping2.msg_id, message=pong), B, 1.020)
     assert p.srtt(B) == pytest.approx(0.100 + (0.020 - 0.100) / 8)  # RFC 6298 smoothing
-    assert [s.rtt for s in p.samples()] == pytest.approx([0.100, 0.020])
+    samples = [s.rtt for s in p.events() if isinstance(s, RttSample)]
+    assert samples == pytest.approx([0.100, 0.020])
 
 
 def test_lost_probe_is_reported_once_and_late_pong_ignored() -> None:
     p = probe(interval=10.0, timeout=0.5)
     msg_id = p.ping(B, 0.0)
     p.handle_timer(0.5)
-    [sample] = p.samples()
-    assert sample.rtt is None and p.lost == 1
+    [sample] = p.events()
+    assert isinstance(sample, RttSample) and sample.rtt is None and p.lost == 1
     p.receive(Envelope(sender=b"b" * 20, msg_id=msg_id, message=Pong(host=A[0], port=1)), B, 0.9)
-    assert p.samples() == [] and p.srtt(B) is None
+    assert p.events() == [] and p.srtt(B) is None
 
 
 def test_limits_on_watched_and_outstanding() -> None:
@@ -75,3 +76,6 @@ def test_limits_on_watched_and_outstanding() -> None:
     for _ in range(5):
         p.ping(B, 0.0)
     assert len(p._outstanding) == 2
+    for _ in range(5):  # undrained events are bounded too
+        p.receive(Envelope(sender=b"b" * 20, msg_id=1, message=Ping(host=A[0], port=1)), B, 0.0)
+    assert len(p.events()) == 2

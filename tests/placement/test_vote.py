@@ -14,7 +14,14 @@ from hexamesh.comb.waggle import Dance
 from hexamesh.hexgrid import ORIGIN, spiral
 from hexamesh.net.base import Addr
 from hexamesh.placement.messages import Ballot, Placed, Proposal, Site, Vote, VoteAck
-from hexamesh.placement.vote import PlacementConfig, PlacementError, Scouting
+from hexamesh.placement.vote import (
+    ElectionState,
+    Outcome,
+    PlacementConfig,
+    PlacementError,
+    Scouting,
+    Won,
+)
 from hexamesh.wire import Codec, Envelope, KeyRing, WireError, decode_frame, encode_frame
 from simulations.placement import Swarm, nid
 from tests.placement import helpers
@@ -48,6 +55,7 @@ class Hand:
         self.codec = Codec(KeyRing.generate())
         self.sent: list[tuple[Addr, Envelope]] = []
         self.drop: Callable[[Addr, Envelope], bool] = lambda to, env: False
+        self.decided: dict[int, list[Outcome]] = {}  # node -> its elections' progress
 
     def view(self, i: int) -> dict[bytes, Dance]:
         return {**self.dances, nid(i): self.own[i]} if i in self.own else self.dances
@@ -75,7 +83,16 @@ class Hand:
         self.pump()
 
     def claims(self) -> dict[int, list[Ballot]]:
-        return {i: b for i in range(len(self.cores)) if (b := self.core(i).claims())}
+        """The quorums won since the last call (``Won`` events), by node; the
+        proposers' ``Decided`` events go to ``decided``."""
+        won: dict[int, list[Ballot]] = {}
+        for i in range(len(self.cores)):
+            for event in self.core(i).events():
+                if isinstance(event, Won):
+                    won.setdefault(i, []).append(event.ballot)
+                else:
+                    self.decided.setdefault(i, []).append(event.outcome)
+        return won
 
 
 def test_the_electorate_approves_the_idlest_node_which_claims_once() -> None:
@@ -96,6 +113,11 @@ def test_the_electorate_approves_the_idlest_node_which_claims_once() -> None:
     outcome = hand.core(0).outcome("tiny", 7)
     assert outcome is not None and outcome.state == "placed" and outcome.winners == {0: nid(3)}
     assert outcome.scouts == 7 and outcome.quorum == 4
+    hand.claims()
+    # The proposer heard each move of its election: the winner placed, then the close.
+    moves = [(o.state, o.winners) for o in hand.decided[0]]
+    assert moves == [(ElectionState.OPEN, {0: nid(3)}), (ElectionState.PLACED, {0: nid(3)})]
+    assert set(hand.decided) == {0}  # only proposers hear of their elections
 
 
 def test_a_node_serving_the_model_already_is_no_candidate() -> None:
@@ -128,6 +150,7 @@ def test_no_quorum_no_move() -> None:
     outcome = hand.core(0).outcome("tiny", 1)
     assert outcome is not None and outcome.state == "no quorum" and outcome.winners == {}
     assert hand.core(3).approvals("tiny", 1) == {nid(3): 3}  # three approvals, one short
+    assert hand.decided == {0: [outcome]}  # the close, told once
 
 
 def test_lost_messages_are_resent_until_the_quorum_forms() -> None:

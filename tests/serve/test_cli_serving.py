@@ -23,7 +23,7 @@ async def test_cli_against_a_peer(tmp_path: Path) -> None:
         jobs = Jobs(
             JobStore(tmp_path / "j.sqlite"), a.front, None, owner="a", node=a.view.node, max_jobs=4
         )
-        a.front.jobs = jobs
+        a.front.mount("/v1/jobs", jobs)
         await nursery.start(jobs.run)
 
         async def cli(*args: str) -> tuple[int, str, str]:

@@ -70,7 +70,7 @@ async def start_jobs(
         node=door.view.node,
         max_jobs=max_jobs,
     )
-    door.front.jobs = jobs
+    door.front.mount("/v1/jobs", jobs)
     await nursery.start(jobs.run)
     return jobs
 
@@ -140,7 +140,7 @@ async def test_unknown_models_get_404_a_full_queue_429_priorities_order_the_queu
         a = await start_door(nursery, ring, 1, engine=Behaviour())
         store = JobStore(tmp_path / "q.sqlite")
         jobs = Jobs(store, a.front, None, owner="x", node=a.view.node, max_jobs=3)
-        a.front.jobs = jobs  # not running: jobs stay queued
+        a.front.mount("/v1/jobs", jobs)  # not running: jobs stay queued
         # a model nobody serves: refused as a completion would be, nothing queued
         r = await client.post(f"{a.api}/jobs", json={"model": "typo", "prompt": "x"})
         assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
@@ -196,7 +196,7 @@ async def test_a_dead_acceptors_job_is_taken_over_and_readable_anywhere(tmp_path
             node=acceptor.view.node,
             max_jobs=8,
         )
-        acceptor.front.jobs = acc_jobs
+        acceptor.front.mount("/v1/jobs", acc_jobs)
         r = await client.post(
             f"{acceptor.api}/jobs",
             json={"model": MODEL, "prompt": "p q", "max_tokens": 2, "id": "orphan"},

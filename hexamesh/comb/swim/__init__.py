@@ -62,11 +62,23 @@ a thousand entries. A node also asks each new comb link for a push-pull
 ``new_link_sync`` after linking: the flood does not resend finished news to
 links made later, and a node whose links all died would hear nothing until
 its next push-pull.
+
+*What it hands out.* Membership changes for the rest of the agent
+(``events``: ``MembershipEvent``), and orders for the owner of the links and
+the cell map (``orders``: ``Relink``, ``TellWatchers`` with our own
+accusations, ``Forgotten`` dead members), as values: the core calls nobody.
 """
 
 from hexamesh.comb.swim.config import SwimConfig
 from hexamesh.comb.swim.core import Swim
-from hexamesh.comb.swim.members import MembershipEvent
+from hexamesh.comb.swim.members import (
+    RELINK,
+    Forgotten,
+    MembershipEvent,
+    Relink,
+    SwimOrder,
+    TellWatchers,
+)
 from hexamesh.comb.swim.messages import (
     MAX_SYNC,
     MAX_UPDATES,
@@ -87,11 +99,13 @@ from hexamesh.comb.swim.messages import (
 __all__ = [
     "MAX_SYNC",
     "MAX_UPDATES",
+    "RELINK",
     "SWIM_MESSAGES",
     "SYNC_ANSWER",
     "SYNC_ASK",
     "SYNC_REST",
     "Ack",
+    "Forgotten",
     "Gossip",
     "MemberState",
     "MemberUpdate",
@@ -99,7 +113,10 @@ __all__ = [
     "Nack",
     "Probe",
     "ProbeReq",
+    "Relink",
     "Swim",
     "SwimConfig",
+    "SwimOrder",
     "Sync",
+    "TellWatchers",
 ]

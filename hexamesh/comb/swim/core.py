@@ -8,13 +8,13 @@ the parts: ``members`` (state and transitions), ``probing``, ``flood`` and
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from hexamesh.comb.broadcast import BroadcastQueue
 from hexamesh.comb.suspicion import Awareness
 from hexamesh.comb.swim.config import NACK_AT, PIGGYBACK_QUEUE, SYNC_SPREAD, SwimConfig
 from hexamesh.comb.swim.flood import Flooding, _News
-from hexamesh.comb.swim.members import NEVER, MembershipEvent, _Member
+from hexamesh.comb.swim.members import NEVER, MembershipEvent, SwimOrder, _Member
 from hexamesh.comb.swim.messages import (
     Ack,
     Gossip,
@@ -92,16 +92,8 @@ class Swim(Probing, Flooding, PushPull):
         # Members we only heard of (not added by the comb as links, shortcuts or
         # the nodes behind suspects), oldest first: at most MAX_HEARSAY.
         self._hearsay: dict[bytes, None] = {}
-        self._reaped: list[
-            bytes
-        ] = []  # forgotten since ``take_reaped`` (the Comb drops their cells)
-        # a link was suspected or died, or a node came back (for the owner of links)
-        self.relink_needed = False
+        self._orders: list[SwimOrder] = []  # for the owner of links and map (``orders``)
         self.left = False  # we left gracefully (``leave``): a process on its way out
-        # Who else watches a node (its other neighbours, known to the owner of the
-        # map): our own accusations go to them directly, so their suspicions
-        # confirm each other even where they are not linked to each other.
-        self.other_watchers: Callable[[bytes], list[Addr]] = lambda node: []
         self.probes_sent = 0
         self.false_suspicions_refuted = 0
         # Updates refused: an incarnation past MAX_INCARNATION, or a claim about

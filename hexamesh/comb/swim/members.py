@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +49,37 @@ class MembershipEvent:
     incarnation: int
     at: float
 
+
+@dataclass(frozen=True, slots=True)
+class Relink:
+    """An order for the owner of the links (the Comb): recompute them. A link
+    was suspected (watch who is behind it) or died, or a node came back."""
+
+
+RELINK = Relink()
+
+
+@dataclass(frozen=True, slots=True)
+class TellWatchers:
+    """An order: send our own accusation of ``node`` to its other watchers
+    (its other neighbours, whom only the owner of the cell map knows), except
+    the addresses in ``skip`` (our spread links: the flood reaches them). Their
+    suspicions then confirm each other even where they are not linked."""
+
+    node: bytes
+    accusation: MemberUpdate
+    skip: frozenset[Addr]
+
+
+@dataclass(frozen=True, slots=True)
+class Forgotten:
+    """An order: a dead member was forgotten (its tombstone aged out, or the
+    hearsay cap pushed it out); the owner drops its cell and address."""
+
+    node: bytes
+
+
+SwimOrder = Relink | TellWatchers | Forgotten
 
 _NOBODY: frozenset[bytes] = frozenset()
 
@@ -90,11 +121,9 @@ class Membership:
     awareness: Awareness
     _outbox: list[tuple[Addr, Envelope]]
     _events: list[MembershipEvent]
+    _orders: list[SwimOrder]
     _hearsay: dict[bytes, None]
-    _reaped: list[bytes]
-    relink_needed: bool
     left: bool
-    other_watchers: Callable[[bytes], list[Addr]]
     false_suspicions_refuted: int
     refused: int
 
@@ -123,19 +152,14 @@ class Membership:
         """Members held dead -> their incarnation then (a live view, not a copy)."""
         return self._dead
 
-    def take_reaped(self) -> list[bytes]:
-        """Dead members forgotten since the last call (their tombstone aged out,
-        or the hearsay cap pushed it out)."""
-        out, self._reaped = self._reaped, []
+    def events(self) -> list[MembershipEvent]:
+        """Membership changes since the last call (for the rest of the agent)."""
+        out, self._events = self._events, []
         return out
 
-    @property
-    def has_events(self) -> bool:
-        """Are there membership changes ``events()`` has not handed out yet?"""
-        return bool(self._events)
-
-    def events(self) -> list[MembershipEvent]:
-        out, self._events = self._events, []
+    def orders(self) -> list[SwimOrder]:
+        """What the owner of the links and the map must do, since the last call."""
+        out, self._orders = self._orders, []
         return out
 
     # -- forgetting --------------------------------------------------------------
@@ -168,10 +192,10 @@ class Membership:
 
     def _forget(self, node: bytes) -> None:
         """Drop a member and every note of it; a dead one is also handed out
-        (``take_reaped``: the comb forgets its cell; a live one's cell stays
-        in the map, where its dances keep it current)."""
+        (``Forgotten``: the comb forgets its cell; a live one's cell stays in
+        the map, where its dances keep it current)."""
         if node in self._dead:
-            self._reaped.append(node)
+            self._orders.append(Forgotten(node))
         self.members.pop(node, None)
         self._dead.pop(node, None)
         self._suspects.pop(node, None)
@@ -208,7 +232,7 @@ class Membership:
         if member.state is MemberState.DEAD:
             self._dead[member.node] = member.incarnation
             if member.node in self.spread:
-                self.relink_needed = True
+                self._orders.append(RELINK)
         else:
             self._dead.pop(member.node, None)
 
@@ -293,9 +317,10 @@ class Membership:
             self._told(u, sender)
             return
         changed = member.state is not MemberState.ALIVE
-        self.relink_needed |= member.state is MemberState.DEAD or (
+        if member.state is MemberState.DEAD or (
             member.state is MemberState.SUSPECT and u.node in self._watched
-        )
+        ):
+            self._orders.append(RELINK)
         member.incarnation, member.state, member.addr, member.since = (
             u.incarnation,
             MemberState.ALIVE,
@@ -367,17 +392,16 @@ class Membership:
             member.incarnation = incarnation
         member.state = MemberState.SUSPECT
         self._suspects[node] = None
-        self.relink_needed |= node in self._watched  # watch who is behind it (Comb)
+        if node in self._watched:
+            self._orders.append(RELINK)  # watch who is behind it
         member.since = member.suspicion_start = now
         member.confirmers = {by, *(also or ())}
         self._emit(member, now)
         accusation = self._update(node, member.addr, member.incarnation, MemberState.SUSPECT, by)
         self._broadcast(accusation, now, sender)
         if by == self.me:
-            spread = {self.members[n].addr for n in self.spread}
-            for addr in self.other_watchers(node):
-                if addr not in spread and addr != self.addr:
-                    self._send(addr, self._rng.getrandbits(64), Gossip(updates=(accusation,)))
+            spread = frozenset(self.members[n].addr for n in self.spread)
+            self._orders.append(TellWatchers(node, accusation, spread))
 
     def _suspicion_bounds(self) -> tuple[float, float, int]:
         cfg = self.config
