@@ -630,8 +630,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             degraded = sum(1 for s in services.values() if s.get("restarts"))
             errors = target.status().get("errors", {})
         finally:
-            log_tail = (target.data_dir / "agent.log").read_text(errors="replace")[-2000:]
+            log = (target.data_dir / "agent.log").read_text(errors="replace")
+            log_tail = log[-2000:]
             target.stop()
+    if args.log:
+        args.log.write_text(log)
     for failure in tally.failures[:30]:
         print(f"  {failure}", file=sys.stderr)
     if crashed:
@@ -664,6 +667,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nofile", type=int, default=NOFILE)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--log", type=Path, help="keep the agent's log here (the tracebacks of contained errors)"
+    )
     args = parser.parse_args(argv)
     result = run(args)
     emit(result, quiet=args.json)
