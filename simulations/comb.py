@@ -42,13 +42,12 @@ from typing import Any
 from hexamesh.comb.cells import choose_cell, connected, link_graph
 from hexamesh.comb.core import Comb, CombConfig
 from hexamesh.comb.swim import MembershipEvent, MemberState
-from hexamesh.comb.waggle import Dance
 from hexamesh.hexgrid import ORIGIN, Hex, distance, spiral
 from hexamesh.hexgrid import neighbours as hex_neighbours
 from hexamesh.net.sim import GeoLatency, SimHost, SimNetwork
+from hexamesh.simulate.combmap import CombMap, node_id
 from simulations.common import addr_of, emit, no_cycle_collector, percentile
 
-SHORTCUTS = 2  # per node
 WAVE = 10.0  # s after the kill counted as the death wave (detection and spread end within it)
 CELL_TTL = 60.0  # s; a crashed node's cell lease runs out (comb.service.CELL_TTL)
 STATE_AFTER = 600.0  # s after the kill: the first measurement of the state nodes hold
@@ -64,12 +63,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     net = SimNetwork(seed=args.seed, latency=geo, measure_bytes=True)
     rng = random.Random(args.seed)
     config = CombConfig()
-    ids = [i.to_bytes(20, "big") for i in range(1, args.nodes + 1)]
-    addrs = {ids[i]: addr_of(i) for i in range(args.nodes)}
+    ids = [node_id(i) for i in range(args.nodes)]
     index = {ids[i]: i for i in range(args.nodes)}
-    owners: dict[Hex, bytes] = {}
-    cell_of: dict[bytes, Hex] = {}
-    shortcuts: dict[bytes, list[bytes]] = {}
+    cmap = CombMap()  # filled as nodes join
+    owners, cell_of = cmap.owners, cmap.cells
     positions = [(rng.random(), rng.random()) for _ in range(args.nodes)]
 
     def comb(i: int) -> Comb:
@@ -78,7 +75,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return core
 
     def refresh(i: int) -> None:
-        net.interact(addr_of(i), lambda c, now: c.set_map(owners, addrs, now, shortcuts[ids[i]]))
+        net.interact(addr_of(i), cmap.give_map)
 
     free: set[Hex] = set()  # unowned cells next to an owned one, kept as nodes join
 
@@ -101,8 +98,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def newcomer() -> int:
         """A new identity, at a new address and place (churn); its index."""
         i = len(ids)
-        ids.append((i + 1).to_bytes(20, "big"))
-        addrs[ids[i]] = addr_of(i)
+        ids.append(node_id(i))
         index[ids[i]] = i
         positions.append((rng.random(), rng.random()))
         return i
@@ -110,16 +106,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def join(i: int) -> None:
         node = ids[i]
         cell = choose_cell(owners, Rtt(i), free)
-        owners[cell] = node
-        cell_of[node] = cell
+        cmap.place(node, cell, addr_of(i))
         free.discard(cell)
         free.update(c for c in hex_neighbours(cell) if c not in owners)
-        others = [n for n in owners.values() if n != node]
-        shortcuts[node] = rng.sample(others, min(SHORTCUTS, len(others)))
-        dance = Dance.first(node, addrs[node], cell.q, cell.r)
+        cmap.draw_shortcuts(node, rng)
 
-        def factory(host: SimHost) -> Comb:
-            return Comb(dance, config, host.rng, net.now)
+        def factory(host: SimHost) -> Comb:  # given the map by refresh, just below
+            return cmap.core(node, config, host.rng, net.now, knows_map=False)
 
         net.add_host(addr_of(i), factory, position=positions[i])
         refresh(i)

@@ -36,21 +36,17 @@ from functools import partial
 from typing import Any
 
 from hexamesh.comb.core import COMB_MESSAGES, Comb, CombConfig
-from hexamesh.comb.waggle import Dance
-from hexamesh.hexgrid import ORIGIN, Hex, spiral
+from hexamesh.hexgrid import ORIGIN, spiral
 from hexamesh.net.base import Addr
 from hexamesh.net.mux import Mux
 from hexamesh.net.sim import SimHost, SimNetwork, UniformLatency
 from hexamesh.placement.messages import PLACEMENT_MESSAGES, Ballot
 from hexamesh.placement.vote import PlacementConfig, Scouting, Won
+from hexamesh.simulate.combmap import CombMap
 from simulations.common import addr_of, emit, percentile
 
 CLAIM_DELAY = (0.02, 0.2)  # s; a DHT read, put-if-absent and read-back, simulated
 LOAD_DELAY = 1.0  # s from winning a slot to dancing the model
-
-
-def nid(i: int) -> bytes:
-    return (i + 1).to_bytes(20, "big")
 
 
 @dataclass
@@ -79,34 +75,27 @@ class Swarm:
     ) -> Swarm:
         net = SimNetwork(seed=seed, latency=UniformLatency(0.001, 0.01), duplicate=duplicate)
         swarm = cls(net=net, rng=random.Random(seed))
-        cells = spiral(ORIGIN, rings)
-        owners = {c: nid(i) for i, c in enumerate(cells)}
-        swarm.addrs = {nid(i): addr_of(i) for i in range(len(cells))}
+        cmap = CombMap.filled(spiral(ORIGIN, rings))
+        swarm.addrs = cmap.addrs
         swarm._node_at = {a: n for n, a in swarm.addrs.items()}
-        for i, cell in enumerate(cells):
-            node = nid(i)
+        for i, node in enumerate(cmap.owners.values()):
             load = (loads or {}).get(i, swarm.rng.random())
-            dance = Dance.first(node, addr_of(i), cell.q, cell.r, load=load)
 
-            def factory(host: SimHost, d: Dance = dance) -> Mux:
-                comb = Comb(d, CombConfig(), host.rng, net.now)
+            def factory(host: SimHost, node: bytes = node, load: float = load) -> Mux:
+                comb = cmap.core(node, CombConfig(), host.rng, net.now, load=load, knows_map=False)
                 scout = Scouting(
-                    d.node,
-                    (d.host, d.port),
-                    comb.live_dances,
-                    config or PlacementConfig(),
-                    host.rng,
+                    node, cmap.addrs[node], comb.live_dances, config or PlacementConfig(), host.rng
                 )
-                swarm.combs[d.node], swarm.scouting[d.node] = comb, scout
+                swarm.combs[node], swarm.scouting[node] = comb, scout
                 mux = Mux()
                 mux.add(comb, *COMB_MESSAGES)
                 mux.add(scout, *PLACEMENT_MESSAGES)
                 return mux
 
             net.add_host(addr_of(i), factory)
-        for node, a in swarm.addrs.items():
+        for node, a in swarm.addrs.items():  # once every node exists, as the DHT's records
             comb = swarm.combs[node]
-            net.interact(a, partial(_set_map, comb, owners, swarm.addrs))
+            net.interact(a, lambda _, now, comb=comb: cmap.give_map(comb, now))
         net.loss = loss
         net.on_events = swarm._took
         return swarm
@@ -160,12 +149,6 @@ class Swarm:
                 )
 
         self.net.call_at(self.net.now + LOAD_DELAY, loaded)
-
-
-def _set_map(
-    comb: Comb, owners: dict[Hex, bytes], addrs: dict[bytes, Addr], _: object, now: float
-) -> None:
-    comb.set_map(owners, addrs, now)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -68,9 +68,7 @@ from typing import Any
 from hexamesh.comb.core import Comb, CombConfig
 from hexamesh.comb.service import MODEL_TTL
 from hexamesh.comb.swim import MemberState
-from hexamesh.comb.waggle import Dance
-from hexamesh.hexgrid import ORIGIN, Hex, spiral, to_cartesian
-from hexamesh.net.base import Addr
+from hexamesh.hexgrid import ORIGIN, Hex, distance, to_cartesian
 from hexamesh.net.sim import GeoLatency, SimHost, SimNetwork
 from hexamesh.serve.attempts import Attempts, Dial, Finish, GiveUp
 from hexamesh.serve.candidates import Local, Peer, Recent, gather
@@ -86,12 +84,12 @@ from hexamesh.serve.relay import (
 from hexamesh.serve.router import Candidate, rank
 from hexamesh.serve.shun import Shunned
 from hexamesh.serve.view import DHT_CACHE, wants_providers
+from hexamesh.simulate.combmap import CombMap, node_id, spiral_cells
 from hexamesh.simulate.engine import TINY_CPU, EngineProfile, SimEngine, SimRequest
 from hexamesh.simulate.util import addr_of, percentile
 
 __all__ = ["Scenario", "SwarmSim", "run_scenario"]
 
-SHORTCUTS = 2  # per node, as the comb simulation draws them
 SCRAPE = 1.0  # s between an engine's load scrapes (the supervisor's scrape_interval)
 DHT_LOOKUP = 0.05  # s for a providers lookup (a few round trips on a LAN)
 SAMPLE = 5.0  # s between looks at every node's view
@@ -191,18 +189,13 @@ class SwarmSim:
             seed=scenario.seed, latency=GeoLatency(base=0.0005, per_unit=0.05, jitter=0.2)
         )
         n = scenario.nodes
-        radius = 0
-        while 3 * radius * (radius + 1) + 1 < n:
-            radius += 1
-        self.cells = spiral(ORIGIN, radius)[:n]
-        self.ids = [(i + 1).to_bytes(20, "big") for i in range(n)]
+        self.cells = spiral_cells(n)
+        self.ids = [node_id(i) for i in range(n)]
         self.index = {node: i for i, node in enumerate(self.ids)}
-        self.addrs: dict[bytes, Addr] = {self.ids[i]: addr_of(i) for i in range(n)}
-        self.owners: dict[Hex, bytes] = {c: self.ids[i] for i, c in enumerate(self.cells)}
-        self.shortcuts = {
-            node: self.rng.sample([o for o in self.ids if o != node], min(SHORTCUTS, n - 1))
-            for node in self.ids
-        }
+        self.map = CombMap.filled(self.cells)
+        self.addrs = self.map.addrs
+        for node in self.ids:
+            self.map.draw_shortcuts(node, self.rng)
         count = max(1, round(scenario.servers * n))
         self.servers: set[int] = set(self.rng.sample(range(n), count))
         self.engines: dict[int, SimEngine] = {}
@@ -230,6 +223,7 @@ class SwarmSim:
         self.faults: list[tuple[float, str]] = []
         self.start = scenario.warmup  # the first request
         self.end = self.start + scenario.minutes * 60.0
+        radius = distance(ORIGIN, self.cells[-1])  # of the spiral
         for i in range(n):
             x, y = to_cartesian(self.cells[i])
             # Hex distance tracks network distance, as cell choice by RTT makes it.
@@ -245,12 +239,8 @@ class SwarmSim:
 
     def _factory(self, i: int) -> Callable[[SimHost], Comb]:
         def make(host: SimHost) -> Comb:
-            node = self.ids[i]
-            cell = self.cells[i]
             now = self.net.now  # 0 at the start; later for a restart
-            core = Comb(Dance.first(node, addr_of(i), cell.q, cell.r), CombConfig(), host.rng, now)
-            core.set_map(self.owners, self.addrs, now, self.shortcuts[node])
-            return core
+            return self.map.core(self.ids[i], CombConfig(), host.rng, now)
 
         return make
 

@@ -22,8 +22,9 @@ from hexamesh.placement.vote import (
     Scouting,
     Won,
 )
+from hexamesh.simulate.combmap import node_id as nid
 from hexamesh.wire import Codec, Envelope, KeyRing, WireError, decode_frame, encode_frame
-from simulations.placement import Swarm, nid
+from simulations.placement import Swarm
 from tests.placement import helpers
 
 CONFIG = PlacementConfig()
