@@ -2,7 +2,7 @@
 not be what is measured.
 
 The benchmarks run the client on the same two cores as vLLM and the agents.
-``EngineClient`` (httpx: a line iterator, one ``json.loads`` per event) spends
+The tests' ``EngineClient`` (httpx: a line iterator, one ``json.loads`` per event) spends
 150-280 µs of CPU per streamed token on the 2-core VM, measured: more than
 both agents' relays together, on the core they share with vLLM's frontend.
 So the throughput runs and the time-to-first-token pairs use this client:

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import trio
 
-from hexamesh.engine.client import EngineClient, EngineRequestError, EngineUnavailable
 from hexamesh.engine.device import Device, detect_device
 from hexamesh.engine.supervisor import (
     EngineConfig,
@@ -19,6 +18,7 @@ from hexamesh.engine.supervisor import (
     server_command,
     server_env,
 )
+from tests.engine.client import EngineClient, EngineRequestError, EngineUnavailable
 from tests.engine.fake_gpu import FakeGpu
 
 CPU = Device(gpu=False, name="cpu")

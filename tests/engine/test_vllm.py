@@ -13,7 +13,6 @@ import pytest
 import trio
 
 from hexamesh.demo import LOOPBACK, start_agent
-from hexamesh.engine.client import EngineClient
 from hexamesh.engine.supervisor import (
     EngineConfig,
     EngineError,
@@ -21,6 +20,7 @@ from hexamesh.engine.supervisor import (
     ModelSpec,
     open_engine,
 )
+from tests.engine.client import EngineClient
 from tests.helpers import run_hexamesh
 
 if importlib.util.find_spec("vllm") is None:
