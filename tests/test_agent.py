@@ -11,6 +11,7 @@ import trio
 from rich.console import Console
 
 from hexamesh.agent import STATUS_FILE_NAME, AgentStatus, _StatusFile, resolve_keyring, run_agent
+from hexamesh.agent.api import _refuse
 from hexamesh.comb.render import peer_table, view_json
 from hexamesh.comb.service import fetch_view
 from hexamesh.config import AgentConfig
@@ -231,3 +232,14 @@ async def test_a_failed_service_is_restarted_and_shown_degraded_meanwhile(
                 assert 'hexamesh_service_restarts_total{service="view"} 1.0' in metrics
                 assert 'hexamesh_errors_total{component="service"} 1.0' in metrics
             nursery.cancel_scope.cancel()
+
+
+async def test_a_connection_over_the_api_s_bounds_is_told_503_before_it_is_closed() -> None:
+    """The answer to a connection the API has no room for (it was a coroutine
+    never awaited, so the client saw its connection closed with no answer)."""
+    ours, theirs = trio.socket.socketpair()
+    with ours, theirs:
+        _refuse(trio.SocketStream(ours))
+        with trio.fail_after(5):
+            answer = await theirs.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 503 ") and b'"code": "overloaded"' in answer

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 
 import trio
 
@@ -174,6 +175,8 @@ _BUSY = (
 
 
 def _refuse(stream: trio.SocketStream) -> None:
-    """Say 503 to a connection over the bounds, best effort (never waits)."""
-    with contextlib.suppress(OSError):
-        stream.socket.send(_BUSY)
+    """Say 503 to a connection over the bounds, best effort: one non-blocking
+    write into the socket's empty buffer (never waits, so a flood of refused
+    connections holds no descriptor longer than it takes to close it)."""
+    with contextlib.suppress(OSError):  # BlockingIOError, a reset: it gets no answer
+        os.write(stream.socket.fileno(), _BUSY)
