@@ -35,3 +35,7 @@ def test_the_agent_survives(target: Target, name: str, attack: Attack) -> None:
     assert ok, tally.failures
     assert (tally.hung, tally.five_xx, tally.unanswered) == (0, 0, 0), tally.failures
     assert not target.status().get("errors", {}).get("service")  # no service was restarted
+    log = (target.data_dir / "agent.log").read_text(errors="replace")
+    # What Python prints of a coroutine never awaited or an exception in a
+    # destructor: a bug that answers nothing and raises nowhere.
+    assert "never awaited" not in log and "Exception ignored" not in log, log[-3000:]
