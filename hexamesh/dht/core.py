@@ -216,6 +216,7 @@ class DhtCore:
         self._operations = 0
         self._op_ids = itertools.count(1)
         self._events: list[DhtEvent] = []
+        self._grew_at: int | None = None  # where in _events the one pending Grew is
         self._published: dict[str, tuple[Record, float]] = {}  # key -> (record, ttl)
         self._republish: list[tuple[float, str]] = []  # (when, key), lazily pruned
         self._next_refresh = now + config.refresh_interval
@@ -329,9 +330,10 @@ class DhtCore:
 
     def events(self) -> list[DhtEvent]:
         """Operations ended and the table grown, since the last call. Only our
-        own operations end here (at most ``max_operations`` at once) and the
-        table is bounded: what waits undrained is bounded too."""
-        out, self._events = self._events, []
+        own operations end here (at most ``max_operations`` at once) and one
+        ``Grew`` stands for all growth since the last call (with the latest
+        size): what waits undrained is bounded, however rarely it is read."""
+        out, self._events, self._grew_at = self._events, [], None
         return out
 
     def _run_deferred(self) -> None:
@@ -378,7 +380,11 @@ class DhtCore:
         size = len(self.table)
         stale = self.table.add(contact, now)
         if len(self.table) > size:
-            self._events.append(Grew(len(self.table)))
+            if self._grew_at is None:
+                self._grew_at = len(self._events)
+                self._events.append(Grew(len(self.table)))
+            else:
+                self._events[self._grew_at] = Grew(len(self.table))
         if stale is None or stale.id in self._pinging:
             return
         self._pinging.add(stale.id)

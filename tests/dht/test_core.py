@@ -7,7 +7,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from hexamesh.dht.contact import Contact
-from hexamesh.dht.core import DhtConfig, DhtCore, Found, Got
+from hexamesh.dht.core import DhtConfig, DhtCore, Found, Got, Grew
 from hexamesh.dht.lookup import LookupStats
 from hexamesh.dht.messages import DhtPing, FindNode, Nodes
 from hexamesh.dht.records import Record, sign_record
@@ -245,3 +245,18 @@ def test_find_node_answers_exclude_the_asker() -> None:
     assert isinstance(reply.message, Nodes)
     assert asker.id not in [c.id for c in reply.message.contacts]
     assert len(reply.message.contacts) == 20
+
+
+def test_growth_undrained_is_one_grew_with_the_latest_size() -> None:
+    """A node whose events nobody reads for a while (a simulation that drains
+    only the nodes it asks) holds one Grew, not one per contact."""
+    core = DhtCore(Identity.generate(), ("10.0.0.1", 1), DhtConfig(), random.Random(1), 0.0)
+    for i in range(5):  # five strangers ping it: five new contacts
+        ping = Envelope(sender=Identity.generate().node_id, msg_id=i, message=DhtPing())
+        core.receive(ping, (f"10.9.9.{i}", 7420), float(i))
+    assert len(core.table) == 5
+    assert [e for e in core.events() if isinstance(e, Grew)] == [Grew(5)]
+    assert not core.events()  # drained; the next growth is news again
+    ping = Envelope(sender=Identity.generate().node_id, msg_id=9, message=DhtPing())
+    core.receive(ping, ("10.9.9.9", 7420), 9.0)
+    assert [e for e in core.events() if isinstance(e, Grew)] == [Grew(6)]
