@@ -354,7 +354,14 @@ class Honeycomb:
             # the nearest one, which in a small swarm was often a comb link or
             # a pick already, leaving a slot empty with candidates to spare.
             for contact in self.dht.closest(target, len(links) + len(picks) + 2):
-                if contact.id != self.node and contact.id not in links and contact.id not in picks:
+                if (
+                    contact.id != self.node
+                    and contact.id not in links
+                    and contact.id not in picks
+                    # the DHT keeps a contact until its RPCs fail; the comb
+                    # would drop a dead pick at once and leave the slot empty
+                    and not self.comb.is_dead(contact.id)
+                ):
                     self.comb.addrs.setdefault(contact.id, (contact.host, contact.port))
                     picks.append(contact.id)
                     break
