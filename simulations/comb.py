@@ -324,8 +324,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _state_entries(c: Comb) -> int:
-    """What one node holds per other node: members (tombstones too), cells, dances."""
-    return len(c.swim.members) + len(c._cell_of) + len(c.waggle.view)
+    """What one node holds per other node: members (tombstones too), the dead
+    it reaped lately (``_reaped``), cells, dances."""
+    return len(c.swim.members) + len(c.swim._reaped) + len(c._cell_of) + len(c.waggle.view)
 
 
 def _sent(net: SimNetwork, hosts: Sequence[int]) -> tuple[int, int, int]:

@@ -1,6 +1,7 @@
 """SWIM on the discrete-event simulator: detection, dissemination, no false alarms."""
 
 import random
+from dataclasses import replace
 
 from hexamesh.comb.swim import (
     Forgotten,
@@ -635,6 +636,45 @@ def test_tombstones_and_quiet_members_are_forgotten_links_never() -> None:
     assert [o for o in swim.orders() if isinstance(o, Forgotten)] == [Forgotten(dead)]
     assert swim.state_of(node_id(2)) is MemberState.ALIVE  # the link stays
     assert dead not in swim.dead and set(swim.members) == {node_id(2)}
+
+
+def test_a_reaped_death_going_round_again_is_old_news_not_a_new_tombstone() -> None:
+    """A death still relayed after we reaped it (by a node that reaped it
+    later, or a late flood) must not become a stranger's fresh death, flooded
+    again: under churn tombstones cycled for ever (a 1,000-node hour held 2.3x
+    the entries at its end that it held ten minutes in)."""
+    cfg = SwimConfig()
+    swim = _lonely(cfg)
+    swim.add_member(node_id(3), addr(3), 0, 0.0)
+    swim.set_links([node_id(2), node_id(3)], 0.0)  # news from 2 floods to 3
+    dead = node_id(7)
+    verdict = MemberUpdate(
+        node=dead, host="10.0.0.7", port=7420, incarnation=0, state=MemberState.DEAD, by=node_id(2)
+    )
+
+    def told(update: MemberUpdate, at: float) -> list[MemberUpdate]:
+        news = Envelope(sender=node_id(2), msg_id=int(at), message=Gossip(updates=(update,)))
+        swim.receive(news, addr(2), at)
+        swim.handle_timer(at + 1.0)  # a flood round, if there is anything to flood
+        return [
+            u
+            for _, env in swim.outbox()
+            for u in getattr(env.message, "updates", ())
+            if u.node == dead
+        ]
+
+    assert told(verdict, 1.0)  # news: kept and flooded
+    end = cfg.tombstone_ttl + 2 * cfg.reap_interval + 1
+    for now in range(2, int(end)):  # both links speak every second; timers fire
+        swim.heard(node_id(2), now)
+        swim.heard(node_id(3), now)
+        swim.handle_timer(now)
+        swim.outbox()
+    assert swim.state_of(dead) is None  # reaped
+    assert not told(verdict, end + 1) and swim.state_of(dead) is None  # old news
+    back = replace(verdict, incarnation=1, state=MemberState.ALIVE, by=dead)
+    told(back, end + 10)
+    assert swim.state_of(dead) is MemberState.ALIVE  # a return is news
 
 
 def test_a_dead_link_is_kept_until_the_comb_relinks() -> None:

@@ -66,6 +66,9 @@ class Swim(Probing, Flooding, PushPull):
         self._heard_at: dict[bytes, float] = {}  # node -> last message from it
         self._told_dead: dict[bytes, float] = {}  # node -> when we told it it is dead
         self._corrected: dict[bytes, float] = {}  # node -> when we last corrected its news
+        # Dead members forgotten (reaped) -> (incarnation held dead, when): for
+        # another tombstone_ttl their death, still going round, is old news.
+        self._reaped: dict[bytes, tuple[int, float]] = {}
         self._stale: list[_Member] = []  # returned members the message at hand said were dead
         self._probes: dict[int, _Probe] = {}  # our seq -> probe
         self._relays: dict[int, _Relay] = {}  # our seq -> probe we make for another node

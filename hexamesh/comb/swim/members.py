@@ -115,6 +115,7 @@ class Membership:
     _heard_at: dict[bytes, float]
     _told_dead: dict[bytes, float]
     _corrected: dict[bytes, float]
+    _reaped: dict[bytes, tuple[int, float]]
     _stale: list[_Member]
     _queue: BroadcastQueue[MemberUpdate]
     _news: dict[bytes, dict[bytes, Any]]  # (flood.Flooding's: its _News)
@@ -174,7 +175,7 @@ class Membership:
         for node in list(self._dead):
             member = self.members[node]
             if node not in keep and now - member.since > cfg.tombstone_ttl:
-                self._forget(node)
+                self._forget(node, now)
         quiet = now - cfg.hearsay_ttl
         heard_at = self._heard_at
         for node, member in list(self.members.items()):
@@ -184,18 +185,25 @@ class Membership:
                 and node not in keep
                 and heard_at.get(node, -math.inf) < quiet
             ):
-                self._forget(node)
+                self._forget(node, now)
         for notes in (self._heard_at, self._told_dead, self._corrected):
             for node, at in list(notes.items()):
                 if node not in self.members and now - at > cfg.tombstone_ttl:
                     del notes[node]
+        for node, (_, at) in list(self._reaped.items()):
+            if now - at > cfg.tombstone_ttl:
+                del self._reaped[node]
 
-    def _forget(self, node: bytes) -> None:
+    def _forget(self, node: bytes, now: float) -> None:
         """Drop a member and every note of it; a dead one is also handed out
         (``Forgotten``: the comb forgets its cell; a live one's cell stays in
         the map, where its dances keep it current)."""
         if node in self._dead:
             self._orders.append(Forgotten(node))
+            # News of this death still going round (relayed, or flooded anew by
+            # a node that reaped it later) must not make it a stranger's fresh
+            # death here, flooded again: tombstones would cycle for ever.
+            self._reaped[node] = (self._dead[node], now)
         self.members.pop(node, None)
         self._dead.pop(node, None)
         self._suspects.pop(node, None)
@@ -292,9 +300,15 @@ class Membership:
 
     def _news_of_a_stranger(self, u: MemberUpdate, sender: bytes, now: float) -> None:
         """Alive, suspect, or dead: a tombstone, so that a rejoin with an old
-        incarnation is not believed, and the news keeps spreading."""
+        incarnation is not believed, and the news keeps spreading; but not the
+        death of a member we reaped (``_reaped``), at the incarnation we held."""
+        reaped = self._reaped.get(u.node)
+        if reaped is not None:
+            if u.state is not MemberState.ALIVE and u.incarnation <= reaped[0]:
+                return  # old news: we held it for tombstone_ttl already
+            del self._reaped[u.node]  # a return (or a later death): news indeed
         crowded = sender != self.me and len(self._hearsay) >= MAX_HEARSAY
-        if crowded and not self._room_for_hearsay():
+        if crowded and not self._room_for_hearsay(now):
             self.refused += 1
             return
         member = _Member(u.node, (u.host, u.port), u.incarnation, u.state, now)
@@ -357,13 +371,13 @@ class Membership:
         if u.incarnation < member.incarnation and member.state is MemberState.ALIVE:
             self._stale.append(member)  # it spreads a death of one who came back
 
-    def _room_for_hearsay(self) -> bool:
+    def _room_for_hearsay(self, now: float) -> bool:
         """Make room for one more member heard of (at most MAX_HEARSAY): the
         oldest news of a node we neither link to nor judge goes first."""
         keep = set(self.spread) | self._watched
         for node in self._hearsay:
             if node not in keep and node not in self._suspects:
-                self._forget(node)
+                self._forget(node, now)
                 return True
         return False
 
