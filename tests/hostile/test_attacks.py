@@ -382,6 +382,9 @@ def test_10_hearsay_over_the_cap_pushes_the_oldest_out(monkeypatch: pytest.Monke
         swim.receive(_gossip(_about((5000 + i).to_bytes(20, "big"), 0, MemberState.DEAD)), B, 1.0)
     held = {n for n in swim.members if n != node_id(2)}
     assert held == {(5000 + i).to_bytes(20, "big") for i in range(15, 25)}
+    # the deaths pushed out are remembered as forgotten (old news if they come
+    # round again), within the same cap, the latest kept
+    assert list(swim._reaped) == [(5000 + i).to_bytes(20, "big") for i in range(5, 15)]
 
 
 def test_11_a_name_with_a_newline_cannot_forge_a_log_line() -> None:

@@ -190,9 +190,10 @@ class Membership:
             for node, at in list(notes.items()):
                 if node not in self.members and now - at > cfg.tombstone_ttl:
                     del notes[node]
-        for node, (_, at) in list(self._reaped.items()):
-            if now - at > cfg.tombstone_ttl:
-                del self._reaped[node]
+        for node, (_, at) in list(self._reaped.items()):  # oldest first
+            if now - at <= cfg.tombstone_ttl:
+                break
+            del self._reaped[node]
 
     def _forget(self, node: bytes, now: float) -> None:
         """Drop a member and every note of it; a dead one is also handed out
@@ -203,7 +204,13 @@ class Membership:
             # News of this death still going round (relayed, or flooded anew by
             # a node that reaped it later) must not make it a stranger's fresh
             # death here, flooded again: tombstones would cycle for ever.
+            # In the order forgotten (pop first: a re-stamp moves to the end),
+            # at most MAX_HEARSAY: forged deaths evicting each other from the
+            # hearsay table must not grow this instead.
+            self._reaped.pop(node, None)
             self._reaped[node] = (self._dead[node], now)
+            if len(self._reaped) > MAX_HEARSAY:
+                del self._reaped[next(iter(self._reaped))]
         self.members.pop(node, None)
         self._dead.pop(node, None)
         self._suspects.pop(node, None)
