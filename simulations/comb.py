@@ -205,7 +205,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # The traffic once the comb has healed: the last 30 s, if the run is long enough.
     late_from = end - window
     measure_late = late_from >= t_kill + window
-    late0: tuple[int, int, int] | None = None
+    late0: dict[int, tuple[int, int]] | None = None
     # The death wave's traffic: the survivors' first WAVE seconds after the kill.
     wave0 = _sent(net, live)
     wave: tuple[float | None, float | None] = (None, None)  # None: the run ended sooner
@@ -329,18 +329,21 @@ def _state_entries(c: Comb) -> int:
     return len(c.swim.members) + len(c.swim._reaped) + len(c._cell_of) + len(c.waggle.view)
 
 
-def _sent(net: SimNetwork, hosts: Sequence[int]) -> tuple[int, int, int]:
-    """Messages and bytes ``hosts`` have sent so far, and how many hosts."""
-    counted = [net.hosts[addr_of(i)] for i in hosts]
-    return sum(h.sent_msgs for h in counted), sum(h.sent_bytes for h in counted), len(counted)
+def _sent(net: SimNetwork, hosts: Sequence[int]) -> dict[int, tuple[int, int]]:
+    """Messages and bytes each of ``hosts`` has sent so far."""
+    counted = {i: net.hosts[addr_of(i)] for i in hosts}
+    return {i: (h.sent_msgs, h.sent_bytes) for i, h in counted.items()}
 
 
 def _per_node_s(
-    before: tuple[int, int, int], after: tuple[int, int, int], seconds: float
+    before: Mapping[int, tuple[int, int]], after: Mapping[int, tuple[int, int]], seconds: float
 ) -> tuple[float, float]:
-    """Messages and bytes sent per host per second between two ``_sent`` counts."""
-    hosts = after[2]
-    return (after[0] - before[0]) / hosts / seconds, (after[1] - before[1]) / hosts / seconds
+    """Messages and bytes sent per host per second between two ``_sent``
+    counts, over the hosts counted both times (churn replaces some between)."""
+    both = before.keys() & after.keys()
+    msgs = sum(after[i][0] - before[i][0] for i in both)
+    sent_bytes = sum(after[i][1] - before[i][1] for i in both)
+    return msgs / len(both) / seconds, sent_bytes / len(both) / seconds
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -191,8 +191,9 @@ class Swim(Probing, Flooding, PushPull):
         msg = env.message
         self.heard(env.sender, now)
         self.tell_dead(env.sender, sender, now)
+        repair = isinstance(msg, Sync)
         for update in getattr(msg, "updates", ()):
-            self._apply(update, env.sender, now)
+            self._apply(update, env.sender, now, repair=repair)
         if self._stale:
             self._correct(env.sender, sender, now)
         if isinstance(msg, Probe):

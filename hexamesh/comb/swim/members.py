@@ -1,17 +1,17 @@
 """Membership state and its transitions: who we hold alive, suspect or dead, and why.
 
-``Membership`` holds what every part of SWIM reads: the members (each with
-its address, incarnation, state and, while suspect, its accusers), the
-suspects' timers, the dead, the members known only from hearsay, and what
-the core hands out (messages, events). News about a member goes through
-``_apply``: about us (refute a suspicion or death with a higher incarnation,
-Swim §4.2), about a stranger (kept, as a tombstone too, within
-``MAX_HEARSAY``), then one handler per state the news says (alive, suspect,
-dead): a higher incarnation wins; at equal incarnation suspect beats alive
-and dead beats both. Suspicions time out per Lifeguard §3.2
-(``_expire_suspicions``); members past their time are forgotten (``_reap``).
-The flood, the probes and the push-pull are mixins over this state
-(``flood``, ``probing``, ``sync``).
+``Membership`` holds what every part of SWIM reads: the members (each with its
+address, incarnation, state and, while suspect, its accusers), the suspects'
+timers, the dead, the members known only from hearsay, and what the core hands
+out (messages, events). News about a member goes through ``_apply``: about us
+(refute a suspicion or death with a higher incarnation, Swim §4.2), about a
+stranger (from the flood: kept, as a tombstone too, within ``MAX_HEARSAY``; a
+push-pull teaches no strangers), then one handler per state the news says
+(alive, suspect, dead): a higher incarnation wins; at equal incarnation
+suspect beats alive and dead beats both. Suspicions time out per Lifeguard
+§3.2 (``_expire_suspicions``); members past their time are forgotten
+(``_reap``). The flood, the probes and the push-pull are mixins over this
+state (``flood``, ``probing``, ``sync``).
 """
 
 from __future__ import annotations
@@ -251,8 +251,9 @@ class Membership:
         else:
             self._dead.pop(member.node, None)
 
-    def _apply(self, u: MemberUpdate, sender: bytes, now: float) -> None:
-        """Take one piece of news about a member, from ``sender``."""
+    def _apply(self, u: MemberUpdate, sender: bytes, now: float, *, repair: bool = False) -> None:
+        """Take one piece of news about a member, from ``sender``; ``repair``:
+        from a push-pull, which mends what we hold and teaches no strangers."""
         if not 0 <= u.incarnation <= MAX_INCARNATION:
             self.refused += 1
             return
@@ -263,6 +264,14 @@ class Membership:
             return  # not ours to judge: its watchers will tell us the verdict
         member = self.members.get(u.node)
         if member is None:
+            if repair:
+                # A push-pull hands on what the other end learned in the last
+                # sync_news_age, counted from when *it* learned it. Taken as
+                # news here, a stranger's death went round again with a fresh
+                # age (newcomers learned every recent death and flooded it back
+                # to nodes that had reaped it): tombstones under churn grew
+                # without end. Deaths of strangers come by the flood, once.
+                return
             self._news_of_a_stranger(u, sender, now)
         elif u.state is MemberState.ALIVE:
             self._news_alive(member, u, sender, now)
