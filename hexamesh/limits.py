@@ -71,6 +71,19 @@ MAX_INCARNATION_JUMP = 1024
 # 10,000 nodes with 30 % killed). Beyond this the oldest news is dropped
 # first. ~700 bytes each, all told: 2.8 MiB at the bound.
 MAX_HEARSAY = 4096
+# A frame whose proof's counter (the sender's clock) is further than this from
+# ours is dropped as stale: agents need clocks within two minutes (NTP keeps
+# them within milliseconds). It also bounds how long a frame can be replayed
+# to a node that has forgotten its sender (``peerauth``).
+MAX_CLOCK_SKEW = 120.0  # s
+# Peers whose keys, pair keys and replay windows are kept, and addresses whose
+# node's key is known (each an LRU): a link's entry is used every second and
+# stays. Each ~1 KiB with its window: 4 MiB at the bound.
+AUTH_PEERS = 4096
+# Counters a replay window remembers per sender: past this the window's floor
+# rises to the oldest forgotten (a sender at over 128 datagrams a second loses
+# reordering, not frames that arrive in order).
+AUTH_SEEN = 256
 # Elections a peer may open here last at most this long (proposals and votes
 # carry the time left); the API's own bound.
 MAX_ELECTION_TTL = 60.0  # s

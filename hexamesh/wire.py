@@ -8,12 +8,17 @@ array, nested structures (``@struct``) as nested arrays. A message travels in an
 *envelope*::
 
     plaintext frame = msgpack [type_id, sender_id, msg_id, payload]
-    sealed          = version (1 byte) | nonce (12) | ChaCha20-Poly1305(frame) + tag (16)
+    authenticated   = proof of the sender (41 + 16 or 64 bytes, ``peerauth``) | frame
+    sealed          = version (1 byte) | nonce (12) | ChaCha20-Poly1305(authenticated) + tag (16)
 
 The version byte is authenticated as associated data, so a peer can say
 "unsupported version" before it tries any key. The nonce is 96 random bits from
 the OS for every seal; with fewer than 2^32 messages per key the chance of a
 repeated nonce stays below 2^-32 (rotate the swarm key long before that).
+Inside the seal, ``peerauth.Authenticator`` proves the sender by its node key
+(a MAC with a key per pair of nodes, or a signature on first contact) under a
+counter that makes a replay fail; a frame is taken only if the envelope's
+``sender`` is the id of that key.
 
 Sealing uses the swarm key. A :class:`KeyRing` holds one primary key (used to
 seal) and up to three older keys (accepted to open), so operators rotate the key
@@ -59,13 +64,17 @@ import types
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import msgpack
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from hexamesh.identity import NODE_ID_BYTES
+from hexamesh.peerauth import AUTH_OVERHEAD, Authenticator, AuthError, Proof, auth_overhead
+
+if TYPE_CHECKING:
+    from hexamesh.net.base import Addr
 
 __all__ = [
     "KEY_BYTES",
@@ -94,7 +103,7 @@ __all__ = [
     "struct",
 ]
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2  # 2: a proof of the sender inside the seal
 MAX_DATAGRAM = 1400  # bytes, sealed; memberlist's udpBufSize-safe figure
 MAX_STREAM_FRAME = 1 << 20  # bytes, sealed; one frame on a stream
 MAX_BYTES = 64 * 1024  # bytes in one bytes field
@@ -108,7 +117,10 @@ KEY_BYTES = 32  # ChaCha20-Poly1305 key
 NONCE_BYTES = 12
 TAG_BYTES = 16
 HEADER_BYTES = 1
-SEAL_OVERHEAD = HEADER_BYTES + NONCE_BYTES + TAG_BYTES
+# What a frame grows by on the wire, at most (a signed first contact; a frame
+# to a node that has answered us is 48 bytes smaller: ``sealed_size``).
+AEAD_OVERHEAD = HEADER_BYTES + NONCE_BYTES + TAG_BYTES
+SEAL_OVERHEAD = AEAD_OVERHEAD + AUTH_OVERHEAD
 
 _INT_MIN = -(1 << 63)
 _INT_MAX = (1 << 64) - 1
@@ -485,7 +497,7 @@ class KeyRing:
 
     def open(self, sealed: bytes) -> bytes:
         """Inverse of seal, trying each key in turn; raises WireError."""
-        if len(sealed) < SEAL_OVERHEAD:
+        if len(sealed) < AEAD_OVERHEAD:
             raise WireError(f"truncated: {len(sealed)} bytes is less than the seal overhead")
         header = sealed[:HEADER_BYTES]
         if header[0] != WIRE_VERSION:
@@ -504,26 +516,40 @@ _HEADER = bytes([WIRE_VERSION])
 
 
 class Codec:
-    """Envelope <-> sealed bytes, for datagrams or stream frames."""
+    """Envelope <-> sealed bytes, for datagrams or stream frames: sealed with
+    the swarm key, and the sender proven by ``auth`` (ours when sealing)."""
 
-    def __init__(self, keyring: KeyRing) -> None:
+    def __init__(self, keyring: KeyRing, auth: Authenticator) -> None:
         self.keyring = keyring
+        self.auth = auth
 
-    def seal(self, env: Envelope, *, limit: int = MAX_DATAGRAM) -> bytes:
+    def seal(self, env: Envelope, *, limit: int = MAX_DATAGRAM, to: Addr | None = None) -> bytes:
+        """Seal ``env`` for the node at ``to`` (None: proven by signature)."""
         frame = encode_frame(env)
         if len(frame) + SEAL_OVERHEAD > limit:
             raise EncodeError(
                 f"{type(env.message).__name__} is {len(frame) + SEAL_OVERHEAD} bytes sealed, "
                 f"over the {limit}-byte limit"
             )
-        return self.keyring.seal(frame, _HEADER)
+        return self.keyring.seal(self.auth.wrap(frame, to), _HEADER)
 
-    def open(self, data: bytes, *, limit: int = MAX_DATAGRAM) -> Envelope:
+    def open(
+        self, data: bytes, *, limit: int = MAX_DATAGRAM, source: Addr | None = None
+    ) -> Envelope:
+        """Open, prove the sender, decode; WireError if any step fails.
+        ``source``: the datagram address it came from (None for none)."""
         if len(data) > limit:
             raise WireError(f"{len(data)} bytes is over the {limit}-byte limit")
-        return decode_frame(self.keyring.open(data))
+        try:
+            sender, frame = self.auth.unwrap(self.keyring.open(data), source)
+        except AuthError as e:
+            raise WireError(f"sender not proven: {e}") from None
+        env = decode_frame(frame)
+        if env.sender != sender:
+            raise WireError("the envelope's sender is not the node that sent it")
+        return env
 
     @staticmethod
-    def sealed_size(env: Envelope) -> int:
-        """Size on the wire without paying for encryption (for the simulator)."""
-        return len(encode_frame(env)) + SEAL_OVERHEAD
+    def sealed_size(env: Envelope, proof: Proof = Proof.PAIRED) -> int:
+        """Size on the wire without paying for sealing (for the simulator)."""
+        return len(encode_frame(env)) + AEAD_OVERHEAD + auth_overhead(proof)

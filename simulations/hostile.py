@@ -59,6 +59,7 @@ from hexamesh.dht.service import open_dht_node
 from hexamesh.identity import Identity
 from hexamesh.net.base import parse_addr
 from hexamesh.net.driver import StreamHello
+from hexamesh.peerauth import Authenticator
 from hexamesh.placement.messages import Ballot, Proposal, Scout
 from hexamesh.swarmkey import load_key_file
 from hexamesh.wire import MAX_DATAGRAM, Codec, Envelope, Message, message_types
@@ -115,7 +116,8 @@ class Target:
         self.node = bytes.fromhex(status["node_id"])
         self.addr = parse_addr(status["address"])
         self.ring = load_key_file(self.data_dir / "swarm.key")
-        self.codec = Codec(self.ring)
+        self.attacker = Identity.generate()  # a swarm key holder
+        self._codecs: dict[bytes, Codec] = {}
         wait_until(
             "the stand-in engine to be ready",
             lambda: (self.status().get("models", {}).get(MODEL) or {}).get("state") == "ready",
@@ -140,15 +142,33 @@ class Target:
                 return int(line.split()[1]) / 1024
         return 0.0
 
-    def send(self, message: Message, *, sender: bytes | None = None, msg_id: int = 1) -> None:
-        """One sealed datagram (or stream, if large) from a throwaway socket."""
-        env = Envelope(sender=sender or os.urandom(20), msg_id=msg_id, message=message)
-        data = self.codec.seal(env, limit=1 << 20)
+    def codec(self, identity: Identity) -> Codec:
+        """What ``identity`` seals with (one per key: its counters go up)."""
+        codec = self._codecs.get(identity.node_id)
+        if codec is None:
+            codec = self._codecs[identity.node_id] = Codec(self.ring, Authenticator(identity))
+        return codec
+
+    def send(
+        self,
+        message: Message,
+        *,
+        sender: Identity | None = None,
+        claim: bytes | None = None,
+        msg_id: int = 1,
+    ) -> None:
+        """One sealed datagram (or stream, if large) from a throwaway socket,
+        proven by ``sender``'s key (the attacker's if None); ``claim``: another
+        node's id to write in the envelope instead (impersonation)."""
+        sender = sender or self.attacker
+        codec = self.codec(sender)
+        env = Envelope(sender=claim or sender.node_id, msg_id=msg_id, message=message)
+        data = codec.seal(env, limit=1 << 20)
         if len(data) <= MAX_DATAGRAM:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 s.sendto(data, self.addr)
             return
-        hello = self.codec.seal(Envelope(sender=env.sender, msg_id=0, message=StreamHello(port=9)))
+        hello = codec.seal(Envelope(sender=env.sender, msg_id=0, message=StreamHello(port=9)))
         with socket.create_connection(self.addr, timeout=CHECK_TIMEOUT) as s:
             for frame in (hello, data):
                 s.sendall(len(frame).to_bytes(4, "big") + frame)
@@ -329,7 +349,7 @@ def forged_job(t: Target, tally: Tally) -> None:
         record = sign_record(
             thrower, f"job:forged{i}", bytes(msgpack.packb(doc)), seq=1, expires=time.time() + 600
         )
-        t.send(Store(record=record), sender=thrower.node_id)
+        t.send(Store(record=record), sender=thrower)
         tally.tried += 1
     death = MemberUpdate(
         node=thrower.node_id, host="127.0.0.9", port=9, incarnation=0, state=MemberState.DEAD,
@@ -387,10 +407,10 @@ def forged_dances(t: Target, tally: Tally) -> None:
     for name, (answer, then) in BROKEN_ANSWERS.items():
         listener, _ = _hostile_server(answer, then)
         port = listener.getsockname()[1]
-        liar = os.urandom(20)
+        liar = Identity.generate()  # a key holder dancing a model it sends to its server
         bait = f"bait-{name.replace(' ', '-')}"
         dance = Dance(
-            node=liar, host="127.0.0.1", port=port, q=1, r=0, incarnation=0, status="up",
+            node=liar.node_id, host="127.0.0.1", port=port, q=1, r=0, incarnation=0, status="up",
             models=(bait,), load=0.0, queue=0, kv=0.0, tok_s=0.0, gpu_used=0, gpu_total=0,
             uptime=0.0, version=1,
         )  # fmt: skip
@@ -408,13 +428,14 @@ def forged_proposals(t: Target, tally: Tally) -> None:
     """9: proposals with ttl=1e15 fill the open-election limit; the operator's
     /v1/placements must still start a vote."""
     for i in range(40):
-        proposer = Scout(node=os.urandom(20), host="127.0.0.9", port=9)
+        key = Identity.generate()
+        proposer = Scout(node=key.node_id, host="127.0.0.9", port=9)
         ballot = Ballot(
             model=f"forged{i}", source="/x", epoch=1, replicas=1, quorum=1, mem_need=0,
             proposer=proposer,
         )  # fmt: skip
         msg = Proposal(ballot=ballot, q=0, r=0, scouts=(proposer,), ttl=1e15)
-        t.send(msg, sender=proposer.node)
+        t.send(msg, sender=key)
         tally.tried += 1
     status = _http(
         tally,
@@ -454,7 +475,7 @@ def dht_flood(t: Target, tally: Tally) -> None:
         thrower = Identity.generate()
         key = f"job:flood{random.getrandbits(64):x}"
         record = sign_record(thrower, key, os.urandom(8000), seq=1, expires=time.time() + 3600)
-        t.send(Store(record=record), sender=thrower.node_id)
+        t.send(Store(record=record), sender=thrower)
         tally.tried += 1
         if i % 100 == 0:
             time.sleep(0.05)
@@ -572,7 +593,8 @@ def fuzz(target: Target, tally: Tally, seconds: float, seed: int) -> None:
             except ValueError:
                 continue
             with contextlib.suppress(OSError, ValueError):
-                target.send(msg, sender=rng.choice([target.node, os.urandom(20)]))
+                # as the attacker, or in the target's own name (dropped: forged)
+                target.send(msg, claim=rng.choice([target.node, None]))
                 tally.tried += 1
         body = {
             "model": rng.choice([MODEL, "", "x" * 300, 7, None]),

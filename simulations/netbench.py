@@ -11,8 +11,11 @@ machines are noisy, so ratios are what to compare across runs):
   any heap-driven event loop in Python. Run twice: without byte accounting
   (``sim_msgs_per_s``) and with the real codec sizing every envelope
   (``sim_sized_msgs_per_s``, on a tenth of the messages).
-* sealing: ``Codec.seal`` + ``Codec.open`` of a 300-byte frame, against raw
-  ChaCha20-Poly1305 encrypt + decrypt of the same bytes.
+* sealing: ``Codec.seal`` + ``Codec.open`` of a 300-byte frame between two
+  nodes that know each other, against raw ChaCha20-Poly1305 encrypt + decrypt
+  of the same bytes; and the proof of the sender alone, both ends: ``auth_us``
+  (a MAC with the pair's key, every frame once two nodes have spoken) and
+  ``auth_signed_us`` (an Ed25519 signature, a first contact).
 * codec: ``encode_frame`` + ``decode_frame`` (with schema validation), against
   raw ``msgpack.packb`` + ``unpackb`` of the same structure.
 
@@ -28,14 +31,16 @@ import platform
 import random
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgpack
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from hexamesh.identity import Identity
 from hexamesh.net.base import Addr
 from hexamesh.net.sim import SimHost, SimNetwork, UniformLatency
+from hexamesh.peerauth import Authenticator
 from hexamesh.wire import (
     SEAL_OVERHEAD,
     Codec,
@@ -148,12 +153,19 @@ def _per_call_us(fn: Any, iterations: int) -> float:
 
 def bench_wire(iterations: int) -> dict[str, float]:
     # Payload sized so the plaintext frame is 300 bytes.
-    probe = Envelope(sender=bytes(20), msg_id=2**63, message=Relay(hops=1, payload=b""))
+    alice, bob = Identity.generate(), Identity.generate()
+    at_alice, at_bob = ("10.0.0.1", 7420), ("10.0.0.2", 7420)
+    probe = Envelope(sender=alice.node_id, msg_id=2**63, message=Relay(hops=1, payload=b""))
     pad = 300 - len(encode_frame(probe)) - 2  # bin8 header grows by one byte at 32+
-    env = Envelope(sender=bytes(20), msg_id=2**63, message=Relay(hops=1, payload=bytes(pad)))
+    env = Envelope(sender=alice.node_id, msg_id=2**63, message=Relay(hops=1, payload=bytes(pad)))
     frame = encode_frame(env)
-    codec = Codec(KeyRing(os.urandom(32)))
-    sealed = codec.seal(env)
+    ring = KeyRing(os.urandom(32))
+    a, b = Codec(ring, Authenticator(alice)), Codec(ring, Authenticator(bob))
+    # One exchange each way: from now on each knows the other (PAIRED proofs).
+    b.open(a.seal(env, to=at_bob), source=at_alice)
+    a.open(b.seal(replace(env, sender=bob.node_id), to=at_alice), source=at_bob)
+    sealed = a.seal(env, to=at_bob)
+    first = a.seal(env)  # to an address we have not heard from: SIGNED
     aead = ChaCha20Poly1305(os.urandom(32))
     nonce = os.urandom(12)
     ct = aead.encrypt(nonce, frame, b"\x01")
@@ -164,7 +176,18 @@ def bench_wire(iterations: int) -> dict[str, float]:
         "frame_bytes": len(frame),
         "sealed_bytes": len(sealed),
         "seal_overhead_bytes": SEAL_OVERHEAD,
-        "seal_open_us": _per_call_us(lambda: codec.open(codec.seal(env)), iterations),
+        "sealed_first_bytes": len(first),
+        # both ends: seal + open, sender proven by a MAC of the pair
+        "seal_open_us": _per_call_us(
+            lambda: b.open(a.seal(env, to=at_bob), source=at_alice), iterations
+        ),
+        # the proof alone, both ends: a MAC of the pair (steady), a signature (first contact)
+        "auth_us": _per_call_us(
+            lambda: b.auth.unwrap(a.auth.wrap(frame, at_bob), at_alice), iterations
+        ),
+        "auth_signed_us": _per_call_us(
+            lambda: b.auth.unwrap(a.auth.wrap(frame, None), None), max(iterations // 20, 50)
+        ),
         "raw_aead_us": _per_call_us(
             lambda: (aead.encrypt(nonce, frame, b"\x01"), aead.decrypt(nonce, ct, b"\x01")),
             iterations,
@@ -215,11 +238,14 @@ def main(argv: list[str] | None = None) -> int:
         "seal_open_us": round(wire["seal_open_us"], 2),
         "raw_aead_us": round(wire["raw_aead_us"], 2),
         "seal_vs_raw_aead": round(wire["seal_open_us"] / wire["raw_aead_us"], 2),
+        "auth_us": round(wire["auth_us"], 2),
+        "auth_signed_us": round(wire["auth_signed_us"], 2),
         "codec_us": round(wire["codec_us"], 2),
         "raw_msgpack_us": round(wire["raw_msgpack_us"], 2),
         "codec_vs_raw_msgpack": round(wire["codec_us"] / wire["raw_msgpack_us"], 2),
         "frame_bytes": wire["frame_bytes"],
         "sealed_bytes": wire["sealed_bytes"],
+        "sealed_first_bytes": wire["sealed_first_bytes"],
     }
     emit(result, quiet=args.json)
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import subprocess
 import sys
 import types
@@ -13,13 +14,17 @@ from typing import Any
 from hypothesis import strategies as st
 
 from hexamesh.comb.swim import SYNC_ANSWER, SYNC_ASK, SYNC_REST, Sync
+from hexamesh.identity import Identity
 from hexamesh.net.base import Addr
+from hexamesh.peerauth import Authenticator
 from hexamesh.placement.messages import MAX_REPLICAS, MAX_SCOUTS, Ballot
 from hexamesh.wire import (
     MAX_BYTES,
     MAX_ITEMS,
     MAX_STR,
+    Codec,
     Envelope,
+    KeyRing,
     Len,
     MaxLen,
     Message,
@@ -202,3 +207,24 @@ def run_hexamesh(*args: str, timeout: float = 60) -> subprocess.CompletedProcess
     return subprocess.run(
         [sys.executable, "-m", "hexamesh", *args], capture_output=True, text=True, timeout=timeout
     )
+
+
+# -- keys: every frame proves its sender, so a test node's id is its key's ------
+
+RING = KeyRing(bytes(32))  # the swarm key of test swarms
+
+
+@functools.cache
+def identity(n: int) -> Identity:
+    """Test node ``n``'s key pair (the same in every run)."""
+    return Identity.from_private_bytes(bytes([n]) * 32)
+
+
+def nid(n: int) -> bytes:
+    """Test node ``n``'s id: its key's hash, as frames from it prove."""
+    return identity(n).node_id
+
+
+def codec(n: int, ring: KeyRing = RING) -> Codec:
+    """What test node ``n`` seals and opens frames with."""
+    return Codec(ring, Authenticator(identity(n)))

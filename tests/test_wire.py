@@ -1,4 +1,5 @@
 import contextlib
+import dataclasses
 import os
 import typing
 from typing import Any
@@ -12,6 +13,7 @@ from hexamesh import wire
 from hexamesh.dht import messages as _dht_messages  # noqa: F401  (registers the DHT messages)
 from hexamesh.net import driver as _driver  # noqa: F401  (registers StreamHello)
 from hexamesh.net.rtt import Ping
+from hexamesh.peerauth import Proof
 from hexamesh.wire import (
     MAX_DATAGRAM,
     MAX_STREAM_FRAME,
@@ -24,11 +26,10 @@ from hexamesh.wire import (
     decode_frame,
     encode_frame,
 )
-from tests.helpers import Blob, Colour, Kitchen, Point, any_envelope
+from tests.helpers import Blob, Colour, Kitchen, Point, any_envelope, codec, nid
 
-SENDER = bytes(range(20))
-RING = KeyRing(bytes(32))
-CODEC = Codec(RING)
+SENDER = nid(1)
+SEALER, OPENER = codec(1), codec(2)  # node 1 sends to node 2
 
 
 def env(message: wire.Message, msg_id: int = 1) -> Envelope:
@@ -59,9 +60,10 @@ def kitchen(**changes: object) -> Kitchen:
 @given(any_envelope())
 def test_every_message_type_round_trips_through_frame_and_seal(e: Envelope) -> None:
     assert decode_frame(encode_frame(e)) == e
-    sealed = CODEC.seal(e, limit=MAX_STREAM_FRAME)
-    assert CODEC.open(sealed, limit=MAX_STREAM_FRAME) == e
-    assert len(sealed) == Codec.sealed_size(e)
+    e = dataclasses.replace(e, sender=SENDER)  # frames prove their sender
+    sealed = SEALER.seal(e, limit=MAX_STREAM_FRAME)  # to nobody known: signed
+    assert OPENER.open(sealed, limit=MAX_STREAM_FRAME) == e
+    assert len(sealed) == Codec.sealed_size(e, Proof.SIGNED)
 
 
 def test_every_registered_type_is_covered_by_the_round_trip() -> None:
@@ -83,7 +85,7 @@ def test_ints_where_floats_belong_are_encoded_as_floats() -> None:
 
 def test_seal_uses_a_fresh_nonce_each_time() -> None:
     e = env(Ping(host="10.0.0.1", port=7420))
-    assert CODEC.seal(e) != CODEC.seal(e)
+    assert SEALER.seal(e) != SEALER.seal(e)
 
 
 # -- limits -----------------------------------------------------------------
@@ -91,14 +93,14 @@ def test_seal_uses_a_fresh_nonce_each_time() -> None:
 
 def test_datagram_limit_is_enforced_when_sealing() -> None:
     fits = MAX_DATAGRAM - SEAL_OVERHEAD - 40
-    CODEC.seal(env(Blob(data=bytes(fits))))
+    SEALER.seal(env(Blob(data=bytes(fits))))
     with pytest.raises(EncodeError, match="over the 1400-byte limit"):
-        CODEC.seal(env(Blob(data=bytes(MAX_DATAGRAM))))
+        SEALER.seal(env(Blob(data=bytes(MAX_DATAGRAM))))
     # ... and the same envelope is fine on a stream.
-    big = CODEC.seal(env(Blob(data=bytes(MAX_DATAGRAM))), limit=MAX_STREAM_FRAME)
+    big = SEALER.seal(env(Blob(data=bytes(MAX_DATAGRAM))), limit=MAX_STREAM_FRAME)
     with pytest.raises(WireError, match="over the 1400-byte limit"):
-        CODEC.open(big)
-    assert CODEC.open(big, limit=MAX_STREAM_FRAME).message == Blob(data=bytes(MAX_DATAGRAM))
+        OPENER.open(big)
+    assert OPENER.open(big, limit=MAX_STREAM_FRAME).message == Blob(data=bytes(MAX_DATAGRAM))
 
 
 def raw_frame(type_id: int, payload: object, sender: bytes = SENDER, msg_id: int = 1) -> bytes:
@@ -170,30 +172,31 @@ def test_deep_nesting_is_rejected() -> None:
 
 
 def test_wrong_key_and_corruption_are_wire_errors() -> None:
-    sealed = CODEC.seal(env(Ping(host="10.0.0.1", port=7420)))
-    other = Codec(KeyRing(bytes([1]) * 32))
+    sealed = SEALER.seal(env(Ping(host="10.0.0.1", port=7420)))
+    other = codec(2, KeyRing(bytes([1]) * 32))
     with pytest.raises(WireError, match="key not in our key ring"):
         other.open(sealed)
     flipped = bytearray(sealed)
     flipped[-1] ^= 1
     with pytest.raises(WireError, match="cannot open"):
-        CODEC.open(bytes(flipped))
+        OPENER.open(bytes(flipped))
     with pytest.raises(WireError, match="truncated"):
-        CODEC.open(sealed[:10])
+        OPENER.open(sealed[:10])
     with pytest.raises(WireError, match="unsupported wire version 9"):
-        CODEC.open(b"\x09" + sealed[1:])
+        OPENER.open(b"\x09" + sealed[1:])
 
 
 def test_key_rotation_old_key_still_opens_new_key_seals() -> None:
     old, new = os.urandom(32), os.urandom(32)
-    before = Codec(KeyRing(old))
-    during = Codec(KeyRing(new, [old]))  # promoted new key, old still accepted
-    after = Codec(KeyRing(new))
+    before = codec(1, KeyRing(old))
+    during = codec(2, KeyRing(new, [old]))  # promoted new key, old still accepted
+    after = codec(3, KeyRing(new))
     e = env(Ping(host="10.0.0.1", port=7420))
+    e2 = dataclasses.replace(e, sender=nid(2))
     assert during.open(before.seal(e)) == e
-    assert after.open(during.seal(e)) == e
+    assert after.open(during.seal(e2)) == e2
     with pytest.raises(WireError):
-        before.open(during.seal(e))
+        before.open(during.seal(e2))
 
 
 def test_key_ring_limits() -> None:
@@ -231,11 +234,11 @@ def test_fuzz_decoder_only_raises_wire_error(case: object, sealed: bool) -> None
         data = case
     else:
         e, how = typing.cast(tuple[Any, Any], case)
-        frame = CODEC.seal(e, limit=MAX_STREAM_FRAME) if sealed else encode_frame(e)
+        frame = SEALER.seal(e, limit=MAX_STREAM_FRAME) if sealed else encode_frame(e)
         data = mutate(frame, how) if isinstance(how, list) else frame[:how]
     try:
         if sealed:
-            CODEC.open(data, limit=MAX_STREAM_FRAME)
+            OPENER.open(data, limit=MAX_STREAM_FRAME)
         else:
             decode_frame(data)
     except WireError:

@@ -50,6 +50,14 @@ def _metrics(
         "Peer messages dropped as malformed",
         lambda: driver.stats.malformed,
     )
+    auth = driver.codec.auth.stats
+    metrics.labelled(
+        "counter",
+        "hexamesh_frames_refused",
+        "Peer frames whose sender was not proven, by why (unproven, forged, replayed, stale)",
+        "reason",
+        lambda: {reason: float(n) for reason, n in auth.dropped().items()},
+    )
     metrics.counter(
         "hexamesh_updates_refused",
         "Membership news refused (an incarnation out of bounds, hearsay over the cap)",

@@ -60,6 +60,7 @@ from hexamesh.net.base import format_addr
 from hexamesh.net.driver import CoreDriver
 from hexamesh.net.rtt import Observation, RttSample
 from hexamesh.net.udp import open_udp_transport
+from hexamesh.peerauth import Authenticator
 from hexamesh.placement.service import Placements, run_swarmscale
 from hexamesh.placement.swarmscale import ScaleConfig, Swarmscale
 from hexamesh.serve.frontdoor import FrontDoor
@@ -149,7 +150,7 @@ async def _run_agent(
         driver = CoreDriver(
             mux,
             transport,
-            Codec(keyring),
+            Codec(keyring, Authenticator(identity)),
             node_id=identity.node_id,
             clock=wall_clock,
             faults=faults,

@@ -38,6 +38,7 @@ from hexamesh.net.base import format_addr, parse_addr
 from hexamesh.net.driver import CoreDriver
 from hexamesh.net.rtt import RttConfig, RttProbe, RttSample
 from hexamesh.net.udp import open_udp_transport
+from hexamesh.peerauth import Authenticator
 from hexamesh.wire import Codec, KeyRing
 
 
@@ -48,7 +49,9 @@ async def _ping(
     probe = RttProbe(identity.node_id, RttConfig(timeout=max(interval, 1.0)), Random())
     results: list[float | None] = []
     async with open_udp_transport("0.0.0.0", 0) as transport, trio.open_nursery() as nursery:
-        driver = CoreDriver(probe, transport, Codec(ring), node_id=identity.node_id)
+        driver = CoreDriver(
+            probe, transport, Codec(ring, Authenticator(identity)), node_id=identity.node_id
+        )
         samples = driver.subscribe(RttSample)
         await nursery.start(driver.run)
         timeout = max(interval, 1.0)

@@ -70,6 +70,7 @@ from hexamesh.identity import Identity, short_id
 from hexamesh.net.base import Addr, format_addr
 from hexamesh.net.driver import CoreDriver
 from hexamesh.net.udp import open_udp_transport
+from hexamesh.peerauth import Authenticator
 from hexamesh.wire import Codec, KeyRing
 
 __all__ = ["CELL_TTL", "ClaimError", "Honeycomb", "cell_key", "fetch_view"]
@@ -501,7 +502,9 @@ async def fetch_view(keyring: KeyRing, addr: Addr, timeout: float = VIEW_TIMEOUT
             time.time(),
             placed=False,
         )
-        driver = CoreDriver(comb, transport, Codec(keyring), node_id=identity.node_id)
+        driver = CoreDriver(
+            comb, transport, Codec(keyring, Authenticator(identity)), node_id=identity.node_id
+        )
         arrived = driver.subscribe(ViewArrived)
         await nursery.start(driver.run)
         msg_id = comb.request_view(addr, time.time())

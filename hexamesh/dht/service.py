@@ -29,6 +29,7 @@ from hexamesh.identity import Identity
 from hexamesh.net.base import Addr
 from hexamesh.net.driver import CoreDriver
 from hexamesh.net.udp import open_udp_transport
+from hexamesh.peerauth import Authenticator
 from hexamesh.wire import Codec, KeyRing
 
 __all__ = ["DHT_MESSAGES", "Dht", "DhtError", "load_contacts", "open_dht_node", "save_contacts"]
@@ -199,7 +200,13 @@ async def open_dht_node(
         bound = transport.local_address
         addr = ("127.0.0.1", bound[1]) if bound[0] in ("0.0.0.0", "") else bound
         core = DhtCore(identity, addr, config or DhtConfig(), Random(), clock())
-        driver = CoreDriver(core, transport, Codec(keyring), node_id=identity.node_id, clock=clock)
+        driver = CoreDriver(
+            core,
+            transport,
+            Codec(keyring, Authenticator(identity)),
+            node_id=identity.node_id,
+            clock=clock,
+        )
         await nursery.start(driver.run)
         dht = Dht(core, driver, clock=clock)
         await nursery.start(dht.run)

@@ -126,7 +126,7 @@ class CoreDriver:
         self._send_in, self._send_out = trio.open_memory_channel[tuple[Addr, bytes]](
             self.config.send_queue
         )
-        self._stream_in, self._stream_out = trio.open_memory_channel[tuple[Addr, bytes]](
+        self._stream_in, self._stream_out = trio.open_memory_channel[tuple[Addr, Envelope]](
             self.config.stream_queue
         )
         self._readers = trio.Semaphore(self.config.stream_readers)
@@ -218,7 +218,7 @@ class CoreDriver:
 
     def _handle(self, sender: Addr, data: bytes, limit: int) -> None:
         try:
-            env = self.codec.open(data, limit=limit)
+            env = self.codec.open(data, limit=limit, source=sender)
         except WireError as e:
             self.stats.malformed += 1
             self._warn_dropped(sender, e)
@@ -277,7 +277,7 @@ class CoreDriver:
             return
         for addr, env in out:
             try:
-                sealed = self.codec.seal(env, limit=MAX_STREAM_FRAME)
+                sealed = self.codec.seal(env, limit=MAX_STREAM_FRAME, to=addr)
             except EncodeError as e:
                 self.stats.oversize += 1
                 log.error("%s: cannot send to %s: %s", short_id(self.node_id), addr, e)
@@ -285,9 +285,14 @@ class CoreDriver:
             except Exception as e:  # a value the wire cannot carry (a counter past 2^64)
                 self._core_failed(e, f"sealing a {type(env.message).__name__}", type(env.message))
                 continue
-            queue = self._send_in if len(sealed) <= MAX_DATAGRAM else self._stream_in
             try:
-                queue.send_nowait((addr, sealed))
+                if len(sealed) <= MAX_DATAGRAM:
+                    self._send_in.send_nowait((addr, sealed))
+                else:
+                    # Sealed again when its stream opens, after its hello: a
+                    # proof's counter is the time of sealing, and a receiver
+                    # takes one far below the newest it has seen as a replay.
+                    self._stream_in.send_nowait((addr, env))
                 self.stats.sent += 1
             except trio.WouldBlock:
                 self.stats.send_dropped += 1
@@ -298,14 +303,16 @@ class CoreDriver:
 
     async def _stream_sender(self) -> None:
         port = self.transport.local_address[1]
-        async for addr, data in self._stream_out:
+        async for addr, env in self._stream_out:
             hello = Envelope(sender=self.node_id, msg_id=0, message=StreamHello(port=port))
             try:
                 with trio.fail_after(self.config.stream_timeout):
                     stream = await self.transport.open_stream(addr)
                     try:
-                        await stream.send_frame(self.codec.seal(hello))
-                        await stream.send_frame(data)
+                        await stream.send_frame(self.codec.seal(hello, to=addr))
+                        await stream.send_frame(
+                            self.codec.seal(env, limit=MAX_STREAM_FRAME, to=addr)
+                        )
                     finally:
                         await stream.aclose()
                 self.stats.streams_sent += 1

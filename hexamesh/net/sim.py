@@ -22,7 +22,10 @@ entries are skipped when popped.
 Envelopes are passed as objects (no encryption or encoding on the hot path);
 their sealed size is computed with the real codec when ``measure_bytes`` is on
 (the default), which also enforces the wire limits: a core that builds an
-envelope too large for any transport fails loudly in simulation. Envelopes
+envelope too large for any transport fails loudly in simulation. The proof of
+the sender (``peerauth``) is stood in for: an envelope's sender is its host's
+(the simulator is no adversary), and its size is counted as on the wire, a MAC
+to a host heard from in the last ``PAIRED_FOR``, else a signature. Envelopes
 over one datagram travel as a stream would: reliably (no loss), after the
 latency plus the transfer time at ``stream_bandwidth``.
 
@@ -47,7 +50,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hexamesh.net.base import Addr, Core
+from hexamesh.peerauth import PAIRED_FOR, Proof, auth_overhead
 from hexamesh.wire import MAX_DATAGRAM, MAX_STREAM_FRAME, Codec, EncodeError, Envelope
+
+_SIGNED_EXTRA = auth_overhead(Proof.SIGNED) - auth_overhead(Proof.PAIRED)
 
 __all__ = [
     "ConstantLatency",
@@ -139,6 +145,7 @@ class SimHost:
         "factory",
         "generation",
         "group",
+        "heard_from",
         "index",
         "position",
         "recv_bytes",
@@ -173,6 +180,7 @@ class SimHost:
         self.recv_msgs = 0
         self.recv_bytes = 0
         self.dropped_msgs = 0  # sent by this host and lost on the way
+        self.heard_from: dict[Addr, float] = {}  # host -> when it last reached us (sizes)
         self.core: Core = factory(self)
 
     def __repr__(self) -> str:
@@ -348,8 +356,10 @@ class SimNetwork:
                 # few bytes a msg_id's varint may differ), so encode it once.
                 size = self._sized_bytes
             else:
-                size = Codec.sealed_size(env)
+                size = Codec.sealed_size(env, Proof.PAIRED)
                 self._sized_message, self._sized_bytes = env.message, size
+            if self.now - src.heard_from.get(dst_addr, -math.inf) > PAIRED_FOR:
+                size += _SIGNED_EXTRA  # a first contact: signed, not MACed
             if size > MAX_STREAM_FRAME:
                 raise EncodeError(f"{type(env.message).__name__} is {size} bytes sealed")
         src.sent_msgs += 1
@@ -423,6 +433,8 @@ class SimNetwork:
                     continue
                 dst.recv_msgs += 1
                 dst.recv_bytes += event[6]
+                if self.measure_bytes:
+                    dst.heard_from[src_addr] = self.now
                 self.delivered += 1
                 dst.core.receive(event[5], src_addr, self.now)
                 self._touch(dst)

@@ -30,6 +30,7 @@ from hexamesh.net.base import Addr
 from hexamesh.net.driver import CoreDriver
 from hexamesh.net.memory import MemoryNetwork, open_memory_network
 from hexamesh.net.mux import Mux
+from hexamesh.peerauth import Authenticator
 from hexamesh.wire import Codec, Envelope, KeyRing
 
 RING = KeyRing(bytes(range(32)))
@@ -45,7 +46,13 @@ async def start_node(nursery: trio.Nursery, net: MemoryNetwork, i: int) -> Honey
     mux = Mux()
     mux.add(dht_core, *DHT_MESSAGES)
     mux.add(comb, *COMB_MESSAGES)
-    driver = CoreDriver(mux, net.endpoint(addr), Codec(RING), node_id=identity.node_id, clock=clock)
+    driver = CoreDriver(
+        mux,
+        net.endpoint(addr),
+        Codec(RING, Authenticator(identity)),
+        node_id=identity.node_id,
+        clock=clock,
+    )
     await nursery.start(driver.run)
     dht = Dht(dht_core, driver, clock=clock)
     await nursery.start(dht.run)

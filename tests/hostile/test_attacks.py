@@ -34,17 +34,14 @@ from hexamesh.placement.vote import ElectionState, PlacementConfig, Scouting
 from hexamesh.serve import relay
 from hexamesh.serve.jobs import Jobs, JobStore
 from hexamesh.serve.view import CombView
-from hexamesh.wire import Codec, Envelope, KeyRing
+from hexamesh.wire import Envelope, KeyRing
 from simulations.hostile import BROKEN_ANSWERS
+from tests.helpers import codec
+from tests.helpers import nid as node_id
 from tests.serve.fake_upstream import Behaviour
 from tests.serve.swarm import MODEL, entry_first_spare, start_door
 
-CODEC = Codec(KeyRing(bytes(32)))
 A, B = ("10.0.0.1", 7420), ("10.0.0.2", 7420)
-
-
-def node_id(n: int) -> bytes:
-    return bytes([n]) * 20
 
 
 # -- outsiders ---------------------------------------------------------------------
@@ -64,8 +61,8 @@ async def test_1_a_silent_connection_to_the_peer_port_is_closed_and_the_agent_go
         ):
             a = RttProbe(node_id(1), RttConfig(), random.Random(1))
             b = RttProbe(node_id(2), RttConfig(), random.Random(2))
-            await nursery.start(CoreDriver(a, ta, CODEC, node_id=node_id(1)).run)
-            db = CoreDriver(b, tb, CODEC, node_id=node_id(2))
+            await nursery.start(CoreDriver(a, ta, codec(1), node_id=node_id(1)).run)
+            db = CoreDriver(b, tb, codec(2), node_id=node_id(2))
             await nursery.start(db.run)
             silent = await trio.open_tcp_stream(*ta.local_address)  # says nothing
             while ta.stats.silent < 1:
@@ -160,7 +157,7 @@ async def test_5_junk_from_many_sources_warns_once_a_minute_in_all(
     """One warning per junk datagram per (spoofable) source address flooded the log."""
     async with open_memory_network(random.Random(1)) as net, trio.open_nursery() as nursery:
         core = RttProbe(node_id(2), RttConfig(), random.Random(2))
-        driver = CoreDriver(core, net.endpoint(B), CODEC, node_id=node_id(2))
+        driver = CoreDriver(core, net.endpoint(B), codec(2), node_id=node_id(2))
         await nursery.start(driver.run)
         for i in range(200):
             await net.endpoint((f"10.1.{i // 250}.{i % 250}", 7420)).send(B, b"junk %d" % i)
@@ -223,12 +220,12 @@ async def test_6_a_message_that_cannot_be_sealed_is_dropped_and_counted(
     async with open_memory_network(random.Random(1)) as net, trio.open_nursery() as nursery:
         faults = Faults()
         core = Overflowing(node_id(2), RttConfig(), random.Random(2))
-        driver = CoreDriver(core, net.endpoint(B), CODEC, node_id=node_id(2), faults=faults)
+        driver = CoreDriver(core, net.endpoint(B), codec(2), node_id=node_id(2), faults=faults)
         await nursery.start(driver.run)
         ping = Envelope(sender=node_id(1), msg_id=5, message=Ping(host=B[0], port=B[1]))
-        peer = net.endpoint(A)
+        peer, one = net.endpoint(A), codec(1)
         for _ in range(3):
-            await peer.send(B, CODEC.seal(ping))
+            await peer.send(B, one.seal(ping))
         await trio.sleep(1)
         assert driver.stats.received == 3 and faults.counts[Component.NET] == 3
         nursery.cancel_scope.cancel()

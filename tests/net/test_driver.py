@@ -9,21 +9,17 @@ import trio.testing
 from hexamesh.net.driver import CoreDriver, StreamHello
 from hexamesh.net.memory import MemoryNetwork, open_memory_network
 from hexamesh.net.rtt import RttConfig, RttProbe, RttSample
-from hexamesh.wire import MAX_DATAGRAM, Codec, Envelope, KeyRing
-from tests.helpers import Blob, RecordingCore, Stepped
+from hexamesh.wire import MAX_DATAGRAM, Envelope, KeyRing
+from tests.helpers import Blob, RecordingCore, Stepped, codec
+from tests.helpers import nid as node_id
 
 A, B = ("10.0.0.1", 7420), ("10.0.0.2", 7420)
-CODEC = Codec(KeyRing(bytes(32)))
-
-
-def node_id(n: int) -> bytes:
-    return bytes([n]) * 20
 
 
 async def start(
     nursery: trio.Nursery, net: MemoryNetwork, addr: tuple[str, int], core: object, n: int
 ) -> CoreDriver:
-    driver = CoreDriver(core, net.endpoint(addr), CODEC, node_id=node_id(n))  # type: ignore[arg-type]
+    driver = CoreDriver(core, net.endpoint(addr), codec(n), node_id=node_id(n))  # type: ignore[arg-type]
     await nursery.start(driver.run)
     return driver
 
@@ -61,15 +57,16 @@ async def test_bad_datagrams_are_dropped_and_counted(
         core = RecordingCore()
         driver = await start(nursery, net, B, core, 2)
         attacker = net.endpoint(A)
-        other_swarm = Codec(KeyRing(bytes([9]) * 32))
+        other_swarm = codec(1, KeyRing(bytes([9]) * 32))
+        one = codec(1)
         good = Envelope(sender=node_id(1), msg_id=7, message=Blob(data=b"hi"))
         await attacker.send(B, b"garbage")
         await attacker.send(B, other_swarm.seal(good))
         await attacker.send(B, bytes(MAX_DATAGRAM + 1))
         await attacker.send(
-            B, CODEC.seal(Envelope(sender=node_id(1), msg_id=0, message=StreamHello(port=1)))
+            B, one.seal(Envelope(sender=node_id(1), msg_id=0, message=StreamHello(port=1)))
         )
-        await attacker.send(B, CODEC.seal(good))
+        await attacker.send(B, one.seal(good))
         await trio.sleep(1)
         assert [env for env, _, _ in core.received] == [good]
         assert core.received[0][1] == A
@@ -115,7 +112,7 @@ async def test_a_stream_without_hello_or_that_stalls_is_closed(
         rogue = net.endpoint(A)
         s1 = await rogue.open_stream(B)
         await s1.send_frame(
-            CODEC.seal(Envelope(sender=node_id(1), msg_id=1, message=Blob(data=b"x")))
+            codec(1).seal(Envelope(sender=node_id(1), msg_id=1, message=Blob(data=b"x")))
         )
         s2 = await rogue.open_stream(B)  # says nothing: times out
         await trio.sleep(10)
@@ -155,10 +152,10 @@ async def test_a_core_bug_is_logged_and_counted_not_fatal(
     async with open_memory_network(random.Random(1)) as net, trio.open_nursery() as nursery:
         core = ExplodingCore()
         driver = await start(nursery, net, B, core, 2)
-        peer = net.endpoint(A)
+        peer, one = net.endpoint(A), codec(1)
         for i in range(3):
             await peer.send(
-                B, CODEC.seal(Envelope(sender=node_id(1), msg_id=i, message=Blob(data=b"")))
+                B, one.seal(Envelope(sender=node_id(1), msg_id=i, message=Blob(data=b"")))
             )
         await trio.sleep(1)
         assert len(core.received) == 3 and driver.stats.core_errors == 3
@@ -195,7 +192,7 @@ async def test_events_reach_their_subscriber_after_every_step(
             assert await steps.receive() == Stepped("timer", t0 + 1.0)
         sender = net.endpoint(A)
         await sender.send(
-            B, CODEC.seal(Envelope(sender=node_id(1), msg_id=1, message=Blob(data=b"x")))
+            B, codec(1).seal(Envelope(sender=node_id(1), msg_id=1, message=Blob(data=b"x")))
         )
         with trio.fail_after(1):
             assert (await steps.receive()).what == "receive"
@@ -235,7 +232,7 @@ async def test_full_send_queue_drops_and_counts(autojump_clock: trio.testing.Moc
     async with open_memory_network(random.Random(1)) as net, trio.open_nursery() as nursery:
         core = RecordingCore()
         driver = CoreDriver(
-            core, net.endpoint(A), CODEC, node_id=node_id(1), config=DriverConfig(send_queue=4)
+            core, net.endpoint(A), codec(1), node_id=node_id(1), config=DriverConfig(send_queue=4)
         )
         await nursery.start(driver.run)
         for i in range(10):

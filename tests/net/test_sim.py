@@ -13,6 +13,7 @@ from hexamesh.net.sim import (
     SimNetwork,
     UniformLatency,
 )
+from hexamesh.peerauth import Proof
 from hexamesh.wire import MAX_STREAM_FRAME, Codec, EncodeError, Envelope
 from tests.helpers import Blob, RecordingCore
 
@@ -184,7 +185,7 @@ def test_thaw_resumes_the_same_core_its_overdue_timer_fires_at_once() -> None:
 def test_a_frozen_host_gets_what_its_socket_buffer_held_before_its_overdue_timer() -> None:
     net = SimNetwork()
     sender, frozen = sleeper(net)
-    size = Codec.sealed_size(blob(b"0"))
+    size = Codec.sealed_size(blob(b"0"), Proof.SIGNED)  # it never heard the frozen one
     room = 3 * (size + SKB_OVERHEAD)  # three datagrams fit
     net.freeze(addr(1), buffer=room)
     for i in range(5):

@@ -8,10 +8,8 @@ import trio
 from hexamesh.net.driver import CoreDriver
 from hexamesh.net.rtt import RttConfig, RttProbe
 from hexamesh.net.udp import ip_family, open_udp_transport
-from hexamesh.wire import Codec, Envelope, KeyRing
-from tests.helpers import Blob, RecordingCore
-
-CODEC = Codec(KeyRing(bytes(32)))
+from hexamesh.wire import Envelope
+from tests.helpers import Blob, RecordingCore, codec, nid
 
 
 async def test_udp_and_tcp_share_one_port_and_frames_round_trip() -> None:
@@ -37,17 +35,17 @@ async def test_drivers_ping_and_stream_over_loopback() -> None:
             open_udp_transport("127.0.0.1", 0) as tc,
             trio.open_nursery() as nursery,
         ):
-            a = RttProbe(bytes([1]) * 20, RttConfig(), random.Random(1))
-            b = RttProbe(bytes([2]) * 20, RttConfig(), random.Random(2))
+            a = RttProbe(nid(1), RttConfig(), random.Random(1))
+            b = RttProbe(nid(2), RttConfig(), random.Random(2))
             c = RecordingCore()
-            da = CoreDriver(a, ta, CODEC, node_id=bytes([1]) * 20)
-            db = CoreDriver(b, tb, CODEC, node_id=bytes([2]) * 20)
-            dc = CoreDriver(c, tc, CODEC, node_id=bytes([3]) * 20)
+            da = CoreDriver(a, ta, codec(1), node_id=nid(1))
+            db = CoreDriver(b, tb, codec(2), node_id=nid(2))
+            dc = CoreDriver(c, tc, codec(3), node_id=nid(3))
             for driver in (da, db, dc):
                 await nursery.start(driver.run)
             a.ping(tb.local_address, trio.current_time())
             da.poke()
-            big = Envelope(sender=bytes([3]) * 20, msg_id=9, message=Blob(data=bytes(30_000)))
+            big = Envelope(sender=nid(3), msg_id=9, message=Blob(data=bytes(30_000)))
             c.send(ta.local_address, big)
             dc.poke()
             while a.srtt(tb.local_address) is None or da.stats.received < 2:
