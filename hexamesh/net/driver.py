@@ -202,14 +202,15 @@ class CoreDriver:
             self._unwarned += 1
             log.debug("%s: dropped frame from %s: %s", short_id(self.node_id), sender, error)
             return
-        more = f"; {self._unwarned} more since the last warning" if self._unwarned else ""
+        more = f"{self._unwarned} more since the last warning" if self._unwarned else ""
+        hint = "another swarm's key?" if "key not in our key ring" in str(error) else ""
         self._warned_at, self._unwarned = now, 0
         log.warning(
-            "%s: dropped a frame from %s: %s (another swarm's key?%s)",
+            "%s: dropped a frame from %s: %s%s",
             short_id(self.node_id),
             sender,
             error,
-            more,
+            f" ({'; '.join(x for x in (hint, more) if x)})" if hint or more else "",
         )
 
     def _core_failed(self, error: Exception, what: str, kind: type[Message] | None = None) -> None:

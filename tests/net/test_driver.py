@@ -60,17 +60,19 @@ async def test_bad_datagrams_are_dropped_and_counted(
         other_swarm = codec(1, KeyRing(bytes([9]) * 32))
         one = codec(1)
         good = Envelope(sender=node_id(1), msg_id=7, message=Blob(data=b"hi"))
-        await attacker.send(B, b"garbage")
         await attacker.send(B, other_swarm.seal(good))
+        await attacker.send(B, b"garbage")
         await attacker.send(B, bytes(MAX_DATAGRAM + 1))
         await attacker.send(
             B, one.seal(Envelope(sender=node_id(1), msg_id=0, message=StreamHello(port=1)))
         )
+        as_three = Envelope(sender=node_id(3), msg_id=8, message=Blob(data=b"hi"))
+        await attacker.send(B, one.seal(as_three))  # node 1 speaking as node 3
         await attacker.send(B, one.seal(good))
         await trio.sleep(1)
         assert [env for env, _, _ in core.received] == [good]
         assert core.received[0][1] == A
-        assert driver.stats.malformed == 4 and driver.stats.received == 1
+        assert driver.stats.malformed == 5 and driver.stats.received == 1
         # the operator hears of it (a wrong swarm key), once a minute per sender
         warned = [r for r in caplog.records if r.levelname == "WARNING"]
         assert len(warned) == 1 and "another swarm's key" in warned[0].getMessage()
