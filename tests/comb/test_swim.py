@@ -686,14 +686,7 @@ def test_a_push_pull_mends_what_is_held_and_teaches_no_stranger() -> None:
     from hexamesh.comb.swim import SYNC_ANSWER, Sync
 
     c = lone(0, [1, 2])  # holds 1..19; 30 is a stranger
-    stranger = MemberUpdate(
-        node=node_id(30),
-        host="10.0.0.30",
-        port=7420,
-        incarnation=0,
-        state=MemberState.DEAD,
-        by=node_id(1),
-    )
+    stranger = verdict(30, by=1)
     answer = Sync(updates=(verdict(8, by=1), stranger), step=SYNC_ANSWER, fingerprint=1)
     c.receive(Envelope(sender=node_id(1), msg_id=5, message=answer), addr(1), 5.0)
     c.handle_timer(6.0)  # a flood round, if there is anything to flood
