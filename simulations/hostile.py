@@ -57,8 +57,10 @@ from hexamesh.dht.messages import Store
 from hexamesh.dht.records import sign_record
 from hexamesh.dht.service import open_dht_node
 from hexamesh.identity import Identity
+from hexamesh.limits import AUTH_PEERS
 from hexamesh.net.base import parse_addr
 from hexamesh.net.driver import StreamHello
+from hexamesh.net.rtt import Ping
 from hexamesh.peerauth import Authenticator
 from hexamesh.placement.messages import Ballot, Proposal, Scout
 from hexamesh.swarmkey import load_key_file
@@ -481,6 +483,32 @@ def dht_flood(t: Target, tally: Tally) -> None:
             time.sleep(0.05)
 
 
+def many_keys(t: Target, tally: Tally) -> None:
+    """A key holder with a fresh node key per frame, each from its own socket
+    (the agent keeps a pair key and a replay window per key, and a key per
+    address: AUTH_PEERS of each); then one frame replayed, and frames in the
+    target's own name (both refused)."""
+    ping = Ping(host=t.addr[0], port=t.addr[1])
+    for _ in range(AUTH_PEERS + 256):
+        key = Identity.generate()
+        data = Codec(t.ring, Authenticator(key)).seal(
+            Envelope(sender=key.node_id, msg_id=1, message=ping)
+        )
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(data, t.addr)
+        tally.tried += 1
+    captured = t.codec(t.attacker).seal(
+        Envelope(sender=t.attacker.node_id, msg_id=2, message=ping), to=t.addr
+    )
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _ in range(3):
+            s.sendto(captured, t.addr)
+            tally.tried += 1
+    for _ in range(10):
+        t.send(ping, claim=t.node)
+        tally.tried += 1
+
+
 def log_forgery(t: Target, tally: Tally) -> None:
     """11: a model name with a newline."""
     forged = "x\nINFO hexamesh.agent: forged line"
@@ -505,6 +533,7 @@ ATTACKS: list[tuple[str, Attack]] = [
     ("10 forged members", forged_members),
     ("11 log forgery", log_forgery),
     ("DHT store flood", dht_flood),
+    ("many keys, replays, frames in its name", many_keys),
 ]
 
 

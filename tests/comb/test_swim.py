@@ -698,6 +698,21 @@ def test_a_push_pull_mends_what_is_held_and_teaches_no_stranger() -> None:
     assert c.state_of(node_id(30)) is MemberState.DEAD  # the flood still brings it
 
 
+def test_a_refutation_is_passed_on_by_a_node_that_never_doubted_it() -> None:
+    """After a partition heals, the side that held a node dead may hear its
+    refutation only through the side that never doubted it. When those nodes
+    passed on only news that changed what they held, the refutation stopped
+    there and the dead were corrected by push-pulls and reconnects: views
+    held live nodes dead for 30 s after the heal, not 5 s (400 nodes)."""
+    c = lone(0, [1, 2])  # holds 8 alive, incarnation 0, and never doubted it
+    back = replace(news_of(8, 8, MemberState.ALIVE), incarnation=1)
+    c.receive(gossip_from(1, back), addr(1), 5.0)
+    c.handle_timer(6.0)  # a flood round
+    flooded = [(to, u) for to, e in c.outbox() for u in getattr(e.message, "updates", ())]
+    assert (addr(2), back) in flooded  # on to the link that did not tell us
+    assert c.events() == []  # nothing changed here: no event
+
+
 def test_a_dead_link_is_kept_until_the_comb_relinks() -> None:
     cfg = SwimConfig()
     swim = _lonely(cfg)

@@ -360,7 +360,10 @@ class Membership:
         member.confirmers = _NOBODY
         if changed:
             self._emit(member, now)
-            self._broadcast(u, now, sender)  # undo the news
+        # A refutation or a return goes round even where nothing changes: the
+        # nodes that held it dead may be reached only through us (after a
+        # partition, through the side that never doubted it).
+        self._broadcast(u, now, sender)
 
     def _news_suspect(self, member: _Member, u: MemberUpdate, sender: bytes, now: float) -> None:
         """Suspect beats alive at the same incarnation; another accuser confirms."""
