@@ -165,8 +165,8 @@ class Authenticator:
         head_counter = counter.to_bytes(_COUNTER_BYTES, "big")
         known = self._at.get(to) if to is not None else None
         if known is not None and now - known[1] <= PAIRED_FOR:
-            peer = self._peer(known[0])
-            if peer.key_out is not None:
+            peer = self._peers.get(known[0])
+            if peer is not None and peer.key_out is not None:
                 self.stats.paired_sent += 1
                 head = bytes((Proof.PAIRED,)) + self.identity.public_key + head_counter
                 return head + self._mac(peer.key_out, head[0:1], head_counter, frame) + frame
@@ -194,7 +194,9 @@ class Authenticator:
         if public == self.identity.public_key:
             self.stats.forged += 1
             raise AuthError("a frame in our own name")
-        peer = self._peer(public)
+        # Kept (and its window moved) only once the proof holds: a false one
+        # must not push a real peer's replay window out of the LRU.
+        peer = self._peers.get(public) or _Peer(public=public, node_id=node_id_for(public))
         try:
             if proof is Proof.SIGNED:
                 ok = verify(public, tag, data[0:1] + head_counter + frame)
@@ -208,17 +210,19 @@ class Authenticator:
         if not ok:
             self.stats.forged += 1
             raise AuthError(f"false {proof.name.lower()} proof")
-        self._check_counter(peer, int.from_bytes(head_counter, "big"))
+        self._remember(peer)
+        now = self._clock()
+        self._check_counter(peer, int.from_bytes(head_counter, "big"), now)
         self.stats.accepted += 1
         if source is not None:
-            self._at[source] = (public, self._clock())
+            self._at[source] = (public, now)
             self._at.move_to_end(source)
             if len(self._at) > AUTH_PEERS:
                 self._at.popitem(last=False)
         return peer.node_id, frame
 
-    def _check_counter(self, peer: _Peer, counter: int) -> None:
-        now_us = self._clock() * 1e6
+    def _check_counter(self, peer: _Peer, counter: int, now: float) -> None:
+        now_us = now * 1e6
         if abs(counter - now_us) > MAX_CLOCK_SKEW * 1e6:
             self.stats.stale += 1
             raise AuthError(
@@ -243,17 +247,12 @@ class Authenticator:
 
     # -- keys ------------------------------------------------------------------
 
-    def _peer(self, public: bytes) -> _Peer:
-        """Our state for the sender with this key (new if need be)."""
-        peer = self._peers.get(public)
-        if peer is not None:
-            self._peers.move_to_end(public)
-            return peer
-        peer = _Peer(public=public, node_id=node_id_for(public))
-        self._peers[public] = peer
+    def _remember(self, peer: _Peer) -> None:
+        """Keep ``peer`` (whose proof held) as the most recently used."""
+        self._peers[peer.public] = peer
+        self._peers.move_to_end(peer.public)
         if len(self._peers) > AUTH_PEERS:
             self._peers.popitem(last=False)
-        return peer
 
     def _keys(self, peer: _Peer) -> tuple[bytes, bytes]:
         """(its key to us, ours to it), agreed once per peer; AuthError for a

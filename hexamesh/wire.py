@@ -94,6 +94,7 @@ __all__ = [
     "MaxLen",
     "Message",
     "Struct",
+    "UnknownKeyError",
     "WireError",
     "decode_frame",
     "encode_frame",
@@ -128,6 +129,10 @@ _INT_MAX = (1 << 64) - 1
 
 class WireError(Exception):
     """Bytes from a peer that we cannot accept. The driver drops and counts them."""
+
+
+class UnknownKeyError(WireError):
+    """A frame no key of our ring opens: most often another swarm's key."""
 
 
 class EncodeError(ValueError):
@@ -509,7 +514,7 @@ class KeyRing:
                 return aead.decrypt(nonce, body, header)
             except InvalidTag:
                 continue
-        raise WireError("cannot open: corrupted, or sealed under a key not in our key ring")
+        raise UnknownKeyError("cannot open: corrupted, or sealed under a key not in our key ring")
 
 
 _HEADER = bytes([WIRE_VERSION])

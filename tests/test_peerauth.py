@@ -184,3 +184,19 @@ def test_frames_without_a_proof_are_refused() -> None:
     other_swarm = Codec(KeyRing(bytes([5]) * 32), Authenticator(identity(1)))
     with pytest.raises(WireError, match="key not in our key ring"):
         two.open(other_swarm.seal(ping(1), to=AT_2), source=AT_1)
+
+
+def test_a_false_proof_takes_no_place_in_the_peers_kept() -> None:
+    """Only a sender whose proof held is kept (an LRU of AUTH_PEERS): frames
+    with false proofs must not push real peers' replay windows out."""
+    one, two = node(1), node(2)
+    two.open(one.seal(ping(1), to=AT_2), source=AT_1)
+    mallory = node(7)
+    for to in (AT_2, None):  # (to AT_2 after 2 spoke to it: a MAC; else signed)
+        if to is not None:
+            mallory.open(two.seal(ping(2), to=AT_3), source=AT_2)
+        inside = bytearray(RING.open(mallory.seal(ping(7), to=to)))
+        inside[-1] ^= 1
+        with pytest.raises(WireError, match="false"):
+            two.open(RING.seal(bytes(inside), b"\x02"), source=AT_3)
+    assert list(two.auth._peers) == [identity(1).public_key]

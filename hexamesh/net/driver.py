@@ -51,6 +51,7 @@ from hexamesh.wire import (
     EncodeError,
     Envelope,
     Message,
+    UnknownKeyError,
     WireError,
     message,
 )
@@ -203,7 +204,7 @@ class CoreDriver:
             log.debug("%s: dropped frame from %s: %s", short_id(self.node_id), sender, error)
             return
         more = f"{self._unwarned} more since the last warning" if self._unwarned else ""
-        hint = "another swarm's key?" if "key not in our key ring" in str(error) else ""
+        hint = "another swarm's key?" if isinstance(error, UnknownKeyError) else ""
         self._warned_at, self._unwarned = now, 0
         log.warning(
             "%s: dropped a frame from %s: %s%s",
