@@ -31,6 +31,7 @@ CONNECTIONS_PER_SOURCE = 128
 # Accepted frame streams (large peer messages) waiting for a reader; more are refused.
 STREAM_BACKLOG = 16
 SNIFF_TIMEOUT = 5.0  # s for a new peer-port connection to send its first bytes
+HANDSHAKE_TIMEOUT = 3.0  # s for a peer channel's whole handshake, either side: one LAN round trip
 ACCEPT_BACKOFF = 0.1  # s an accept loop waits when out of descriptors (as trio's serve_listeners)
 
 # -- HTTP requests (both ports) -------------------------------------------------

@@ -16,6 +16,10 @@ machines are noisy, so ratios are what to compare across runs):
   of the same bytes; and the proof of the sender alone, both ends: ``auth_us``
   (a MAC with the pair's key, every frame once two nodes have spoken) and
   ``auth_signed_us`` (an Ed25519 signature, a first contact).
+* the peer channel (forwards): ``channel_handshake_us``, a whole Noise
+  handshake, both ends; ``channel_record_us``, sealing and opening one
+  200-byte record (a streamed token's chunk), both ends, against raw
+  ChaCha20-Poly1305 of the same bytes (``channel_record_vs_raw_aead``).
 * codec: ``encode_frame`` + ``decode_frame`` (with schema validation), against
   raw ``msgpack.packb`` + ``unpackb`` of the same structure.
 
@@ -39,6 +43,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from hexamesh.identity import Identity
 from hexamesh.net.base import Addr
+from hexamesh.net.noise import Initiator, Responder, Session
 from hexamesh.net.sim import SimHost, SimNetwork, UniformLatency
 from hexamesh.peerauth import Authenticator
 from hexamesh.wire import (
@@ -200,6 +205,30 @@ def bench_wire(iterations: int) -> dict[str, float]:
     }
 
 
+def bench_channel(iterations: int) -> dict[str, float]:
+    alice, bob = Identity.generate(), Identity.generate()
+    swarm = os.urandom(32)
+
+    def handshake() -> tuple[Session, Session]:
+        initiator = Initiator(alice, swarm, bob.node_id)
+        responder = Responder(bob, (swarm,))
+        third, mine = initiator.third(responder.second(initiator.first()))
+        return mine, responder.finish(third)
+
+    a, b = handshake()
+    chunk = os.urandom(200)
+    aead = ChaCha20Poly1305(os.urandom(32))
+    nonce = os.urandom(12)
+    ct = aead.encrypt(nonce, chunk, None)
+    return {
+        "channel_handshake_us": _per_call_us(handshake, max(iterations // 100, 20)),
+        "channel_record_us": _per_call_us(lambda: b.opener.open(a.sealer.seal(chunk)), iterations),
+        "raw_record_aead_us": _per_call_us(
+            lambda: (aead.encrypt(nonce, chunk, None), aead.decrypt(nonce, ct, None)), iterations
+        ),
+    }
+
+
 def _commit() -> str:
     try:
         return subprocess.run(
@@ -223,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     plain = bench_sim(args.nodes, args.messages, measure_bytes=False)
     sized = bench_sim(args.nodes, max(args.messages // 10, 1000), measure_bytes=True)
     wire = bench_wire(args.iterations)
+    channel = bench_channel(args.iterations)
     result = {
         "benchmark": "netbench",
         "commit": _commit(),
@@ -240,6 +270,11 @@ def main(argv: list[str] | None = None) -> int:
         "seal_vs_raw_aead": round(wire["seal_open_us"] / wire["raw_aead_us"], 2),
         "auth_us": round(wire["auth_us"], 2),
         "auth_signed_us": round(wire["auth_signed_us"], 2),
+        "channel_handshake_us": round(channel["channel_handshake_us"], 1),
+        "channel_record_us": round(channel["channel_record_us"], 2),
+        "channel_record_vs_raw_aead": round(
+            channel["channel_record_us"] / channel["raw_record_aead_us"], 2
+        ),
         "codec_us": round(wire["codec_us"], 2),
         "raw_msgpack_us": round(wire["raw_msgpack_us"], 2),
         "codec_vs_raw_msgpack": round(wire["codec_us"] / wire["raw_msgpack_us"], 2),

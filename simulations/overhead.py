@@ -25,6 +25,9 @@ both levels and per level.
 Time to first token added: ``--ttft-pairs`` single short requests on the idle
 swarm, direct and mesh back to back, the difference taken per pair (p50/p99,
 ms). ``ttft_added_ms_p50_c16`` pairs the sorted TTFTs of the c16 runs instead.
+``encrypted``: A's forwards reached B in the peer channel (Noise handshake,
+ChaCha20-Poly1305 records; plain HTTP is refused on the peer port), read
+from B's count of channels accepted (``peer_channels``).
 The last line is one JSON object.
 """
 
@@ -34,6 +37,7 @@ import argparse
 import contextlib
 import os
 import tempfile
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +103,11 @@ def main() -> None:
             )
             result = trio.run(_measure, direct, mesh, local, a.proc.pid, args)
             result["engine_isolated"] = isolated
+            # forwards reach B only in the peer channel (plain HTTP is refused there):
+            # B's count of channels accepted says A's forwards used it
+            accepted = _metric(local, "hexamesh_peer_channels_accepted_total")
+            result["encrypted"] = accepted > 0
+            result["peer_channels"] = accepted
         finally:
             for agent in agents:
                 agent.stop(grace=30)
@@ -106,6 +115,15 @@ def main() -> None:
 
 
 ENGINE_PREFIX = "VLLM::"  # vLLM's engine processes' names: VLLM::EngineCore, VLLM::Worker
+
+
+def _metric(base: str, name: str) -> float:
+    """One sample of an agent's /metrics (0 if absent)."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return 0.0
 
 
 def _descendants(pid: int) -> list[int]:

@@ -67,7 +67,8 @@ trio.run(main)
 DOOR = """
 import sys, trio
 from hexamesh.serve.frontdoor import FrontDoor
-from hexamesh.serve.peerauth import PeerSigner
+from hexamesh.identity import Identity
+from hexamesh.net.channel import ChannelKeys
 from hexamesh.serve.router import Candidate
 from hexamesh.wire import KeyRing
 class View:
@@ -79,7 +80,8 @@ class View:
     def local_url(self, model): return "http://127.0.0.1:" + sys.argv[1]
     def models(self): return {"tiny": {self.node}}
 async def main():
-    front = FrontDoor(view=View(), signer=PeerSigner(KeyRing.generate(), b"r" * 20), address="bench")
+    keys = ChannelKeys(Identity.generate(), KeyRing.generate())
+    front = FrontDoor(view=View(), keys=keys, address="bench")
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     print(listeners[0].socket.getsockname()[1], flush=True)
     await trio.serve_listeners(front.serve_connection, listeners)

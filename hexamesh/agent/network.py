@@ -207,8 +207,9 @@ async def _join_dht(dht: Dht, seeds: list[Addr], known: list[Contact]) -> None:
 async def _peer_http(
     front: FrontDoor, stream: trio.SocketStream, first: bytes, ticket: object
 ) -> None:
-    """An HTTP connection on the peer port (a peer's signed forward)."""
-    await front.serve_connection(stream, first, peer=True, ticket=ticket)  # type: ignore[arg-type]
+    """A connection on the peer port that is not a frame stream: a peer's
+    channel (a forward), or plain HTTP (refused)."""
+    await front.serve_peer(stream, first, ticket=ticket)  # type: ignore[arg-type]
 
 
 async def _cut_requests_to_the_dead(

@@ -57,6 +57,7 @@ from hexamesh.engine.supervisor import (
 from hexamesh.faults import Faults
 from hexamesh.limits import MAX_INCARNATION
 from hexamesh.net.base import format_addr
+from hexamesh.net.channel import ChannelKeys
 from hexamesh.net.driver import CoreDriver
 from hexamesh.net.rtt import Observation, RttSample
 from hexamesh.net.udp import open_udp_transport
@@ -65,7 +66,7 @@ from hexamesh.placement.service import Placements, run_swarmscale
 from hexamesh.placement.swarmscale import ScaleConfig, Swarmscale
 from hexamesh.serve.frontdoor import FrontDoor
 from hexamesh.serve.jobs import DhtJobs, Jobs, JobStore
-from hexamesh.serve.peerauth import PeerSigner
+from hexamesh.serve.jobseal import JobSeal
 from hexamesh.serve.view import CombView
 from hexamesh.services import Services
 from hexamesh.swarmkey import (
@@ -217,10 +218,10 @@ async def _run_agent(
                     nursery.start_soon(partial(services.run, "swarmscale", swarmscale))
             view = CombView(honeycomb, engine, trio.current_time())
             await nursery.start(services.run, "view", view.run)
-            jobs_dht = DhtJobs(dht, honeycomb.is_dead)
+            jobs_dht = DhtJobs(dht, honeycomb.is_dead, JobSeal(keyring))
             front = FrontDoor(
                 view=view,
-                signer=PeerSigner(keyring, identity.node_id),
+                keys=ChannelKeys(identity, keyring),
                 address=status.address,
                 api_keys=config.api_keys,
                 metrics=_metrics(honeycomb, transport, driver, faults, services),

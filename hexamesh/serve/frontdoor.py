@@ -3,8 +3,10 @@
 Two listeners share this code. The API port (``--api-port``, 127.0.0.1 by
 default) takes clients, who show a bearer API key when keys are configured.
 The peer port (the agent's UDP+TCP port; the transport hands over TCP
-connections that speak HTTP) takes forwarded requests from other members,
-which must carry a valid swarm signature (``peerauth``).
+connections that are not frame streams) takes forwarded requests from other
+members inside the peer channel (``net.channel``: a handshake proves both
+node keys and the swarm key, then everything is encrypted); plain HTTP there
+is refused.
 
 A completion request is checked (``requests``), ranked (``router``) and
 sent to the best server: the local vLLM, or a peer one forward away, which
@@ -35,17 +37,20 @@ from hexamesh.faults import Component, Faults
 from hexamesh.identity import short_id
 from hexamesh.net.admission import Ticket
 from hexamesh.net.base import Addr
+from hexamesh.net.channel import ChannelKeys, PeerStream, accept, is_channel
+from hexamesh.net.noise import PREAMBLE, ChannelError
 from hexamesh.serve import sse
 from hexamesh.serve.attempts import Action, Attempts, Dial, Finish, GiveUp, PassOn
 from hexamesh.serve.deathwatch import DeathWatch
 from hexamesh.serve.http import HttpConnection, Request, response_head
 from hexamesh.serve.jobs import JobFailed
 from hexamesh.serve.metrics import ServeMetrics
-from hexamesh.serve.peerauth import H_SIG, PeerAuthError, PeerSigner, SignedRoute
+from hexamesh.serve.peerroute import PeerRoute, RouteError, read_route, route_headers
 from hexamesh.serve.pumpthread import Outcome, PumpThread, StreamJob
 from hexamesh.serve.relay import (
     STALL_TIMEOUT,
     DialError,
+    Peer,
     UpstreamError,
     UpstreamResponse,
     dial_first,
@@ -56,7 +61,7 @@ from hexamesh.serve.relay import (
 from hexamesh.serve.requests import ApiError, CompletionRequest, parse_completion
 from hexamesh.serve.router import LOW_MAX_LOAD, Candidate, Priority, rank
 from hexamesh.serve.shun import Shunned
-from hexamesh.serve.upstreampool import UpstreamPool
+from hexamesh.serve.upstreampool import Upstream, UpstreamPool
 from hexamesh.serve.view import SwarmView
 
 __all__ = ["SERVED_ADDR", "SERVED_BY", "FrontDoor", "JobsApi"]
@@ -100,7 +105,7 @@ class FrontDoor:
         self,
         *,
         view: SwarmView,
-        signer: PeerSigner,
+        keys: ChannelKeys,
         address: str,
         api_keys: tuple[str, ...] = (),
         metrics: ServeMetrics | None = None,
@@ -111,7 +116,7 @@ class FrontDoor:
         self.view = view
         self.faults = faults or Faults()
         self._health = health  # what /health adds (the services' state)
-        self.signer = signer
+        self.keys = keys  # our node key and the swarm's: the peer channel's both ends
         self.address = address  # our peer address, reported as SERVED_ADDR
         self.api_keys = frozenset(api_keys)
         self.metrics = metrics or ServeMetrics()
@@ -136,6 +141,18 @@ class FrontDoor:
             "hexamesh_upstream_stale",
             "Kept-alive upstream connections found closed by the server",
             lambda: pool.stats.stale,
+        )
+        self.channels_refused = 0  # peer-port connections whose handshake failed
+        self.channels_accepted = 0  # peer channels whose handshake finished here
+        self.metrics.counter(
+            "hexamesh_peer_channels_accepted",
+            "Peer channels (encrypted forwards from members) accepted on the peer port",
+            lambda: self.channels_accepted,
+        )
+        self.metrics.counter(
+            "hexamesh_peer_channels_refused",
+            "Peer-port connections refused at the handshake (no member, wrong key, malformed)",
+            lambda: self.channels_refused,
         )
         deaths = self.deaths
         self.metrics.counter(
@@ -174,9 +191,31 @@ class FrontDoor:
 
     # -- connections ------------------------------------------------------
 
+    async def serve_peer(
+        self, stream: trio.SocketStream, first: bytes = b"", *, ticket: Ticket | None = None
+    ) -> None:
+        """A connection on the peer port: the peer channel's handshake, then
+        HTTP inside it (plain HTTP is answered, with 403). Never raises."""
+        if not first:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                first = await stream.receive_some(len(PREAMBLE))
+        if not is_channel(first):
+            await self.serve_connection(stream, first, peer=True, ticket=ticket)
+            return
+        try:
+            channel = await accept(stream, first, self.keys)
+        except (ChannelError, OSError, trio.BrokenResourceError) as e:
+            self.channels_refused += 1
+            log.debug("peer channel refused: %s", e)
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            return
+        self.channels_accepted += 1
+        await self.serve_connection(channel, peer=True, ticket=ticket)
+
     async def serve_connection(
         self,
-        stream: trio.SocketStream,
+        stream: trio.SocketStream | PeerStream,
         initial: bytes = b"",
         *,
         peer: bool = False,
@@ -225,21 +264,17 @@ class FrontDoor:
             self.metrics.requests.labels(endpoint, str(status)).inc()
             self.metrics.latency.labels(endpoint).observe(trio.current_time() - started)
 
-    def _authorize(self, request: Request, *, peer: bool) -> SignedRoute | None:
-        """The signed route of a peer's request, None for a client; raises ApiError."""
-        if H_SIG in request.headers:
+    def _authorize(self, conn: HttpConnection, request: Request, *, peer: bool) -> PeerRoute | None:
+        """The route of a peer's request, None for a client; raises ApiError."""
+        if conn.peer is not None:
             try:
-                return self.signer.verify(
-                    request.method, request.target, request.headers, request.body, self._clock()
-                )
-            except PeerAuthError as e:
-                raise ApiError(
-                    403, f"peer signature refused: {e}", type="permission_error"
-                ) from None
+                return read_route(request.headers, conn.peer)
+            except RouteError as e:
+                raise ApiError(403, f"peer request refused: {e}", type="permission_error") from None
         if peer:
             raise ApiError(
                 403,
-                "the peer port takes signed requests from swarm members only",
+                "the peer port takes the peer channel of swarm members only",
                 type="permission_error",
             )
         if self.api_keys:
@@ -271,7 +306,7 @@ class FrontDoor:
                 keep_alive=request.keep_alive,
             )
             return 200
-        route = self._authorize(request, peer=peer)
+        route = self._authorize(conn, request, peer=peer)
         if path in COMPLETION_PATHS:
             if method != "POST":
                 raise ApiError(405, f"{path} takes POST")
@@ -335,7 +370,7 @@ class FrontDoor:
     def ranked(
         self,
         model: str,
-        route: SignedRoute | None,
+        route: PeerRoute | None,
         priority: Priority = Priority.MEDIUM,
         cands: list[Candidate] | None = None,  # the view's, when the caller has them already
     ) -> list[Candidate]:
@@ -362,7 +397,7 @@ class FrontDoor:
 
     async def _race(
         self, attempts: Attempts, action: Dial
-    ) -> tuple[Dial | GiveUp, trio.SocketStream | None]:
+    ) -> tuple[Dial | GiveUp, Upstream | None]:
         """Race connections to the peers from ``action``'s on (up to a local
         engine or a peer with no known address), RFC 8305 style
         (``dial_first``): the action for the first to connect (the core
@@ -370,16 +405,18 @@ class FrontDoor:
         one is taken, or the address is unknown and ``_open_peer`` says so)."""
         run: list[Candidate] = []
         addrs: list[Addr] = []
+        peers: list[Peer] = []
         for cand in attempts.tries[action.attempt :]:
             addr = None if cand.local else self.view.address(cand.node)
             if addr is None:
                 break
             run.append(cand)
             addrs.append(addr)
+            peers.append(Peer(cand.node, self.keys))
         if not run:
             return action, None
         try:
-            first, stream = await dial_first(addrs, self.upstreams)
+            first, stream = await dial_first(addrs, self.upstreams, peers=peers)
         except DialError as e:
             return attempts.raced(None, e.tried, str(e)), None
         for cand in run[:first]:
@@ -392,7 +429,7 @@ class FrontDoor:
         action: Dial,
         target: str,
         body: bytes,
-        route: SignedRoute | None,
+        route: PeerRoute | None,
         model: str,
     ) -> tuple[Action, UpstreamResponse | None]:
         """Send the request as ``action`` says (a peer after a dial race): the
@@ -418,8 +455,8 @@ class FrontDoor:
         cand: Candidate,
         target: str,
         body: bytes,
-        route: SignedRoute | None,
-        stream: trio.SocketStream | None = None,
+        route: PeerRoute | None,
+        stream: Upstream | None = None,
     ) -> UpstreamResponse:
         addr = self.view.address(cand.node)
         if addr is None:
@@ -427,12 +464,11 @@ class FrontDoor:
                 await stream.aclose()
             raise UpstreamError(f"no address known for {short_id(cand.node)}")
 
-        def signed() -> bytes:  # a fresh signature for each send: they are single-use
-            headers = self.signer.headers("POST", target, body, route, self._clock())
-            return request_bytes("POST", *addr, target, body, headers, keep_alive=True)
-
+        headers = route_headers(self.view.node, route)
+        request = request_bytes("POST", *addr, target, body, headers, keep_alive=True)
         self.metrics.forwards.inc()
-        return await open_upstream(addr[0], addr[1], signed, self.upstreams, stream)
+        peer = Peer(cand.node, self.keys)
+        return await open_upstream(addr[0], addr[1], request, self.upstreams, stream, peer)
 
     async def _open_local(self, target: str, body: bytes, url: str | None) -> UpstreamResponse:
         if url is None:
@@ -488,7 +524,7 @@ class FrontDoor:
         conn: HttpConnection,
         request: Request,
         req: CompletionRequest,
-        route: SignedRoute | None,
+        route: PeerRoute | None,
     ) -> int:
         """Serve one completion: route, relay, fail over (the moves are the
         ``attempts`` core's); returns the status sent."""
@@ -517,7 +553,7 @@ class FrontDoor:
         conn: HttpConnection,
         request: Request,
         req: CompletionRequest,
-        route: SignedRoute | None,
+        route: PeerRoute | None,
         attempts: Attempts,
     ) -> int:
         body = request.body
@@ -563,6 +599,8 @@ class FrontDoor:
                         first=up.rest,
                         stall_timeout=STALL_TIMEOUT,
                         sent=sent,
+                        up_open=up.opener,
+                        client_seal=conn.sealer,
                     )
                     with self._watch(cand, partial(self.pumps.abandon, job)):
                         outcome = await self.pumps.relay(job)
@@ -571,6 +609,7 @@ class FrontDoor:
                     ok = outcome is Outcome.DONE
                     # past the last chunk with nothing after it: the connection can carry another
                     up.consumed = ok and up.chunked and not job.scanner.pending
+                    up.consumed &= not (job.up_open and job.up_open.pending)
                 else:
                     cut = _Cut()
                     with self._watch(cand, cut):

@@ -12,6 +12,10 @@ socket. Parsing costs ~3 µs a request here where h11 took ~40: a forwarded
 request is parsed twice (the entry's door, then the server's), and both lie
 on its path to the first token.
 
+A connection may be a peer channel (``net.channel.PeerStream``): the request
+is read through it like any stream, and every write is sealed first
+(``sealer``); ``peer`` is then the node id its handshake proved.
+
 One parser per connection: pipelined requests queue up and are answered in
 order.
 
@@ -37,6 +41,8 @@ import trio
 
 from hexamesh.limits import HEAD_TIMEOUT, IDLE_TIMEOUT, MAX_BODY, MAX_HEAD, READ_TIMEOUT
 from hexamesh.net.admission import Ticket
+from hexamesh.net.channel import PeerStream
+from hexamesh.net.noise import Sealer
 from hexamesh.serve.requests import ApiError
 
 __all__ = ["HttpConnection", "Request", "response_head"]
@@ -152,10 +158,16 @@ class HttpConnection:
     """One accepted connection: ``next_request()``, then a response, repeat."""
 
     def __init__(
-        self, stream: trio.SocketStream, initial: bytes = b"", ticket: Ticket | None = None
+        self,
+        stream: trio.SocketStream | PeerStream,
+        initial: bytes = b"",
+        ticket: Ticket | None = None,
     ) -> None:
         self.stream = stream
         self.fd = stream.socket.fileno()
+        channel = stream if isinstance(stream, PeerStream) else None
+        self.peer: bytes | None = channel.peer if channel else None  # the proven sender
+        self.sealer: Sealer | None = channel.sealer if channel else None
         self._parsed = _Parsed(self)
         self.parser = httptools.HttpRequestParser(self._parsed)
         self._initial = initial
@@ -229,7 +241,7 @@ class HttpConnection:
 
     async def send(self, data: bytes) -> None:
         """Write all of ``data`` to the client (raises BrokenPipeError if it left)."""
-        await write_all(self.fd, data)
+        await write_all(self.fd, data if self.sealer is None else self.sealer.seal(data))
 
     async def respond(
         self,

@@ -51,6 +51,7 @@ import trio
 
 from hexamesh.faults import Component, Faults
 from hexamesh.serve.http import HttpConnection, Request
+from hexamesh.serve.jobseal import JobSeal
 from hexamesh.serve.requests import ApiError, CompletionRequest, parse_completion, parse_json_body
 from hexamesh.serve.router import Priority
 
@@ -230,19 +231,25 @@ class JobDht(Protocol):
 
 
 class DhtJobs:
-    """``JobDht`` over the agent's DHT service and failure detector."""
+    """``JobDht`` over the agent's DHT service and failure detector; records
+    are sealed under the swarm key (``jobseal``)."""
 
-    def __init__(self, dht: Any, is_dead: Callable[[bytes], bool]) -> None:
+    def __init__(self, dht: Any, is_dead: Callable[[bytes], bool], seal: JobSeal) -> None:
         self._dht = dht
         self.is_dead = is_dead
+        self._seal = seal
 
     async def put(self, key: str, value: bytes, ttl: float) -> int:
-        return int(await self._dht.put(key, value, ttl))
+        return int(await self._dht.put(key, self._seal.seal(key, value), ttl))
+
+    def _doc(self, key: str, value: bytes) -> dict[str, Any] | None:
+        opened = self._seal.open(key, value)
+        return None if opened is None else decode_record(opened)
 
     async def get_records(self, key: str) -> list[tuple[bytes, dict[str, Any]]]:
         out = []
         for record in await self._dht.get(key):
-            doc = decode_record(record.value)
+            doc = self._doc(key, record.value)
             if doc is not None:
                 out.append((record.publisher_id, {**doc, "_seq": record.seq}))
         return out
@@ -250,7 +257,7 @@ class DhtJobs:
     def held_jobs(self) -> list[tuple[str, bytes, dict[str, Any]]]:
         out = []
         for record in self._dht.held("job:"):
-            doc = decode_record(record.value)
+            doc = self._doc(record.key, record.value)
             if doc is not None:
                 out.append((record.key, record.publisher_id, doc))
         return out

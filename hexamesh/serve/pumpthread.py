@@ -24,6 +24,12 @@ outcome is posted; the trio side does not touch them meanwhile. Cancelling
 (the trio side was cancelled) asks the loop to drop the job and waits for the
 acknowledgement, so trio never closes a socket the loop still uses.
 
+A peer channel (``net.channel``) on either side: the job carries its halves,
+``up_open`` (records from a peer we forwarded to, opened before the chunk
+check) and ``client_seal`` (records to the peer that forwarded to us, sealed
+just before the write); a record that does not open fails the upstream over,
+as broken framing does.
+
 Containment: an upstream whose framing is broken (``sse.ChunkError``), or
 anything else one job raises, ends that job as ``UPSTREAM_FAILED`` (reported
 to ``faults``); the loop goes on with the others. Should the loop itself die,
@@ -48,6 +54,7 @@ from dataclasses import dataclass, field
 import trio
 
 from hexamesh.faults import Component, Faults
+from hexamesh.net.noise import ChannelError, Opener, Sealer
 from hexamesh.serve.sse import ChunkError, ChunkScanner, chunk
 
 __all__ = ["Outcome", "PumpThread", "StreamJob"]
@@ -84,6 +91,8 @@ class StreamJob:
     first: bytes  # body bytes read along with the upstream's head
     stall_timeout: float
     sent: list[bytes] = field(default_factory=list)  # whole chunks the client has
+    up_open: Opener | None = None  # the upstream is a peer channel: its receiving half
+    client_seal: Sealer | None = None  # the client is a peer channel: its sending half
     outcome: Outcome | None = None
     # loop-private state
     scanner: ChunkScanner = field(default_factory=ChunkScanner)
@@ -200,6 +209,8 @@ class PumpThread:
 
         def send(job: StreamJob, data: bytes) -> bool:
             """Write to the client; False: it must wait (backpressure). Raises if it left."""
+            if job.client_seal is not None:
+                data = job.client_seal.seal(data)
             view = memoryview(data)
             while view:
                 try:
@@ -245,6 +256,15 @@ class PumpThread:
                 finish(job, Outcome.UPSTREAM_FAILED)
                 return
             job.last = time.monotonic()
+            if job.up_open is not None:
+                try:
+                    data = job.up_open.open(data)
+                except ChannelError as e:
+                    log.info("a peer's stream does not verify: %s", e)
+                    finish(job, Outcome.UPSTREAM_FAILED)
+                    return
+                if not data:
+                    return  # a record's first part: the rest comes with the next read
             try:
                 forward(job, data)
             except OSError as e:

@@ -20,6 +20,10 @@ millisecond; a connect still pending after 250 ms is most likely going
 nowhere (a host across a partition, a dead machine), and waiting out
 ``CONNECT_TIMEOUT`` for it cost every such request 3 s (``hexamesh simulate``).
 
+A peer is reached through the peer channel (``net.channel``): the handshake
+is part of connecting (so a dial race counts it), the node id dialled is
+pinned, and a pooled connection is reused only for the node it reached.
+
 Dead upstreams are noticed by EOF/RST, by TCP keepalive (a vanished host:
 about ``KEEPALIVE_IDLE + KEEPALIVE_COUNT * KEEPALIVE_INTERVAL`` s), and by
 ``STALL_TIMEOUT`` of silence mid-stream.
@@ -34,13 +38,17 @@ from dataclasses import dataclass, field
 import trio
 
 from hexamesh.limits import MAX_RESPONSE_BODY, MAX_RESPONSE_HEAD
+from hexamesh.net.channel import ChannelKeys, PeerStream, dial
+from hexamesh.net.noise import ChannelError, Opener
 from hexamesh.net.udp import ip_family
 from hexamesh.serve.http import RECV_SIZE
 from hexamesh.serve.sse import ChunkError, ChunkScanner, dechunk
-from hexamesh.serve.upstreampool import UpstreamPool
+from hexamesh.serve.upstreampool import Upstream, UpstreamPool
 
 __all__ = [
     "DialError",
+    "Peer",
+    "Upstream",
     "UpstreamError",
     "UpstreamResponse",
     "dial_first",
@@ -53,6 +61,14 @@ DIAL_STAGGER = 0.25  # s a connect may take before the next candidate is dialled
 FIRST_BYTE_TIMEOUT = 120.0  # s until the response head: covers queueing in a busy vLLM
 STALL_TIMEOUT = 60.0  # s of silence mid-stream before the upstream counts as dead
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 5, 2, 3  # s, s, probes
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Whom a connection to a peer must reach, and the keys to prove we are a member."""
+
+    node: bytes
+    keys: ChannelKeys
 
 
 class UpstreamError(Exception):
@@ -69,7 +85,7 @@ class DialError(UpstreamError):
 
 @dataclass(slots=True)
 class UpstreamResponse:
-    stream: trio.SocketStream
+    stream: Upstream
     status: int
     headers: dict[str, str] = field(repr=False)
     rest: bytes = field(repr=False)  # body bytes read along with the head
@@ -78,6 +94,11 @@ class UpstreamResponse:
     pool: UpstreamPool | None = field(default=None, repr=False)
     key: tuple[str, int] = ("", 0)
     consumed: bool = False  # the whole response was read, nothing after it: reusable
+
+    @property
+    def opener(self) -> Opener | None:
+        """The channel's receiving half (a peer), for the relay thread; None: plain."""
+        return self.stream.opener if isinstance(self.stream, PeerStream) else None
 
     @property
     def chunked(self) -> bool:
@@ -142,10 +163,12 @@ def parse_head(head: bytes) -> tuple[int, dict[str, str], bool]:
     return int(code), headers, keep_alive
 
 
-async def _connect(host: str, port: int) -> trio.SocketStream:
-    """A TCP connection. Peers and engines are addressed by IP literal, which
-    needs no resolving and no happy eyeballs: a plain connect costs ~100 µs
-    of CPU for both ends here where ``trio.open_tcp_stream`` costs ~240."""
+async def _connect(host: str, port: int, peer: Peer | None = None) -> Upstream:
+    """A TCP connection, and the peer channel's handshake over it when the
+    other end is a ``peer``. Peers and engines are addressed by IP literal,
+    which needs no resolving and no happy eyeballs: a plain connect costs
+    ~100 µs of CPU for both ends here where ``trio.open_tcp_stream`` costs
+    ~240. Raises OSError (ChannelError included: see ``_ChannelFailed``)."""
     family = ip_family(host)
     if family is None:  # a host name
         stream = await trio.open_tcp_stream(host, port)
@@ -163,7 +186,27 @@ async def _connect(host: str, port: int) -> trio.SocketStream:
     except OSError:
         stream.socket.close()
         raise
-    return stream
+    if peer is None:
+        return stream
+    try:
+        return await dial(stream, peer.keys, peer.node)
+    except BaseException as e:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+        if isinstance(e, (ChannelError, trio.BrokenResourceError)):
+            raise _ChannelFailed(f"peer channel to {host}:{port}: {e}") from None
+        raise
+
+
+class _ChannelFailed(OSError):
+    """The handshake failed: to callers, a connection that could not be made."""
+
+
+def _reaches(stream: Upstream, peer: Peer | None) -> bool:
+    """Does a pooled connection reach whom we want (a peer: the node it was dialled as)?"""
+    if peer is None:
+        return not isinstance(stream, PeerStream)
+    return isinstance(stream, PeerStream) and stream.peer == peer.node
 
 
 class _Stale(Exception):
@@ -171,8 +214,11 @@ class _Stale(Exception):
 
 
 async def dial_first(
-    addrs: Sequence[tuple[str, int]], pool: UpstreamPool, stagger: float = DIAL_STAGGER
-) -> tuple[int, trio.SocketStream | None]:
+    addrs: Sequence[tuple[str, int]],
+    pool: UpstreamPool,
+    stagger: float = DIAL_STAGGER,
+    peers: Sequence[Peer] | None = None,  # whom each address must reach (None: plain)
+) -> tuple[int, Upstream | None]:
     """Which of ``addrs`` can take a request soonest: the first with an idle
     pooled connection (returned as ``(i, None)``: ``open_upstream`` takes it
     from the pool), or the first to connect, dialled in order ``stagger``
@@ -184,7 +230,7 @@ async def dial_first(
     if pool.has_idle(addrs[0]):
         return 0, None  # the common case: a kept-alive connection, no dialling at all
     winner: int | None = None
-    won: trio.SocketStream | None = None
+    won: Upstream | None = None
     errors: list[str] = []
 
     async def dial(i: int, done: trio.Event) -> None:
@@ -195,7 +241,7 @@ async def dial_first(
                 stream = None
             else:
                 with trio.fail_after(CONNECT_TIMEOUT):
-                    stream = await _connect(host, port)
+                    stream = await _connect(host, port, peers[i] if peers else None)
         except (OSError, trio.TooSlowError) as e:
             errors.append(f"cannot connect to {host}:{port}: {e or 'timed out'}")
             done.set()
@@ -223,20 +269,27 @@ async def open_upstream(
     port: int,
     request: bytes | Callable[[], bytes],
     pool: UpstreamPool | None = None,
-    stream: trio.SocketStream | None = None,
+    stream: Upstream | None = None,
+    peer: Peer | None = None,
 ) -> UpstreamResponse:
     """Connect (or take a pooled connection, or use ``stream``, just connected
     by ``dial_first``), send ``request``, read the response head; raises
     UpstreamError. With a ``pool`` the request must have
     been built with ``keep_alive=True``. ``request`` may be a function that
     builds it: a resend then gets a new one (a peer's signature is single-use,
-    and the server may have read the first before it dropped the connection)."""
+    and the server may have read the first before it dropped the connection).
+    ``peer``: the node to reach over the peer channel (None: a plain engine)."""
     build = request if callable(request) else lambda: request
     key = (host, port)
     if stream is not None:
         return await _exchange(stream, host, port, build(), pool, reused=False)
     if pool is not None:
         stream = pool.take(key)
+        if stream is not None and not _reaches(stream, peer):
+            pool.stats.stale += 1  # the address changed hands (a restart with a new key)
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            stream = None
         if stream is not None:
             try:
                 return await _exchange(stream, host, port, build(), pool, reused=True)
@@ -244,14 +297,14 @@ async def open_upstream(
                 pool.stats.stale += 1  # sent again below, once, on a fresh connection
     try:
         with trio.fail_after(CONNECT_TIMEOUT):
-            stream = await _connect(host, port)
+            stream = await _connect(host, port, peer)
     except (OSError, trio.TooSlowError) as e:
         raise UpstreamError(f"cannot connect to {host}:{port}: {e or 'timed out'}") from None
     return await _exchange(stream, host, port, build(), pool, reused=False)
 
 
 async def _exchange(
-    stream: trio.SocketStream,
+    stream: Upstream,
     host: str,
     port: int,
     request: bytes,

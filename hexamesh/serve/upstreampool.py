@@ -34,13 +34,27 @@ from dataclasses import dataclass
 
 import trio
 
-__all__ = ["IDLE_TTL", "MAX_IDLE", "MAX_IDLE_PER_UPSTREAM", "PoolStats", "UpstreamPool"]
+from hexamesh.net.channel import PeerStream
+
+__all__ = [
+    "IDLE_TTL",
+    "MAX_IDLE",
+    "MAX_IDLE_PER_UPSTREAM",
+    "PEER_IDLE_TTL",
+    "PoolStats",
+    "Upstream",
+    "UpstreamPool",
+]
 
 IDLE_TTL = 3.0  # s an idle connection is kept; vLLM (uvicorn) drops its own after 5 s
+# s an idle peer channel is kept: a peer's door waits IDLE_TIMEOUT (75 s), and
+# a new channel costs a handshake (~0.25 ms of CPU each end, one round trip)
+PEER_IDLE_TTL = 30.0
 MAX_IDLE_PER_UPSTREAM = 32  # idle connections per upstream: twice the streams of a busy batch
 MAX_IDLE = 256  # idle connections in all: file descriptors stay well under a 1,024 ulimit
 
 Key = tuple[str, int]
+Upstream = trio.SocketStream | PeerStream  # an engine's plain connection, or a peer channel
 
 
 @dataclass(slots=True)
@@ -65,7 +79,7 @@ class UpstreamPool:
         self.max_total = max_total
         self.stats = PoolStats()
         self._clock = clock
-        self._idle: dict[Key, list[tuple[float, trio.SocketStream]]] = {}  # oldest first
+        self._idle: dict[Key, list[tuple[float, Upstream]]] = {}  # oldest first
         self._swept = clock()
         self._closed = False
 
@@ -77,14 +91,14 @@ class UpstreamPool:
         ``take`` checks)?"""
         return bool(self._idle.get(key))
 
-    def take(self, key: Key) -> trio.SocketStream | None:
+    def take(self, key: Key) -> Upstream | None:
         """The most recently used live idle connection to ``key``, or None."""
         now = self._clock()
         self._sweep(now)
         conns = self._idle.get(key)
         while conns:
             since, stream = conns.pop()
-            if now - since > self.ttl:
+            if now - since > self._ttl(stream):
                 self.stats.expired += 1
                 _close(stream)
             elif not _quiet(stream):
@@ -95,7 +109,7 @@ class UpstreamPool:
                 return stream
         return None
 
-    def give(self, key: Key, stream: trio.SocketStream) -> None:
+    def give(self, key: Key, stream: Upstream) -> None:
         """Keep ``stream`` (its last response read in full) for the next request to ``key``."""
         if self._closed:
             _close(stream)
@@ -119,6 +133,9 @@ class UpstreamPool:
                 _close(stream)
         self._idle.clear()
 
+    def _ttl(self, stream: Upstream) -> float:
+        return max(self.ttl, PEER_IDLE_TTL) if isinstance(stream, PeerStream) else self.ttl
+
     def _sweep(self, now: float) -> None:
         """Close what expired, for every upstream (at most once per ``ttl``: an
         upstream nobody sends to any more must not hold sockets forever)."""
@@ -128,7 +145,7 @@ class UpstreamPool:
         for key, conns in list(self._idle.items()):
             fresh = []
             for since, stream in conns:
-                if now - since <= self.ttl:
+                if now - since <= self._ttl(stream):
                     fresh.append((since, stream))
                 else:
                     self.stats.expired += 1
@@ -139,7 +156,7 @@ class UpstreamPool:
                 del self._idle[key]
 
 
-def _quiet(stream: trio.SocketStream) -> bool:
+def _quiet(stream: Upstream) -> bool:
     """Is nothing waiting on this idle connection (no EOF, no stray bytes)?"""
     try:
         readable, _, _ = select.select([stream.socket.fileno()], [], [], 0)
@@ -148,5 +165,5 @@ def _quiet(stream: trio.SocketStream) -> bool:
     return not readable
 
 
-def _close(stream: trio.SocketStream) -> None:
+def _close(stream: Upstream) -> None:
     stream.socket.close()

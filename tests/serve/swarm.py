@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 import trio
 
 from hexamesh.net.base import Addr
+from hexamesh.net.channel import ChannelKeys
 from hexamesh.serve.frontdoor import FrontDoor
-from hexamesh.serve.peerauth import PeerSigner
 from hexamesh.serve.router import Candidate
 from hexamesh.wire import KeyRing
+from tests.helpers import identity
 from tests.serve.fake_upstream import Behaviour, serve_fake
 
 MODEL = "tiny"
@@ -91,17 +92,16 @@ async def start_door(
     engine: Behaviour | None = None,
     api_keys: tuple[str, ...] = (),
 ) -> Door:
-    node = bytes([index]) * 20
+    keys = ChannelKeys(identity(index), keyring)
+    node = keys.identity.node_id
     view = FakeView(node)
     if engine is not None:
         port = await nursery.start(serve_fake, MODEL, engine)
         view.local = f"http://127.0.0.1:{port}"
-    front = FrontDoor(
-        view=view, signer=PeerSigner(keyring, node), address=f"127.0.0.1:{index}", api_keys=api_keys
-    )
+    front = FrontDoor(view=view, keys=keys, address=f"127.0.0.1:{index}", api_keys=api_keys)
     nursery.start_soon(_close_when_done, front)
     api_port = await _listen(front.serve_connection, nursery)
-    peer_port = await _listen(lambda s: front.serve_connection(s, peer=True), nursery)
+    peer_port = await _listen(front.serve_peer, nursery)
     return Door(front, view, f"http://127.0.0.1:{api_port}/v1", ("127.0.0.1", peer_port), engine)
 
 

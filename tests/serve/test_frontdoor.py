@@ -4,7 +4,6 @@ hop limits, auth and the bad-request table (fake upstreams, see swarm.py)."""
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import httpx
@@ -12,15 +11,39 @@ import pytest
 import trio
 
 from hexamesh.limits import MAX_BODY
+from hexamesh.net.channel import ChannelKeys
+from hexamesh.net.noise import HANDSHAKE_BYTES, LENGTH, PREAMBLE
 from hexamesh.serve.frontdoor import SERVED_BY
-from hexamesh.serve.peerauth import PeerSigner, SignedRoute
-from hexamesh.serve.relay import CONNECT_TIMEOUT
+from hexamesh.serve.peerroute import PeerRoute, route_headers
+from hexamesh.serve.relay import (
+    CONNECT_TIMEOUT,
+    Peer,
+    UpstreamError,
+    open_upstream,
+    read_body,
+    request_bytes,
+)
 from hexamesh.serve.requests import parse_completion
 from hexamesh.serve.router import Priority
 from hexamesh.serve.sse import CONTINUES
 from hexamesh.wire import KeyRing
+from tests.helpers import identity
 from tests.serve.fake_upstream import Behaviour, Blackhole, answer
 from tests.serve.swarm import MODEL, Door, entry_first_spare, link, link_in_order, start_door
+
+
+async def peer_post(
+    keyring: KeyRing, sender: int, to: Door, headers: list[tuple[str, str]], body: bytes
+) -> tuple[int, dict[str, str], bytes]:
+    """POST ``body`` to ``to``'s peer port over the channel, as test node ``sender``."""
+    host, port = to.peer_addr
+    request = request_bytes("POST", host, port, "/v1/completions", body, headers)
+    peer = Peer(to.view.node, ChannelKeys(identity(sender), keyring))
+    up = await open_upstream(host, port, request, peer=peer)
+    try:
+        return up.status, up.headers, await read_body(up)
+    finally:
+        await up.aclose()
 
 
 async def stream_text(
@@ -105,12 +128,27 @@ async def test_forwards_reuse_their_upstream_connections(keyring: KeyRing) -> No
         nursery.cancel_scope.cancel()
 
 
+# What a dialler sends before its first request: the preamble, handshake messages 1 and 3.
+HANDSHAKE_OUT = len(PREAMBLE) + 2 * LENGTH + HANDSHAKE_BYTES[0] + HANDSHAKE_BYTES[2]
+
+
+def records_in(data: bytes) -> int:
+    """Whole channel records in ``data`` (the bytes a dialler sent after its handshake)."""
+    at = count = 0
+    while len(data) - at >= LENGTH:
+        at += LENGTH + int.from_bytes(data[at : at + LENGTH], "big")
+        count += at <= len(data)
+    return count
+
+
 async def _drop_second_answer(
     listeners: list[trio.SocketListener], upstream: tuple[str, int], dropped: list[int]
 ) -> None:
     """A TCP proxy to ``upstream``. On its first connection it lets the second
     request reach the upstream, waits until the upstream starts answering,
-    then closes both sides: the server has the request, the client nothing."""
+    then closes both sides: the server has the request, the client nothing.
+    It counts requests as the channel's records (one per request): it cannot
+    read them."""
     connections = 0
 
     async def handle(client: trio.SocketStream) -> None:
@@ -129,16 +167,18 @@ async def _drop_second_answer(
                     await client.send_all(data)
 
             requests = 0
+            sent = b""
             nursery.start_soon(answers)
             while data := await client.receive_some(65536):
-                requests += data.count(b"POST ")
+                sent += data
+                requests = records_in(sent[HANDSHAKE_OUT:])
                 await server.send_all(data)
             nursery.cancel_scope.cancel()
 
     await trio.serve_listeners(handle, listeners)
 
 
-async def test_a_request_lost_on_a_reused_connection_is_resent_freshly_signed(
+async def test_a_request_lost_on_a_reused_connection_is_resent_on_a_fresh_one(
     keyring: KeyRing,
 ) -> None:
     async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
@@ -151,8 +191,6 @@ async def test_a_request_lost_on_a_reused_connection_is_resent_freshly_signed(
         body = {"model": MODEL, "prompt": "one two", "max_tokens": 3}
         for _ in range(3):
             r = await client.post(f"{a.api}/completions", json=body)
-            # b saw the lost request's signature: a resend of the same bytes
-            # would be refused as a replay (403); a fresh signature is served
             assert r.status_code == 200, r.text
             assert r.json()["choices"][0]["text"] == expected(body, False)
         assert dropped == [1]
@@ -161,7 +199,7 @@ async def test_a_request_lost_on_a_reused_connection_is_resent_freshly_signed(
         nursery.cancel_scope.cancel()
 
 
-async def test_a_peer_that_refuses_our_signature_is_skipped(keyring: KeyRing) -> None:
+async def test_a_peer_of_another_swarm_is_skipped(keyring: KeyRing) -> None:
     async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
         a = await start_door(nursery, keyring, 1)
         stranger = await start_door(nursery, KeyRing.generate(), 2, engine=Behaviour())
@@ -487,25 +525,25 @@ async def test_hop_limit_and_no_loops(keyring: KeyRing) -> None:
         link(a, b)
         link(b, a, c)  # b knows a (on the path: never back) and c
         body = json.dumps({"model": MODEL, "prompt": "p", "max_tokens": 2}).encode()
-        signer = PeerSigner(keyring, a.view.node)
-        target = "/v1/completions"
         # forwarded once (by a): b may forward once more, to c and not back to a
-        headers = dict(signer.headers("POST", target, body, None, time.time()))
+        status, headers, _ = await peer_post(keyring, 1, b, route_headers(a.view.node, None), body)
+        assert status == 200 and headers[SERVED_BY] == c.view.node.hex()
+        # forwarded twice already: b has no local engine, so it must refuse
+        route = PeerRoute(a.view.node, 1, (a.view.node,))
+        status, _, answer = await peer_post(
+            keyring, 9, b, route_headers(identity(9).node_id, route), body
+        )
+        assert status == 503
+        assert "forwarded 2 times" in json.loads(answer)["error"]["message"]
+        # a route that does not end at the node that sent it is refused
+        status, _, answer = await peer_post(keyring, 9, b, route_headers(a.view.node, None), body)
+        assert status == 403 and "does not end at" in json.loads(answer)["error"]["message"]
+        # route headers from a client on the API port are no route: b forwards as for any client
         r = await client.post(
-            f"http://{b.peer_addr[0]}:{b.peer_addr[1]}{target}", content=body, headers=headers
+            f"{b.api}/completions", content=body, headers=dict(route_headers(a.view.node, route))
         )
         assert r.status_code == 200 and r.headers[SERVED_BY] == c.view.node.hex()
-        # forwarded twice already: b has no local engine, so it must refuse
-        route = SignedRoute(a.view.node, 1, (a.view.node,))
-        hdrs = dict(
-            PeerSigner(keyring, bytes([9]) * 20).headers("POST", target, body, route, time.time())
-        )
-        r = await client.post(
-            f"http://{b.peer_addr[0]}:{b.peer_addr[1]}{target}", content=body, headers=hdrs
-        )
-        assert r.status_code == 503
-        assert "forwarded 2 times" in r.json()["error"]["message"]
-        assert c.behaviour is not None and len(c.behaviour.served) == 1
+        assert c.behaviour is not None and len(c.behaviour.served) == 2
         nursery.cancel_scope.cancel()
 
 
@@ -612,7 +650,7 @@ async def test_bad_requests_get_openai_errors(
         nursery.cancel_scope.cancel()
 
 
-async def test_api_keys_and_peer_signatures(keyring: KeyRing) -> None:
+async def test_api_keys_and_the_peer_channel(keyring: KeyRing) -> None:
     async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
         a: Door = await start_door(nursery, keyring, 1, engine=Behaviour(), api_keys=("sekrit",))
         body = {"model": MODEL, "prompt": "x", "max_tokens": 1}
@@ -628,24 +666,19 @@ async def test_api_keys_and_peer_signatures(keyring: KeyRing) -> None:
         assert r.status_code == 200
         assert (await client.get(f"{a.api.removesuffix('/v1')}/health")).status_code == 200
         peer = f"http://{a.peer_addr[0]}:{a.peer_addr[1]}/v1/completions"
-        r = await client.post(peer, json=body, headers={"authorization": "Bearer sekrit"})
-        assert r.status_code == 403  # the peer port wants a swarm signature, not a key
+        headers = {
+            "authorization": "Bearer sekrit",
+            **dict(route_headers(identity(7).node_id, None)),
+        }
+        r = await client.post(peer, json=body, headers=headers)
+        assert r.status_code == 403  # plain HTTP: the peer port speaks the channel only
+        assert "peer channel" in r.json()["error"]["message"]
         raw = json.dumps(body).encode()
-        now = time.time()
-        outsider = PeerSigner(KeyRing.generate(), bytes([7]) * 20)
-        r = await client.post(
-            peer,
-            content=raw,
-            headers=dict(outsider.headers("POST", "/v1/completions", raw, None, now)),
-        )
-        assert r.status_code == 403 and "signature" in r.json()["error"]["message"]
-        member = dict(
-            PeerSigner(keyring, bytes([7]) * 20).headers("POST", "/v1/completions", raw, None, now)
-        )
-        r = await client.post(peer, content=raw, headers=member)
-        assert r.status_code == 200
-        r = await client.post(peer, content=raw, headers=member)
-        assert r.status_code == 403 and "replayed" in r.json()["error"]["message"]
+        with pytest.raises(UpstreamError):  # another swarm: the handshake's third message fails
+            await peer_post(KeyRing.generate(), 7, a, route_headers(identity(7).node_id, None), raw)
+        assert a.front.channels_refused == 1
+        status, _, _ = await peer_post(keyring, 7, a, route_headers(identity(7).node_id, None), raw)
+        assert status == 200
         nursery.cancel_scope.cancel()
 
 
@@ -665,4 +698,114 @@ async def test_models_and_metrics(keyring: KeyRing) -> None:
         assert 'hexamesh_requests_total{endpoint="/v1/completions",status="200"} 1.0' in text
         assert "hexamesh_tokens_total 3.0" in text
         assert "hexamesh_forwards_total 1.0" in text
+        nursery.cancel_scope.cancel()
+
+
+# What a listener sends before its first record: handshake message 2.
+HANDSHAKE_IN = LENGTH + HANDSHAKE_BYTES[1]
+
+
+async def _tamper(
+    listeners: list[trio.SocketListener], upstream: tuple[str, int], record: int, seen: list[int]
+) -> None:
+    """A TCP proxy to ``upstream`` that flips one bit in the ``record``-th
+    record of the answers (0: the response head), as a router on the path could."""
+
+    async def handle(client: trio.SocketStream) -> None:
+        server = await trio.open_tcp_stream(*upstream)
+        async with client, server, trio.open_nursery() as nursery:
+
+            async def answers() -> None:
+                got = bytearray()
+                flipped = False
+                while data := await server.receive_some(65536):
+                    start = len(got)
+                    got += data
+                    at, i = HANDSHAKE_IN, 0
+                    while not flipped and at + LENGTH <= len(got):
+                        size = int.from_bytes(got[at : at + LENGTH], "big")
+                        if i == record and at + LENGTH + size <= len(got):
+                            got[at + LENGTH + size - 1] ^= 1  # the last byte of its tag
+                            flipped = True
+                            seen.append(1)
+                        at, i = at + LENGTH + size, i + 1
+                    await client.send_all(bytes(got[start:]))
+
+            nursery.start_soon(answers)
+            while data := await client.receive_some(65536):
+                await server.send_all(data)
+            nursery.cancel_scope.cancel()
+
+    await trio.serve_listeners(handle, listeners)
+
+
+@pytest.mark.parametrize("record", [0, 3])
+async def test_a_tampered_answer_on_the_peer_channel_fails_over(
+    keyring: KeyRing, record: int
+) -> None:
+    """A bit flipped on the way (in the response head, or mid-stream) is
+    caught by the record's tag: the request goes to the spare (or the stream
+    goes on there), and the client sees one intact answer."""
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
+        chosen_engine = Behaviour(token_delay=0.01)
+        a, chosen, spare = await entry_first_spare(nursery, keyring, chosen_engine)
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        seen: list[int] = []
+        nursery.start_soon(_tamper, listeners, chosen.peer_addr, record, seen)
+        a.view.peers[chosen.view.node] = ("127.0.0.1", listeners[0].socket.getsockname()[1])
+        url, body = question(a.api, False, "a b c", 8)
+        text, _, _ = await stream_text(client, url, {**body, "stream": True})
+        assert seen == [1]
+        assert text == expected(body, False)
+        assert spare.behaviour is not None and len(spare.behaviour.served) == 1
+        # mid-stream: continued after what the client had; at the head: failed over
+        assert (spare.behaviour.served[0]["prompt"] != "a b c") == (record > 0)
+        assert a.front.metrics.continuations._value.get() == (record > 0)
+        assert a.front.metrics.failovers._value.get() == (record == 0)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_captured_forward_replayed_to_a_peer_is_refused(keyring: KeyRing) -> None:
+    """Someone on the path records a whole forward (handshake and request) and
+    plays it back, to the same peer or another: no handshake finishes, nothing
+    is served, nothing is answered but a closed connection."""
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
+        a = await start_door(nursery, keyring, 1)
+        b = await start_door(nursery, keyring, 2, engine=Behaviour())
+        c = await start_door(nursery, keyring, 3, engine=Behaviour())
+        captured = bytearray()
+
+        async def recording(client_side: trio.SocketStream) -> None:
+            server = await trio.open_tcp_stream(*b.peer_addr)
+            async with client_side, server, trio.open_nursery() as inner:
+
+                async def answers() -> None:
+                    while data := await server.receive_some(65536):
+                        await client_side.send_all(data)
+
+                inner.start_soon(answers)
+                while data := await client_side.receive_some(65536):
+                    captured.extend(data)
+                    await server.send_all(data)
+                inner.cancel_scope.cancel()
+
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        nursery.start_soon(trio.serve_listeners, recording, listeners)
+        a.view.peers[b.view.node] = ("127.0.0.1", listeners[0].socket.getsockname()[1])
+        body = {"model": MODEL, "prompt": "one two", "max_tokens": 3}
+        r = await client.post(f"{a.api}/completions", json=body)
+        assert r.status_code == 200 and b.behaviour is not None and len(b.behaviour.served) == 1
+        assert b"one two" not in captured  # the prompt never crossed in clear
+        for target in (b, c):
+            replay = await trio.open_tcp_stream(*target.peer_addr)
+            async with replay:
+                await replay.send_all(bytes(captured))
+                answer = bytearray()
+                with trio.fail_after(5):
+                    while data := await replay.receive_some(65536):
+                        answer += data
+            assert len(answer) <= HANDSHAKE_IN  # a message 2 at most, then the door closes
+            assert target.front.channels_refused == 1
+        assert len(b.behaviour.served) == 1
+        assert c.behaviour is not None and c.behaviour.served == []
         nursery.cancel_scope.cancel()
