@@ -66,6 +66,11 @@ class PeerStream:
         self._early = initial  # records read along with the handshake
 
     @property
+    def idle(self) -> bool:
+        """Holds nothing read ahead: no partial record, no unread early bytes."""
+        return not self._early and not self.opener.pending
+
+    @property
     def socket(self) -> trio.socket.SocketType:
         return self.stream.socket
 

@@ -1,29 +1,39 @@
-"""The peer channel's handshake and records: Noise XXpsk3, sans-IO.
+"""The peer channel's handshake and records: Noise XXpsk0, sans-IO.
 
 Forwarded requests, their answers and job traffic between agents travel in a
 channel keyed by the two node keys and the swarm key (decision in
-docs/decisions.md, "Peer channel"). The handshake is Noise's ``XXpsk3``
+docs/decisions.md, "Peer channel"). The handshake is Noise's ``XXpsk0``
 pattern (noiseprotocol.org, revision 34) with X25519, ChaCha20-Poly1305 and
 BLAKE2b, one round trip before the first request::
 
-    -> e                      the dialler's ephemeral key
+    -> psk, e                 the swarm key mixed in; the dialler's ephemeral key
     <- e, ee, s, es           the listener's node key, encrypted
-    -> s, se, psk             the dialler's node key; the swarm key mixed in
+    -> s, se                  the dialler's node key, encrypted
 
 Where it departs from the spec: the ``s`` a side sends is its *Ed25519* node
 key (so the other end can check the node id, BLAKE2b-160 of it), and the
 Diffie-Hellman steps use its X25519 form (``peerauth.x25519_public``, the map
 libsodium's ``crypto_sign_ed25519_pk_to_curve25519`` computes). The ``psk``
-is derived from the swarm key: the listener tries each key of its ring, so a
-key rotation does not cut channels.
+is derived from the swarm key: the listener tries each key of its ring on
+message 1, so a key rotation does not cut channels.
 
-What it gives: the dialler knows it reached the node it meant (the node id it
-pinned is the hash of the key that answered ``es``); the listener knows which
-node dialled (``se``) and that it holds the swarm key (``psk``: the third
-message's tag); everything after the handshake is encrypted and
-authenticated in both directions under keys that live as long as the
-connection (forward secrecy by the ephemeral keys, so a replayed handshake or
-record opens nothing). An outsider learns neither node's identity.
+What it gives: the listener knows at message 1 that the dialler holds the
+swarm key (its tag is keyed by the psk), before any key agreement, so an
+outsider costs it one hash and one AEAD per ring key and learns nothing; the
+dialler knows it reached the node it meant (the node id it pinned is the
+hash of the key that answered ``es``) and that the node holds the swarm key;
+the listener knows which node dialled (``se``); everything after is
+encrypted and authenticated in both directions under keys that live as long
+as the connection (forward secrecy by the ephemeral keys, so a replayed
+handshake or record opens nothing). Node keys cross encrypted: only members
+learn who is who.
+
+What it does not: the node id is the hash of the exact Ed25519 key sent, but
+the agreement sees only its X25519 form, which drops the sign bit and
+clamping drops the torsion; so one private key can appear under 16 node ids
+(its own and its aliases). No one can appear as *another* member's id
+(that takes its private key); a member can take 16 ids instead of one,
+where making keys is free anyway. (The datagrams' pair MACs share this.)
 
 Records: a 2-byte big-endian length, then ChaCha20-Poly1305 ciphertext and its
 16-byte tag, the nonce a counter per direction (``Sealer``, ``Opener``); at
@@ -59,7 +69,7 @@ __all__ = [
     "channel_psk",
 ]
 
-PROTOCOL = b"Noise_XXpsk3_25519_ChaChaPoly_BLAKE2b"
+PROTOCOL = b"Noise_XXpsk0_25519_ChaChaPoly_BLAKE2b"
 PREAMBLE = b"\x01HXN"  # first bytes of a dial: the peer port tells it from frames (0) and HTTP
 PROLOGUE = b"hexamesh peer channel v1"
 TAG = 16  # ChaCha20-Poly1305's tag
@@ -181,7 +191,7 @@ class Opener:
     def __init__(self, key: bytes) -> None:
         self._aead = ChaCha20Poly1305(key)
         self._n = 0
-        self._buf = b""
+        self._buf = bytearray()
 
     @property
     def pending(self) -> bool:
@@ -190,23 +200,25 @@ class Opener:
     def open(self, data: bytes) -> bytes:
         """The plaintext of every whole record so far (b"" if none is whole
         yet); raises ChannelError on a record that does not verify."""
-        buf = self._buf + data if self._buf else data
+        buf = self._buf
+        buf += data
         out = []
         at = 0
         while len(buf) - at >= LENGTH:
             size = int.from_bytes(buf[at : at + LENGTH], "big")
-            if size < TAG:
-                raise ChannelError(f"a record of {size} bytes is shorter than its tag")
+            if size <= TAG:  # an empty record: never sent (it would only reset a stall timer)
+                raise ChannelError(f"a record of {size} bytes holds nothing")
             end = at + LENGTH + size
             if end > len(buf):
                 break
             try:
-                out.append(self._aead.decrypt(_nonce(self._n), buf[at + LENGTH : end], None))
+                out.append(self._aead.decrypt(_nonce(self._n), bytes(buf[at + LENGTH : end]), None))
             except InvalidTag:
                 raise ChannelError("a record does not verify (tampered, or out of order)") from None
             self._n += 1
             at = end
-        self._buf = buf[at:]
+        if at:
+            del buf[:at]
         return out[0] if len(out) == 1 else b"".join(out)
 
 
@@ -253,18 +265,20 @@ class Initiator:
         self._expect = expect
         self._sym = _Symmetric()
         self._e = X25519PrivateKey.generate()
-        self._peer: bytes | None = None
 
     def first(self) -> bytes:
-        """Message 1: ``e``."""
+        """Message 1: ``psk, e``."""
+        sym = self._sym
+        sym.mix_key_and_hash(self._psk)
         e = _raw(self._e.public_key())
-        self._sym.mix_hash(e)
-        self._sym.mix_key(e)  # a psk handshake mixes e into the key too
-        return e + self._sym.encrypt_and_hash(b"")
+        sym.mix_hash(e)
+        sym.mix_key(e)  # a psk handshake mixes e into the key too
+        return e + sym.encrypt_and_hash(b"")
 
     def third(self, second: bytes) -> tuple[bytes, Session]:
         """Read message 2 (``e, ee, s, es``), check it is the node we dialled,
-        write message 3 (``s, se, psk``); raises ChannelError."""
+        write message 3 (``s, se``); raises ChannelError."""
+        second = bytes(second)
         if len(second) != HANDSHAKE_BYTES[1]:
             raise ChannelError(f"handshake message 2 has {len(second)} bytes")
         sym = self._sym
@@ -282,7 +296,6 @@ class Initiator:
         sym.decrypt_and_hash(second[DH + PUBLIC_KEY_BYTES + TAG :])
         s = sym.encrypt_and_hash(self._identity.public_key)
         sym.mix_key(_dh(self._static, re))  # se
-        sym.mix_key_and_hash(self._psk)
         payload = sym.encrypt_and_hash(b"")
         send, receive = sym.split()
         return s + payload, Session(rs, Sealer(send), Opener(receive))
@@ -295,19 +308,31 @@ class Responder:
         self._identity = identity
         self._psks = [channel_psk(k) for k in swarm_keys]
         self._sym = _Symmetric()
-        self._e = X25519PrivateKey.generate()
+        self._e: X25519PrivateKey | None = None
         self._re: X25519PublicKey | None = None
 
     def second(self, first: bytes) -> bytes:
-        """Read message 1, write message 2; raises ChannelError."""
+        """Read message 1 (a non-member fails here, before any key agreement),
+        write message 2; raises ChannelError."""
+        first = bytes(first)
         if len(first) != HANDSHAKE_BYTES[0]:
             raise ChannelError(f"handshake message 1 has {len(first)} bytes")
-        sym = self._sym
         re_raw = first[:DH]
-        sym.mix_hash(re_raw)
-        sym.mix_key(re_raw)
-        sym.decrypt_and_hash(first[DH:])
+        for psk in self._psks:
+            trial = self._sym.copy()
+            trial.mix_key_and_hash(psk)
+            trial.mix_hash(re_raw)
+            trial.mix_key(re_raw)
+            try:
+                trial.decrypt_and_hash(first[DH:])
+            except ChannelError:
+                continue
+            break
+        else:
+            raise ChannelError("the dialler does not hold this swarm's key")
+        self._sym = sym = trial
         self._re = X25519PublicKey.from_public_bytes(re_raw)
+        self._e = X25519PrivateKey.generate()
         e = _raw(self._e.public_key())
         sym.mix_hash(e)
         sym.mix_key(e)
@@ -317,22 +342,15 @@ class Responder:
         return e + s + sym.encrypt_and_hash(b"")
 
     def finish(self, third: bytes) -> Session:
-        """Read message 3: the dialler's node key, proven, and the swarm key's
-        mark; raises ChannelError (a non-member fails here)."""
-        if self._re is None:
+        """Read message 3: the dialler's node key, proven; raises ChannelError."""
+        third = bytes(third)
+        if self._re is None or self._e is None:
             raise ChannelError("handshake message 3 before message 1")
         if len(third) != HANDSHAKE_BYTES[2]:
             raise ChannelError(f"handshake message 3 has {len(third)} bytes")
         sym = self._sym
         rs = sym.decrypt_and_hash(third[: PUBLIC_KEY_BYTES + TAG])
         sym.mix_key(_dh(self._e, _their_x25519(rs)))  # se
-        for psk in self._psks:
-            trial = sym.copy()
-            trial.mix_key_and_hash(psk)
-            try:
-                trial.decrypt_and_hash(third[PUBLIC_KEY_BYTES + TAG :])
-            except ChannelError:
-                continue
-            receive, send = trial.split()
-            return Session(rs, Sealer(send), Opener(receive))
-        raise ChannelError("the dialler does not hold this swarm's key")
+        sym.decrypt_and_hash(third[PUBLIC_KEY_BYTES + TAG :])
+        receive, send = sym.split()
+        return Session(rs, Sealer(send), Opener(receive))

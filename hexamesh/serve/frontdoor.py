@@ -35,6 +35,7 @@ import trio
 
 from hexamesh.faults import Component, Faults
 from hexamesh.identity import short_id
+from hexamesh.limits import SNIFF_TIMEOUT
 from hexamesh.net.admission import Ticket
 from hexamesh.net.base import Addr
 from hexamesh.net.channel import ChannelKeys, PeerStream, accept, is_channel
@@ -197,7 +198,10 @@ class FrontDoor:
         """A connection on the peer port: the peer channel's handshake, then
         HTTP inside it (plain HTTP is answered, with 403). Never raises."""
         if not first:
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            with (
+                trio.move_on_after(SNIFF_TIMEOUT),
+                contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+            ):
                 first = await stream.receive_some(len(PREAMBLE))
         if not is_channel(first):
             await self.serve_connection(stream, first, peer=True, ticket=ticket)

@@ -95,6 +95,11 @@ class UpstreamResponse:
     key: tuple[str, int] = ("", 0)
     consumed: bool = False  # the whole response was read, nothing after it: reusable
 
+    def _clean(self) -> bool:
+        """Nothing of a peer channel's is read ahead (a partial record, bytes
+        that came with the handshake): else reuse would break its records."""
+        return not isinstance(self.stream, PeerStream) or self.stream.idle
+
     @property
     def opener(self) -> Opener | None:
         """The channel's receiving half (a peer), for the relay thread; None: plain."""
@@ -106,7 +111,7 @@ class UpstreamResponse:
 
     async def aclose(self) -> None:
         """Give the connection back to the pool if it can carry another request, else close."""
-        if self.pool is not None and self.consumed and self.keep_alive:
+        if self.pool is not None and self.consumed and self.keep_alive and self._clean():
             self.pool.give(self.key, self.stream)
             return
         with trio.CancelScope(shield=True):

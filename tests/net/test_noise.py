@@ -130,3 +130,12 @@ def test_malformed_handshake_messages_are_refused() -> None:
     initiator.first()
     with pytest.raises(ChannelError):
         initiator.third(b"\x00" * HANDSHAKE_BYTES[1])
+
+
+def test_a_non_member_is_refused_at_message_1_before_any_key_agreement() -> None:
+    """Its first message is keyed by the swarm key: the listener neither
+    makes a key pair nor sends its node key to someone without it."""
+    responder = Responder(identity(2), (SWARM,))
+    with pytest.raises(ChannelError, match="swarm's key"):
+        responder.second(Initiator(identity(1), OTHER, identity(2).node_id).first())
+    assert responder._e is None

@@ -10,9 +10,9 @@ import httpx
 import pytest
 import trio
 
-from hexamesh.limits import MAX_BODY
+from hexamesh.limits import HANDSHAKE_TIMEOUT, MAX_BODY
 from hexamesh.net.channel import ChannelKeys
-from hexamesh.net.noise import HANDSHAKE_BYTES, LENGTH, PREAMBLE
+from hexamesh.net.noise import HANDSHAKE_BYTES, LENGTH, PREAMBLE, Initiator
 from hexamesh.serve.frontdoor import SERVED_BY
 from hexamesh.serve.peerroute import PeerRoute, route_headers
 from hexamesh.serve.relay import (
@@ -808,4 +808,69 @@ async def test_a_captured_forward_replayed_to_a_peer_is_refused(keyring: KeyRing
             assert target.front.channels_refused == 1
         assert len(b.behaviour.served) == 1
         assert c.behaviour is not None and c.behaviour.served == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_half_handshakes_and_junk_on_the_peer_port_are_closed_and_counted(
+    keyring: KeyRing,
+) -> None:
+    """What an outsider (or a member that stops halfway) can send to the peer
+    port: each connection is closed within the handshake timeout, counted,
+    and the door goes on serving."""
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
+        a = await start_door(nursery, keyring, 1)
+        b = await start_door(nursery, keyring, 2, engine=Behaviour())
+        link(a, b)
+        member = Initiator(identity(3), keyring.primary, b.view.node).first()
+        outsider = Initiator(identity(4), KeyRing.generate().primary, b.view.node).first()
+        tries = {
+            "preamble only": PREAMBLE,
+            "junk after the preamble": PREAMBLE + b"\xff" * 300,
+            "an outsider's message 1": PREAMBLE + len(outsider).to_bytes(LENGTH, "big") + outsider,
+            "a member's message 1, then silence": PREAMBLE
+            + len(member).to_bytes(LENGTH, "big")
+            + member,
+        }
+        answers: dict[str, bytes] = {}
+
+        async def attack(name: str, data: bytes) -> None:
+            conn = await trio.open_tcp_stream(*b.peer_addr)
+            async with conn:
+                await conn.send_all(data)
+                got = b""
+                with trio.fail_after(HANDSHAKE_TIMEOUT + 2):
+                    while chunk := await conn.receive_some(65536):
+                        got += chunk
+                answers[name] = got
+
+        async with trio.open_nursery() as attacks:
+            for name, data in tries.items():
+                attacks.start_soon(attack, name, data)
+        assert answers["a member's message 1, then silence"][LENGTH:] != b""  # message 2 came
+        assert all(
+            answers[n] == b"" for n in tries if "member's" not in n
+        )  # nothing, not even a key
+        assert b.front.channels_refused == len(tries)
+        r = await client.post(f"{a.api}/completions", json={"model": MODEL, "prompt": "x y"})
+        assert r.status_code == 200
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_forged_dance_can_no_longer_redirect_traffic(keyring: KeyRing) -> None:
+    """A member relays a dance saying that server b is at the member's own
+    address (it holds the swarm key, so it finishes handshakes): the entry
+    pins b's node id, the member's key answers instead, the handshake fails,
+    and the request goes to the next server. The member sees no prompt."""
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
+        a = await start_door(nursery, keyring, 1)
+        b = await start_door(nursery, keyring, 2, engine=Behaviour())
+        spare = await start_door(nursery, keyring, 3, engine=Behaviour())
+        liar = await start_door(nursery, keyring, 7, engine=Behaviour())
+        link_in_order(a, b, spare)
+        a.view.peers[b.view.node] = liar.peer_addr  # the forged dance
+        body = {"model": MODEL, "prompt": "one two", "max_tokens": 3}
+        r = await client.post(f"{a.api}/completions", json=body)
+        assert r.status_code == 200 and r.headers[SERVED_BY] == spare.view.node.hex()
+        assert liar.behaviour is not None and liar.behaviour.served == []
+        assert b.behaviour is not None and b.behaviour.served == []
         nursery.cancel_scope.cancel()
