@@ -218,7 +218,7 @@ async def _run_agent(
                     nursery.start_soon(partial(services.run, "swarmscale", swarmscale))
             view = CombView(honeycomb, engine, trio.current_time())
             await nursery.start(services.run, "view", view.run)
-            jobs_dht = DhtJobs(dht, honeycomb.is_dead, JobSeal(keyring))
+            jobs_dht = DhtJobs(dht, honeycomb.is_dead, honeycomb.is_member, JobSeal(keyring))
             front = FrontDoor(
                 view=view,
                 keys=ChannelKeys(identity, keyring),

@@ -524,6 +524,10 @@ class Comb:
         """Does the failure detector hold ``node`` dead?"""
         return self.swim.state_of(node) is MemberState.DEAD
 
+    def knows(self, node: bytes) -> bool:
+        """Is ``node`` us or a member we hold (heard from, or of, in the swarm)?"""
+        return node == self.node or node in self.swim.members
+
     def members(self) -> dict[bytes, MemberState]:
         """Every member held, and its state (a copy)."""
         return {n: m.state for n, m in self.swim.members.items()}

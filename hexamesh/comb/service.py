@@ -151,6 +151,10 @@ class Honeycomb:
     def members(self) -> dict[bytes, MemberState]:
         return self.comb.members()
 
+    def is_member(self, node: bytes) -> bool:
+        """Is ``node`` known to the comb (a key that never joined is not)?"""
+        return self.comb.knows(node)
+
     @property
     def dance(self) -> Dance:
         return self.comb.dance
@@ -296,7 +300,7 @@ class Honeycomb:
         cell = self.comb.cell
         self.comb.settling()
         try:
-            holder = holder_of(await self.dht.get(cell_key(cell), every_replica=True))
+            holder = holder_of(*await self.dht.claims(cell_key(cell)))
         except DhtError as e:
             log.warning("checking our cell %s: %s", cell, e)
             return

@@ -4,7 +4,15 @@ A claim record's value is the claimant's address (msgpack ``[host, port]``)
 and its sequence number the claim time in milliseconds. The k closest nodes
 store put-if-absent, but two claims can still race onto different replicas;
 every reader then applies the same rule, the older claim keeps the key, ties
-to the lower node id, so claimants agree without talking. Giving a key back
+to the lower node id, so claimants agree without talking. A claim's age is
+what its holders say, not what its claimant wrote: each holder notes when it
+first saw the record (``records.RecordStore.held_for``), a reader takes the
+median over the holders it asked, and a claim counts as made at the later of
+that and its own sequence number, so a back-dated claim (``seq = 0``) is as
+young as the holders saw it. Claims first seen within ``SIGHT_TOLERANCE`` of
+each other are a race, settled by (sequence number, node id): readers who
+asked at different moments estimate sights a few milliseconds apart, and
+must still agree. Giving a key back
 re-stores the record with a one-second lease and stops renewing it, so it
 blocks no replica for the rest of its lease.
 """
@@ -13,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import msgpack
@@ -35,6 +43,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 RELEASE_TTL = 1.0  # s; a key given back is re-stored with this lease, so it frees at once
+# s; first sights closer than this are a race (settled by seq, node id): well
+# above the spread of readers' estimates (a round trip), well below a lease
+SIGHT_TOLERANCE = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,16 +74,38 @@ def decode_addr(value: bytes) -> Addr | None:
     return peer_addr(got[0], got[1])
 
 
-def holder_of(records: Iterable[Record]) -> Holder | None:
-    """Who holds the key by the rule above; None if nobody (malformed values are skipped)."""
-    best: Holder | None = None
+def _made(record: Record, seen: Mapping[bytes, float]) -> float:
+    """When a claim counts as made: the later of its own word and its holders' first sight."""
+    claimed = record.seq / 1000
+    first = seen.get(record.publisher_id)
+    return claimed if first is None else max(claimed, first)
+
+
+def holder_of(
+    records: Iterable[Record], seen: Mapping[bytes, float] | None = None
+) -> Holder | None:
+    """Who holds the key by the rule above; None if nobody (malformed values
+    are skipped). ``seen``: publisher id -> the holders' first sight of its
+    claim (``Dht.claims``); without it, claims are as old as they say."""
+    seen = seen or {}
+    best: tuple[Record, Addr] | None = None
     for r in records:
         addr = decode_addr(r.value)
         if addr is None:
             continue
-        if best is None or (r.seq, r.publisher_id) < (best.since, best.node):
-            best = Holder(node=r.publisher_id, addr=addr, since=r.seq)
-    return best
+        if best is None:
+            best = (r, addr)
+            continue
+        mine, theirs = _made(r, seen), _made(best[0], seen)
+        if abs(mine - theirs) > SIGHT_TOLERANCE:
+            older = mine < theirs
+        else:
+            older = (r.seq, r.publisher_id) < (best[0].seq, best[0].publisher_id)
+        if older:
+            best = (r, addr)
+    if best is None:
+        return None
+    return Holder(node=best[0].publisher_id, addr=best[1], since=best[0].seq)
 
 
 async def claim(
@@ -94,11 +127,11 @@ async def claim(
     holders would place one replica too many); by default a read-back that
     finds nothing leaves the key ours (a cell, where a later contest settles
     it). Raises DhtError."""
-    holder = holder_of(await dht.get(key, every_replica=True))
+    holder = holder_of(*await dht.claims(key))
     if holder is not None and holder.node != me:
         return holder
     await dht.put(key, value, ttl, seq=math.floor(now * 1000))
-    holder = holder_of(await dht.get(key, every_replica=True))
+    holder = holder_of(*await dht.claims(key))
     if (holder is not None and holder.node == me) or (holder is None and not seen):
         return None
     await release(dht, key, value)

@@ -46,9 +46,10 @@ import heapq
 import itertools
 import logging
 import random
+import statistics
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hexamesh.dht.contact import ID_BITS, Contact, key_id
 from hexamesh.dht.lookup import Lookup, LookupStats
@@ -83,7 +84,7 @@ __all__ = ["DhtConfig", "DhtCore", "DhtEvent", "DhtStats", "Found", "Got", "Grew
 log = logging.getLogger(__name__)
 
 NodesCallback = Callable[[list[Contact], LookupStats], None]
-RecordsCallback = Callable[[list[Record], LookupStats], None]
+RecordsCallback = Callable[[list[Record], LookupStats, dict[bytes, float]], None]
 StoredCallback = Callable[[int, LookupStats], None]
 ReplyCallback = Callable[[Message, Contact, float], None]
 FailCallback = Callable[[float], None]
@@ -123,6 +124,9 @@ class Got:
     op: int
     records: list[Record]
     stats: LookupStats
+    # publisher id -> when the holders first saw its record, by our clock (the
+    # median over the holders that said): how old a claim really is
+    seen: dict[bytes, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +181,7 @@ class _Operation:
         self.key = key  # set for value lookups
         self.records: dict[bytes, Record] = {}  # publisher id -> best record seen
         self.holders: set[bytes] = set()  # nodes that returned a record
+        self.sightings: dict[bytes, list[float]] = {}  # publisher id -> first sight, each holder
         self.every_replica = False  # a single-owner get that does not stop at the first
         self.done = False
 
@@ -361,7 +366,10 @@ class DhtCore:
                 contacts = tuple(
                     self.table.closest(key_id(msg.key), self.config.k, exclude=env.sender)
                 )
-            reply = Value(records=tuple(records), contacts=contacts)
+            held = tuple(
+                round(self.store.held_for(msg.key, r.publisher_id, now), 3) for r in records
+            )
+            reply = Value(records=tuple(records), contacts=contacts, held_for=held)
         elif isinstance(msg, Store):
             try:
                 self.store.put(msg.record, now)
@@ -452,7 +460,7 @@ class DhtCore:
                     found = msg.contacts
                 elif isinstance(msg, Value):
                     found = msg.contacts
-                    self._take_records(op, msg.records, c, t)
+                    self._take_records(op, msg.records, c, t, msg.held_for)
                 lookup.on_reply(c.id, found)
                 self._step(op, t, finish)
 
@@ -465,15 +473,23 @@ class DhtCore:
             self._request(contact.addr, contact.id, message, on_reply, on_fail, now)
 
     def _take_records(
-        self, op: _Operation, records: tuple[Record, ...], holder: Contact, now: float
+        self,
+        op: _Operation,
+        records: tuple[Record, ...],
+        holder: Contact,
+        now: float,
+        held_for: tuple[float, ...] = (),
     ) -> None:
         valid = False
-        for record in records:
+        longest = self.store.config.max_ttl + self.store.config.clock_skew
+        for i, record in enumerate(records):
             if record.key != op.key or record.expires <= now or not record.verify():
                 self.stats.records_rejected += 1
                 continue
             valid = True
             pub = record.publisher_id
+            if i < len(held_for) and 0.0 <= held_for[i] <= longest:  # (NaN fails both)
+                op.sightings.setdefault(pub, []).append(now - held_for[i])
             best = op.records.get(pub)
             if best is None or (record.seq, record.expires) > (best.seq, best.expires):
                 op.records[pub] = record
@@ -501,7 +517,10 @@ class DhtCore:
         Raises ValueError for a key of no known type."""
         op = next(self._op_ids)
         self._get(
-            key, now, lambda r, s: self._events.append(Got(op, r, s)), every_replica=every_replica
+            key,
+            now,
+            lambda r, s, seen: self._events.append(Got(op, r, s, seen)),
+            every_replica=every_replica,
         )
         return op
 
@@ -564,6 +583,10 @@ class DhtCore:
         op = self._start(key_id(key), now, key=key)
         op.every_replica = every_replica
         local = self.store.get(key, now)
+        for r in local:  # we are a holder too: our first sight counts as one
+            op.sightings.setdefault(r.publisher_id, []).append(
+                now - self.store.held_for(key, r.publisher_id, now)
+            )
         if kind is KeyKind.SET:  # our own entries count; the network adds the rest
             op.records.update((r.publisher_id, r) for r in local)
 
@@ -578,7 +601,8 @@ class DhtCore:
                     self._cache(o, records[0], t)
                 else:
                     records = local  # nobody else has it: what we hold is the answer
-            on_done(records, o.stats(t))
+            first = {pub: statistics.median_low(times) for pub, times in o.sightings.items()}
+            on_done(records, o.stats(t), first)
 
         self._step(op, now, finish)
         self._run_deferred()

@@ -63,6 +63,8 @@ class FindValue(Message):
 class Value(Message):
     records: Annotated[tuple[Record, ...], MaxLen(MAX_RECORDS)]
     contacts: Annotated[tuple[Contact, ...], MaxLen(MAX_CONTACTS)]
+    # s the answering holder has held each record (its first sight; one per record)
+    held_for: Annotated[tuple[float, ...], MaxLen(MAX_RECORDS)] = ()
 
 
 @message(0x0107)

@@ -26,6 +26,13 @@ Other prefixes are refused. Within one publisher's entry, a newer sequence
 wins; an equal sequence only extends the expiry; an older one is a replay and
 is refused.
 
+Each holder notes when it first saw each publisher's record under a key
+(``first_seen``, its own clock; kept across the publisher's renewals) and
+tells readers how long it has held it (``held_for``): a claim's age is judged
+by that, not by the sequence number the claimant wrote
+(``dht.claim.holder_of``). One publisher may hold at most ``max_cells``
+``cell:`` keys and ``max_slots`` ``placement:`` keys at a holder.
+
 Storage is bounded and says so: ``max_records`` entries in all,
 ``max_bytes_per_publisher``, ``max_entries_per_set`` per set key, values of at
 most ``MAX_VALUE`` bytes and expiries at most ``max_ttl`` ahead.
@@ -148,6 +155,11 @@ class StoreConfig:
     max_entries_per_set: int = 64  # providers / votes held for one set key
     max_ttl: float = 24 * 3600.0  # s; refuse records that expire later than this
     clock_skew: float = 60.0  # s of expiry tolerated beyond max_ttl (unsynced clocks)
+    # claims one publisher may hold here: a node owns one cell (more for a
+    # moment while it moves or loses a race: a given-back claim lingers 1 s),
+    # and one placement slot per model it serves
+    max_cells: int = 4
+    max_slots: int = 16
 
 
 class RecordStore:
@@ -160,6 +172,8 @@ class RecordStore:
         self._count = 0
         self.total_bytes = 0
         self._swept_at = -math.inf  # the last sweep for room when full
+        self._first_seen: dict[tuple[str, bytes], float] = {}  # (key, publisher id) -> when
+        self._claims: dict[tuple[bytes, str], int] = {}  # (publisher id, prefix) -> keys held
 
     def __len__(self) -> int:
         return self._count
@@ -173,6 +187,13 @@ class RecordStore:
         if len(live) != len(entries):
             self._drop_expired(key, now)
         return live
+
+    def held_for(self, key: str, publisher_id: bytes, now: float) -> float:
+        """Seconds since we first saw ``publisher_id``'s record under ``key`` (0: none held)."""
+        return max(0.0, now - self._first_seen.get((key, publisher_id), now))
+
+    def _quota(self, prefix: str) -> int | None:
+        return {"cell:": self.config.max_cells, "placement:": self.config.max_slots}.get(prefix)
 
     def put(self, record: Record, now: float) -> bool:
         """Store a record; True if it changed what we hold.
@@ -208,6 +229,10 @@ class RecordStore:
             raise StoreRefused(
                 f"{record.key} holds {self.config.max_entries_per_set} entries already"
             )
+        prefix = record.key.partition(":")[0] + ":"
+        quota = self._quota(prefix)
+        if mine is None and quota is not None and self._claims.get((publisher, prefix), 0) >= quota:
+            raise StoreRefused(f"publisher holds {quota} {prefix} keys here already")
         old_size = mine.size if mine is not None else 0
         used = self._bytes.get(publisher, 0) - old_size + record.size
         if used > self.config.max_bytes_per_publisher:
@@ -229,6 +254,9 @@ class RecordStore:
         self.total_bytes = total
         if mine is None:
             self._count += 1
+            self._first_seen[(record.key, publisher)] = now
+            if quota is not None:
+                self._claims[(publisher, prefix)] = self._claims.get((publisher, prefix), 0) + 1
         return True
 
     def _drop_expired(self, key: str, now: float) -> None:
@@ -251,6 +279,14 @@ class RecordStore:
             del self._bytes[publisher]
         self._count -= 1
         self.total_bytes -= record.size
+        self._first_seen.pop((key, publisher), None)
+        prefix = key.partition(":")[0] + ":"
+        held = self._claims.get((publisher, prefix))
+        if held is not None:
+            if held > 1:
+                self._claims[(publisher, prefix)] = held - 1
+            else:
+                del self._claims[(publisher, prefix)]
 
     def expire(self, now: float) -> int:
         """Drop every expired record; returns how many went."""

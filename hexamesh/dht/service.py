@@ -124,6 +124,16 @@ class Dht:
         assert isinstance(got, Got)
         return got.records
 
+    async def claims(self, key: str) -> tuple[list[Record], dict[bytes, float]]:
+        """Every publisher's record under a single-owner key at the k closest
+        nodes, and when the holders first saw each (publisher id -> our clock;
+        ``dht.claim.holder_of`` settles by it)."""
+        got = await self._run(
+            lambda: self.core.get(key, self._clock(), every_replica=True), f"get {key}"
+        )
+        assert isinstance(got, Got)
+        return got.records, got.seen
+
     async def put(self, key: str, value: bytes, ttl: float, *, seq: int | None = None) -> int:
         """Sign and store a record of ours (republished until withdrawn); returns replicas.
 

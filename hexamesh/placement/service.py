@@ -191,8 +191,7 @@ class Placements:
         """Who holds each slot of an election, as the DHT says."""
         out = {}
         for slot in range(replicas):
-            records = await self.dht.get(slot_key(model, epoch, slot), every_replica=True)
-            holder = holder_of(records)
+            holder = holder_of(*await self.dht.claims(slot_key(model, epoch, slot)))
             if holder is not None:
                 out[slot] = holder
         return out

@@ -40,7 +40,7 @@ import re
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from random import Random
@@ -49,6 +49,7 @@ from typing import Any, Protocol
 import msgpack
 import trio
 
+from hexamesh.dht.claim import SIGHT_TOLERANCE
 from hexamesh.faults import Component, Faults
 from hexamesh.serve.http import HttpConnection, Request
 from hexamesh.serve.jobseal import JobSeal
@@ -225,18 +226,28 @@ class JobRunner(Protocol):
 
 class JobDht(Protocol):
     async def put(self, key: str, value: bytes, ttl: float) -> int: ...
+    # (publisher, record) pairs; a record's "_seq" is its sequence number and
+    # "_seen" when its holders first saw it (our clock; absent if nobody said)
     async def get_records(self, key: str) -> list[tuple[bytes, dict[str, Any]]]: ...
     def held_jobs(self) -> list[tuple[str, bytes, dict[str, Any]]]: ...
     def is_dead(self, node: bytes) -> bool: ...
+    def is_member(self, node: bytes) -> bool: ...
 
 
 class DhtJobs:
     """``JobDht`` over the agent's DHT service and failure detector; records
     are sealed under the swarm key (``jobseal``)."""
 
-    def __init__(self, dht: Any, is_dead: Callable[[bytes], bool], seal: JobSeal) -> None:
+    def __init__(
+        self,
+        dht: Any,
+        is_dead: Callable[[bytes], bool],
+        is_member: Callable[[bytes], bool],
+        seal: JobSeal,
+    ) -> None:
         self._dht = dht
         self.is_dead = is_dead
+        self.is_member = is_member
         self._seal = seal
 
     async def put(self, key: str, value: bytes, ttl: float) -> int:
@@ -248,10 +259,13 @@ class DhtJobs:
 
     async def get_records(self, key: str) -> list[tuple[bytes, dict[str, Any]]]:
         out = []
-        for record in await self._dht.get(key):
+        records, seen = await self._dht.claims(key)
+        for record in records:
             doc = self._doc(key, record.value)
             if doc is not None:
-                out.append((record.publisher_id, {**doc, "_seq": record.seq}))
+                first = seen.get(record.publisher_id)
+                extra = {"_seq": record.seq} | ({} if first is None else {"_seen": first})
+                out.append((record.publisher_id, doc | extra))
         return out
 
     def held_jobs(self) -> list[tuple[str, bytes, dict[str, Any]]]:
@@ -580,6 +594,12 @@ class Jobs:
                     self._claimed[jid] = self._clock()  # not again: it would fail again
                     self.faults.caught(Component.JOBS, e, f"taking over job {jid}")
 
+    def _may_run(self, node: bytes) -> bool:
+        """May ``node``'s claim to run a job count: a live member (a key that
+        never joined the swarm cannot take a job over)."""
+        assert self.dht is not None
+        return self.dht.is_member(node) and not self.dht.is_dead(node)
+
     async def _take_over(self, jid: str, doc: dict[str, Any]) -> None:
         """Claim a dead acceptor's job in jobrun:<id>; run it if our claim is first."""
         assert self.dht is not None
@@ -587,19 +607,29 @@ class Jobs:
         if any(d.get("state") in (JobState.DONE, JobState.FAILED) for _, d in runs):
             self._claimed[jid] = self._clock()
             return
-        live = [(p, d) for p, d in runs if not self.dht.is_dead(p)]
-        if live:
-            return  # someone alive runs it
+        if any(self._may_run(p) for p, _ in runs):
+            return  # a live member runs it
         job = job_from_doc(doc)
         claim = Job(**{**_fields(job), "state": JobState.RUNNING})
         await self._publish(claim, key=f"jobrun:{jid}")
         runs = await self.dht.get_records(f"jobrun:{jid}")
-        claims = sorted((int(d.get("_seq", 0)), p) for p, d in runs if not self.dht.is_dead(p))
-        if claims and claims[0][1] != self.node:
+        if first_claimant((p, d) for p, d in runs if self._may_run(p)) not in (None, self.node):
             return
         self._claimed[jid] = self._clock()
         log.info("job %s: its acceptor is dead; running it here", jid)
         await self._run_one(job, publish_key=f"jobrun:{jid}")
+
+
+def first_claimant(runs: Iterable[tuple[bytes, dict[str, Any]]]) -> bytes | None:
+    """Who won the run of a job taken over: the claim its holders saw first
+    (``"_seen"``: a claimant's own sequence number says nothing about when it
+    claimed); claims seen within ``SIGHT_TOLERANCE`` of the first are a
+    race, won by the lowest node id, so every reader agrees."""
+    seen = [(float(d.get("_seen", math.inf)), p) for p, d in runs]
+    if not seen:
+        return None
+    earliest = min(t for t, _ in seen)
+    return min(p for t, p in seen if t <= earliest + SIGHT_TOLERANCE)
 
 
 def _readable(doc: dict[str, Any]) -> bool:

@@ -1,6 +1,6 @@
 """Who holds a claimed key (a cell, a placement slot): the rule every reader applies."""
 
-from hexamesh.dht.claim import Holder, addr_value, holder_of
+from hexamesh.dht.claim import SIGHT_TOLERANCE, Holder, addr_value, holder_of
 from hexamesh.dht.records import Record, sign_record
 from hexamesh.identity import Identity
 
@@ -34,3 +34,17 @@ def test_malformed_values_hold_nothing() -> None:
         node=a.node_id, addr=("10.0.0.9", 100), since=100
     )
     assert holder_of([bad]) is None and holder_of([]) is None
+
+
+def test_a_claim_is_as_old_as_its_holders_first_saw_it() -> None:
+    """``seq = 0`` no longer takes a key: the claim counts as made when its
+    holders first saw it; sights within the tolerance are a race, settled as before."""
+    honest, liar = Identity.generate(), Identity.generate()
+    held = claim(honest, 1_000_000, addr_value(("10.0.0.1", 7420)))  # at t = 1000 s, seen then
+    back_dated = claim(liar, 0, addr_value(("10.6.6.6", 1)))  # says 1970; seen at t = 1300 s
+    seen = {honest.node_id: 1000.0, liar.node_id: 1300.0}
+    assert holder_of([held, back_dated]).node == liar.node_id  # type: ignore[union-attr]
+    assert holder_of([held, back_dated], seen).node == honest.node_id  # type: ignore[union-attr]
+    assert holder_of([back_dated, held], seen).node == honest.node_id  # type: ignore[union-attr]
+    race = {honest.node_id: 1000.0, liar.node_id: 1000.0 + SIGHT_TOLERANCE / 2}
+    assert holder_of([held, back_dated], race).node == liar.node_id  # type: ignore[union-attr]

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from hexamesh.dht.claim import addr_value, holder_of
 from hexamesh.dht.contact import Contact
 from hexamesh.dht.core import DhtConfig, DhtCore, Found, Got, Grew
 from hexamesh.dht.lookup import LookupStats
@@ -260,3 +261,38 @@ def test_growth_undrained_is_one_grew_with_the_latest_size() -> None:
     ping = Envelope(sender=Identity.generate().node_id, msg_id=9, message=DhtPing())
     core.receive(ping, ("10.9.9.9", 7420), 9.0)
     assert [e for e in core.events() if isinstance(e, Grew)] == [Grew(6)]
+
+
+def test_a_claim_is_as_old_as_its_holders_saw_it_not_as_it_says() -> None:
+    """Node 1 claims a cell honestly; minutes later node 2's claim, dated 0,
+    reaches some replicas that had lost node 1's (churn). Readers get every
+    replica's record and when the holders first saw each: the back-dated
+    claim is minutes younger, and loses."""
+    swarm = joined_swarm(40, 8, DhtConfig(k=5))
+    key = "cell:3,-1"
+    honest = addr_value(("10.0.0.1", 7420))
+    claimed = swarm.net.now
+    collect(swarm, 1, "publish", key, honest, 600.0, seq=int(claimed * 1000))
+    swarm.net.run(until=swarm.net.now + 100.0)
+    holders = [j for j in range(40) if swarm.core(j).store.get(key, swarm.net.now)]
+    assert len(holders) >= 3
+    now = swarm.net.now
+    forged = sign_record(swarm.identities[2], key, addr_value(("10.6.6.6", 1)), 0, now + 600)
+    for j in holders[:2]:  # these replicas forgot node 1's claim and saw node 2's first
+        store = swarm.core(j).store
+        store._forget(key, swarm.identities[1].node_id, store.get(key, now)[0])
+        store.put(forged, now)
+    reader = next(j for j in range(40) if j not in holders and j not in (1, 2))
+    ops: list[int] = []
+    swarm.net.interact(
+        swarm.addrs[reader], lambda core, t: ops.append(core.get(key, t, every_replica=True))
+    )
+    swarm.net.run(until=swarm.net.now + 30.0)
+    [got] = [e for e in swarm.ended(reader) if isinstance(e, Got) and e.op == ops[0]]
+    me, them = swarm.identities[1].node_id, swarm.identities[2].node_id
+    assert {r.publisher_id for r in got.records} == {me, them}
+    assert got.seen[me] == pytest.approx(claimed, abs=1.0)
+    assert got.seen[them] == pytest.approx(now, abs=1.0)
+    by_its_word, by_sight = holder_of(got.records), holder_of(got.records, got.seen)
+    assert by_its_word is not None and by_its_word.node == them  # the old rule: it would win
+    assert by_sight is not None and by_sight.node == me

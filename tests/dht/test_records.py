@@ -165,3 +165,35 @@ def test_the_store_is_bounded_in_bytes_whatever_the_publishers() -> None:
             assert "full" in str(e)
     assert store.total_bytes <= 100_000 and stored == 100_000 // record.size
     assert len(store) == stored
+
+
+def test_one_publisher_holds_only_so_many_cells_and_slots_here() -> None:
+    store = RecordStore(StoreConfig(max_cells=2, max_slots=3))
+    greedy = Identity.generate()
+    for q in range(2):
+        assert store.put(sign_record(greedy, f"cell:{q},0", b"v", 1, NOW + 500.0), NOW)
+    with pytest.raises(StoreRefused, match="2 cell: keys"):
+        store.put(sign_record(greedy, "cell:9,0", b"v", 1, NOW + 500.0), NOW)
+    for s in range(3):
+        store.put(sign_record(greedy, f"placement:m/1/{s}", b"v", 1, NOW + 500.0), NOW)
+    with pytest.raises(StoreRefused, match="3 placement: keys"):
+        store.put(sign_record(greedy, "placement:m/1/9", b"v", 1, NOW + 500.0), NOW)
+    # renewing a held claim is no new claim; another publisher has its own quota
+    assert store.put(sign_record(greedy, "cell:0,0", b"v", 2, NOW + 500.0), NOW)
+    assert store.put(sign_record(Identity.generate(), "cell:9,0", b"v", 1, NOW + 500.0), NOW)
+    # a claim that expires frees its place
+    store.put(sign_record(greedy, "cell:1,0", b"v", 2, NOW + 1.0), NOW)
+    store.expire(NOW + 2.0)
+    assert store.put(sign_record(greedy, "cell:8,0", b"v", 1, NOW + 500.0), NOW + 2.0)
+
+
+def test_a_holder_says_how_long_it_has_held_a_record_across_renewals() -> None:
+    store = RecordStore()
+    who = Identity.generate()
+    assert store.held_for("cell:0,0", who.node_id, NOW) == 0.0
+    store.put(sign_record(who, "cell:0,0", b"v", 1, NOW + 100.0), NOW)
+    store.put(sign_record(who, "cell:0,0", b"v", 2, NOW + 200.0), NOW + 60.0)  # a renewal
+    assert store.held_for("cell:0,0", who.node_id, NOW + 90.0) == 90.0
+    store.expire(NOW + 300.0)
+    store.put(sign_record(who, "cell:0,0", b"v", 3, NOW + 400.0), NOW + 300.0)
+    assert store.held_for("cell:0,0", who.node_id, NOW + 310.0) == 10.0  # seen anew

@@ -267,6 +267,9 @@ class _JobsDht:
     def is_dead(self, node: bytes) -> bool:
         return node == self.dead
 
+    def is_member(self, node: bytes) -> bool:
+        return True
+
 
 @pytest.mark.parametrize(
     ("doc", "outcome"),

@@ -12,7 +12,17 @@ import pytest
 import trio
 
 from hexamesh.serve import jobs as jobs_mod
-from hexamesh.serve.jobs import Job, Jobs, JobState, JobStore, decode_record
+from hexamesh.serve.jobs import (
+    Job,
+    Jobs,
+    JobState,
+    JobStore,
+    _fields,
+    decode_record,
+    encode_record,
+    first_claimant,
+    job_from_doc,
+)
 from hexamesh.serve.router import Priority
 from hexamesh.wire import KeyRing
 from tests.serve.fake_upstream import Behaviour
@@ -20,27 +30,34 @@ from tests.serve.swarm import MODEL, Door, link, link_in_order, start_door
 
 
 class MemoryJobDht:
-    """A shared dict standing in for the DHT: key -> {publisher: (seq, value)}."""
+    """A shared dict standing in for the DHT: key -> {publisher: (seq, value, first seen)}.
+    Holders' first sight is a counter of stores (later stores, later sights)."""
 
     def __init__(
-        self, store: dict[str, dict[bytes, tuple[int, bytes]]], node: bytes, dead: set[bytes]
+        self,
+        store: dict[str, dict[bytes, tuple[int, bytes, float]]],
+        node: bytes,
+        dead: set[bytes],
+        strangers: frozenset[bytes] = frozenset(),  # keys that never joined
     ) -> None:
-        self.store, self.node, self.dead = store, node, dead
+        self.store, self.node, self.dead, self.strangers = store, node, dead, strangers
 
     async def put(self, key: str, value: bytes, ttl: float) -> int:
         entries = self.store.setdefault(key, {})
         if key.startswith("job:") and entries and self.node not in entries:
             raise RuntimeError("single-owner key")
         seq = len(self.store) * 1000 + len(entries)
-        entries[self.node] = (seq, value)
+        stores = sum(len(e) for e in self.store.values())
+        first = entries[self.node][2] if self.node in entries else float(stores)
+        entries[self.node] = (seq, value, first)
         return seq
 
     async def get_records(self, key: str) -> list[tuple[bytes, dict[str, Any]]]:
         out = []
-        for pub, (seq, value) in self.store.get(key, {}).items():
+        for pub, (seq, value, first) in self.store.get(key, {}).items():
             doc = decode_record(value)
             assert doc is not None
-            out.append((pub, {**doc, "_seq": seq}))
+            out.append((pub, {**doc, "_seq": seq, "_seen": first}))
         return out
 
     def held_jobs(self) -> list[tuple[str, bytes, dict[str, Any]]]:
@@ -48,11 +65,14 @@ class MemoryJobDht:
             (k, pub, decode_record(v) or {})
             for k, entries in self.store.items()
             if k.startswith("job:")
-            for pub, (_, v) in entries.items()
+            for pub, (_, v, _) in entries.items()
         ]
 
     def is_dead(self, node: bytes) -> bool:
         return node in self.dead
+
+    def is_member(self, node: bytes) -> bool:
+        return node not in self.strangers
 
 
 async def start_jobs(
@@ -176,10 +196,16 @@ def test_a_restart_requeues_running_jobs(tmp_path: Path) -> None:
     assert job is not None and job.state == "queued"
 
 
-async def test_a_dead_acceptors_job_is_taken_over_and_readable_anywhere(tmp_path: Path) -> None:
+@pytest.mark.parametrize("forged", [False, True])
+async def test_a_dead_acceptors_job_is_taken_over_and_readable_anywhere(
+    tmp_path: Path, forged: bool
+) -> None:
+    """``forged``: a key that never joined claimed the run first, with sequence
+    number 0; its claim neither blocks the takeover nor wins it."""
     ring = KeyRing.generate()
-    shared: dict[str, dict[bytes, tuple[int, bytes]]] = {}
+    shared: dict[str, dict[bytes, tuple[int, bytes, float]]] = {}
     dead: set[bytes] = set()
+    stranger = b"s" * 20
     async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
         server = await start_door(nursery, ring, 9, engine=Behaviour())
         acceptor = await start_door(nursery, ring, 1)
@@ -202,8 +228,15 @@ async def test_a_dead_acceptors_job_is_taken_over_and_readable_anywhere(tmp_path
             json={"model": MODEL, "prompt": "p q", "max_tokens": 2, "id": "orphan"},
         )
         assert r.status_code == 202
-        await start_jobs(nursery, b, tmp_path, MemoryJobDht(shared, b.view.node, dead))
-        await start_jobs(nursery, c, tmp_path, MemoryJobDht(shared, c.view.node, dead))
+        if forged:
+            job = job_from_doc(decode_record(shared["job:orphan"][acceptor.view.node][1]) or {})
+            running = Job(**{**_fields(job), "state": JobState.RUNNING})
+            shared["jobrun:orphan"] = {stranger: (0, encode_record(running, "x"), -1.0)}
+        strangers = frozenset({stranger})
+        for d in (b, c):
+            await start_jobs(
+                nursery, d, tmp_path, MemoryJobDht(shared, d.view.node, dead, strangers)
+            )
         await trio.sleep(0.3)
         assert (
             server.behaviour is not None and server.behaviour.served == []
@@ -236,3 +269,15 @@ def test_finished_jobs_are_deleted_after_their_retention(tmp_path: Path) -> None
         )
     assert store.prune(time.time() - 86400) == 2  # finished and older than a day
     assert store.get("waiting") is not None and store.counts() == {"queued": 1}
+
+
+def test_the_run_goes_to_the_claim_seen_first_not_the_one_dated_first() -> None:
+    early, late, low = b"e" * 20, b"z" * 20, b"a" * 20
+    back_dated = (late, {"_seq": 0, "_seen": 100.0})
+    honest = (early, {"_seq": 50, "_seen": 10.0})
+    assert first_claimant([back_dated, honest]) == early
+    assert first_claimant([honest, back_dated]) == early
+    # seen within the tolerance of each other: a race, the lower node id wins for everyone
+    assert first_claimant([honest, (low, {"_seq": 99, "_seen": 11.0})]) == low
+    assert first_claimant([(late, {"_seq": 1})]) == late  # nobody said when: still a claim
+    assert first_claimant([]) is None

@@ -41,8 +41,9 @@ class _Dht:
         self.values[key] = value
         return 3
 
-    async def get(self, key: str) -> list[_Record]:
-        return [_Record(key, self.values[key])] if key in self.values else []
+    async def claims(self, key: str) -> tuple[list[_Record], dict[bytes, float]]:
+        records = [_Record(key, self.values[key])] if key in self.values else []
+        return records, {r.publisher_id: 5.0 for r in records}
 
     def held(self, prefix: str) -> list[_Record]:
         return [_Record(k, v) for k, v in self.values.items() if k.startswith(prefix)]
@@ -50,7 +51,7 @@ class _Dht:
 
 def test_what_the_dht_holds_is_sealed_and_reads_back() -> None:
     dht = _Dht()
-    jobs = DhtJobs(dht, lambda node: False, JobSeal(RING))
+    jobs = DhtJobs(dht, lambda node: False, lambda node: True, JobSeal(RING))
     job = Job(
         id="j1",
         model="tiny",
@@ -68,6 +69,7 @@ def test_what_the_dht_holds_is_sealed_and_reads_back() -> None:
     got = trio.run(main)
     assert b"secret" not in dht.values["job:j1"]
     assert got[0][1]["body"] == {"prompt": "a secret prompt"}
+    assert got[0][1]["_seen"] == 5.0
     assert [k for k, _, _ in jobs.held_jobs()] == ["job:j1"]
     dht.values["job:j2"] = msgpack.packb({"id": "j2"})  # a plain (or forged) record: dropped
     assert [k for k, _, _ in jobs.held_jobs()] == ["job:j1"]
