@@ -227,7 +227,10 @@ class DhtCore:
         self._next_refresh = now + config.refresh_interval
         self._next_expire = now + config.expire_interval
         self._sparse_backoff = config.sparse_retry
-        self._next_sparse_check: float | None = None  # set once we have joined
+        # A node that never bootstraps (a swarm's founder) checks too: it knows
+        # only who contacted it, and its nearest may never have (found by
+        # test_after_a_burst_of_joins_every_node_knows_its_nearest_neighbour)
+        self._next_sparse_check: float | None = now + config.sparse_retry
         self._self_found = 0  # nodes our last self-lookup found: fewer than k = starved
 
     # ------------------------------------------------------------------ RPCs
@@ -760,20 +763,23 @@ class DhtCore:
     def _check_sparse(self, now: float) -> None:
         """A joiner whose seed had not joined yet may know almost nobody: try again.
 
-        While our last self-lookup found fewer than k nodes, repeat it with the
-        wait doubling up to ``refresh_interval``; in a swarm of fewer than k
-        nodes that costs a handful of lookups an hour. It is the self-lookup
+        While our last self-lookup found fewer than k nodes (or we never made
+        one: a founder), repeat it with the wait doubling up to
+        ``refresh_interval``; in a swarm of fewer than k nodes that costs a
+        handful of lookups an hour, and nothing while we know nobody. It is the self-lookup
         that counts, not the table's size: a joiner whose seed knew nobody yet
         found only the seed, then filled its table from the far half (the
         refreshes beyond its "closest" neighbour, the seed) and, by count,
         looked done while it knew none of its neighbours nor they it (seen in
         5 % of simulated swarms of 4-80 nodes joining 10 ms apart).
         """
-        if self._self_found >= self.config.k or not len(self.table):
-            self._next_sparse_check = None  # found our neighbourhood, or nobody left to ask
+        if self._self_found >= self.config.k:
+            self._next_sparse_check = None  # found our neighbourhood
             return
         self._sparse_backoff = min(self._sparse_backoff * 2, self.config.refresh_interval)
         self._next_sparse_check = now + self._sparse_backoff
+        if not len(self.table):
+            return  # nobody to ask yet (a founder alone, or every contact gone): look later
         if self._operations < self.config.max_operations:
             self._lookup(self.me.id, now, self._found_self)
 
