@@ -13,6 +13,7 @@ import trio
 from hexamesh.agent.models import _room
 from hexamesh.agent.process import wall_clock
 from hexamesh.agent.status import RTT_REWRITE_INTERVAL, AgentStatus, _note_rtt
+from hexamesh.comb.advert import NodeKeySigner
 from hexamesh.comb.core import COMB_MESSAGES, Comb, CombConfig
 from hexamesh.comb.service import ClaimError, Honeycomb
 from hexamesh.comb.swim import MembershipEvent, MemberState
@@ -82,6 +83,7 @@ class AgentCores:
             rng,
             now,
             placed=False,
+            signer=NodeKeySigner(identity),
         )
         scouting = Scouting(identity.node_id, address, comb.live_dances, PlacementConfig(), rng)
         mux = Mux()

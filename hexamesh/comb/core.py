@@ -50,6 +50,7 @@ from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequenc
 from dataclasses import dataclass, field
 from typing import Annotated
 
+from hexamesh.comb.advert import Signer
 from hexamesh.comb.cells import comb_links
 from hexamesh.comb.swim import (
     SWIM_MESSAGES,
@@ -203,6 +204,7 @@ class Comb:
         now: float,
         *,
         placed: bool = True,
+        signer: Signer | None = None,
     ) -> None:
         self.config = config
         self.node = dance.node
@@ -214,7 +216,7 @@ class Comb:
         self.swim = Swim(
             dance.node, self.addr, config.swim, rng, now, incarnation=dance.incarnation
         )
-        self.waggle = Waggle(dance, config.waggle, rng, now)
+        self.waggle = Waggle(dance, config.waggle, rng, now, signer=signer)
         self.comb_links: dict[int, bytes] = {}
         self.shortcuts: list[bytes] = []
         self.owners: MutableMapping[Hex, bytes] = {}
@@ -591,7 +593,7 @@ class Comb:
             self.swim.heard(env.sender, now)
             if self.swim.state_of(env.sender) is MemberState.DEAD:
                 self.swim.tell_dead(env.sender, sender, now)  # so it can rejoin
-            for dance in self.waggle.receive(msg, now, sender):
+            for dance in self.waggle.receive(msg, now, sender, env.sender):
                 moved |= self.learn(
                     dance.node, (dance.host, dance.port), Hex(dance.q, dance.r), now
                 )

@@ -31,12 +31,15 @@ steady state neighbours hear each other every heartbeat and need no probes.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated
 
+from hexamesh.comb.advert import PROOF_BYTES, PROOF_EVERY, PROOF_FRESH, Signer, advert_bytes
 from hexamesh.identity import NODE_ID_BYTES
 from hexamesh.net.base import Addr
 from hexamesh.wire import (
@@ -73,6 +76,8 @@ class Dance(Struct):
     gpu_total: int  # bytes
     uptime: float  # s
     version: int  # grows with every change
+    # Its node's signature of its advert (``advert``), on some pushes; else empty.
+    proof: Annotated[bytes, MaxLen(PROOF_BYTES)] = b""
 
     @classmethod
     def first(
@@ -136,18 +141,45 @@ class WaggleConfig:
 
 @dataclass(slots=True)
 class _Seen:
-    dance: Dance
+    dance: Dance  # without its proof
     at: float
     hops: int
     relays_left: int = 0
+    proof: bytes = b""  # of its advert, if we hold one
+    proof_relays: int = 0  # relays left that carry the proof (it came lately)
+
+
+def _advert_key(d: Dance) -> tuple[object, ...]:
+    """The advert's fields (``advert.advert_bytes`` encodes them), cheap to compare."""
+    return (d.host, d.port, d.q, d.r, d.incarnation, d.status, d.models)
 
 
 _DANCE_BYTES = 160  # on the wire with two short model names; used to fill a datagram
+_MAX_CARRIED = 16  # dances in one push (WaggleMsg's bound)
 
 
 class Waggle:
-    def __init__(self, dance: Dance, config: WaggleConfig, rng: random.Random, now: float) -> None:
+    def __init__(
+        self,
+        dance: Dance,
+        config: WaggleConfig,
+        rng: random.Random,
+        now: float,
+        *,
+        signer: Signer | None = None,
+    ) -> None:
         self.config = config
+        # None: dances are not checked (unit tests of other parts); the agent
+        # signs with its node key, the simulator with a stand-in (``advert``).
+        self.signer = signer
+        self._advert: tuple[object, ...] = ()  # our advert signed last (_advert_key)
+        self._proof = b""
+        self._proof_pushes = 0  # pushes left that carry our proof
+        # node -> (its advert proven, the proof we hold of it: b"" if from itself)
+        self._proven: OrderedDict[bytes, tuple[tuple[object, ...], bytes]] = OrderedDict()
+        self.unproven = 0  # relayed dances dropped: their advert not proven
+        self._proofs_for: dict[bytes, None] = {}  # new links owed our relays' proofs
+        self._new_proof = False  # (set by _proof_of: the dance proved an advert anew)
         self._rng = rng
         self.dance = dance
         self.links: dict[bytes, Addr] = {}
@@ -161,9 +193,47 @@ class Waggle:
         # detector's). Their dances at that incarnation or lower are dropped, not
         # kept or relayed; a dance at a higher one is a refutation and passes.
         self.dead: Mapping[bytes, int] = {}
+        self._sign(dance)
+
+    def _sign(self, dance: Dance) -> None:
+        """Sign our advert if it changed; carry the proof for a few pushes."""
+        if self.signer is None:
+            return
+        key = _advert_key(dance)
+        if key != self._advert:
+            self._advert, self._proof = key, self.signer.sign(advert_bytes(dance))
+            self._proof_pushes = PROOF_FRESH
+
+    def _proof_of(self, d: Dance, sender_node: bytes | None) -> bytes | None:
+        """None if ``d`` is not proven: neither from its own node (the frame
+        proved the sender), nor of an advert proven before, nor proving itself.
+        Else the proof of its advert we hold (b"" if none: from its node)."""
+        signer = self.signer
+        if signer is None:
+            return b""
+        key = _advert_key(d)
+        held = self._proven.get(d.node)
+        proof = held[1] if held is not None and held[0] == key else None
+        if d.proof and d.proof != proof and signer.verify(d.node, advert_bytes(d), d.proof):
+            proof = d.proof  # (a proof that does not verify is ignored)
+            self._new_proof = True
+        if proof is None:
+            if d.node != sender_node:
+                return None
+            proof = b""
+        self._proven[d.node] = (key, proof)
+        self._proven.move_to_end(d.node)
+        if len(self._proven) > 2 * self.config.max_view:
+            self._proven.popitem(last=False)
+        return proof
 
     def set_links(self, links: dict[bytes, Addr]) -> None:
+        new = [n for n in links if n not in self.links and n != self.dance.node]
         self.links = {n: a for n, a in links.items() if n != self.dance.node}
+        if new and self.signer is not None:
+            # A new link may hold none of the adverts we relay: it gets their
+            # proofs, once, at our next push.
+            self._proofs_for.update(dict.fromkeys(new))
 
     def dancers(self) -> dict[bytes, Addr]:
         """Nodes that danced to us lately (they hold us as a link)."""
@@ -176,6 +246,7 @@ class Waggle:
         fields.update(changes)
         new = Dance(version=old.version + 1, **fields)
         self.dance = new
+        self._sign(new)
         if self._noticeable(old, new):
             self._push_soon(now)
 
@@ -196,14 +267,31 @@ class Waggle:
         soonest = max(now, self._last_push + self.config.min_interval)
         self._next_push = min(self._next_push, soonest)
 
-    def receive(self, msg: WaggleMsg, now: float, sender: Addr | None = None) -> list[Dance]:
-        """Take a push (from ``sender``, whom we then dance to for a while); returns
-        the dances that were news."""
+    def receive(
+        self,
+        msg: WaggleMsg,
+        now: float,
+        sender: Addr | None = None,
+        sender_node: bytes | None = None,
+    ) -> list[Dance]:
+        """Take a push (from ``sender``, node ``sender_node``, whom we then dance
+        to for a while); returns the dances that were news."""
         news = []
         for hd in msg.dances:
             d = hd.dance
             if d.node == self.dance.node:
                 continue
+            self._new_proof = False
+            proof = self._proof_of(d, sender_node)
+            if proof is None:
+                self.unproven += 1
+                continue
+            # A proof new to us: the next relays carry it on, as they do a new
+            # version; its node's own now and then (for whoever missed it): one.
+            if self._new_proof:
+                fresh = self.config.relay_pushes
+            else:
+                fresh = 1 if d.proof and d.node == sender_node else 0
             dead_at = self.dead.get(d.node)
             if dead_at is not None and d.incarnation <= dead_at:
                 self.view.pop(d.node, None)
@@ -219,13 +307,20 @@ class Waggle:
                         # Heard first by a relay, now from the source: ours to relay on.
                         seen.hops = hd.hops
                         seen.relays_left = self.config.relay_pushes
+                    if fresh:
+                        seen.proof, seen.proof_relays = proof, fresh  # pass the proof on
+                        seen.relays_left = max(seen.relays_left, 1)
                 continue
             if hd.hops > 1 and (seen is None or self._noticeable(seen.dance, d)):
                 self._push_soon(now)  # relay a noticeable change now, not at the heartbeat
-            self.view[d.node] = _Seen(d, now, hd.hops, self.config.relay_pushes)
+            held = dataclasses.replace(d, proof=b"") if d.proof else d  # (kept apart)
+            self.view[d.node] = _Seen(held, now, hd.hops, self.config.relay_pushes, proof, fresh)
             news.append(d)
         if sender is not None and msg.dances and msg.dances[0].hops == self.config.hops:
-            self._dancers[msg.dances[0].dance.node] = (sender, now)
+            dancer = msg.dances[0].dance.node
+            if self.signer is not None and dancer not in self._dancers and dancer not in self.links:
+                self._proofs_for[dancer] = None  # we dance to it now: it needs our proofs
+            self._dancers[dancer] = (sender, now)
         if len(self.view) > self.config.max_view:
             for node, _ in sorted(self.view.items(), key=lambda kv: kv[1].at)[
                 : len(self.view) - self.config.max_view
@@ -263,14 +358,49 @@ class Waggle:
         if self._pushes % self.config.relay_every == 0:
             for seen in self.view.values():
                 seen.relays_left = max(seen.relays_left, 1)  # now and then, unchanged ones too
-        room = (MAX_DATAGRAM - SEAL_OVERHEAD - 60) // _DANCE_BYTES - 1
+        own = self.dance
+        # (each node at its own phase: nodes started together do not all prove at once)
+        phase = int.from_bytes(own.node[:4], "big")
+        if self._proof and (self._proof_pushes > 0 or (self._pushes + phase) % PROOF_EVERY == 0):
+            self._proof_pushes -= 1
+            own = dataclasses.replace(own, proof=self._proof)
+        room = MAX_DATAGRAM - SEAL_OVERHEAD - 60 - _DANCE_BYTES - len(own.proof)
         relays = [s for s in self.view.values() if s.relays_left > 0 and s.hops > 1]
         relays.sort(key=lambda s: -s.at)
-        carried = [HopDance(dance=self.dance, hops=self.config.hops)]
-        for seen in relays[:room]:
+        carried = [HopDance(dance=own, hops=self.config.hops)]
+        for seen in relays:
+            proof = seen.proof if seen.proof_relays > 0 else b""
+            room -= _DANCE_BYTES + len(proof)
+            if room < 0 or len(carried) == _MAX_CARRIED:
+                break
             seen.relays_left -= 1
-            carried.append(HopDance(dance=seen.dance, hops=seen.hops - 1))
+            relayed = seen.dance
+            if proof:
+                seen.proof_relays -= 1
+                relayed = dataclasses.replace(relayed, proof=proof)
+            carried.append(HopDance(dance=relayed, hops=seen.hops - 1))
         msg = WaggleMsg(dances=tuple(carried))
         for addr in targets.values():
             env = Envelope(sender=self.dance.node, msg_id=self._rng.getrandbits(64), message=msg)
             self._outbox.append((addr, env))
+        if self._proofs_for:
+            self._send_proofs({n: targets[n] for n in self._proofs_for if n in targets})
+            self._proofs_for = {}
+
+    def _send_proofs(self, to: dict[bytes, Addr]) -> None:
+        """The dances we relay, with the proofs of their adverts, to new links."""
+        proven = [
+            dataclasses.replace(seen.dance, proof=seen.proof)
+            for seen in sorted(self.view.values(), key=lambda s: -s.at)
+            if seen.proof and seen.hops > 1
+        ]
+        per_msg = (MAX_DATAGRAM - SEAL_OVERHEAD - 60) // (_DANCE_BYTES + PROOF_BYTES)
+        for i in range(0, min(len(proven), _MAX_CARRIED), per_msg):
+            msg = WaggleMsg(
+                dances=tuple(HopDance(dance=d, hops=1) for d in proven[i : i + per_msg])
+            )
+            for addr in to.values():
+                env = Envelope(
+                    sender=self.dance.node, msg_id=self._rng.getrandbits(64), message=msg
+                )
+                self._outbox.append((addr, env))

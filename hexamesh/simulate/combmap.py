@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from hexamesh.comb.advert import StandInSigner
 from hexamesh.comb.core import Comb, CombConfig
 from hexamesh.comb.waggle import Dance
 from hexamesh.hexgrid import ORIGIN, Hex, spiral
@@ -22,6 +23,8 @@ from hexamesh.simulate.util import addr_of
 __all__ = ["SHORTCUTS", "CombMap", "node_id", "spiral_cells"]
 
 SHORTCUTS = 2  # random shortcuts per node, beside its six comb links (docs/comb.md)
+
+STAND_IN = StandInSigner()
 
 
 def node_id(i: int) -> bytes:
@@ -79,7 +82,11 @@ class CombMap:
         host of a static comb exists)."""
         cell = self.cells[node]
         core = Comb(
-            Dance.first(node, self.addrs[node], cell.q, cell.r, load=load), config, rng, now
+            Dance.first(node, self.addrs[node], cell.q, cell.r, load=load),
+            config,
+            rng,
+            now,
+            signer=STAND_IN,  # adverts proven as the agent's are, without the cryptography
         )
         if knows_map:
             self.give_map(core, now)

@@ -3,7 +3,16 @@ from dataclasses import replace
 
 import pytest
 
+from hexamesh.comb.advert import (
+    PROOF_EVERY,
+    PROOF_FRESH,
+    NodeKeySigner,
+    StandInSigner,
+    advert_bytes,
+)
 from hexamesh.comb.waggle import Dance, HopDance, Waggle, WaggleConfig, WaggleMsg
+from hexamesh.identity import Identity
+from tests.helpers import identity, nid
 
 
 def dance(n: int, version: int = 1, load: float = 0.0) -> Dance:
@@ -143,3 +152,83 @@ def test_a_view_entry_is_dropped_when_its_node_is_declared_dead() -> None:
     w.dead = {one(2): 0}
     w.handle_timer(0.5)  # long before the entry would expire
     assert one(2) not in w.view
+
+
+# -- adverts: what a node says of itself, proven by its key ------------------------
+
+
+def signed(n: int, links: list[int], clock: float = 0.0) -> tuple[Waggle, Identity]:
+    """Node ``n`` with a real key: its id is the key's, its adverts signed."""
+    me = identity(n)
+    d = Dance.first(me.node_id, ("10.0.0.1", n), n, 0, models=("tiny",))
+    w = Waggle(d, WaggleConfig(), random.Random(n), clock, signer=NodeKeySigner(me))
+    w.set_links({nid(i): ("10.0.0.1", i) for i in links})
+    return w, me
+
+
+def pushes(w: Waggle, now: float) -> list[WaggleMsg]:
+    w.handle_timer(now)
+    out = [env.message for _, env in w.outbox()]
+    assert all(isinstance(m, WaggleMsg) for m in out)
+    return out  # type: ignore[return-value]
+
+
+def test_a_relayed_dance_counts_only_once_its_advert_is_proven() -> None:
+    """A dance from its own node is proven by the frame; relayed, by its
+    node's signature, which rides its own pushes for a few rounds after a
+    change and every PROOF_EVERY pushes; once proven, the same advert needs
+    no proof again."""
+    one, _ = signed(1, [2])
+    me, _ = signed(3, [])
+    first = pushes(one, 1.0)[0].dances[0].dance
+    assert first.proof  # a fresh advert: proven on its first pushes
+    bare = replace(first, proof=b"", version=first.version + 1)
+    relayed = WaggleMsg(dances=(HopDance(dance=bare, hops=1),))
+    assert me.receive(relayed, 1.0, sender_node=nid(2)) == []  # not proven: dropped
+    assert me.unproven == 1
+    relay = WaggleMsg(dances=(HopDance(dance=first, hops=1),))
+    assert me.receive(relay, 1.1, sender_node=nid(2)) == [first]  # the proof travels along
+    later = replace(bare, version=first.version + 2, load=0.5)
+    got = me.receive(WaggleMsg(dances=(HopDance(dance=later, hops=1),)), 1.2, sender_node=nid(2))
+    assert got == [later]  # the advert it proved: no proof needed
+    for t in range(2, 2 + PROOF_FRESH + PROOF_EVERY):  # (pushes 1..: one a second)
+        (msg,) = pushes(one, float(t))
+        due = (t + int.from_bytes(nid(1)[:4], "big")) % PROOF_EVERY == 0
+        assert bool(msg.dances[0].dance.proof) == (t <= PROOF_FRESH or due)
+
+
+def test_a_forged_dance_of_another_node_cannot_move_its_traffic() -> None:
+    """A key holder relays the victim's dance with its own address or models:
+    not proven by the victim's key, it is dropped, whatever proof it carries."""
+    me, _ = signed(3, [])
+    victim, _ = signed(1, [2])
+    real = pushes(victim, 1.0)[0].dances[0].dance
+    me.receive(WaggleMsg(dances=(HopDance(dance=real, hops=1),)), 1.0, sender_node=nid(2))
+    mallory = identity(66)
+    for lie in (
+        replace(real, host="10.6.6.6", version=9, proof=b""),
+        replace(real, models=("big",), version=9, proof=real.proof),  # the old proof
+        replace(real, port=6666, version=9, proof=NodeKeySigner(mallory).sign(b"x")),
+    ):
+        lie = replace(lie, proof=lie.proof or NodeKeySigner(mallory).sign(advert_bytes(lie)))
+        assert (
+            me.receive(WaggleMsg(dances=(HopDance(dance=lie, hops=1),)), 2.0, None, nid(66)) == []
+        )
+    assert me.view[nid(1)].dance == replace(real, proof=b"") and me.unproven == 3
+    # The victim's own word moves it at once: the frame proves the sender.
+    moved = replace(real, host="10.0.0.9", version=10, proof=b"")
+    assert me.receive(WaggleMsg(dances=(HopDance(dance=moved, hops=2),)), 3.0, None, nid(1))
+
+
+def test_the_agent_signs_adverts_with_its_node_key() -> None:
+    from hexamesh.agent import AgentCores
+
+    cores = AgentCores.build(identity(5), ("10.0.0.5", 7420), random.Random(5), 0.0)
+    signer = cores.comb.waggle.signer
+    assert isinstance(signer, NodeKeySigner) and signer.identity is identity(5)
+    advert = advert_bytes(cores.comb.waggle.dance)
+    proof = signer.sign(advert)
+    assert signer.verify(nid(5), advert, proof)
+    assert not signer.verify(nid(6), advert, proof)  # names another node
+    assert not signer.verify(nid(5), advert + b"x", proof)
+    assert not StandInSigner().verify(nid(5), advert, proof[:20])
