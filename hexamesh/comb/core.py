@@ -216,7 +216,7 @@ class Comb:
         self.swim = Swim(
             dance.node, self.addr, config.swim, rng, now, incarnation=dance.incarnation
         )
-        self.waggle = Waggle(dance, config.waggle, rng, now, signer=signer)
+        self.waggle = Waggle(dance, config.waggle, rng, now, signer=signer, dancing=placed)
         self.comb_links: dict[int, bytes] = {}
         self.shortcuts: list[bytes] = []
         self.owners: MutableMapping[Hex, bytes] = {}
@@ -322,6 +322,7 @@ class Comb:
         self._contested = None
         self.owners.pop(cell, None)
         self.waggle.update(now, q=cell.q, r=cell.r)
+        self.waggle.start(now)
         self.relink(now)
 
     def settling(self) -> None:

@@ -27,6 +27,11 @@ every view two minutes after a mass failure).
 
 Any push from a link is also proof of life for the failure detector: in
 steady state neighbours hear each other every heartbeat and need no probes.
+
+A node without a cell yet (joining, or back from a restart) takes dances but
+pushes none (``dancing``, until ``start``), not even to whoever dances to it:
+its dance names a stand-in cell, and a neighbour that heard it learned that it
+owned it, then, when it danced its real cell, forgot that cell's owner with it.
 """
 
 from __future__ import annotations
@@ -167,8 +172,10 @@ class Waggle:
         now: float,
         *,
         signer: Signer | None = None,
+        dancing: bool = True,
     ) -> None:
         self.config = config
+        self.dancing = dancing  # False until our node has a cell (``start``)
         # None: dances are not checked (unit tests of other parts); the agent
         # signs with its node key, the simulator with a stand-in (``advert``).
         self.signer = signer
@@ -226,6 +233,11 @@ class Waggle:
         if len(self._proven) > 2 * self.config.max_view:
             self._proven.popitem(last=False)
         return proof
+
+    def start(self, now: float) -> None:
+        """Our node has its cell (our dance names it): dance from now on, at once."""
+        self.dancing = True
+        self._push_soon(now)
 
     def set_links(self, links: dict[bytes, Addr]) -> None:
         new = [n for n in links if n not in self.links and n != self.dance.node]
@@ -346,6 +358,8 @@ class Waggle:
     def _push(self, now: float) -> None:
         self._last_push = now
         self._next_push = now + self.config.heartbeat
+        if not self.dancing:
+            return  # (our dance's cell is a stand-in: nobody must take it for ours)
         self._pushes += 1
         answer_since = now - self.config.answer_for * self.config.heartbeat
         self._dancers = {n: v for n, v in self._dancers.items() if v[1] >= answer_since}

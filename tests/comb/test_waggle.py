@@ -10,7 +10,9 @@ from hexamesh.comb.advert import (
     StandInSigner,
     advert_bytes,
 )
+from hexamesh.comb.core import Comb, CombConfig
 from hexamesh.comb.waggle import Dance, HopDance, Waggle, WaggleConfig, WaggleMsg
+from hexamesh.hexgrid import ORIGIN, Hex
 from hexamesh.identity import Identity
 from tests.helpers import identity, nid
 
@@ -232,3 +234,73 @@ def test_the_agent_signs_adverts_with_its_node_key() -> None:
     assert not signer.verify(nid(6), advert, proof)  # names another node
     assert not signer.verify(nid(5), advert + b"x", proof)
     assert not StandInSigner().verify(nid(5), advert, proof[:20])
+
+
+# -- a node without a cell ----------------------------------------------------
+
+
+def test_a_restarted_neighbour_still_joining_does_not_take_the_centre_from_its_owner() -> None:
+    """A node restarts and joins again: until it has its cell its dance names a
+    stand-in one, (0, 0), and a neighbour that still danced to it once took
+    that for a claim, then forgot the centre's owner when the node danced its
+    real cell (it moved, so its old cell went). The owner's dance, unchanged,
+    was no news any more: the neighbour never linked back to it (the host that
+    stayed up in test_e2e_hosts). A node without a cell dances to nobody."""
+    a, b, c = nid(1), nid(2), nid(3)
+    addr = {a: ("10.0.0.1", 7420), b: ("10.0.0.2", 7420), c: ("10.0.0.3", 7420)}
+
+    def node(n: int, cell: Hex, *, placed: bool = True, incarnation: int = 0) -> Comb:
+        me = identity(n)
+        first = Dance.first(me.node_id, addr[me.node_id], cell.q, cell.r)
+        first = replace(first, incarnation=incarnation)
+        signer = NodeKeySigner(me)
+        return Comb(first, CombConfig(), random.Random(n), 0.0, placed=placed, signer=signer)
+
+    def run(comb: Comb, now: float, nodes: dict[bytes, Comb]) -> list[Dance]:
+        """``comb``'s timers at ``now``, its frames delivered; its own dances returned."""
+        comb.handle_timer(now)
+        own = []
+        for to, env in comb.outbox():
+            [dest] = [n for n, at in addr.items() if at == to]
+            if dest in nodes:
+                nodes[dest].receive(env, addr[comb.node], now)
+            if isinstance(env.message, WaggleMsg):
+                own += [hd.dance for hd in env.message.dances if hd.dance.node == comb.node]
+        return own
+
+    # c (at -1,1) stays up; a owns the centre, b the cell beside it, both linked.
+    stay = node(3, Hex(-1, 1))
+    stay.set_map({ORIGIN: a, Hex(0, 1): b}, dict(addr), 0.0)
+    owner = node(1, ORIGIN, incarnation=1)  # back at its cell after its own restart
+    owner.set_map({Hex(-1, 1): c, Hex(0, 1): b}, dict(addr), 0.0)
+    run(owner, 1.0, {c: stay})
+    assert stay.owners.get(ORIGIN) == a and a in stay.neighbours()
+    # b restarts: not placed yet, it hears c, which still links to it and dances to it
+    joining = node(2, ORIGIN, placed=False, incarnation=1)
+    nodes = {a: owner, b: joining, c: stay}
+    run(stay, 1.5, nodes)
+    assert run(joining, 2.0, nodes) == []  # no cell: no dance, not even to c
+    joining.update_dance(2.1, models=("tiny",))  # its engine came up first
+    assert run(joining, 2.2, nodes) == []
+    joining.place(Hex(0, 1), 2.5)  # its cell: now it dances it, at once
+    assert {(d.q, d.r) for d in run(joining, 2.5, nodes)} == {(0, 1)}
+    run(owner, 3.0, nodes)  # the same dance of a's as before: no news
+    assert stay.owners.get(ORIGIN) == a and stay.owners.get(Hex(0, 1)) == b
+    assert {a, b} <= set(stay.neighbours())
+
+
+def test_a_waggle_without_a_cell_takes_dances_and_pushes_none_until_started() -> None:
+    w = Waggle(dance(1), WaggleConfig(), random.Random(1), 0.0, dancing=False)
+    w.receive(WaggleMsg(dances=(HopDance(dance=dance(2), hops=2),)), 0.0, ("10.0.0.1", 2))
+    assert one(2) in w.view  # taken
+    w.set_links({one(3): ("10.0.0.1", 3)})
+    t = w.next_timer()
+    w.handle_timer(t)
+    assert w.outbox() == []  # neither to its dancer nor to a link
+    w.update(t + 0.5, q=4, r=-2)  # its cell
+    w.start(t + 0.5)
+    assert w.next_timer() == t + 0.5  # at once, not at the next heartbeat
+    w.handle_timer(t + 0.5)
+    out = w.outbox()
+    assert sorted(a for a, _ in out) == [("10.0.0.1", 2), ("10.0.0.1", 3)]
+    assert all(env.message.dances[0].dance.q == 4 for _, env in out)  # type: ignore[attr-defined]
