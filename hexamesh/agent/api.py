@@ -58,6 +58,13 @@ def _metrics(
         "reason",
         lambda: {reason: float(n) for reason, n in auth.dropped().items()},
     )
+    metrics.labelled(
+        "counter",
+        "hexamesh_unproven_news",
+        "Others' self-claims (dances, refutations) relayed without their node's proof, dropped",
+        "kind",
+        lambda: {kind: float(n) for kind, n in honeycomb.unproven().items()},
+    )
     metrics.counter(
         "hexamesh_updates_refused",
         "Membership news refused (an incarnation out of bounds, hearsay over the cap)",

@@ -1,5 +1,8 @@
 """What a node says of itself and is routed by, signed, so relays cannot forge it.
 
+Two such things: a dance's advert (below) and a SWIM refutation or return,
+"alive at incarnation n" (``alive_bytes``, checked in ``swim.members``).
+
 A dance travels two rings: its own node pushes it to its links (proven by the
 frame, ``peerauth``), and they relay it on. A relay could write anything into
 the dance of another node, and traffic goes where dances say: the *advert* of
@@ -37,6 +40,7 @@ __all__ = [
     "Signer",
     "StandInSigner",
     "advert_bytes",
+    "alive_bytes",
 ]
 
 PROOF_BYTES = PUBLIC_KEY_BYTES + SIGNATURE_BYTES
@@ -56,6 +60,17 @@ def advert_bytes(d: Dance) -> bytes:
         [_CONTEXT, d.node, d.host, d.port, d.q, d.r, d.incarnation, d.status, list(d.models)],
         use_bin_type=True,
     )
+    return packed
+
+
+_ALIVE = b"hexamesh alive v1"
+
+
+def alive_bytes(node: bytes, host: str, port: int, incarnation: int) -> bytes:
+    """The signed part of a node's word that it is alive at ``incarnation``
+    (a SWIM refutation or return), canonically encoded (the node second, as
+    in an advert: the simulator's stand-in reads it there)."""
+    packed: bytes = msgpack.packb([_ALIVE, node, host, port, incarnation], use_bin_type=True)
     return packed
 
 

@@ -214,7 +214,13 @@ class Comb:
         self._rng = rng
         # our incarnation when we last ran, if the caller kept it (the agent does)
         self.swim = Swim(
-            dance.node, self.addr, config.swim, rng, now, incarnation=dance.incarnation
+            dance.node,
+            self.addr,
+            config.swim,
+            rng,
+            now,
+            incarnation=dance.incarnation,
+            signer=signer,
         )
         self.waggle = Waggle(dance, config.waggle, rng, now, signer=signer, dancing=placed)
         self.comb_links: dict[int, bytes] = {}
@@ -547,6 +553,10 @@ class Comb:
     def updates_refused(self) -> int:
         """Membership news refused (out of bounds, over the hearsay cap)."""
         return self.swim.refused
+
+    def unproven(self) -> dict[str, int]:
+        """Others' self-claims relayed without their node's proof, dropped: by kind."""
+        return {"dance": self.waggle.unproven, "refutation": self.swim.unproven}
 
     def leave(self, now: float) -> None:
         """Leave gracefully (``Swim.leave``)."""

@@ -171,6 +171,9 @@ class Honeycomb:
     def updates_refused(self) -> int:
         return self.comb.updates_refused
 
+    def unproven(self) -> dict[str, int]:
+        return self.comb.unproven()
+
     def peers_with(self, model: str) -> list[Dance]:
         return self.comb.peers_with(model)
 

@@ -4,6 +4,7 @@ import random
 from dataclasses import replace
 
 from hexamesh.comb.swim import (
+    Ack,
     Forgotten,
     Gossip,
     MemberState,
@@ -333,6 +334,29 @@ def test_helpers_that_nack_confirm_the_suspicion_and_spare_our_health() -> None:
     assert c.state_of(node_id(1)) is MemberState.SUSPECT
     assert len(c.members[node_id(1)].confirmers) == 4  # us and three helpers
     assert c.awareness.score == 0  # every helper answered: the problem is not us
+
+
+def test_only_the_target_or_a_helper_asked_speaks_for_a_probe() -> None:
+    """A member that saw a probe (it holds the swarm key: it can open one on
+    the path) answers or nacks for it: neither counts. The target's own Ack,
+    and a helper's we asked, do."""
+    c = lone(0, [1, 2, 3, 4, 5])
+    for n in (2, 3, 4, 5):
+        c.heard(node_id(n), 0.9)
+    c.handle_timer(1.0)  # 1 silent since it became a link: probed
+    [(seq, probe)] = list(c._probes.items())
+    c.receive(Envelope(sender=node_id(9), msg_id=seq, message=Ack(updates=())), addr(9), 1.1)
+    assert seq in c._probes  # a stranger's Ack for node 1: nothing
+    c.handle_timer(probe.indirect_at)
+    asked = {to for to, e in c.outbox() if isinstance(e.message, ProbeReq)}
+    outsider = next(n for n in (2, 3, 4, 5) if addr(n) not in asked)
+    c.receive(Envelope(sender=node_id(outsider), msg_id=seq, message=Nack()), addr(outsider), 1.6)
+    assert probe.nackers == set()  # a Nack from a helper not asked: no confirmation
+    helper = next(n for n in (2, 3, 4, 5) if addr(n) in asked)
+    c.receive(
+        Envelope(sender=node_id(helper), msg_id=seq, message=Ack(updates=())), addr(helper), 1.7
+    )
+    assert seq not in c._probes and c.state_of(node_id(1)) is MemberState.ALIVE
 
 
 def test_helpers_are_links_heard_lately_then_shortcuts_then_quiet_links() -> None:
@@ -718,3 +742,61 @@ def test_a_dead_link_is_kept_until_the_comb_relinks() -> None:
     swim = _lonely(cfg)
     _run(swim, 2 * cfg.tombstone_ttl)  # the link never speaks: suspected, then dead
     assert swim.state_of(node_id(2)) is MemberState.DEAD  # still a link: not forgotten
+
+
+def test_only_a_node_can_refute_a_death_for_itself() -> None:
+    """A key holder relaying "node 2 is alive at incarnation 1" (to keep a
+    dead node in the routes, or move its address) is refused unless node 2
+    signed it; node 2's own refutation carries its proof, which relays keep."""
+    from hexamesh.comb.advert import NodeKeySigner
+    from tests.helpers import identity
+
+    ids = [identity(i).node_id for i in range(4)]
+
+    def made(i: int) -> Swim:
+        s = Swim(
+            ids[i], addr(i), SwimConfig(), random.Random(i), 0.0, signer=NodeKeySigner(identity(i))
+        )
+        for j in range(4):
+            if j != i:
+                s.add_member(ids[j], addr(j), 0, 0.0)
+        s.set_links([ids[j] for j in range(4) if j != i], 0.0)
+        s.events()
+        s.outbox()
+        return s
+
+    def told(by: int, *updates: MemberUpdate) -> Envelope:
+        return Envelope(sender=ids[by], msg_id=by, message=Gossip(updates=updates))
+
+    c, two = made(0), made(2)
+    dead = MemberUpdate(
+        node=ids[2],
+        host=addr(2)[0],
+        port=addr(2)[1],
+        incarnation=0,
+        state=MemberState.DEAD,
+        by=ids[1],
+    )
+    c.receive(told(1, dead), addr(1), 1.0)
+    assert c.state_of(ids[2]) is MemberState.DEAD
+    forged = replace(dead, incarnation=1, state=MemberState.ALIVE, by=ids[2])
+    c.receive(told(3, forged), addr(3), 2.0)
+    signed_by_three = NodeKeySigner(identity(3)).sign(b"anything")
+    c.receive(told(3, replace(forged, proof=signed_by_three)), addr(3), 2.0)
+    assert c.state_of(ids[2]) is MemberState.DEAD and c.unproven == 2
+    two.receive(told(1, dead), addr(1), 1.0)  # node 2 hears it is dead: it refutes
+    two.handle_timer(1.5)  # (the flood's round)
+    refutation = next(
+        u
+        for _, env in two.outbox()
+        for u in getattr(env.message, "updates", ())
+        if u.node == ids[2] and u.incarnation == 1
+    )
+    assert refutation.proof
+    c.receive(told(3, refutation), addr(3), 3.0)  # relayed by node 3: it is node 2's word
+    assert c.state_of(ids[2]) is MemberState.ALIVE and c.unproven == 2
+    c.handle_timer(4.0)
+    passed_on = [
+        u for _, e in c.outbox() for u in getattr(e.message, "updates", ()) if u.node == ids[2]
+    ]
+    assert passed_on and all(u.proof == refutation.proof for u in passed_on)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+from hexamesh.comb.advert import Signer
 from hexamesh.comb.broadcast import BroadcastQueue
 from hexamesh.comb.suspicion import Awareness
 from hexamesh.comb.swim.config import NACK_AT, PIGGYBACK_QUEUE, SYNC_SPREAD, SwimConfig
@@ -43,6 +44,7 @@ class Swim(Probing, Flooding, PushPull):
         now: float,
         *,
         incarnation: int = 0,  # ours when we last ran (the agent keeps it on disk)
+        signer: Signer | None = None,  # proves our refutations, checks others' (None: neither)
     ) -> None:
         self.me = node_id
         self.addr = addr
@@ -102,6 +104,9 @@ class Swim(Probing, Flooding, PushPull):
         # Updates refused: an incarnation past MAX_INCARNATION, or a claim about
         # us too far past our own (MAX_INCARNATION_JUMP): forged or corrupt.
         self.refused = 0
+        self.unproven = 0  # others' refutations and returns relayed without their proof
+        self.signer = signer
+        self._own_proof = (-1, b"")
         self._announce(now)
 
     # ------------------------------------------------------------- commands
@@ -200,24 +205,28 @@ class Swim(Probing, Flooding, PushPull):
             if msg.target == self.me:
                 self._send(sender, env.msg_id, Ack(updates=self._piggyback()))
         elif isinstance(msg, Ack):
-            probe = self._probes.pop(env.msg_id, None)
-            if probe is not None:
+            # An Ack says the target lives only from the target or a helper we
+            # asked (a member that saw the probe could otherwise answer for it)
+            probe = self._probes.get(env.msg_id)
+            if probe is not None and (env.sender == probe.target or env.sender in probe.asked):
+                del self._probes[env.msg_id]
                 self._probing.pop(probe.target, None)
                 self.heard(probe.target, now)
                 self.awareness.apply(-1)
-            relay = self._relays.pop(env.msg_id, None)
-            if relay is not None:
+            relay = self._relays.get(env.msg_id)
+            if relay is not None and env.sender == relay.target:
+                del self._relays[env.msg_id]
                 self._send(relay.requester, relay.their_seq, Ack(updates=self._piggyback()))
         elif isinstance(msg, Nack):
             probe = self._probes.get(env.msg_id)
-            if probe is not None:
+            if probe is not None and env.sender in probe.asked:
                 probe.nackers.add(env.sender)
         elif isinstance(msg, Sync):
             self._sync_step(msg, sender, env.msg_id, now)
         elif isinstance(msg, ProbeReq):
             seq = self._rng.getrandbits(64)
             nack_at = now + NACK_AT * self.config.probe_timeout  # before the requester gives up
-            self._relays[seq] = _Relay(sender, env.msg_id, nack_at)
+            self._relays[seq] = _Relay(sender, env.msg_id, nack_at, msg.target)
             self._send(
                 (msg.host, msg.port), seq, Probe(target=msg.target, updates=self._piggyback())
             )

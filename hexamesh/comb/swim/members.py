@@ -23,6 +23,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
+from hexamesh.comb.advert import Signer, alive_bytes
 from hexamesh.comb.broadcast import BroadcastQueue
 from hexamesh.comb.suspicion import (
     Awareness,
@@ -95,6 +96,7 @@ class _Member:
     # Accusers of a suspect. Shared and empty otherwise: after a mass failure a
     # node holds thousands of tombstones, and an empty set each is 216 bytes.
     confirmers: AbstractSet[bytes] = _NOBODY
+    proof: bytes = b""  # its signature of "alive at this incarnation" (above 0), to relay
 
 
 class Membership:
@@ -127,6 +129,9 @@ class Membership:
     left: bool
     false_suspicions_refuted: int
     refused: int
+    unproven: int  # refutations and returns of others without their node's proof
+    signer: Signer | None  # None: proofs neither made nor checked (unit tests)
+    _own_proof: tuple[int, bytes]  # (incarnation, our proof of it)
 
     # -- what the mixins provide (here last in the order of lookup, so theirs win)
 
@@ -222,9 +227,40 @@ class Membership:
     def _update(
         self, node: bytes, addr: Addr, incarnation: int, state: MemberState, by: bytes
     ) -> MemberUpdate:
+        """News of ``node``; alive above incarnation 0, with its node's proof
+        (ours, made once per incarnation; another's, as we received it)."""
+        proof = b""
+        if state is MemberState.ALIVE and incarnation > 0 and self.signer is not None:
+            if node == self.me:
+                if self._own_proof[0] != incarnation:
+                    signed = alive_bytes(node, addr[0], addr[1], incarnation)
+                    self._own_proof = (incarnation, self.signer.sign(signed))
+                proof = self._own_proof[1]
+            else:
+                held = self.members.get(node)
+                if held is not None and held.incarnation == incarnation:
+                    proof = held.proof
         return MemberUpdate(
-            node=node, host=addr[0], port=addr[1], incarnation=incarnation, state=state, by=by
+            node=node,
+            host=addr[0],
+            port=addr[1],
+            incarnation=incarnation,
+            state=state,
+            by=by,
+            proof=proof,
         )
+
+    def _proven(self, u: MemberUpdate, sender: bytes) -> bool:
+        """May we take ``u`` (alive) as its node's word? Told by ourselves (the
+        comb, from a proven advert) or by the node itself (the frame proves
+        it), or carrying its proof; else refused and counted."""
+        if self.signer is None or u.incarnation == 0 or sender in (self.me, u.node):
+            return True
+        signed = alive_bytes(u.node, u.host, u.port, u.incarnation)
+        if u.proof and self.signer.verify(u.node, signed, u.proof):
+            return True
+        self.unproven += 1
+        return False
 
     def _announce(self, now: float) -> None:
         self._broadcast(
@@ -323,11 +359,15 @@ class Membership:
             if u.state is not MemberState.ALIVE and u.incarnation <= reaped[0]:
                 return  # old news: we held it for tombstone_ttl already
             del self._reaped[u.node]  # a return (or a later death): news indeed
+        if u.state is MemberState.ALIVE and not self._proven(u, sender):
+            return  # another's return: only its node can say so
         crowded = sender != self.me and len(self._hearsay) >= MAX_HEARSAY
         if crowded and not self._room_for_hearsay(now):
             self.refused += 1
             return
         member = _Member(u.node, (u.host, u.port), u.incarnation, u.state, now)
+        if u.state is MemberState.ALIVE:
+            member.proof = u.proof
         self.members[u.node] = member
         if sender != self.me:
             self._hearsay[u.node] = None
@@ -346,6 +386,8 @@ class Membership:
         if u.incarnation <= member.incarnation:
             self._told(u, sender)
             return
+        if not self._proven(u, sender):
+            return  # a refutation or return only its node can make (a relay's forgery)
         changed = member.state is not MemberState.ALIVE
         if member.state is MemberState.DEAD or (
             member.state is MemberState.SUSPECT and u.node in self._watched
@@ -358,6 +400,7 @@ class Membership:
             now,
         )
         member.confirmers = _NOBODY
+        member.proof = u.proof
         if changed:
             self._emit(member, now)
         # A refutation or a return goes round even where nothing changes: the

@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass
 from typing import Annotated
 
+from hexamesh.comb.advert import PROOF_BYTES
 from hexamesh.identity import NODE_ID_BYTES
 from hexamesh.wire import Len, MaxLen, Message, Struct, message, struct
 
@@ -45,6 +46,9 @@ class MemberUpdate(Struct):
     incarnation: int
     state: MemberState
     by: NodeId  # who says so (confirmations must be independent)
+    # alive at an incarnation above 0 (a refutation, a return): its node's
+    # signature of it (advert.alive_bytes), so that only it can say so
+    proof: Annotated[bytes, MaxLen(PROOF_BYTES)] = b""
 
 
 Updates = Annotated[tuple[MemberUpdate, ...], MaxLen(MAX_UPDATES)]

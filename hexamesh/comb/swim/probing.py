@@ -19,6 +19,7 @@ class _Probe:
     give_up_at: float
     indirect_sent: bool = False
     helpers: int = 0  # ProbeReqs sent
+    asked: set[bytes] = field(default_factory=set)  # the helpers sent them: only their word counts
     nackers: set[bytes] = field(default_factory=set)  # helpers that could not reach it either
 
 
@@ -27,6 +28,7 @@ class _Relay:
     requester: Addr
     their_seq: int
     nack_at: float  # tell the requester we failed too (Lifeguard)
+    target: bytes = b""  # whose Ack we pass on (no one else's)
 
 
 class Probing(Membership):
@@ -107,6 +109,7 @@ class Probing(Membership):
             key=lambda n: 0 if heard_at.get(n, NEVER) >= fresh else (2 if n in watched else 1)
         )
         helpers = helpers[: self.config.indirect_checks]
+        probe.asked.update(helpers)
         for helper in helpers:
             req = ProbeReq(
                 target=probe.target,
