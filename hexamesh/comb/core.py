@@ -290,14 +290,8 @@ class Comb:
         self.swim.readdress(addr, now)
         self.waggle.update(now, host=addr[0], port=addr[1])
         self._tell_watchers(now)
-        update = MemberUpdate(
-            node=self.node,
-            host=addr[0],
-            port=addr[1],
-            incarnation=self.swim.incarnation,
-            state=MemberState.ALIVE,
-            by=self.node,
-        )
+        # (with our proof of it: whoever we tell passes it on)
+        update = self.swim.own_update()
         members = self.swim.members
         first = [n for n in self.swim.spread if n in members]
         rest = [n for n in members if n not in set(first)]

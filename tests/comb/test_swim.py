@@ -795,8 +795,15 @@ def test_only_a_node_can_refute_a_death_for_itself() -> None:
     assert refutation.proof
     c.receive(told(3, refutation), addr(3), 3.0)  # relayed by node 3: it is node 2's word
     assert c.state_of(ids[2]) is MemberState.ALIVE and c.unproven == 2
+    # node 2's messages reach c from elsewhere (a NAT, a second interface):
+    # what c passes on is still node 2's word as signed, address included
+    c.reached_at(ids[2], ("10.9.9.9", 1))
     c.handle_timer(4.0)
     passed_on = [
         u for _, e in c.outbox() for u in getattr(e.message, "updates", ()) if u.node == ids[2]
     ]
     assert passed_on and all(u.proof == refutation.proof for u in passed_on)
+    assert all((u.host, u.port) == addr(2) for u in passed_on)
+    third = made(1)  # a third node takes what c passed on: its proof holds
+    third.receive(told(0, passed_on[0]), addr(0), 5.0)
+    assert third.unproven == 0 and third.members[ids[2]].incarnation == 1

@@ -97,6 +97,7 @@ class _Member:
     # node holds thousands of tombstones, and an empty set each is 216 bytes.
     confirmers: AbstractSet[bytes] = _NOBODY
     proof: bytes = b""  # its signature of "alive at this incarnation" (above 0), to relay
+    proof_addr: Addr = ("", 0)  # the address that proof signs (``addr`` is where we reach it)
 
 
 class Membership:
@@ -238,8 +239,10 @@ class Membership:
                 proof = self._own_proof[1]
             else:
                 held = self.members.get(node)
-                if held is not None and held.incarnation == incarnation:
-                    proof = held.proof
+                if held is not None and held.incarnation == incarnation and held.proof:
+                    # its word as it signed it: the address it announced, not
+                    # the one its messages reach us from (``reached_at``)
+                    proof, addr = held.proof, held.proof_addr
         return MemberUpdate(
             node=node,
             host=addr[0],
@@ -261,6 +264,10 @@ class Membership:
             return True
         self.unproven += 1
         return False
+
+    def own_update(self) -> MemberUpdate:
+        """We are alive at our incarnation, at our address (with our proof)."""
+        return self._update(self.me, self.addr, self.incarnation, MemberState.ALIVE, self.me)
 
     def _announce(self, now: float) -> None:
         self._broadcast(
@@ -367,7 +374,7 @@ class Membership:
             return
         member = _Member(u.node, (u.host, u.port), u.incarnation, u.state, now)
         if u.state is MemberState.ALIVE:
-            member.proof = u.proof
+            member.proof, member.proof_addr = u.proof, (u.host, u.port)
         self.members[u.node] = member
         if sender != self.me:
             self._hearsay[u.node] = None
@@ -400,7 +407,7 @@ class Membership:
             now,
         )
         member.confirmers = _NOBODY
-        member.proof = u.proof
+        member.proof, member.proof_addr = u.proof, (u.host, u.port)
         if changed:
             self._emit(member, now)
         # A refutation or a return goes round even where nothing changes: the
