@@ -11,6 +11,8 @@ reads and writes the socket itself and calls the channel's ``sealer`` and
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import trio
@@ -102,6 +104,19 @@ class PeerStream:
         await self.stream.aclose()
 
 
+@contextlib.contextmanager
+def _bounded(what: str) -> Iterator[None]:
+    """A handshake's exchange, within ``HANDSHAKE_TIMEOUT``; a silence or a
+    broken connection is a ChannelError."""
+    try:
+        with trio.fail_after(HANDSHAKE_TIMEOUT):
+            yield
+    except trio.TooSlowError:
+        raise ChannelError(f"{what} did not come within {HANDSHAKE_TIMEOUT:g} s") from None
+    except trio.BrokenResourceError as e:
+        raise ChannelError(f"the connection broke during the handshake: {e}") from None
+
+
 async def _read_exactly(stream: trio.SocketStream, buf: bytearray, n: int) -> None:
     while len(buf) < n:
         data = await stream.receive_some(RECV_SIZE)
@@ -117,14 +132,9 @@ async def dial(stream: trio.SocketStream, keys: ChannelKeys, expect: bytes) -> P
     first = initiator.first()
     buf = bytearray()
     want = LENGTH + HANDSHAKE_BYTES[1]
-    try:
-        with trio.fail_after(HANDSHAKE_TIMEOUT):
-            await stream.send_all(PREAMBLE + len(first).to_bytes(LENGTH, "big") + first)
-            await _read_exactly(stream, buf, want)
-    except trio.TooSlowError:
-        raise ChannelError("no handshake answer in time") from None
-    except trio.BrokenResourceError as e:
-        raise ChannelError(f"the connection broke during the handshake: {e}") from None
+    with _bounded("the listener's answer"):
+        await stream.send_all(PREAMBLE + len(first).to_bytes(LENGTH, "big") + first)
+        await _read_exactly(stream, buf, want)
     if int.from_bytes(buf[:LENGTH], "big") != HANDSHAKE_BYTES[1]:
         raise ChannelError("the other end does not speak the peer channel")
     third, session = initiator.third(bytes(buf[LENGTH:want]))
@@ -138,22 +148,17 @@ async def accept(stream: trio.SocketStream, initial: bytes, keys: ChannelKeys) -
     buf = bytearray(initial)
     head = len(PREAMBLE) + LENGTH
     responder = Responder(keys.identity, keys.keyring.keys)
-    try:
-        with trio.fail_after(HANDSHAKE_TIMEOUT):
-            await _read_exactly(stream, buf, head)
-            size = int.from_bytes(buf[len(PREAMBLE) : head], "big")
-            if bytes(buf[: len(PREAMBLE)]) != PREAMBLE or size != HANDSHAKE_BYTES[0]:
-                raise ChannelError("not a peer channel handshake")
-            await _read_exactly(stream, buf, head + size)
-            second = responder.second(bytes(buf[head : head + size]))
-            del buf[: head + size]
-            await stream.send_all(len(second).to_bytes(LENGTH, "big") + second)
-            want = LENGTH + HANDSHAKE_BYTES[2]
-            await _read_exactly(stream, buf, want)
-    except trio.TooSlowError:
-        raise ChannelError("the handshake did not finish in time") from None
-    except trio.BrokenResourceError as e:
-        raise ChannelError(f"the connection broke during the handshake: {e}") from None
+    with _bounded("the dialler's handshake"):
+        await _read_exactly(stream, buf, head)
+        size = int.from_bytes(buf[len(PREAMBLE) : head], "big")
+        if bytes(buf[: len(PREAMBLE)]) != PREAMBLE or size != HANDSHAKE_BYTES[0]:
+            raise ChannelError("not a peer channel handshake")
+        await _read_exactly(stream, buf, head + size)
+        second = responder.second(bytes(buf[head : head + size]))
+        del buf[: head + size]
+        await stream.send_all(len(second).to_bytes(LENGTH, "big") + second)
+        want = LENGTH + HANDSHAKE_BYTES[2]
+        await _read_exactly(stream, buf, want)
     if int.from_bytes(buf[:LENGTH], "big") != HANDSHAKE_BYTES[2]:
         raise ChannelError("handshake message 3 has the wrong size")
     session = responder.finish(bytes(buf[LENGTH:want]))
