@@ -63,6 +63,7 @@ from hexamesh.net.driver import StreamHello
 from hexamesh.net.rtt import Ping
 from hexamesh.peerauth import Authenticator
 from hexamesh.placement.messages import Ballot, Proposal, Scout
+from hexamesh.serve.jobseal import JobSeal
 from hexamesh.swarmkey import load_key_file
 from hexamesh.wire import MAX_DATAGRAM, Codec, Envelope, Message, message_types
 from simulations.common import emit
@@ -343,14 +344,16 @@ def incarnation_bombs(t: Target, tally: Tally) -> None:
 
 
 def forged_job(t: Target, tally: Tally) -> None:
-    """7: a ``job:`` record with body {} by a throwaway key, its publisher then
-    gossiped dead: the takeover runs it (and must fail it, not crash)."""
+    """7: a ``job:`` record with body {} by a throwaway key, sealed with the
+    swarm key as members seal them (``jobseal``), its publisher then gossiped
+    dead: the takeover runs it (and must fail it, not crash)."""
     thrower = Identity.generate()
+    seal = JobSeal(t.ring)
     for i, body in enumerate(({}, {"prompt": 1}, [1, 2], {"model": MODEL, "n": 10**9})):
         doc = {"id": f"forged{i}", "model": MODEL, "body": body, "state": "queued"}
-        record = sign_record(
-            thrower, f"job:forged{i}", bytes(msgpack.packb(doc)), seq=1, expires=time.time() + 600
-        )
+        key = f"job:forged{i}"
+        value = seal.seal(key, bytes(msgpack.packb(doc)))
+        record = sign_record(thrower, key, value, seq=1, expires=time.time() + 600)
         t.send(Store(record=record), sender=thrower)
         tally.tried += 1
     death = MemberUpdate(

@@ -776,10 +776,14 @@ class DhtCore:
         if self._self_found >= self.config.k:
             self._next_sparse_check = None  # found our neighbourhood
             return
+        if not len(self.table):
+            # nobody to ask yet (a founder alone, or every contact gone): look
+            # again soon, at no cost, so the first joiner is not kept waiting
+            # for a backoff that grew while we were alone
+            self._next_sparse_check = now + self.config.sparse_retry
+            return
         self._sparse_backoff = min(self._sparse_backoff * 2, self.config.refresh_interval)
         self._next_sparse_check = now + self._sparse_backoff
-        if not len(self.table):
-            return  # nobody to ask yet (a founder alone, or every contact gone): look later
         if self._operations < self.config.max_operations:
             self._lookup(self.me.id, now, self._found_self)
 

@@ -793,8 +793,11 @@ def test_only_a_node_can_refute_a_death_for_itself() -> None:
         if u.node == ids[2] and u.incarnation == 1
     )
     assert refutation.proof
+    moved = replace(refutation, host="10.6.6.6")  # node 2's proof, another address
+    c.receive(told(3, moved), addr(3), 2.5)
+    assert c.state_of(ids[2]) is MemberState.DEAD and c.unproven == 3
     c.receive(told(3, refutation), addr(3), 3.0)  # relayed by node 3: it is node 2's word
-    assert c.state_of(ids[2]) is MemberState.ALIVE and c.unproven == 2
+    assert c.state_of(ids[2]) is MemberState.ALIVE and c.unproven == 3
     # node 2's messages reach c from elsewhere (a NAT, a second interface):
     # what c passes on is still node 2's word as signed, address included
     c.reached_at(ids[2], ("10.9.9.9", 1))
@@ -807,3 +810,4 @@ def test_only_a_node_can_refute_a_death_for_itself() -> None:
     third = made(1)  # a third node takes what c passed on: its proof holds
     third.receive(told(0, passed_on[0]), addr(0), 5.0)
     assert third.unproven == 0 and third.members[ids[2]].incarnation == 1
+    assert c.members[ids[2]].addr == ("10.9.9.9", 1)  # (where c reaches it, its own business)

@@ -674,7 +674,7 @@ async def test_api_keys_and_the_peer_channel(keyring: KeyRing) -> None:
         assert r.status_code == 403  # plain HTTP: the peer port speaks the channel only
         assert "peer channel" in r.json()["error"]["message"]
         raw = json.dumps(body).encode()
-        with pytest.raises(UpstreamError):  # another swarm: the handshake's third message fails
+        with pytest.raises(UpstreamError):  # another swarm: the handshake's first message fails
             await peer_post(KeyRing.generate(), 7, a, route_headers(identity(7).node_id, None), raw)
         assert a.front.channels_refused == 1
         status, _, _ = await peer_post(keyring, 7, a, route_headers(identity(7).node_id, None), raw)
