@@ -13,7 +13,7 @@ time to first token the door adds (``ttft_added_ms_p50``/``p99``):
 through the door, back to back, each over its own kept-alive connection, the
 difference taken per pair; ``..._two_doors``: the same through a second door
 in front of the first, the shape of the mesh path (a forward, then the
-serving agent's relay) without vLLM, less the peer signature. Where
+serving agent's relay) without vLLM, less the peer channel. Where
 ``overhead`` measures the real path with vLLM sharing the cores, this one
 isolates the relay. The last line is one JSON object.
 """

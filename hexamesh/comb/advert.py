@@ -12,8 +12,8 @@ relay lying about them can move load, not requests to itself.
 
 The proof (public key and Ed25519 signature, 96 bytes) rides the node's own
 dance for a few pushes after its advert changes and every ``PROOF_EVERY``
-pushes; a relay passes it on once when it comes, and to each new link of
-its own. A receiver checks it once per
+pushes; a relay passes a proof new to it on twice (``relay_pushes``), the
+node's periodic one once, and its proofs to each new link of its own. A receiver checks it once per
 advert and then takes relayed dances whose advert it has proven, with or
 without a proof; a relayed dance whose advert it has not proven is dropped.
 

@@ -15,7 +15,8 @@ following noise put a joiner in the second ring beside a free cell of the
 first (seven agents started at once on a busy machine, 3 runs in 4).
 
 *Duplicate claims.* If two live nodes end up claiming one cell, the older
-claim keeps it (tie: the lower node id) and the other chooses again. Both sides
+claim keeps it (as old as its holders first saw it; a race within 2 s goes
+to the lower sequence number, then node id) and the other chooses again. Both sides
 apply the same rule to the same records (``dht.claim.holder_of``, which
 placement slots share), so they agree without talking.
 

@@ -28,6 +28,11 @@ every view two minutes after a mass failure).
 Any push from a link is also proof of life for the failure detector: in
 steady state neighbours hear each other every heartbeat and need no probes.
 
+A dance's advert (node, address, cell, incarnation, status, models) is
+signed by its node (``advert``): a relayed dance whose advert is not proven
+by its node's key is dropped (``unproven``); its figures (load, queue) are
+the relay's word.
+
 A node without a cell yet (joining, or back from a restart) takes dances but
 pushes none (``dancing``, until ``start``), not even to whoever dances to it:
 its dance names a stand-in cell, and a neighbour that heard it learned that it

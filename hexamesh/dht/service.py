@@ -125,8 +125,8 @@ class Dht:
         return got.records
 
     async def claims(self, key: str) -> tuple[list[Record], dict[bytes, float]]:
-        """Every publisher's record under a single-owner key at the k closest
-        nodes, and when the holders first saw each (publisher id -> our clock;
+        """Every publisher's record under a key (a single-owner key: at every
+        replica of the k closest), and when the holders first saw each (publisher id -> our clock;
         ``dht.claim.holder_of`` settles by it)."""
         got = await self._run(
             lambda: self.core.get(key, self._clock(), every_replica=True), f"get {key}"

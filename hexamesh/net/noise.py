@@ -1,9 +1,9 @@
 """The peer channel's handshake and records: Noise XXpsk0, sans-IO.
 
 Forwarded requests, their answers and job traffic between agents travel in a
-channel keyed by the two node keys and the swarm key (decision in
-docs/decisions.md, "Peer channel"). The handshake is Noise's ``XXpsk0``
-pattern (noiseprotocol.org, revision 34) with X25519, ChaCha20-Poly1305 and
+channel keyed by the two node keys and the swarm key (docs/decisions.md,
+"Forwards travel in a Noise channel, not TLS"). The handshake is Noise's
+``XXpsk0`` pattern (noiseprotocol.org, revision 34) with X25519, ChaCha20-Poly1305 and
 BLAKE2b, one round trip before the first request::
 
     -> psk, e                 the swarm key mixed in; the dialler's ephemeral key
@@ -19,7 +19,8 @@ message 1, so a key rotation does not cut channels.
 
 What it gives: the listener knows at message 1 that the dialler holds the
 swarm key (its tag is keyed by the psk), before any key agreement, so an
-outsider costs it one hash and one AEAD per ring key and learns nothing; the
+outsider costs it a few hashes (key derivation) and one AEAD per ring key
+and learns nothing; the
 dialler knows it reached the node it meant (the node id it pinned is the
 hash of the key that answered ``es``) and that the node holds the swarm key;
 the listener knows which node dialled (``se``); everything after is
@@ -135,7 +136,7 @@ class _Symmetric:
         self.key, self.n = ChaCha20Poly1305(k[:32]), 0
 
     def encrypt_and_hash(self, plaintext: bytes) -> bytes:
-        assert self.key is not None  # every message of XXpsk3 is keyed (its e mixes a key)
+        assert self.key is not None  # every message of XXpsk0 is keyed (the psk comes first)
         out = self.key.encrypt(_nonce(self.n), plaintext, self.h)
         self.n += 1
         self.mix_hash(out)

@@ -2,10 +2,10 @@
 
 As in memberlist, one port number serves both: UDP for the small, frequent
 messages (probes, gossip, DHT RPCs) and TCP for anything over one datagram.
-The TCP port also takes peers' forwarded HTTP requests: the first byte tells
-them apart (a frame's length prefix starts with 0, an HTTP method with a
-letter) and HTTP connections go to the handler given to ``serve_http`` (the
-front door).
+The TCP port also takes peers' forwards: the first byte tells them apart (a
+frame's length prefix starts with 0) and every other connection goes to the
+handler given to ``serve_http`` (the front door's ``serve_peer``: the peer
+channel's handshake, then HTTP inside it; plain HTTP is answered 403).
 Streams carry frames with a 4-byte big-endian length prefix; a frame over
 ``max_frame`` or a peer that stalls mid-frame ends the stream with an error.
 

@@ -10,8 +10,9 @@ election's slots, the DHT keys ``placement:<model>:<epoch>:<slot>`` for slot
 < replicas, the way a cell is claimed (``comb.service``): read every replica
 of the key (taken by someone else: try the next slot), store ours
 (put-if-absent at the k closest), read back; if two claims raced, the older
-(lower sequence number, i.e. claim time in ms; ties to the lower node id)
-keeps the slot on every reader, so both claimants agree without talking.
+keeps the slot on every reader (as old as its holders first saw it; within
+``SIGHT_TOLERANCE`` of each other, the lower sequence number, then node id:
+``dht.claim.holder_of``), so both claimants agree without talking.
 The record is leased (``SLOT_TTL``) and renewed by the DHT core while we
 live, so a dead winner's slot frees itself.
 

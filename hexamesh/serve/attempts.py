@@ -54,8 +54,8 @@ __all__ = [
 ]
 
 # 4xx answers that say nothing about the request itself, so the next server is
-# tried: a timeout, a busy server, a peer refusing our signature (its key or
-# clock is off), a server that no longer has the model (our view of it was
+# tried: a timeout, a busy server, a peer refusing our forward (401/403: a
+# route it does not take), a server that no longer has the model (our view of it was
 # stale: the model's existence was checked before routing).
 NOT_THE_CLIENTS = frozenset({401, 403, 404, 408, 429})
 

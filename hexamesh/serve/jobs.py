@@ -13,8 +13,10 @@ candidate, and a job whose every try failed goes back to the queue with
 backoff, failed after ``MAX_ATTEMPTS``. A restarted acceptor requeues the
 jobs it was running. If the acceptor itself dies, the nodes that hold its
 ``job:`` record (the k closest to the key) notice its death, and the first to
-claim it in ``jobrun:<id>`` (a set: one entry per claimant; earliest claim
-wins, ties to the lower node id) runs it and publishes the result there.
+claim it in ``jobrun:<id>`` (a set: one entry per claimant; of live
+members' claims the one its holders saw first wins, claims within 2 s of it
+going to the lowest node id: ``first_claimant``) runs it and publishes the
+result there.
 
 At most once to completion: a given id is accepted once (a retried submit
 returns the same job), a job that is ``done`` never runs again, and a

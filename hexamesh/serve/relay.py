@@ -281,8 +281,8 @@ async def open_upstream(
     by ``dial_first``), send ``request``, read the response head; raises
     UpstreamError. With a ``pool`` the request must have
     been built with ``keep_alive=True``. ``request`` may be a function that
-    builds it: a resend then gets a new one (a peer's signature is single-use,
-    and the server may have read the first before it dropped the connection).
+    builds it: a resend then gets a new one (the server may have read the
+    first before it dropped the connection).
     ``peer``: the node to reach over the peer channel (None: a plain engine)."""
     build = request if callable(request) else lambda: request
     key = (host, port)

@@ -1,10 +1,11 @@
 """Idle keep-alive connections to upstreams (the local vLLM, peers' front doors).
 
 Why: a fresh connection per forwarded request costs a connect and an accept
-on the two ends and a new connection object in the server (uvicorn in vLLM, a
-sniffing task and an h11 connection in a peer), all on the request's critical
-path before the first token. A busy agent sends many requests to the same few
-upstreams, so it keeps the connections that ended cleanly and reuses them.
+on the two ends and a new connection object in the server (uvicorn in vLLM; a
+sniffing task, a peer channel handshake and an HTTP connection in a peer),
+all on the request's critical path before the first token. A busy agent
+sends many requests to the same few upstreams, so it keeps the connections
+that ended cleanly and reuses them.
 
 Rules, in the spirit of HTTP client pools (httpx, Go's ``net/http``):
 
@@ -12,7 +13,8 @@ Rules, in the spirit of HTTP client pools (httpx, Go's ``net/http``):
   stream past its last chunk with nothing after it, or a body of exactly its
   content-length) and the server did not say ``connection: close``
   (``relay.UpstreamResponse.consumed``);
-- it stays idle at most ``IDLE_TTL``, below the 5 s after which uvicorn (vLLM)
+- it stays idle at most ``IDLE_TTL`` (a peer channel ``PEER_IDLE_TTL``: a new
+  one costs a handshake), below the 5 s after which uvicorn (vLLM)
   closes an idle connection, so the server rarely closes one as we reuse it;
 - before reuse, one zero-timeout poll: a connection that is readable (EOF,
   or stray bytes) is dropped;

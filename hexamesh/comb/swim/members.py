@@ -8,7 +8,10 @@ out (messages, events). News about a member goes through ``_apply``: about us
 stranger (from the flood: kept, as a tombstone too, within ``MAX_HEARSAY``; a
 push-pull teaches no strangers), then one handler per state the news says
 (alive, suspect, dead): a higher incarnation wins; at equal incarnation
-suspect beats alive and dead beats both. Suspicions time out per Lifeguard
+suspect beats alive and dead beats both. Alive above incarnation 0 (a
+refutation, a return) is a node's word about itself: from anyone but that
+node it is taken only with the node's signature (``_proven``,
+``advert.alive_bytes``). Suspicions time out per Lifeguard
 §3.2 (``_expire_suspicions``); members past their time are forgotten
 (``_reap``). The flood, the probes and the push-pull are mixins over this
 state (``flood``, ``probing``, ``sync``).
