@@ -125,7 +125,8 @@ class Got:
     records: list[Record]
     stats: LookupStats
     # publisher id -> when the holders first saw its record, by our clock (the
-    # median over the holders that said): how old a claim really is
+    # median over the holders that said): how old a claim really is; filled
+    # for ``every_replica`` gets only (claims), empty otherwise
     seen: dict[bytes, float] = field(default_factory=dict)
 
 
@@ -491,7 +492,8 @@ class DhtCore:
                 continue
             valid = True
             pub = record.publisher_id
-            if i < len(held_for) and 0.0 <= held_for[i] <= longest:  # (NaN fails both)
+            # first sights matter to claims only (every_replica: ``Dht.claims``)
+            if op.every_replica and i < len(held_for) and 0.0 <= held_for[i] <= longest:
                 op.sightings.setdefault(pub, []).append(now - held_for[i])
             best = op.records.get(pub)
             if best is None or (record.seq, record.expires) > (best.seq, best.expires):
@@ -586,7 +588,7 @@ class DhtCore:
         op = self._start(key_id(key), now, key=key)
         op.every_replica = every_replica
         local = self.store.get(key, now)
-        for r in local:  # we are a holder too: our first sight counts as one
+        for r in local if every_replica else ():  # we hold it too: our first sight counts
             op.sightings.setdefault(r.publisher_id, []).append(
                 now - self.store.held_for(key, r.publisher_id, now)
             )

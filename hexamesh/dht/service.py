@@ -115,23 +115,23 @@ class Dht:
         assert isinstance(found, Found)
         return found.contacts
 
-    async def get(self, key: str, *, every_replica: bool = False) -> list[Record]:
-        """Valid records under ``key`` (one for single-owner keys, many for sets;
-        with ``every_replica``, every publisher's record the k closest hold)."""
+    async def _got(self, key: str, every_replica: bool) -> Got:
         got = await self._run(
             lambda: self.core.get(key, self._clock(), every_replica=every_replica), f"get {key}"
         )
         assert isinstance(got, Got)
-        return got.records
+        return got
+
+    async def get(self, key: str, *, every_replica: bool = False) -> list[Record]:
+        """Valid records under ``key`` (one for single-owner keys, many for sets;
+        with ``every_replica``, every publisher's record the k closest hold)."""
+        return (await self._got(key, every_replica)).records
 
     async def claims(self, key: str) -> tuple[list[Record], dict[bytes, float]]:
         """Every publisher's record under a key (a single-owner key: at every
-        replica of the k closest), and when the holders first saw each (publisher id -> our clock;
-        ``dht.claim.holder_of`` settles by it)."""
-        got = await self._run(
-            lambda: self.core.get(key, self._clock(), every_replica=True), f"get {key}"
-        )
-        assert isinstance(got, Got)
+        replica of the k closest), and when the holders first saw each
+        (publisher id -> our clock; ``dht.claim.holder_of`` settles by it)."""
+        got = await self._got(key, every_replica=True)
         return got.records, got.seen
 
     async def put(self, key: str, value: bytes, ttl: float, *, seq: int | None = None) -> int:

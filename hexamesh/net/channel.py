@@ -138,7 +138,8 @@ async def dial(stream: trio.SocketStream, keys: ChannelKeys, expect: bytes) -> P
     if int.from_bytes(buf[:LENGTH], "big") != HANDSHAKE_BYTES[1]:
         raise ChannelError("the other end does not speak the peer channel")
     third, session = initiator.third(bytes(buf[LENGTH:want]))
-    await stream.send_all(len(third).to_bytes(LENGTH, "big") + third)
+    with _bounded("sending the last handshake message"):
+        await stream.send_all(len(third).to_bytes(LENGTH, "big") + third)
     return PeerStream(stream, session, bytes(buf[want:]))
 
 

@@ -167,10 +167,10 @@ class Sealer:
         self._n = 0
 
     def seal(self, data: bytes | bytearray | memoryview) -> bytes:
+        if not data:
+            return b""  # (an empty record is never sent: ``Opener`` refuses one)
         if len(data) <= MAX_RECORD:  # the common case: one token, one record
-            record = self._aead.encrypt(_nonce(self._n), bytes(data), None) if data else b""
-            if not record:
-                return b""
+            record = self._aead.encrypt(_nonce(self._n), bytes(data), None)
             self._n += 1
             return len(record).to_bytes(LENGTH, "big") + record
         out = []

@@ -32,7 +32,7 @@ about ``KEEPALIVE_IDLE + KEEPALIVE_COUNT * KEEPALIVE_INTERVAL`` s), and by
 from __future__ import annotations
 
 import socket as _stdlib_socket
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -198,7 +198,7 @@ async def _connect(host: str, port: int, peer: Peer | None = None) -> Upstream:
     except BaseException as e:
         with trio.CancelScope(shield=True):
             await stream.aclose()
-        if isinstance(e, (ChannelError, trio.BrokenResourceError)):
+        if isinstance(e, ChannelError):
             raise _ChannelFailed(f"peer channel to {host}:{port}: {e}") from None
         raise
 
@@ -272,7 +272,7 @@ async def dial_first(
 async def open_upstream(
     host: str,
     port: int,
-    request: bytes | Callable[[], bytes],
+    request: bytes,
     pool: UpstreamPool | None = None,
     stream: Upstream | None = None,
     peer: Peer | None = None,
@@ -280,14 +280,11 @@ async def open_upstream(
     """Connect (or take a pooled connection, or use ``stream``, just connected
     by ``dial_first``), send ``request``, read the response head; raises
     UpstreamError. With a ``pool`` the request must have
-    been built with ``keep_alive=True``. ``request`` may be a function that
-    builds it: a resend then gets a new one (the server may have read the
-    first before it dropped the connection).
-    ``peer``: the node to reach over the peer channel (None: a plain engine)."""
-    build = request if callable(request) else lambda: request
+    been built with ``keep_alive=True``. ``peer``: the node to reach over the
+    peer channel (None: a plain engine)."""
     key = (host, port)
     if stream is not None:
-        return await _exchange(stream, host, port, build(), pool, reused=False)
+        return await _exchange(stream, host, port, request, pool, reused=False)
     if pool is not None:
         stream = pool.take(key)
         if stream is not None and not _reaches(stream, peer):
@@ -297,7 +294,7 @@ async def open_upstream(
             stream = None
         if stream is not None:
             try:
-                return await _exchange(stream, host, port, build(), pool, reused=True)
+                return await _exchange(stream, host, port, request, pool, reused=True)
             except _Stale:
                 pool.stats.stale += 1  # sent again below, once, on a fresh connection
     try:
@@ -305,7 +302,7 @@ async def open_upstream(
             stream = await _connect(host, port, peer)
     except (OSError, trio.TooSlowError) as e:
         raise UpstreamError(f"cannot connect to {host}:{port}: {e or 'timed out'}") from None
-    return await _exchange(stream, host, port, build(), pool, reused=False)
+    return await _exchange(stream, host, port, request, pool, reused=False)
 
 
 async def _exchange(

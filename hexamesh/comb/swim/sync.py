@@ -46,9 +46,7 @@ class PushPull(Membership):
         newest = heapq.nsmallest(MAX_SYNC, self._notable(now), key=lambda m: -m.since)
         out = [u for m in newest for u in self._as_held(m)]
         if self.incarnation > 0:
-            out.insert(
-                0, self._update(self.me, self.addr, self.incarnation, MemberState.ALIVE, self.me)
-            )
+            out.insert(0, self.own_update())
         return tuple(out[:MAX_SYNC])
 
     def _correct(self, sender: bytes, addr: Addr, now: float) -> None:
