@@ -363,11 +363,16 @@ class Waggle:
     def _push(self, now: float) -> None:
         self._last_push = now
         self._next_push = now + self.config.heartbeat
-        if not self.dancing:
-            return  # (our dance's cell is a stand-in: nobody must take it for ours)
-        self._pushes += 1
         answer_since = now - self.config.answer_for * self.config.heartbeat
         self._dancers = {n: v for n, v in self._dancers.items() if v[1] >= answer_since}
+        if not self.dancing:
+            # (our dance's cell is a stand-in: nobody must take it for ours);
+            # what we owe is kept for those still dancing to us, no more: a
+            # node that stays unplaced must not gather every dancer it met
+            keep = self._dancers.keys() | self.links.keys()
+            self._proofs_for = {n: None for n in self._proofs_for if n in keep}
+            return
+        self._pushes += 1
         targets = dict(self.links)
         for node, (addr, _) in self._dancers.items():
             targets.setdefault(node, addr)

@@ -811,3 +811,31 @@ def test_only_a_node_can_refute_a_death_for_itself() -> None:
     third.receive(told(0, passed_on[0]), addr(0), 5.0)
     assert third.unproven == 0 and third.members[ids[2]].incarnation == 1
     assert c.members[ids[2]].addr == ("10.9.9.9", 1)  # (where c reaches it, its own business)
+
+
+def test_a_forged_return_does_not_end_the_memory_of_a_reaped_death() -> None:
+    """A return of a member we reaped ends our memory of its death (old news
+    of it is news again); a return only its node could make, relayed without
+    its proof, must not: the old death would come round as new."""
+    from hexamesh.comb.advert import NodeKeySigner
+    from tests.helpers import identity
+
+    c = Swim(
+        identity(0).node_id,
+        addr(0),
+        SwimConfig(),
+        random.Random(0),
+        0.0,
+        signer=NodeKeySigner(identity(0)),
+    )
+    gone = identity(2).node_id
+    c._reaped[gone] = (0, 1.0)
+    forged = MemberUpdate(
+        node=gone, host=addr(2)[0], port=addr(2)[1], incarnation=1, state=MemberState.ALIVE, by=gone
+    )
+    c.receive(
+        Envelope(sender=identity(3).node_id, msg_id=1, message=Gossip(updates=(forged,))),
+        addr(3),
+        2.0,
+    )
+    assert gone in c._reaped and gone not in c.members and c.unproven == 1

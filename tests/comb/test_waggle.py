@@ -304,3 +304,21 @@ def test_a_waggle_without_a_cell_takes_dances_and_pushes_none_until_started() ->
     out = w.outbox()
     assert sorted(a for a, _ in out) == [("10.0.0.1", 2), ("10.0.0.1", 3)]
     assert all(env.message.dances[0].dance.q == 4 for _, env in out)  # type: ignore[attr-defined]
+
+
+def test_a_waggle_without_a_cell_keeps_only_its_recent_dancers() -> None:
+    """An unplaced node (one that cannot place for long) meets dancer after
+    dancer: what it keeps of them (and owes them) stays within the answer
+    window, as a placed node's does."""
+    from hexamesh.comb.advert import StandInSigner
+
+    cfg = WaggleConfig()
+    w = Waggle(dance(1), cfg, random.Random(1), 0.0, signer=StandInSigner(), dancing=False)
+    for i in range(2, 200):
+        t = float(i) * cfg.heartbeat
+        hd = HopDance(dance=dance(i), hops=cfg.hops)
+        w.receive(WaggleMsg(dances=(hd,)), t, ("10.0.0.1", i), one(i))
+        w.handle_timer(t + cfg.heartbeat / 2)
+    assert len(w._dancers) <= cfg.answer_for + 1
+    assert len(w._proofs_for) <= cfg.answer_for + 1
+    assert w.outbox() == []

@@ -273,9 +273,7 @@ class Membership:
         return self._update(self.me, self.addr, self.incarnation, MemberState.ALIVE, self.me)
 
     def _announce(self, now: float) -> None:
-        self._broadcast(
-            self._update(self.me, self.addr, self.incarnation, MemberState.ALIVE, self.me), now
-        )
+        self._broadcast(self.own_update(), now)
 
     def _retransmits(self) -> int:
         return retransmit_limit(self.config.retransmit_mult, len(self.members) + 1)
@@ -346,9 +344,7 @@ class Membership:
             self._announce(now)
             told = self.members.get(sender)
             if told is not None and sender not in self.spread:
-                mine = self._update(
-                    self.me, self.addr, self.incarnation, MemberState.ALIVE, self.me
-                )
+                mine = self.own_update()
                 self._send(told.addr, self._rng.getrandbits(64), Gossip(updates=(mine,)))
         elif u.state is not MemberState.ALIVE:
             # The teller holds an old suspicion or death of us: it missed our
@@ -364,13 +360,13 @@ class Membership:
         """Alive, suspect, or dead: a tombstone, so that a rejoin with an old
         incarnation is not believed, and the news keeps spreading; but not the
         death of a member we reaped (``_reaped``), at the incarnation we held."""
+        if u.state is MemberState.ALIVE and not self._proven(u, sender):
+            return  # another's return: only its node can say so (nor may it end a reaping)
         reaped = self._reaped.get(u.node)
         if reaped is not None:
             if u.state is not MemberState.ALIVE and u.incarnation <= reaped[0]:
                 return  # old news: we held it for tombstone_ttl already
             del self._reaped[u.node]  # a return (or a later death): news indeed
-        if u.state is MemberState.ALIVE and not self._proven(u, sender):
-            return  # another's return: only its node can say so
         crowded = sender != self.me and len(self._hearsay) >= MAX_HEARSAY
         if crowded and not self._room_for_hearsay(now):
             self.refused += 1
