@@ -21,6 +21,7 @@ from typing import Any
 
 from hexamesh.engine.device import GPU_SHARE
 from hexamesh.net.base import parse_addr
+from hexamesh.operator import OperatorKeyError, decode_public
 
 __all__ = [
     "DEFAULT_API_PORT",
@@ -68,12 +69,28 @@ class AgentConfig:
     api_host: str = "127.0.0.1"  # the OpenAI API's bind address; loopback unless told
     api_port: int = DEFAULT_API_PORT  # the OpenAI API's TCP port; 0 = any free port
     api_keys: tuple[str, ...] = ()  # bearer keys clients must show; none = no client auth
+    # Bearer keys of operators: placements (and the other admin calls) need
+    # one; none = this agent takes no admin calls. Distinct from api_keys.
+    admin_keys: tuple[str, ...] = ()
+    # Operator public keys (base64url) whose placement orders this agent obeys,
+    # beside <data_dir>/operators and <data_dir>/operator.key (hexamesh.operator).
+    operator_keys: tuple[str, ...] = ()
     max_jobs: int = 256  # jobs queued or running on this agent; more are refused (429)
     job_retention: float = 86400.0  # s a finished job (done or failed) is kept, then deleted
-    # Models this agent serves at most, its --model ones included. Below that it
-    # dances "up" and a placement vote may give it a replica to load; at it,
-    # "full". 0: it takes no placements (and runs no engine without --model).
+    # Models this agent serves at most, its --model ones included. With
+    # accept_placements and below that, it dances "up" and a placement vote may
+    # give it a replica to load; else "full".
     max_models: int = 1
+    # Load models that a placement vote gives this agent. Off by default: a
+    # vote starts an engine on this machine, and its operator says whether
+    # others may (with placement_sources saying what it may load).
+    accept_placements: bool = False
+    # What a placement may load here: shell patterns (fnmatch) of directories
+    # or hub ids, e.g. "/models/*" or "Qwen/*". None: no placement loads here.
+    placement_sources: tuple[str, ...] = ()
+    # A placement of a hub id may download it. Off: HF_HUB_OFFLINE=1 for
+    # placed models (an agent's own --model hub ids download as vLLM would).
+    hub_downloads: bool = False
     # Call placement votes when the models served here run hot, unload voted-in
     # replicas when they run cold (placement/swarmscale.py). Off by default: it
     # starts engines on other machines of the swarm without anyone asking.
@@ -95,6 +112,11 @@ class AgentConfig:
                 parse_addr(seed)
             except ValueError as e:
                 raise ConfigError(f"join: {e}") from None
+        for key in self.operator_keys:
+            try:
+                decode_public(key)
+            except OperatorKeyError as e:
+                raise ConfigError(f"operator_keys: {e}") from None
         if self.kv_cache_gb < 1:
             raise ConfigError(f"kv_cache_gb must be at least 1, got {self.kv_cache_gb}")
         if not 0.0 < self.gpu_share <= 1.0:
@@ -105,6 +127,10 @@ class AgentConfig:
             raise ConfigError(
                 f"log_level must be DEBUG, INFO, WARNING or ERROR, not {self.log_level!r}"
             )
+
+    def placement_room(self, held: int) -> int:
+        """Models a placement vote may still give us while we hold ``held``."""
+        return max(self.max_models - held, 0) if self.accept_placements else 0
 
     @property
     def swarm_key_path(self) -> Path:
@@ -143,12 +169,26 @@ FLAGS: dict[str, Flag] = {
     "api_host": Flag("OpenAI API bind address"),
     "api_port": Flag("OpenAI API port, 0 = any free"),
     "api_keys": Flag("Bearer key clients must show (repeatable)", name="api_key"),
+    "admin_keys": Flag(
+        "Bearer key of operators, for placements and other admin calls (repeatable)",
+        name="admin_key",
+    ),
+    "operator_keys": Flag(
+        "Operator public key whose placement orders this agent obeys (repeatable)",
+        name="trust_operator",
+    ),
     "max_jobs": Flag("Jobs queued here before 429"),
     "job_retention": Flag("Seconds a finished job is kept, then deleted"),
     "max_models": Flag(
-        "Models served here at most, --model ones included; below it a placement "
-        "vote may give this agent one, 0 = never"
+        "Models served here at most, --model ones included; with --accept-placements "
+        "and below it a placement vote may give this agent one"
     ),
+    "accept_placements": Flag("Load models that placement votes give this agent"),
+    "placement_sources": Flag(
+        "What a placement may load here: a pattern of directories or hub ids (repeatable)",
+        name="placement_source",
+    ),
+    "hub_downloads": Flag("A placed hub id may be downloaded (else HF_HUB_OFFLINE=1)"),
     "swarmscale": Flag(
         "Call placement votes when models here run hot; drop voted-in replicas when cold"
     ),

@@ -5,9 +5,11 @@ first, older keys after it (accepted to open during a rotation); blank lines and
 ``#`` comments are ignored. Like the node key it must not be readable by group
 or others.
 
-A join token bundles a bootstrap address with the primary key, so a new member
-needs one string: ``hxm1.<base64url(msgpack [host, port, key])>``. Treat it as a
-secret: it lets its holder join and read the swarm.
+A join token bundles a bootstrap address with the primary key, and the
+public keys of the swarm's operators (whose placement orders the new member
+will obey), so a new member needs one string:
+``hxm1.<base64url(msgpack [host, port, key, [operator keys]])>``. Treat it as
+a secret: it lets its holder join and read the swarm.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import msgpack
 
-from hexamesh.identity import write_secret_file
+from hexamesh.identity import PUBLIC_KEY_BYTES, write_secret_file
 from hexamesh.wire import KEY_BYTES, KeyRing
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
 ]
 
 SWARM_KEY_FILE_NAME = "swarm.key"
+MAX_TOKEN_OPERATORS = 16  # operator keys one token may carry
 _TOKEN_PREFIX = "hxm1."
 
 
@@ -99,9 +102,11 @@ class JoinToken:
     host: str
     port: int
     key: bytes
+    operators: tuple[bytes, ...] = ()  # operator public keys the joiner will trust
 
     def encode(self) -> str:
-        return _TOKEN_PREFIX + _b64(msgpack.packb([self.host, self.port, self.key]))
+        fields = [self.host, self.port, self.key, list(self.operators)]
+        return _TOKEN_PREFIX + _b64(msgpack.packb(fields))
 
     @classmethod
     def decode(cls, token: str) -> JoinToken:
@@ -109,17 +114,22 @@ class JoinToken:
         if not token.startswith(_TOKEN_PREFIX):
             raise SwarmKeyError(f"a join token starts with {_TOKEN_PREFIX!r}")
         try:
-            host, port, key = msgpack.unpackb(_unb64(token[len(_TOKEN_PREFIX) :]))
+            host, port, key, *rest = msgpack.unpackb(_unb64(token[len(_TOKEN_PREFIX) :]))
         except SwarmKeyError:
             raise
         except Exception:
             raise SwarmKeyError("join token is corrupted") from None
+        operators = rest[0] if rest else []  # tokens of before operator keys have none
         if (
             not isinstance(host, str)
             or type(port) is not int
             or not 0 < port < 65536
             or not isinstance(key, bytes)
             or len(key) != KEY_BYTES
+            or len(rest) > 1
+            or not isinstance(operators, list)
+            or len(operators) > MAX_TOKEN_OPERATORS
+            or not all(isinstance(o, bytes) and len(o) == PUBLIC_KEY_BYTES for o in operators)
         ):
             raise SwarmKeyError("join token is corrupted")
-        return cls(host, port, key)
+        return cls(host, port, key, tuple(operators))

@@ -61,8 +61,10 @@ from hexamesh.limits import AUTH_PEERS
 from hexamesh.net.base import parse_addr
 from hexamesh.net.driver import StreamHello
 from hexamesh.net.rtt import Ping
+from hexamesh.operator import OPERATOR_KEY_FILE_NAME, create_operator_key
 from hexamesh.peerauth import Authenticator
 from hexamesh.placement.messages import Ballot, Proposal, Scout
+from hexamesh.placement.order import sign_order
 from hexamesh.serve.jobseal import JobSeal
 from hexamesh.swarmkey import load_key_file
 from hexamesh.wire import MAX_DATAGRAM, Codec, Envelope, Message, message_types
@@ -72,6 +74,7 @@ CHECK_TIMEOUT = 20.0  # s for one round of checks (health, join, completion)
 NOFILE = 256  # the agent's descriptor limit (soft and hard): a flood must meet it
 MODEL = "tiny"
 STAND_IN = "tests.engine.fake_vllm"
+ADMIN_KEY = "hostile-admin-key"  # the target's admin key: the operator's, not the attacker's
 
 
 @dataclass
@@ -103,6 +106,7 @@ class Target:
         def lower_limit() -> None:  # in the child, before exec: its hard limit too
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
+        self.operator = create_operator_key(self.data_dir / OPERATOR_KEY_FILE_NAME)
         self.proc = start_agent(
             self.data_dir,
             "--host",
@@ -114,6 +118,7 @@ class Target:
             "--engine-module",
             STAND_IN,
             preexec=lower_limit,
+            env={"HEXAMESH_ADMIN_KEYS": ADMIN_KEY},
         )
         status = self.proc.wait_ready()
         self.node = bytes.fromhex(status["node_id"])
@@ -431,15 +436,19 @@ def forged_dances(t: Target, tally: Tally) -> None:
 
 def forged_proposals(t: Target, tally: Tally) -> None:
     """9: proposals with ttl=1e15 fill the open-election limit; the operator's
-    /v1/placements must still start a vote."""
+    /v1/placements must still start a vote. Half carry orders the attacker
+    signed itself (refused: no authority), half real orders of the operator
+    (as if captured from votes it saw)."""
     for i in range(40):
         key = Identity.generate()
         proposer = Scout(node=key.node_id, host="127.0.0.9", port=9)
+        signer = t.attacker if i % 2 else t.operator
         ballot = Ballot(
-            model=f"forged{i}", source="/x", epoch=1, replicas=1, quorum=1, mem_need=0,
-            proposer=proposer,
+            model=f"forged{i}", source="/x", epoch=1, replicas=1, quorum=1, electorate=1,
+            q=0, r=0, mem_need=0, proposer=proposer,
+            order=sign_order(signer, f"forged{i}", "/x", now=time.time()),
         )  # fmt: skip
-        msg = Proposal(ballot=ballot, q=0, r=0, scouts=(proposer,), ttl=1e15)
+        msg = Proposal(ballot=ballot, scouts=(proposer,), ttl=1e15)
         t.send(msg, sender=key)
         tally.tried += 1
     status = _http(
@@ -447,9 +456,10 @@ def forged_proposals(t: Target, tally: Tally) -> None:
         "POST",
         f"{t.api}/placements",
         json={"model": "tiny2", "source": "/nowhere", "replicas": 1, "ttl": 1},
+        headers={"authorization": f"Bearer {ADMIN_KEY}"},
     )
-    if status == 409:
-        tally.failures.append("an operator's placement was refused (409)")
+    if status != 200:
+        tally.failures.append(f"an operator's placement was refused ({status})")
 
 
 def forged_members(t: Target, tally: Tally) -> None:

@@ -37,13 +37,19 @@ from typing import Any
 
 from hexamesh.comb.core import COMB_MESSAGES, Comb, CombConfig
 from hexamesh.hexgrid import ORIGIN, spiral
+from hexamesh.identity import Identity
 from hexamesh.net.base import Addr
 from hexamesh.net.mux import Mux
 from hexamesh.net.sim import SimHost, SimNetwork, UniformLatency
 from hexamesh.placement.messages import PLACEMENT_MESSAGES, Ballot
+from hexamesh.placement.order import sign_order
 from hexamesh.placement.vote import PlacementConfig, Scouting, Won
 from hexamesh.simulate.combmap import CombMap
 from simulations.common import addr_of, emit, percentile
+
+# The operator whose orders the simulated swarm obeys: a real key, so every
+# scout and candidate verifies a real signature, as agents do.
+OPERATOR = Identity.from_private_bytes(b"hexamesh simulated operator key!")
 
 CLAIM_DELAY = (0.02, 0.2)  # s; a DHT read, put-if-absent and read-back, simulated
 LOAD_DELAY = 1.0  # s from winning a slot to dancing the model
@@ -84,7 +90,13 @@ class Swarm:
             def factory(host: SimHost, node: bytes = node, load: float = load) -> Mux:
                 comb = cmap.core(node, CombConfig(), host.rng, net.now, load=load, knows_map=False)
                 scout = Scouting(
-                    node, cmap.addrs[node], comb.live_dances, config or PlacementConfig(), host.rng
+                    node,
+                    cmap.addrs[node],
+                    comb.live_dances,
+                    config or PlacementConfig(),
+                    host.rng,
+                    operators=frozenset({OPERATOR.public_key}),
+                    is_member=comb.is_live_member,
                 )
                 swarm.combs[node], swarm.scouting[node] = comb, scout
                 mux = Mux()
@@ -108,7 +120,9 @@ class Swarm:
         self.net.interact(
             self.addrs[node],
             lambda m, now: out.append(
-                self.scouting[node].propose(model, f"/models/{model}", replicas, epoch, now)
+                self.scouting[node].propose(
+                    sign_order(OPERATOR, model, f"/models/{model}", now=now), replicas, epoch, now
+                )
             ),
         )
         return out[0]

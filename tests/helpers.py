@@ -128,6 +128,7 @@ BOUNDED_FIELDS: dict[type, dict[str, st.SearchStrategy[Any]]] = {
     Ballot: {
         "replicas": st.integers(1, MAX_REPLICAS),
         "quorum": st.integers(1, MAX_SCOUTS),
+        "electorate": st.integers(1, MAX_SCOUTS),
         "mem_need": st.integers(0, 2**64 - 1),
     },
     Sync: {
@@ -200,12 +201,20 @@ def any_envelope() -> st.SearchStrategy[Envelope]:
     return st.one_of([envelopes(cls) for cls in message_types().values()])
 
 
-def run_hexamesh(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """The ``hexamesh`` CLI as a user runs it, in a child process."""
+def run_hexamesh(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The ``hexamesh`` CLI as a user runs it, in a child process (``env``:
+    variables added to ours)."""
+    import os
     import subprocess
 
     return subprocess.run(
-        [sys.executable, "-m", "hexamesh", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "hexamesh", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
 
 

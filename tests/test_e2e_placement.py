@@ -1,9 +1,10 @@
 """Placement end to end with real processes and real vLLM (CPU) on the tiny model:
-three agents, none serving anything; `hexamesh place` at the one without room
-elects one of the other two, which starts vLLM; a prompt to the proposer is then
-served by the winner (that a full agent is passed over is tested with a
-stand-in engine in tests/placement/test_service.py). Skipped where vLLM is not installed unless
-HEXAMESH_REQUIRE_VLLM=1 (CI)."""
+three agents, none serving anything; `hexamesh place` (with the admin key) at
+the one that takes no placements, which keeps the operator key, elects one of
+the other two (which trust that key and take placements), which starts vLLM;
+a prompt to the proposer is then served by the winner (that a full agent is
+passed over is tested with a stand-in engine in tests/placement/test_service.py).
+Skipped where vLLM is not installed unless HEXAMESH_REQUIRE_VLLM=1 (CI)."""
 
 from __future__ import annotations
 
@@ -25,17 +26,22 @@ if importlib.util.find_spec("vllm") is None:
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm]
 
 READY_TIMEOUT = 300  # s; one vLLM CPU server starting on two cores
+ADMIN = "e2e-admin-key"  # the proposer's admin key
 
 
 def test_a_vote_places_the_tiny_model_and_the_winner_serves_it(tmp_path: Path) -> None:
     tiny = tmp_path / "tiny"
     made = run_hexamesh("model", "make-tiny", str(tiny), timeout=300)
     assert made.returncode == 0, made.stderr
-    front = start_agent(tmp_path / "a", *LOOPBACK, "--max-models", "0")
+    operator = run_hexamesh("swarm", "operator-key", "--data-dir", str(tmp_path / "a"))
+    assert operator.returncode == 0, operator.stderr
+    trust = ("--trust-operator", operator.stdout.strip())
+    front = start_agent(tmp_path / "a", *LOOPBACK, env={"HEXAMESH_ADMIN_KEYS": ADMIN})
     procs = [front]
     try:
         join = joining(front.wait_ready()["address"], tmp_path / "a" / "swarm.key")
-        procs += [start_agent(tmp_path / n, *join) for n in ("b", "c")]
+        takes = ("--accept-placements", "--placement-source", f"{tmp_path}/*", *trust)
+        procs += [start_agent(tmp_path / n, *join, *takes) for n in ("b", "c")]
         nodes = {p.wait_ready()["node_id"] for p in procs[1:]}
         api = front.status()["api"]  # type: ignore[index]
 
@@ -45,8 +51,9 @@ def test_a_vote_places_the_tiny_model_and_the_winner_serves_it(tmp_path: Path) -
 
         wait_until("three agents linked", linked, 60, procs=procs)
         vote = run_hexamesh(
-            "place", "tiny", "--source", str(tiny), "--peer", api, "--ttl", "10", timeout=60
-        )
+            "place", "tiny", "--source", str(tiny), "--peer", api, "--ttl", "10", timeout=60,
+            env={"HEXAMESH_ADMIN_KEY": ADMIN},
+        )  # fmt: skip
         assert vote.returncode == 0, vote.stderr
         assert "3 scouts, quorum 2" in vote.stdout and "placed 1 of 1" in vote.stdout
         winner = next(n for n in nodes if n[:16] in vote.stdout)

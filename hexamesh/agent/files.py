@@ -13,6 +13,12 @@ from hexamesh.faults import Component, Faults
 from hexamesh.fileio import DataDirLock, write_text_atomic
 from hexamesh.identity import Identity
 from hexamesh.net.base import format_addr
+from hexamesh.operator import (
+    OPERATOR_KEY_FILE_NAME,
+    load_operator_key,
+    save_operators,
+    trusted_operators,
+)
 from hexamesh.swarmkey import (
     JoinToken,
     SwarmKeyError,
@@ -49,6 +55,7 @@ def resolve_keyring(config: AgentConfig) -> tuple[KeyRing, tuple[str, ...], bool
         token = JoinToken.decode(config.token)
         seeds = (*seeds, format_addr((token.host, token.port)))
         ring = KeyRing(token.key)
+        save_operators(config.data_dir, token.operators)  # kept: a restart needs no token
         if not path.exists():
             save_key_file(path, ring)
             log.info("saved the token's swarm key to %s", path)
@@ -86,6 +93,8 @@ class PreparedAgent:
     # on a taken port leaves no key of a swarm that never ran).
     unsaved_key: Path | None = None
     lock: DataDirLock | None = None  # held on the data dir until run_agent returns
+    operators: frozenset[bytes] = frozenset()  # operator keys whose orders we obey
+    operator_key: Identity | None = None  # the operator's own, if kept on this machine
 
 
 def prepare_agent(config: AgentConfig) -> PreparedAgent:
@@ -95,12 +104,17 @@ def prepare_agent(config: AgentConfig) -> PreparedAgent:
     try:
         identity = Identity.load_or_create(config.data_dir)
         keyring, seeds, founder = resolve_keyring(config)
+        operators = trusted_operators(config.data_dir, config.operator_keys)
+        own = config.data_dir / OPERATOR_KEY_FILE_NAME
+        operator_key = load_operator_key(own) if own.exists() else None
     except BaseException:
         lock.release()
         raise
     path = config.swarm_key_path
     unsaved = path if founder and not path.exists() else None  # a new swarm's key
-    return PreparedAgent(config, identity, keyring, seeds, founder, unsaved, lock)
+    return PreparedAgent(
+        config, identity, keyring, seeds, founder, unsaved, lock, operators, operator_key
+    )
 
 
 def load_incarnation(path: Path) -> int:

@@ -74,7 +74,7 @@ async def _serve_models(
         states = engine.models()
         ready = tuple(n for n, st in states.items() if st is EngineState.READY)
         if ready != honeycomb.dance.models:
-            await honeycomb.set_models(ready)
+            await honeycomb.set_models({n: engine.spec(n).model for n in ready})
         loads = {n: engine.load_of(n) for n in states}
         for name, st in states.items():
             url = engine.url(name) if st is EngineState.READY else None

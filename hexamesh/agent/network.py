@@ -73,7 +73,9 @@ class AgentCores:
         *,
         incarnation: int = 0,
         room: int = 1,
+        operators: frozenset[bytes] = frozenset(),
     ) -> AgentCores:
+        """``operators``: the operator keys whose placement orders we obey."""
         probe = RttProbe(identity.node_id, RttConfig(interval=SEED_PROBE_INTERVAL), rng)
         dht = DhtCore(identity, address, DhtConfig(), rng, now)
         first = Dance.first(identity.node_id, address, 0, 0, status=_room(room))
@@ -85,7 +87,15 @@ class AgentCores:
             placed=False,
             signer=NodeKeySigner(identity),
         )
-        scouting = Scouting(identity.node_id, address, comb.live_dances, PlacementConfig(), rng)
+        scouting = Scouting(
+            identity.node_id,
+            address,
+            comb.live_dances,
+            PlacementConfig(),
+            rng,
+            operators=operators,
+            is_member=comb.is_live_member,
+        )
         mux = Mux()
         mux.add(probe, Ping, Pong)
         mux.add(dht, *DHT_MESSAGES)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -139,7 +140,8 @@ async def _run_agent(
             wall_clock(),
             incarnation=incarnation,
             # "full": no room for a model a placement vote could give us (_serve_models)
-            room=config.max_models - len(config.model),
+            room=config.placement_room(len(config.model)),
+            operators=agent.operators,
         )
         probe, dht_core, comb, scouting, mux = (
             cores.probe,
@@ -174,7 +176,7 @@ async def _run_agent(
             "node %s listening on %s (bound %s)", identity.short, status.address, format_addr(bound)
         )
         async with AsyncExitStack() as stack:
-            serves = config.model or config.max_models > 0
+            serves = config.model or config.placement_room(0) > 0
             engine_config = engine_config or EngineConfig(server_module=config.engine_module)
             engine = await stack.enter_async_context(open_engine(engine_config)) if serves else None
             nursery = await stack.enter_async_context(trio.open_nursery())
@@ -193,8 +195,9 @@ async def _run_agent(
 
             async def load(name: str, source: str) -> None:
                 if engine is None:
-                    raise EngineError("this agent runs no engine (--max-models 0)")
-                await engine.load(model_spec(f"{name}={source}", config))
+                    raise EngineError("this agent runs no engine (it takes no placements)")
+                spec = model_spec(f"{name}={source}", config)
+                await engine.load(dataclasses.replace(spec, hub=config.hub_downloads))
 
             placements = Placements(
                 scouting,
@@ -202,7 +205,9 @@ async def _run_agent(
                 dht,
                 clock=wall_clock,
                 load=load,
-                room=lambda: config.max_models - (_held(engine) if engine else len(config.model)),
+                room=lambda: config.placement_room(_held(engine) if engine else len(config.model)),
+                sources=config.placement_sources,
+                operator=agent.operator_key,
                 faults=faults,
             )
             await nursery.start(services.run, "placement", placements.run)
@@ -224,6 +229,7 @@ async def _run_agent(
                 keys=ChannelKeys(identity, keyring),
                 address=status.address,
                 api_keys=config.api_keys,
+                admin_keys=config.admin_keys,
                 metrics=_metrics(honeycomb, transport, driver, faults, services),
                 faults=faults,
                 health=lambda: _health(status, services),
@@ -248,7 +254,7 @@ async def _run_agent(
                 "hexamesh_jobs_active", "Jobs queued or running here", jobs.store.active
             )
             await nursery.start(services.run, "jobs", jobs.run)
-            front.mount("/v1/placements", placements, clients_only=True)
+            front.mount("/v1/placements", placements, clients_only=True, admin=True)
             readdress = Readdress(
                 book, comb, dht_core, scouting, placements, honeycomb, front, jobs, status
             )

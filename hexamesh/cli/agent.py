@@ -30,6 +30,7 @@ from hexamesh.config import (
 )
 from hexamesh.fileio import DataDirBusy
 from hexamesh.identity import IdentityError
+from hexamesh.operator import OperatorKeyError
 from hexamesh.swarmkey import (
     SwarmKeyError,
 )
@@ -130,7 +131,7 @@ def agent(**options: Any) -> None:
     _setup_logging(cfg.log_level)
     try:
         prepared = prepare_agent(cfg)
-    except (DataDirBusy, IdentityError, SwarmKeyError) as e:
+    except (DataDirBusy, IdentityError, SwarmKeyError, OperatorKeyError) as e:
         raise _fail(str(e)) from None
     try:
         trio.run(_agent_main, prepared)

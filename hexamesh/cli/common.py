@@ -128,6 +128,12 @@ ApiKey = Annotated[
 ]
 
 
+AdminKey = Annotated[
+    str | None,
+    typer.Option("--admin-key", help="The agent's admin key", envvar="HEXAMESH_ADMIN_KEY"),
+]
+
+
 def _api_url(peer: str | None, data_dir: Path | None) -> str:
     """The API to talk to: --peer, else the local agent's (agent.json), else the default port."""
     if peer:

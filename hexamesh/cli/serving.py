@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
@@ -11,6 +12,7 @@ import typer
 from rich.table import Table
 
 from hexamesh.cli.common import (
+    AdminKey,
     ApiKey,
     DataDir,
     PeerUrl,
@@ -23,6 +25,8 @@ from hexamesh.cli.common import (
     err,
     jobs_app,
 )
+from hexamesh.operator import OperatorKeyError, load_operator_key
+from hexamesh.placement.order import order_to_json, sign_order
 
 
 def _first_model(client: httpx.Client, url: str) -> str:
@@ -189,18 +193,33 @@ def place(
     ttl: Annotated[
         float | None, typer.Option(help="Seconds the vote stays open (1-60) \\[default: 10]")
     ] = None,
+    operator_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="Sign the order here with this operator key file \\[default: the peer signs "
+            "with the operator key it keeps]"
+        ),
+    ] = None,
     peer: PeerUrl = None,
-    api_key: ApiKey = None,
+    admin_key: AdminKey = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Call a placement vote: the scouts near the peer elect agents with room to
-    load the model. No quorum by the deadline: nothing moves (exit code 1)."""
+    """Call a placement vote (an admin call): the scouts near the peer elect
+    agents that take placements to load the model. No quorum by the deadline:
+    nothing moves (exit code 1)."""
     url = _api_url(peer, data_dir)
     body: dict[str, Any] = {"model": model, "source": source or model, "replicas": replicas}
     if ttl is not None:
         body["ttl"] = ttl
+    if operator_key is not None:
+        try:
+            key = load_operator_key(operator_key)
+        except OperatorKeyError as e:
+            raise _fail(str(e)) from None
+        signed = sign_order(key, model, source or model, now=time.time())
+        body["order"] = order_to_json(signed)
     try:
-        with _client(api_key) as client:
+        with _client(admin_key) as client:
             doc = _check(client.post(f"{url}/placements", json=body))
     except httpx.HTTPError as e:
         raise _fail(f"cannot reach {url}: {e}") from None

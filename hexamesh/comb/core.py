@@ -531,6 +531,10 @@ class Comb:
         """Is ``node`` us or a member we hold (heard from, or of, in the swarm)?"""
         return node == self.node or node in self.swim.members
 
+    def is_live_member(self, node: bytes) -> bool:
+        """Is ``node`` us or a member we hold and do not hold dead?"""
+        return self.knows(node) and not self.is_dead(node)
+
     def members(self) -> dict[bytes, MemberState]:
         """Every member held, and its state (a copy)."""
         return {n: m.state for n, m in self.swim.members.items()}

@@ -46,7 +46,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import msgpack
 import trio
@@ -64,6 +64,7 @@ from hexamesh.comb.core import (
 from hexamesh.comb.swim import MembershipEvent, MemberState
 from hexamesh.comb.waggle import Dance
 from hexamesh.dht.claim import addr_value, claim, holder_of, release
+from hexamesh.dht.providers import provider_value
 from hexamesh.dht.service import Dht, DhtError
 from hexamesh.hexgrid import ORIGIN, Hex
 from hexamesh.identity import Identity, short_id
@@ -122,6 +123,7 @@ class Honeycomb:
         self.dht = dht
         self._clock = clock
         self._rng = rng or random.Random()
+        self._sources: dict[str, str] = {}  # models we serve -> what they were loaded from
         self._events = driver.subscribe(MembershipEvent, ViewArrived, CellContested, ShortcutLost)
         self._subscribers: list[trio.MemorySendChannel[MembershipEvent]] = []
         self.events_dropped = 0
@@ -320,17 +322,18 @@ class Honeycomb:
 
     # -- models -----------------------------------------------------------
 
-    async def set_models(self, models: tuple[str, ...]) -> None:
-        """Serve ``models`` from now on: dance them (neighbours see at once) and
-        announce each in the DHT as a ``model:<name>`` provider, renewed with the
-        lease; models dropped are withdrawn (they expire within a lease)."""
+    async def set_models(self, models: Mapping[str, str]) -> None:
+        """Serve ``models`` (name -> source loaded) from now on: dance them
+        (neighbours see at once) and announce each in the DHT as a
+        ``model:<name>`` provider (``dht.providers``), renewed with the lease;
+        models dropped are withdrawn (they expire within a lease)."""
         old = set(self.comb.dance.models)
+        self._sources = dict(models)
         self.comb.update_dance(self._clock(), models=tuple(models))
         self.driver.poke()
-        info = self._addr_value()
-        for model in models:
+        for model, source in models.items():
             if model not in old:
-                await self.dht.announce(model, info, MODEL_TTL)
+                await self.dht.announce(model, provider_value(self.comb.addr, source), MODEL_TTL)
         for model in old - set(models):
             self.dht.withdraw(f"model:{model}")
         # model:* lists every server's models, for a swarm-wide /v1/models
@@ -345,7 +348,8 @@ class Honeycomb:
             await self.dht.put(cell_key(self.comb.cell), self._addr_value(), CELL_TTL)
         models = self.comb.dance.models
         for model in models:
-            await self.dht.announce(model, self._addr_value(), MODEL_TTL)
+            source = self._sources.get(model, "")
+            await self.dht.announce(model, provider_value(self.comb.addr, source), MODEL_TTL)
         if models:
             index = msgpack.packb([self.comb.addr[0], self.comb.addr[1], list(models)])
             await self.dht.announce(MODEL_INDEX, bytes(index), MODEL_TTL)

@@ -83,6 +83,7 @@ class ModelSpec:
     tensor_parallel_size: int = 1
     kv_cache_gb: float = 1.0  # CPU only: VLLM_CPU_KVCACHE_SPACE
     extra_args: tuple[str, ...] = ()  # passed to vLLM as they are
+    hub: bool = True  # may download a hub id; off for a placement unless the operator allowed it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,7 +156,7 @@ def server_command(spec: ModelSpec, port: int, device: Device, config: EngineCon
 
 def server_env(spec: ModelSpec, device: Device, config: EngineConfig) -> dict[str, str]:
     env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}
-    if os.path.isdir(spec.model):
+    if os.path.isdir(spec.model) or not spec.hub:
         env["HF_HUB_OFFLINE"] = "1"  # a local model needs no hub (and may have none)
     if not device.gpu:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, math.ceil(spec.kv_cache_gb)))

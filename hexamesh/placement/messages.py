@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from hexamesh.identity import NODE_ID_BYTES
+from hexamesh.placement.order import Order
 from hexamesh.wire import Len, MaxLen, Message, Struct, message, struct
 
 __all__ = [
@@ -51,13 +52,19 @@ class Ballot(Struct):
     source: Annotated[str, MaxLen(256)]  # what the winner loads: a directory or hub id
     epoch: int  # names the election with the model; slots are per (model, epoch)
     replicas: int  # new replicas wanted, 1..MAX_REPLICAS
-    quorum: int  # approvals a candidate needs (a majority of the scouts)
+    quorum: int  # approvals a candidate needs: a strict majority of the electorate
+    electorate: int  # scouts the proposer named; every node checks it against its own view
+    q: int  # the demand's cell: scouts favour candidates near it, and count the
+    r: int  # electorate they expect around it
     mem_need: int  # bytes of GPU memory the model needs; 0: unknown
     proposer: Scout  # who called the vote: winners tell it too, whoever voted for them
+    order: Order  # an operator's signed word for this model from this source (order.py)
 
     def __post_init__(self) -> None:
         if not 1 <= self.replicas <= MAX_REPLICAS:
             raise ValueError(f"replicas must be in 1..{MAX_REPLICAS}, got {self.replicas}")
+        if not 1 <= self.electorate <= MAX_SCOUTS:
+            raise ValueError(f"electorate must be in 1..{MAX_SCOUTS}, got {self.electorate}")
         if not 1 <= self.quorum <= MAX_SCOUTS:
             raise ValueError(f"quorum must be in 1..{MAX_SCOUTS}, got {self.quorum}")
         if self.mem_need < 0:
@@ -87,8 +94,6 @@ class Proposal(Message):
     scout's vote shows it arrived."""
 
     ballot: Ballot
-    q: int  # the demand's cell: scouts favour candidates near it
-    r: int
     scouts: Annotated[tuple[Scout, ...], MaxLen(MAX_SCOUTS)]  # the electorate
     ttl: float  # s the election has left
 

@@ -20,14 +20,25 @@ live, so a dead winner's slot frees itself.
 supervised vLLM server a ``--model`` gets); once it is ready the agent
 dances it and routers send it traffic. A load that fails gives the slot back.
 
-*The API.* ``POST /v1/placements`` (client API, bearer keys like the rest)
-proposes an election here and answers when it is over (the core's
-``Decided`` events): every replica placed, or the deadline passed. The winners
-in the answer are read from the DHT.
+*What may load here.* A win is taken only if the operator of this agent
+allowed it: ``accept_placements`` (else the agent dances "full" and is never
+approved), a source matching one of ``placement_sources``, and no other
+source already serving the model's name in the swarm (its ``model:<name>``
+providers name their sources). Otherwise the win is given up (the core's
+``lost``) and the scouts approve others.
+
+*The API.* ``POST /v1/placements`` (an admin call: an operator's admin key,
+not a client's) proposes an election here and answers when it is over (the
+core's ``Decided`` events): every replica placed, or the deadline passed.
+The winners in the answer are read from the DHT. The ballot carries an
+operator's signed order (``order``): the caller's, in the body, or one this
+agent signs when the operator keeps their key on it. A name served already
+from another source is refused (409).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import math
@@ -38,13 +49,16 @@ import trio
 
 from hexamesh.comb.core import Comb
 from hexamesh.dht.claim import Holder, addr_value, claim, holder_of, release
+from hexamesh.dht.providers import provider_source
 from hexamesh.dht.service import Dht, DhtError
 from hexamesh.engine.supervisor import Engine, EngineState
 from hexamesh.faults import Component, Faults
+from hexamesh.identity import Identity
 from hexamesh.limits import MAX_ELECTION_TTL
 from hexamesh.net.base import Addr, format_addr
 from hexamesh.net.driver import CoreDriver
 from hexamesh.placement.messages import MAX_REPLICAS, Ballot
+from hexamesh.placement.order import Order, OrderError, check_order, order_from_json, sign_order
 from hexamesh.placement.swarmscale import Reading, Scale, Swarmscale
 from hexamesh.placement.vote import Decided, ElectionState, Key, PlacementError, Scouting, Won
 from hexamesh.serve.http import HttpConnection, Request
@@ -72,16 +86,24 @@ class Placements:
         clock: Callable[[], float],
         load: Callable[[str, str], Awaitable[None]],
         room: Callable[[], int],
+        sources: tuple[str, ...] = (),
+        operator: Identity | None = None,
         faults: Faults | None = None,
     ) -> None:
         """``load(name, source)`` loads a model into the local engine (raises on
-        failure); ``room()`` says how many more models it may hold now."""
+        failure); ``room()`` says how many more models it may hold now;
+        ``sources``: patterns of what a placement may load here; ``operator``:
+        the operator's key if kept here (this agent signs orders with it)."""
         self.core = core
         self.driver = driver
         self.dht = dht
         self._clock = clock
         self._load = load
         self._room = room
+        self.sources = sources
+        self.operator = operator
+        self.orders: dict[str, Order] = {}  # model -> the newest order we hold for it
+        self.refused_loads = 0  # wins given up: a source not allowed, or a name taken
         self.faults = faults or Faults()
         self._value = addr_value(core.addr)  # what our slot records hold
         self.loading = 0  # wins being claimed or loaded: room they take already
@@ -138,10 +160,21 @@ class Placements:
         self._nursery.start_soon(run)
 
     async def _win(self, ballot: Ballot) -> None:
+        why = None
         if self.room() <= 0:  # another election took our room since we danced "up"
+            why = "no room"
+        elif not self.allowed(ballot.source):
+            why = f"the source {ballot.source!r} is not in placement_sources"
+        else:
+            why = await self._taken(ballot.model, ballot.source)
+        if why is not None:
+            if why != "no room":
+                self.refused_loads += 1
+                log.warning("won %s@%d but will not load it: %s", ballot.model, ballot.epoch, why)
             self.core.lost(ballot.key, self._clock())
             self.driver.poke()
             return
+        self.orders[ballot.model] = ballot.order
         self.loading += 1  # our room is taken while we claim; then the engine counts it
         try:
             slot = await self.claim_slot(ballot)
@@ -164,6 +197,32 @@ class Placements:
             log.error("placed %s here but cannot load it: %s", ballot.model, e)
             del self.won[ballot.key]
             await self._release(slot_key(ballot.model, ballot.epoch, slot))
+
+    def allowed(self, source: str) -> bool:
+        """May a placement load ``source`` here (``placement_sources``)?"""
+        return any(fnmatch.fnmatchcase(source, pattern) for pattern in self.sources)
+
+    async def _taken(self, model: str, source: str) -> str | None:
+        """Why ``model`` may not be placed from ``source``: it is served
+        already from another (as its providers say), or None."""
+        try:
+            records = await self.dht.providers(model)
+        except DhtError as e:
+            log.warning("reading who serves %s: %s", model, e)
+            return None  # no answer is not a conflict: the winners check again
+        for record in records:
+            served = provider_source(record.value)
+            if served is not None and served != source:
+                return f"{model} is served already from another source ({served!r})"
+        return None
+
+    def order_for(self, model: str) -> Order | None:
+        """The newest order we hold for ``model`` (placed by a vote here, or
+        proposed from here), if it still stands."""
+        order = self.orders.get(model)
+        if order is not None and order.expires > self._clock():
+            return order
+        return None
 
     async def claim_slot(self, ballot: Ballot) -> int | None:
         """Take a free slot of the election (or find the one we hold); None if all are taken."""
@@ -201,22 +260,24 @@ class Placements:
 
     async def propose(
         self,
-        model: str,
-        source: str,
+        order: Order,
         replicas: int,
         *,
         mem_need: int = 0,
         ttl: float | None = None,
     ) -> dict[str, Any]:
-        """Run an election from here and report it once it is over."""
+        """Run an election from here under ``order`` and report it once it is over."""
+        model, source = order.model, order.source
+        why = await self._taken(model, source)
+        if why is not None:
+            raise ApiError(409, f"{why}: place it under another name", code="name_taken")
         now = self._clock()
         epoch = math.floor(now * 1000)  # unique enough: one proposer, one model, one ms
         try:
-            ballot = self.core.propose(
-                model, source, replicas, epoch, now, mem_need=mem_need, ttl=ttl
-            )
+            ballot = self.core.propose(order, replicas, epoch, now, mem_need=mem_need, ttl=ttl)
         except PlacementError as e:
             raise ApiError(409, f"cannot start the election: {e}", code="refused") from None
+        self.orders[model] = order
         self.driver.poke()
         while True:
             outcome = self.core.outcome(model, epoch)
@@ -279,9 +340,32 @@ class Placements:
             raise ApiError(
                 400, f"`ttl` must be {MIN_TTL:g}-{MAX_ELECTION_TTL:g} seconds", param="ttl"
             )
-        doc = await self.propose(model, source, replicas, mem_need=mem_need, ttl=ttl)
+        order = self._order_of(body.get("order"), model, source)
+        doc = await self.propose(order, replicas, mem_need=mem_need, ttl=ttl)
         await conn.respond(200, json.dumps(doc).encode(), keep_alive=request.keep_alive)
         return True
+
+    def _order_of(self, given: object, model: str, source: str) -> Order:
+        """The order a placement call runs under: the one in its body (signed
+        by the operator elsewhere), else one signed here; ApiError if none
+        gives the authority."""
+        now = self._clock()
+        if given is None:
+            if self.operator is None:
+                raise ApiError(
+                    403,
+                    "this agent holds no operator key to sign the order: send a signed "
+                    "`order` (`hexamesh place --operator-key`), or call an agent that holds one",
+                    type="permission_error",
+                    code="no_order",
+                )
+            return sign_order(self.operator, model, source, now=now)
+        try:
+            order = order_from_json(given)
+            check_order(order, operators=self.core.operators, now=now, model=model, source=source)
+        except (OrderError, ValueError) as e:
+            raise ApiError(403, f"`order`: {e}", type="permission_error", param="order") from None
+        return order
 
 
 async def run_swarmscale(
@@ -314,9 +398,13 @@ async def run_swarmscale(
             )
             decision = scale.observe(model, reading, now)
             if decision is Scale.ADD:
+                order = placements.order_for(model)
+                if order is None:  # served by --model, or its order expired: not ours to copy
+                    log.info("swarmscale: %s runs hot, but no operator ordered it placed", model)
+                    scale.forget(model)
+                    continue
                 log.info("swarmscale: %s runs hot (%s): calling a vote", model, reading)
-                source = engine.spec(model).model
-                placements.spawn(placements.propose(model, source, 1))
+                placements.spawn(placements.propose(order, 1))
             elif decision is Scale.DROP and model in {k[0] for k in placements.won}:
                 log.info("swarmscale: %s runs cold (%s): unloading ours", model, reading)
                 await placements.give_back(model)

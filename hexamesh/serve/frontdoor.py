@@ -109,6 +109,7 @@ class FrontDoor:
         keys: ChannelKeys,
         address: str,
         api_keys: tuple[str, ...] = (),
+        admin_keys: tuple[str, ...] = (),
         metrics: ServeMetrics | None = None,
         clock: Callable[[], float] = time.time,
         faults: Faults | None = None,
@@ -120,8 +121,9 @@ class FrontDoor:
         self.keys = keys  # our node key and the swarm's: the peer channel's both ends
         self.address = address  # our peer address, reported as SERVED_ADDR
         self.api_keys = frozenset(api_keys)
+        self.admin_keys = frozenset(admin_keys)  # operators': admin calls, and a client's too
         self.metrics = metrics or ServeMetrics()
-        self._mounts: list[tuple[str, JobsApi, bool]] = []  # (prefix, api, clients only)
+        self._mounts: list[tuple[str, JobsApi, bool, bool]] = []  # (prefix, api, clients, admin)
         self.pumps = PumpThread(self.faults)  # the per-token relay loop (its own thread)
         self.upstreams = UpstreamPool()  # idle keep-alive connections to engines and peers
         self._clock = clock
@@ -282,9 +284,8 @@ class FrontDoor:
                 type="permission_error",
             )
         if self.api_keys:
-            auth = request.headers.get("authorization", "")
-            scheme, _, key = auth.partition(" ")
-            if scheme.lower() != "bearer" or key.strip() not in self.api_keys:
+            key = _bearer(request)
+            if key not in self.api_keys and key not in self.admin_keys:
                 raise ApiError(
                     401,
                     "missing or wrong API key (send `Authorization: Bearer <key>`)",
@@ -293,6 +294,25 @@ class FrontDoor:
                     headers=(("www-authenticate", "Bearer"),),
                 )
         return None
+
+    def _authorize_admin(self, request: Request) -> None:
+        """An admin call: an admin key, whatever the client keys; raises ApiError."""
+        if not self.admin_keys:
+            raise ApiError(
+                403,
+                "this agent takes no admin calls: start it with an admin key (--admin-key-file)",
+                type="permission_error",
+                code="no_admin_key",
+            )
+        if _bearer(request) not in self.admin_keys:
+            raise ApiError(
+                401 if not request.headers.get("authorization") else 403,
+                "an admin call needs an admin key (`Authorization: Bearer <admin key>`); "
+                "a client's API key is not one",
+                type="permission_error",
+                code="admin_key_required",
+                headers=(("www-authenticate", "Bearer"),),
+            )
 
     async def _route(self, conn: HttpConnection, request: Request, *, peer: bool) -> int:
         path, method = request.path, request.method
@@ -333,19 +353,24 @@ class FrontDoor:
             listing = json.dumps({"object": "list", "data": data}).encode()
             await conn.respond(200, listing, keep_alive=request.keep_alive)
             return 200
-        for prefix, api, clients_only in self._mounts:
+        for prefix, api, clients_only, admin in self._mounts:
             if (clients_only and route is not None) or not path.startswith(prefix):
                 continue
+            if admin:
+                self._authorize_admin(request)
             if await api.handle(request, conn):
                 return 200
         raise ApiError(404, f"no such endpoint: {method} {path}", code="not_found")
 
-    def mount(self, prefix: str, api: JobsApi, *, clients_only: bool = False) -> None:
+    def mount(
+        self, prefix: str, api: JobsApi, *, clients_only: bool = False, admin: bool = False
+    ) -> None:
         """Serve the paths under ``prefix`` with ``api`` (jobs, placements), as a
         web framework mounts a sub-application. The jobs API runs its work
         through this front door: it cannot be built before it, so it is mounted
-        when the agent is wired. ``clients_only``: not on the peer port."""
-        self._mounts.append((prefix, api, clients_only))
+        when the agent is wired. ``clients_only``: not on the peer port;
+        ``admin``: for an admin key only."""
+        self._mounts.append((prefix, api, clients_only, admin))
 
     # -- completions ------------------------------------------------------
 
@@ -782,3 +807,9 @@ _ENDPOINTS = {
     "/v1/jobs",
     "/v1/placements",
 }
+
+
+def _bearer(request: Request) -> str | None:
+    """The key of an ``Authorization: Bearer`` header, None without one."""
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    return key.strip() if scheme.lower() == "bearer" else None

@@ -23,6 +23,7 @@ from hexamesh.comb.service import (
 from hexamesh.comb.swim import Gossip, MembershipEvent, MemberState, MemberUpdate
 from hexamesh.comb.waggle import Dance
 from hexamesh.dht.core import DhtConfig, DhtCore
+from hexamesh.dht.providers import provider_source
 from hexamesh.dht.service import DHT_MESSAGES, Dht
 from hexamesh.hexgrid import ORIGIN, Hex, spiral
 from hexamesh.identity import Identity
@@ -276,11 +277,12 @@ async def test_models_are_danced_to_neighbours_and_announced_in_the_dht(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with joined_swarm(5, 4) as (_, _, nodes):
-        await nodes[2].set_models(("tiny",))
+        await nodes[2].set_models({"tiny": "/m/tiny"})
         await trio.sleep(2)
         assert [d.node for d in nodes[0].peers_with("tiny")] == [nodes[2].node]
         providers = await nodes[3].dht.providers("tiny")
         assert [r.publisher_id for r in providers] == [nodes[2].node]
+        assert [provider_source(r.value) for r in providers] == ["/m/tiny"]  # what it loaded
 
 
 async def test_fetch_view_from_nobody_is_a_plain_timeout_error() -> None:

@@ -22,6 +22,7 @@ import trio.testing
 from hexamesh.comb.swim import Gossip, MemberState, MemberUpdate, Swim, SwimConfig
 from hexamesh.dht.records import Record
 from hexamesh.faults import Component, Faults
+from hexamesh.identity import Identity
 from hexamesh.limits import MAX_ELECTION_TTL, MAX_HEARSAY, MODEL_CACHE
 from hexamesh.logs import OneLineFormatter
 from hexamesh.net import udp
@@ -30,6 +31,7 @@ from hexamesh.net.memory import open_memory_network
 from hexamesh.net.rtt import Ping, Pong, RttConfig, RttProbe
 from hexamesh.net.udp import open_udp_transport
 from hexamesh.placement.messages import Ballot, Proposal, Scout
+from hexamesh.placement.order import sign_order
 from hexamesh.placement.vote import ElectionState, PlacementConfig, Scouting
 from hexamesh.serve import relay
 from hexamesh.serve.jobs import Jobs, JobStore
@@ -38,6 +40,7 @@ from hexamesh.wire import Envelope, KeyRing
 from simulations.hostile import BROKEN_ANSWERS
 from tests.helpers import codec
 from tests.helpers import nid as node_id
+from tests.placement.helpers import OPERATOR, OPERATORS, order
 from tests.serve.fake_upstream import Behaviour
 from tests.serve.swarm import MODEL, entry_first_spare, start_door
 
@@ -330,18 +333,24 @@ async def test_8_a_broken_chunk_size_fails_one_stream_and_later_streams_still_fl
         nursery.cancel_scope.cancel()
 
 
-def _proposal(model: str, ttl: float, proposer: int) -> Envelope:
+def _proposal(model: str, ttl: float, proposer: int, *, operator: Identity = OPERATOR) -> Envelope:
+    """A proposal under an order of ``operator`` (the trusted one by default: a
+    key holder that saw a real order can put it in ballots of its own)."""
     ballot = Ballot(
         model=model,
         source="/x",
         epoch=1,
         replicas=1,
         quorum=1,
+        electorate=1,
+        q=0,
+        r=0,
         mem_need=0,
         proposer=Scout(node=node_id(proposer), host="10.0.0.9", port=7420),
+        order=sign_order(operator, model, "/x", now=0.0),
     )
     scouts = (Scout(node=node_id(proposer), host="10.0.0.9", port=7420),)
-    msg = Proposal(ballot=ballot, q=0, r=0, scouts=scouts, ttl=ttl)
+    msg = Proposal(ballot=ballot, scouts=scouts, ttl=ttl)
     return Envelope(sender=node_id(proposer), msg_id=1, message=msg)
 
 
@@ -350,11 +359,19 @@ def test_9_forged_proposals_cannot_keep_an_operator_from_calling_a_vote() -> Non
     from hexamesh.comb.waggle import Dance
 
     me = Dance.first(node_id(1), A, 0, 0)
-    core = Scouting(node_id(1), A, lambda: {me.node: me}, PlacementConfig(), random.Random(1))
+    core = Scouting(
+        node_id(1),
+        A,
+        lambda: {me.node: me},
+        PlacementConfig(),
+        random.Random(1),
+        operators=OPERATORS,
+        is_member=lambda node: True,
+    )
     for i in range(40):
         core.receive(_proposal(f"bait{i}", 1e15, 50 + i), ("10.0.0.50", 7420), 0.0)
     assert core.refused >= 40 - PlacementConfig().max_open
-    core.propose("tiny", "/models/tiny", 1, 7, 1.0)  # ours: still allowed
+    core.propose(order("tiny", "/models/tiny"), 1, 7, 1.0)  # ours: still allowed
     core.handle_timer(MAX_ELECTION_TTL + 1.0)
     assert all(
         core.outcome(f"bait{i}", 1) is None

@@ -3,7 +3,9 @@ an operator's vote through the API loads the model on a winner; slots bound it."
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,18 @@ from hexamesh.comb.waggle import Dance
 from hexamesh.config import AgentConfig
 from hexamesh.engine.load import EngineLoad
 from hexamesh.engine.supervisor import EngineConfig, EngineState, ModelSpec
+from hexamesh.identity import Identity
+from hexamesh.operator import (
+    OPERATOR_KEY_FILE_NAME,
+    create_operator_key,
+    encode_public,
+    load_operator_key,
+)
+from hexamesh.placement.order import Order, order_to_json, sign_order
 from hexamesh.placement.service import run_swarmscale
 from hexamesh.placement.swarmscale import ScaleConfig, Swarmscale
 from tests.helpers import run_hexamesh
+from tests.placement.helpers import order
 
 FAKE_ENGINE = EngineConfig(
     server_module="tests.engine.fake_vllm", ready_timeout=20.0, stop_grace=2.0, scrape_interval=0.2
@@ -32,7 +43,17 @@ def status_of(data_dir: Path) -> dict[str, Any]:
         return {}
 
 
-async def start_swarm(tmp_path: Path, nursery: trio.Nursery, n: int) -> list[AgentStatus]:
+ADMIN = "admin-secret"  # the first agent's admin key
+AS_ADMIN = {"authorization": f"Bearer {ADMIN}"}
+
+
+async def start_swarm(
+    tmp_path: Path, nursery: trio.Nursery, n: int, **changes: Any
+) -> list[AgentStatus]:
+    """``n`` agents; the first only proposes, and keeps the operator's key;
+    the others take placements of what lies under ``tmp_path``. ``changes``:
+    config changes for every agent but the first."""
+    operator = create_operator_key(tmp_path / "a0" / OPERATOR_KEY_FILE_NAME)
     agents: list[AgentStatus] = []
     for i in range(n):
         cfg = AgentConfig(
@@ -42,8 +63,13 @@ async def start_swarm(tmp_path: Path, nursery: trio.Nursery, n: int) -> list[Age
             api_port=0,
             join=(agents[0].address,) if agents else (),
             swarm_key=tmp_path / "a0" / "swarm.key" if agents else None,
-            max_models=0 if i == 0 else 1,  # the first one only proposes
+            admin_keys=(ADMIN,) if i == 0 else (),
+            operator_keys=(encode_public(operator.public_key),),
+            accept_placements=i > 0,
+            placement_sources=(f"{tmp_path}/*",),
         )
+        if i > 0:
+            cfg = dataclasses.replace(cfg, **changes)
         agents.append(
             await nursery.start(
                 lambda task_status, c=cfg: run_agent(
@@ -72,7 +98,9 @@ async def test_an_operator_vote_places_replicas_where_there_is_room(tmp_path: Pa
             api = str(agents[0].api)
             async with httpx.AsyncClient(timeout=30) as client:
                 r = await client.post(
-                    f"{api}/placements", json={"model": "tiny", "source": str(model_dir)}
+                    f"{api}/placements",
+                    json={"model": "tiny", "source": str(model_dir)},
+                    headers=AS_ADMIN,
                 )
                 assert r.status_code == 200, r.text
                 doc = r.json()
@@ -92,6 +120,7 @@ async def test_an_operator_vote_places_replicas_where_there_is_room(tmp_path: Pa
                 r = await client.post(
                     f"{api}/placements",
                     json={"model": "tiny2", "source": str(model_dir), "replicas": 3, "ttl": 3},
+                    headers=AS_ADMIN,
                 )
                 doc = r.json()
                 assert doc["state"] == "placed" and len(doc["winners"]) == 2
@@ -100,7 +129,15 @@ async def test_an_operator_vote_places_replicas_where_there_is_room(tmp_path: Pa
                 # Everyone is full now: no candidate, no quorum, nothing moves.
                 done = await trio.to_thread.run_sync(
                     lambda: run_hexamesh(
-                        "place", "tiny3", "--source", str(model_dir), "--ttl", "2", "--peer", api
+                        "place",
+                        "tiny3",
+                        "--source",
+                        str(model_dir),
+                        "--ttl",
+                        "2",
+                        "--peer",
+                        api,
+                        env={"HEXAMESH_ADMIN_KEY": ADMIN},
                     )
                 )
                 assert done.returncode == 1 and "no quorum: nothing moved" in done.stderr
@@ -126,11 +163,13 @@ BAD_REQUESTS: list[tuple[dict[str, Any], str]] = [
 async def test_bad_placement_requests_get_clear_errors(tmp_path: Path) -> None:
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            cfg = AgentConfig(data_dir=tmp_path, host="127.0.0.1", port=0, api_port=0, max_models=0)
+            cfg = AgentConfig(
+                data_dir=tmp_path, host="127.0.0.1", port=0, api_port=0, admin_keys=(ADMIN,)
+            )
             agent: AgentStatus = await nursery.start(
                 lambda task_status: run_agent(cfg, task_status=task_status)
             )
-            async with httpx.AsyncClient(timeout=10) as client:
+            async with httpx.AsyncClient(timeout=10, headers=AS_ADMIN) as client:
                 for body, param in BAD_REQUESTS:
                     r = await client.post(f"{agent.api}/placements", json=body)
                     assert (r.status_code, r.json()["error"]["param"]) == (400, param), body
@@ -173,13 +212,17 @@ class FakeComb:
 
 
 class FakePlacements:
-    def __init__(self, won: dict[tuple[str, int], int]) -> None:
+    def __init__(self, won: dict[tuple[str, int], int], *, ordered: bool = True) -> None:
         self.won = won
+        self.ordered = ordered  # holds an order for the model (a vote placed it)
         self.votes: list[tuple[str, str, int]] = []
         self.given_back: list[str] = []
 
-    def propose(self, model: str, source: str, replicas: int) -> str:
-        self.votes.append((model, source, replicas))
+    def order_for(self, model: str) -> Order | None:
+        return order(model, "/models/tiny") if self.ordered else None
+
+    def propose(self, order: Order, replicas: int) -> str:
+        self.votes.append((order.model, order.source, replicas))
         return "election"
 
     def spawn(self, election: str) -> None:
@@ -220,6 +263,9 @@ async def test_swarmscale_calls_a_vote_when_hot_and_only_the_lowest_id_does(
     follower = FakePlacements({})
     await scale_for(75.0, hot, FakeComb(me, [peer(b"\x01" * 20, 0.9)]), follower)
     assert follower.votes == []  # the peer with the lower id decides for the neighbourhood
+    unordered = FakePlacements({}, ordered=False)  # served by --model: no operator ordered it
+    await scale_for(75.0, hot, FakeComb(me, [peer(b"\x09" * 20, 0.9)]), unordered)
+    assert unordered.votes == []
 
 
 async def test_swarmscale_unloads_only_a_voted_in_replica_when_cold(
@@ -238,3 +284,70 @@ async def test_swarmscale_unloads_only_a_voted_in_replica_when_cold(
     alone = FakeEngine(load=0.0)
     await scale_for(305.0, alone, FakeComb(me, []), FakePlacements({("tiny", 1): 0}))
     assert alone.unloaded == []  # the last replica stays
+
+
+# -- who may place what (issue 31) -------------------------------------------------
+
+
+async def test_placement_needs_an_admin_key_and_a_trusted_order(tmp_path: Path) -> None:
+    model_dir, other_dir = tmp_path / "tiny", tmp_path / "other"
+    model_dir.mkdir()
+    other_dir.mkdir()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            agents = await start_swarm(tmp_path, nursery, 3)
+            api, plain = str(agents[0].api), str(agents[1].api)
+            body = {"model": "tiny", "source": str(model_dir), "ttl": 2}
+            async with httpx.AsyncClient(timeout=30) as client:
+                r = await client.post(f"{api}/placements", json=body)
+                assert r.status_code == 401, r.text  # no key
+                r = await client.post(
+                    f"{api}/placements", json=body, headers={"authorization": "Bearer client"}
+                )
+                assert r.status_code == 403, r.text  # a key, not an admin's
+                r = await client.post(f"{plain}/placements", json=body, headers=AS_ADMIN)
+                assert r.json()["error"]["code"] == "no_admin_key"  # an agent without one
+                # An order signed by a key no agent trusts, or for another source
+                stranger = Identity.from_private_bytes(b"\x33" * 32)
+                operator = load_operator_key(tmp_path / "a0" / OPERATOR_KEY_FILE_NAME)
+                for signer, source in [(stranger, str(model_dir)), (operator, str(other_dir))]:
+                    forged = order_to_json(sign_order(signer, "tiny", source, now=time.time()))
+                    r = await client.post(
+                        f"{api}/placements", json={**body, "order": forged}, headers=AS_ADMIN
+                    )
+                    assert r.status_code == 403 and r.json()["error"]["param"] == "order", r.text
+                # A source outside every agent's placement_sources: won, not loaded
+                r = await client.post(
+                    f"{api}/placements",
+                    json={**body, "model": "etc", "source": "/etc"},
+                    headers=AS_ADMIN,
+                )
+                assert r.status_code == 200 and r.json()["winners"] == [], r.text
+                # Placed from one source, the name is refused from another (409)
+                r = await client.post(f"{api}/placements", json=body, headers=AS_ADMIN)
+                assert r.status_code == 200 and len(r.json()["winners"]) == 1, r.text
+                while "tiny" not in await models(client, api):
+                    await trio.sleep(0.1)
+                r = await client.post(
+                    f"{api}/placements",
+                    json={**body, "source": str(other_dir)},
+                    headers=AS_ADMIN,
+                )
+                assert r.status_code == 409 and r.json()["error"]["code"] == "name_taken", r.text
+                assert "etc" not in await models(client, api)
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_agent_takes_no_placement_unless_its_operator_said_so(tmp_path: Path) -> None:
+    model_dir = tmp_path / "tiny"
+    model_dir.mkdir()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            agents = await start_swarm(tmp_path, nursery, 3, accept_placements=False)
+            api = str(agents[0].api)
+            body = {"model": "tiny", "source": str(model_dir), "ttl": 2}
+            async with httpx.AsyncClient(timeout=30) as client:
+                r = await client.post(f"{api}/placements", json=body, headers=AS_ADMIN)
+                assert r.status_code == 200 and r.json()["state"] == "no quorum", r.text
+                assert r.json()["scouts"] == 3  # the vote ran: nobody would load it
+            nursery.cancel_scope.cancel()

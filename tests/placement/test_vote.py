@@ -12,9 +12,11 @@ import pytest
 
 from hexamesh.comb.waggle import Dance
 from hexamesh.hexgrid import ORIGIN, spiral
+from hexamesh.identity import Identity
 from hexamesh.net.base import Addr
 from hexamesh.peerauth import Proof
-from hexamesh.placement.messages import Ballot, Placed, Proposal, Site, Vote, VoteAck
+from hexamesh.placement.messages import Ballot, Placed, Proposal, Scout, Site, Vote, VoteAck
+from hexamesh.placement.order import sign_order
 from hexamesh.placement.vote import (
     ElectionState,
     Outcome,
@@ -50,7 +52,15 @@ class Hand:
         }
         self.own: dict[int, Dance] = {}  # what a node dances now, before its links hear it
         self.cores = {
-            addr(i): Scouting(nid(i), addr(i), partial(self.view, i), CONFIG, random.Random(i))
+            addr(i): Scouting(
+                nid(i),
+                addr(i),
+                partial(self.view, i),
+                CONFIG,
+                random.Random(i),
+                operators=helpers.OPERATORS,
+                is_member=self.dances.__contains__,
+            )
             for i in range(len(loads))
         }
         self.now = 0.0
@@ -99,7 +109,7 @@ class Hand:
 
 def test_the_electorate_approves_the_idlest_node_which_claims_once() -> None:
     hand = Hand([0.9, 0.9, 0.9, 0.1, 0.9, 0.9, 0.9])
-    ballot = hand.core(0).propose("tiny", "/m/tiny", 1, 7, hand.now)
+    ballot = hand.core(0).propose(helpers.order(), 1, 7, hand.now)
     assert ballot.quorum == 4 and hand.core(0).electorate("tiny", 7) == [nid(i) for i in range(7)]
     hand.pump()
     assert hand.core(0).approvals("tiny", 7) == {nid(3): 7}
@@ -124,7 +134,7 @@ def test_the_electorate_approves_the_idlest_node_which_claims_once() -> None:
 
 def test_a_node_serving_the_model_already_is_no_candidate() -> None:
     hand = Hand([0.0, 0.9, 0.9, 0.9, 0.9, 0.9, 0.5], models={0: ("tiny",)})
-    ballot = hand.core(1).propose("tiny", "/m/tiny", 1, 1, hand.now)
+    ballot = hand.core(1).propose(helpers.order(), 1, 1, hand.now)
     hand.pump()
     assert set(hand.core(1).approvals("tiny", 1)) == {nid(6)}
     assert hand.claims() == {6: [ballot]}
@@ -134,7 +144,7 @@ def test_a_winner_that_filled_up_meanwhile_does_not_claim() -> None:
     hand = Hand([0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.5])
     d = hand.dances[nid(6)]
     hand.own[6] = dataclasses.replace(d, status="full")  # the others still see it "up"
-    hand.core(1).propose("tiny", "/m/tiny", 1, 1, hand.now)
+    hand.core(1).propose(helpers.order(), 1, 1, hand.now)
     hand.pump()
     assert hand.core(6).approvals("tiny", 1).get(nid(6)) == 6  # a quorum, and no claim
     assert hand.claims() == {}
@@ -144,7 +154,7 @@ def test_no_quorum_no_move() -> None:
     hand = Hand([0.9, 0.9, 0.9, 0.1, 0.9, 0.9, 0.9])
     cut = {addr(4), addr(5), addr(6), addr(1)}  # four of seven never answer: three left < 4
     hand.drop = lambda to, env: to in cut or env.sender in {nid(1), nid(4), nid(5), nid(6)}
-    hand.core(0).propose("tiny", "/m/tiny", 1, 1, hand.now)
+    hand.core(0).propose(helpers.order(), 1, 1, hand.now)
     hand.pump()
     for _ in range(int(CONFIG.ttl / CONFIG.retry) + 2):
         hand.tick(CONFIG.retry)
@@ -159,7 +169,7 @@ def test_lost_messages_are_resent_until_the_quorum_forms() -> None:
     hand = Hand([0.9, 0.9, 0.9, 0.1, 0.9, 0.9, 0.9])
     rng = random.Random(3)
     hand.drop = lambda to, env: rng.random() < 0.5
-    ballot = hand.core(0).propose("tiny", "/m/tiny", 1, 1, hand.now)
+    ballot = hand.core(0).propose(helpers.order(), 1, 1, hand.now)
     hand.pump()
     claims: dict[int, list[Ballot]] = {}
     for _ in range(16):
@@ -172,7 +182,7 @@ def test_lost_messages_are_resent_until_the_quorum_forms() -> None:
 
 def test_old_and_repeated_votes_change_nothing() -> None:
     hand = Hand([0.9, 0.9, 0.9, 0.1, 0.9, 0.9, 0.9])
-    ballot = hand.core(0).propose("tiny", "/m/tiny", 1, 1, hand.now)
+    ballot = hand.core(0).propose(helpers.order(), 1, 1, hand.now)
     hand.pump()
     core = hand.core(2)
     before = core.approvals("tiny", 1)
@@ -187,7 +197,7 @@ def test_winners_are_bounded_by_the_slots_when_a_withdrawal_is_lost() -> None:
     """Two candidates may both count a quorum (a scout's new vote lost on the
     way to the old favourite): both ask to claim, and the slots decide."""
     hand = Hand([0.9, 0.9, 0.9, 0.1, 0.9, 0.9, 0.2])
-    ballot = helpers.ballot(quorum=4)
+    ballot = helpers.ballot(quorum=4, electorate=7)
 
     def vote(scout: int, version: int, pick: int) -> None:
         site = Site(node=nid(pick), host=addr(pick)[0], port=7420, merit=0.5)
@@ -212,13 +222,13 @@ def test_proposals_are_bounded() -> None:
     hand = Hand([0.5] * 7)
     core = hand.core(0)
     for epoch in range(CONFIG.max_open):
-        core.propose("tiny", "/m/tiny", 1, epoch, hand.now)
+        core.propose(helpers.order(), 1, epoch, hand.now)
     with pytest.raises(PlacementError, match="open already"):
-        core.propose("tiny", "/m/tiny", 1, 99, hand.now)
+        core.propose(helpers.order(), 1, 99, hand.now)
     with pytest.raises(PlacementError, match="exists already"):
-        core.propose("tiny", "/m/tiny", 1, 0, hand.now)
+        core.propose(helpers.order(), 1, 0, hand.now)
     with pytest.raises(PlacementError, match="replicas"):
-        Hand([0.5]).core(0).propose("tiny", "/m/tiny", 0, 1, 0.0)
+        Hand([0.5]).core(0).propose(helpers.order(), 0, 1, 0.0)
     hand.tick(CONFIG.ttl + 0.1)  # they close; the core forgets them after keep_closed
     hand.tick(CONFIG.keep_closed)
     assert core.outcome("tiny", 0) is None and core.next_timer() is None
@@ -264,12 +274,13 @@ def test_a_cut_off_majority_moves_nothing_on_the_comb() -> None:
 
 
 def test_a_ballot_out_of_bounds_on_the_wire_is_a_wire_error() -> None:
-    good = helpers.ballot(source="/m", quorum=1)
+    good = helpers.ballot(source="/m", quorum=1, electorate=1)
     vote = Vote(ballot=good, scout=nid(0), version=1, approve=(), ttl=1.0)
     env = Envelope(sender=nid(0), msg_id=1, message=vote)
     frame = encode_frame(env)
-    fields = ["tiny", "/m", 1, 1, 1, 0, [nid(0), "10.0.0.0", 7420]]  # a Ballot on the wire
-    bad = frame.replace(msgpack.packb(fields), msgpack.packb([*fields[:3], 0, *fields[4:]]))
+    # A Ballot on the wire starts: model, source, epoch, replicas, quorum, electorate
+    fields = b"".join(msgpack.packb(f) for f in ["tiny", "/m", 1, 1, 1, 1])
+    bad = frame.replace(fields, fields[:-3] + msgpack.packb(0) + fields[-2:])
     assert bad != frame
     with pytest.raises(WireError, match=r"replicas must be in 1\.\.8"):
         decode_frame(bad)
@@ -278,7 +289,7 @@ def test_a_ballot_out_of_bounds_on_the_wire_is_a_wire_error() -> None:
 
 def test_votes_that_are_not_the_electorates_change_nothing() -> None:
     hand = Hand([0.9, 0.9, 0.9, 0.1, 0.9, 0.9, 0.9])
-    ballot = hand.core(0).propose("tiny", "/m/tiny", 1, 1, hand.now)
+    ballot = hand.core(0).propose(helpers.order(), 1, 1, hand.now)
     hand.pump()
     core = hand.core(3)
     before, refused = core.approvals("tiny", 1), core.refused
@@ -304,3 +315,67 @@ def test_votes_that_are_not_the_electorates_change_nothing() -> None:
     for sender, vote in forged:
         core.receive(Envelope(sender=sender, msg_id=1, message=vote), addr(5), hand.now)
     assert core.approvals("tiny", 1) == before and core.refused == refused + 3
+
+
+# -- authority: who may order a vote, and how small its quorum may be -----------
+
+
+def _vote_for(ballot: Ballot, scout: int, pick: int) -> Envelope:
+    site = Site(node=nid(pick), host=addr(pick)[0], port=7420, merit=1.0)
+    msg = Vote(ballot=ballot, scout=nid(scout), version=1, approve=(site,), ttl=5.0)
+    return Envelope(sender=nid(scout), msg_id=1, message=msg)
+
+
+def test_a_ballot_without_a_trusted_order_is_refused_by_scouts_and_candidates() -> None:
+    """A key holder signs an order with a key of its own: no scout votes on
+    it, no candidate counts its votes, nothing is won."""
+    hand = Hand([0.9, 0.9, 0.9, 0.1, 0.9, 0.9, 0.9])
+    stranger_key = Identity.from_private_bytes(b"\x42" * 32)
+    forged = helpers.ballot(
+        source="/attacker/weights",
+        quorum=4,
+        electorate=7,
+        order=sign_order(stranger_key, "tiny", "/attacker/weights", now=0.0),
+    )
+    scouts = tuple(Scout(node=nid(i), host=addr(i)[0], port=7420) for i in range(7))
+    proposal = Proposal(ballot=forged, scouts=scouts, ttl=5.0)
+    for i in range(1, 7):
+        hand.core(i).receive(Envelope(sender=nid(0), msg_id=1, message=proposal), addr(0), 0.0)
+    for scout in (0, 1, 2, 4, 5):
+        hand.core(3).receive(_vote_for(forged, scout, 3), addr(scout), hand.now)
+    hand.pump()
+    hand.tick(1.0)
+    assert hand.claims() == {}
+    assert all(hand.core(i).approvals("tiny", 1) == {} for i in range(7))
+    assert all(hand.core(i).unauthorised >= 1 for i in range(1, 7))
+    # an order of ours that has expired gives no authority either
+    with pytest.raises(PlacementError, match="expired"):
+        hand.core(0).propose(helpers.order(ttl=1.0), 1, 9, 5.0)
+
+
+def test_a_key_holder_cannot_shrink_the_quorum_to_itself() -> None:
+    """A forged vote whose ballot (under a real order) names an electorate
+    of one, itself, made the victim win and load: the victim sees seven live
+    nodes around the demand and takes no part."""
+    hand = Hand([0.9, 0.9, 0.9, 0.1, 0.9, 0.9, 0.9])
+    shrunk = helpers.ballot(quorum=1, electorate=1)
+    hand.core(3).receive(_vote_for(shrunk, 5, 3), addr(5), hand.now)
+    no_majority = helpers.ballot(quorum=1, electorate=7, epoch=3)
+    hand.core(3).receive(_vote_for(no_majority, 5, 3), addr(5), hand.now)
+    assert hand.claims() == {} and hand.core(3).unauthorised == 2
+    # the same with the true electorate is taken (the check is on the size)
+    fair = helpers.ballot(quorum=4, electorate=7, epoch=2)
+    for scout in (0, 1, 2, 5):
+        hand.core(3).receive(_vote_for(fair, scout, 3), addr(scout), hand.now)
+    assert hand.claims() == {3: [fair]}
+
+
+def test_votes_of_strangers_are_not_counted_before_the_proposal_arrives() -> None:
+    hand = Hand([0.9, 0.9, 0.9, 0.1, 0.9, 0.9, 0.9])
+    fair = helpers.ballot(quorum=4, electorate=7)
+    outsiders = [b"\xe0" + bytes([i]) * 19 for i in range(4)]  # keys that never joined
+    for node in outsiders:
+        site = Site(node=nid(3), host=addr(3)[0], port=7420, merit=1.0)
+        msg = Vote(ballot=fair, scout=node, version=1, approve=(site,), ttl=5.0)
+        hand.core(3).receive(Envelope(sender=node, msg_id=1, message=msg), addr(9), hand.now)
+    assert hand.claims() == {} and hand.core(3).approvals("tiny", 1) == {}
