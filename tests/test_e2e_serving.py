@@ -173,7 +173,11 @@ def test_prompt_to_any_peer_a_frozen_server_and_sigkill_mid_burst(tmp_path: Path
 
         async def burst() -> tuple[list[tuple[str, str]], dict[str, dict[str, Any]]]:
             results: list[tuple[str, str]] = []
-            async with httpx.AsyncClient(timeout=httpx.Timeout(180, connect=5)) as client:
+            # the jobs are this credential's (the API is open: any bearer token)
+            owner = {"authorization": "Bearer e2e-client"}
+            async with httpx.AsyncClient(
+                timeout=httpx.Timeout(180, connect=5), headers=owner
+            ) as client:
                 job_ids = []
                 for i in range(20):
                     r = await client.post(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import secrets
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -19,6 +21,7 @@ from hexamesh.config import (
     DEFAULT_API_PORT,
     default_data_dir,
 )
+from hexamesh.identity import write_secret_file
 from hexamesh.logs import OneLineFormatter
 from hexamesh.net.base import format_addr
 from hexamesh.swarmkey import (
@@ -149,6 +152,23 @@ def _api_url(peer: str | None, data_dir: Path | None) -> str:
     except (OSError, ValueError):
         pass
     return f"http://127.0.0.1:{DEFAULT_API_PORT}/v1"
+
+
+CLIENT_SECRET_FILE_NAME = "client.secret"  # this user's job credential on an open API
+
+
+def _job_credential(api_key: str | None, data_dir: Path | None) -> str:
+    """Whose jobs these are: the API key, else this user's own secret
+    (``<data-dir>/client.secret``, made once, mode 0600): on an open API a
+    job belongs to the bearer token that submitted it."""
+    if api_key:
+        return api_key
+    path = (data_dir or default_data_dir()) / CLIENT_SECRET_FILE_NAME
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # another command made it meanwhile
+            write_secret_file(path, secrets.token_urlsafe(24).encode())
+    return path.read_text().strip()
 
 
 def _client(api_key: str | None) -> httpx.Client:

@@ -20,6 +20,7 @@ from hexamesh.cli.common import (
     _check,
     _client,
     _fail,
+    _job_credential,
     app,
     console,
     err,
@@ -120,7 +121,7 @@ def jobs_submit(
     """Queue a job; prints its id."""
     url = _api_url(peer, data_dir)
     try:
-        with _client(api_key) as client:
+        with _client(_job_credential(api_key, data_dir)) as client:
             body: dict[str, Any] = {
                 "model": model or _first_model(client, url),
                 "prompt": prompt,
@@ -145,7 +146,7 @@ def jobs_status(
     """A job's status (JSON), asked of any peer."""
     url = _api_url(peer, data_dir)
     try:
-        with _client(api_key) as client:
+        with _client(_job_credential(api_key, data_dir)) as client:
             doc = _check(client.get(f"{url}/jobs/{job_id}"))
     except httpx.HTTPError as e:
         raise _fail(f"cannot reach {url}: {e}") from None
@@ -164,7 +165,7 @@ def jobs_collect(
     url = _api_url(peer, data_dir)
     deadline = time.monotonic() + timeout
     try:
-        with _client(api_key) as client:
+        with _client(_job_credential(api_key, data_dir)) as client:
             while True:
                 doc = _check(client.get(f"{url}/jobs/{job_id}"))
                 if doc["status"] == "done":

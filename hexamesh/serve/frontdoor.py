@@ -284,7 +284,7 @@ class FrontDoor:
                 type="permission_error",
             )
         if self.api_keys:
-            key = _bearer(request)
+            key = request.bearer
             if key not in self.api_keys and key not in self.admin_keys:
                 raise ApiError(
                     401,
@@ -304,7 +304,7 @@ class FrontDoor:
                 type="permission_error",
                 code="no_admin_key",
             )
-        if _bearer(request) not in self.admin_keys:
+        if request.bearer not in self.admin_keys:
             raise ApiError(
                 401 if not request.headers.get("authorization") else 403,
                 "an admin call needs an admin key (`Authorization: Bearer <admin key>`); "
@@ -807,9 +807,3 @@ _ENDPOINTS = {
     "/v1/jobs",
     "/v1/placements",
 }
-
-
-def _bearer(request: Request) -> str | None:
-    """The key of an ``Authorization: Bearer`` header, None without one."""
-    scheme, _, key = request.headers.get("authorization", "").partition(" ")
-    return key.strip() if scheme.lower() == "bearer" else None

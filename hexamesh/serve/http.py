@@ -80,6 +80,12 @@ class Request:
     def path(self) -> str:
         return self.target.split("?", 1)[0]
 
+    @property
+    def bearer(self) -> str | None:
+        """The credential of an ``Authorization: Bearer`` header, None without one."""
+        scheme, _, key = self.headers.get("authorization", "").partition(" ")
+        return key.strip() or None if scheme.lower() == "bearer" else None
+
 
 def response_head(status: int, headers: list[tuple[str, str]]) -> bytes:
     lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}"]

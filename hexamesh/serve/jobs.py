@@ -18,9 +18,20 @@ members' claims the one its holders saw first wins, claims within 2 s of it
 going to the lowest node id: ``first_claimant``) runs it and publishes the
 result there.
 
+A job belongs to the credential that submitted it: the bearer API key (or,
+on an open API, the bearer token the client chose, or else a secret returned
+once in the 202 as ``secret``, to be shown as a bearer token from then on).
+The job keeps only a tag of it (``owner_tag``: a hash with the job id); status,
+list and cancel answer only the same credential (others get 404, as for a job
+that does not exist), and the same id submitted with another credential is
+refused (409). Of the DHT's records, a reader trusts the ``job:`` record of
+the acceptor (the publisher its holders saw first) and, once the acceptor is
+dead, the ``jobrun:`` entries of the claimant that won the run only.
+
 At most once to completion: a given id is accepted once (a retried submit
 returns the same job), a job that is ``done`` never runs again, and a
 takeover happens only after the failure detector declared the acceptor dead.
+A queued job may be cancelled at its acceptor (``POST /v1/jobs/<id>/cancel``).
 Limits: ``max_jobs`` queued or running per acceptor (429 beyond), a job
 request of at most ``MAX_JOB_REQUEST`` bytes, results up to ``MAX_INLINE``
 bytes travel in the DHT (larger ones are read from the peer that ran it).
@@ -35,10 +46,13 @@ raises is reported to ``faults`` and dropped, and the workers go on.
 from __future__ import annotations
 
 import enum
+import hashlib
+import hmac
 import json
 import logging
 import math
 import re
+import secrets
 import sqlite3
 import time
 import uuid
@@ -82,14 +96,31 @@ class JobState(enum.StrEnum):
     RUNNING = "running"
     DONE = "done"  # with a result
     FAILED = "failed"  # with an error
+    CANCELLED = "cancelled"  # by its owner, before it ran
 
     @property
     def finished(self) -> bool:
-        return self in (JobState.DONE, JobState.FAILED)
+        return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
 
 
 # The most advanced state wins when the acceptor's record and takers' entries differ.
-_ADVANCE = {JobState.QUEUED: 0, JobState.RUNNING: 1, JobState.FAILED: 2, JobState.DONE: 3}
+_ADVANCE = {
+    JobState.QUEUED: 0,
+    JobState.RUNNING: 1,
+    JobState.CANCELLED: 2,
+    JobState.FAILED: 2,
+    JobState.DONE: 3,
+}
+_OWNER_CONTEXT = b"hexamesh job owner v1"
+SECRET_BYTES = 24  # of a job secret made for a client that showed no credential
+LIST_LIMIT = 100  # jobs one GET /v1/jobs lists at most (the newest)
+
+
+def owner_tag(jid: str, credential: str) -> str:
+    """What a job keeps of the credential that submitted it: a hash bound to
+    the job id (so two jobs of one client do not show they share it)."""
+    data = _OWNER_CONTEXT + jid.encode() + b"\0" + credential.encode()
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 class JobFailed(Exception):
@@ -109,6 +140,12 @@ class Job:
     attempts: int = 0
     created: float = 0.0
     served_by: str | None = None
+    client: str = ""  # owner_tag of the credential that submitted it
+
+    def owned_by(self, credential: str | None) -> bool:
+        return credential is not None and hmac.compare_digest(
+            self.client, owner_tag(self.id, credential)
+        )
 
     def public(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -139,13 +176,16 @@ class JobStore:
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, model TEXT, chat INTEGER,"
             " body TEXT, priority TEXT, state TEXT, result TEXT, error TEXT, attempts INTEGER,"
-            " created REAL, updated REAL, served_by TEXT)"
+            " created REAL, updated REAL, served_by TEXT, client TEXT)"
         )
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}
+        if "client" not in columns:  # a store of before owners: its jobs belong to nobody
+            self.db.execute("ALTER TABLE jobs ADD COLUMN client TEXT")
         # a restart: whatever was running when we died runs again
         self.db.execute("UPDATE jobs SET state='queued' WHERE state='running'")
 
     def _row(self, row: tuple[Any, ...]) -> Job:
-        jid, model, chat, body, prio, state, result, error, attempts, created, served = row
+        jid, model, chat, body, prio, state, result, error, attempts, created, served, client = row
         return Job(
             id=jid,
             model=model,
@@ -158,9 +198,13 @@ class JobStore:
             attempts=attempts,
             created=created,
             served_by=served,
+            client=client or "",
         )
 
-    _COLS = "id, model, chat, body, priority, state, result, error, attempts, created, served_by"
+    _COLS = (
+        "id, model, chat, body, priority, state, result, error, attempts, created, served_by,"
+        " client"
+    )
 
     def get(self, jid: str) -> Job | None:
         row = self.db.execute(f"SELECT {self._COLS} FROM jobs WHERE id=?", (jid,)).fetchone()
@@ -168,8 +212,9 @@ class JobStore:
 
     def add(self, job: Job) -> None:
         self.db.execute(
-            "INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO jobs (updated, {self._COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
+                job.created,
                 job.id,
                 job.model,
                 int(job.chat),
@@ -180,8 +225,8 @@ class JobStore:
                 job.error,
                 job.attempts,
                 job.created,
-                job.created,
                 job.served_by,
+                job.client,
             ),
         )
 
@@ -206,13 +251,25 @@ class JobStore:
         ).fetchall()
         return [self._row(r) for r in rows]
 
+    def owned(self, credential: str, limit: int = LIST_LIMIT) -> list[Job]:
+        """The newest ``limit`` jobs held here that ``credential`` submitted."""
+        rows = self.db.execute(f"SELECT {self._COLS} FROM jobs ORDER BY created DESC").fetchall()
+        out = []
+        for row in rows:  # the tag is per job: no index can find a client's jobs
+            job = self._row(row)
+            if job.owned_by(credential):
+                out.append(job)
+                if len(out) >= limit:
+                    break
+        return out
+
     def counts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
 
     def prune(self, finished_before: float) -> int:
         """Delete the jobs done or failed before ``finished_before``; how many."""
         cursor = self.db.execute(
-            "DELETE FROM jobs WHERE state IN ('done','failed') AND updated < ?",
+            "DELETE FROM jobs WHERE state IN ('done','failed','cancelled') AND updated < ?",
             (finished_before,),
         )
         return int(cursor.rowcount)
@@ -292,6 +349,7 @@ def encode_record(job: Job, owner: str, max_inline: int = MAX_INLINE) -> bytes:
         "attempts": job.attempts,
         "served_by": job.served_by,
         "error": job.error,
+        "client": job.client,
     }
     if job.result is not None:
         packed = json.dumps(job.result)
@@ -328,6 +386,7 @@ def job_from_doc(doc: dict[str, Any]) -> Job:
         attempts=int(doc.get("attempts") or 0),
         created=float(doc.get("created") or 0.0),
         served_by=doc.get("served_by"),
+        client=str(doc.get("client") or ""),
     )
 
 
@@ -379,19 +438,47 @@ class Jobs:
     # -- HTTP ---------------------------------------------------------------
 
     async def handle(self, request: Request, conn: HttpConnection) -> bool:
-        path = request.path.rstrip("/")
-        if path == "/v1/jobs" and request.method == "POST":
-            status, doc = await self.submit(request.body)
-        elif path.startswith("/v1/jobs/") and request.method == "GET":
-            status, doc = 200, await self.status(path.removeprefix("/v1/jobs/"))
+        path, method, credential = request.path.rstrip("/"), request.method, request.bearer
+        if path == "/v1/jobs" and method == "POST":
+            status, doc = await self.submit(request.body, credential)
+        elif path == "/v1/jobs" and method == "GET":
+            status, doc = 200, self.listing(_needed(credential))
+        elif path.startswith("/v1/jobs/") and path.endswith("/cancel") and method == "POST":
+            jid = path.removeprefix("/v1/jobs/").removesuffix("/cancel")
+            status, doc = 200, await self.cancel(jid, _needed(credential))
+        elif path.startswith("/v1/jobs/") and method == "GET":
+            status, doc = 200, await self.status(path.removeprefix("/v1/jobs/"), credential)
         else:
-            raise ApiError(
-                405 if path == "/v1/jobs" else 404, f"no such endpoint: {request.method} {path}"
-            )
+            raise ApiError(405 if path == "/v1/jobs" else 404, f"no such endpoint: {method} {path}")
         await conn.respond(status, json.dumps(doc).encode(), keep_alive=request.keep_alive)
         return True
 
-    async def submit(self, raw: bytes) -> tuple[int, dict[str, Any]]:
+    def listing(self, credential: str) -> dict[str, Any]:
+        """The caller's jobs accepted here, newest first (at most ``LIST_LIMIT``)."""
+        data = [job.public() for job in self.store.owned(credential)]
+        return {"object": "list", "data": data, "has_more": len(data) >= LIST_LIMIT}
+
+    async def cancel(self, jid: str, credential: str) -> dict[str, Any]:
+        """Cancel a queued job accepted here; one running or finished cannot be."""
+        job = self.store.get(jid) if _ID.match(jid) else None
+        if job is None or not job.owned_by(credential):
+            raise ApiError(
+                404,
+                f"no job {jid} of yours was accepted here (cancel it at its acceptor)",
+                code="job_not_found",
+            )
+        if job.state is JobState.QUEUED:
+            self.store.set_state(jid, JobState.CANCELLED, error="cancelled by its owner")
+            job = self.store.get(jid)
+            assert job is not None
+            await self._publish(job)
+        elif job.state is not JobState.CANCELLED:
+            raise ApiError(409, f"job {jid} is {job.state}: too late to cancel", code="not_queued")
+        return job.public()
+
+    async def submit(self, raw: bytes, credential: str | None = None) -> tuple[int, dict[str, Any]]:
+        """Accept a job for ``credential`` (None: for a secret made here and
+        returned once, as ``secret``)."""
         if len(raw) > MAX_JOB_REQUEST:
             raise ApiError(413, f"a job request is at most {MAX_JOB_REQUEST} bytes, got {len(raw)}")
         body = parse_json_body(raw)
@@ -401,7 +488,8 @@ class Jobs:
             raise ApiError(
                 400, "`priority` must be high, medium or low", param="priority"
             ) from None
-        jid = body.pop("id", None) or uuid.uuid4().hex
+        chosen = body.pop("id", None)
+        jid = chosen or uuid.uuid4().hex
         if not isinstance(jid, str) or not _ID.match(jid):
             raise ApiError(400, "`id` must be 1-64 letters, digits, _ or -", param="id")
         if body.get("stream"):
@@ -410,9 +498,18 @@ class Jobs:
             )
         chat = "messages" in body
         req = parse_completion(json.dumps(body).encode(), chat=chat)
+        secret = None
+        if credential is None:
+            credential = secret = secrets.token_urlsafe(SECRET_BYTES)
         held = self.store.get(jid)
         if held is not None:  # an idempotent retry: same job, never a second run
+            if not held.owned_by(credential):
+                raise _taken(jid)
             return 200, held.public()
+        client = owner_tag(jid, credential)
+        # (an id of ours is new; one the client chose may be known elsewhere)
+        if chosen and self.dht is not None and await self._taken_elsewhere(jid, client):
+            raise _taken(jid)
         # As the chat and completion APIs do: a typo gets a 404 naming the
         # models served now, not a 202 and a job failed five rounds later.
         await self.runner.known_or_404(req.model)
@@ -432,24 +529,44 @@ class Jobs:
             priority=priority,
             state=JobState.QUEUED,
             created=self._clock(),
+            client=client,
         )
         self.store.add(job)
         await self._publish(job)
         self._wake.set()
-        return 202, job.public()
+        return 202, job.public() | ({"secret": secret} if secret else {})
 
-    async def status(self, jid: str) -> dict[str, Any]:
+    async def _taken_elsewhere(self, jid: str, client: str) -> bool:
+        """Does the DHT hold job ``jid`` of another owner (accepted elsewhere)?"""
+        try:
+            docs = await self._records(jid)
+        except Exception as e:  # no answer: the id is taken only if we know it is
+            log.debug("job %s: checking the id: %s", jid, e)
+            return False
+        return any(str(d.get("client") or "") != client for d in docs)
+
+    async def status(self, jid: str, credential: str | None = None) -> dict[str, Any]:
+        """The job as its owner (``credential``) may see it; 404 to anyone else."""
         if not _ID.match(jid):
             raise ApiError(400, "malformed job id", param="id")
+        missing = ApiError(
+            404, f"no job {jid} of yours on this peer or in the DHT", code="job_not_found"
+        )
+        if credential is None:
+            raise missing
         local = self.store.get(jid)
         if local is not None and local.state.finished:
+            if not local.owned_by(credential):
+                raise missing
             return local.public()
         docs = [] if self.dht is None else await self._records(jid)
         if local is not None:
-            docs.append({**local.public(), "state": local.state})
-        best = merge([d for d in docs if _readable(d)])
+            docs.append({**local.public(), "state": local.state, "client": local.client})
+        tag = owner_tag(jid, credential)
+        mine = [d for d in docs if hmac.compare_digest(str(d.get("client") or ""), tag)]
+        best = merge([d for d in mine if _readable(d)])
         if best is None:
-            raise ApiError(404, f"no job {jid} on this peer or in the DHT", code="job_not_found")
+            raise missing
         return job_from_doc(best).public()
 
     # -- DHT ------------------------------------------------------------------
@@ -463,14 +580,26 @@ class Jobs:
             log.warning("could not replicate job %s: %s", job.id, e)
 
     async def _records(self, jid: str) -> list[dict[str, Any]]:
+        """The records of job ``jid`` a reader may trust: the acceptor's (the
+        ``job:`` publisher seen first) and, once it is dead, those of the
+        claimant that won the run (``first_claimant`` of live members)."""
         assert self.dht is not None
-        docs: list[dict[str, Any]] = []
-        for key in (f"job:{jid}", f"jobrun:{jid}"):
-            try:
-                docs += [d for _, d in await self.dht.get_records(key)]
-            except Exception as e:
-                log.debug("job lookup %s failed: %s", key, e)
-        return docs
+        try:
+            accepted = await self.dht.get_records(f"job:{jid}")
+        except Exception as e:
+            log.debug("job lookup job:%s failed: %s", jid, e)
+            return []
+        acceptor = first_claimant(accepted)
+        docs = [d for p, d in accepted if p == acceptor]
+        if acceptor is None or not self.dht.is_dead(acceptor):
+            return docs  # while the acceptor lives, only its word counts
+        try:
+            runs = await self.dht.get_records(f"jobrun:{jid}")
+        except Exception as e:
+            log.debug("job lookup jobrun:%s failed: %s", jid, e)
+            return docs
+        winner = first_claimant((p, d) for p, d in runs if self._may_run(p))
+        return docs + [d for p, d in runs if p == winner]
 
     # -- running ----------------------------------------------------------
 
@@ -586,7 +715,7 @@ class Jobs:
             await trio.sleep(TAKEOVER_INTERVAL * (0.5 + self._rng.random()))
             for key, publisher, doc in self.dht.held_jobs():
                 jid = key.removeprefix("job:")
-                if doc.get("state") in (JobState.DONE, JobState.FAILED) or jid in self._claimed:
+                if _finished(doc) or jid in self._claimed:
                     continue
                 if publisher == self.node or not self.dht.is_dead(publisher):
                     continue
@@ -606,7 +735,7 @@ class Jobs:
         """Claim a dead acceptor's job in jobrun:<id>; run it if our claim is first."""
         assert self.dht is not None
         runs = await self.dht.get_records(f"jobrun:{jid}")
-        if any(d.get("state") in (JobState.DONE, JobState.FAILED) for _, d in runs):
+        if any(_finished(d) for _, d in runs):
             self._claimed[jid] = self._clock()
             return
         if any(self._may_run(p) for p, _ in runs):
@@ -632,6 +761,28 @@ def first_claimant(runs: Iterable[tuple[bytes, dict[str, Any]]]) -> bytes | None
         return None
     earliest = min(t for t, _ in seen)
     return min(p for t, p in seen if t <= earliest + SIGHT_TOLERANCE)
+
+
+def _finished(doc: dict[str, Any]) -> bool:
+    return doc.get("state") in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+
+
+def _needed(credential: str | None) -> str:
+    """The caller's credential, which listing and cancelling need."""
+    if credential is None:
+        raise ApiError(
+            401,
+            "show the credential the jobs were submitted with (`Authorization: Bearer ...`)",
+            type="authentication_error",
+            code="credential_required",
+        )
+    return credential
+
+
+def _taken(jid: str) -> ApiError:
+    return ApiError(
+        409, f"job id {jid} is taken by another owner: choose another", code="job_id_taken"
+    )
 
 
 def _readable(doc: dict[str, Any]) -> bool:

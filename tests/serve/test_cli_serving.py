@@ -48,3 +48,32 @@ async def test_cli_against_a_peer(tmp_path: Path) -> None:
         code, _, err = await cli("submit", "x", "--model", "nope")
         assert code != 0 and "404" in err and "tiny" in err
         nursery.cancel_scope.cancel()
+
+
+async def test_cli_jobs_on_an_open_api_belong_to_the_users_client_secret(tmp_path: Path) -> None:
+    ring = KeyRing.generate()
+    async with trio.open_nursery() as nursery:
+        a = await start_door(nursery, ring, 1, engine=Behaviour())
+        jobs = Jobs(
+            JobStore(tmp_path / "j.sqlite"), a.front, None, owner="a", node=a.view.node, max_jobs=4
+        )
+        a.front.mount("/v1/jobs", jobs)
+        await nursery.start(jobs.run)
+
+        async def cli(user: str, *args: str) -> tuple[int, str, str]:
+            home = str(tmp_path / user)
+            done = await trio.to_thread.run_sync(
+                lambda: run_hexamesh(*args, "--peer", a.api, "--data-dir", home, timeout=60)
+            )
+            return done.returncode, done.stdout, done.stderr
+
+        code, out, err = await cli("ann", "jobs", "submit", "x y", "--max-tokens", "1")
+        assert code == 0, err
+        jid = out.strip()
+        code, out, _ = await cli("ann", "jobs", "collect", jid, "--timeout", "20")
+        assert code == 0 and out == " w2\n"
+        code, _, err = await cli("bob", "jobs", "status", jid)
+        assert code != 0 and "404" in err  # another user's secret: not bob's job
+        secret = tmp_path / "ann" / "client.secret"
+        assert secret.stat().st_mode & 0o777 == 0o600
+        nursery.cancel_scope.cancel()

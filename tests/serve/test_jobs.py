@@ -22,6 +22,7 @@ from hexamesh.serve.jobs import (
     encode_record,
     first_claimant,
     job_from_doc,
+    owner_tag,
 )
 from hexamesh.serve.router import Priority
 from hexamesh.wire import KeyRing
@@ -114,9 +115,15 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(jobs_mod, "TAKEOVER_INTERVAL", 0.05)
 
 
+OWNER = {"authorization": "Bearer owner-1"}  # the tests' client credential
+
+
 async def test_submit_status_collect_and_idempotent_retry(tmp_path: Path) -> None:
     ring = KeyRing.generate()
-    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
+    async with (
+        trio.open_nursery() as nursery,
+        httpx.AsyncClient(timeout=10, headers=OWNER) as client,
+    ):
         a = await start_door(nursery, ring, 1)
         dead = await start_door(nursery, ring, 2, engine=Behaviour(die_before=True))
         good = await start_door(nursery, ring, 3, engine=Behaviour())
@@ -206,7 +213,10 @@ async def test_a_dead_acceptors_job_is_taken_over_and_readable_anywhere(
     shared: dict[str, dict[bytes, tuple[int, bytes, float]]] = {}
     dead: set[bytes] = set()
     stranger = b"s" * 20
-    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
+    async with (
+        trio.open_nursery() as nursery,
+        httpx.AsyncClient(timeout=10, headers=OWNER) as client,
+    ):
         server = await start_door(nursery, ring, 9, engine=Behaviour())
         acceptor = await start_door(nursery, ring, 1)
         b = await start_door(nursery, ring, 2)
@@ -281,3 +291,113 @@ def test_the_run_goes_to_the_claim_seen_first_not_the_one_dated_first() -> None:
     assert first_claimant([honest, (low, {"_seq": 99, "_seen": 11.0})]) == low
     assert first_claimant([(late, {"_seq": 1})]) == late  # nobody said when: still a claim
     assert first_claimant([]) is None
+
+
+# -- owners (issue 31): a job is its submitter's --------------------------------
+
+
+async def test_a_job_belongs_to_the_credential_that_submitted_it(tmp_path: Path) -> None:
+    ring = KeyRing.generate()
+    other = {"authorization": "Bearer someone-else"}
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
+        a = await start_door(nursery, ring, 1, engine=Behaviour())
+        await start_jobs(nursery, a, tmp_path)
+        body = {"model": MODEL, "prompt": "a b", "max_tokens": 2, "id": "mine"}
+        r = await client.post(f"{a.api}/jobs", json=body, headers=OWNER)
+        assert r.status_code == 202 and "secret" not in r.json()
+        client.headers.update(OWNER)
+        assert (await wait_done(client, a.api, "mine"))["status"] == "done"
+        for headers in (other, {"authorization": ""}):  # another owner, or none: as if absent
+            r = await client.get(f"{a.api}/jobs/mine", headers=headers)
+            assert r.status_code == 404 and r.json()["error"]["code"] == "job_not_found"
+        r = await client.post(f"{a.api}/jobs", json=body, headers=other)  # its id, not its job
+        assert r.status_code == 409 and r.json()["error"]["code"] == "job_id_taken"
+        again = await client.post(f"{a.api}/jobs", json=body, headers=OWNER)
+        assert again.status_code == 200 and again.json()["status"] == "done"  # a retry
+        listed = (await client.get(f"{a.api}/jobs", headers=OWNER)).json()["data"]
+        assert [j["id"] for j in listed] == ["mine"]
+        assert (await client.get(f"{a.api}/jobs", headers=other)).json()["data"] == []
+        r = await client.get(f"{a.api}/jobs", headers={"authorization": ""})
+        assert r.status_code == 401
+        # No credential at all (an open API): a secret, returned once, is the owner's
+        del client.headers["authorization"]
+        r = await client.post(f"{a.api}/jobs", json={**body, "id": "anon"})
+        secret = r.json()["secret"]
+        assert r.status_code == 202 and len(secret) >= 32
+        client.headers["authorization"] = f"Bearer {secret}"
+        assert (await wait_done(client, a.api, "anon"))["status"] == "done"
+        assert "secret" not in (await client.get(f"{a.api}/jobs/anon")).json()
+        nursery.cancel_scope.cancel()
+
+
+async def test_only_its_owner_cancels_a_queued_job_and_only_while_queued(
+    tmp_path: Path,
+) -> None:
+    ring = KeyRing.generate()
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
+        a = await start_door(nursery, ring, 1, engine=Behaviour())
+        store = JobStore(tmp_path / "q.sqlite")
+        jobs = Jobs(store, a.front, None, owner="x", node=a.view.node, max_jobs=4)
+        a.front.mount("/v1/jobs", jobs)  # not running: jobs stay queued
+        body = {"model": MODEL, "prompt": "x", "id": "q1"}
+        assert (await client.post(f"{a.api}/jobs", json=body, headers=OWNER)).status_code == 202
+        r = await client.post(
+            f"{a.api}/jobs/q1/cancel", headers={"authorization": "Bearer someone-else"}
+        )
+        assert r.status_code == 404
+        r = await client.post(f"{a.api}/jobs/q1/cancel", headers=OWNER)
+        assert r.status_code == 200 and r.json()["status"] == "cancelled"
+        assert store.queued() == []  # it will not run
+        store.add(
+            Job(
+                id="r1",
+                model=MODEL,
+                chat=False,
+                body={"model": MODEL, "prompt": "x"},
+                priority=Priority.MEDIUM,
+                state=JobState.RUNNING,
+                client=owner_tag("r1", "owner-1"),
+            )
+        )
+        r = await client.post(f"{a.api}/jobs/r1/cancel", headers=OWNER)
+        assert r.status_code == 409 and r.json()["error"]["code"] == "not_queued"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_members_forged_records_are_not_believed(tmp_path: Path) -> None:
+    """A member (a live key that joined) wrote a ``job:`` record and a
+    ``jobrun:`` entry saying "done" with its own answer: while the acceptor
+    lives, only the acceptor's record counts; a second ``job:`` publisher
+    never does."""
+    ring = KeyRing.generate()
+    shared: dict[str, dict[bytes, tuple[int, bytes, float]]] = {}
+    liar = b"L" * 20
+    async with (
+        trio.open_nursery() as nursery,
+        httpx.AsyncClient(timeout=10, headers=OWNER) as client,
+    ):
+        a = await start_door(nursery, ring, 1)  # accepts; its workers never run
+        b = await start_door(nursery, ring, 2)
+        server = await start_door(nursery, ring, 9, engine=Behaviour())
+        link(a, server)
+        link(b, server)
+        acc = Jobs(
+            JobStore(tmp_path / "a.sqlite"),
+            a.front,
+            MemoryJobDht(shared, a.view.node, set()),
+            owner="a",
+            node=a.view.node,
+            max_jobs=4,
+        )
+        a.front.mount("/v1/jobs", acc)
+        body = {"model": MODEL, "prompt": "p", "id": "target"}
+        assert (await client.post(f"{a.api}/jobs", json=body)).status_code == 202
+        job = job_from_doc(decode_record(shared["job:target"][a.view.node][1]) or {})
+        fake = Job(**{**_fields(job), "state": JobState.DONE, "result": {"forged": True}})
+        shared["jobrun:target"] = {liar: (0, encode_record(fake, "x"), -1.0)}
+        later = max(s for e in shared.values() for _, _, s in e.values()) + 10  # past a race
+        shared["job:target"][liar] = (0, encode_record(fake, "x"), later)
+        await start_jobs(nursery, b, tmp_path, MemoryJobDht(shared, b.view.node, set()))
+        doc = (await client.get(f"{b.api}/jobs/target")).json()
+        assert doc["status"] == "queued" and "result" not in doc
+        nursery.cancel_scope.cancel()
