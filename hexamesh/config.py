@@ -56,6 +56,12 @@ class AgentConfig:
     join: tuple[str, ...] = ()  # seeds, HOST:PORT each; none = found a new swarm
     swarm_key: Path | None = None  # key file; default <data_dir>/swarm.key
     token: str | None = None  # join token from `hexamesh swarm invite` (key + seed)
+    # Secrets from files (mode 0600 or tighter), kept off the command line where
+    # every local user reads them (ps, /proc): the token, then one key per line.
+    token_file: Path | None = None
+    api_key_file: Path | None = None
+    admin_key_file: Path | None = None
+    metrics_key_file: Path | None = None
     log_level: str = "INFO"
     model: tuple[str, ...] = ()  # models to serve: DIR, hub id, or NAME=DIR|ID each
     kv_cache_gb: int = 1  # CPU only: KV-cache space per model (VLLM_CPU_KVCACHE_SPACE)
@@ -72,6 +78,9 @@ class AgentConfig:
     # Bearer keys of operators: placements (and the other admin calls) need
     # one; none = this agent takes no admin calls. Distinct from api_keys.
     admin_keys: tuple[str, ...] = ()
+    # Bearer keys /metrics needs (an admin key too); none = /metrics is open,
+    # as Prometheus scrapes usually are on a private network.
+    metrics_keys: tuple[str, ...] = ()
     # Operator public keys (base64url) whose placement orders this agent obeys,
     # beside <data_dir>/operators and <data_dir>/operator.key (hexamesh.operator).
     operator_keys: tuple[str, ...] = ()
@@ -156,7 +165,12 @@ FLAGS: dict[str, Flag] = {
     "advertise": Flag("IP address peers should dial (else learned from them)"),
     "join": Flag("Seed HOST:PORT to join (repeatable)"),
     "swarm_key": Flag("Swarm key file"),
-    "token": Flag("Join token from `hexamesh swarm invite`"),
+    "token": Flag("Join token from `hexamesh swarm invite` (visible in ps: prefer --token-file)"),
+    "token_file": Flag("File holding the join token (mode 0600)"),
+    "api_key_file": Flag("File of client API keys, one per line (mode 0600)"),
+    "admin_key_file": Flag("File of admin keys, one per line (mode 0600)"),
+    "metrics_key_file": Flag("File of /metrics keys, one per line (mode 0600)"),
+    "metrics_keys": Flag("Bearer key /metrics needs (repeatable)", name="metrics_key"),
     "log_level": Flag("DEBUG, INFO, WARNING or ERROR"),
     "model": Flag("Serve a model with vLLM: DIR, hub id, or NAME=DIR (repeatable)"),
     "kv_cache_gb": Flag("CPU: KV-cache GiB per model"),
@@ -168,7 +182,10 @@ FLAGS: dict[str, Flag] = {
     "engine_module": Flag("Server module run per model with python -m", hidden=True),
     "api_host": Flag("OpenAI API bind address"),
     "api_port": Flag("OpenAI API port, 0 = any free"),
-    "api_keys": Flag("Bearer key clients must show (repeatable)", name="api_key"),
+    "api_keys": Flag(
+        "Bearer key clients must show (repeatable; visible in ps: prefer --api-key-file)",
+        name="api_key",
+    ),
     "admin_keys": Flag(
         "Bearer key of operators, for placements and other admin calls (repeatable)",
         name="admin_key",
@@ -285,4 +302,37 @@ def load_config(
             raise ConfigError(f"unknown option {name!r}")
         values[name] = _convert(name, types_[name], value, f"--{name.replace('_', '-')}")
 
+    for field, keys in _SECRET_FILES.items():
+        path = values.get(field)
+        if path is None:
+            continue
+        lines = _read_secret_file(path, field)
+        if keys == "token":
+            values["token"] = lines[0] if lines else None
+        else:
+            values[keys] = (*values.get(keys, ()), *lines)
     return AgentConfig(**values)
+
+
+# ``*_file`` fields and the field their contents go to.
+_SECRET_FILES = {
+    "token_file": "token",
+    "api_key_file": "api_keys",
+    "admin_key_file": "admin_keys",
+    "metrics_key_file": "metrics_keys",
+}
+
+
+def _read_secret_file(path: Path, field: str) -> list[str]:
+    """The non-blank, non-comment lines of a secret file; ConfigError for one
+    that is missing or readable by group or others."""
+    try:
+        mode = path.stat().st_mode & 0o777
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{field}: cannot read {path}: {e.strerror}") from None
+    if mode & 0o077:
+        raise ConfigError(
+            f"{field}: {path} is readable by others (mode {mode:04o}); run `chmod 600 {path}`"
+        )
+    return [s for line in text.splitlines() if (s := line.strip()) and not s.startswith("#")]

@@ -7,9 +7,41 @@ import fcntl
 import os
 from pathlib import Path
 
-__all__ = ["LOCK_FILE_NAME", "DataDirBusy", "DataDirLock", "write_text_atomic"]
+__all__ = [
+    "DATA_DIR_MODE",
+    "LOCK_FILE_NAME",
+    "DataDirBusy",
+    "DataDirLock",
+    "private_dir",
+    "private_file",
+    "write_text_atomic",
+]
 
 LOCK_FILE_NAME = "agent.lock"
+
+
+DATA_DIR_MODE = 0o700  # the data dir holds keys, prompts and answers: its owner's only
+PRIVATE_FILE_MODE = 0o600
+
+
+def private_dir(path: Path) -> bool:
+    """Make ``path`` (and missing parents) a directory only its owner may
+    enter; True if an existing one was opened up and had to be narrowed."""
+    path.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        os.chmod(path, DATA_DIR_MODE)
+        return True
+    return False
+
+
+def private_file(path: Path) -> None:
+    """Create ``path`` if missing, with mode 0600; narrow an existing one to it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE_MODE)
+    finally:
+        os.close(fd)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -30,7 +62,7 @@ class DataDirLock:
     SIGKILL included, so a restart after a crash finds it free."""
 
     def __init__(self, data_dir: Path) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        self.narrowed = private_dir(data_dir)
         self.path = data_dir / LOCK_FILE_NAME
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

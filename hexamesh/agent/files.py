@@ -100,7 +100,9 @@ class PreparedAgent:
 def prepare_agent(config: AgentConfig) -> PreparedAgent:
     """Lock the data dir, load (or create) the node key and the swarm key;
     raises DataDirBusy, IdentityError or SwarmKeyError."""
-    lock = DataDirLock(config.data_dir)
+    lock = DataDirLock(config.data_dir)  # and the data dir made its owner's only
+    if lock.narrowed:
+        log.warning("%s was open to other users: narrowed to mode 0700", config.data_dir)
     try:
         identity = Identity.load_or_create(config.data_dir)
         keyring, seeds, founder = resolve_keyring(config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import secrets
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from functools import partial
@@ -178,6 +179,12 @@ async def _run_agent(
         async with AsyncExitStack() as stack:
             serves = config.model or config.placement_room(0) > 0
             engine_config = engine_config or EngineConfig(server_module=config.engine_module)
+            # our engines take requests with this key only (vLLM's VLLM_API_KEY,
+            # in their environment: not in ps), so local users cannot go around
+            # the API keys
+            engine_key = secrets.token_urlsafe(24)
+            engine_env = {**engine_config.extra_env, "VLLM_API_KEY": engine_key}
+            engine_config = dataclasses.replace(engine_config, extra_env=engine_env)
             engine = await stack.enter_async_context(open_engine(engine_config)) if serves else None
             nursery = await stack.enter_async_context(trio.open_nursery())
             await nursery.start(services.run, "driver", driver.run)
@@ -230,6 +237,8 @@ async def _run_agent(
                 address=status.address,
                 api_keys=config.api_keys,
                 admin_keys=config.admin_keys,
+                metrics_keys=config.metrics_keys,
+                engine_key=engine_key,
                 metrics=_metrics(honeycomb, transport, driver, faults, services),
                 faults=faults,
                 health=lambda: _health(status, services),

@@ -111,6 +111,9 @@ def _keyword(name: str, annotation: Any) -> inspect.Parameter:
     )
 
 
+ARGV_SECRETS = ("token", "api_key", "admin_key", "metrics_key")  # flags that warn
+
+
 def agent(**options: Any) -> None:
     """Run an agent on this machine until Ctrl-C / SIGTERM.
 
@@ -129,6 +132,15 @@ def agent(**options: Any) -> None:
     except ConfigError as e:
         raise _fail(str(e)) from None
     _setup_logging(cfg.log_level)
+    for name in ARGV_SECRETS:
+        if options.get(name):
+            flag = "--" + name.replace("_", "-")
+            logging.getLogger("hexamesh").warning(
+                "%s on the command line is visible to every local user (ps, /proc): "
+                "use %s-file or the HEXAMESH_ environment instead",
+                flag,
+                flag,
+            )
     try:
         prepared = prepare_agent(cfg)
     except (DataDirBusy, IdentityError, SwarmKeyError, OperatorKeyError) as e:

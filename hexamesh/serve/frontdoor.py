@@ -110,6 +110,8 @@ class FrontDoor:
         address: str,
         api_keys: tuple[str, ...] = (),
         admin_keys: tuple[str, ...] = (),
+        metrics_keys: tuple[str, ...] = (),
+        engine_key: str | None = None,
         metrics: ServeMetrics | None = None,
         clock: Callable[[], float] = time.time,
         faults: Faults | None = None,
@@ -122,6 +124,10 @@ class FrontDoor:
         self.address = address  # our peer address, reported as SERVED_ADDR
         self.api_keys = frozenset(api_keys)
         self.admin_keys = frozenset(admin_keys)  # operators': admin calls, and a client's too
+        self.metrics_keys = frozenset(metrics_keys)  # /metrics needs one (or an admin key)
+        # Our engines' API key (vLLM's VLLM_API_KEY): only this agent knows it,
+        # so local users cannot reach the engine around the API keys.
+        self._engine_auth = [("authorization", f"Bearer {engine_key}")] if engine_key else []
         self.metrics = metrics or ServeMetrics()
         self._mounts: list[tuple[str, JobsApi, bool, bool]] = []  # (prefix, api, clients, admin)
         self.pumps = PumpThread(self.faults)  # the per-token relay loop (its own thread)
@@ -323,6 +329,14 @@ class FrontDoor:
             await conn.respond(200, json.dumps(body).encode(), keep_alive=request.keep_alive)
             return 200
         if path == "/metrics" and method == "GET" and not peer:
+            if self.metrics_keys and request.bearer not in self.metrics_keys | self.admin_keys:
+                raise ApiError(
+                    401,
+                    "/metrics needs a metrics key (`Authorization: Bearer <key>`)",
+                    type="authentication_error",
+                    code="invalid_api_key",
+                    headers=(("www-authenticate", "Bearer"),),
+                )
             await conn.respond(
                 200,
                 self.metrics.render(),
@@ -510,7 +524,9 @@ class FrontDoor:
 
     async def _post_local(self, host: str, port: int, target: str, body: bytes) -> UpstreamResponse:
         """POST to our engine over a pooled connection."""
-        request = request_bytes("POST", host, port, target, body, [], keep_alive=True)
+        request = request_bytes(
+            "POST", host, port, target, body, self._engine_auth, keep_alive=True
+        )
         return await open_upstream(host, port, request, self.upstreams)
 
     async def _settle_continuation(self, host: str, port: int, body: bytes) -> bytes:

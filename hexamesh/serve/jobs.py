@@ -67,6 +67,7 @@ import trio
 
 from hexamesh.dht.claim import SIGHT_TOLERANCE
 from hexamesh.faults import Component, Faults
+from hexamesh.fileio import private_file
 from hexamesh.serve.http import HttpConnection, Request
 from hexamesh.serve.jobseal import JobSeal
 from hexamesh.serve.requests import ApiError, CompletionRequest, parse_completion, parse_json_body
@@ -170,6 +171,9 @@ class JobStore:
     """Jobs in SQLite, WAL mode; every write is committed before it returns."""
 
     def __init__(self, path: Path) -> None:
+        # Prompts and answers: the owner's only. SQLite gives its -wal and -shm
+        # files the database file's mode.
+        private_file(path)
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")

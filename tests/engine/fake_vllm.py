@@ -3,7 +3,9 @@ tests: same flags, same endpoints (/health, /metrics, /v1/models, completions
 and chat, streamed or not), answers in microseconds. It also forks a child that
 sleeps, so tests can check that stopping the server leaves no process behind.
 
-Behaviour switches (environment): FAKE_VLLM_EXIT=N exits with code N at once
+Like vLLM, it takes /v1 requests only with ``Authorization: Bearer
+$VLLM_API_KEY`` when that variable is set. Behaviour switches (environment):
+FAKE_VLLM_EXIT=N exits with code N at once
 (a crash loop); FAKE_VLLM_CHILD_PIDFILE=path writes the child's pid there;
 FAKE_VLLM_ARGV=path writes its arguments there, one per line.
 """
@@ -62,7 +64,18 @@ def main() -> None:
             self.end_headers()
             self.wfile.write(data)
 
+        def _refused(self) -> bool:
+            """vLLM's API key check: /v1 paths need VLLM_API_KEY when it is set."""
+            key = os.environ.get("VLLM_API_KEY")
+            wrong = self.headers.get("authorization") != f"Bearer {key}"
+            if key and self.path.startswith("/v1") and wrong:
+                self._send(401, {"error": "Unauthorized"})
+                return True
+            return False
+
         def do_GET(self) -> None:
+            if self._refused():
+                return
             if self.path == "/health":
                 self._send(200, b"", "text/plain")
             elif self.path == "/metrics":
@@ -75,6 +88,8 @@ def main() -> None:
 
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            if self._refused():
+                return
             if body.get("model") != name:
                 self._send(
                     404, {"error": {"message": f"The model `{body.get('model')}` does not exist."}}
