@@ -96,3 +96,6 @@ MODEL_CACHE = 256  # models whose DHT lookups are cached; the least recently use
 # -- logs ---------------------------------------------------------------------------
 
 DROP_WARN_INTERVAL = 60.0  # s between warnings about unopenable datagrams (all senders together)
+# Revocations one agent holds (``hexamesh.revocation``): an operator revokes
+# machines one by one; more are refused (and logged) rather than grown.
+MAX_REVOCATIONS = 4096

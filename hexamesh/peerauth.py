@@ -25,8 +25,9 @@ sender, the highest counter and the counters of the last ``REPLAY_WINDOW``
 below it (datagrams arrive out of order): a counter seen or below the window
 is a replay; one further than ``MAX_CLOCK_SKEW`` from the receiver's clock is
 stale. Both are dropped and counted (``AuthStats``), as are frames with no or a
-false proof. Per-peer state is an LRU of ``limits.AUTH_PEERS``: an evicted
-sender's frames of the last ``MAX_CLOCK_SKEW`` could be replayed once.
+false proof, and frames of a node an operator revoked. Per-peer state is an
+LRU of ``limits.AUTH_PEERS``: an evicted sender's frames of the last
+``MAX_CLOCK_SKEW`` could be replayed once.
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ class AuthStats:
     forged: int = 0  # a proof that does not verify (or a key that is not one)
     replayed: int = 0  # a counter seen already, or below the sender's window
     stale: int = 0  # a counter further than MAX_CLOCK_SKEW from our clock
+    revoked: int = 0  # from a node an operator revoked (``hexamesh.revocation``)
 
     def dropped(self) -> dict[str, int]:
         return {
@@ -110,6 +112,7 @@ class AuthStats:
             "forged": self.forged,
             "replayed": self.replayed,
             "stale": self.stale,
+            "revoked": self.revoked,
         }
 
 
@@ -147,9 +150,18 @@ class Authenticator:
     """Adds and checks the proof of the sender (above). Sans-IO: the clock is
     injected; the driver's ``Codec`` calls it for every frame both ways."""
 
-    def __init__(self, identity: Identity, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        clock: Callable[[], float] = time.time,
+        revoked: Callable[[bytes], bool] = lambda node: False,
+    ) -> None:
+        """``revoked(node)``: frames of that node are refused (an operator
+        revoked it), before any proof is checked."""
         self.identity = identity
         self._clock = clock
+        self._revoked = revoked
         self._x25519 = x25519_private(identity)
         self._counter = 0
         self._peers: OrderedDict[bytes, _Peer] = OrderedDict()  # by public key
@@ -197,6 +209,9 @@ class Authenticator:
         # Kept (and its window moved) only once the proof holds: a false one
         # must not push a real peer's replay window out of the LRU.
         peer = self._peers.get(public) or _Peer(public=public, node_id=node_id_for(public))
+        if self._revoked(peer.node_id):
+            self.stats.revoked += 1
+            raise AuthError("its node is revoked")
         try:
             if proof is Proof.SIGNED:
                 ok = verify(public, tag, data[0:1] + head_counter + frame)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import socket as _stdlib_socket
+from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 from random import Random
 
 import trio
@@ -31,6 +33,7 @@ from hexamesh.net.rtt import Observation, Ping, Pong, RttConfig, RttProbe, RttSa
 from hexamesh.placement.messages import PLACEMENT_MESSAGES
 from hexamesh.placement.service import Placements
 from hexamesh.placement.vote import PlacementConfig, Scouting
+from hexamesh.revocation import REVOCATION_MESSAGES, Revocation, Revocations
 from hexamesh.serve.frontdoor import FrontDoor
 from hexamesh.serve.jobs import Jobs
 
@@ -61,6 +64,7 @@ class AgentCores:
     dht: DhtCore
     comb: Comb
     scouting: Scouting
+    revocations: Revocations
     mux: Mux
 
     @classmethod
@@ -74,8 +78,10 @@ class AgentCores:
         incarnation: int = 0,
         room: int = 1,
         operators: frozenset[bytes] = frozenset(),
+        revoked: Iterable[Revocation] = (),
     ) -> AgentCores:
-        """``operators``: the operator keys whose placement orders we obey."""
+        """``operators``: the operator keys whose placement orders and
+        revocations we obey; ``revoked``: revocations kept from before."""
         probe = RttProbe(identity.node_id, RttConfig(interval=SEED_PROBE_INTERVAL), rng)
         dht = DhtCore(identity, address, DhtConfig(), rng, now)
         first = Dance.first(identity.node_id, address, 0, 0, status=_room(room))
@@ -96,12 +102,29 @@ class AgentCores:
             operators=operators,
             is_member=comb.is_live_member,
         )
+        revocations = Revocations(
+            identity.node_id,
+            operators,
+            partial(_link_addrs, comb),
+            comb.swim.revoke,
+            rng.getrandbits,
+            known=revoked,
+        )
+        for r in revocations.held.values():
+            comb.swim.revoke(r.node, now)
         mux = Mux()
         mux.add(probe, Ping, Pong)
         mux.add(dht, *DHT_MESSAGES)
         mux.add(comb, *COMB_MESSAGES)
         mux.add(scouting, *PLACEMENT_MESSAGES)
-        return cls(probe, dht, comb, scouting, mux)
+        mux.add(revocations, *REVOCATION_MESSAGES)
+        return cls(probe, dht, comb, scouting, revocations, mux)
+
+
+def _link_addrs(comb: Comb) -> list[Addr]:
+    """Where our comb links are (a revocation spreads over them)."""
+    members = comb.swim.members
+    return [members[n].addr for n in comb.neighbours() if n in members]
 
 
 async def _resolve(seed: str) -> Addr:

@@ -9,11 +9,13 @@ import secrets
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from functools import partial
+from pathlib import Path
 from random import Random
 
 import trio
 
 from hexamesh import __version__
+from hexamesh.agent.admin import SwarmAdmin
 from hexamesh.agent.api import _metrics, _serve_api
 from hexamesh.agent.files import (
     CONTACTS_FILE_NAME,
@@ -56,7 +58,7 @@ from hexamesh.engine.supervisor import (
     EngineError,
     open_engine,
 )
-from hexamesh.faults import Faults
+from hexamesh.faults import Component, Faults
 from hexamesh.limits import MAX_INCARNATION
 from hexamesh.net.base import format_addr
 from hexamesh.net.channel import ChannelKeys
@@ -66,6 +68,7 @@ from hexamesh.net.udp import open_udp_transport
 from hexamesh.peerauth import Authenticator
 from hexamesh.placement.service import Placements, run_swarmscale
 from hexamesh.placement.swarmscale import ScaleConfig, Swarmscale
+from hexamesh.revocation import Revocations, load_revocations, save_revocations
 from hexamesh.serve.frontdoor import FrontDoor
 from hexamesh.serve.jobs import DhtJobs, Jobs, JobStore
 from hexamesh.serve.jobseal import JobSeal
@@ -140,6 +143,7 @@ async def _run_agent(
             rng,
             wall_clock(),
             incarnation=incarnation,
+            revoked=load_revocations(config.data_dir, agent.operators),
             # "full": no room for a model a placement vote could give us (_serve_models)
             room=config.placement_room(len(config.model)),
             operators=agent.operators,
@@ -154,13 +158,13 @@ async def _run_agent(
         driver = CoreDriver(
             mux,
             transport,
-            Codec(keyring, Authenticator(identity)),
+            Codec(keyring, Authenticator(identity, revoked=cores.revocations.__contains__)),
             node_id=identity.node_id,
             clock=wall_clock,
             faults=faults,
         )
         probe_events = driver.subscribe(RttSample, Observation)
-        dht = Dht(dht_core, driver, clock=wall_clock)
+        dht = Dht(dht_core, driver, clock=wall_clock, revoked=cores.revocations.__contains__)
         honeycomb = Honeycomb(comb, driver, dht, clock=wall_clock, rng=rng)
         status = AgentStatus(
             node_id=identity.node_id.hex(),
@@ -233,7 +237,7 @@ async def _run_agent(
             jobs_dht = DhtJobs(dht, honeycomb.is_dead, honeycomb.is_member, JobSeal(keyring))
             front = FrontDoor(
                 view=view,
-                keys=ChannelKeys(identity, keyring),
+                keys=ChannelKeys(identity, keyring, revoked=cores.revocations.__contains__),
                 address=status.address,
                 api_keys=config.api_keys,
                 admin_keys=config.admin_keys,
@@ -264,6 +268,10 @@ async def _run_agent(
             )
             await nursery.start(services.run, "jobs", jobs.run)
             front.mount("/v1/placements", placements, clients_only=True, admin=True)
+            admin = SwarmAdmin(
+                cores.revocations, driver, operator=agent.operator_key, clock=wall_clock
+            )
+            front.mount("/v1/swarm/", admin, clients_only=True, admin=True)
             readdress = Readdress(
                 book, comb, dht_core, scouting, placements, honeycomb, front, jobs, status
             )
@@ -290,6 +298,8 @@ async def _run_agent(
                     if comb.swim.incarnation != kept_incarnation:
                         kept_incarnation = comb.swim.incarnation
                         _keep_incarnation(incarnation_path, kept_incarnation, faults)
+                    if cores.revocations.new:
+                        _keep_revocations(config.data_dir, cores.revocations, faults)
                     if ticks % CONTACTS_SAVE_TICKS == 0 and len(dht_core.table):
                         _save_contacts(contacts_path, dht_core, faults)
             finally:
@@ -299,3 +309,12 @@ async def _run_agent(
                 status_path.unlink(missing_ok=True)
                 if len(dht_core.table):
                     _save_contacts(contacts_path, dht_core, faults)
+
+
+def _keep_revocations(data_dir: Path, revocations: Revocations, faults: Faults) -> None:
+    """Save the revocations learned since the last call (a restart enforces them)."""
+    new, revocations.new = revocations.new, []
+    try:
+        save_revocations(data_dir, new)
+    except OSError as e:
+        faults.caught(Component.STATUS, e, "writing the revocations")

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import httpx
 import typer
 
 from hexamesh import __version__
-from hexamesh.cli.common import DataDir, _fail, _key_path, app, console, err, swarm_app
+from hexamesh.agent.admin import revocation_json
+from hexamesh.cli.common import (
+    AdminKey,
+    DataDir,
+    PeerUrl,
+    _api_url,
+    _check,
+    _client,
+    _fail,
+    _key_path,
+    app,
+    console,
+    err,
+    swarm_app,
+)
 from hexamesh.config import default_data_dir
 from hexamesh.net.base import parse_addr
 from hexamesh.operator import (
@@ -19,6 +35,7 @@ from hexamesh.operator import (
     load_operator_key,
     trusted_operators,
 )
+from hexamesh.revocation import sign_revocation
 from hexamesh.swarmkey import (
     JoinToken,
     SwarmKeyError,
@@ -87,3 +104,37 @@ def swarm_invite(
         raise _fail(str(e)) from None
     token = JoinToken(host, port, ring.primary, tuple(sorted(operators)))
     console.print(token.encode(), soft_wrap=True)
+
+
+@swarm_app.command("revoke")
+def swarm_revoke(
+    node: Annotated[str, typer.Argument(help="Node id to revoke (40 hex digits)")],
+    operator_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="Sign the revocation here with this operator key file \\[default: the peer "
+            "signs with the operator key it keeps]"
+        ),
+    ] = None,
+    peer: PeerUrl = None,
+    admin_key: AdminKey = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Revoke a node (an admin call): every agent refuses its frames, forwards
+    and records, and holds it dead. Rotate the swarm key too, or it can rejoin."""
+    url = _api_url(peer, data_dir)
+    body: dict[str, Any] = {"node": node}
+    if operator_key is not None:
+        try:
+            key = load_operator_key(operator_key)
+            raw = bytes.fromhex(node)
+        except (OperatorKeyError, ValueError) as e:
+            raise _fail(str(e)) from None
+        body = {"revocation": revocation_json(sign_revocation(key, raw, now=time.time()))}
+    try:
+        with _client(admin_key) as client:
+            doc = _check(client.post(f"{url}/swarm/revocations", json=body))
+    except httpx.HTTPError as e:
+        raise _fail(f"cannot reach {url}: {e}") from None
+    said = "revoked" if doc.get("new") else "was revoked already"
+    console.print(f"node {doc['node']} {said}; the swarm enforces it as it spreads")

@@ -10,6 +10,7 @@ a restart without a seed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -62,11 +63,15 @@ class Dht:
         *,
         clock: Callable[[], float],
         timeout: float = OPERATION_TIMEOUT,
+        revoked: Callable[[bytes], bool] = lambda node: False,
     ) -> None:
+        """``revoked(node)``: records this node published are ignored (an
+        operator revoked it: ``hexamesh.revocation``)."""
         self.core = core
         self.driver = driver
         self._clock = clock
         self.timeout = timeout
+        self.revoked = revoked
         self._events = driver.subscribe(Found, Got, Stored, Grew)
         self._waiting: dict[int, _Waiting] = {}  # operation id -> its caller
         self._grew = trio.Event()  # set (and replaced) when the table takes a contact
@@ -120,6 +125,10 @@ class Dht:
             lambda: self.core.get(key, self._clock(), every_replica=every_replica), f"get {key}"
         )
         assert isinstance(got, Got)
+        records = [r for r in got.records if not self.revoked(r.publisher_id)]
+        if len(records) < len(got.records):
+            seen = {n: s for n, s in got.seen.items() if not self.revoked(n)}
+            return dataclasses.replace(got, records=records, seen=seen)
         return got
 
     async def get(self, key: str, *, every_replica: bool = False) -> list[Record]:
@@ -164,7 +173,11 @@ class Dht:
 
     def held(self, prefix: str) -> list[Record]:
         """The records held here (for others, and ours) whose key starts with ``prefix``."""
-        return [r for r in self.core.store.records() if r.key.startswith(prefix)]
+        return [
+            r
+            for r in self.core.store.records()
+            if r.key.startswith(prefix) and not self.revoked(r.publisher_id)
+        ]
 
 
 def save_contacts(path: Path, contacts: list[Contact]) -> None:

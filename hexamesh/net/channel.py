@@ -12,7 +12,7 @@ reads and writes the socket itself and calls the channel's ``sealer`` and
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import trio
@@ -54,6 +54,8 @@ class ChannelKeys:
 
     identity: Identity
     keyring: KeyRing
+    # nodes an operator revoked: no channel with them, either way
+    revoked: Callable[[bytes], bool] = lambda node: False
 
 
 class PeerStream:
@@ -128,6 +130,8 @@ async def _read_exactly(stream: trio.SocketStream, buf: bytearray, n: int) -> No
 async def dial(stream: trio.SocketStream, keys: ChannelKeys, expect: bytes) -> PeerStream:
     """Run the dialler's side on a fresh connection to the node ``expect``;
     raises ChannelError (wrong node, not a member, too slow) or OSError."""
+    if keys.revoked(expect):
+        raise ChannelError("that node is revoked")
     initiator = Initiator(keys.identity, keys.keyring.primary, expect)
     first = initiator.first()
     buf = bytearray()
@@ -163,6 +167,8 @@ async def accept(stream: trio.SocketStream, initial: bytes, keys: ChannelKeys) -
     if int.from_bytes(buf[:LENGTH], "big") != HANDSHAKE_BYTES[2]:
         raise ChannelError("handshake message 3 has the wrong size")
     session = responder.finish(bytes(buf[LENGTH:want]))
+    if keys.revoked(session.peer):
+        raise ChannelError("the dialler's node is revoked")
     return PeerStream(stream, session, bytes(buf[want:]))
 
 

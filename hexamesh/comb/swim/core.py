@@ -104,6 +104,7 @@ class Swim(Probing, Flooding, PushPull):
         # Updates refused: an incarnation past MAX_INCARNATION, or a claim about
         # us too far past our own (MAX_INCARNATION_JUMP): forged or corrupt.
         self.refused = 0
+        self.revoked: set[bytes] = set()  # nodes an operator revoked: dead, whatever is said
         self.unproven = 0  # others' refutations and returns relayed without their proof
         self.signer = signer
         self._own_proof = (-1, b"")

@@ -134,6 +134,7 @@ class Membership:
     false_suspicions_refuted: int
     refused: int
     unproven: int  # refutations and returns of others without their node's proof
+    revoked: set[bytes]
     signer: Signer | None  # None: proofs neither made nor checked (unit tests)
     _own_proof: tuple[int, bytes]  # (incarnation, our proof of it)
 
@@ -295,12 +296,26 @@ class Membership:
         else:
             self._dead.pop(member.node, None)
 
+    def revoke(self, node: bytes, now: float) -> None:
+        """An operator revoked ``node``: dead for good, at once, whatever anyone
+        says of it from now on (its own signed refutations included)."""
+        if node == self.me or node in self.revoked:
+            return
+        self.revoked.add(node)
+        member = self.members.get(node)
+        if member is not None and member.state is not MemberState.DEAD:
+            member.state, member.since = MemberState.DEAD, now
+            self._suspects.pop(node, None)
+            self._emit(member, now)
+
     def _apply(self, u: MemberUpdate, sender: bytes, now: float, *, repair: bool = False) -> None:
         """Take one piece of news about a member, from ``sender``; ``repair``:
         from a push-pull, which mends what we hold and teaches no strangers."""
         if not 0 <= u.incarnation <= MAX_INCARNATION:
             self.refused += 1
             return
+        if u.node in self.revoked:
+            return  # its verdict is an operator's, not the swarm's to change
         if u.node == self.me:
             self._news_of_us(u, sender, now)
             return

@@ -1,0 +1,118 @@
+"""Admin calls about the swarm itself, on the API port (an admin key only).
+
+``POST /v1/swarm/revocations`` with ``{"node": "<node id, hex>"}`` revokes a
+node: the agent signs the revocation with the operator key it keeps, or the
+body brings one signed elsewhere (``"revocation": {"node", "issued",
+"operator", "signature"}``, hex; ``hexamesh swarm revoke --operator-key``).
+Either way every agent checks the signature against the operators it trusts
+(``hexamesh.revocation``); this one enforces it at once and spreads it.
+``GET /v1/swarm/revocations`` lists the revocations this agent holds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from hexamesh.identity import NODE_ID_BYTES, Identity
+from hexamesh.net.driver import CoreDriver
+from hexamesh.revocation import Revocation, Revocations, sign_revocation
+from hexamesh.serve.http import HttpConnection, Request
+from hexamesh.serve.requests import ApiError, parse_json_body
+
+__all__ = ["SwarmAdmin", "revocation_json"]
+
+
+def revocation_json(r: Revocation) -> dict[str, Any]:
+    return {
+        "node": r.node.hex(),
+        "issued": r.issued,
+        "operator": r.operator.hex(),
+        "signature": r.signature.hex(),
+    }
+
+
+def _revocation_of(doc: object) -> Revocation:
+    if not isinstance(doc, dict):
+        raise ValueError("a revocation is an object")
+    issued = doc.get("issued")
+    if not isinstance(issued, int) or isinstance(issued, bool):
+        raise ValueError("`issued` is Unix seconds")
+    fields = {k: doc.get(k) for k in ("node", "operator", "signature")}
+    if not all(isinstance(v, str) for v in fields.values()):
+        raise ValueError("`node`, `operator` and `signature` are hex")
+    return Revocation(
+        node=bytes.fromhex(str(fields["node"])),
+        issued=issued,
+        operator=bytes.fromhex(str(fields["operator"])),
+        signature=bytes.fromhex(str(fields["signature"])),
+    )
+
+
+class SwarmAdmin:
+    def __init__(
+        self,
+        revocations: Revocations,
+        driver: CoreDriver,
+        *,
+        operator: Identity | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.revocations = revocations
+        self.driver = driver
+        self.operator = operator
+        self._clock = clock
+
+    async def handle(self, request: Request, conn: HttpConnection) -> bool:
+        path = request.path.rstrip("/")
+        if path != "/v1/swarm/revocations":
+            return False
+        if request.method == "GET":
+            data = [revocation_json(r) for r in self.revocations.held.values()]
+            doc: dict[str, Any] = {"object": "list", "data": data}
+        elif request.method == "POST":
+            doc = self.revoke(parse_json_body(request.body))
+        else:
+            raise ApiError(405, "/v1/swarm/revocations takes GET or POST")
+        await conn.respond(200, json.dumps(doc).encode(), keep_alive=request.keep_alive)
+        return True
+
+    def revoke(self, body: dict[str, Any]) -> dict[str, Any]:
+        now = self._clock()
+        if "revocation" in body:
+            try:
+                revocation = _revocation_of(body["revocation"])
+            except ValueError as e:
+                raise ApiError(400, f"`revocation`: {e}", param="revocation") from None
+        else:
+            node = body.get("node")
+            try:
+                raw = bytes.fromhex(node) if isinstance(node, str) else b""
+            except ValueError:
+                raw = b""
+            if len(raw) != NODE_ID_BYTES:
+                raise ApiError(400, "`node` must be a node id: 40 hex digits", param="node")
+            if self.operator is None:
+                raise ApiError(
+                    403,
+                    "this agent holds no operator key to sign the revocation: send a signed "
+                    "`revocation` (`hexamesh swarm revoke --operator-key`)",
+                    type="permission_error",
+                    code="no_operator_key",
+                )
+            revocation = sign_revocation(self.operator, raw, now=now)
+        if revocation.node in self.revocations:
+            return {"object": "revocation", "new": False, **revocation_json(revocation)}
+        if revocation.node == self.revocations.me:
+            raise ApiError(409, "an agent does not revoke itself: ask another", code="self")
+        if not self.revocations.revoke(revocation, now):
+            raise ApiError(
+                403,
+                "refused: not signed by an operator this agent trusts (or it holds "
+                "MAX_REVOCATIONS already)",
+                type="permission_error",
+                param="revocation",
+            )
+        self.driver.poke()
+        return {"object": "revocation", "new": True, **revocation_json(revocation)}
