@@ -326,13 +326,21 @@ _SECRET_FILES = {
 def _read_secret_file(path: Path, field: str) -> list[str]:
     """The non-blank, non-comment lines of a secret file; ConfigError for one
     that is missing or readable by group or others."""
-    try:
-        mode = path.stat().st_mode & 0o777
-        text = path.read_text()
+    try:  # no symlink followed, and the mode read from the file opened
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            st = os.fstat(fd)
+            with os.fdopen(os.dup(fd)) as f:
+                text = f.read()
+        finally:
+            os.close(fd)
     except OSError as e:
         raise ConfigError(f"{field}: cannot read {path}: {e.strerror}") from None
+    mode = st.st_mode & 0o777
     if mode & 0o077:
         raise ConfigError(
             f"{field}: {path} is readable by others (mode {mode:04o}); run `chmod 600 {path}`"
         )
+    if st.st_uid != os.geteuid():
+        raise ConfigError(f"{field}: {path} belongs to another user (uid {st.st_uid})")
     return [s for line in text.splitlines() if (s := line.strip()) and not s.startswith("#")]

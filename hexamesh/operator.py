@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import stat
 from collections.abc import Iterable
 from pathlib import Path
@@ -35,6 +36,8 @@ __all__ = [
     "save_operators",
     "trusted_operators",
 ]
+
+log = logging.getLogger(__name__)
 
 OPERATOR_KEY_FILE_NAME = "operator.key"  # raw 32-byte Ed25519 private key, mode 0600
 OPERATORS_FILE_NAME = "operators"  # trusted operator public keys, base64url, one per line
@@ -96,6 +99,8 @@ def save_operators(data_dir: Path, publics: Iterable[bytes]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as f:
             f.writelines(encode_public(p) + "\n" for p in new)
+        for p in new:  # a token is a secret, not a signed statement: say whom we trust now
+            log.warning("trusting operator key %s (from the join token)", encode_public(p))
 
 
 def _read_operators(path: Path) -> list[bytes]:

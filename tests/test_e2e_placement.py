@@ -66,6 +66,14 @@ def test_a_vote_places_the_tiny_model_and_the_winner_serves_it(tmp_path: Path) -
             return any(m["id"] == "tiny" and m["servers"] == 1 for m in data)
 
         wait_until("the winner's vLLM ready", served, READY_TIMEOUT, interval=0.5, procs=procs)
+        # its vLLM takes the winner's own requests only, on any path that runs the model
+        engine = next(
+            m["url"] for p in procs[1:] for m in ((p.status() or {}).get("models") or {}).values()
+            if m.get("url")
+        )  # fmt: skip
+        for path in ("/v1/completions", "/invocations"):
+            r = httpx.post(f"{engine}{path}", json={"model": "tiny", "prompt": "x"}, timeout=30)
+            assert r.status_code == 401, (path, r.text)
         out = run_hexamesh("submit", "--peer", api, "--max-tokens", "8", "hello", timeout=120)
         assert out.returncode == 0, out.stderr
         assert f"served by {winner[:12]}" in out.stderr

@@ -43,6 +43,10 @@ def test_secrets_come_from_files_only_their_owner_reads(tmp_path: Path) -> None:
     )
     assert cfg.api_keys == ("k0", "k1", "k2") and cfg.admin_keys == ("a1",)
     assert cfg.token == "hxm1.abc"
+    link = tmp_path / "link"
+    link.symlink_to(keys)  # a link planted where a key file was expected: not followed
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(env={}, overrides={"api_key_file": link})
     keys.chmod(0o644)
     with pytest.raises(ConfigError, match="readable by others"):
         load_config(env={}, overrides={"api_key_file": keys})
@@ -128,8 +132,9 @@ async def test_the_engine_takes_only_the_agents_key_and_metrics_take_theirs(
             body = {"model": "tiny", "prompt": "x", "max_tokens": 2}
             async with httpx.AsyncClient(timeout=10) as client:
                 # a local user who found the engine's port
-                r = await client.post(f"{engine}/v1/completions", json=body)
-                assert r.status_code == 401
+                for path in ("/v1/completions", "/invocations"):  # vLLM's own guard: /v1 only
+                    r = await client.post(f"{engine}{path}", json=body)
+                    assert r.status_code == 401, path
                 r = await client.post(f"{agent.api}/completions", json=body)
                 assert r.status_code == 200, r.text  # the agent holds the key
                 r = await client.get(f"{root}/metrics")

@@ -52,7 +52,8 @@ def core(links: list[Addr], revoked: list[tuple[bytes, float]]) -> Revocations:
 
 
 def test_a_revocation_holds_only_with_an_operators_signature_and_spreads_once() -> None:
-    links, enforced = list(LINKS), []
+    links = list(LINKS)
+    enforced: list[tuple[bytes, float]] = []
     revocations = core(links, enforced)
     stranger = identity(99)  # a key holder signing as if it were an operator
     forged = sign_revocation(stranger, nid(5), now=0.0)

@@ -532,8 +532,9 @@ class Comb:
         return node == self.node or node in self.swim.members
 
     def is_live_member(self, node: bytes) -> bool:
-        """Is ``node`` us or a member we hold and do not hold dead?"""
-        return self.knows(node) and not self.is_dead(node)
+        """Is ``node`` us, a member we hold or a cell's owner in our map, and
+        not held dead? (A key that never joined is none of these.)"""
+        return (self.knows(node) or node in self.addrs) and not self.is_dead(node)
 
     def members(self) -> dict[bytes, MemberState]:
         """Every member held, and its state (a copy)."""

@@ -144,6 +144,8 @@ def server_command(spec: ModelSpec, port: int, device: Device, config: EngineCon
         # relaying the request; failures and vLLM's 10 s stats still come through
         "--disable-uvicorn-access-log",
     ]
+    if "VLLM_API_KEY" in config.extra_env:  # every path behind the key, not /v1 only
+        cmd += ["--middleware", KEY_GUARD]
     if device.gpu:
         cmd += [
             "--gpu-memory-utilization",
@@ -167,6 +169,7 @@ def server_env(spec: ModelSpec, device: Device, config: EngineConfig) -> dict[st
 
 
 NICE_ENV = "HEXAMESH_ENGINE_NICE"  # read by the guard before it starts the server
+KEY_GUARD = "hexamesh.engine.keyguard.EngineKeyGuard"  # imported by vLLM (--middleware)
 
 
 def _why_it_exited(lines: Iterable[str]) -> str | None:

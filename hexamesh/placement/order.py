@@ -106,7 +106,7 @@ def order_from_json(doc: object) -> Order:
     model, source, expires = doc.get("model"), doc.get("source"), doc.get("expires")
     if not isinstance(model, str) or not isinstance(source, str):
         raise ValueError("an order names a model and a source")
-    if not isinstance(expires, int) or isinstance(expires, bool):
+    if not isinstance(expires, int) or isinstance(expires, bool) or not 0 <= expires < 2**63:
         raise ValueError("an order's `expires` is Unix seconds")
     return Order(
         model=model,

@@ -42,6 +42,8 @@ import fnmatch
 import json
 import logging
 import math
+import os
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -64,12 +66,26 @@ from hexamesh.placement.vote import Decided, ElectionState, Key, PlacementError,
 from hexamesh.serve.http import HttpConnection, Request
 from hexamesh.serve.requests import ApiError, parse_json_body
 
-__all__ = ["SLOT_TTL", "Placements", "run_swarmscale", "slot_key"]
+__all__ = ["SLOT_TTL", "Placements", "run_swarmscale", "slot_key", "source_allowed"]
 
 log = logging.getLogger(__name__)
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")  # org/name, no ".."
 SLOT_TTL = 300.0  # s lease of a slot record, renewed at half by the DHT core while we live
 MIN_TTL = 1.0  # s; the shortest election the API may ask for (the longest: MAX_ELECTION_TTL)
+
+
+def source_allowed(source: str, patterns: tuple[str, ...]) -> bool:
+    """Does ``source`` match one of ``patterns`` (shell patterns)? A directory
+    is matched as it resolves here (``..`` and symlinks followed:
+    ``/models/../etc`` is ``/etc``); anything else must be a hub id
+    (``org/name``) and not a path that exists here (vLLM would load that
+    directory instead)."""
+    if source.startswith("/"):
+        source = os.path.realpath(source)
+    elif not _HUB_ID.match(source) or os.path.exists(source):
+        return False
+    return any(fnmatch.fnmatchcase(source, pattern) for pattern in patterns)
 
 
 def slot_key(model: str, epoch: int, slot: int) -> str:
@@ -200,7 +216,7 @@ class Placements:
 
     def allowed(self, source: str) -> bool:
         """May a placement load ``source`` here (``placement_sources``)?"""
-        return any(fnmatch.fnmatchcase(source, pattern) for pattern in self.sources)
+        return source_allowed(source, self.sources)
 
     async def _taken(self, model: str, source: str) -> str | None:
         """Why ``model`` may not be placed from ``source``: it is served

@@ -18,10 +18,14 @@ to each scout and resends it to those whose vote it has not heard, every
 
 *Authority.* A node takes part in an election it hears of (as a scout or a
 candidate) only if the ballot's order is signed by an operator it trusts,
-stands, and names the ballot's model and source, and if the electorate is
-not smaller than the live nodes it sees itself within ``scout_rings`` of the
-demand (less ``ELECTORATE_SLACK`` of them, views differ at the edges): a key
-holder can neither order a model of its own nor shrink a quorum to itself.
+stands, and names the ballot's model and source; if the demand's cell is
+within ``2 * scout_rings`` of its own; and if the electorate is not smaller
+than the live nodes it sees itself within ``scout_rings`` of the demand
+(less ``ELECTORATE_SLACK`` of them, views differ at the edges). When the
+proposal names the scouts, each must be a node it knows, and together they
+may leave out no more of the live nodes it sees there than that slack: a key
+holder can neither order a model of its own nor shrink a quorum to itself,
+with a demand far away or with scouts of its own making.
 Votes of nodes outside the electorate, or (before the proposal reached us)
 of nodes that are neither in our view nor live members, are not counted.
 
@@ -176,6 +180,7 @@ class _Election:
     placed_acked: set[bytes] = field(default_factory=set)  # scouts that heard we won
     claiming: bool = False
     gave_up: bool = False  # claim lost (slots full) or we became ineligible
+    refused: bool = False  # its proposal named scouts we cannot take: no part in it
     rank_at: float | None = None  # a re-rank is due then
     resend_at: float = 0.0
     closed: bool = False
@@ -460,12 +465,36 @@ class Scouting:
         except OrderError as e:
             return f"no standing order: {e}"
         at = Hex(ballot.q, ballot.r)
-        seen = sum(
-            distance(at, Hex(d.q, d.r)) <= self.config.scout_rings for d in self._view().values()
-        )
-        expected = min(seen, MAX_SCOUTS)
+        mine = self._view().get(self.me)
+        if mine is None:
+            return "we have no cell yet"
+        # a scout is within scout_rings of the demand, a candidate within
+        # scout_rings of a scout: a demand further away is not ours to meet
+        # (and one named far from everyone would have no electorate to check)
+        if distance(at, Hex(mine.q, mine.r)) > 2 * self.config.scout_rings:
+            return f"the demand's cell {at} is far from ours"
+        expected = min(len(self._near(at)), MAX_SCOUTS)
         if ballot.electorate < expected - int(expected * ELECTORATE_SLACK):
             return f"{ballot.electorate} scouts named where we see {expected} live nodes"
+        return None
+
+    def _near(self, at: Hex) -> set[bytes]:
+        """The live nodes we see within ``scout_rings`` of ``at``."""
+        rings = self.config.scout_rings
+        return {d.node for d in self._view().values() if distance(at, Hex(d.q, d.r)) <= rings}
+
+    def _odd_electorate(self, e: _Election, named: set[bytes]) -> str | None:
+        """Why a proposal's list of scouts is not the electorate we see, or None:
+        each must be a node we know, and it must leave out no more of the live
+        nodes we see near the demand than the slack allows."""
+        view = self._view()
+        strangers = [n for n in named if n not in view and not self._is_member(n)]
+        if strangers:
+            return f"{len(strangers)} scouts named that are no live members"
+        seen = self._near(e.demand)
+        left_out = seen - named
+        if len(left_out) > int(min(len(seen), MAX_SCOUTS) * ELECTORATE_SLACK):
+            return f"{len(left_out)} of the {len(seen)} live nodes we see there left out"
         return None
 
     def _on_proposal(self, msg: Proposal, node: bytes, addr: Addr, now: float) -> None:
@@ -476,8 +505,14 @@ class Scouting:
             self.refused += 1
             return
         if not e.scouts:  # new to us, or we only watched it as a candidate so far
-            if len(msg.scouts) != msg.ballot.electorate:
+            if len(msg.scouts) != msg.ballot.electorate or e.refused:
                 self.refused += 1
+                return
+            why = self._odd_electorate(e, {s.node for s in msg.scouts})
+            if why is not None:
+                self.unauthorised += 1
+                e.refused = True  # neither scout nor candidate in it
+                log.info("refusing election %s@%d: %s", e.ballot.model, e.ballot.epoch, why)
                 return
             e.scouts = {s.node: (s.host, s.port) for s in msg.scouts}
             for voter in [v for v in e.votes if v not in e.scouts]:  # heard before: not of it
@@ -576,7 +611,7 @@ class Scouting:
         self._check_quorum(e)
 
     def _check_quorum(self, e: _Election) -> None:
-        if e.closed or e.claiming or e.gave_up or e.my_slot is not None:
+        if e.closed or e.claiming or e.gave_up or e.refused or e.my_slot is not None:
             return
         if len(e.winners) >= e.ballot.replicas:
             return

@@ -21,7 +21,9 @@ result there.
 A job belongs to the credential that submitted it: the bearer API key (or,
 on an open API, the bearer token the client chose, or else a secret returned
 once in the 202 as ``secret``, to be shown as a bearer token from then on).
-The job keeps only a tag of it (``owner_tag``: a hash with the job id); status,
+The job keeps only a tag of it (``owner_tag``: a hash with the job id and
+the acceptor's node id, so a record that another node publishes, even a copy
+of the acceptor's, does not carry a valid tag without the credential); status,
 list and cancel answer only the same credential (others get 404, as for a job
 that does not exist), and the same id submitted with another credential is
 refused (409). Of the DHT's records, a reader trusts the ``job:`` record of
@@ -45,6 +47,7 @@ raises is reported to ``faults`` and dropped, and the workers go on.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import hmac
@@ -117,10 +120,12 @@ SECRET_BYTES = 24  # of a job secret made for a client that showed no credential
 LIST_LIMIT = 100  # jobs one GET /v1/jobs lists at most (the newest)
 
 
-def owner_tag(jid: str, credential: str) -> str:
+def owner_tag(jid: str, acceptor: bytes, credential: str) -> str:
     """What a job keeps of the credential that submitted it: a hash bound to
-    the job id (so two jobs of one client do not show they share it)."""
-    data = _OWNER_CONTEXT + jid.encode() + b"\0" + credential.encode()
+    the job id (two jobs of one client do not show they share it) and to the
+    node that accepted it (a reader checks a record's tag against the node
+    that published it: a copy published by another node fails)."""
+    data = _OWNER_CONTEXT + jid.encode() + b"\0" + acceptor + credential.encode()
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
@@ -142,11 +147,16 @@ class Job:
     created: float = 0.0
     served_by: str | None = None
     client: str = ""  # owner_tag of the credential that submitted it
+    acceptor: str = ""  # the node id (hex) that accepted it: the tag is bound to it
 
     def owned_by(self, credential: str | None) -> bool:
-        return credential is not None and hmac.compare_digest(
-            self.client, owner_tag(self.id, credential)
-        )
+        if credential is None or not self.client:
+            return False
+        try:
+            acceptor = bytes.fromhex(self.acceptor)
+        except ValueError:
+            return False
+        return hmac.compare_digest(self.client, owner_tag(self.id, acceptor, credential))
 
     def public(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -180,16 +190,18 @@ class JobStore:
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, model TEXT, chat INTEGER,"
             " body TEXT, priority TEXT, state TEXT, result TEXT, error TEXT, attempts INTEGER,"
-            " created REAL, updated REAL, served_by TEXT, client TEXT)"
+            " created REAL, updated REAL, served_by TEXT, client TEXT, acceptor TEXT)"
         )
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}
-        if "client" not in columns:  # a store of before owners: its jobs belong to nobody
-            self.db.execute("ALTER TABLE jobs ADD COLUMN client TEXT")
+        for column in ("client", "acceptor"):  # a store of before owners: jobs of nobody
+            if column not in columns:
+                self.db.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
         # a restart: whatever was running when we died runs again
         self.db.execute("UPDATE jobs SET state='queued' WHERE state='running'")
 
     def _row(self, row: tuple[Any, ...]) -> Job:
-        jid, model, chat, body, prio, state, result, error, attempts, created, served, client = row
+        (jid, model, chat, body, prio, state, result, error, attempts, created, served) = row[:11]
+        client, acceptor = row[11:]
         return Job(
             id=jid,
             model=model,
@@ -203,11 +215,12 @@ class JobStore:
             created=created,
             served_by=served,
             client=client or "",
+            acceptor=acceptor or "",
         )
 
     _COLS = (
         "id, model, chat, body, priority, state, result, error, attempts, created, served_by,"
-        " client"
+        " client, acceptor"
     )
 
     def get(self, jid: str) -> Job | None:
@@ -216,7 +229,7 @@ class JobStore:
 
     def add(self, job: Job) -> None:
         self.db.execute(
-            f"INSERT INTO jobs (updated, {self._COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO jobs (updated, {self._COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 job.created,
                 job.id,
@@ -231,6 +244,7 @@ class JobStore:
                 job.created,
                 job.served_by,
                 job.client,
+                job.acceptor,
             ),
         )
 
@@ -241,6 +255,15 @@ class JobStore:
             sets.append(f"{name}=?")
             values.append(json.dumps(value) if name == "result" else value)
         self.db.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id=?", (*values, jid))
+
+    def start(self, jid: str) -> bool:
+        """Move a queued job to running; False if it is not queued any more
+        (cancelled since it was read)."""
+        cursor = self.db.execute(
+            "UPDATE jobs SET state='running', updated=? WHERE id=? AND state='queued'",
+            (time.time(), jid),
+        )
+        return cursor.rowcount == 1
 
     def active(self) -> int:
         (n,) = self.db.execute(
@@ -256,13 +279,22 @@ class JobStore:
         return [self._row(r) for r in rows]
 
     def owned(self, credential: str, limit: int = LIST_LIMIT) -> list[Job]:
-        """The newest ``limit`` jobs held here that ``credential`` submitted."""
-        rows = self.db.execute(f"SELECT {self._COLS} FROM jobs ORDER BY created DESC").fetchall()
+        """The newest ``limit`` jobs held here that ``credential`` submitted.
+        The tag is per job, so no index finds a client's jobs: the ids and
+        tags are scanned (not the bodies and results), newest first."""
+        rows = self.db.execute(
+            "SELECT id, client, acceptor FROM jobs ORDER BY created DESC"
+        ).fetchall()
         out = []
-        for row in rows:  # the tag is per job: no index can find a client's jobs
-            job = self._row(row)
-            if job.owned_by(credential):
-                out.append(job)
+        for jid, client, acceptor in rows:
+            try:
+                tag = owner_tag(jid, bytes.fromhex(acceptor or ""), credential)
+            except ValueError:
+                continue
+            if client and hmac.compare_digest(client, tag):
+                job = self.get(jid)
+                if job is not None:
+                    out.append(job)
                 if len(out) >= limit:
                     break
         return out
@@ -354,6 +386,7 @@ def encode_record(job: Job, owner: str, max_inline: int = MAX_INLINE) -> bytes:
         "served_by": job.served_by,
         "error": job.error,
         "client": job.client,
+        "acceptor": job.acceptor,
     }
     if job.result is not None:
         packed = json.dumps(job.result)
@@ -391,6 +424,7 @@ def job_from_doc(doc: dict[str, Any]) -> Job:
         created=float(doc.get("created") or 0.0),
         served_by=doc.get("served_by"),
         client=str(doc.get("client") or ""),
+        acceptor=str(doc.get("acceptor") or ""),
     )
 
 
@@ -510,9 +544,9 @@ class Jobs:
             if not held.owned_by(credential):
                 raise _taken(jid)
             return 200, held.public()
-        client = owner_tag(jid, credential)
+        client = owner_tag(jid, self.node, credential)
         # (an id of ours is new; one the client chose may be known elsewhere)
-        if chosen and self.dht is not None and await self._taken_elsewhere(jid, client):
+        if chosen and self.dht is not None and await self._taken_elsewhere(jid, credential):
             raise _taken(jid)
         # As the chat and completion APIs do: a typo gets a 404 naming the
         # models served now, not a 202 and a job failed five rounds later.
@@ -534,20 +568,22 @@ class Jobs:
             state=JobState.QUEUED,
             created=self._clock(),
             client=client,
+            acceptor=self.node.hex(),
         )
         self.store.add(job)
         await self._publish(job)
         self._wake.set()
         return 202, job.public() | ({"secret": secret} if secret else {})
 
-    async def _taken_elsewhere(self, jid: str, client: str) -> bool:
-        """Does the DHT hold job ``jid`` of another owner (accepted elsewhere)?"""
+    async def _taken_elsewhere(self, jid: str, credential: str) -> bool:
+        """Does the DHT hold job ``jid`` accepted elsewhere for another owner?"""
+        assert self.dht is not None
         try:
-            docs = await self._records(jid)
+            accepted = await self.dht.get_records(f"job:{jid}")
         except Exception as e:  # no answer: the id is taken only if we know it is
             log.debug("job %s: checking the id: %s", jid, e)
             return False
-        return any(str(d.get("client") or "") != client for d in docs)
+        return any(not _tagged(jid, p, d, credential) for p, d in accepted)
 
     async def status(self, jid: str, credential: str | None = None) -> dict[str, Any]:
         """The job as its owner (``credential``) may see it; 404 to anyone else."""
@@ -563,11 +599,9 @@ class Jobs:
             if not local.owned_by(credential):
                 raise missing
             return local.public()
-        docs = [] if self.dht is None else await self._records(jid)
-        if local is not None:
-            docs.append({**local.public(), "state": local.state, "client": local.client})
-        tag = owner_tag(jid, credential)
-        mine = [d for d in docs if hmac.compare_digest(str(d.get("client") or ""), tag)]
+        mine = [] if self.dht is None else await self._records(jid, credential)
+        if local is not None and local.owned_by(credential):
+            mine.append({**local.public(), "state": local.state})
         best = merge([d for d in mine if _readable(d)])
         if best is None:
             raise missing
@@ -583,17 +617,18 @@ class Jobs:
         except Exception as e:  # the local copy is durable; the DHT catches up next change
             log.warning("could not replicate job %s: %s", job.id, e)
 
-    async def _records(self, jid: str) -> list[dict[str, Any]]:
-        """The records of job ``jid`` a reader may trust: the acceptor's (the
-        ``job:`` publisher seen first) and, once it is dead, those of the
-        claimant that won the run (``first_claimant`` of live members)."""
+    async def _records(self, jid: str, credential: str) -> list[dict[str, Any]]:
+        """The records of ``credential``'s job ``jid`` a reader may trust: the
+        acceptor's (the ``job:`` publisher its tag is bound to) and, once the
+        acceptor is dead, those of the claimant that won the run
+        (``first_claimant`` of live members), with the acceptor's tag."""
         assert self.dht is not None
         try:
             accepted = await self.dht.get_records(f"job:{jid}")
         except Exception as e:
             log.debug("job lookup job:%s failed: %s", jid, e)
             return []
-        acceptor = first_claimant(accepted)
+        acceptor = first_claimant((p, d) for p, d in accepted if _tagged(jid, p, d, credential))
         docs = [d for p, d in accepted if p == acceptor]
         if acceptor is None or not self.dht.is_dead(acceptor):
             return docs  # while the acceptor lives, only its word counts
@@ -603,7 +638,7 @@ class Jobs:
             log.debug("job lookup jobrun:%s failed: %s", jid, e)
             return docs
         winner = first_claimant((p, d) for p, d in runs if self._may_run(p))
-        return docs + [d for p, d in runs if p == winner]
+        return docs + [d for p, d in runs if p == winner and _tagged(jid, acceptor, d, credential)]
 
     # -- running ----------------------------------------------------------
 
@@ -629,8 +664,9 @@ class Jobs:
                     if job.priority is Priority.LOW and self.runner.busy(job.model):
                         waiting = True
                         continue  # low yields under load
+                    if not self.store.start(job.id):  # cancelled while we waited on a worker
+                        continue
                     running.add(job.id)
-                    self.store.set_state(job.id, JobState.RUNNING)
                     await send.send(job)
                 running = {j for j in running if _state(self.store.get(j)) is JobState.RUNNING}
                 wait = min(LOW_WAIT if waiting else math.inf, PRUNE_INTERVAL)
@@ -724,7 +760,7 @@ class Jobs:
                 if publisher == self.node or not self.dht.is_dead(publisher):
                     continue
                 try:
-                    await self._take_over(jid, doc)
+                    await self._take_over(jid, publisher, doc)
                 except Exception as e:
                     self._claimed[jid] = self._clock()  # not again: it would fail again
                     self.faults.caught(Component.JOBS, e, f"taking over job {jid}")
@@ -735,7 +771,7 @@ class Jobs:
         assert self.dht is not None
         return self.dht.is_member(node) and not self.dht.is_dead(node)
 
-    async def _take_over(self, jid: str, doc: dict[str, Any]) -> None:
+    async def _take_over(self, jid: str, acceptor: bytes, doc: dict[str, Any]) -> None:
         """Claim a dead acceptor's job in jobrun:<id>; run it if our claim is first."""
         assert self.dht is not None
         runs = await self.dht.get_records(f"jobrun:{jid}")
@@ -744,7 +780,8 @@ class Jobs:
             return
         if any(self._may_run(p) for p, _ in runs):
             return  # a live member runs it
-        job = job_from_doc(doc)
+        # the tag is bound to the node that published the record, whatever it says
+        job = dataclasses.replace(job_from_doc(doc), acceptor=acceptor.hex())
         claim = Job(**{**_fields(job), "state": JobState.RUNNING})
         await self._publish(claim, key=f"jobrun:{jid}")
         runs = await self.dht.get_records(f"jobrun:{jid}")
@@ -765,6 +802,12 @@ def first_claimant(runs: Iterable[tuple[bytes, dict[str, Any]]]) -> bytes | None
         return None
     earliest = min(t for t, _ in seen)
     return min(p for t, p in seen if t <= earliest + SIGHT_TOLERANCE)
+
+
+def _tagged(jid: str, acceptor: bytes, doc: dict[str, Any], credential: str) -> bool:
+    """Does ``doc`` carry the tag of ``credential``'s job ``jid`` accepted by ``acceptor``?"""
+    tag = owner_tag(jid, acceptor, credential)
+    return hmac.compare_digest(str(doc.get("client") or ""), tag)
 
 
 def _finished(doc: dict[str, Any]) -> bool:

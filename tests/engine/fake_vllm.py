@@ -4,7 +4,8 @@ and chat, streamed or not), answers in microseconds. It also forks a child that
 sleeps, so tests can check that stopping the server leaves no process behind.
 
 Like vLLM, it takes /v1 requests only with ``Authorization: Bearer
-$VLLM_API_KEY`` when that variable is set. Behaviour switches (environment):
+$VLLM_API_KEY`` when that variable is set (every path but /health and
+/metrics with the agent's ``--middleware`` key guard). Behaviour switches (environment):
 FAKE_VLLM_EXIT=N exits with code N at once
 (a crash loop); FAKE_VLLM_CHILD_PIDFILE=path writes the child's pid there;
 FAKE_VLLM_ARGV=path writes its arguments there, one per line.
@@ -35,7 +36,10 @@ def main() -> None:
     parser.add_argument("--served-model-name")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int)
+    parser.add_argument("--middleware", action="append", default=[])
     args, _ = parser.parse_known_args()
+    # the agent's key guard (hexamesh.engine.keyguard) guards every path but these
+    guard_all = "hexamesh.engine.keyguard.EngineKeyGuard" in args.middleware
     if "FAKE_VLLM_ARGV" in os.environ:
         with open(os.environ["FAKE_VLLM_ARGV"], "w") as f:
             f.write("\n".join(sys.argv[1:]))
@@ -68,7 +72,12 @@ def main() -> None:
             """vLLM's API key check: /v1 paths need VLLM_API_KEY when it is set."""
             key = os.environ.get("VLLM_API_KEY")
             wrong = self.headers.get("authorization") != f"Bearer {key}"
-            if key and self.path.startswith("/v1") and wrong:
+            guarded = (
+                self.path not in ("/health", "/metrics")
+                if guard_all
+                else self.path.startswith("/v1")
+            )
+            if key and guarded and wrong:
                 self._send(401, {"error": "Unauthorized"})
                 return True
             return False

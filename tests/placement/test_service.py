@@ -4,12 +4,14 @@ an operator's vote through the API loads the model on a winner; slots bound it."
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
 from hexamesh.agent import STATUS_FILE_NAME, AgentStatus, run_agent
@@ -25,7 +27,7 @@ from hexamesh.operator import (
     load_operator_key,
 )
 from hexamesh.placement.order import Order, order_to_json, sign_order
-from hexamesh.placement.service import run_swarmscale
+from hexamesh.placement.service import run_swarmscale, source_allowed
 from hexamesh.placement.swarmscale import ScaleConfig, Swarmscale
 from tests.helpers import run_hexamesh
 from tests.placement.helpers import order
@@ -351,3 +353,21 @@ async def test_an_agent_takes_no_placement_unless_its_operator_said_so(tmp_path:
                 assert r.status_code == 200 and r.json()["state"] == "no quorum", r.text
                 assert r.json()["scouts"] == 3  # the vote ran: nobody would load it
             nursery.cancel_scope.cancel()
+
+
+def test_a_placement_source_is_matched_as_it_resolves_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`/models/*` matched `/models/../etc` and a symlink out of it; `Qwen/*`
+    matched a directory `Qwen/x` beside the agent (vLLM loads that first)."""
+    root = tmp_path.resolve()
+    (root / "models" / "tiny").mkdir(parents=True)
+    (root / "etc").mkdir()
+    (root / "models" / "out").symlink_to(root / "etc")
+    allowed = functools.partial(source_allowed, patterns=(f"{root}/models/*", "Qwen/*"))
+    assert allowed(f"{root}/models/tiny") and allowed("Qwen/Qwen2-0.5B")
+    assert not allowed(f"{root}/models/../etc") and not allowed(f"{root}/models/out")
+    assert not allowed("Qwen/../etc") and not allowed("../models/tiny")
+    monkeypatch.chdir(root)
+    (root / "Qwen" / "local").mkdir(parents=True)
+    assert not allowed("Qwen/local")

@@ -379,3 +379,35 @@ def test_votes_of_strangers_are_not_counted_before_the_proposal_arrives() -> Non
         msg = Vote(ballot=fair, scout=node, version=1, approve=(site,), ttl=5.0)
         hand.core(3).receive(Envelope(sender=node, msg_id=1, message=msg), addr(9), hand.now)
     assert hand.claims() == {} and hand.core(3).approvals("tiny", 1) == {}
+
+
+def test_a_demand_named_far_away_gives_no_quorum_of_one() -> None:
+    """A ballot (under a real order) whose demand lies 1,000 cells away, where
+    nobody is seen and so an electorate of one looked fine: refused by a
+    candidate that far from it."""
+    hand = Hand([0.9, 0.9, 0.9, 0.1, 0.9, 0.9, 0.9])
+    far = helpers.ballot(quorum=1, electorate=1, q=1000, r=0, epoch=7)
+    hand.core(3).receive(_vote_for(far, 5, 3), addr(5), hand.now)
+    assert hand.claims() == {} and hand.core(3).unauthorised == 1
+
+
+def test_a_proposal_naming_scouts_of_its_own_making_is_refused() -> None:
+    """Four fresh keys named among seven scouts made a majority of their own."""
+    hand = Hand([0.9, 0.9, 0.9, 0.1, 0.9, 0.9, 0.9])
+    ballot = helpers.ballot(quorum=4, electorate=7, epoch=9)
+    sybils = [b"\xe0" + bytes([i]) * 19 for i in range(4)]
+    named = [*sybils, nid(0), nid(1), nid(2)]
+    scouts = tuple(Scout(node=n, host="10.9.9.9", port=7420) for n in named)
+    proposal = Proposal(ballot=ballot, scouts=scouts, ttl=5.0)
+    hand.core(3).receive(Envelope(sender=nid(5), msg_id=1, message=proposal), addr(5), hand.now)
+    for node in sybils:
+        site = Site(node=nid(3), host=addr(3)[0], port=7420, merit=1.0)
+        msg = Vote(ballot=ballot, scout=node, version=1, approve=(site,), ttl=5.0)
+        hand.core(3).receive(Envelope(sender=node, msg_id=1, message=msg), addr(9), hand.now)
+    assert hand.claims() == {} and hand.core(3).unauthorised == 1
+    # the seven it sees, named, make an election it takes part in
+    fair = helpers.ballot(quorum=4, electorate=7, epoch=10)
+    everyone = tuple(Scout(node=nid(i), host=addr(i)[0], port=7420) for i in range(7))
+    proposal = Proposal(ballot=fair, scouts=everyone, ttl=5.0)
+    hand.core(3).receive(Envelope(sender=nid(0), msg_id=2, message=proposal), addr(0), hand.now)
+    assert hand.core(3).electorate("tiny", 10) == [nid(i) for i in range(7)]
