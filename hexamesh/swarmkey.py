@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ __all__ = [
     "SwarmKeyError",
     "create_key_file",
     "load_key_file",
+    "replace_key_file",
     "save_key_file",
 ]
 
@@ -67,6 +69,16 @@ def save_key_file(path: Path, ring: KeyRing) -> KeyRing:
     text = "# hexamesh swarm key: primary first, older keys below during a rotation\n"
     write_secret_file(path, (text + "".join(_b64(k) + "\n" for k in ring.keys)).encode())
     return ring
+
+
+def replace_key_file(path: Path, ring: KeyRing) -> None:
+    """Write ``ring`` over ``path`` (mode 0600), whole or not at all (a key
+    rotation's steps)."""
+    tmp = path.with_name(path.name + ".new")
+    tmp.unlink(missing_ok=True)
+    text = "# hexamesh swarm key: primary first, older keys below during a rotation\n"
+    write_secret_file(tmp, (text + "".join(_b64(k) + "\n" for k in ring.keys)).encode())
+    os.replace(tmp, path)
 
 
 def load_key_file(path: Path) -> KeyRing:

@@ -492,6 +492,25 @@ class KeyRing:
     def generate(cls) -> KeyRing:
         return cls(ChaCha20Poly1305.generate_key())
 
+    # A rotation changes the ring in place: the codec, the peer channel and
+    # the job seal hold this object, and see the change at their next use.
+
+    def install(self, key: bytes) -> None:
+        """Open with ``key`` too (the last tried); the primary still seals."""
+        self._set((*self.keys, key))
+
+    def use(self, key: bytes) -> None:
+        """Seal with ``key`` (installed already); the others still open."""
+        self._set((key, *self.keys))
+
+    def retire_all_but(self, key: bytes) -> None:
+        """Keep ``key`` only."""
+        self._set((key,))
+
+    def _set(self, keys: Sequence[bytes]) -> None:
+        ring = KeyRing(keys[0], keys[1:])
+        self.keys, self._aeads = ring.keys, ring._aeads
+
     @property
     def primary(self) -> bytes:
         return self.keys[0]

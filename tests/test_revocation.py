@@ -30,6 +30,7 @@ from hexamesh.revocation import (
     save_revocations,
     sign_revocation,
 )
+from hexamesh.swarmkey import load_key_file, save_key_file
 from hexamesh.wire import Codec, Envelope, WireError
 from tests.helpers import RING, codec, identity, nid
 from tests.placement.helpers import OPERATOR, OPERATORS
@@ -130,20 +131,24 @@ async def test_a_revoked_agent_is_cut_off_from_the_swarm(tmp_path: Path) -> None
     """a0 keeps the operator key; a1 serves tiny, a2 serves tiny2. Revoked at
     a0, a2 is held dead by both others within 10 s, its model leaves the
     swarm's list, its frames are refused at a1, its forwards get nothing, and
-    the revocation is kept on disk where it spread."""
+    the revocation is kept on disk where it spread. After a key rotation,
+    a1 holds the new key and a2 does not; a node joining with the old key
+    gets nowhere while one joining with the new key joins."""
     operator = create_operator_key(tmp_path / "a0" / OPERATOR_KEY_FILE_NAME)
     trust = (encode_public(operator.public_key),)
     (tmp_path / "m").mkdir()
     agents: list[AgentStatus] = []
     async with trio.open_nursery() as nursery:
         for i, model in enumerate((None, "tiny", "tiny2")):
+            if agents:  # its own copy of the key (a rotation rewrites it)
+                ring = load_key_file(tmp_path / "a0" / "swarm.key")
+                save_key_file(tmp_path / f"a{i}" / "swarm.key", ring)
             cfg = AgentConfig(
                 data_dir=tmp_path / f"a{i}",
                 host="127.0.0.1",
                 port=0,
                 api_port=0,
                 join=(agents[0].address,) if agents else (),
-                swarm_key=tmp_path / "a0" / "swarm.key" if agents else None,
                 admin_keys=("admin",) if i == 0 else (),
                 operator_keys=trust,
                 model=(f"{model}={tmp_path / 'm'}",) if model else (),
@@ -189,9 +194,53 @@ async def test_a_revoked_agent_is_cut_off_from_the_swarm(tmp_path: Path) -> None
             assert r.status_code != 200, r.text
             r = await client.post(f"{a0.api}/completions", json=body)
             assert r.status_code == 200  # the rest of the swarm serves on
-        for i in (0, 1):
-            kept = load_revocations(tmp_path / f"a{i}", frozenset({operator.public_key}))
-            assert [k.node.hex() for k in kept] == [a2.node_id]
+            for i in (0, 1):
+                kept = load_revocations(tmp_path / f"a{i}", frozenset({operator.public_key}))
+                assert [k.node.hex() for k in kept] == [a2.node_id]
+
+            # Then the key is rotated: the revoked node never gets the new one
+            old_key = load_key_file(tmp_path / "a0" / "swarm.key")
+            save_key_file(tmp_path / "old.key", old_key)
+            r = await client.post(
+                f"{a0.api}/swarm/rotate",
+                json={"use_after": 1, "retire_after": 3},
+                headers={"authorization": "Bearer admin"},
+            )
+            assert r.status_code == 200 and r.json()["told"] == 1, r.text  # a1, not a2
+
+            def keys(i: int) -> tuple[bytes, ...]:
+                return load_key_file(tmp_path / f"a{i}" / "swarm.key").keys
+
+            with trio.fail_after(20):
+                while any(len(keys(i)) != 1 or keys(i) == old_key.keys for i in (0, 1)):
+                    await trio.sleep(0.1)
+            assert keys(0) == keys(1) and keys(2) == old_key.keys
+            r = await client.post(f"{a0.api}/completions", json=body)
+            assert r.status_code == 200  # a0 and a1 speak under the new key only
+            # A node with the old key, and one with the new, join side by side:
+            # the new key's joins, the old one's never does
+            save_key_file(tmp_path / "new.key", load_key_file(tmp_path / "a0" / "swarm.key"))
+            joiners = []
+            for name, key_file in (("old", "old.key"), ("new", "new.key")):
+                cfg = AgentConfig(
+                    data_dir=tmp_path / name,
+                    host="127.0.0.1",
+                    port=0,
+                    api_port=0,
+                    join=(a0.address,),
+                    swarm_key=tmp_path / key_file,
+                )
+                joiners.append(
+                    await nursery.start(
+                        lambda task_status, c=cfg: run_agent(c, task_status=task_status)
+                    )
+                )
+            stale, fresh = joiners
+            with trio.fail_after(30):
+                while fresh.node_id not in alive(0):
+                    await trio.sleep(0.1)
+            assert stale.node_id not in alive(0)
+            assert not json.loads((tmp_path / "old" / STATUS_FILE_NAME).read_text()).get("cell")
         nursery.cancel_scope.cancel()
 
 

@@ -41,6 +41,7 @@ from hexamesh.agent.network import (
     _take_probe_events,
 )
 from hexamesh.agent.process import raise_nofile, tame_malloc, wall_clock
+from hexamesh.agent.rotate import KeyRotation
 from hexamesh.agent.status import (
     STATUS_FILE_NAME,
     STATUS_INTERVAL,
@@ -69,6 +70,7 @@ from hexamesh.peerauth import Authenticator
 from hexamesh.placement.service import Placements, run_swarmscale
 from hexamesh.placement.swarmscale import ScaleConfig, Swarmscale
 from hexamesh.revocation import Revocations, load_revocations, save_revocations
+from hexamesh.rotation import Rotations
 from hexamesh.serve.frontdoor import FrontDoor
 from hexamesh.serve.jobs import DhtJobs, Jobs, JobStore
 from hexamesh.serve.jobseal import JobSeal
@@ -272,6 +274,24 @@ async def _run_agent(
                 cores.revocations, driver, operator=agent.operator_key, clock=wall_clock
             )
             front.mount("/v1/swarm/", admin, clients_only=True, admin=True)
+            rotations = Rotations(
+                keyring,
+                key_file=config.swarm_key_path,
+                data_dir=config.data_dir,
+                operators=agent.operators,
+                clock=wall_clock,
+            )
+            rotation = KeyRotation(
+                rotations,
+                front,
+                honeycomb,
+                revoked=cores.revocations.__contains__,
+                operator=agent.operator_key,
+                clock=wall_clock,
+            )
+            await nursery.start(services.run, "rotation", rotation.run)
+            front.mount("/v1/swarm/rotate", rotation, clients_only=True, admin=True)
+            front.mount("/swarm/key", rotation, peers_only=True)
             readdress = Readdress(
                 book, comb, dht_core, scouting, placements, honeycomb, front, jobs, status
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,6 +12,7 @@ import typer
 
 from hexamesh import __version__
 from hexamesh.agent.admin import revocation_json
+from hexamesh.agent.rotate import handoff_body
 from hexamesh.cli.common import (
     AdminKey,
     DataDir,
@@ -36,12 +38,14 @@ from hexamesh.operator import (
     trusted_operators,
 )
 from hexamesh.revocation import sign_revocation
+from hexamesh.rotation import RETIRE_AFTER, USE_AFTER, sign_rotation
 from hexamesh.swarmkey import (
     JoinToken,
     SwarmKeyError,
     create_key_file,
     load_key_file,
 )
+from hexamesh.wire import KEY_BYTES
 
 
 @app.command()
@@ -138,3 +142,52 @@ def swarm_revoke(
         raise _fail(f"cannot reach {url}: {e}") from None
     said = "revoked" if doc.get("new") else "was revoked already"
     console.print(f"node {doc['node']} {said}; the swarm enforces it as it spreads")
+
+
+@swarm_app.command("rotate")
+def swarm_rotate(
+    use_after: Annotated[
+        float, typer.Option(help="Seconds until members seal with the new key")
+    ] = USE_AFTER,
+    retire_after: Annotated[
+        float,
+        typer.Option(
+            help="Seconds until the old keys are dropped (members away till then need a new token)"
+        ),
+    ] = RETIRE_AFTER,
+    operator_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="Make the key and sign the rotation here with this operator key file "
+            "\\[default: the peer does, with the operator key it keeps]"
+        ),
+    ] = None,
+    peer: PeerUrl = None,
+    admin_key: AdminKey = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Roll the swarm key (an admin call): a new key goes to every live member
+    that is not revoked over its encrypted channel; members seal with it after
+    --use-after and drop the old ones after --retire-after."""
+    url = _api_url(peer, data_dir)
+    body: dict[str, Any] = {"use_after": use_after, "retire_after": retire_after}
+    if operator_key is not None:
+        try:
+            key = load_operator_key(operator_key)
+        except OperatorKeyError as e:
+            raise _fail(str(e)) from None
+        new = secrets.token_bytes(KEY_BYTES)
+        signed = sign_rotation(
+            key, new, now=time.time(), use_after=use_after, retire_after=retire_after
+        )
+        body = handoff_body(new, signed)
+    try:
+        with _client(admin_key) as client:
+            doc = _check(client.post(f"{url}/swarm/rotate", json=body))
+    except httpx.HTTPError as e:
+        raise _fail(f"cannot reach {url}: {e}") from None
+    console.print(
+        f"new swarm key handed to {doc['told']} members; sealing with it from "
+        f"{time.strftime('%H:%M:%S', time.localtime(doc['use_at']))}, old keys dropped at "
+        f"{time.strftime('%H:%M:%S', time.localtime(doc['retire_at']))}"
+    )

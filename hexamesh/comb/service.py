@@ -153,6 +153,11 @@ class Honeycomb:
     def members(self) -> dict[bytes, MemberState]:
         return self.comb.members()
 
+    def address_of(self, node: bytes) -> Addr | None:
+        """Where a member held is reached, None for one not held."""
+        member = self.comb.swim.members.get(node)
+        return None if member is None else member.addr
+
     def is_member(self, node: bytes) -> bool:
         """Is ``node`` known to the comb (a key that never joined is not)?"""
         return self.comb.knows(node)

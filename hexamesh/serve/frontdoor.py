@@ -129,7 +129,8 @@ class FrontDoor:
         # so local users cannot reach the engine around the API keys.
         self._engine_auth = [("authorization", f"Bearer {engine_key}")] if engine_key else []
         self.metrics = metrics or ServeMetrics()
-        self._mounts: list[tuple[str, JobsApi, bool, bool]] = []  # (prefix, api, clients, admin)
+        # (prefix, api, who: "clients" | "peers" | "both", admin)
+        self._mounts: list[tuple[str, JobsApi, str, bool]] = []
         self.pumps = PumpThread(self.faults)  # the per-token relay loop (its own thread)
         self.upstreams = UpstreamPool()  # idle keep-alive connections to engines and peers
         self._clock = clock
@@ -367,8 +368,10 @@ class FrontDoor:
             listing = json.dumps({"object": "list", "data": data}).encode()
             await conn.respond(200, listing, keep_alive=request.keep_alive)
             return 200
-        for prefix, api, clients_only, admin in self._mounts:
-            if (clients_only and route is not None) or not path.startswith(prefix):
+        for prefix, api, who, admin in self._mounts:
+            if who != ("peers" if route is not None else "clients") and who != "both":
+                continue
+            if not path.startswith(prefix):
                 continue
             if admin:
                 self._authorize_admin(request)
@@ -377,14 +380,22 @@ class FrontDoor:
         raise ApiError(404, f"no such endpoint: {method} {path}", code="not_found")
 
     def mount(
-        self, prefix: str, api: JobsApi, *, clients_only: bool = False, admin: bool = False
+        self,
+        prefix: str,
+        api: JobsApi,
+        *,
+        clients_only: bool = False,
+        peers_only: bool = False,
+        admin: bool = False,
     ) -> None:
         """Serve the paths under ``prefix`` with ``api`` (jobs, placements), as a
         web framework mounts a sub-application. The jobs API runs its work
         through this front door: it cannot be built before it, so it is mounted
-        when the agent is wired. ``clients_only``: not on the peer port;
-        ``admin``: for an admin key only."""
-        self._mounts.append((prefix, api, clients_only, admin))
+        when the agent is wired. ``clients_only``: not on the peer channel;
+        ``peers_only``: on the peer channel only; ``admin``: for an admin key
+        only."""
+        who = "clients" if clients_only else "peers" if peers_only else "both"
+        self._mounts.append((prefix, api, who, admin))
 
     # -- completions ------------------------------------------------------
 

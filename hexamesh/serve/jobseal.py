@@ -33,7 +33,16 @@ def _derive(swarm_key: bytes) -> ChaCha20Poly1305:
 
 class JobSeal:
     def __init__(self, keyring: KeyRing) -> None:
-        self._aeads = [_derive(k) for k in keyring.keys]
+        self._ring = keyring
+        self._for: tuple[bytes, ...] = ()
+        self._derived: list[ChaCha20Poly1305] = []
+
+    @property
+    def _aeads(self) -> list[ChaCha20Poly1305]:
+        """One per key of the ring, derived again when a rotation changed it."""
+        if self._for != self._ring.keys:
+            self._for, self._derived = self._ring.keys, [_derive(k) for k in self._ring.keys]
+        return self._derived
 
     def seal(self, key: str, value: bytes) -> bytes:
         nonce = os.urandom(NONCE)
