@@ -55,7 +55,7 @@ class AgentConfig:
     advertise: str | None = None  # host peers should dial, if not the bound one
     join: tuple[str, ...] = ()  # seeds, HOST:PORT each; none = found a new swarm
     swarm_key: Path | None = None  # key file; default <data_dir>/swarm.key
-    token: str | None = None  # join token from `hexamesh swarm invite` (key + seed)
+    token: str | None = None  # an invite (`swarm invite`) or a key-bearing token (`swarm token`)
     # Secrets from files (mode 0600 or tighter), kept off the command line where
     # every local user reads them (ps, /proc): the token, then one key per line.
     token_file: Path | None = None
@@ -165,7 +165,10 @@ FLAGS: dict[str, Flag] = {
     "advertise": Flag("IP address peers should dial (else learned from them)"),
     "join": Flag("Seed HOST:PORT to join (repeatable)"),
     "swarm_key": Flag("Swarm key file"),
-    "token": Flag("Join token from `hexamesh swarm invite` (visible in ps: prefer --token-file)"),
+    "token": Flag(
+        "Invite from `hexamesh swarm invite` or token from `swarm token` "
+        "(visible in ps: prefer --token-file)"
+    ),
     "token_file": Flag("File holding the join token (mode 0600)"),
     "api_key_file": Flag("File of client API keys, one per line (mode 0600)"),
     "admin_key_file": Flag("File of admin keys, one per line (mode 0600)"),

@@ -99,3 +99,6 @@ DROP_WARN_INTERVAL = 60.0  # s between warnings about unopenable datagrams (all 
 # Revocations one agent holds (``hexamesh.revocation``): an operator revokes
 # machines one by one; more are refused (and logged) rather than grown.
 MAX_REVOCATIONS = 4096
+# Invites a sponsor holds open at once (``hexamesh.invites``): each is one
+# more key a stranger's first handshake message is tried against.
+MAX_INVITES = 16

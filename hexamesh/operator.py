@@ -8,7 +8,8 @@ trusts, together:
 
 * ``operator_keys`` from its configuration (base64url public keys);
 * ``<data dir>/operators``: public keys, one per line, written when it
-  joined with a token that carried them (``swarm invite``);
+  joined with a token or an invite that carried them (``swarm token``,
+  ``swarm invite``);
 * the public half of ``<data dir>/operator.key`` if the operator keeps the
   private key on this machine (``swarm init`` writes one): this agent can
   then sign orders for its admin API.
@@ -16,13 +17,12 @@ trusts, together:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import stat
 from collections.abc import Iterable
 from pathlib import Path
 
+from hexamesh import b64url
 from hexamesh.identity import PUBLIC_KEY_BYTES, Identity, IdentityError, write_secret_file
 
 __all__ = [
@@ -48,14 +48,14 @@ class OperatorKeyError(Exception):
 
 
 def encode_public(public: bytes) -> str:
-    return base64.urlsafe_b64encode(public).decode("ascii").rstrip("=")
+    return b64url.encode(public)
 
 
 def decode_public(text: str) -> bytes:
     text = text.strip()
     try:
-        raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
-    except (binascii.Error, ValueError):
+        raw = b64url.decode(text)
+    except ValueError:
         raise OperatorKeyError(f"not a base64url operator key: {text[:20]!r}") from None
     if len(raw) != PUBLIC_KEY_BYTES:
         raise OperatorKeyError(

@@ -14,8 +14,6 @@ a secret: it lets its holder join and read the swarm.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 import stat
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ from pathlib import Path
 
 import msgpack
 
+from hexamesh import b64url
 from hexamesh.identity import PUBLIC_KEY_BYTES, write_secret_file
 from hexamesh.wire import KEY_BYTES, KeyRing
 
@@ -46,14 +45,14 @@ class SwarmKeyError(Exception):
 
 
 def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+    return b64url.encode(data)
 
 
 def _unb64(text: str) -> bytes:
     try:
-        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise SwarmKeyError(f"not base64url: {e}") from None
+        return b64url.decode(text)
+    except ValueError as e:
+        raise SwarmKeyError(str(e)) from None
 
 
 def create_key_file(path: Path) -> KeyRing:

@@ -507,6 +507,10 @@ class KeyRing:
         """Keep ``key`` only."""
         self._set((key,))
 
+    def reset(self, keys: Sequence[bytes]) -> None:
+        """Hold ``keys`` (primary first) instead: an invite's ring, received."""
+        self._set(keys)
+
     def _set(self, keys: Sequence[bytes]) -> None:
         ring = KeyRing(keys[0], keys[1:])
         self.keys, self._aeads = ring.keys, ring._aeads

@@ -35,7 +35,7 @@ def test_swarm_init_and_invite(tmp_path: Path) -> None:
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     again = runner.invoke(app, ["swarm", "init", "--data-dir", str(tmp_path)])
     assert again.exit_code == 2 and "refusing to overwrite" in again.output
-    result = runner.invoke(app, ["swarm", "invite", "10.1.2.3:7420", "--data-dir", str(tmp_path)])
+    result = runner.invoke(app, ["swarm", "token", "10.1.2.3:7420", "--data-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     token = JoinToken.decode(result.output.strip())
     assert (token.host, token.port, token.key) == ("10.1.2.3", 7420, load_key_file(key).primary)

@@ -125,7 +125,7 @@ def test_three_hosts_form_one_swarm_and_stay_whole_across_restarts(tmp_path: Pat
                     "-m",
                     "hexamesh",
                     "swarm",
-                    "invite",
+                    "token",
                     f"{h[0].addr}:{PORT}",
                     "--data-dir",
                     str(tmp_path / "a"),

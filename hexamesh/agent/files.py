@@ -12,6 +12,7 @@ from hexamesh.dht.service import save_contacts
 from hexamesh.faults import Component, Faults
 from hexamesh.fileio import DataDirLock, write_text_atomic
 from hexamesh.identity import Identity
+from hexamesh.invites import INVITE_PREFIX, InviteToken
 from hexamesh.net.base import format_addr
 from hexamesh.operator import (
     OPERATOR_KEY_FILE_NAME,
@@ -51,6 +52,12 @@ def resolve_keyring(config: AgentConfig) -> tuple[KeyRing, tuple[str, ...], bool
     """
     seeds = config.join
     path = config.swarm_key_path
+    if config.token and config.token.strip().startswith(INVITE_PREFIX):
+        invite = InviteToken.decode(config.token)
+        seeds = (*seeds, format_addr((invite.host, invite.port)))
+        if path.exists():  # redeemed before: a restart joins with the key it got
+            return load_key_file(path), seeds, False
+        return KeyRing.generate(), seeds, False  # a stand-in until the invite is redeemed
     if config.token:
         token = JoinToken.decode(config.token)
         seeds = (*seeds, format_addr((token.host, token.port)))
@@ -95,6 +102,8 @@ class PreparedAgent:
     lock: DataDirLock | None = None  # held on the data dir until run_agent returns
     operators: frozenset[bytes] = frozenset()  # operator keys whose orders we obey
     operator_key: Identity | None = None  # the operator's own, if kept on this machine
+    # an invite to redeem before joining (the keyring is a stand-in until then)
+    invite: InviteToken | None = None
 
 
 def prepare_agent(config: AgentConfig) -> PreparedAgent:
@@ -114,8 +123,11 @@ def prepare_agent(config: AgentConfig) -> PreparedAgent:
         raise
     path = config.swarm_key_path
     unsaved = path if founder and not path.exists() else None  # a new swarm's key
+    invite = None
+    if config.token and config.token.strip().startswith(INVITE_PREFIX) and not path.exists():
+        invite = InviteToken.decode(config.token)
     return PreparedAgent(
-        config, identity, keyring, seeds, founder, unsaved, lock, operators, operator_key
+        config, identity, keyring, seeds, founder, unsaved, lock, operators, operator_key, invite
     )
 
 

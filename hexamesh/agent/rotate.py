@@ -12,8 +12,6 @@ a member that takes a new rotation passes it on to its comb links, once.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import math
@@ -23,6 +21,7 @@ from typing import Any
 
 import trio
 
+from hexamesh import b64url
 from hexamesh.comb.service import Honeycomb
 from hexamesh.comb.swim import MemberState
 from hexamesh.identity import Identity, short_id
@@ -46,17 +45,11 @@ MIN_USE_AFTER = 1.0  # s; the shortest the API allows (tests; the default is USE
 
 
 def handoff_body(key: bytes, rotation: Rotation) -> dict[str, Any]:
-    encoded = base64.urlsafe_b64encode(key).decode().rstrip("=")
-    return {"key": encoded, "rotation": rotation.to_json()}
+    return {"key": b64url.encode(key), "rotation": rotation.to_json()}
 
 
 def _key_of(text: object) -> bytes:
-    if not isinstance(text, str):
-        raise ValueError("`key` is base64url text")
-    try:
-        key = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("`key` is not base64url") from None
+    key = b64url.decode(text)
     if len(key) != KEY_BYTES:
         raise ValueError(f"a swarm key has {KEY_BYTES} bytes")
     return key

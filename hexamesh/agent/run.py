@@ -60,12 +60,14 @@ from hexamesh.engine.supervisor import (
     open_engine,
 )
 from hexamesh.faults import Component, Faults
+from hexamesh.invites import InviteBook, admission, redeem
 from hexamesh.limits import MAX_INCARNATION
-from hexamesh.net.base import format_addr
+from hexamesh.net.base import format_addr, parse_addr
 from hexamesh.net.channel import ChannelKeys
 from hexamesh.net.driver import CoreDriver
 from hexamesh.net.rtt import Observation, RttSample
 from hexamesh.net.udp import open_udp_transport
+from hexamesh.operator import save_operators
 from hexamesh.peerauth import Authenticator
 from hexamesh.placement.service import Placements, run_swarmscale
 from hexamesh.placement.swarmscale import ScaleConfig, Swarmscale
@@ -104,10 +106,27 @@ async def run_agent(
     if isinstance(agent, AgentConfig):
         agent = prepare_agent(agent)
     try:
+        if agent.invite is not None:
+            agent = await _admitted(agent)
         await _run_agent(agent, on_ready, engine_config, task_status)
     finally:
         if agent.lock is not None:
             agent.lock.release()
+
+
+async def _admitted(agent: PreparedAgent) -> PreparedAgent:
+    """Redeem the agent's invite at its sponsor: the swarm's key ring (saved,
+    so a restart needs no invite) and its operators; InviteError if refused."""
+    assert agent.invite is not None
+    keys, operators = await redeem(agent.invite, agent.identity)
+    agent.keyring.reset(keys)
+    path = agent.config.swarm_key_path
+    if not path.exists():
+        save_key_file(path, agent.keyring)
+    save_operators(agent.config.data_dir, operators)
+    log.info("admitted by invite at %s", agent.seeds[-1])
+    trusted = agent.operators | frozenset(operators)
+    return dataclasses.replace(agent, invite=None, operators=trusted)
 
 
 async def _run_agent(
@@ -236,10 +255,21 @@ async def _run_agent(
                     nursery.start_soon(partial(services.run, "swarmscale", swarmscale))
             view = CombView(honeycomb, engine, trio.current_time())
             await nursery.start(services.run, "view", view.run)
+            invites = InviteBook(config.data_dir)  # the ones this agent sponsors
             jobs_dht = DhtJobs(dht, honeycomb.is_dead, honeycomb.is_member, JobSeal(keyring))
             front = FrontDoor(
                 view=view,
-                keys=ChannelKeys(identity, keyring, revoked=cores.revocations.__contains__),
+                keys=ChannelKeys(
+                    identity,
+                    keyring,
+                    revoked=cores.revocations.__contains__,
+                    invites=lambda: invites.secrets(wall_clock()),
+                ),
+                on_invite=lambda secret: (
+                    admission(keyring, agent.operators)
+                    if invites.use(secret, wall_clock())
+                    else None
+                ),
                 address=status.address,
                 api_keys=config.api_keys,
                 admin_keys=config.admin_keys,
@@ -271,7 +301,12 @@ async def _run_agent(
             await nursery.start(services.run, "jobs", jobs.run)
             front.mount("/v1/placements", placements, clients_only=True, admin=True)
             admin = SwarmAdmin(
-                cores.revocations, driver, operator=agent.operator_key, clock=wall_clock
+                cores.revocations,
+                driver,
+                operator=agent.operator_key,
+                clock=wall_clock,
+                invites=invites,
+                sponsor=lambda: (parse_addr(status.address), identity.node_id),
             )
             front.mount("/v1/swarm/", admin, clients_only=True, admin=True)
             rotations = Rotations(

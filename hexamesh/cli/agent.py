@@ -30,6 +30,7 @@ from hexamesh.config import (
 )
 from hexamesh.fileio import DataDirBusy
 from hexamesh.identity import IdentityError
+from hexamesh.invites import InviteError
 from hexamesh.operator import OperatorKeyError
 from hexamesh.swarmkey import (
     SwarmKeyError,
@@ -143,14 +144,14 @@ def agent(**options: Any) -> None:
             )
     try:
         prepared = prepare_agent(cfg)
-    except (DataDirBusy, IdentityError, SwarmKeyError, OperatorKeyError) as e:
+    except (DataDirBusy, IdentityError, SwarmKeyError, OperatorKeyError, InviteError) as e:
         raise _fail(str(e)) from None
     try:
         trio.run(_agent_main, prepared)
     except BaseExceptionGroup as group:
         # Binding or resolving failed inside the nursery: say so, no traceback.
         errors = _leaf_errors(group)
-        if errors and all(isinstance(e, OSError) for e in errors):
+        if errors and all(isinstance(e, OSError | InviteError) for e in errors):
             raise _fail(f"cannot start the agent: {errors[0]}") from None
         raise
 

@@ -21,9 +21,10 @@ from hexamesh.config import (
     DEFAULT_API_PORT,
     default_data_dir,
 )
-from hexamesh.identity import write_secret_file
+from hexamesh.identity import Identity, write_secret_file
 from hexamesh.logs import OneLineFormatter
 from hexamesh.net.base import format_addr
+from hexamesh.operator import OperatorKeyError, load_operator_key
 from hexamesh.swarmkey import (
     SWARM_KEY_FILE_NAME,
     JoinToken,
@@ -169,6 +170,14 @@ def _job_credential(api_key: str | None, data_dir: Path | None) -> str:
         with contextlib.suppress(FileExistsError):  # another command made it meanwhile
             write_secret_file(path, secrets.token_urlsafe(24).encode())
     return path.read_text().strip()
+
+
+def _operator(path: Path) -> Identity:
+    """The operator key in ``path`` (``--operator-key``), or exit with why not."""
+    try:
+        return load_operator_key(path)
+    except OperatorKeyError as e:
+        raise _fail(str(e)) from None
 
 
 def _client(api_key: str | None) -> httpx.Client:

@@ -22,6 +22,7 @@ from hexamesh.cli.common import (
     _client,
     _fail,
     _key_path,
+    _operator,
     app,
     console,
     err,
@@ -92,14 +93,37 @@ def _operator_key(path: Path) -> None:
 
 @swarm_app.command("invite")
 def swarm_invite(
+    uses: Annotated[int, typer.Option(help="Nodes it may admit")] = 1,
+    expires_in: Annotated[float, typer.Option(help="Seconds it stands")] = 3600.0,
+    peer: PeerUrl = None,
+    admin_key: AdminKey = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Print an invite (an admin call to the sponsoring agent): a token that
+    admits --uses nodes through that agent until it expires, without carrying
+    the swarm key (the joiner gets the key over an encrypted channel)."""
+    url = _api_url(peer, data_dir)
+    body = {"uses": uses, "expires_in": expires_in}
+    try:
+        with _client(admin_key) as client:
+            doc = _check(client.post(f"{url}/swarm/invites", json=body))
+    except httpx.HTTPError as e:
+        raise _fail(f"cannot reach {url}: {e}") from None
+    expires = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(doc["expires"]))
+    err.print(f"admits {doc['uses']} node(s) until {expires}:")
+    console.print(doc["token"], soft_wrap=True)
+
+
+@swarm_app.command("token")
+def swarm_token(
     addr: Annotated[str, typer.Argument(help="HOST:PORT of a member that newcomers can reach")],
     data_dir: DataDir = None,
     key: Annotated[
         Path | None, typer.Option(help="Key file (default <data-dir>/swarm.key)")
     ] = None,
 ) -> None:
-    """Print a join token (seed address, swarm key, the operators' public
-    keys): a secret, share it carefully."""
+    """Print a join token that carries the swarm key itself (seed address,
+    key, operators' public keys): no expiry, no count; prefer `swarm invite`."""
     try:
         ring = load_key_file(_key_path(data_dir, key))
         host, port = parse_addr(addr)
@@ -130,11 +154,11 @@ def swarm_revoke(
     body: dict[str, Any] = {"node": node}
     if operator_key is not None:
         try:
-            key = load_operator_key(operator_key)
             raw = bytes.fromhex(node)
-        except (OperatorKeyError, ValueError) as e:
-            raise _fail(str(e)) from None
-        body = {"revocation": revocation_json(sign_revocation(key, raw, now=time.time()))}
+        except ValueError as e:
+            raise _fail(f"a node id is hex: {e}") from None
+        signed = sign_revocation(_operator(operator_key), raw, now=time.time())
+        body = {"revocation": revocation_json(signed)}
     try:
         with _client(admin_key) as client:
             doc = _check(client.post(f"{url}/swarm/revocations", json=body))
@@ -172,13 +196,13 @@ def swarm_rotate(
     url = _api_url(peer, data_dir)
     body: dict[str, Any] = {"use_after": use_after, "retire_after": retire_after}
     if operator_key is not None:
-        try:
-            key = load_operator_key(operator_key)
-        except OperatorKeyError as e:
-            raise _fail(str(e)) from None
         new = secrets.token_bytes(KEY_BYTES)
         signed = sign_rotation(
-            key, new, now=time.time(), use_after=use_after, retire_after=retire_after
+            _operator(operator_key),
+            new,
+            now=time.time(),
+            use_after=use_after,
+            retire_after=retire_after,
         )
         body = handoff_body(new, signed)
     try:

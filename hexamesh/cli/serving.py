@@ -21,12 +21,12 @@ from hexamesh.cli.common import (
     _client,
     _fail,
     _job_credential,
+    _operator,
     app,
     console,
     err,
     jobs_app,
 )
-from hexamesh.operator import OperatorKeyError, load_operator_key
 from hexamesh.placement.order import order_to_json, sign_order
 
 
@@ -213,11 +213,7 @@ def place(
     if ttl is not None:
         body["ttl"] = ttl
     if operator_key is not None:
-        try:
-            key = load_operator_key(operator_key)
-        except OperatorKeyError as e:
-            raise _fail(str(e)) from None
-        signed = sign_order(key, model, source or model, now=time.time())
+        signed = sign_order(_operator(operator_key), model, source or model, now=time.time())
         body["order"] = order_to_json(signed)
     try:
         with _client(admin_key) as client:

@@ -56,13 +56,23 @@ class ChannelKeys:
     keyring: KeyRing
     # nodes an operator revoked: no channel with them, either way
     revoked: Callable[[bytes], bool] = lambda node: False
+    # secrets of open invites (``hexamesh.invites``): a dialler may hold one
+    # instead of the swarm key, for a channel that only redeems it
+    invites: Callable[[], tuple[bytes, ...]] = lambda: ()
 
 
 class PeerStream:
     """HTTP's stream inside a finished handshake; ``peer`` is the other end's node id."""
 
-    def __init__(self, stream: trio.SocketStream, session: Session, initial: bytes = b"") -> None:
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        session: Session,
+        initial: bytes = b"",
+        invite: bytes | None = None,
+    ) -> None:
         self.stream = stream
+        self.invite = invite  # the invite's secret the dialler came with, None for a member
         self.session = session
         self.peer = session.peer
         self.sealer = session.sealer
@@ -152,7 +162,8 @@ async def accept(stream: trio.SocketStream, initial: bytes, keys: ChannelKeys) -
     start). Raises ChannelError (not a member, malformed, too slow) or OSError."""
     buf = bytearray(initial)
     head = len(PREAMBLE) + LENGTH
-    responder = Responder(keys.identity, keys.keyring.keys)
+    ring, invites = keys.keyring.keys, keys.invites()
+    responder = Responder(keys.identity, (*ring, *invites))
     with _bounded("the dialler's handshake"):
         await _read_exactly(stream, buf, head)
         size = int.from_bytes(buf[len(PREAMBLE) : head], "big")
@@ -169,7 +180,9 @@ async def accept(stream: trio.SocketStream, initial: bytes, keys: ChannelKeys) -
     session = responder.finish(bytes(buf[LENGTH:want]))
     if keys.revoked(session.peer):
         raise ChannelError("the dialler's node is revoked")
-    return PeerStream(stream, session, bytes(buf[want:]))
+    matched = responder.matched if responder.matched is not None else 0
+    invite = None if matched < len(ring) else invites[matched - len(ring)]
+    return PeerStream(stream, session, bytes(buf[want:]), invite=invite)
 
 
 def is_channel(first: bytes) -> bool:

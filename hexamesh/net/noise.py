@@ -308,6 +308,7 @@ class Responder:
     def __init__(self, identity: Identity, swarm_keys: tuple[bytes, ...]) -> None:
         self._identity = identity
         self._psks = [channel_psk(k) for k in swarm_keys]
+        self.matched: int | None = None  # which of swarm_keys the dialler held
         self._sym = _Symmetric()
         self._e: X25519PrivateKey | None = None
         self._re: X25519PublicKey | None = None
@@ -319,7 +320,7 @@ class Responder:
         if len(first) != HANDSHAKE_BYTES[0]:
             raise ChannelError(f"handshake message 1 has {len(first)} bytes")
         re_raw = first[:DH]
-        for psk in self._psks:
+        for index, psk in enumerate(self._psks):
             trial = self._sym.copy()
             trial.mix_key_and_hash(psk)
             trial.mix_hash(re_raw)
@@ -328,6 +329,7 @@ class Responder:
                 trial.decrypt_and_hash(first[DH:])
             except ChannelError:
                 continue
+            self.matched = index
             break
         else:
             raise ChannelError("the dialler does not hold this swarm's key")

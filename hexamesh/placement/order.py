@@ -15,13 +15,12 @@ clocks agree to within ``MAX_CLOCK_SKEW`` or their frames are refused anyway.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 from typing import Annotated
 
 import msgpack
 
+from hexamesh import b64url
 from hexamesh.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Identity, verify
 from hexamesh.wire import Len, MaxLen, Struct, struct
 
@@ -94,8 +93,8 @@ def order_to_json(order: Order) -> dict[str, object]:
         "model": order.model,
         "source": order.source,
         "expires": order.expires,
-        "operator": _b64(order.operator),
-        "signature": _b64(order.signature),
+        "operator": b64url.encode(order.operator),
+        "signature": b64url.encode(order.signature),
     }
 
 
@@ -112,19 +111,6 @@ def order_from_json(doc: object) -> Order:
         model=model,
         source=source,
         expires=expires,
-        operator=_unb64(doc.get("operator")),
-        signature=_unb64(doc.get("signature")),
+        operator=b64url.decode(doc.get("operator")),
+        signature=b64url.decode(doc.get("signature")),
     )
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
-
-
-def _unb64(text: object) -> bytes:
-    if not isinstance(text, str):
-        raise ValueError("not base64url text")
-    try:
-        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("not base64url text") from None

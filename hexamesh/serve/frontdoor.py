@@ -112,6 +112,7 @@ class FrontDoor:
         admin_keys: tuple[str, ...] = (),
         metrics_keys: tuple[str, ...] = (),
         engine_key: str | None = None,
+        on_invite: Callable[[bytes], bytes | None] | None = None,
         metrics: ServeMetrics | None = None,
         clock: Callable[[], float] = time.time,
         faults: Faults | None = None,
@@ -125,6 +126,10 @@ class FrontDoor:
         self.api_keys = frozenset(api_keys)
         self.admin_keys = frozenset(admin_keys)  # operators': admin calls, and a client's too
         self.metrics_keys = frozenset(metrics_keys)  # /metrics needs one (or an admin key)
+        # an invite's secret -> what its holder is sent (None: used up); the
+        # channel of an invite's holder serves nothing else
+        self._on_invite = on_invite
+        self.invites_redeemed = 0
         # Our engines' API key (vLLM's VLLM_API_KEY): only this agent knows it,
         # so local users cannot reach the engine around the API keys.
         self._engine_auth = [("authorization", f"Bearer {engine_key}")] if engine_key else []
@@ -224,7 +229,27 @@ class FrontDoor:
                 await stream.aclose()
             return
         self.channels_accepted += 1
+        if channel.invite is not None:
+            await self._admit(channel)
+            return
         await self.serve_connection(channel, peer=True, ticket=ticket)
+
+    async def _admit(self, channel: PeerStream) -> None:
+        """A joiner came with an invite: send it the swarm's keys (once per
+        use of the invite), then close."""
+        assert channel.invite is not None
+        answer = None if self._on_invite is None else self._on_invite(channel.invite)
+        try:
+            if answer is not None:
+                with trio.fail_after(SNIFF_TIMEOUT):
+                    await channel.send_all(answer)
+                self.invites_redeemed += 1
+                log.info("admitted node %s with an invite", short_id(channel.peer))
+        except (OSError, trio.BrokenResourceError, trio.TooSlowError) as e:
+            log.info("an invite's holder went away: %s", e)
+        finally:
+            with trio.CancelScope(shield=True):
+                await channel.aclose()
 
     async def serve_connection(
         self,
