@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import random
 import resource
@@ -49,6 +50,7 @@ import httpx
 import msgpack
 import trio
 
+from hexamesh.agent.rotate import handoff_body
 from hexamesh.comb.service import fetch_view
 from hexamesh.comb.swim import Gossip, MemberState, MemberUpdate
 from hexamesh.comb.waggle import Dance, HopDance, WaggleMsg
@@ -57,15 +59,21 @@ from hexamesh.dht.messages import Store
 from hexamesh.dht.records import sign_record
 from hexamesh.dht.service import open_dht_node
 from hexamesh.identity import Identity
+from hexamesh.invites import InviteError, InviteToken, redeem
 from hexamesh.limits import AUTH_PEERS
 from hexamesh.net.base import parse_addr
+from hexamesh.net.channel import ChannelKeys
 from hexamesh.net.driver import StreamHello
 from hexamesh.net.rtt import Ping
 from hexamesh.operator import OPERATOR_KEY_FILE_NAME, create_operator_key
 from hexamesh.peerauth import Authenticator
 from hexamesh.placement.messages import Ballot, Proposal, Scout
 from hexamesh.placement.order import sign_order
+from hexamesh.revocation import Revoke, sign_revocation
+from hexamesh.rotation import sign_rotation
 from hexamesh.serve.jobseal import JobSeal
+from hexamesh.serve.peerroute import route_headers
+from hexamesh.serve.relay import Peer, open_upstream, read_body, request_bytes
 from hexamesh.swarmkey import load_key_file
 from hexamesh.wire import MAX_DATAGRAM, Codec, Envelope, Message, message_types
 from simulations.common import emit
@@ -532,6 +540,58 @@ def log_forgery(t: Target, tally: Tally) -> None:
         tally.unanswered += 1
 
 
+def forged_authority(t: Target, tally: Tally) -> None:
+    """A key holder's own revocations (of strangers, and of the target), its
+    own key rotation handed over the peer channel, and invites it guessed:
+    none may be taken (issue 31)."""
+    for i in range(400):
+        victim = t.node if i % 50 == 0 else os.urandom(20)
+        forged = sign_revocation(t.attacker, victim, now=time.time())
+        t.send(Revoke(revocation=forged))
+        tally.tried += 1
+    key = os.urandom(32)
+    rotation = sign_rotation(t.attacker, key, now=time.time(), use_after=1, retire_after=2)
+    status = trio.run(_hand_key, t, json.dumps(handoff_body(key, rotation)).encode())
+    tally.tried += 1
+    if status != 403:
+        tally.failures.append(f"a key holder's rotation was answered {status}, not 403")
+    for _ in range(20):  # an invite's secret guessed: refused at the first message
+        tally.tried += 1
+        if trio.run(_redeem_guess, t):
+            tally.failures.append("a guessed invite was taken")
+    time.sleep(0.5)
+    r = httpx.get(f"{t.api}/swarm/revocations", headers={"authorization": f"Bearer {ADMIN_KEY}"})
+    if r.status_code != 200 or r.json()["data"]:
+        tally.failures.append(f"forged revocations taken: {r.text[:200]}")
+    if len(load_key_file(t.data_dir / "swarm.key").keys) != 1:
+        tally.failures.append("a key holder's key was installed")
+
+
+async def _hand_key(t: Target, body: bytes) -> int:
+    """POST /swarm/key over a peer channel, as a member hands a rotation on."""
+    request = request_bytes(
+        "POST", *t.addr, "/swarm/key", body, route_headers(t.attacker.node_id, None)
+    )
+    with trio.fail_after(CHECK_TIMEOUT):
+        up = await open_upstream(
+            *t.addr, request, peer=Peer(t.node, ChannelKeys(t.attacker, t.ring))
+        )
+        try:
+            await read_body(up)
+        finally:
+            await up.aclose()
+    return up.status
+
+
+async def _redeem_guess(t: Target) -> bool:
+    guess = InviteToken(t.addr[0], t.addr[1], t.node, os.urandom(32), 0)
+    try:
+        await redeem(guess, Identity.generate())
+    except InviteError:
+        return False
+    return True
+
+
 ATTACKS: list[tuple[str, Attack]] = [
     ("1 silent connections", silent_connections),
     ("2 connection flood", connection_flood),
@@ -547,6 +607,7 @@ ATTACKS: list[tuple[str, Attack]] = [
     ("11 log forgery", log_forgery),
     ("DHT store flood", dht_flood),
     ("many keys, replays, frames in its name", many_keys),
+    ("forged revocations, rotations, invites", forged_authority),
 ]
 
 
