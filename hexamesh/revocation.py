@@ -68,6 +68,33 @@ class Revocation(Struct):
     def signed_bytes(self) -> bytes:
         return _signed_bytes(self.node, self.issued, self.operator)
 
+    def to_json(self) -> dict[str, object]:
+        """As the API shows it and the data dir keeps it (bytes in hex)."""
+        return {
+            "node": self.node.hex(),
+            "issued": self.issued,
+            "operator": self.operator.hex(),
+            "signature": self.signature.hex(),
+        }
+
+    @classmethod
+    def from_json(cls, doc: object) -> Revocation:
+        """Inverse of ``to_json``; ValueError for anything else."""
+        if not isinstance(doc, dict):
+            raise ValueError("a revocation is an object")
+        issued = doc.get("issued")
+        if not isinstance(issued, int) or isinstance(issued, bool):
+            raise ValueError("`issued` is Unix seconds")
+        fields = {k: doc.get(k) for k in ("node", "operator", "signature")}
+        if not all(isinstance(v, str) for v in fields.values()):
+            raise ValueError("`node`, `operator` and `signature` are hex")
+        return cls(
+            node=bytes.fromhex(str(fields["node"])),
+            issued=issued,
+            operator=bytes.fromhex(str(fields["operator"])),
+            signature=bytes.fromhex(str(fields["signature"])),
+        )
+
     def valid(self, operators: frozenset[bytes]) -> bool:
         """Signed by one of ``operators``?"""
         return self.operator in operators and verify(
@@ -198,14 +225,8 @@ def load_revocations(data_dir: Path, operators: frozenset[bytes]) -> list[Revoca
     out = []
     for line in path.read_text().splitlines():
         try:
-            doc = json.loads(line)
-            rev = Revocation(
-                node=bytes.fromhex(doc["node"]),
-                issued=int(doc["issued"]),
-                operator=bytes.fromhex(doc["operator"]),
-                signature=bytes.fromhex(doc["signature"]),
-            )
-        except (ValueError, KeyError, TypeError):
+            rev = Revocation.from_json(json.loads(line))
+        except ValueError:
             log.warning("%s: a line that is no revocation, skipped", path)
             continue
         if rev.valid(operators):
@@ -216,11 +237,4 @@ def load_revocations(data_dir: Path, operators: frozenset[bytes]) -> list[Revoca
 def save_revocations(data_dir: Path, revocations: Iterable[Revocation]) -> None:
     """Append ``revocations`` to the data dir's file."""
     with (data_dir / REVOCATIONS_FILE_NAME).open("a") as f:
-        for r in revocations:
-            doc = {
-                "node": r.node.hex(),
-                "issued": r.issued,
-                "operator": r.operator.hex(),
-                "signature": r.signature.hex(),
-            }
-            f.write(json.dumps(doc) + "\n")
+        f.writelines(json.dumps(r.to_json()) + "\n" for r in revocations)

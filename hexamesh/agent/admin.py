@@ -27,37 +27,11 @@ from hexamesh.revocation import Revocation, Revocations, sign_revocation
 from hexamesh.serve.http import HttpConnection, Request
 from hexamesh.serve.requests import ApiError, parse_json_body
 
-__all__ = ["SwarmAdmin", "revocation_json"]
+__all__ = ["SwarmAdmin"]
 
 INVITE_TTL = 3600.0  # s an invite stands unless asked otherwise
 MAX_INVITE_TTL = 7 * 86400.0  # s; the longest an invite may stand
 MAX_USES = 100  # nodes one invite may admit at most
-
-
-def revocation_json(r: Revocation) -> dict[str, Any]:
-    return {
-        "node": r.node.hex(),
-        "issued": r.issued,
-        "operator": r.operator.hex(),
-        "signature": r.signature.hex(),
-    }
-
-
-def _revocation_of(doc: object) -> Revocation:
-    if not isinstance(doc, dict):
-        raise ValueError("a revocation is an object")
-    issued = doc.get("issued")
-    if not isinstance(issued, int) or isinstance(issued, bool):
-        raise ValueError("`issued` is Unix seconds")
-    fields = {k: doc.get(k) for k in ("node", "operator", "signature")}
-    if not all(isinstance(v, str) for v in fields.values()):
-        raise ValueError("`node`, `operator` and `signature` are hex")
-    return Revocation(
-        node=bytes.fromhex(str(fields["node"])),
-        issued=issued,
-        operator=bytes.fromhex(str(fields["operator"])),
-        signature=bytes.fromhex(str(fields["signature"])),
-    )
 
 
 class SwarmAdmin:
@@ -89,7 +63,7 @@ class SwarmAdmin:
         if path != "/v1/swarm/revocations":
             return False
         if request.method == "GET":
-            data = [revocation_json(r) for r in self.revocations.held.values()]
+            data = [r.to_json() for r in self.revocations.held.values()]
             doc: dict[str, Any] = {"object": "list", "data": data}
         elif request.method == "POST":
             doc = self.revoke(parse_json_body(request.body))
@@ -126,7 +100,7 @@ class SwarmAdmin:
         now = self._clock()
         if "revocation" in body:
             try:
-                revocation = _revocation_of(body["revocation"])
+                revocation = Revocation.from_json(body["revocation"])
             except ValueError as e:
                 raise ApiError(400, f"`revocation`: {e}", param="revocation") from None
         else:
@@ -147,7 +121,7 @@ class SwarmAdmin:
                 )
             revocation = sign_revocation(self.operator, raw, now=now)
         if revocation.node in self.revocations:
-            return {"object": "revocation", "new": False, **revocation_json(revocation)}
+            return {"object": "revocation", "new": False, **revocation.to_json()}
         if revocation.node == self.revocations.me:
             raise ApiError(409, "an agent does not revoke itself: ask another", code="self")
         if not self.revocations.revoke(revocation, now):
@@ -159,4 +133,4 @@ class SwarmAdmin:
                 param="revocation",
             )
         self.driver.poke()
-        return {"object": "revocation", "new": True, **revocation_json(revocation)}
+        return {"object": "revocation", "new": True, **revocation.to_json()}

@@ -11,7 +11,6 @@ import httpx
 import typer
 
 from hexamesh import __version__
-from hexamesh.agent.admin import revocation_json
 from hexamesh.agent.rotate import handoff_body
 from hexamesh.cli.common import (
     AdminKey,
@@ -158,7 +157,7 @@ def swarm_revoke(
         except ValueError as e:
             raise _fail(f"a node id is hex: {e}") from None
         signed = sign_revocation(_operator(operator_key), raw, now=time.time())
-        body = {"revocation": revocation_json(signed)}
+        body = {"revocation": signed.to_json()}
     try:
         with _client(admin_key) as client:
             doc = _check(client.post(f"{url}/swarm/revocations", json=body))
