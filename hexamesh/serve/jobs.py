@@ -129,6 +129,17 @@ def owner_tag(jid: str, acceptor: bytes, credential: str) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+def _owns(jid: str, acceptor: bytes | str, client: str, credential: str) -> bool:
+    """Is ``client`` the tag of ``credential``'s job ``jid`` accepted by
+    ``acceptor`` (a node id, or its hex as the store keeps it)?"""
+    if isinstance(acceptor, str):
+        try:
+            acceptor = bytes.fromhex(acceptor)
+        except ValueError:
+            return False
+    return bool(client) and hmac.compare_digest(client, owner_tag(jid, acceptor, credential))
+
+
 class JobFailed(Exception):
     """A job's request was refused by a server (4xx): retrying cannot help."""
 
@@ -150,13 +161,7 @@ class Job:
     acceptor: str = ""  # the node id (hex) that accepted it: the tag is bound to it
 
     def owned_by(self, credential: str | None) -> bool:
-        if credential is None or not self.client:
-            return False
-        try:
-            acceptor = bytes.fromhex(self.acceptor)
-        except ValueError:
-            return False
-        return hmac.compare_digest(self.client, owner_tag(self.id, acceptor, credential))
+        return credential is not None and _owns(self.id, self.acceptor, self.client, credential)
 
     def public(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -287,11 +292,7 @@ class JobStore:
         ).fetchall()
         out = []
         for jid, client, acceptor in rows:
-            try:
-                tag = owner_tag(jid, bytes.fromhex(acceptor or ""), credential)
-            except ValueError:
-                continue
-            if client and hmac.compare_digest(client, tag):
+            if _owns(jid, acceptor or "", client or "", credential):
                 job = self.get(jid)
                 if job is not None:
                     out.append(job)
@@ -806,12 +807,16 @@ def first_claimant(runs: Iterable[tuple[bytes, dict[str, Any]]]) -> bytes | None
 
 def _tagged(jid: str, acceptor: bytes, doc: dict[str, Any], credential: str) -> bool:
     """Does ``doc`` carry the tag of ``credential``'s job ``jid`` accepted by ``acceptor``?"""
-    tag = owner_tag(jid, acceptor, credential)
-    return hmac.compare_digest(str(doc.get("client") or ""), tag)
+    return _owns(jid, acceptor, str(doc.get("client") or ""), credential)
+
+
+# a tuple, compared by ==: a record's state may be anything, unhashable too
+_FINISHED = tuple(s for s in JobState if s.finished)
 
 
 def _finished(doc: dict[str, Any]) -> bool:
-    return doc.get("state") in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+    """Does a record (anyone's) say its job is over?"""
+    return doc.get("state") in _FINISHED
 
 
 def _needed(credential: str | None) -> str:
