@@ -165,7 +165,6 @@ class Decided:
 @dataclass(slots=True, kw_only=True)
 class _Election:
     ballot: Ballot
-    demand: Hex
     deadline: float
     scouts: dict[bytes, Addr]  # the electorate; empty when we only heard votes (a candidate)
     voters: dict[bytes, Addr] = field(default_factory=dict)  # scouts whose votes reached us
@@ -185,6 +184,11 @@ class _Election:
     resend_at: float = 0.0
     closed: bool = False
     close_at: float = 0.0  # forget it then (closed + keep_closed)
+
+    @property
+    def demand(self) -> Hex:
+        """The cell the ballot wants a replica near."""
+        return Hex(self.ballot.q, self.ballot.r)
 
 
 class Scouting:
@@ -270,7 +274,6 @@ class Scouting:
         scouts = tuple(Scout(node=d.node, host=d.host, port=d.port) for d in electorate)
         e = _Election(
             ballot=ballot,
-            demand=at,
             deadline=now + (self.config.ttl if ttl is None else ttl),
             scouts={s.node: (s.host, s.port) for s in scouts},
         )
@@ -445,8 +448,7 @@ class Scouting:
                 return None
             # The time left comes from a peer: at most what the API allows.
             left = min(max(ttl, 0.0), MAX_ELECTION_TTL)
-            demand = Hex(ballot.q, ballot.r)
-            e = _Election(ballot=ballot, demand=demand, deadline=now + left, scouts={})
+            e = _Election(ballot=ballot, deadline=now + left, scouts={})
             self._elections[ballot.key] = e
         return e
 
@@ -478,6 +480,10 @@ class Scouting:
             return f"{ballot.electorate} scouts named where we see {expected} live nodes"
         return None
 
+    def _knows(self, node: bytes, view: Mapping[bytes, Dance]) -> bool:
+        """Is ``node`` in our view or a live member (a key that never joined is neither)?"""
+        return node in view or self._is_member(node)
+
     def _near(self, at: Hex) -> set[bytes]:
         """The live nodes we see within ``scout_rings`` of ``at``."""
         rings = self.config.scout_rings
@@ -488,7 +494,7 @@ class Scouting:
         each must be a node we know, and it must leave out no more of the live
         nodes we see near the demand than the slack allows."""
         view = self._view()
-        strangers = [n for n in named if n not in view and not self._is_member(n)]
+        strangers = [n for n in named if not self._knows(n, view)]
         if strangers:
             return f"{len(strangers)} scouts named that are no live members"
         seen = self._near(e.demand)
@@ -533,7 +539,7 @@ class Scouting:
         if e.scouts:
             stranger = msg.scout not in e.scouts
         else:  # the proposal has not reached us: live members only, at most an electorate
-            known = msg.scout in self._view() or self._is_member(msg.scout)
+            known = self._knows(msg.scout, self._view())
             stranger = not known or len(e.votes) >= e.ballot.electorate
         if msg.ballot != e.ballot or (stranger and msg.scout not in e.votes):
             self.refused += 1  # another ballot under the same name, or not of the electorate
