@@ -65,8 +65,7 @@ def save_key_file(path: Path, ring: KeyRing) -> KeyRing:
     if path.exists():
         raise SwarmKeyError(f"{path} exists already; refusing to overwrite a swarm key")
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = "# hexamesh swarm key: primary first, older keys below during a rotation\n"
-    write_secret_file(path, (text + "".join(_b64(k) + "\n" for k in ring.keys)).encode())
+    write_secret_file(path, _key_file_text(ring))
     return ring
 
 
@@ -75,9 +74,13 @@ def replace_key_file(path: Path, ring: KeyRing) -> None:
     rotation's steps)."""
     tmp = path.with_name(path.name + ".new")
     tmp.unlink(missing_ok=True)
-    text = "# hexamesh swarm key: primary first, older keys below during a rotation\n"
-    write_secret_file(tmp, (text + "".join(_b64(k) + "\n" for k in ring.keys)).encode())
+    write_secret_file(tmp, _key_file_text(ring))
     os.replace(tmp, path)
+
+
+def _key_file_text(ring: KeyRing) -> bytes:
+    text = "# hexamesh swarm key: primary first, older keys below during a rotation\n"
+    return (text + "".join(_b64(k) + "\n" for k in ring.keys)).encode()
 
 
 def load_key_file(path: Path) -> KeyRing:

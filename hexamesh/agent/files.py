@@ -52,8 +52,8 @@ def resolve_keyring(config: AgentConfig) -> tuple[KeyRing, tuple[str, ...], bool
     """
     seeds = config.join
     path = config.swarm_key_path
-    if config.token and config.token.strip().startswith(INVITE_PREFIX):
-        invite = InviteToken.decode(config.token)
+    invite = _invite(config)
+    if invite is not None:
         seeds = (*seeds, format_addr((invite.host, invite.port)))
         if path.exists():  # redeemed before: a restart joins with the key it got
             return load_key_file(path), seeds, False
@@ -77,6 +77,13 @@ def resolve_keyring(config: AgentConfig) -> tuple[KeyRing, tuple[str, ...], bool
             "`hexamesh swarm invite` on a member"
         )
     return load_key_file(path), seeds, not seeds
+
+
+def _invite(config: AgentConfig) -> InviteToken | None:
+    """The invite the agent was given as its token, if the token is one."""
+    if config.token and config.token.strip().startswith(INVITE_PREFIX):
+        return InviteToken.decode(config.token)
+    return None
 
 
 def _primary_in(path: Path) -> bytes | None:
@@ -123,9 +130,7 @@ def prepare_agent(config: AgentConfig) -> PreparedAgent:
         raise
     path = config.swarm_key_path
     unsaved = path if founder and not path.exists() else None  # a new swarm's key
-    invite = None
-    if config.token and config.token.strip().startswith(INVITE_PREFIX) and not path.exists():
-        invite = InviteToken.decode(config.token)
+    invite = _invite(config) if not path.exists() else None  # else redeemed before
     return PreparedAgent(
         config, identity, keyring, seeds, founder, unsaved, lock, operators, operator_key, invite
     )

@@ -176,7 +176,7 @@ class Placements:
         self._nursery.start_soon(run)
 
     async def _win(self, ballot: Ballot) -> None:
-        why = None
+        why: str | None  # why the win is given back
         if self.room() <= 0:  # another election took our room since we danced "up"
             why = "no room"
         elif not self.allowed(ballot.source):

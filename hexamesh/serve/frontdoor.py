@@ -134,8 +134,8 @@ class FrontDoor:
         # so local users cannot reach the engine around the API keys.
         self._engine_auth = [("authorization", f"Bearer {engine_key}")] if engine_key else []
         self.metrics = metrics or ServeMetrics()
-        # (prefix, api, who: "clients" | "peers" | "both", admin)
-        self._mounts: list[tuple[str, JobsApi, str, bool]] = []
+        # (prefix, api, for clients, for peers, admin key only)
+        self._mounts: list[tuple[str, JobsApi, bool, bool, bool]] = []
         self.pumps = PumpThread(self.faults)  # the per-token relay loop (its own thread)
         self.upstreams = UpstreamPool()  # idle keep-alive connections to engines and peers
         self._clock = clock
@@ -393,10 +393,8 @@ class FrontDoor:
             listing = json.dumps({"object": "list", "data": data}).encode()
             await conn.respond(200, listing, keep_alive=request.keep_alive)
             return 200
-        for prefix, api, who, admin in self._mounts:
-            if who != ("peers" if route is not None else "clients") and who != "both":
-                continue
-            if not path.startswith(prefix):
+        for prefix, api, clients, peers, admin in self._mounts:
+            if not (peers if route is not None else clients) or not path.startswith(prefix):
                 continue
             if admin:
                 self._authorize_admin(request)
@@ -419,8 +417,7 @@ class FrontDoor:
         when the agent is wired. ``clients_only``: not on the peer channel;
         ``peers_only``: on the peer channel only; ``admin``: for an admin key
         only."""
-        who = "clients" if clients_only else "peers" if peers_only else "both"
-        self._mounts.append((prefix, api, who, admin))
+        self._mounts.append((prefix, api, not peers_only, not clients_only, admin))
 
     # -- completions ------------------------------------------------------
 
