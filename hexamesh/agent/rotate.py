@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import trio
@@ -153,16 +153,16 @@ class KeyRotation:
 
     def _members(self) -> list[tuple[bytes, Addr]]:
         """Every live member held that is not revoked, and where it is."""
-        out = []
-        for node, state in self.honeycomb.members().items():
-            addr = self.honeycomb.address_of(node)
-            if state is not MemberState.DEAD and not self.revoked(node) and addr is not None:
-                out.append((node, addr))
-        return out
+        live = (n for n, s in self.honeycomb.members().items() if s is not MemberState.DEAD)
+        return self._reachable(live)
 
     def _links(self) -> list[tuple[bytes, Addr]]:
+        return self._reachable(self.honeycomb.neighbours())
+
+    def _reachable(self, nodes: Iterable[bytes]) -> list[tuple[bytes, Addr]]:
+        """Of ``nodes``, those not revoked whose address we hold, with it."""
         out = []
-        for node in self.honeycomb.neighbours():
+        for node in nodes:
             addr = self.honeycomb.address_of(node)
             if addr is not None and not self.revoked(node):
                 out.append((node, addr))

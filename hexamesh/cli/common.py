@@ -180,6 +180,27 @@ def _operator(path: Path) -> Identity:
         raise _fail(str(e)) from None
 
 
+def _post(url: str, path: str, body: dict[str, Any], key: str | None) -> dict[str, Any]:
+    """POST ``body`` to the API at ``url`` with bearer ``key``: the answer,
+    or exit with why not (an admin call's shape: one request, one answer)."""
+    try:
+        with _client(key) as client:
+            return _check(client.post(f"{url}{path}", json=body))
+    except httpx.HTTPError as e:
+        raise _fail(f"cannot reach {url}: {e}") from None
+
+
+OperatorKeyFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--operator-key",
+        help="Sign it here with this operator key file \\[default: the agent called signs, "
+        "with the operator key it keeps]",
+        show_default=False,
+    ),
+]
+
+
 def _client(api_key: str | None) -> httpx.Client:
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     return httpx.Client(headers=headers, timeout=httpx.Timeout(600.0, connect=5.0))

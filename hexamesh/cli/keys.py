@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 
 from hexamesh import __version__
@@ -15,13 +14,13 @@ from hexamesh.agent.rotate import handoff_body
 from hexamesh.cli.common import (
     AdminKey,
     DataDir,
+    OperatorKeyFile,
     PeerUrl,
     _api_url,
-    _check,
-    _client,
     _fail,
     _key_path,
     _operator,
+    _post,
     app,
     console,
     err,
@@ -103,11 +102,7 @@ def swarm_invite(
     the swarm key (the joiner gets the key over an encrypted channel)."""
     url = _api_url(peer, data_dir)
     body = {"uses": uses, "expires_in": expires_in}
-    try:
-        with _client(admin_key) as client:
-            doc = _check(client.post(f"{url}/swarm/invites", json=body))
-    except httpx.HTTPError as e:
-        raise _fail(f"cannot reach {url}: {e}") from None
+    doc = _post(url, "/swarm/invites", body, admin_key)
     expires = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(doc["expires"]))
     err.print(f"admits {doc['uses']} node(s) until {expires}:")
     console.print(doc["token"], soft_wrap=True)
@@ -136,13 +131,7 @@ def swarm_token(
 @swarm_app.command("revoke")
 def swarm_revoke(
     node: Annotated[str, typer.Argument(help="Node id to revoke (40 hex digits)")],
-    operator_key: Annotated[
-        Path | None,
-        typer.Option(
-            help="Sign the revocation here with this operator key file \\[default: the peer "
-            "signs with the operator key it keeps]"
-        ),
-    ] = None,
+    operator_key: OperatorKeyFile = None,
     peer: PeerUrl = None,
     admin_key: AdminKey = None,
     data_dir: DataDir = None,
@@ -158,11 +147,7 @@ def swarm_revoke(
             raise _fail(f"a node id is hex: {e}") from None
         signed = sign_revocation(_operator(operator_key), raw, now=time.time())
         body = {"revocation": signed.to_json()}
-    try:
-        with _client(admin_key) as client:
-            doc = _check(client.post(f"{url}/swarm/revocations", json=body))
-    except httpx.HTTPError as e:
-        raise _fail(f"cannot reach {url}: {e}") from None
+    doc = _post(url, "/swarm/revocations", body, admin_key)
     said = "revoked" if doc.get("new") else "was revoked already"
     console.print(f"node {doc['node']} {said}; the swarm enforces it as it spreads")
 
@@ -178,13 +163,7 @@ def swarm_rotate(
             help="Seconds until the old keys are dropped (members away till then need a new token)"
         ),
     ] = RETIRE_AFTER,
-    operator_key: Annotated[
-        Path | None,
-        typer.Option(
-            help="Make the key and sign the rotation here with this operator key file "
-            "\\[default: the peer does, with the operator key it keeps]"
-        ),
-    ] = None,
+    operator_key: OperatorKeyFile = None,
     peer: PeerUrl = None,
     admin_key: AdminKey = None,
     data_dir: DataDir = None,
@@ -204,11 +183,7 @@ def swarm_rotate(
             retire_after=retire_after,
         )
         body = handoff_body(new, signed)
-    try:
-        with _client(admin_key) as client:
-            doc = _check(client.post(f"{url}/swarm/rotate", json=body))
-    except httpx.HTTPError as e:
-        raise _fail(f"cannot reach {url}: {e}") from None
+    doc = _post(url, "/swarm/rotate", body, admin_key)
     console.print(
         f"new swarm key handed to {doc['told']} members; sealing with it from "
         f"{time.strftime('%H:%M:%S', time.localtime(doc['use_at']))}, old keys dropped at "

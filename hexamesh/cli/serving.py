@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
@@ -15,6 +14,7 @@ from hexamesh.cli.common import (
     AdminKey,
     ApiKey,
     DataDir,
+    OperatorKeyFile,
     PeerUrl,
     _api_url,
     _check,
@@ -22,6 +22,7 @@ from hexamesh.cli.common import (
     _fail,
     _job_credential,
     _operator,
+    _post,
     app,
     console,
     err,
@@ -194,13 +195,7 @@ def place(
     ttl: Annotated[
         float | None, typer.Option(help="Seconds the vote stays open (1-60) \\[default: 10]")
     ] = None,
-    operator_key: Annotated[
-        Path | None,
-        typer.Option(
-            help="Sign the order here with this operator key file \\[default: the peer signs "
-            "with the operator key it keeps]"
-        ),
-    ] = None,
+    operator_key: OperatorKeyFile = None,
     peer: PeerUrl = None,
     admin_key: AdminKey = None,
     data_dir: DataDir = None,
@@ -215,11 +210,7 @@ def place(
     if operator_key is not None:
         signed = sign_order(_operator(operator_key), model, source or model, now=time.time())
         body["order"] = order_to_json(signed)
-    try:
-        with _client(admin_key) as client:
-            doc = _check(client.post(f"{url}/placements", json=body))
-    except httpx.HTTPError as e:
-        raise _fail(f"cannot reach {url}: {e}") from None
+    doc = _post(url, "/placements", body, admin_key)
     console.print(
         f"election {doc['model']}@{doc['epoch']}: {doc['scouts']} scouts, quorum {doc['quorum']}"
     )
