@@ -71,6 +71,7 @@ from hexamesh.operator import save_operators
 from hexamesh.peerauth import Authenticator
 from hexamesh.placement.service import Placements, run_swarmscale
 from hexamesh.placement.swarmscale import ScaleConfig, Swarmscale
+from hexamesh.placement.vote import Scouting
 from hexamesh.revocation import Revocations, load_revocations, save_revocations
 from hexamesh.rotation import Rotations
 from hexamesh.serve.frontdoor import FrontDoor
@@ -325,6 +326,7 @@ async def _run_agent(
                 clock=wall_clock,
             )
             await nursery.start(services.run, "rotation", rotation.run)
+            _authority_metrics(front, scouting, placements, cores.revocations, rotation)
             front.mount("/v1/swarm/rotate", rotation, clients_only=True, admin=True)
             front.mount("/swarm/key", rotation, peers_only=True)
             readdress = Readdress(
@@ -373,3 +375,37 @@ def _keep_revocations(data_dir: Path, revocations: Revocations, faults: Faults) 
         save_revocations(data_dir, new)
     except OSError as e:
         faults.caught(Component.STATUS, e, "writing the revocations")
+
+
+def _authority_metrics(
+    front: FrontDoor,
+    scouting: Scouting,
+    placements: Placements,
+    revocations: Revocations,
+    rotation: KeyRotation,
+) -> None:
+    """What the authority checks refused and what the operator calls did."""
+    front.metrics.labelled(
+        "counter",
+        "hexamesh_authority_refused",
+        "Elections, placed models and revocations refused: no operator's word, "
+        "a shrunk electorate, or a source this machine does not load",
+        "what",
+        lambda: {
+            "election": float(scouting.unauthorised),
+            "placement_load": float(placements.refused_loads),
+            "revocation": float(revocations.refused),
+        },
+    )
+    front.metrics.counter(
+        "hexamesh_invites_redeemed",
+        "Nodes admitted through this agent with an invite",
+        lambda: float(front.invites_redeemed),
+    )
+    front.metrics.labelled(
+        "counter",
+        "hexamesh_key_handoffs",
+        "New swarm keys handed to members over peer channels, by outcome",
+        "outcome",
+        lambda: {"taken": float(rotation.handed_over), "failed": float(rotation.handoffs_failed)},
+    )

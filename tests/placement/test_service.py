@@ -337,6 +337,15 @@ async def test_placement_needs_an_admin_key_and_a_trusted_order(tmp_path: Path) 
                 )
                 assert r.status_code == 409 and r.json()["error"]["code"] == "name_taken", r.text
                 assert "etc" not in await models(client, api)
+                # the winner that gave /etc back counted it where operators look
+                refused = 0.0
+                for agent in agents[1:]:
+                    text = (await client.get(str(agent.api).removesuffix("/v1") + "/metrics")).text
+                    name = 'hexamesh_authority_refused_total{what="placement_load"}'
+                    refused += sum(
+                        float(li.split()[-1]) for li in text.splitlines() if li.startswith(name)
+                    )
+                assert refused >= 1
             nursery.cancel_scope.cancel()
 
 
