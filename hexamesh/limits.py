@@ -89,6 +89,19 @@ AUTH_SEEN = 256
 # carry the time left); the API's own bound.
 MAX_ELECTION_TTL = 60.0  # s
 
+# -- payloads peers push (``serve.blobs``) ----------------------------------------
+
+# Bytes of blobs (large job requests and results, ours and others') one agent
+# holds on disk; a push past it is refused (507) and goes to the next member.
+# 1,024 jobs of 1 MiB, three copies each, spread over the members.
+BLOB_BUDGET = 1024 * 1024 * 1024
+# Of BLOB_BUDGET, the part one sender's pushes may fill: a key holder that
+# pushes junk fills a quarter, not the whole.
+BLOB_SHARE = 0.25
+# Longest a copy is kept (its maker sets its expiry: the job's life plus its
+# retention); a longer expiry is refused.
+MAX_BLOB_TTL = 8 * 24 * 3600.0  # s
+
 # -- caches keyed by what clients ask --------------------------------------------
 
 MODEL_CACHE = 256  # models whose DHT lookups are cached; the least recently used goes

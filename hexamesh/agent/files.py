@@ -34,6 +34,7 @@ CONTACTS_FILE_NAME = "contacts.json"
 
 
 JOBS_FILE_NAME = "jobs.sqlite"
+BLOBS_FILE_NAME = "blobs.sqlite"  # large job payloads, ours and others' (serve.blobs)
 
 
 INCARNATION_FILE_NAME = "incarnation"  # our SWIM incarnation, kept across restarts

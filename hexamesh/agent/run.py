@@ -18,6 +18,7 @@ from hexamesh import __version__
 from hexamesh.agent.admin import SwarmAdmin
 from hexamesh.agent.api import _metrics, _serve_api
 from hexamesh.agent.files import (
+    BLOBS_FILE_NAME,
     CONTACTS_FILE_NAME,
     INCARNATION_FILE_NAME,
     JOBS_FILE_NAME,
@@ -62,7 +63,7 @@ from hexamesh.engine.supervisor import (
 from hexamesh.faults import Component, Faults
 from hexamesh.invites import InviteBook, admission, redeem
 from hexamesh.limits import MAX_INCARNATION
-from hexamesh.net.base import format_addr, parse_addr
+from hexamesh.net.base import Addr, format_addr, parse_addr
 from hexamesh.net.channel import ChannelKeys
 from hexamesh.net.driver import CoreDriver
 from hexamesh.net.rtt import Observation, RttSample
@@ -74,6 +75,7 @@ from hexamesh.placement.swarmscale import ScaleConfig, Swarmscale
 from hexamesh.placement.vote import Scouting
 from hexamesh.revocation import Revocations, load_revocations, save_revocations
 from hexamesh.rotation import Rotations
+from hexamesh.serve.blobs import BlobDisk, Blobs
 from hexamesh.serve.frontdoor import FrontDoor
 from hexamesh.serve.jobs import DhtJobs, Jobs, JobStore
 from hexamesh.serve.jobseal import JobSeal
@@ -285,6 +287,28 @@ async def _run_agent(
             cut = partial(_cut_requests_to_the_dead, front, verdicts)
             nursery.start_soon(partial(services.run, "verdicts", services.wrap("verdicts", cut)))
             transport.serve_http(partial(_peer_http, front))
+
+            def address_of(node: bytes) -> Addr | None:
+                addr = honeycomb.address_of(node)
+                if addr is None:
+                    near = dht.closest(node, 1)
+                    addr = (near[0].host, near[0].port) if near and near[0].id == node else None
+                return addr
+
+            blobs = Blobs(
+                BlobDisk(config.data_dir / BLOBS_FILE_NAME),
+                front.keys,
+                closest=lambda key, n: [(c.id, (c.host, c.port)) for c in dht.closest(key, n)],
+                address_of=address_of,
+                is_live=lambda node: (
+                    honeycomb.is_member(node)
+                    and not honeycomb.is_dead(node)
+                    and node not in cores.revocations
+                ),
+                clock=wall_clock,
+            )
+            front.mount("/blobs/", blobs, peers_only=True)
+            await nursery.start(services.run, "blobs", blobs.run)
             jobs = Jobs(
                 JobStore(config.data_dir / JOBS_FILE_NAME),
                 front,
@@ -294,6 +318,7 @@ async def _run_agent(
                 max_jobs=config.max_jobs,
                 retention=config.job_retention,
                 faults=faults,
+                blobs=blobs,
             )
             front.mount("/v1/jobs", jobs)
             front.metrics.gauge(

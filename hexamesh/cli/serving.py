@@ -168,18 +168,33 @@ def jobs_collect(
     try:
         with _client(_job_credential(api_key, data_dir)) as client:
             while True:
-                doc = _check(client.get(f"{url}/jobs/{job_id}"))
-                if doc["status"] == "done":
-                    choice = doc["result"]["choices"][0]
-                    print(choice.get("text") or (choice.get("message") or {}).get("content", ""))
+                r = client.get(f"{url}/jobs/{job_id}")
+                if r.status_code == 503 and time.monotonic() < deadline:
+                    time.sleep(0.5)  # done, its result's holders not reachable this moment
+                    continue
+                doc = _check(r)
+                status = doc.get("status")
+                if status == "done":
+                    print(answer_text(doc.get("result")))
                     return
-                if doc["status"] == "failed":
-                    raise _fail(f"job {job_id} failed: {doc.get('error')}")
+                if status in ("failed", "cancelled"):
+                    raise _fail(f"job {job_id} {status}: {doc.get('error')}")
                 if time.monotonic() > deadline:
-                    raise _fail(f"job {job_id} still {doc['status']} after {timeout:.0f} s")
+                    raise _fail(f"job {job_id} still {status} after {timeout:.0f} s")
                 time.sleep(0.5)
     except httpx.HTTPError as e:
         raise _fail(f"cannot reach {url}: {e}") from None
+
+
+def answer_text(result: object) -> str:
+    """The text of a completion or chat answer (a job's result, a batch line's
+    body); an answer of another shape is printed as JSON."""
+    try:
+        choice = result["choices"][0]  # type: ignore[index]
+        text = choice.get("text") or (choice.get("message") or {}).get("content")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        text = None
+    return text if isinstance(text, str) else json.dumps(result)
 
 
 @app.command()

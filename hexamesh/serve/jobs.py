@@ -34,11 +34,19 @@ At most once to completion: a given id is accepted once (a retried submit
 returns the same job), a job that is ``done`` never runs again, and a
 takeover happens only after the failure detector declared the acceptor dead.
 A queued job may be cancelled at its acceptor (``POST /v1/jobs/<id>/cancel``).
+Payloads: a request or a result of up to ``INLINE`` bytes travels in the
+job's DHT record; a larger one (up to the API's ``MAX_BODY``) is a blob
+(``serve.blobs``), kept by the agent that made it and pushed to two more
+live members over the peer channel before the job is accepted (a request)
+or reported done (a result); the record carries its ``BlobRef``, and any
+agent that answers status reads the result from its holders. So the death
+of any one agent (the acceptor, the server, a holder) loses no accepted job
+and no finished result.
+
 Limits: ``max_jobs`` queued or running per acceptor (429 beyond), a job
-request of at most ``MAX_JOB_REQUEST`` bytes, results up to ``MAX_INLINE``
-bytes travel in the DHT (larger ones are read from the peer that ran it).
-Finished jobs (done or failed) are deleted ``retention`` seconds after they
-finished (``--job-retention``, 24 h by default).
+request of at most ``MAX_BODY`` bytes. Finished jobs (done, failed,
+cancelled) are deleted, with their blobs, ``retention`` seconds after they
+finished (``--job-retention``, 24 h by default), or at once on ``DELETE``.
 
 Containment: a job whose request turns out malformed (a ``job:`` record any
 key holder may have written) fails with an error; a job or a takeover that
@@ -71,6 +79,8 @@ import trio
 from hexamesh.dht.claim import SIGHT_TOLERANCE
 from hexamesh.faults import Component, Faults
 from hexamesh.fileio import private_file
+from hexamesh.limits import MAX_BODY
+from hexamesh.serve.blobs import BlobError, BlobRef, ref_doc, ref_from_text
 from hexamesh.serve.http import HttpConnection, Request
 from hexamesh.serve.jobseal import JobSeal
 from hexamesh.serve.requests import ApiError, CompletionRequest, parse_completion, parse_json_body
@@ -80,8 +90,9 @@ __all__ = ["DhtJobs", "JobRunner", "JobState", "JobStore", "Jobs"]
 
 log = logging.getLogger(__name__)
 
-MAX_JOB_REQUEST = 6 * 1024  # bytes of job request: it must fit a DHT record (8 KiB)
-MAX_INLINE = 6 * 1024  # bytes of result carried in the DHT record
+# Bytes of a request or a result carried in the job's DHT record; a larger
+# one is a blob. Both inline, with the rest, fit a record (8 KiB) sealed.
+INLINE = 3 * 1024
 MAX_ATTEMPTS = 5  # full rounds over every candidate before a job is failed
 RETRY_DELAY = 2.0  # s before a job whose round failed is tried again (doubles)
 WORKERS = 4  # jobs run at once per acceptor (each one request to some server)
@@ -101,10 +112,11 @@ class JobState(enum.StrEnum):
     DONE = "done"  # with a result
     FAILED = "failed"  # with an error
     CANCELLED = "cancelled"  # by its owner, before it ran
+    DELETED = "deleted"  # by its owner, or past its retention: its record says only that
 
     @property
     def finished(self) -> bool:
-        return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+        return self is not JobState.QUEUED and self is not JobState.RUNNING
 
 
 # The most advanced state wins when the acceptor's record and takers' entries differ.
@@ -114,6 +126,7 @@ _ADVANCE = {
     JobState.CANCELLED: 2,
     JobState.FAILED: 2,
     JobState.DONE: 3,
+    JobState.DELETED: 4,
 }
 _OWNER_CONTEXT = b"hexamesh job owner v1"
 SECRET_BYTES = 24  # of a job secret made for a client that showed no credential
@@ -159,6 +172,8 @@ class Job:
     served_by: str | None = None
     client: str = ""  # owner_tag of the credential that submitted it
     acceptor: str = ""  # the node id (hex) that accepted it: the tag is bound to it
+    body_ref: BlobRef | None = None  # where a request over INLINE bytes is held
+    result_ref: BlobRef | None = None  # where a result over INLINE bytes is held
 
     def owned_by(self, credential: str | None) -> bool:
         return credential is not None and _owns(self.id, self.acceptor, self.client, credential)
@@ -195,10 +210,12 @@ class JobStore:
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, model TEXT, chat INTEGER,"
             " body TEXT, priority TEXT, state TEXT, result TEXT, error TEXT, attempts INTEGER,"
-            " created REAL, updated REAL, served_by TEXT, client TEXT, acceptor TEXT)"
+            " created REAL, updated REAL, served_by TEXT, client TEXT, acceptor TEXT,"
+            " body_ref TEXT, result_ref TEXT)"
         )
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}
-        for column in ("client", "acceptor"):  # a store of before owners: jobs of nobody
+        # an older store: jobs of nobody, payloads all inline
+        for column in ("client", "acceptor", "body_ref", "result_ref"):
             if column not in columns:
                 self.db.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
         # a restart: whatever was running when we died runs again
@@ -206,7 +223,7 @@ class JobStore:
 
     def _row(self, row: tuple[Any, ...]) -> Job:
         (jid, model, chat, body, prio, state, result, error, attempts, created, served) = row[:11]
-        client, acceptor = row[11:]
+        client, acceptor, body_ref, result_ref = row[11:]
         return Job(
             id=jid,
             model=model,
@@ -221,11 +238,13 @@ class JobStore:
             served_by=served,
             client=client or "",
             acceptor=acceptor or "",
+            body_ref=ref_from_text(body_ref),
+            result_ref=ref_from_text(result_ref),
         )
 
     _COLS = (
         "id, model, chat, body, priority, state, result, error, attempts, created, served_by,"
-        " client, acceptor"
+        " client, acceptor, body_ref, result_ref"
     )
 
     def get(self, jid: str) -> Job | None:
@@ -234,7 +253,7 @@ class JobStore:
 
     def add(self, job: Job) -> None:
         self.db.execute(
-            f"INSERT INTO jobs (updated, {self._COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO jobs (updated, {self._COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 job.created,
                 job.id,
@@ -250,6 +269,8 @@ class JobStore:
                 job.served_by,
                 job.client,
                 job.acceptor,
+                ref_doc(job.body_ref),
+                ref_doc(job.result_ref),
             ),
         )
 
@@ -258,7 +279,11 @@ class JobStore:
         values: list[Any] = [state, time.time()]
         for name, value in fields.items():
             sets.append(f"{name}=?")
-            values.append(json.dumps(value) if name == "result" else value)
+            if name == "result":
+                value = None if value is None else json.dumps(value)
+            elif name == "result_ref":
+                value = ref_doc(value)
+            values.append(value)
         self.db.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id=?", (*values, jid))
 
     def start(self, jid: str) -> bool:
@@ -303,13 +328,20 @@ class JobStore:
     def counts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
 
-    def prune(self, finished_before: float) -> int:
-        """Delete the jobs done or failed before ``finished_before``; how many."""
-        cursor = self.db.execute(
-            "DELETE FROM jobs WHERE state IN ('done','failed','cancelled') AND updated < ?",
+    def prune(self, finished_before: float) -> list[Job]:
+        """Delete the jobs that finished before ``finished_before``; the jobs deleted."""
+        rows = self.db.execute(
+            f"SELECT {self._COLS} FROM jobs WHERE state IN ('done','failed','cancelled')"
+            " AND updated < ?",
             (finished_before,),
-        )
-        return int(cursor.rowcount)
+        ).fetchall()
+        gone = [self._row(r) for r in rows]
+        for job in gone:
+            self.delete(job.id)
+        return gone
+
+    def delete(self, jid: str) -> None:
+        self.db.execute("DELETE FROM jobs WHERE id=?", (jid,))
 
 
 class JobRunner(Protocol):
@@ -328,6 +360,15 @@ class JobDht(Protocol):
     def held_jobs(self) -> list[tuple[str, bytes, dict[str, Any]]]: ...
     def is_dead(self, node: bytes) -> bool: ...
     def is_member(self, node: bytes) -> bool: ...
+    def withdraw(self, key: str) -> None: ...
+
+
+class JobBlobs(Protocol):
+    """Where payloads over ``INLINE`` bytes go (``serve.blobs.Blobs``)."""
+
+    async def store(self, data: bytes, ttl: float) -> BlobRef: ...
+    async def fetch(self, ref: BlobRef) -> bytes: ...
+    async def delete(self, ref: BlobRef) -> None: ...
 
 
 class DhtJobs:
@@ -348,6 +389,9 @@ class DhtJobs:
 
     async def put(self, key: str, value: bytes, ttl: float) -> int:
         return int(await self._dht.put(key, self._seal.seal(key, value), ttl))
+
+    def withdraw(self, key: str) -> None:
+        self._dht.withdraw(key)
 
     def _doc(self, key: str, value: bytes) -> dict[str, Any] | None:
         opened = self._seal.open(key, value)
@@ -373,12 +417,15 @@ class DhtJobs:
         return out
 
 
-def encode_record(job: Job, owner: str, max_inline: int = MAX_INLINE) -> bytes:
-    doc = {
+def encode_record(job: Job, owner: str) -> bytes:
+    """A job's DHT record: its payloads inline, or their blobs' refs."""
+    if job.state is JobState.DELETED:  # a tombstone: nothing of the job is kept
+        gone = {"id": job.id, "state": job.state, "client": job.client, "acceptor": job.acceptor}
+        return bytes(msgpack.packb(gone))
+    doc: dict[str, Any] = {
         "id": job.id,
         "model": job.model,
         "chat": job.chat,
-        "body": job.body,
         "priority": job.priority,
         "state": job.state,
         "owner": owner,
@@ -389,13 +436,19 @@ def encode_record(job: Job, owner: str, max_inline: int = MAX_INLINE) -> bytes:
         "client": job.client,
         "acceptor": job.acceptor,
     }
-    if job.result is not None:
-        packed = json.dumps(job.result)
-        if len(packed) <= max_inline:
-            doc["result"] = job.result
-        else:
-            doc["result_at"] = owner
+    if job.body_ref is not None:
+        doc["body_ref"] = job.body_ref.doc()
+    else:
+        doc["body"] = job.body
+    if job.result_ref is not None:
+        doc["result_ref"] = job.result_ref.doc()
+    elif job.result is not None:
+        doc["result"] = job.result
     return bytes(msgpack.packb(doc))
+
+
+def _size(payload: object) -> int:
+    return len(json.dumps(payload).encode())
 
 
 def decode_record(value: bytes) -> dict[str, Any] | None:
@@ -412,6 +465,7 @@ def job_from_doc(doc: dict[str, Any]) -> Job:
     body = doc.get("body") or {}
     if not isinstance(body, dict):
         raise ValueError("a job's body must be an object")
+    refs = {k: BlobRef.from_doc(doc[k]) for k in ("body_ref", "result_ref") if k in doc}
     return Job(
         id=str(doc["id"]),
         model=str(doc.get("model", "")),
@@ -426,6 +480,7 @@ def job_from_doc(doc: dict[str, Any]) -> Job:
         served_by=doc.get("served_by"),
         client=str(doc.get("client") or ""),
         acceptor=str(doc.get("acceptor") or ""),
+        **refs,
     )
 
 
@@ -439,7 +494,7 @@ def merge(docs: list[dict[str, Any]]) -> dict[str, Any] | None:
             rank = _ADVANCE[JobState(str(doc.get("state")))]
         except ValueError:
             rank = -1
-        return rank, "result" in doc
+        return rank, "result" in doc or "result_ref" in doc
 
     return max(docs, key=advance)
 
@@ -460,10 +515,12 @@ class Jobs:
         rng: Random | None = None,
         clock: Callable[[], float] = time.time,
         faults: Faults | None = None,
+        blobs: JobBlobs | None = None,
     ) -> None:
         self.store = store
         self.runner = runner
         self.dht = dht
+        self.blobs = blobs
         self.owner = owner  # our peer address, written into job records
         self.node = node
         self.max_jobs = max_jobs
@@ -487,6 +544,9 @@ class Jobs:
             status, doc = 200, await self.cancel(jid, _needed(credential))
         elif path.startswith("/v1/jobs/") and method == "GET":
             status, doc = 200, await self.status(path.removeprefix("/v1/jobs/"), credential)
+        elif path.startswith("/v1/jobs/") and method == "DELETE":
+            jid = path.removeprefix("/v1/jobs/")
+            status, doc = 200, await self.delete(jid, _needed(credential))
         else:
             raise ApiError(405 if path == "/v1/jobs" else 404, f"no such endpoint: {method} {path}")
         await conn.respond(status, json.dumps(doc).encode(), keep_alive=request.keep_alive)
@@ -497,19 +557,44 @@ class Jobs:
         data = [job.public() for job in self.store.owned(credential)]
         return {"object": "list", "data": data, "has_more": len(data) >= LIST_LIMIT}
 
-    async def cancel(self, jid: str, credential: str) -> dict[str, Any]:
-        """Cancel a queued job accepted here; one running or finished cannot be."""
+    def _held_for(self, jid: str, credential: str, what: str) -> Job:
         job = self.store.get(jid) if _ID.match(jid) else None
         if job is None or not job.owned_by(credential):
             raise ApiError(
                 404,
-                f"no job {jid} of yours was accepted here (cancel it at its acceptor)",
+                f"no job {jid} of yours was accepted here ({what} it at its acceptor)",
                 code="job_not_found",
             )
+        return job
+
+    async def delete(self, jid: str, credential: str) -> dict[str, Any]:
+        """Delete a job held here (queued, or finished) with its payloads, here
+        and in the DHT; a running one cannot be."""
+        job = self._held_for(jid, credential, "delete")
+        if job.state is JobState.RUNNING:
+            raise ApiError(409, f"job {jid} is running: delete it once it finished", code="running")
+        self.store.delete(jid)
+        await self._forget(job)
+        return {"id": jid, "object": "job.deleted", "deleted": True}
+
+    async def _forget(self, job: Job) -> None:
+        """Delete a job's blobs and replace its record by a tombstone (then
+        stop republishing it: the tombstone expires with the record's lease)."""
+        for ref in (job.body_ref, job.result_ref):
+            if ref is not None and self.blobs is not None and self.node in ref.holders:
+                await self.blobs.delete(ref)
+        if self.dht is None:
+            return
+        key = f"job:{job.id}" if job.acceptor == self.node.hex() else f"jobrun:{job.id}"
+        await self._publish(dataclasses.replace(job, state=JobState.DELETED), key=key)
+        self.dht.withdraw(key)
+
+    async def cancel(self, jid: str, credential: str) -> dict[str, Any]:
+        """Cancel a queued job accepted here; one running or finished cannot be."""
+        job = self._held_for(jid, credential, "cancel")
         if job.state is JobState.QUEUED:
             self.store.set_state(jid, JobState.CANCELLED, error="cancelled by its owner")
-            job = self.store.get(jid)
-            assert job is not None
+            job = dataclasses.replace(job, state=JobState.CANCELLED, error="cancelled by its owner")
             await self._publish(job)
         elif job.state is not JobState.CANCELLED:
             raise ApiError(409, f"job {jid} is {job.state}: too late to cancel", code="not_queued")
@@ -518,8 +603,8 @@ class Jobs:
     async def submit(self, raw: bytes, credential: str | None = None) -> tuple[int, dict[str, Any]]:
         """Accept a job for ``credential`` (None: for a secret made here and
         returned once, as ``secret``)."""
-        if len(raw) > MAX_JOB_REQUEST:
-            raise ApiError(413, f"a job request is at most {MAX_JOB_REQUEST} bytes, got {len(raw)}")
+        if len(raw) > MAX_BODY:
+            raise ApiError(413, f"a job request is at most {MAX_BODY} bytes, got {len(raw)}")
         body = parse_json_body(raw)
         try:
             priority = Priority(body.pop("priority", Priority.MEDIUM))
@@ -560,6 +645,9 @@ class Jobs:
                 code="queue_full",
                 headers=(("retry-after", "5"),),
             )
+        body_ref = None
+        if _size(body) > INLINE:  # held by two more members before we say accepted
+            body_ref = await self._store_blob(json.dumps(body).encode(), JOB_TTL + self.retention)
         job = Job(
             id=jid,
             model=req.model,
@@ -570,9 +658,20 @@ class Jobs:
             created=self._clock(),
             client=client,
             acceptor=self.node.hex(),
+            body_ref=body_ref,
         )
         self.store.add(job)
-        await self._publish(job)
+        if not await self._publish(job):  # nobody else knows of it: it would die with us
+            self.store.delete(jid)
+            if body_ref is not None and self.blobs is not None:
+                await self.blobs.delete(body_ref)
+            raise ApiError(
+                503,
+                "could not replicate the job in the DHT; retry",
+                type="server_error",
+                code="not_replicated",
+                headers=(("retry-after", "2"),),
+            )
         self._wake.set()
         return 202, job.public() | ({"secret": secret} if secret else {})
 
@@ -606,17 +705,54 @@ class Jobs:
         best = merge([d for d in mine if _readable(d)])
         if best is None:
             raise missing
-        return job_from_doc(best).public()
+        job = job_from_doc(best)
+        if job.state is JobState.DELETED:
+            raise missing
+        if job.state is JobState.DONE and job.result is None and job.result_ref is not None:
+            job = dataclasses.replace(job, result=await self._read_result(job.result_ref))
+        return job.public()
+
+    async def _store_blob(self, data: bytes, ttl: float) -> BlobRef:
+        if self.blobs is None:
+            raise ApiError(413, f"this agent takes job payloads up to {INLINE} bytes")
+        try:
+            return await self.blobs.store(data, ttl)
+        except BlobError as e:
+            raise ApiError(
+                503,
+                f"could not store the payload with enough members: {e}; retry",
+                type="server_error",
+                code="not_replicated",
+                headers=(("retry-after", "2"),),
+            ) from None
+
+    async def _read_result(self, ref: BlobRef) -> Any:
+        try:
+            if self.blobs is None:
+                raise BlobError("this agent reads no blobs")
+            return json.loads(await self.blobs.fetch(ref))
+        except (BlobError, ValueError) as e:
+            raise ApiError(
+                503,
+                f"the job is done but its result could not be read now ({e}); retry",
+                type="server_error",
+                code="result_unavailable",
+                headers=(("retry-after", "2"),),
+            ) from None
 
     # -- DHT ------------------------------------------------------------------
 
-    async def _publish(self, job: Job, *, key: str | None = None) -> None:
+    async def _publish(self, job: Job, *, key: str | None = None) -> bool:
+        """Put the job's record; False if that failed (logged: the local copy
+        is durable, and the DHT catches up at the next change)."""
         if self.dht is None:
-            return
+            return True
         try:
             await self.dht.put(key or f"job:{job.id}", encode_record(job, self.owner), JOB_TTL)
-        except Exception as e:  # the local copy is durable; the DHT catches up next change
+        except Exception as e:
             log.warning("could not replicate job %s: %s", job.id, e)
+            return False
+        return True
 
     async def _records(self, jid: str, credential: str) -> list[dict[str, Any]]:
         """The records of ``credential``'s job ``jid`` a reader may trust: the
@@ -638,8 +774,22 @@ class Jobs:
         except Exception as e:
             log.debug("job lookup jobrun:%s failed: %s", jid, e)
             return docs
-        winner = first_claimant((p, d) for p, d in runs if self._may_run(p))
+        winner = self._read_winner(runs)
         return docs + [d for p, d in runs if p == winner and _tagged(jid, acceptor, d, credential)]
+
+    def _read_winner(self, runs: list[tuple[bytes, dict[str, Any]]]) -> bytes | None:
+        """Whose run a reader believes: the winning claim of live members, or
+        of a member that finished the run and died since (its result is held
+        by others); a dead claimant that never finished is passed over."""
+        assert self.dht is not None
+        left = [(p, d) for p, d in runs if self.dht.is_member(p)]
+        while left:
+            winner = first_claimant(left)
+            assert winner is not None
+            if not self.dht.is_dead(winner) or any(p == winner and _finished(d) for p, d in left):
+                return winner
+            left = [(p, d) for p, d in left if p != winner]
+        return None
 
     # -- running ----------------------------------------------------------
 
@@ -657,7 +807,7 @@ class Jobs:
                 self._wake = trio.Event()
                 if trio.current_time() >= next_prune:
                     next_prune = trio.current_time() + PRUNE_INTERVAL
-                    self.prune()
+                    await self.prune()
                 waiting = False  # a low job yields: look again in LOW_WAIT
                 for job in self.store.queued():
                     if job.id in running:
@@ -674,16 +824,19 @@ class Jobs:
                 with trio.move_on_after(wait):
                     await self._wake.wait()
 
-    def prune(self) -> int:
-        """Delete finished jobs past their retention, and forget old takeovers."""
+    async def prune(self) -> int:
+        """Delete finished jobs past their retention (here, their blobs, their
+        records), and forget old takeovers."""
         now = self._clock()
         gone = self.store.prune(now - self.retention)
+        for job in gone:
+            await self._forget(job)
         if gone:
-            log.info("deleted %d finished jobs older than %.0f s", gone, self.retention)
+            log.info("deleted %d finished jobs older than %.0f s", len(gone), self.retention)
         for jid, at in list(self._claimed.items()):
             if now - at > JOB_TTL:  # its records are gone from the DHT too
                 del self._claimed[jid]
-        return gone
+        return len(gone)
 
     async def _worker(self, receive: trio.MemoryReceiveChannel[Job]) -> None:
         async for job in receive:
@@ -693,6 +846,32 @@ class Jobs:
                 self.faults.caught(Component.JOBS, e, f"job {job.id}")
                 self.store.set_state(job.id, JobState.FAILED, error=f"internal error: {e}"[:500])
             self._wake.set()
+
+    async def _keep_result(self, final: Job) -> Job:
+        """A result over ``INLINE`` bytes is stored with two more members
+        before the job is done; tried ``MAX_ATTEMPTS`` times (with backoff),
+        then the job fails: a result that only we hold is one death from lost."""
+        if final.state is not JobState.DONE or final.result is None or final.result_ref:
+            return final
+        data = json.dumps(final.result).encode()
+        if len(data) <= INLINE:
+            return final
+        if len(data) > MAX_BODY:
+            error = f"the result is {len(data)} bytes, over the {MAX_BODY}-byte limit"
+            return dataclasses.replace(final, state=JobState.FAILED, result=None, error=error)
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                if self.blobs is None:
+                    raise BlobError("this agent stores no blobs")
+                ref = await self.blobs.store(data, self.retention + JOB_TTL)
+                return dataclasses.replace(final, result_ref=ref)
+            except BlobError as e:
+                log.warning("job %s: could not store its result: %s", final.id, e)
+                if self.blobs is None:
+                    break
+                await trio.sleep(RETRY_DELAY * 2**attempt)
+        error = "the result could not be stored with enough members"
+        return dataclasses.replace(final, state=JobState.FAILED, result=None, error=error)
 
     async def _run_one(self, job: Job, *, publish_key: str | None) -> Job:
         running = Job(**{**_fields(job), "state": JobState.RUNNING, "attempts": job.attempts + 1})
@@ -732,6 +911,7 @@ class Jobs:
 
     async def _finish(self, job: Job, final: Job, publish_key: str | None) -> Job:
         """Record ``final`` here and in the DHT."""
+        final = await self._keep_result(final)
         if publish_key is None:
             self.store.set_state(
                 job.id,
@@ -740,12 +920,19 @@ class Jobs:
                 error=final.error,
                 attempts=final.attempts,
                 served_by=final.served_by,
+                result_ref=final.result_ref,
             )
         else:  # a job taken over: keep a local copy too, so status answers here
             if self.store.get(job.id) is None:
                 self.store.add(final)
             else:
-                self.store.set_state(job.id, final.state, result=final.result, error=final.error)
+                self.store.set_state(
+                    job.id,
+                    final.state,
+                    result=final.result,
+                    error=final.error,
+                    result_ref=final.result_ref,
+                )
         await self._publish(final, key=publish_key)
         log.info("job %s %s", job.id, final.state)
         return final
@@ -783,6 +970,15 @@ class Jobs:
             return  # a live member runs it
         # the tag is bound to the node that published the record, whatever it says
         job = dataclasses.replace(job_from_doc(doc), acceptor=acceptor.hex())
+        if job.body_ref is not None:  # read before claiming: a claim we cannot run blocks others
+            if self.blobs is None:
+                raise BlobError("this agent reads no blobs")
+            try:
+                body = json.loads(await self.blobs.fetch(job.body_ref))
+            except BlobError as e:
+                log.info("job %s: cannot read its request yet (%s)", jid, e)
+                return
+            job = dataclasses.replace(job, body=body)
         claim = Job(**{**_fields(job), "state": JobState.RUNNING})
         await self._publish(claim, key=f"jobrun:{jid}")
         runs = await self.dht.get_records(f"jobrun:{jid}")

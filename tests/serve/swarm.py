@@ -7,12 +7,17 @@ API listener (clients) and a peer listener (signed forwards), and a
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import trio
 
+from hexamesh.dht.contact import distance
 from hexamesh.net.base import Addr
 from hexamesh.net.channel import ChannelKeys
+from hexamesh.serve.blobs import BlobDisk, Blobs
 from hexamesh.serve.frontdoor import FrontDoor
 from hexamesh.serve.router import Candidate
 from hexamesh.wire import KeyRing
@@ -128,3 +133,29 @@ async def entry_first_spare(
     spare = await start_door(nursery, keyring, 3, engine=Behaviour())
     link_in_order(entry, chosen, spare)
     return entry, chosen, spare
+
+
+def attach_blobs(
+    doors: list[Door], tmp: Path, dead: set[bytes], *, clock: Callable[[], float] = time.time
+) -> dict[bytes, Blobs]:
+    """Give each door a blob store over its peer channel (mounted at
+    ``/blobs/``), with a shared directory as the DHT's table: every door
+    knows every other; ``dead`` is the comb's verdict."""
+    where = {d.view.node: d.peer_addr for d in doors}
+
+    def closest(key: bytes, n: int) -> list[tuple[bytes, Addr]]:
+        return sorted(where.items(), key=lambda item: distance(item[0], key))[:n]
+
+    out = {}
+    for d in doors:
+        blobs = Blobs(
+            BlobDisk(tmp / f"blobs-{d.view.node.hex()[:6]}.sqlite"),
+            d.front.keys,
+            closest=closest,
+            address_of=where.get,
+            is_live=lambda node: node in where and node not in dead,
+            clock=clock,
+        )
+        d.front.mount("/blobs/", blobs, peers_only=True)
+        out[d.view.node] = blobs
+    return out

@@ -11,7 +11,9 @@ import httpx
 import pytest
 import trio
 
+from hexamesh.dht.records import MAX_VALUE
 from hexamesh.serve import jobs as jobs_mod
+from hexamesh.serve.blobs import Blobs
 from hexamesh.serve.jobs import (
     Job,
     Jobs,
@@ -27,7 +29,7 @@ from hexamesh.serve.jobs import (
 from hexamesh.serve.router import Priority
 from hexamesh.wire import KeyRing
 from tests.serve.fake_upstream import Behaviour
-from tests.serve.swarm import MODEL, Door, link, link_in_order, start_door
+from tests.serve.swarm import MODEL, Door, attach_blobs, link, link_in_order, start_door
 
 
 class MemoryJobDht:
@@ -42,6 +44,7 @@ class MemoryJobDht:
         strangers: frozenset[bytes] = frozenset(),  # keys that never joined
     ) -> None:
         self.store, self.node, self.dead, self.strangers = store, node, dead, strangers
+        self.withdrawn: set[str] = set()
 
     async def put(self, key: str, value: bytes, ttl: float) -> int:
         entries = self.store.setdefault(key, {})
@@ -75,6 +78,9 @@ class MemoryJobDht:
     def is_member(self, node: bytes) -> bool:
         return node not in self.strangers
 
+    def withdraw(self, key: str) -> None:
+        self.withdrawn.add(key)
+
 
 async def start_jobs(
     nursery: trio.Nursery,
@@ -82,6 +88,7 @@ async def start_jobs(
     tmp: Path,
     dht: MemoryJobDht | None = None,
     max_jobs: int = 16,
+    blobs: Blobs | None = None,
 ) -> Jobs:
     jobs = Jobs(
         JobStore(tmp / f"{door.view.node.hex()[:4]}.sqlite"),
@@ -90,6 +97,7 @@ async def start_jobs(
         owner=door.front.address,
         node=door.view.node,
         max_jobs=max_jobs,
+        blobs=blobs,
     )
     door.front.mount("/v1/jobs", jobs)
     await nursery.start(jobs.run)
@@ -277,7 +285,8 @@ def test_finished_jobs_are_deleted_after_their_retention(tmp_path: Path) -> None
                 created=time.time() - 3 * 86400,
             )
         )
-    assert store.prune(time.time() - 86400) == 2  # finished and older than a day
+    gone = store.prune(time.time() - 86400)  # finished and older than a day
+    assert sorted(j.id for j in gone) == ["done", "failed"]
     assert store.get("waiting") is not None and store.counts() == {"queued": 1}
 
 
@@ -403,4 +412,113 @@ async def test_a_members_forged_records_are_not_believed(tmp_path: Path) -> None
         for door in (a, b):
             doc = (await client.get(f"{door.api}/jobs/target")).json()
             assert doc["status"] == "queued" and "result" not in doc, doc
+        nursery.cancel_scope.cancel()
+
+
+# -- full-size payloads (issue 32): blobs held by three, read anywhere ----------
+
+
+async def test_a_full_size_job_survives_its_acceptors_and_its_runners_death(
+    tmp_path: Path,
+) -> None:
+    """A ~100 KB request and a ~20 KB result: the acceptor dies before running
+    it, a taker reads the request from the blob's holders and runs it, the
+    result goes to two more members before the job is done, and after the
+    taker dies too a fifth agent collects the whole answer."""
+    ring = KeyRing.generate()
+    shared: dict[str, dict[bytes, tuple[int, bytes, float]]] = {}
+    dead: set[bytes] = set()
+    prompt = "p " * 50_000
+    async with (
+        trio.open_nursery() as nursery,
+        httpx.AsyncClient(timeout=10, headers=OWNER) as client,
+    ):
+        server = await start_door(nursery, ring, 9, engine=Behaviour())
+        doors = [await start_door(nursery, ring, i) for i in range(1, 6)]
+        for d in doors:
+            link(d, server)
+        blobs = attach_blobs(doors, tmp_path, dead)
+        acceptor, takers, reader = doors[0], doors[1:4], doors[4]
+        node = acceptor.view.node
+        acc_jobs = Jobs(  # takes the job, never runs it (no workers), then dies
+            JobStore(tmp_path / "a.sqlite"),
+            acceptor.front,
+            MemoryJobDht(shared, node, dead),
+            owner="a",
+            node=node,
+            max_jobs=8,
+            blobs=blobs[node],
+        )
+        acceptor.front.mount("/v1/jobs", acc_jobs)
+        body = {"model": MODEL, "prompt": prompt, "max_tokens": 3000, "id": "big"}
+        r = await client.post(f"{acceptor.api}/jobs", json=body)
+        assert r.status_code == 202, r.text
+        record = shared["job:big"][node][1]
+        assert len(record) < MAX_VALUE // 2  # the prompt is not in it: its ref is
+        ref = job_from_doc(decode_record(record) or {}).body_ref
+        assert ref is not None and len(ref.holders) == 3
+        dead.add(node)
+        for d in takers:
+            dht = MemoryJobDht(shared, d.view.node, dead)
+            await start_jobs(nursery, d, tmp_path, dht, blobs=blobs[d.view.node])
+        await start_jobs(
+            nursery,
+            reader,
+            tmp_path,
+            MemoryJobDht(shared, reader.view.node, dead),
+            blobs=blobs[reader.view.node],
+        )
+        doc = await wait_done(client, reader.api, "big")
+        assert doc["status"] == "done", doc
+        text = doc["result"]["choices"][0]["text"]
+        assert text.startswith(" w50000 w50001") and len(text) > 20_000
+        assert server.behaviour is not None and server.behaviour.served[0]["prompt"] == prompt
+        runner = bytes.fromhex(next(p.hex() for p in shared["jobrun:big"]))
+        result_ref = job_from_doc(decode_record(shared["jobrun:big"][runner][1]) or {}).result_ref
+        assert result_ref is not None and len(result_ref.holders) == 3
+        dead.add(runner)  # the taker that ran it dies: the other holders have it
+        assert runner in result_ref.holders
+        assert (await wait_done(client, reader.api, "big"))["result"]["choices"][0]["text"] == text
+        nursery.cancel_scope.cancel()
+
+
+async def test_payload_size_and_deletion(tmp_path: Path) -> None:
+    """Over the body limit is 413; an owner deletes a finished job with its
+    blobs and record (a tombstone), after which it is a 404 everywhere; a
+    malformed ref in anyone's record fails the read, not the agent."""
+    ring = KeyRing.generate()
+    shared: dict[str, dict[bytes, tuple[int, bytes, float]]] = {}
+    dead: set[bytes] = set()
+    async with (
+        trio.open_nursery() as nursery,
+        httpx.AsyncClient(timeout=10, headers=OWNER) as client,
+    ):
+        server = await start_door(nursery, ring, 9, engine=Behaviour())
+        doors = [await start_door(nursery, ring, i) for i in range(1, 5)]
+        for d in doors:
+            link(d, server)
+        blobs = attach_blobs(doors, tmp_path, dead)
+        jobs = {}
+        for d in doors:
+            dht = MemoryJobDht(shared, d.view.node, dead)
+            jobs[d.view.node] = await start_jobs(
+                nursery, d, tmp_path, dht, blobs=blobs[d.view.node]
+            )
+        a, other = doors[0], doors[3]
+        huge = {"model": MODEL, "prompt": "x" * (1024 * 1024)}
+        assert (await client.post(f"{a.api}/jobs", json=huge)).status_code == 413
+        body = {"model": MODEL, "prompt": "q " * 5000, "max_tokens": 2000, "id": "gone"}
+        assert (await client.post(f"{a.api}/jobs", json=body)).status_code == 202
+        await wait_done(client, other.api, "gone")
+        local = jobs[a.view.node].store.get("gone")
+        assert local is not None and local.body_ref and local.result_ref
+        held = [n for n in blobs if blobs[n].disk.held()]
+        assert len(held) >= 3
+        r = await client.delete(f"{other.api}/jobs/gone")  # not accepted there
+        assert r.status_code == 404
+        r = await client.delete(f"{a.api}/jobs/gone")
+        assert r.status_code == 200 and r.json()["deleted"] is True
+        assert all(not b.disk.held() for b in blobs.values())
+        assert (await client.get(f"{other.api}/jobs/gone")).status_code == 404
+        assert "job:gone" in jobs[a.view.node].dht.withdrawn  # type: ignore[union-attr]
         nursery.cancel_scope.cancel()
