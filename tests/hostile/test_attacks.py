@@ -273,6 +273,9 @@ class _JobsDht:
     def is_member(self, node: bytes) -> bool:
         return True
 
+    def withdraw(self, key: str) -> None:
+        self.stored.pop(key, None)
+
 
 @pytest.mark.parametrize(
     ("doc", "outcome"),
