@@ -34,6 +34,7 @@ CONTACTS_FILE_NAME = "contacts.json"
 
 
 JOBS_FILE_NAME = "jobs.sqlite"
+BATCHES_FILE_NAME = "batches.sqlite"  # files and batches of the Batch API (serve.batches)
 BLOBS_FILE_NAME = "blobs.sqlite"  # large job payloads, ours and others' (serve.blobs)
 
 

@@ -18,6 +18,7 @@ from hexamesh import __version__
 from hexamesh.agent.admin import SwarmAdmin
 from hexamesh.agent.api import _metrics, _serve_api
 from hexamesh.agent.files import (
+    BATCHES_FILE_NAME,
     BLOBS_FILE_NAME,
     CONTACTS_FILE_NAME,
     INCARNATION_FILE_NAME,
@@ -75,6 +76,7 @@ from hexamesh.placement.swarmscale import ScaleConfig, Swarmscale
 from hexamesh.placement.vote import Scouting
 from hexamesh.revocation import Revocations, load_revocations, save_revocations
 from hexamesh.rotation import Rotations
+from hexamesh.serve.batches import Batches, BatchStore
 from hexamesh.serve.blobs import BlobDisk, Blobs
 from hexamesh.serve.frontdoor import FrontDoor
 from hexamesh.serve.jobs import DhtJobs, Jobs, JobStore
@@ -325,6 +327,16 @@ async def _run_agent(
                 "hexamesh_jobs_active", "Jobs queued or running here", jobs.store.active
             )
             await nursery.start(services.run, "jobs", jobs.run)
+            batches = Batches(
+                BatchStore(config.data_dir / BATCHES_FILE_NAME),
+                jobs,
+                retention=config.job_retention,
+                clock=wall_clock,
+                faults=faults,
+            )
+            front.mount("/v1/files", batches, clients_only=True)
+            front.mount("/v1/batches", batches, clients_only=True)
+            await nursery.start(services.run, "batches", batches.run)
             front.mount("/v1/placements", placements, clients_only=True, admin=True)
             admin = SwarmAdmin(
                 cores.revocations,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
@@ -108,7 +109,15 @@ def models(peer: PeerUrl = None, api_key: ApiKey = None, data_dir: DataDir = Non
 
 @jobs_app.command("submit")
 def jobs_submit(
-    prompt: Annotated[str, typer.Argument(help="The prompt")],
+    prompt: Annotated[str | None, typer.Argument(help="The prompt (or --file)")] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file",
+            help="A JSONL file of requests, run as one batch (OpenAI Batch API): OpenAI batch"
+            " lines, or lines with a `prompt` or `messages`; prints one JSON answer per line",
+        ),
+    ] = None,
     peer: PeerUrl = None,
     model: Annotated[str | None, typer.Option(help="Model \\[default: the first served]")] = None,
     max_tokens: Annotated[int, typer.Option(help="Tokens to generate")] = 64,
@@ -119,10 +128,15 @@ def jobs_submit(
     api_key: ApiKey = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Queue a job; prints its id."""
+    """Queue a job; prints its id. With --file: run a batch and print its answers."""
     url = _api_url(peer, data_dir)
+    if (prompt is None) == (file is None):
+        raise _fail("give a prompt or --file, not both")
     try:
         with _client(_job_credential(api_key, data_dir)) as client:
+            if file is not None:
+                _run_batch(client, url, file, model, max_tokens)
+                return
             body: dict[str, Any] = {
                 "model": model or _first_model(client, url),
                 "prompt": prompt,
@@ -135,6 +149,65 @@ def jobs_submit(
     except httpx.HTTPError as e:
         raise _fail(f"cannot reach {url}: {e}") from None
     print(doc["id"])
+
+
+def batch_lines(text: str, model: str, max_tokens: int) -> tuple[str, bytes]:
+    """A batch's input file from ``text``: OpenAI batch lines as they are,
+    lines with a ``prompt`` or ``messages`` made into requests (``line-<n>``);
+    returns its endpoint and content."""
+    rows, endpoints = [], set()
+    for n, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            raise _fail(f"line {n} is not JSON") from None
+        if not isinstance(line, dict):
+            raise _fail(f"line {n} is not a JSON object")
+        if "custom_id" not in line:
+            chat = "messages" in line
+            body = {"model": model, "max_tokens": max_tokens} | line
+            url = "/v1/chat/completions" if chat else "/v1/completions"
+            line = {"custom_id": f"line-{n}", "method": "POST", "url": url, "body": body}
+        endpoints.add(line.get("url"))
+        rows.append(json.dumps(line))
+    if len(endpoints) != 1:
+        raise _fail("a batch's lines all go to one endpoint (chat or completions, not both)")
+    return str(endpoints.pop()), ("\n".join(rows) + "\n").encode()
+
+
+def _run_batch(
+    client: httpx.Client, url: str, path: Path, model: str | None, max_tokens: int
+) -> None:
+    endpoint, data = batch_lines(path.read_text(), model or _first_model(client, url), max_tokens)
+    files = {"file": (path.name, data, "application/jsonl")}
+    uploaded = _check(client.post(f"{url}/files", files=files, data={"purpose": "batch"}))
+    batch = _check(
+        client.post(f"{url}/batches", json={"input_file_id": uploaded["id"], "endpoint": endpoint})
+    )
+    err.print(f"batch {batch['id']}: {batch['status']}")
+    while batch["status"] not in ("completed", "failed", "expired", "cancelled"):
+        time.sleep(1.0)
+        batch = _check(client.get(f"{url}/batches/{batch['id']}"))
+    counts = batch.get("request_counts") or {}
+    err.print(f"batch {batch['id']}: {batch['status']} {counts}")
+    for field in ("output_file_id", "error_file_id"):
+        if batch.get(field):
+            r = client.get(f"{url}/files/{batch[field]}/content")
+            if r.status_code >= 400:
+                _check(r)
+            for raw in r.text.splitlines():
+                row = json.loads(raw)
+                body = (row.get("response") or {}).get("body")
+                answer = {"custom_id": row["custom_id"]}
+                if row.get("error"):
+                    answer["error"] = (row["error"] or {}).get("message")
+                else:
+                    answer["text"] = answer_text(body)
+                print(json.dumps(answer))
+    if batch["status"] == "failed":
+        raise _fail(f"batch failed: {json.dumps(batch.get('errors'))}")
 
 
 @jobs_app.command("status")

@@ -357,7 +357,7 @@ class JobDht(Protocol):
     # (publisher, record) pairs; a record's "_seq" is its sequence number and
     # "_seen" when its holders first saw it (our clock; absent if nobody said)
     async def get_records(self, key: str) -> list[tuple[bytes, dict[str, Any]]]: ...
-    def held_jobs(self) -> list[tuple[str, bytes, dict[str, Any]]]: ...
+    def held_jobs(self, prefix: str = "job:") -> list[tuple[str, bytes, dict[str, Any]]]: ...
     def is_dead(self, node: bytes) -> bool: ...
     def is_member(self, node: bytes) -> bool: ...
     def withdraw(self, key: str) -> None: ...
@@ -408,9 +408,10 @@ class DhtJobs:
                 out.append((record.publisher_id, doc | extra))
         return out
 
-    def held_jobs(self) -> list[tuple[str, bytes, dict[str, Any]]]:
+    def held_jobs(self, prefix: str = "job:") -> list[tuple[str, bytes, dict[str, Any]]]:
+        """The records under ``prefix`` held here that open: (key, publisher, record)."""
         out = []
-        for record in self._dht.held("job:"):
+        for record in self._dht.held(prefix):
             doc = self._doc(record.key, record.value)
             if doc is not None:
                 out.append((record.key, record.publisher_id, doc))
@@ -699,7 +700,7 @@ class Jobs:
             if not local.owned_by(credential):
                 raise missing
             return local.public()
-        mine = [] if self.dht is None else await self._records(jid, credential)
+        mine = [] if self.dht is None else await self.trusted_records(jid, credential)
         if local is not None and local.owned_by(credential):
             mine.append({**local.public(), "state": local.state})
         best = merge([d for d in mine if _readable(d)])
@@ -754,25 +755,27 @@ class Jobs:
             return False
         return True
 
-    async def _records(self, jid: str, credential: str) -> list[dict[str, Any]]:
+    async def trusted_records(
+        self, jid: str, credential: str, kind: str = "job"
+    ) -> list[dict[str, Any]]:
         """The records of ``credential``'s job ``jid`` a reader may trust: the
         acceptor's (the ``job:`` publisher its tag is bound to) and, once the
         acceptor is dead, those of the claimant that won the run
         (``first_claimant`` of live members), with the acceptor's tag."""
         assert self.dht is not None
         try:
-            accepted = await self.dht.get_records(f"job:{jid}")
+            accepted = await self.dht.get_records(f"{kind}:{jid}")
         except Exception as e:
-            log.debug("job lookup job:%s failed: %s", jid, e)
+            log.debug("lookup %s:%s failed: %s", kind, jid, e)
             return []
         acceptor = first_claimant((p, d) for p, d in accepted if _tagged(jid, p, d, credential))
         docs = [d for p, d in accepted if p == acceptor]
         if acceptor is None or not self.dht.is_dead(acceptor):
             return docs  # while the acceptor lives, only its word counts
         try:
-            runs = await self.dht.get_records(f"jobrun:{jid}")
+            runs = await self.dht.get_records(f"{kind}run:{jid}")
         except Exception as e:
-            log.debug("job lookup jobrun:%s failed: %s", jid, e)
+            log.debug("lookup %srun:%s failed: %s", kind, jid, e)
             return docs
         winner = self._read_winner(runs)
         return docs + [d for p, d in runs if p == winner and _tagged(jid, acceptor, d, credential)]

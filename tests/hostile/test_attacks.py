@@ -264,7 +264,7 @@ class _JobsDht:
     async def get_records(self, key: str) -> list[tuple[bytes, dict[str, Any]]]:
         return self.stored.get(key, [])
 
-    def held_jobs(self) -> list[tuple[str, bytes, dict[str, Any]]]:
+    def held_jobs(self, prefix: str = "job:") -> list[tuple[str, bytes, dict[str, Any]]]:
         return self.held
 
     def is_dead(self, node: bytes) -> bool:

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import trio
 
+from hexamesh.serve.batches import Batches, BatchStore
 from hexamesh.serve.jobs import Jobs, JobStore
 from hexamesh.wire import KeyRing
 from tests.helpers import run_hexamesh
 from tests.serve.fake_upstream import Behaviour
-from tests.serve.swarm import MODEL, link, start_door
+from tests.serve.swarm import MODEL, attach_blobs, link, start_door
 
 
 async def test_cli_against_a_peer(tmp_path: Path) -> None:
@@ -20,11 +21,22 @@ async def test_cli_against_a_peer(tmp_path: Path) -> None:
         a = await start_door(nursery, ring, 1, api_keys=("k",))
         b = await start_door(nursery, ring, 2, engine=Behaviour())
         link(a, b)
+        blobs = attach_blobs([a], tmp_path, set())[a.view.node]
         jobs = Jobs(
-            JobStore(tmp_path / "j.sqlite"), a.front, None, owner="a", node=a.view.node, max_jobs=4
+            JobStore(tmp_path / "j.sqlite"),
+            a.front,
+            None,
+            owner="a",
+            node=a.view.node,
+            max_jobs=4,
+            blobs=blobs,
         )
         a.front.mount("/v1/jobs", jobs)
         await nursery.start(jobs.run)
+        batches = Batches(BatchStore(tmp_path / "b.sqlite"), jobs, retention=60)
+        a.front.mount("/v1/files", batches)
+        a.front.mount("/v1/batches", batches)
+        await nursery.start(batches.run)
 
         async def cli(*args: str) -> tuple[int, str, str]:
             done = await trio.to_thread.run_sync(
@@ -47,6 +59,15 @@ async def test_cli_against_a_peer(tmp_path: Path) -> None:
         assert code == 0 and json.loads(out)["status"] == "done"
         code, _, err = await cli("submit", "x", "--model", "nope")
         assert code != 0 and "404" in err and "tiny" in err
+        prompts = tmp_path / "prompts.jsonl"
+        prompts.write_text('{"prompt": "a"}\n{"prompt": "a b c"}\n')
+        code, out, err = await cli("jobs", "submit", "--file", str(prompts), "--max-tokens", "1")
+        assert code == 0, err
+        assert [json.loads(x) for x in out.splitlines()] == [
+            {"custom_id": "line-1", "text": " w1"},
+            {"custom_id": "line-2", "text": " w3"},
+        ]
+        assert "completed" in err
         nursery.cancel_scope.cancel()
 
 

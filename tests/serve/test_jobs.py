@@ -64,11 +64,11 @@ class MemoryJobDht:
             out.append((pub, {**doc, "_seq": seq, "_seen": first}))
         return out
 
-    def held_jobs(self) -> list[tuple[str, bytes, dict[str, Any]]]:
+    def held_jobs(self, prefix: str = "job:") -> list[tuple[str, bytes, dict[str, Any]]]:
         return [
             (k, pub, decode_record(v) or {})
             for k, entries in self.store.items()
-            if k.startswith("job:")
+            if k.startswith(prefix)
             for pub, (_, v, _) in entries.items()
         ]
 
