@@ -47,6 +47,7 @@ from hexamesh.serve.http import HttpConnection, Request, response_head
 from hexamesh.serve.jobs import JobFailed
 from hexamesh.serve.metrics import ServeMetrics
 from hexamesh.serve.peerroute import PeerRoute, RouteError, read_route, route_headers
+from hexamesh.serve.priority import H_PRIORITY, PriorityPolicy, engine_body, of_client, of_peer
 from hexamesh.serve.pumpthread import Outcome, PumpThread, StreamJob
 from hexamesh.serve.relay import (
     STALL_TIMEOUT,
@@ -60,7 +61,7 @@ from hexamesh.serve.relay import (
     request_bytes,
 )
 from hexamesh.serve.requests import ApiError, CompletionRequest, parse_completion
-from hexamesh.serve.router import LOW_MAX_LOAD, Candidate, Priority, rank
+from hexamesh.serve.router import DEFAULT_POLICY, Candidate, Priority, RoutingPolicy, rank
 from hexamesh.serve.shun import Shunned
 from hexamesh.serve.upstreampool import Upstream, UpstreamPool
 from hexamesh.serve.view import SwarmView
@@ -117,8 +118,12 @@ class FrontDoor:
         clock: Callable[[], float] = time.time,
         faults: Faults | None = None,
         health: Callable[[], dict[str, Any]] | None = None,
+        routing: RoutingPolicy = DEFAULT_POLICY,
+        priorities: PriorityPolicy | None = None,
     ) -> None:
         self.view = view
+        self.routing = routing  # the router's weights and levels ([policy])
+        self.priorities = priorities or PriorityPolicy()
         self.faults = faults or Faults()
         self._health = health  # what /health adds (the services' state)
         self.keys = keys  # our node key and the swarm's: the peer channel's both ends
@@ -459,6 +464,7 @@ class FrontDoor:
             forwards=route.forwards if route else 0,
             priority=priority,
             ranker=self.view.node,
+            policy=self.routing,
         )
 
     def _note(self, attempts: Attempts) -> None:
@@ -507,6 +513,7 @@ class FrontDoor:
         body: bytes,
         route: PeerRoute | None,
         model: str,
+        priority: Priority = Priority.MEDIUM,
     ) -> tuple[Action, UpstreamResponse | None]:
         """Send the request as ``action`` says (a peer after a dial race): the
         response head, or the next action when nobody could be reached."""
@@ -519,9 +526,10 @@ class FrontDoor:
         cand = action.candidate
         try:
             if cand.local:
-                return action, await self._open_local(target, body, self.view.local_url(model))
+                url = self.view.local_url(model)
+                return action, await self._open_local(target, body, url, priority)
             with self._unless_declared_dead(cand):
-                return action, await self._open_peer(cand, target, body, route, stream)
+                return action, await self._open_peer(cand, target, body, route, stream, priority)
         except UpstreamError as e:
             log.info("server %s failed before answering: %s", short_id(cand.node), e)
             return attempts.refused(str(e)), None
@@ -533,6 +541,7 @@ class FrontDoor:
         body: bytes,
         route: PeerRoute | None,
         stream: Upstream | None = None,
+        priority: Priority = Priority.MEDIUM,
     ) -> UpstreamResponse:
         addr = self.view.address(cand.node)
         if addr is None:
@@ -541,18 +550,23 @@ class FrontDoor:
             raise UpstreamError(f"no address known for {short_id(cand.node)}")
 
         headers = route_headers(self.view.node, route)
+        if priority is not Priority.MEDIUM:
+            headers.append((H_PRIORITY, priority))
         request = request_bytes("POST", *addr, target, body, headers, keep_alive=True)
         self.metrics.forwards.inc()
         peer = Peer(cand.node, self.keys)
         return await open_upstream(addr[0], addr[1], request, self.upstreams, stream, peer)
 
-    async def _open_local(self, target: str, body: bytes, url: str | None) -> UpstreamResponse:
+    async def _open_local(
+        self, target: str, body: bytes, url: str | None, priority: Priority = Priority.MEDIUM
+    ) -> UpstreamResponse:
         if url is None:
             raise UpstreamError("the local engine does not serve this model (any more)")
         hostport = url.split("://", 1)[-1].rstrip("/")
         host, _, port = hostport.rpartition(":")
         if _CONTINUES in body:  # a byte search: the hot path parses nothing
             body = await self._settle_continuation(host, int(port), body)
+        body = engine_body(body, priority)
         return await self._post_local(host, int(port), target, body)
 
     async def _post_local(self, host: str, port: int, target: str, body: bytes) -> UpstreamResponse:
@@ -612,7 +626,9 @@ class FrontDoor:
                 f"`{sse.CONTINUES}` is reserved for the swarm's own continuations",
                 param=sse.CONTINUES,
             )
-        ranked = self.ranked(req.model, route, cands=await self.known_or_404(req.model))
+        priority = self._priority(request, req, route)
+        cands = await self.known_or_404(req.model)
+        ranked = self.ranked(req.model, route, priority, cands)
         if not ranked:
             raise ApiError(
                 503,
@@ -622,9 +638,24 @@ class FrontDoor:
             )
         attempts = Attempts(ranked, what=f"`{req.model}`")
         try:
-            return await self._serve(conn, request, req, route, attempts)
+            return await self._serve(conn, request, req, route, attempts, priority)
         finally:
             self._note(attempts)
+
+    def _priority(
+        self, request: Request, req: CompletionRequest, route: PeerRoute | None
+    ) -> Priority:
+        if route is not None:  # the entry agent decided
+            return of_peer(request.headers)
+        admin = bool(self.admin_keys) and request.bearer in self.admin_keys
+        try:
+            priority = of_client(request.headers, req.body, self.priorities, admin=admin)
+        except ValueError:
+            raise ApiError(
+                400, f"`{H_PRIORITY}` must be high, medium or low", param=H_PRIORITY
+            ) from None
+        self.metrics.priorities.labels(priority).inc()
+        return priority
 
     async def _serve(
         self,
@@ -633,6 +664,7 @@ class FrontDoor:
         req: CompletionRequest,
         route: PeerRoute | None,
         attempts: Attempts,
+        priority: Priority = Priority.MEDIUM,
     ) -> int:
         body = request.body
         sent: list[bytes] = []  # chunked bytes the client holds (streams)
@@ -640,7 +672,9 @@ class FrontDoor:
         action: Action = attempts.start()
         while isinstance(action, Dial):
             self._note(attempts)
-            action, up = await self._dial(attempts, action, request.target, body, route, req.model)
+            action, up = await self._dial(
+                attempts, action, request.target, body, route, req.model, priority
+            )
             self._note(attempts)  # (a race passes over the slower at once)
             if up is None:
                 continue
@@ -737,7 +771,7 @@ class FrontDoor:
     def busy(self, model: str) -> bool:
         """Is every server of ``model`` above the load a low-priority job may add to?"""
         cands = self.view.candidates(model)
-        return bool(cands) and all((c.load or 0.0) > LOW_MAX_LOAD for c in cands)
+        return bool(cands) and all((c.load or 0.0) > self.routing.low_max_load for c in cands)
 
     async def fetch(self, req: CompletionRequest, priority: Priority) -> tuple[bytes, str]:
         """One non-streamed answer through the router, with failover: (body, served-by)."""
@@ -752,7 +786,9 @@ class FrontDoor:
             action: Action = attempts.start()
             while isinstance(action, Dial):
                 self._note(attempts)
-                action, up = await self._dial(attempts, action, target, body, None, req.model)
+                action, up = await self._dial(
+                    attempts, action, target, body, None, req.model, priority
+                )
                 self._note(attempts)
                 if up is None:
                     continue

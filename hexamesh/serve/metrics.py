@@ -75,6 +75,12 @@ class ServeMetrics:
         self.continuations = Counter(
             "hexamesh_continuations", "Streams continued on another server mid-answer", registry=r
         )
+        self.priorities = Counter(
+            "hexamesh_requests_by_priority",
+            "Completion requests from clients, by the priority they were given",
+            ["priority"],
+            registry=r,
+        )
         self._callbacks = _Callbacks()
         r.register(self._callbacks)
 

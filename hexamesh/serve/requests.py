@@ -15,8 +15,9 @@ Fields: a completion or chat request may carry OpenAI's fields and vLLM's
 sampling extras (``COMPLETION_FIELDS``, ``CHAT_FIELDS``); any other field
 is refused with a 400 that names it, as OpenAI's own API does. vLLM's
 internal ones (``kv_transfer_params``, ``vllm_xargs``, a request's own
-``chat_template``, prompt embeddings, its ``priority`` and ``request_id``)
-are not for clients of a shared swarm and are refused the same way.
+``chat_template``, prompt embeddings, its ``request_id``) are not for
+clients of a shared swarm and are refused the same way. vLLM's ``priority``
+is taken, and mapped to the swarm's three (``serve.priority``).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ _COMMON = frozenset(
         "spaces_between_special_tokens", "bad_words", "allowed_token_ids",
         "truncate_prompt_tokens", "add_special_tokens", "prompt_logprobs", "echo",
         "return_tokens_as_token_ids", "use_beam_search", "structured_outputs",
+        "priority",
         _CONTINUES,
     }
 )  # fmt: skip
@@ -154,6 +156,7 @@ def _check_fields(body: dict[str, Any], chat: bool) -> None:
         names = ", ".join(f"`{name[:64]}`" for name in unknown[:8])
         raise ApiError(400, f"unsupported field(s): {names}", param=unknown[0][:64])
     _bounded_int(body, "n", 1, MAX_CHOICES)
+    _bounded_int(body, "priority", -(2**31), 2**31 - 1)  # vLLM's; mapped to ours (serve.priority)
     _bounded_int(body, "best_of", 1, MAX_CHOICES)
     _bounded_int(body, "top_logprobs", 0, MAX_LOGPROBS)
     if not (chat and isinstance(body.get("logprobs"), bool)):  # chat: a switch; else a count

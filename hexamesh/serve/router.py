@@ -35,10 +35,14 @@ swarm's entry points; broken by node id, every peer without a server in view
 sent its requests to the same lowest-id provider (found by ``hexamesh
 simulate``: one of nine servers generated half the tokens).
 
-Job priorities bend this a little: ``high`` adds ``STABILITY_WEIGHT`` times
+Priorities bend this a little: ``high`` adds ``STABILITY_WEIGHT`` times
 the candidate's uptime in hours (capped at one), so long-lived servers win;
-``low`` drops candidates above ``LOW_MAX_LOAD`` (a low job waits rather than
-slow down a busy server).
+``low`` goes only to candidates at or below ``LOW_MAX_LOAD`` while there are
+any (a low job waits for one; a low request, with none, takes the least
+loaded and waits in its engine's priority queue behind everyone else).
+
+Every weight and level here is the default of a :class:`RoutingPolicy`,
+which an operator sets in the config's ``[policy]`` section.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ __all__ = [
     "MAX_FORWARDS",
     "Candidate",
     "Priority",
+    "RoutingPolicy",
     "may_forward",
     "rank",
     "score",
@@ -66,6 +71,21 @@ PROVIDER_MATCH = 0.5  # model known from a DHT record only (may be stale)
 SATURATED = 0.95  # load at which a server admits nothing new without queueing
 STABILITY_WEIGHT = 0.1  # high priority: bonus per hour of uptime, capped at 1 h
 LOW_MAX_LOAD = 0.5  # low priority: candidates above this load are skipped
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoutingPolicy:
+    """The router's weights and levels (the config's ``[policy]``)."""
+
+    weight_load: float = W_LOAD
+    weight_match: float = W_MATCH
+    weight_proximity: float = W_PROXIMITY
+    saturated: float = SATURATED
+    stability_weight: float = STABILITY_WEIGHT
+    low_max_load: float = LOW_MAX_LOAD
+
+
+DEFAULT_POLICY = RoutingPolicy()
 
 
 class Priority(enum.StrEnum):
@@ -87,7 +107,9 @@ class Candidate:
     doubtful: bool = False  # seen serving lately, but now held dead or out of view: last resort
 
 
-def score(c: Candidate, priority: Priority = Priority.MEDIUM) -> float:
+def score(
+    c: Candidate, priority: Priority = Priority.MEDIUM, policy: RoutingPolicy = DEFAULT_POLICY
+) -> float:
     load = UNKNOWN_LOAD if c.load is None else min(max(c.load, 0.0), 1.0)
     match = 1.0 if c.in_view or c.local else PROVIDER_MATCH
     if c.local:
@@ -96,9 +118,13 @@ def score(c: Candidate, priority: Priority = Priority.MEDIUM) -> float:
         proximity = 0.0
     else:
         proximity = 1.0 / (1.0 + max(c.distance, 0))
-    s = W_LOAD * (1.0 - load) + W_MATCH * match + W_PROXIMITY * proximity
+    s = (
+        policy.weight_load * (1.0 - load)
+        + policy.weight_match * match
+        + policy.weight_proximity * proximity
+    )
     if priority is Priority.HIGH:
-        s += STABILITY_WEIGHT * min(c.uptime / 3600.0, 1.0)
+        s += policy.stability_weight * min(c.uptime / 3600.0, 1.0)
     return s
 
 
@@ -114,13 +140,15 @@ def rank(
     forwards: int = 0,
     priority: Priority = Priority.MEDIUM,
     ranker: bytes = b"",
+    policy: RoutingPolicy = DEFAULT_POLICY,
 ) -> list[Candidate]:
     """Candidates best first; those on ``path`` (or remote, past the hop limit) left
     out. ``ranker``: the ranking node's id, which breaks ties (see above)."""
     seen = set(path)
     usable = [c for c in candidates if c.local or (c.node not in seen and may_forward(forwards))]
     if priority is Priority.LOW:
-        usable = [c for c in usable if (c.load or 0.0) <= LOW_MAX_LOAD]
+        light = [c for c in usable if (c.load or 0.0) <= policy.low_max_load]
+        usable = light or usable
     unique: dict[bytes, Candidate] = {}
     for c in usable:  # one entry per node; the view's beats the DHT's
         held = unique.get(c.node)
@@ -134,11 +162,11 @@ def rank(
         return hashlib.blake2b(ranker + c.node, digest_size=8).digest()
 
     def key(c: Candidate) -> tuple[float, int, float, bytes]:
-        return (-round(score(c, priority), 9), 0 if c.local else 1, load_of(c), tie(c))
+        return (-round(score(c, priority, policy), 9), 0 if c.local else 1, load_of(c), tie(c))
 
     sure = [c for c in unique.values() if not c.doubtful]
-    fresh = [c for c in sure if load_of(c) < SATURATED]
-    busy = [c for c in sure if load_of(c) >= SATURATED]
+    fresh = [c for c in sure if load_of(c) < policy.saturated]
+    busy = [c for c in sure if load_of(c) >= policy.saturated]
     doubtful = sorted((c for c in unique.values() if c.doubtful), key=tie)
     return (
         sorted(fresh, key=key)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from hexamesh.serve.router import MAX_FORWARDS, Candidate, Priority, rank, score
+from hexamesh.serve.router import (
+    MAX_FORWARDS,
+    Candidate,
+    Priority,
+    RoutingPolicy,
+    rank,
+    score,
+)
 
 A, B, C, ME = b"a" * 20, b"b" * 20, b"c" * 20, b"m" * 20
 
@@ -66,6 +73,20 @@ def test_priorities() -> None:
     assert rank([young, old], priority=Priority.HIGH)[0].node == B
     busy = Candidate(node=C, load=0.7, distance=1)
     assert [c.node for c in rank([busy, young], priority=Priority.LOW)] == [A]
+    # with no lightly loaded server, low takes the least loaded (and waits in its engine)
+    busier = Candidate(node=B, load=0.9, distance=1)
+    assert [c.node for c in rank([busier, busy], priority=Priority.LOW)] == [C, B]
+
+
+def test_a_routing_policy_moves_the_choice() -> None:
+    near_busy = Candidate(node=A, load=0.6, distance=0)
+    far_idle = Candidate(node=B, load=0.0, distance=6)
+    assert rank([near_busy, far_idle])[0].node == A  # proximity wins by default
+    loady = RoutingPolicy(weight_load=0.8, weight_match=0.1, weight_proximity=0.1)
+    assert rank([near_busy, far_idle], policy=loady)[0].node == B
+    strict = RoutingPolicy(low_max_load=0.7)
+    assert rank([near_busy], priority=Priority.LOW, policy=strict) == [near_busy]
+    assert rank([near_busy, far_idle], policy=RoutingPolicy(saturated=0.5))[0].node == B
 
 
 def test_doubtful_candidates_come_last_whatever_their_score() -> None:

@@ -1,0 +1,90 @@
+"""A request's priority: what the client asks, what travels, what the engine gets.
+
+A client asks with an ``x-hexamesh-priority: high|medium|low`` header, or
+with vLLM's own ``priority`` field (an integer, lower first: below 0 is
+high, 0 medium, above 0 low); the header wins, and neither means the
+policy's default. A client's ask above the policy's ``client_max`` is
+lowered to it (an admin key's is not). The entry agent routes by it
+(``router``: high to long-lived servers, low to lightly loaded ones) and
+sends it with a forward in the same header; the agent whose engine serves
+the request writes it into the body as vLLM's ``priority``
+(``ENGINE_PRIORITY``), whatever number the client wrote, so that the
+engine, started with ``--scheduling-policy priority``, lets high requests
+overtake queued low ones and preempts low ones first when it is full.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hexamesh.serve.router import Priority
+
+__all__ = ["ENGINE_PRIORITY", "H_PRIORITY", "PriorityPolicy", "engine_body", "of_client"]
+
+H_PRIORITY = "x-hexamesh-priority"
+# vLLM's per-request priority (lower is scheduled first; 0 is its default, so
+# a medium request's body is left as it is)
+ENGINE_PRIORITY = {Priority.HIGH: -1, Priority.MEDIUM: 0, Priority.LOW: 1}
+_RANK = {Priority.LOW: 0, Priority.MEDIUM: 1, Priority.HIGH: 2}
+_FIELD = b'"priority"'
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PriorityPolicy:
+    """Priority rules (the config's ``[policy]``)."""
+
+    default: Priority = Priority.MEDIUM  # a request that asks for none
+    client_max: Priority = Priority.HIGH  # the highest a client (not an admin) may ask
+
+
+def _asked(headers: Mapping[str, str], body: Mapping[str, Any]) -> Priority | None:
+    """What a request asks for; raises ValueError for a header that is none of the three."""
+    header = headers.get(H_PRIORITY)
+    if header is not None:
+        return Priority(header.strip().lower())
+    number = body.get("priority")
+    if isinstance(number, int) and not isinstance(number, bool):
+        if number < 0:
+            return Priority.HIGH
+        return Priority.LOW if number > 0 else Priority.MEDIUM
+    return None
+
+
+def of_client(
+    headers: Mapping[str, str],
+    body: Mapping[str, Any],
+    policy: PriorityPolicy,
+    *,
+    admin: bool = False,
+) -> Priority:
+    """A client's request's priority under ``policy``; ValueError for a bad header."""
+    asked = _asked(headers, body) or policy.default
+    if not admin and _RANK[asked] > _RANK[policy.client_max]:
+        return policy.client_max
+    return asked
+
+
+def of_peer(headers: Mapping[str, str]) -> Priority:
+    """A forward's priority, as its entry agent decided (medium if it said none)."""
+    try:
+        return Priority(headers.get(H_PRIORITY, Priority.MEDIUM))
+    except ValueError:
+        return Priority.MEDIUM
+
+
+def engine_body(body: bytes, priority: Priority) -> bytes:
+    """The body our engine gets: vLLM's ``priority`` set from ours (a byte
+    search first: a medium request without the field passes untouched)."""
+    if priority is Priority.MEDIUM and _FIELD not in body:
+        return body
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return body  # not ours to mend: the engine says what is wrong
+    if not isinstance(doc, dict):
+        return body
+    doc["priority"] = ENGINE_PRIORITY[priority]
+    return json.dumps(doc).encode()

@@ -1,0 +1,66 @@
+"""Priorities: what a client asks (header or vLLM's field), capped by the
+policy, routed by, carried with a forward, and written for the engine."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+import trio
+
+from hexamesh.serve.priority import PriorityPolicy, engine_body, of_client
+from hexamesh.serve.router import Priority
+from hexamesh.wire import KeyRing
+from tests.serve.fake_upstream import Behaviour
+from tests.serve.swarm import MODEL, link, start_door
+
+H = "x-hexamesh-priority"
+
+
+def test_what_a_client_asks_is_mapped_and_capped() -> None:
+    policy = PriorityPolicy()
+    assert of_client({}, {}, policy) is Priority.MEDIUM
+    assert of_client({H: "HIGH"}, {"priority": 5}, policy) is Priority.HIGH  # the header wins
+    assert of_client({}, {"priority": -3}, policy) is Priority.HIGH  # vLLM's: lower first
+    assert of_client({}, {"priority": 7}, policy) is Priority.LOW
+    assert of_client({}, {"priority": 0}, policy) is Priority.MEDIUM
+    capped = PriorityPolicy(default=Priority.LOW, client_max=Priority.MEDIUM)
+    assert of_client({}, {}, capped) is Priority.LOW
+    assert of_client({H: "high"}, {}, capped) is Priority.MEDIUM
+    assert of_client({H: "high"}, {}, capped, admin=True) is Priority.HIGH
+    with pytest.raises(ValueError):
+        of_client({H: "urgent"}, {}, policy)
+
+
+def test_the_engine_gets_the_swarms_priority_not_the_clients_number() -> None:
+    plain = b'{"model": "m", "prompt": "x"}'
+    assert engine_body(plain, Priority.MEDIUM) is plain  # the common case: untouched
+    assert json.loads(engine_body(plain, Priority.HIGH))["priority"] == -1
+    assert json.loads(engine_body(plain, Priority.LOW))["priority"] == 1
+    forced = b'{"model": "m", "prompt": "x", "priority": -1000}'
+    assert json.loads(engine_body(forced, Priority.MEDIUM))["priority"] == 0
+
+
+async def test_a_priority_travels_with_the_forward_to_the_engine() -> None:
+    ring = KeyRing.generate()
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
+        a = await start_door(nursery, ring, 1)
+        b = await start_door(nursery, ring, 2, engine=Behaviour())
+        link(a, b)
+        a.front.priorities = PriorityPolicy(client_max=Priority.MEDIUM)
+        body = {"model": MODEL, "prompt": "x", "max_tokens": 1}
+        for headers in ({H: "low"}, {}, {H: "high"}):
+            r = await client.post(f"{a.api}/completions", json=body, headers=headers)
+            assert r.status_code == 200
+        r = await client.post(f"{a.api}/completions", json=body | {"priority": -9})
+        assert r.status_code == 200
+        r = await client.post(f"{a.api}/completions", json=body, headers={H: "now"})
+        assert r.status_code == 400 and H in r.text
+        assert b.behaviour is not None
+        seen = [s.get("priority") for s in b.behaviour.served]
+        # low: 1; medium: none; high capped to medium: none; -9 capped: 0 (rewritten)
+        assert seen == [1, None, None, 0]
+        metric = a.front.metrics.priorities.labels("low")._value.get()
+        assert metric == 1
+        nursery.cancel_scope.cancel()
