@@ -104,6 +104,37 @@ class AgentConfig:
     # replicas when they run cold (placement/swarmscale.py). Off by default: it
     # starts engines on other machines of the swarm without anyone asking.
     swarmscale: bool = False
+    # Extra arguments for every vLLM server this agent starts, as they are
+    # (e.g. "--max-num-seqs=64"); the agent's own flags come first.
+    engine_args: tuple[str, ...] = ()
+
+    # -- policy: the [policy] section of the TOML file (policy_<key> here,
+    # HEXAMESH_POLICY_<KEY> in the environment, --policy-<key> as a flag) ----
+    # The router's score: weights of load, model match, proximity, and of a
+    # server that served the request's prefix lately (docs/serving.md).
+    policy_weight_load: float = 0.4
+    policy_weight_match: float = 0.3
+    policy_weight_proximity: float = 0.3
+    policy_weight_affinity: float = 0.3
+    policy_saturated: float = 0.95  # load at which a server goes behind the others
+    policy_stability_weight: float = 0.1  # high priority: bonus per hour of uptime (max 1 h)
+    policy_low_max_load: float = 0.5  # low priority goes to servers at or below this load
+    policy_default_priority: str = "medium"  # a request that asks for none
+    policy_client_max_priority: str = "high"  # the highest a client may ask (admins: any)
+    # Engines schedule by priority (vLLM --scheduling-policy priority) and get
+    # each request's; off: first come, first served, as vLLM's default.
+    policy_priority_scheduling: bool = True
+    # Swarmscale (with --swarmscale): hot above this mean load, or this many
+    # requests waiting, or this time to first token, for 10 s: a vote for
+    # policy_scale_replicas more; cold below this load and queue for
+    # policy_scale_drop_after s: a voted-in replica goes.
+    policy_scale_add_load: float = 0.8
+    policy_scale_add_queue: int = 100
+    policy_scale_add_ttft: float = 5.0
+    policy_scale_drop_load: float = 0.2
+    policy_scale_drop_queue: int = 10
+    policy_scale_drop_after: float = 300.0
+    policy_scale_replicas: int = 1
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -132,10 +163,35 @@ class AgentConfig:
             raise ConfigError(f"gpu_share must be in (0, 1], got {self.gpu_share}")
         if self.max_model_len < 16:
             raise ConfigError(f"max_model_len must be at least 16, got {self.max_model_len}")
+        self._check_policy()
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError(
                 f"log_level must be DEBUG, INFO, WARNING or ERROR, not {self.log_level!r}"
             )
+
+    def _check_policy(self) -> None:
+        weights = ("load", "match", "proximity", "affinity")
+        for name in weights:
+            if getattr(self, f"policy_weight_{name}") < 0:
+                raise ConfigError(f"policy.weight_{name} must be at least 0")
+        if self.policy_weight_load + self.policy_weight_match + self.policy_weight_proximity <= 0:
+            raise ConfigError("policy: the weights of load, match and proximity sum to 0")
+        for name in ("saturated", "low_max_load", "scale_add_load", "scale_drop_load"):
+            if not 0.0 <= getattr(self, f"policy_{name}") <= 1.0:
+                raise ConfigError(f"policy.{name} must be in 0..1, a load")
+        if self.policy_stability_weight < 0:
+            raise ConfigError("policy.stability_weight must be at least 0")
+        for name in ("default_priority", "client_max_priority"):
+            if getattr(self, f"policy_{name}") not in ("high", "medium", "low"):
+                raise ConfigError(f"policy.{name} must be high, medium or low")
+        if self.policy_scale_drop_load >= self.policy_scale_add_load:
+            raise ConfigError("policy.scale_drop_load must be below policy.scale_add_load")
+        if self.policy_scale_drop_queue >= self.policy_scale_add_queue:
+            raise ConfigError("policy.scale_drop_queue must be below policy.scale_add_queue")
+        if self.policy_scale_add_ttft <= 0 or self.policy_scale_drop_after <= 0:
+            raise ConfigError("policy.scale_add_ttft and scale_drop_after must be above 0 s")
+        if not 1 <= self.policy_scale_replicas <= 8:
+            raise ConfigError("policy.scale_replicas must be in 1..8")
 
     def placement_room(self, held: int) -> int:
         """Models a placement vote may still give us while we hold ``held``."""
@@ -212,6 +268,27 @@ FLAGS: dict[str, Flag] = {
     "swarmscale": Flag(
         "Call placement votes when models here run hot; drop voted-in replicas when cold"
     ),
+    "engine_args": Flag(
+        "Extra argument for every vLLM server, as --engine-arg=--max-num-seqs=64 (repeatable)",
+        name="engine_arg",
+    ),
+    "policy_weight_load": Flag("Policy: routing weight of a server's load"),
+    "policy_weight_match": Flag("Policy: routing weight of a fresh model match"),
+    "policy_weight_proximity": Flag("Policy: routing weight of proximity in the comb"),
+    "policy_weight_affinity": Flag("Policy: routing weight of a server holding the prefix"),
+    "policy_saturated": Flag("Policy: load at which a server goes behind the others"),
+    "policy_stability_weight": Flag("Policy: high priority's bonus per hour of uptime"),
+    "policy_low_max_load": Flag("Policy: low priority goes to servers at or below this load"),
+    "policy_default_priority": Flag("Policy: priority of a request that asks for none"),
+    "policy_client_max_priority": Flag("Policy: the highest priority a client may ask"),
+    "policy_priority_scheduling": Flag("Policy: engines schedule by request priority"),
+    "policy_scale_add_load": Flag("Policy: swarmscale adds a replica above this mean load"),
+    "policy_scale_add_queue": Flag("Policy: ... or above this many requests waiting"),
+    "policy_scale_add_ttft": Flag("Policy: ... or above this time to first token (s)"),
+    "policy_scale_drop_load": Flag("Policy: swarmscale drops a replica below this load"),
+    "policy_scale_drop_queue": Flag("Policy: ... and below this many requests waiting"),
+    "policy_scale_drop_after": Flag("Policy: ... for this long (s)"),
+    "policy_scale_replicas": Flag("Policy: replicas a swarmscale vote asks for"),
 }
 
 
@@ -285,7 +362,7 @@ def load_config(
             raise ConfigError(f"cannot read config file {file}: {e}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{file}: {e}") from None
-        for key, value in data.items():
+        for key, value in _flatten_policy(data, file).items():
             name = key.replace("-", "_")
             if name not in types_:
                 raise ConfigError(
@@ -315,6 +392,19 @@ def load_config(
         else:
             values[keys] = (*values.get(keys, ()), *lines)
     return AgentConfig(**values)
+
+
+def _flatten_policy(data: dict[str, Any], file: Path) -> dict[str, Any]:
+    """A TOML file's ``[policy]`` table as ``policy_<key>`` fields
+    (``job_retention`` there is the top-level one)."""
+    out = {k: v for k, v in data.items() if k != "policy"}
+    section = data.get("policy", {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"{file}: policy must be a table ([policy])")
+    for key, value in section.items():
+        name = key.replace("-", "_")
+        out[name if name == "job_retention" else f"policy_{name}"] = value
+    return out
 
 
 # ``*_file`` fields and the field their contents go to.

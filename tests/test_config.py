@@ -95,3 +95,49 @@ def test_config_is_frozen() -> None:
     cfg = AgentConfig()
     with pytest.raises(AttributeError):
         cfg.port = 1
+
+
+def test_the_policy_section_from_file_environment_and_flags(tmp_path: Path) -> None:
+    from hexamesh.policy import policy_of
+    from hexamesh.serve.router import Priority
+
+    file = tmp_path / "agent.toml"
+    file.write_text(
+        "[policy]\nweight-load = 0.6\nweight_proximity = 0.1\nclient_max_priority = 'medium'\n"
+        "scale_add_load = 0.9\nscale_replicas = 2\njob_retention = 600\n"
+    )
+    cfg = load_config(file, env={"HEXAMESH_POLICY_LOW_MAX_LOAD": "0.3"})
+    policy = policy_of(cfg)
+    assert policy.routing.weight_load == 0.6 and policy.routing.weight_proximity == 0.1
+    assert policy.routing.weight_match == 0.3  # the default where the file says nothing
+    assert policy.routing.low_max_load == 0.3
+    assert policy.priorities.client_max is Priority.MEDIUM
+    assert policy.scale.add_load == 0.9 and policy.scale_replicas == 2
+    assert policy.job_retention == cfg.job_retention == 600
+    cfg = load_config(file, env={}, overrides={"policy_priority_scheduling": False})
+    assert not policy_of(cfg).priorities.scheduling
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[policy]\nweight_load = -1\n", "weight_load must be at least 0"),
+        ("[policy]\nsaturated = 1.5\n", "saturated must be in 0..1"),
+        ("[policy]\ndefault_priority = 'urgent'\n", "default_priority must be high"),
+        ("[policy]\nscale_drop_load = 0.9\n", "scale_drop_load must be below"),
+        ("[policy]\nscale_replicas = 0\n", "scale_replicas must be in 1..8"),
+        ("[policy]\nno_such = 1\n", "unknown key 'policy_no_such'"),
+        ("policy = 3\n", "policy must be a table"),
+        (
+            "[policy]\nweight_load = 0\nweight_match = 0\nweight_proximity = 0\n",
+            "sum to 0",
+        ),
+    ],
+)
+def test_a_bad_policy_is_refused_with_a_clear_error(
+    tmp_path: Path, toml: str, message: str
+) -> None:
+    file = tmp_path / "agent.toml"
+    file.write_text(toml)
+    with pytest.raises(ConfigError, match=message):
+        load_config(file, env={})

@@ -46,6 +46,7 @@ def model_spec(text: str, config: AgentConfig) -> ModelSpec:
         kv_cache_gb=float(config.kv_cache_gb),
         max_model_len=config.max_model_len,
         gpu_memory_utilization=round(config.gpu_share / held, 3),
+        extra_args=config.engine_args,
     )
 
 

@@ -72,8 +72,9 @@ from hexamesh.net.udp import open_udp_transport
 from hexamesh.operator import save_operators
 from hexamesh.peerauth import Authenticator
 from hexamesh.placement.service import Placements, run_swarmscale
-from hexamesh.placement.swarmscale import ScaleConfig, Swarmscale
+from hexamesh.placement.swarmscale import Swarmscale
 from hexamesh.placement.vote import Scouting
+from hexamesh.policy import policy_of
 from hexamesh.revocation import Revocations, load_revocations, save_revocations
 from hexamesh.rotation import Rotations
 from hexamesh.serve.batches import Batches, BatchStore
@@ -208,7 +209,11 @@ async def _run_agent(
         )
         async with AsyncExitStack() as stack:
             serves = config.model or config.placement_room(0) > 0
+            policy = policy_of(config)
             engine_config = engine_config or EngineConfig(server_module=config.engine_module)
+            engine_config = dataclasses.replace(
+                engine_config, priority_scheduling=policy.priorities.scheduling
+            )
             # our engines take requests with this key only (vLLM's VLLM_API_KEY,
             # in their environment: not in ps), so local users cannot go around
             # the API keys
@@ -252,9 +257,15 @@ async def _run_agent(
                 serve = partial(_serve_models, config, honeycomb, status, engine, placements)
                 nursery.start_soon(partial(services.run, "engine", services.wrap("engine", serve)))
                 if config.swarmscale:
-                    scale = Swarmscale(ScaleConfig())
+                    scale = Swarmscale(policy.scale)
                     upkeep = partial(
-                        run_swarmscale, placements, engine, comb, scale, clock=wall_clock
+                        run_swarmscale,
+                        placements,
+                        engine,
+                        comb,
+                        scale,
+                        clock=wall_clock,
+                        replicas=policy.scale_replicas,
                     )
                     swarmscale = services.wrap("swarmscale", upkeep)
                     nursery.start_soon(partial(services.run, "swarmscale", swarmscale))
@@ -283,6 +294,8 @@ async def _run_agent(
                 metrics=_metrics(honeycomb, transport, driver, faults, services),
                 faults=faults,
                 health=lambda: _health(status, services),
+                routing=policy.routing,
+                priorities=policy.priorities,
             )
             stack.callback(front.close)  # runs before the nursery exits: later give-backs close
             verdicts = honeycomb.subscribe(VERDICT_BUFFER)

@@ -104,6 +104,7 @@ class EngineConfig:
     # a peer's view dropping a busy server for a moment on a 2-core machine.
     cpu_nice: int = 5
     extra_env: dict[str, str] = field(default_factory=dict)
+    priority_scheduling: bool = True  # --scheduling-policy priority (the [policy] switch)
 
 
 class EngineState(enum.Enum):
@@ -143,14 +144,14 @@ def server_command(spec: ModelSpec, port: int, device: Device, config: EngineCon
         # one log line per request, re-logged by the agent, costs more CPU than
         # relaying the request; failures and vLLM's 10 s stats still come through
         "--disable-uvicorn-access-log",
-        # requests carry a priority (serve.priority): high overtakes queued
-        # low ones, and low ones are preempted first when the engine is full
-        "--scheduling-policy",
-        "priority",
         # repeats of a prefix (a system prompt, earlier turns) skip its prefill;
         # the router sends them back here (serve.affinity)
         "--enable-prefix-caching",
     ]
+    if config.priority_scheduling:
+        # requests carry a priority (serve.priority): high overtakes queued
+        # low ones, and low ones are preempted first when the engine is full
+        cmd += ["--scheduling-policy", "priority"]
     if "VLLM_API_KEY" in config.extra_env:  # every path behind the key, not /v1 only
         cmd += ["--middleware", KEY_GUARD]
     if device.gpu:

@@ -392,9 +392,10 @@ async def run_swarmscale(
     *,
     clock: Callable[[], float],
     interval: float = 1.0,
+    replicas: int = 1,
 ) -> None:
-    """Watch the models served here; call a vote for one more replica when they
-    run hot, unload a voted-in replica when they run cold (``swarmscale``)."""
+    """Watch the models served here; call a vote for ``replicas`` more when
+    they run hot, unload a voted-in replica when they run cold (``swarmscale``)."""
     while True:
         await trio.sleep(interval)
         now = clock()
@@ -420,7 +421,7 @@ async def run_swarmscale(
                     scale.forget(model)
                     continue
                 log.info("swarmscale: %s runs hot (%s): calling a vote", model, reading)
-                placements.spawn(placements.propose(order, 1))
+                placements.spawn(placements.propose(order, replicas))
             elif decision is Scale.DROP and model in {k[0] for k in placements.won}:
                 log.info("swarmscale: %s runs cold (%s): unloading ours", model, reading)
                 await placements.give_back(model)

@@ -566,7 +566,8 @@ class FrontDoor:
         host, _, port = hostport.rpartition(":")
         if _CONTINUES in body:  # a byte search: the hot path parses nothing
             body = await self._settle_continuation(host, int(port), body)
-        body = engine_body(body, priority)
+        if self.priorities.scheduling:
+            body = engine_body(body, priority)
         return await self._post_local(host, int(port), target, body)
 
     async def _post_local(self, host: str, port: int, target: str, body: bytes) -> UpstreamResponse:

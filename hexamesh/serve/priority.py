@@ -38,6 +38,7 @@ class PriorityPolicy:
 
     default: Priority = Priority.MEDIUM  # a request that asks for none
     client_max: Priority = Priority.HIGH  # the highest a client (not an admin) may ask
+    scheduling: bool = True  # engines schedule by it (off: they get no priority, FCFS)
 
 
 def _asked(headers: Mapping[str, str], body: Mapping[str, Any]) -> Priority | None:
