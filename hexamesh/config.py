@@ -121,6 +121,9 @@ class AgentConfig:
     policy_low_max_load: float = 0.5  # low priority goes to servers at or below this load
     policy_default_priority: str = "medium"  # a request that asks for none
     policy_client_max_priority: str = "high"  # the highest a client may ask (admins: any)
+    # Of each engine's batch slots, the share low-priority requests leave free
+    # for high and medium ones (vLLM preempts for memory, not for a slot).
+    policy_low_reserve: float = 0.25
     # Engines schedule by priority (vLLM --scheduling-policy priority) and get
     # each request's; off: first come, first served, as vLLM's default.
     policy_priority_scheduling: bool = True
@@ -176,6 +179,8 @@ class AgentConfig:
                 raise ConfigError(f"policy.weight_{name} must be at least 0")
         if self.policy_weight_load + self.policy_weight_match + self.policy_weight_proximity <= 0:
             raise ConfigError("policy: the weights of load, match and proximity sum to 0")
+        if not 0.0 <= self.policy_low_reserve < 1.0:
+            raise ConfigError("policy.low_reserve must be in 0..1 (1 would shut low out)")
         for name in ("saturated", "low_max_load", "scale_add_load", "scale_drop_load"):
             if not 0.0 <= getattr(self, f"policy_{name}") <= 1.0:
                 raise ConfigError(f"policy.{name} must be in 0..1, a load")
@@ -282,6 +287,7 @@ FLAGS: dict[str, Flag] = {
     "policy_default_priority": Flag("Policy: priority of a request that asks for none"),
     "policy_client_max_priority": Flag("Policy: the highest priority a client may ask"),
     "policy_priority_scheduling": Flag("Policy: engines schedule by request priority"),
+    "policy_low_reserve": Flag("Policy: share of an engine's batch slots low requests leave free"),
     "policy_scale_add_load": Flag("Policy: swarmscale adds a replica above this mean load"),
     "policy_scale_add_queue": Flag("Policy: ... or above this many requests waiting"),
     "policy_scale_add_ttft": Flag("Policy: ... or above this time to first token (s)"),

@@ -45,6 +45,7 @@ def policy_of(config: AgentConfig) -> Policy:
             default=Priority(config.policy_default_priority),
             client_max=Priority(config.policy_client_max_priority),
             scheduling=config.policy_priority_scheduling,
+            low_reserve=config.policy_low_reserve,
         ),
         scale=ScaleConfig(
             add_load=config.policy_scale_add_load,

@@ -79,7 +79,13 @@ class LeanClient:
     and the request sent once more on a fresh one.
     """
 
-    def __init__(self, base_url: str, *, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         url = urlsplit(base_url)
         if url.scheme != "http" or url.hostname is None:
             raise ValueError(f"{base_url!r}: only plain http://host:port URLs")
@@ -87,6 +93,7 @@ class LeanClient:
         self.port = url.port or 80
         self.target = url.path.rstrip("/") + "/v1/completions"
         self._headers = [("authorization", f"Bearer {api_key}")] if api_key else []
+        self._headers += list(headers)
         self._pool = UpstreamPool()
 
     @property

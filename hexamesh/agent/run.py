@@ -57,6 +57,8 @@ from hexamesh.comb.service import Honeycomb
 from hexamesh.config import AgentConfig
 from hexamesh.dht.service import Dht, load_contacts
 from hexamesh.engine.supervisor import (
+    CPU_MAX_NUM_SEQS,
+    Engine,
     EngineConfig,
     EngineError,
     open_engine,
@@ -296,6 +298,7 @@ async def _run_agent(
                 health=lambda: _health(status, services),
                 routing=policy.routing,
                 priorities=policy.priorities,
+                engine_slots=None if engine is None else partial(_slots, engine),
             )
             stack.callback(front.close)  # runs before the nursery exits: later give-backs close
             verdicts = honeycomb.subscribe(VERDICT_BUFFER)
@@ -459,3 +462,11 @@ def _authority_metrics(
         "outcome",
         lambda: {"taken": float(rotation.handed_over), "failed": float(rotation.handoffs_failed)},
     )
+
+
+def _slots(engine: Engine, model: str) -> int:
+    """Batch slots of our engine's server of ``model`` (vLLM's default if it went)."""
+    try:
+        return engine.slots(model)
+    except EngineError:
+        return CPU_MAX_NUM_SEQS

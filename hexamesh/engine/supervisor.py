@@ -164,6 +164,24 @@ def server_command(spec: ModelSpec, port: int, device: Device, config: EngineCon
     return [*cmd, *spec.extra_args]
 
 
+CPU_MAX_NUM_SEQS = 128  # vLLM's --max-num-seqs default for its API server on CPU
+GPU_MAX_NUM_SEQS = 256  # ... and on a GPU
+
+
+def max_num_seqs(spec: ModelSpec, device: Device) -> int:
+    """The batch slots a model's server has: its ``--max-num-seqs``, else vLLM's default."""
+    args = list(spec.extra_args)
+    for i, arg in enumerate(args):
+        value = None
+        if arg.startswith("--max-num-seqs="):
+            value = arg.split("=", 1)[1]
+        elif arg == "--max-num-seqs" and i + 1 < len(args):
+            value = args[i + 1]
+        if value is not None and value.isdigit() and int(value) > 0:
+            return int(value)
+    return GPU_MAX_NUM_SEQS if device.gpu else CPU_MAX_NUM_SEQS
+
+
 def server_env(spec: ModelSpec, device: Device, config: EngineConfig) -> dict[str, str]:
     env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}
     if os.path.isdir(spec.model) or not spec.hub:
@@ -241,6 +259,10 @@ class Engine:
         if server is None or server.state is not EngineState.READY:
             raise EngineError(f"model {name!r} is not ready")
         return server.url
+
+    def slots(self, name: str) -> int:
+        """Batch slots of ``name``'s server (``max_num_seqs``)."""
+        return max_num_seqs(self.spec(name), self.device)
 
     def load_of(self, name: str) -> EngineLoad:
         server = self._servers.get(name)
@@ -428,7 +450,8 @@ class Engine:
                 log.debug("%s: metrics scrape failed: %s", server.spec.name, e)
                 continue
             now = trio.current_time()
-            server.load = EngineLoad.from_samples(samples, before, now - last)
+            slots = max_num_seqs(server.spec, self.device)
+            server.load = EngineLoad.from_samples(samples, before, now - last, slots)
             before, last = samples, now
 
     async def _stop(self, server: _Server) -> None:

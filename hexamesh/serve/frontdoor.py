@@ -47,7 +47,14 @@ from hexamesh.serve.http import HttpConnection, Request, response_head
 from hexamesh.serve.jobs import JobFailed
 from hexamesh.serve.metrics import ServeMetrics
 from hexamesh.serve.peerroute import PeerRoute, RouteError, read_route, route_headers
-from hexamesh.serve.priority import H_PRIORITY, PriorityPolicy, engine_body, of_client, of_peer
+from hexamesh.serve.priority import (
+    H_PRIORITY,
+    LowGate,
+    PriorityPolicy,
+    engine_body,
+    of_client,
+    of_peer,
+)
 from hexamesh.serve.pumpthread import Outcome, PumpThread, StreamJob
 from hexamesh.serve.relay import (
     STALL_TIMEOUT,
@@ -120,10 +127,14 @@ class FrontDoor:
         health: Callable[[], dict[str, Any]] | None = None,
         routing: RoutingPolicy = DEFAULT_POLICY,
         priorities: PriorityPolicy | None = None,
+        engine_slots: Callable[[str], int] | None = None,
     ) -> None:
         self.view = view
         self.routing = routing  # the router's weights and levels ([policy])
         self.priorities = priorities or PriorityPolicy()
+        # batch slots of our engine's server of a model (None: no gate for low requests)
+        self._engine_slots = engine_slots
+        self.low_gate = LowGate(self.priorities.low_reserve)
         self.faults = faults or Faults()
         self._health = health  # what /health adds (the services' state)
         self.keys = keys  # our node key and the swarm's: the peer channel's both ends
@@ -527,7 +538,7 @@ class FrontDoor:
         try:
             if cand.local:
                 url = self.view.local_url(model)
-                return action, await self._open_local(target, body, url, priority)
+                return action, await self._open_local(target, body, url, priority, model)
             with self._unless_declared_dead(cand):
                 return action, await self._open_peer(cand, target, body, route, stream, priority)
         except UpstreamError as e:
@@ -558,7 +569,12 @@ class FrontDoor:
         return await open_upstream(addr[0], addr[1], request, self.upstreams, stream, peer)
 
     async def _open_local(
-        self, target: str, body: bytes, url: str | None, priority: Priority = Priority.MEDIUM
+        self,
+        target: str,
+        body: bytes,
+        url: str | None,
+        priority: Priority = Priority.MEDIUM,
+        model: str = "",
     ) -> UpstreamResponse:
         if url is None:
             raise UpstreamError("the local engine does not serve this model (any more)")
@@ -566,9 +582,19 @@ class FrontDoor:
         host, _, port = hostport.rpartition(":")
         if _CONTINUES in body:  # a byte search: the hot path parses nothing
             body = await self._settle_continuation(host, int(port), body)
-        if self.priorities.scheduling:
-            body = engine_body(body, priority)
-        return await self._post_local(host, int(port), target, body)
+        if not self.priorities.scheduling:
+            return await self._post_local(host, int(port), target, body)
+        body = engine_body(body, priority)
+        if priority is not Priority.LOW or self._engine_slots is None or not model:
+            return await self._post_local(host, int(port), target, body)
+        release = await self.low_gate.enter(model, self._engine_slots(model))
+        try:
+            up = await self._post_local(host, int(port), target, body)
+        except BaseException:
+            release()
+            raise
+        up.on_close = release  # the slot is free when the answer is over
+        return up
 
     async def _post_local(self, host: str, port: int, target: str, body: bytes) -> UpstreamResponse:
         """POST to our engine over a pooled connection."""

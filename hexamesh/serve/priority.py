@@ -11,18 +11,35 @@ the request writes it into the body as vLLM's ``priority``
 (``ENGINE_PRIORITY``), whatever number the client wrote, so that the
 engine, started with ``--scheduling-policy priority``, lets high requests
 overtake queued low ones and preempts low ones first when it is full.
+
+vLLM preempts for memory, not for a batch slot: a high request that finds
+every slot taken waits for one to end, however low the requests in them.
+So the serving agent keeps a share of its engine's slots (``low_reserve``)
+free of low requests (:class:`LowGate`): low ones beyond the rest wait in
+the agent, in order, and a high or medium request is in the next step's
+batch.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import trio
+
 from hexamesh.serve.router import Priority
 
-__all__ = ["ENGINE_PRIORITY", "H_PRIORITY", "PriorityPolicy", "engine_body", "of_client"]
+__all__ = [
+    "ENGINE_PRIORITY",
+    "H_PRIORITY",
+    "LowGate",
+    "PriorityPolicy",
+    "engine_body",
+    "of_client",
+]
 
 H_PRIORITY = "x-hexamesh-priority"
 # vLLM's per-request priority (lower is scheduled first; 0 is its default, so
@@ -39,6 +56,7 @@ class PriorityPolicy:
     default: Priority = Priority.MEDIUM  # a request that asks for none
     client_max: Priority = Priority.HIGH  # the highest a client (not an admin) may ask
     scheduling: bool = True  # engines schedule by it (off: they get no priority, FCFS)
+    low_reserve: float = 0.25  # of an engine's batch slots, the share low requests leave free
 
 
 def _asked(headers: Mapping[str, str], body: Mapping[str, Any]) -> Priority | None:
@@ -89,3 +107,38 @@ def engine_body(body: bytes, priority: Priority) -> bytes:
         return body
     doc["priority"] = ENGINE_PRIORITY[priority]
     return json.dumps(doc).encode()
+
+
+class LowGate:
+    """Low-priority requests in our engine, per model: at most its batch
+    slots less ``reserve`` of them (at least one); more wait here, first
+    come first in."""
+
+    def __init__(self, reserve: float) -> None:
+        self.reserve = reserve
+        self._gates: dict[str, trio.Semaphore] = {}
+        self.waited = 0  # low requests that had to wait for a slot
+
+    def limit(self, slots: int) -> int:
+        return max(1, math.floor(slots * (1.0 - self.reserve)))
+
+    async def enter(self, model: str, slots: int) -> Callable[[], None]:
+        """Wait for a slot for a low request to ``model``; returns its release
+        (call it once the request is over; more calls do nothing)."""
+        gate = self._gates.get(model)
+        if gate is None or gate.max_value != self.limit(slots):  # new, or the engine changed
+            gate = self._gates[model] = trio.Semaphore(
+                self.limit(slots), max_value=self.limit(slots)
+            )
+        if gate.value == 0:
+            self.waited += 1
+        await gate.acquire()
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                gate.release()
+
+        return release

@@ -32,7 +32,7 @@ about ``KEEPALIVE_IDLE + KEEPALIVE_COUNT * KEEPALIVE_INTERVAL`` s), and by
 from __future__ import annotations
 
 import socket as _stdlib_socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -94,6 +94,7 @@ class UpstreamResponse:
     pool: UpstreamPool | None = field(default=None, repr=False)
     key: tuple[str, int] = ("", 0)
     consumed: bool = False  # the whole response was read, nothing after it: reusable
+    on_close: Callable[[], None] | None = field(default=None, repr=False)  # once, at aclose
 
     def _clean(self) -> bool:
         """Nothing of a peer channel's is read ahead (a partial record, bytes
@@ -111,6 +112,9 @@ class UpstreamResponse:
 
     async def aclose(self) -> None:
         """Give the connection back to the pool if it can carry another request, else close."""
+        done, self.on_close = self.on_close, None
+        if done is not None:
+            done()
         if self.pool is not None and self.consumed and self.keep_alive and self._clean():
             self.pool.give(self.key, self.stream)
             return

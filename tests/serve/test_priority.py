@@ -64,3 +64,56 @@ async def test_a_priority_travels_with_the_forward_to_the_engine() -> None:
         metric = a.front.metrics.priorities.labels("low")._value.get()
         assert metric == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_low_requests_leave_a_share_of_the_engines_slots_free() -> None:
+    """With 4 slots and a quarter reserved, three low streams fill what low
+    may take: a fourth waits in the agent, a high one goes straight in."""
+    ring = KeyRing.generate()
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=20) as client:
+        a = await start_door(nursery, ring, 1, engine=Behaviour(token_delay=0.05))
+        a.front._engine_slots = lambda model: 4
+        engine = a.behaviour
+        assert engine is not None
+        body = {"model": MODEL, "prompt": "x", "max_tokens": 20, "stream": True}
+        ends: dict[str, float] = {}
+
+        async def ask(name: str, priority: str) -> None:
+            async with client.stream(
+                "POST", f"{a.api}/completions", json=body, headers={H: priority}
+            ) as r:
+                assert r.status_code == 200
+                async for _ in r.aiter_bytes():
+                    pass
+            ends[name] = trio.current_time()
+
+        async with trio.open_nursery() as inner:
+            for i in range(3):
+                inner.start_soon(ask, f"low{i}", "low")
+            with trio.fail_after(5):
+                while len(engine.served) < 3:
+                    await trio.sleep(0.01)
+            inner.start_soon(ask, "low3", "low")
+            await trio.sleep(0.2)
+            assert len(engine.served) == 3  # the fourth low waits in the agent
+            assert a.front.low_gate.waited == 1
+            inner.start_soon(ask, "high", "high")
+            with trio.fail_after(5):
+                while len(engine.served) < 4:
+                    await trio.sleep(0.01)
+            assert engine.served[3].get("priority") == -1  # the high one went in
+        assert ends["high"] < ends["low3"]  # and ended before the low that waited
+        nursery.cancel_scope.cancel()
+
+
+def test_an_engines_slots_are_its_max_num_seqs_or_vllms_default() -> None:
+    from hexamesh.engine.device import Device
+    from hexamesh.engine.supervisor import ModelSpec, max_num_seqs
+
+    cpu, gpu = Device(gpu=False, name="cpu"), Device(gpu=True, name="gpu")
+    assert max_num_seqs(ModelSpec(name="m", model="d"), cpu) == 128
+    assert max_num_seqs(ModelSpec(name="m", model="d"), gpu) == 256
+    spec = ModelSpec(name="m", model="d", extra_args=("--max-num-seqs=8",))
+    assert max_num_seqs(spec, cpu) == 8
+    spec = ModelSpec(name="m", model="d", extra_args=("--max-num-seqs", "16"))
+    assert max_num_seqs(spec, gpu) == 16
