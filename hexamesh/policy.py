@@ -1,7 +1,7 @@
 """The operator's policy: the config's ``[policy]`` section, as the parts use it.
 
-Routing weights and levels (``serve.router.RoutingPolicy``, and the
-affinity weight of ``serve.affinity``), priority rules
+Routing weights and levels (``serve.router.RoutingPolicy``, the affinity
+weight of ``serve.affinity`` among them), priority rules
 (``serve.priority.PriorityPolicy``) and swarmscale's thresholds
 (``placement.swarmscale.ScaleConfig``) are each a frozen dataclass with the
 defaults the design names; :func:`policy_of` fills them from an
@@ -23,7 +23,6 @@ __all__ = ["Policy", "policy_of"]
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Policy:
     routing: RoutingPolicy
-    affinity_weight: float
     priorities: PriorityPolicy
     scale: ScaleConfig
     scale_replicas: int  # replicas one swarmscale vote asks for
@@ -36,11 +35,11 @@ def policy_of(config: AgentConfig) -> Policy:
             weight_load=config.policy_weight_load,
             weight_match=config.policy_weight_match,
             weight_proximity=config.policy_weight_proximity,
+            weight_affinity=config.policy_weight_affinity,
             saturated=config.policy_saturated,
             stability_weight=config.policy_stability_weight,
             low_max_load=config.policy_low_max_load,
         ),
-        affinity_weight=config.policy_weight_affinity,
         priorities=PriorityPolicy(
             default=Priority(config.policy_default_priority),
             client_max=Priority(config.policy_client_max_priority),

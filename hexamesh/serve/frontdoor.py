@@ -41,6 +41,7 @@ from hexamesh.net.base import Addr
 from hexamesh.net.channel import ChannelKeys, PeerStream, accept, is_channel
 from hexamesh.net.noise import PREAMBLE, ChannelError
 from hexamesh.serve import sse
+from hexamesh.serve.affinity import H_PREFIX, AffinityTable, Marks, marks_of, parse_marks
 from hexamesh.serve.attempts import Action, Attempts, Dial, Finish, GiveUp, PassOn
 from hexamesh.serve.deathwatch import DeathWatch
 from hexamesh.serve.http import HttpConnection, Request, response_head
@@ -135,6 +136,7 @@ class FrontDoor:
         # batch slots of our engine's server of a model (None: no gate for low requests)
         self._engine_slots = engine_slots
         self.low_gate = LowGate(self.priorities.low_reserve)
+        self.affinity = AffinityTable(clock)  # which server served which prompt prefix
         self.faults = faults or Faults()
         self._health = health  # what /health adds (the services' state)
         self.keys = keys  # our node key and the swarm's: the peer channel's both ends
@@ -194,6 +196,7 @@ class FrontDoor:
 
     def server_died(self, node: bytes) -> None:
         """The comb declared ``node`` dead: requests waiting on it move on now."""
+        self.affinity.forget(node)
         if self.deaths.dead(node):
             log.info("server %s declared dead: its requests move on", short_id(node))
 
@@ -465,6 +468,7 @@ class FrontDoor:
         route: PeerRoute | None,
         priority: Priority = Priority.MEDIUM,
         cands: list[Candidate] | None = None,  # the view's, when the caller has them already
+        marks: Marks | None = None,
     ) -> list[Candidate]:
         path = (*route.path, self.view.node) if route else (self.view.node,)
         return rank(
@@ -476,6 +480,8 @@ class FrontDoor:
             priority=priority,
             ranker=self.view.node,
             policy=self.routing,
+            cached=self.affinity.lookup(marks) if marks is not None else None,
+            salt=marks.root if marks is not None else b"",
         )
 
     def _note(self, attempts: Attempts) -> None:
@@ -525,6 +531,7 @@ class FrontDoor:
         route: PeerRoute | None,
         model: str,
         priority: Priority = Priority.MEDIUM,
+        marks: Marks | None = None,
     ) -> tuple[Action, UpstreamResponse | None]:
         """Send the request as ``action`` says (a peer after a dial race): the
         response head, or the next action when nobody could be reached."""
@@ -540,7 +547,9 @@ class FrontDoor:
                 url = self.view.local_url(model)
                 return action, await self._open_local(target, body, url, priority, model)
             with self._unless_declared_dead(cand):
-                return action, await self._open_peer(cand, target, body, route, stream, priority)
+                return action, await self._open_peer(
+                    cand, target, body, route, stream, priority, marks
+                )
         except UpstreamError as e:
             log.info("server %s failed before answering: %s", short_id(cand.node), e)
             return attempts.refused(str(e)), None
@@ -553,6 +562,7 @@ class FrontDoor:
         route: PeerRoute | None,
         stream: Upstream | None = None,
         priority: Priority = Priority.MEDIUM,
+        marks: Marks | None = None,
     ) -> UpstreamResponse:
         addr = self.view.address(cand.node)
         if addr is None:
@@ -563,6 +573,8 @@ class FrontDoor:
         headers = route_headers(self.view.node, route)
         if priority is not Priority.MEDIUM:
             headers.append((H_PRIORITY, priority))
+        if marks is not None:
+            headers.append((H_PREFIX, marks.header()))
         request = request_bytes("POST", *addr, target, body, headers, keep_alive=True)
         self.metrics.forwards.inc()
         peer = Peer(cand.node, self.keys)
@@ -654,8 +666,9 @@ class FrontDoor:
                 param=sse.CONTINUES,
             )
         priority = self._priority(request, req, route)
+        marks = self._marks(request, req, route)
         cands = await self.known_or_404(req.model)
-        ranked = self.ranked(req.model, route, priority, cands)
+        ranked = self.ranked(req.model, route, priority, cands, marks)
         if not ranked:
             raise ApiError(
                 503,
@@ -665,9 +678,25 @@ class FrontDoor:
             )
         attempts = Attempts(ranked, what=f"`{req.model}`")
         try:
-            return await self._serve(conn, request, req, route, attempts, priority)
+            return await self._serve(conn, request, req, route, attempts, priority, marks)
         finally:
             self._note(attempts)
+
+    def _marks(
+        self, request: Request, req: CompletionRequest, route: PeerRoute | None
+    ) -> Marks | None:
+        """The prompt's prefix checkpoints (``affinity``): a client's hashed
+        here, a forward's as its sender sent them."""
+        if self.routing.weight_affinity <= 0:
+            return None
+        if route is not None:
+            return parse_marks(request.headers.get(H_PREFIX))
+        return marks_of(req.body, req.chat)
+
+    def _served(self, node: bytes, marks: Marks | None) -> None:
+        self.shunned.served(node)
+        if marks is not None:
+            self.affinity.learn(marks, node)
 
     def _priority(
         self, request: Request, req: CompletionRequest, route: PeerRoute | None
@@ -692,6 +721,7 @@ class FrontDoor:
         route: PeerRoute | None,
         attempts: Attempts,
         priority: Priority = Priority.MEDIUM,
+        marks: Marks | None = None,
     ) -> int:
         body = request.body
         sent: list[bytes] = []  # chunked bytes the client holds (streams)
@@ -700,7 +730,7 @@ class FrontDoor:
         while isinstance(action, Dial):
             self._note(attempts)
             action, up = await self._dial(
-                attempts, action, request.target, body, route, req.model, priority
+                attempts, action, request.target, body, route, req.model, priority, marks
             )
             self._note(attempts)  # (a race passes over the slower at once)
             if up is None:
@@ -708,6 +738,8 @@ class FrontDoor:
             cand = attempts.current
             try:
                 if up.status != 200:
+                    if marks is not None and 400 <= up.status < 500:  # too long for it, say
+                        self.affinity.forget(cand.node, marks)
                     action = attempts.answered(
                         up.status, f"{short_id(cand.node)} answered {up.status}"
                     )
@@ -778,7 +810,7 @@ class FrontDoor:
             if cont is not None:
                 body = json.dumps(cont).encode()
         if isinstance(action, Finish):
-            self.shunned.served(action.candidate.node)
+            self._served(action.candidate.node, marks)
             return 200
         assert isinstance(action, GiveUp)
         if action.mid_stream and route is not None:
@@ -808,13 +840,15 @@ class FrontDoor:
             raise UpstreamError(e.message) from None
         target = "/v1/chat/completions" if req.chat else "/v1/completions"
         body = json.dumps({**req.body, "stream": False}).encode()
-        attempts = Attempts(self.ranked(req.model, None, priority, cands), what=f"`{req.model}`")
+        marks = marks_of(req.body, req.chat) if self.routing.weight_affinity > 0 else None
+        ranked = self.ranked(req.model, None, priority, cands, marks)
+        attempts = Attempts(ranked, what=f"`{req.model}`")
         try:
             action: Action = attempts.start()
             while isinstance(action, Dial):
                 self._note(attempts)
                 action, up = await self._dial(
-                    attempts, action, target, body, None, req.model, priority
+                    attempts, action, target, body, None, req.model, priority, marks
                 )
                 self._note(attempts)
                 if up is None:
@@ -832,7 +866,7 @@ class FrontDoor:
                     with self._unless_declared_dead(cand):
                         data = await read_body(up)
                     served = dict(self._served_headers(cand, up)).get(SERVED_BY, cand.node.hex())
-                    self.shunned.served(cand.node)
+                    self._served(cand.node, marks)
                     return data, served
                 except UpstreamError as e:
                     action = attempts.refused(str(e))

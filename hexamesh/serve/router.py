@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 __all__ = [
@@ -66,6 +66,9 @@ __all__ = [
 MAX_FORWARDS = 2  # forwards a request may take; the DESIGN's hop counter limit
 MAX_ATTEMPTS = 4  # servers tried for one request (first choice + failovers/continuations)
 W_LOAD, W_MATCH, W_PROXIMITY = 0.4, 0.3, 0.3  # the DESIGN's weights
+# Times the share of the prompt a server holds in its KV cache (``affinity``):
+# a whole prompt held outweighs a load 0.75 higher, not a saturated server.
+W_AFFINITY = 0.3
 UNKNOWN_LOAD = 0.5  # assumed for DHT-only candidates: neither idle nor busy
 PROVIDER_MATCH = 0.5  # model known from a DHT record only (may be stale)
 SATURATED = 0.95  # load at which a server admits nothing new without queueing
@@ -80,6 +83,7 @@ class RoutingPolicy:
     weight_load: float = W_LOAD
     weight_match: float = W_MATCH
     weight_proximity: float = W_PROXIMITY
+    weight_affinity: float = W_AFFINITY
     saturated: float = SATURATED
     stability_weight: float = STABILITY_WEIGHT
     low_max_load: float = LOW_MAX_LOAD
@@ -108,8 +112,12 @@ class Candidate:
 
 
 def score(
-    c: Candidate, priority: Priority = Priority.MEDIUM, policy: RoutingPolicy = DEFAULT_POLICY
+    c: Candidate,
+    priority: Priority = Priority.MEDIUM,
+    policy: RoutingPolicy = DEFAULT_POLICY,
+    held: float = 0.0,
 ) -> float:
+    """``held``: the share of the request's prompt ``c`` holds in its KV cache."""
     load = UNKNOWN_LOAD if c.load is None else min(max(c.load, 0.0), 1.0)
     match = 1.0 if c.in_view or c.local else PROVIDER_MATCH
     if c.local:
@@ -125,7 +133,7 @@ def score(
     )
     if priority is Priority.HIGH:
         s += policy.stability_weight * min(c.uptime / 3600.0, 1.0)
-    return s
+    return s + policy.weight_affinity * held
 
 
 def may_forward(forwards: int) -> bool:
@@ -141,9 +149,15 @@ def rank(
     priority: Priority = Priority.MEDIUM,
     ranker: bytes = b"",
     policy: RoutingPolicy = DEFAULT_POLICY,
+    cached: Mapping[bytes, float] | None = None,
+    salt: bytes = b"",
 ) -> list[Candidate]:
     """Candidates best first; those on ``path`` (or remote, past the hop limit) left
-    out. ``ranker``: the ranking node's id, which breaks ties (see above)."""
+    out. ``ranker``: the ranking node's id, which breaks ties (see above);
+    ``cached``: node -> the share of the prompt it holds (``affinity``);
+    ``salt``: the prompt's prefix root, so that ties between equal servers
+    spread distinct prefixes (and keep one prefix on one server)."""
+    cached = cached or {}
     seen = set(path)
     usable = [c for c in candidates if c.local or (c.node not in seen and may_forward(forwards))]
     if priority is Priority.LOW:
@@ -159,10 +173,11 @@ def rank(
         return UNKNOWN_LOAD if c.load is None else c.load
 
     def tie(c: Candidate) -> bytes:
-        return hashlib.blake2b(ranker + c.node, digest_size=8).digest()
+        return hashlib.blake2b(ranker + salt + c.node, digest_size=8).digest()
 
     def key(c: Candidate) -> tuple[float, int, float, bytes]:
-        return (-round(score(c, priority, policy), 9), 0 if c.local else 1, load_of(c), tie(c))
+        s = score(c, priority, policy, cached.get(c.node, 0.0))
+        return (-round(s, 9), 0 if c.local else 1, load_of(c), tie(c))
 
     sure = [c for c in unique.values() if not c.doubtful]
     fresh = [c for c in sure if load_of(c) < policy.saturated]
