@@ -115,7 +115,7 @@ class AgentConfig:
     policy_weight_load: float = 0.4
     policy_weight_match: float = 0.3
     policy_weight_proximity: float = 0.3
-    policy_weight_affinity: float = 0.3
+    policy_weight_affinity: float = 0.4
     policy_saturated: float = 0.95  # load at which a server goes behind the others
     policy_stability_weight: float = 0.1  # high priority: bonus per hour of uptime (max 1 h)
     policy_low_max_load: float = 0.5  # low priority goes to servers at or below this load

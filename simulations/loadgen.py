@@ -23,6 +23,7 @@ Errors (a 4xx/5xx, an ``error`` event, a closed connection mid-stream) raise
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ class StreamResult:
     tokens: int  # usage.completion_tokens, else the events that came
     ttft_s: float | None  # request sent -> first data event; None if none came
     usage_reported: bool  # tokens is the server's count
+    served_by: str | None = None  # x-hexamesh-served-by: the node whose engine answered
 
 
 def workload(tokens: int) -> dict[str, Any]:
@@ -130,7 +132,8 @@ class LeanClient:
             if up.status >= 400 or not up.chunked:
                 payload = await read_body(up)
                 raise LoadError(f"{up.status}: {payload[:300].decode(errors='replace')}")
-            return await _read_stream(up, start)
+            got = await _read_stream(up, start)
+            return dataclasses.replace(got, served_by=up.headers.get("x-hexamesh-served-by"))
         except UpstreamError as e:
             raise LoadError(str(e)) from None
         finally:

@@ -14,6 +14,9 @@ from hexamesh.cli.common import _fail, console, model_app
 def model_make_tiny(
     out: Annotated[Path, typer.Argument(help="Directory to write the model to")],
     seed: Annotated[int, typer.Option(help="Same seed, same weights and tokenizer")] = 0,
+    shape: Annotated[
+        str, typer.Option(help="tiny, or small (a prefill long enough to measure; 4,096 context)")
+    ] = "tiny",
 ) -> None:
     """Write a tiny random-weight Llama model vLLM can serve (tests, demo; no hub)."""
     try:
@@ -21,7 +24,9 @@ def model_make_tiny(
     except ImportError as e:  # pragma: no cover - depends on the install
         raise _fail(f"needs the engine extras (pip install 'hexamesh[cpu]'): {e}") from None
     try:
-        make_tiny_model(out, seed=seed)
+        if shape not in ("tiny", "small"):
+            raise _fail("--shape is tiny or small")
+        make_tiny_model(out, seed=seed, shape=shape)
     except ImportError as e:
         raise _fail(f"needs the engine extras (pip install 'hexamesh[cpu]'): {e}") from None
     console.print(f"tiny model written to {out}")

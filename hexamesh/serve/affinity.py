@@ -14,10 +14,11 @@ A prefix is hashed as vLLM hashes its cache: in blocks, each block's hash
 chained to the one before, so a hash names a whole prefix. The text is the
 prompt, or for a chat the tools and the messages in order (the router does
 not tokenise: ``BLOCK_CHARS`` characters stand for a block). Only
-*checkpoints* are kept and looked up, the hashes after 1, 2, 4, 8... blocks
-and after the last whole block: a lookup costs log2(blocks) probes, and the
-longest checkpoint held says how much of the prompt the server holds, to a
-factor of two.
+*checkpoints* are kept and looked up, the hashes after 1, 2, 4, 8... blocks,
+every eighth of the largest power of two below the prompt's length, and the
+last whole block: a lookup costs some 20 probes at most, and the longest
+checkpoint held says how much of the prompt the server holds, to within an
+eighth.
 
 The hint travels with a forward (``x-hexamesh-prefix``: the checkpoints),
 so a hop and the server learn the prefix without hashing it again, and any
@@ -49,7 +50,7 @@ BLOCK_CHARS = 256  # characters per block: ~64 tokens of English (vLLM hashes 16
 MIN_BLOCKS = 2  # a prompt shorter than this has no prefill worth routing for
 PREFIX_TTL = 600.0  # s a server is remembered for a prefix (its cache may evict it sooner)
 MAX_PREFIXES = 65536  # checkpoints remembered per agent, ~120 bytes each: 8 MiB at the bound
-MAX_MARKS = 24  # checkpoints in a header: 2^23 blocks, far past any context
+MAX_MARKS = 32  # checkpoints in a header: more than ~20 are never made
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,19 +95,27 @@ def marks_of(body: Mapping[str, Any], chat: bool) -> Marks | None:
     blocks = len(data) // BLOCK_CHARS
     if blocks < MIN_BLOCKS:
         return None
+    wanted = _checkpoints(blocks)
     points = []
     h = b""
-    next_mark = 1
     for i in range(blocks):
-        h = hashlib.blake2b(
-            h + data[i * BLOCK_CHARS : (i + 1) * BLOCK_CHARS], digest_size=8
-        ).digest()
-        n = i + 1
-        if n in (next_mark, blocks):
-            points.append((n, h.hex()))
-            if n == next_mark:
-                next_mark *= 2
+        block = data[i * BLOCK_CHARS : (i + 1) * BLOCK_CHARS]
+        h = hashlib.blake2b(h + block, digest_size=8).digest()
+        if i + 1 in wanted:
+            points.append((i + 1, h.hex()))
     return Marks(tuple(points[-MAX_MARKS:]), blocks)
+
+
+def _checkpoints(blocks: int) -> set[int]:
+    """Where a prompt of ``blocks`` blocks is marked: 1, 2, 4, 8..., then every
+    eighth of the largest power of two below it, and its end. A conversation's
+    next turn finds its last turn's prompt to within that eighth (a power of
+    two alone would say 32 of 50 blocks), in at most ~20 marks."""
+    top = 1 << (blocks.bit_length() - 1)
+    step = max(1, top // 8)
+    marks = {1 << k for k in range(blocks.bit_length())}
+    marks |= set(range(step, blocks + 1, step))
+    return {n for n in marks if n <= blocks} | {blocks}
 
 
 def parse_marks(text: str | None) -> Marks | None:

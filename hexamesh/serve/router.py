@@ -67,8 +67,9 @@ MAX_FORWARDS = 2  # forwards a request may take; the DESIGN's hop counter limit
 MAX_ATTEMPTS = 4  # servers tried for one request (first choice + failovers/continuations)
 W_LOAD, W_MATCH, W_PROXIMITY = 0.4, 0.3, 0.3  # the DESIGN's weights
 # Times the share of the prompt a server holds in its KV cache (``affinity``):
-# a whole prompt held outweighs a load 0.75 higher, not a saturated server.
-W_AFFINITY = 0.3
+# as much as the load's, so a whole prompt held outweighs any load short of
+# saturation (and saturated servers go behind the others anyway).
+W_AFFINITY = 0.4
 UNKNOWN_LOAD = 0.5  # assumed for DHT-only candidates: neither idle nor busy
 PROVIDER_MATCH = 0.5  # model known from a DHT record only (may be stale)
 SATURATED = 0.95  # load at which a server admits nothing new without queueing

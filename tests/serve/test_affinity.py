@@ -33,10 +33,14 @@ def test_checkpoints_name_prefixes_at_powers_of_two_and_the_end() -> None:
     long = "x" * (BLOCK_CHARS * 11 + 7)
     marks = marks_of({"prompt": long}, chat=False)
     assert marks is not None and marks.blocks == 11
-    assert [n for n, _ in marks.points] == [1, 2, 4, 8, 11]
-    longer = marks_of({"prompt": long + "y" * BLOCK_CHARS * 6}, chat=False)
-    assert longer is not None and longer.points[:4] == marks.points[:4]  # the prefix is shared
-    assert longer.points[4] != marks.points[4]
+    assert [n for n, _ in marks.points] == list(range(1, 12))  # steps of an eighth of 8
+    longer = marks_of({"prompt": long + "y" * BLOCK_CHARS * 39}, chat=False)
+    assert longer is not None and longer.blocks == 50
+    assert [n for n, _ in longer.points] == [1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 50]
+    assert dict(longer.points)[8] == dict(marks.points)[8]  # the prefix is shared
+    assert dict(longer.points)[50] != dict(marks.points)[11]
+    huge = marks_of({"prompt": "x" * 1024 * 1024}, chat=False)
+    assert huge is not None and len(huge.points) <= 21
     one, two = marks_of(chat("hi"), chat=True), marks_of(chat("hi", "more"), chat=True)
     assert one is not None and two is not None and one.root == two.root
     with_tools = marks_of({**chat("hi"), "tools": [{"type": "function"}]}, chat=True)
