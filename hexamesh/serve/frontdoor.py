@@ -193,6 +193,17 @@ class FrontDoor:
             "Waits on a peer cut because the comb declared it dead (then failed over)",
             lambda: deaths.cut,
         )
+        affinity = self.affinity
+        self.metrics.counter(
+            "hexamesh_prefix_affinity_hits",
+            "Requests routed with a server known to hold part of their prompt",
+            lambda: affinity.hits,
+        )
+        self.metrics.counter(
+            "hexamesh_prefix_affinity_misses",
+            "Requests with a prompt long enough for affinity whose prefix no server held",
+            lambda: affinity.misses,
+        )
 
     def server_died(self, node: bytes) -> None:
         """The comb declared ``node`` dead: requests waiting on it move on now."""

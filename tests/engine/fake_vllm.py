@@ -8,7 +8,9 @@ $VLLM_API_KEY`` when that variable is set (every path but /health and
 /metrics with the agent's ``--middleware`` key guard). Behaviour switches (environment):
 FAKE_VLLM_EXIT=N exits with code N at once
 (a crash loop); FAKE_VLLM_CHILD_PIDFILE=path writes the child's pid there;
-FAKE_VLLM_ARGV=path writes its arguments there, one per line.
+FAKE_VLLM_ARGV=path writes its arguments there, one per line;
+FAKE_VLLM_DELAY=S waits S seconds before a non-streamed answer (a run long
+enough to kill its server in the middle).
 """
 
 import argparse
@@ -16,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 METRICS = """# HELP vllm:num_requests_running Number of requests running.
@@ -54,7 +57,7 @@ def main() -> None:
         with open(os.environ["FAKE_VLLM_CHILD_PIDFILE"], "w") as f:
             f.write(str(child.pid))
     name = args.served_model_name
-    state = {"tokens": 0}
+    state = {"tokens": 0, "running": 0}
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *a: object) -> None:
@@ -88,7 +91,8 @@ def main() -> None:
             if self.path == "/health":
                 self._send(200, b"", "text/plain")
             elif self.path == "/metrics":
-                text = METRICS.format(name=name, running=1.0, tokens=float(state["tokens"]))
+                running = float(max(1, state["running"]))
+                text = METRICS.format(name=name, running=running, tokens=float(state["tokens"]))
                 self._send(200, text.encode(), "text/plain")
             elif self.path == "/v1/models":
                 self._send(200, {"object": "list", "data": [{"id": name, "object": "model"}]})
@@ -108,6 +112,9 @@ def main() -> None:
             chat = self.path.endswith("/chat/completions")
             state["tokens"] += n
             if not body.get("stream"):
+                state["running"] += 1
+                time.sleep(float(os.environ.get("FAKE_VLLM_DELAY", "0")))
+                state["running"] -= 1
                 choice = {"index": 0, "finish_reason": "length"}
                 if chat:
                     choice["message"] = {"role": "assistant", "content": "tok " * n}
