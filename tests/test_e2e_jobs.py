@@ -40,6 +40,8 @@ def _job_state(api: str, jid: str) -> dict[str, object] | None:
 
 def test_full_size_jobs_survive_the_server_the_acceptor_and_a_holder(tmp_path: Path) -> None:
     env = {"FAKE_VLLM_DELAY": "3", "PYTHONPATH": str(Path(__file__).parent.parent)}
+    model = tmp_path / "model"  # the stand-in engine reads nothing from it
+    model.mkdir()
     a = start_agent(tmp_path / "a", *LOOPBACK, *FAKE, env=env)
     agents: dict[str, AgentProcess] = {"a": a}
     try:
@@ -47,7 +49,7 @@ def test_full_size_jobs_survive_the_server_the_acceptor_and_a_holder(tmp_path: P
         join = joining(seed, tmp_path / "a" / "swarm.key")
         for name in ("s1", "s2"):
             agents[name] = start_agent(
-                tmp_path / name, *join, *FAKE, "--model", "tiny=/nowhere", env=env
+                tmp_path / name, *join, *FAKE, "--model", f"tiny={model}", env=env
             )
         for name in ("h", "r"):
             agents[name] = start_agent(tmp_path / name, *join, *FAKE, env=env)
@@ -73,6 +75,11 @@ def test_full_size_jobs_survive_the_server_the_acceptor_and_a_holder(tmp_path: P
         wait_until(
             "the jobs to run",
             lambda: all((_job_state(api["a"], j) or {}).get("status") == "running" for j in jids),
+            30,
+        )
+        wait_until(
+            "a server to be answering them",
+            lambda: _running(agents["s1"]) + _running(agents["s2"]) > 0,
             30,
         )
         busiest = max(("s1", "s2"), key=lambda s: _running(agents[s]))
@@ -111,7 +118,7 @@ def _running(agent: AgentProcess) -> float:
     except (KeyError, httpx.HTTPError):
         return 0.0
     for line in text.splitlines():
-        if line.startswith("vllm:num_requests_running"):
+        if line.startswith("fake_vllm_answering"):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 

@@ -674,6 +674,13 @@ class Batches:
                 "status": "cancelling",
                 "cancelling_at": held["cancelling_at"],
             }  # came meanwhile
+        if doc["status"] in _FINAL:  # the DHT first: what we call final is final everywhere
+            for attempt in range(3):
+                if await self._publish(self._key(doc), doc):
+                    break
+                await trio.sleep(POLL_INTERVAL * 2**attempt)
+            self.store.put("batch", doc)
+            return doc
         self.store.put("batch", doc)
         await self._publish(self._key(doc), doc)
         return doc

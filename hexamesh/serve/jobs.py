@@ -913,8 +913,15 @@ class Jobs:
         return await self._finish(job, final, publish_key)
 
     async def _finish(self, job: Job, final: Job, publish_key: str | None) -> Job:
-        """Record ``final`` here and in the DHT."""
+        """Record ``final`` in the DHT, then here: a job this agent reports
+        finished is finished for every other agent too (reported here first,
+        its death before the DHT had it would leave a stale record, read as
+        still running, and a takeover would run it again)."""
         final = await self._keep_result(final)
+        for attempt in range(MAX_ATTEMPTS):
+            if await self._publish(final, key=publish_key):
+                break
+            await trio.sleep(RETRY_DELAY * 2**attempt)
         if publish_key is None:
             self.store.set_state(
                 job.id,
@@ -936,7 +943,6 @@ class Jobs:
                     error=final.error,
                     result_ref=final.result_ref,
                 )
-        await self._publish(final, key=publish_key)
         log.info("job %s %s", job.id, final.state)
         return final
 

@@ -91,8 +91,8 @@ def main() -> None:
             if self.path == "/health":
                 self._send(200, b"", "text/plain")
             elif self.path == "/metrics":
-                running = float(max(1, state["running"]))
-                text = METRICS.format(name=name, running=running, tokens=float(state["tokens"]))
+                text = METRICS.format(name=name, running=1.0, tokens=float(state["tokens"]))
+                text += f"fake_vllm_answering {state['running']}\n"  # held answers (tests)
                 self._send(200, text.encode(), "text/plain")
             elif self.path == "/v1/models":
                 self._send(200, {"object": "list", "data": [{"id": name, "object": "model"}]})
