@@ -10,6 +10,7 @@ environment. Unknown keys and bad values fail with a message naming the layer.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import types
@@ -173,6 +174,13 @@ class AgentConfig:
             )
 
     def _check_policy(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            policy = field.name.startswith("policy_") and isinstance(value, float)
+            if policy and not math.isfinite(value):
+                raise ConfigError(f"policy.{field.name[7:]} must be a finite number")
+        if not math.isfinite(self.job_retention):
+            raise ConfigError("job_retention must be a finite number of seconds")
         weights = ("load", "match", "proximity", "affinity")
         for name in weights:
             if getattr(self, f"policy_weight_{name}") < 0:

@@ -127,6 +127,8 @@ def test_the_policy_section_from_file_environment_and_flags(tmp_path: Path) -> N
         ("[policy]\nscale_drop_load = 0.9\n", "scale_drop_load must be below"),
         ("[policy]\nscale_replicas = 0\n", "scale_replicas must be in 1..8"),
         ("[policy]\nno_such = 1\n", "unknown key 'policy_no_such'"),
+        ("[policy]\nweight_load = nan\n", "weight_load must be a finite number"),
+        ("[policy]\njob_retention = inf\n", "job_retention must be a finite number"),
         ("policy = 3\n", "policy must be a table"),
         (
             "[policy]\nweight_load = 0\nweight_match = 0\nweight_proximity = 0\n",

@@ -15,6 +15,7 @@ import os
 import signal
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -134,3 +135,65 @@ def _result_refs(db: Path, jids: list[str]) -> dict[str, BlobRef]:
             f"SELECT id, result_ref FROM jobs WHERE id IN ({','.join('?' * len(jids))})", jids
         ).fetchall()
     return {jid: BlobRef.from_doc(json.loads(ref)) for jid, ref in rows}
+
+
+def test_the_batch_api_on_real_agents(tmp_path: Path) -> None:
+    """Files and batches go through the real DHT (its key kinds, its
+    replication) and blobs between processes: the official client's calls,
+    made as plain HTTP, from upload to output, read at another agent."""
+    model = tmp_path / "model"
+    model.mkdir()
+    env = {"PYTHONPATH": str(Path(__file__).parent.parent)}
+    a = start_agent(tmp_path / "a", *LOOPBACK, *FAKE, env=env)
+    agents = [a]
+    try:
+        seed = a.wait_ready()["address"]
+        join = joining(seed, tmp_path / "a" / "swarm.key")
+        agents.append(
+            start_agent(tmp_path / "s", *join, *FAKE, "--model", f"tiny={model}", env=env)
+        )
+        agents.append(start_agent(tmp_path / "b", *join, *FAKE, env=env))
+        for p in agents:
+            p.wait_ready()
+        api_a, api_b = (str(p.status()["api"]) for p in (a, agents[2]))  # type: ignore[index]
+
+        def served(api: str) -> bool:
+            try:
+                data = httpx.get(f"{api}/models", timeout=5).json()["data"]
+            except (httpx.HTTPError, ValueError, KeyError):
+                return False
+            return any(m["id"] == "tiny" for m in data)
+
+        wait_until("a to see the server", lambda: served(api_a), 90)
+        rows = [
+            {
+                "custom_id": f"r{i}",
+                "method": "POST",
+                "url": "/v1/completions",
+                "body": {"model": "tiny", "prompt": "x", "max_tokens": i + 1},
+            }
+            for i in range(5)
+        ]
+        data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+        with httpx.Client(headers=OWNER, timeout=30) as client:
+            r = client.post(f"{api_a}/files", files={"file": data}, data={"purpose": "batch"})
+            assert r.status_code == 200, r.text
+            ask = {"input_file_id": r.json()["id"], "endpoint": "/v1/completions"}
+            r = client.post(f"{api_a}/batches", json=ask)
+            assert r.status_code == 200, r.text
+            bid = r.json()["id"]
+
+            def finished() -> dict[str, Any] | None:
+                r = client.get(f"{api_b}/batches/{bid}")  # any agent answers
+                doc: dict[str, Any] = r.json() if r.status_code == 200 else {}
+                return doc if doc.get("status") == "completed" else None
+
+            batch = wait_until("the batch to complete", finished, 60)
+            assert batch["request_counts"] == {"total": 5, "completed": 5, "failed": 0}
+            out = client.get(f"{api_b}/files/{batch['output_file_id']}/content")
+            lines = [json.loads(t) for t in out.text.splitlines()]
+            texts = {x["custom_id"]: x["response"]["body"]["choices"][0]["text"] for x in lines}
+            assert texts == {f"r{i}": "tok " * (i + 1) for i in range(5)}
+    finally:
+        for p in agents:
+            p.stop(grace=10)

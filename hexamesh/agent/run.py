@@ -337,8 +337,9 @@ async def _run_agent(
                 retention=config.job_retention,
                 faults=faults,
                 blobs=blobs,
+                priorities=policy.priorities,
             )
-            front.mount("/v1/jobs", jobs)
+            front.mount("/v1/jobs", jobs, clients_only=True)
             front.metrics.gauge(
                 "hexamesh_jobs_active", "Jobs queued or running here", jobs.store.active
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated
@@ -128,6 +129,14 @@ def simulate(
     ] = None,
     heal_at: Annotated[float | None, typer.Option(help="Heal the cut at this s")] = None,
     seed: Annotated[int, typer.Option(help="Same seed, same run")] = 1,
+    chat: Annotated[
+        bool,
+        typer.Option(
+            help="Multi-turn conversations (--rate new ones per second, a 1,500-token system "
+            "prompt each): run with prefix affinity and without, and print both"
+        ),
+    ] = False,
+    turns: Annotated[int, typer.Option(help="With --chat: turns per conversation")] = 6,
     report: Annotated[
         Path | None, typer.Option(help="Write report.md, plots and summary.json here")
     ] = None,
@@ -164,6 +173,8 @@ def simulate(
             partition_at=partition_at,
             heal_at=heal_at,
             seed=seed,
+            chat=chat,
+            turns=turns,
         )
     except ValueError as e:
         raise _fail(str(e)) from None
@@ -174,6 +185,13 @@ def simulate(
 
     with no_cycle_collector():
         result, sim = run_scenario(scenario, progress=say)
+        if chat:  # the same conversations without affinity, for the ratio
+            say("again without prefix affinity")
+            plain, _ = run_scenario(dataclasses.replace(scenario, affinity=False), progress=say)
+            for key in ("ttft_ms_p50_later_turns", "prefix_hit_rate", "tokens_per_server_cv"):
+                result[f"{key}_no_affinity"] = plain.get(key)
+            aff, none = result["ttft_ms_p50_later_turns"], plain["ttft_ms_p50_later_turns"]
+            result["ttft_ratio"] = round(aff / none, 3) if aff and none else None
     if report is not None:
         try:
             files = write_report(sim, result, report)

@@ -683,7 +683,8 @@ class DhtCore:
         """
         if key_kind(key) is None:
             raise ValueError(
-                f"unknown key type in {key!r} (use cell:, job:, placement:, model: or vote:)"
+                f"unknown key type in {key!r} (use cell:, placement:, model:, vote:, job:,"
+                " jobrun:, file:, batch: or batchrun:)"
             )
         if len(key) > MAX_KEY:
             raise ValueError(f"key is {len(key)} characters, the limit is {MAX_KEY}")

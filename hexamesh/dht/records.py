@@ -128,6 +128,9 @@ _KINDS = {
     "placement:": KeyKind.SINGLE,
     "job:": KeyKind.SINGLE,
     "jobrun:": KeyKind.SET,
+    "file:": KeyKind.SINGLE,  # a Batch API file's description (serve.batches)
+    "batch:": KeyKind.SINGLE,
+    "batchrun:": KeyKind.SET,
     "model:": KeyKind.SET,
     "vote:": KeyKind.SET,
 }

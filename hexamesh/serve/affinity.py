@@ -51,6 +51,7 @@ MIN_BLOCKS = 2  # a prompt shorter than this has no prefill worth routing for
 PREFIX_TTL = 600.0  # s a server is remembered for a prefix (its cache may evict it sooner)
 MAX_PREFIXES = 65536  # checkpoints remembered per agent, ~120 bytes each: 8 MiB at the bound
 MAX_MARKS = 32  # checkpoints in a header: more than ~20 are never made
+MAX_BLOCKS = 1 << 24  # blocks a header may claim: far past any context (4 GiB of prompt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +133,8 @@ def parse_marks(text: str | None) -> Marks | None:
             points.append((int(n), h))
     except ValueError:
         return None
-    if not points or any(n <= 0 for n, _ in points):
+    counts = [n for n, _ in points]
+    if not points or counts[0] <= 0 or counts[-1] > MAX_BLOCKS or counts != sorted(set(counts)):
         return None
     return Marks(tuple(points), points[-1][0])
 
@@ -151,6 +153,7 @@ class AffinityTable:
         self.ttl = ttl
         self.capacity = capacity
         self._held: OrderedDict[str, tuple[bytes, float]] = OrderedDict()  # hash -> (node, when)
+        self._of: dict[bytes, set[str]] = {}  # node -> its hashes held (a death is one lookup)
         self.hits = self.misses = 0
 
     def __len__(self) -> int:
@@ -166,7 +169,7 @@ class AffinityTable:
                 continue
             node, when = entry
             if now - when > self.ttl:
-                del self._held[h]
+                self._drop(h)
                 continue
             out[node] = n / marks.blocks
         if out:
@@ -179,17 +182,27 @@ class AffinityTable:
         """``node`` served a request with this prefix: it holds every checkpoint."""
         now = self._clock()
         for _, h in marks.points:
+            self._drop(h)
             self._held[h] = (node, now)
-            self._held.move_to_end(h)
+            self._of.setdefault(node, set()).add(h)
         while len(self._held) > self.capacity:
-            self._held.popitem(last=False)
+            self._drop(next(iter(self._held)))
+
+    def _drop(self, h: str) -> None:
+        entry = self._held.pop(h, None)
+        if entry is not None:
+            hashes = self._of.get(entry[0])
+            if hashes is not None:
+                hashes.discard(h)
+                if not hashes:
+                    del self._of[entry[0]]
 
     def forget(self, node: bytes, marks: Marks | None = None) -> None:
         """``node`` died (every entry of it goes) or refused this prefix (its entries go)."""
         if marks is not None:
             for _, h in marks.points:
                 if self._held.get(h, (b"",))[0] == node:
-                    del self._held[h]
+                    self._drop(h)
             return
-        for h in [h for h, (n, _) in self._held.items() if n == node]:
-            del self._held[h]
+        for h in list(self._of.get(node, ())):
+            self._drop(h)

@@ -63,6 +63,7 @@ from hexamesh.serve.jobs import (
     _owns,
     first_claimant,
     owner_tag,
+    replicate,
 )
 from hexamesh.serve.requests import ApiError
 
@@ -78,6 +79,11 @@ POLL_INTERVAL = 1.0  # s between a runner's looks at its lines' jobs
 WINDOW = 24 * 3600.0  # s: the only completion window, "24h"
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
 LIST_LIMIT = 100  # files or batches one listing returns at most
+MAX_PARTS = 8  # parts of an upload's form (two are used: `file` and `purpose`)
+# Batches running (not yet final) at one agent, and of one credential there:
+# each holds its input in memory and keeps up to IN_FLIGHT jobs queued
+MAX_RUNNING = 16
+MAX_RUNNING_PER_CLIENT = 4
 _FILE_ID = re.compile(r"^file-[0-9a-f]{32}$")
 _OUTPUT_ID = re.compile(r"^file-(batch_[0-9a-f]{32})-(output|error)$")
 _BATCH_ID = re.compile(r"^batch_[0-9a-f]{32}$")
@@ -161,6 +167,8 @@ def parse_form(content_type: str, body: bytes) -> dict[str, tuple[str | None, by
     """A multipart/form-data body: field name -> (file name, bytes); raises ApiError."""
     if not content_type.lower().startswith("multipart/form-data"):
         raise ApiError(400, "upload the file as multipart/form-data (fields `file` and `purpose`)")
+    if body.count(b"\r\n--") > MAX_PARTS:  # the parser's cost grows with the parts
+        raise ApiError(400, f"a form of at most {MAX_PARTS} parts")
     head = b"content-type: " + content_type.encode("latin-1") + b"\r\n\r\n"
     message = BytesParser(policy=HTTP).parsebytes(head + body)
     if not message.is_multipart():
@@ -188,7 +196,7 @@ def parse_lines(data: bytes, endpoint: str) -> tuple[list[dict[str, Any]], list[
             continue
         try:
             line = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             errors.append({"code": "invalid_json_line", "message": "not JSON", "line": n})
             continue
         problem = _line_problem(line, endpoint, seen)
@@ -299,13 +307,16 @@ class Batches:
     # -- files ---------------------------------------------------------------------
 
     async def upload(self, request: Request, credential: str) -> dict[str, Any]:
-        fields = parse_form(request.headers.get("content-type", ""), request.body)
+        ctype = request.headers.get("content-type", "")
+        fields = await trio.to_thread.run_sync(parse_form, ctype, request.body)
         purpose = fields.get("purpose", (None, b""))[1].decode(errors="replace")
         if purpose != "batch":
             raise ApiError(400, "`purpose` must be batch: files here are batch inputs")
         if "file" not in fields:
             raise ApiError(400, "the form has no `file` field", param="file")
         filename, data = fields["file"]
+        if not data.strip():
+            raise ApiError(400, "the file is empty", param="file")
         now = self._clock()
         fid = f"file-{secrets.token_hex(16)}"
         refs = await self._store_chunks(data, self.retention + WINDOW)
@@ -445,6 +456,17 @@ class Batches:
         if not isinstance(fid, str):
             raise ApiError(400, "`input_file_id` is required", param="input_file_id")
         input_file = await self._file(fid, credential)  # 404 unless the caller's
+        running = [d for d in self.store.all("batch") if d.get("status") not in _FINAL]
+        if len(running) >= MAX_RUNNING or (
+            sum(1 for d in running if _owned(d, credential)) >= MAX_RUNNING_PER_CLIENT
+        ):
+            raise ApiError(
+                429,
+                "too many batches running here (yours or all): retry when one is done",
+                type="rate_limit_error",
+                code="batches_full",
+                headers=(("retry-after", "60"),),
+            )
         now = self._clock()
         bid = f"batch_{secrets.token_hex(16)}"
         doc: dict[str, Any] = {field: None for field in _BATCH_FIELDS} | {
@@ -505,12 +527,7 @@ class Batches:
     async def _publish(self, key: str, doc: dict[str, Any]) -> bool:
         if self.jobs.dht is None:
             return True
-        try:
-            await self.jobs.dht.put(key, _encode(doc), JOB_TTL)
-        except Exception as e:
-            log.warning("could not replicate %s: %s", key, e)
-            return False
-        return True
+        return await replicate(self.jobs.dht, key, _encode(doc))
 
     # -- running -----------------------------------------------------------------
 
@@ -543,6 +560,7 @@ class Batches:
         """Run a batch to its end (resumable: lines already submitted are
         found as jobs under their ids); returns its final description."""
         bid = doc["id"]
+        resumed = doc["status"] != "validating"
         data = await self._read_chunks(list(doc["input_chunks"]))
         lines, errors = parse_lines(data, doc["endpoint"])
         if doc["status"] == "validating":
@@ -556,6 +574,14 @@ class Batches:
             await self._save(doc)
         outcome: dict[int, dict[str, Any]] = {}  # line -> its job, finished
         submitted: set[int] = set()
+        if resumed:  # a restart or a takeover: lines already submitted are jobs somewhere
+            for n in range(len(lines)):
+                try:
+                    await self.jobs.status(f"{bid}-{n}", doc["secret"])
+                except ApiError as e:
+                    if e.status == 404:
+                        continue
+                submitted.add(n)
         while True:
             doc = self.store.get("batch", bid) or doc  # a cancel arrives through the store
             stopping = doc["status"] == "cancelling" or self._clock() > doc["expires_at"]
@@ -702,6 +728,8 @@ class Batches:
             return
         for key, publisher, doc in dht.held_jobs("batch:"):
             bid = key.removeprefix("batch:")
+            if doc.get("id") != bid or not _BATCH_ID.match(bid) or not _well_formed(doc):
+                continue  # a record that names another batch than its key: a forgery
             if doc.get("status") in _FINAL or doc.get("state") == "deleted":
                 continue
             if bid in self._settled or bid in self._running or self.store.get("batch", bid):
@@ -753,6 +781,18 @@ def _encode(doc: dict[str, Any]) -> bytes:
     import msgpack
 
     return bytes(msgpack.packb(doc))
+
+
+def _well_formed(doc: dict[str, Any]) -> bool:
+    """Has a batch record (anyone's) what a runner needs, of the right types?"""
+    return (
+        isinstance(doc.get("secret"), str)
+        and isinstance(doc.get("input_chunks"), list)
+        and doc.get("endpoint") in ENDPOINTS
+        and isinstance(doc.get("expires_at"), int | float)
+        and isinstance(doc.get("created_at"), int | float)
+        and isinstance(doc.get("request_counts"), dict)
+    )
 
 
 def _not_replicated() -> ApiError:

@@ -25,6 +25,7 @@ bound is refused (507) and counted, and the pusher tries the next member.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -57,6 +58,10 @@ BLOB_COPIES = 2  # live members besides its maker that hold a blob before it cou
 REPAIR_INTERVAL = 10.0  # s between a holder's looks for blobs whose holders died
 TRANSFER_TIMEOUT = 30.0  # s for one blob to go to or come from a peer (1 MiB on a slow link)
 CANDIDATES = 8  # closest members asked, in order, for a push or a read past the named holders
+# What a copy costs against the budget beyond its content: its row (ids,
+# holders), so that empty blobs are not free
+ROW_COST = 1024  # bytes
+REPAIR_BACKOFF = 600.0  # s before a repair nobody took is tried again
 H_DIGEST, H_EXPIRES, H_OWNER, H_HOLDERS = (
     "x-hexamesh-blob-digest",
     "x-hexamesh-blob-expires",
@@ -152,6 +157,7 @@ class BlobDisk:
             "CREATE TABLE IF NOT EXISTS blobs (id TEXT PRIMARY KEY, digest TEXT, data BLOB,"
             " size INTEGER, expires REAL, sender TEXT, owner TEXT, holders TEXT)"
         )
+        self.db.execute("CREATE INDEX IF NOT EXISTS blobs_sender ON blobs (sender)")
         self.budget, self.share = budget, share
         self.refused = 0  # pushes refused (over a bound, or a different blob under a known id)
 
@@ -199,13 +205,14 @@ class BlobDisk:
             if known.digest != held.digest:
                 raise BlobRefused(409, "another blob is held under this id")
             return
-        (total,) = self.db.execute("SELECT COALESCE(SUM(size), 0) FROM blobs").fetchone()
-        if total + len(data) > self.budget:
+        cost = len(data) + ROW_COST
+        if self.bytes_held() + cost > self.budget:
             raise BlobRefused(507, "this agent holds as many blobs as it may")
         (mine,) = self.db.execute(
-            "SELECT COALESCE(SUM(size), 0) FROM blobs WHERE sender=?", (sender.hex(),)
+            "SELECT COALESCE(SUM(size), 0) + COUNT(*) * ? FROM blobs WHERE sender=?",
+            (ROW_COST, sender.hex()),
         ).fetchone()
-        if mine + len(data) > self.budget * self.share:
+        if mine + cost > self.budget * self.share:
             raise BlobRefused(507, "this agent holds as many of your blobs as it may")
 
     def get(self, bid: str) -> bytes | None:
@@ -236,7 +243,10 @@ class BlobDisk:
         return int(self.db.execute("DELETE FROM blobs WHERE expires < ?", (now,)).rowcount)
 
     def bytes_held(self) -> int:
-        (total,) = self.db.execute("SELECT COALESCE(SUM(size), 0) FROM blobs").fetchone()
+        """What the copies held cost against the budget: content and rows."""
+        (total,) = self.db.execute(
+            "SELECT COALESCE(SUM(size), 0) + COUNT(*) * ? FROM blobs", (ROW_COST,)
+        ).fetchone()
         return int(total)
 
 
@@ -274,6 +284,7 @@ class Blobs:
         self.copies = copies
         self.repaired = 0  # copies pushed to replace those of dead holders
         self.bad_copies = 0  # copies a holder sent that did not match their digest
+        self._repair_after: dict[str, float] = {}  # blob id -> when a refused repair may retry
 
     # -- storing and reading ------------------------------------------------
 
@@ -297,7 +308,10 @@ class Blobs:
         ref = BlobRef(bid, held.digest, len(data), (self.node,))
         candidates = self._others(ref.key, set())
         need = min(self.copies, len(candidates))
-        took = await self._push_to(held, data, candidates, need)
+        # each holder is told the others it should have: none repairs a copy
+        # that was never missing
+        meant = (self.node, *[n for n, _ in candidates[:need]])
+        took = await self._push_to(dataclasses.replace(held, holders=meant), data, candidates, need)
         if len(took) < need:
             self.disk.delete(bid)
             raise BlobError(f"only {len(took)} of {need} members took a copy")
@@ -425,12 +439,16 @@ class Blobs:
                 live.append(self.node)
             if len(live) > self.copies or min(live) != self.node:
                 continue
+            if self._repair_after.get(held.id, 0.0) > now:
+                continue  # nobody took it lately: not every round
             data = self.disk.get(held.id)
             if data is None:  # deleted meanwhile
                 continue
             candidates = self._others(key_id(f"blob:{held.id}"), set(held.holders))
             renewed = Held(held.id, held.digest, held.size, held.expires, held.owner, tuple(live))
             took = await self._push_to(renewed, data, candidates, self.copies + 1 - len(live))
+            if not took:
+                self._repair_after[held.id] = now + REPAIR_BACKOFF
             if took:
                 pushed += len(took)
                 self.repaired += len(took)
@@ -446,6 +464,9 @@ class Blobs:
         if conn.peer is None or not _ID.match(bid):
             raise ApiError(404, "no such blob", code="not_found")
         sender, method = conn.peer, request.method
+        if method == "PUT" and not self._is_live(sender):
+            self.disk.refused += 1  # a key that never joined, or one held dead
+            raise ApiError(403, "blobs are taken from live members only", type="permission_error")
         if method == "GET":
             data = self.disk.get(bid)
             if data is None:
@@ -481,7 +502,8 @@ class Blobs:
         if not _DIGEST.match(digest) or len(holders) > CANDIDATES or expires != expires:
             self.disk.refused += 1
             raise ApiError(400, "malformed blob headers")
-        held = Held(bid, digest, len(request.body), expires, owner, (*holders, self.node))
+        holders = tuple(dict.fromkeys((*holders, self.node)))  # the pusher names us too
+        held = Held(bid, digest, len(request.body), expires, owner, holders)
         try:
             new = self.disk.put(held, request.body, sender=sender, now=self._clock())
         except BlobRefused as e:

@@ -52,6 +52,7 @@ from hexamesh.serve.priority import (
     H_PRIORITY,
     LowGate,
     PriorityPolicy,
+    SlotTimeout,
     engine_body,
     of_client,
     of_peer,
@@ -610,7 +611,10 @@ class FrontDoor:
         body = engine_body(body, priority)
         if priority is not Priority.LOW or self._engine_slots is None or not model:
             return await self._post_local(host, int(port), target, body)
-        release = await self.low_gate.enter(model, self._engine_slots(model))
+        try:
+            release = await self.low_gate.enter(model, self._engine_slots(model))
+        except SlotTimeout as e:
+            raise UpstreamError(str(e)) from None
         try:
             up = await self._post_local(host, int(port), target, body)
         except BaseException:

@@ -83,6 +83,7 @@ from hexamesh.limits import MAX_BODY
 from hexamesh.serve.blobs import BlobError, BlobRef, ref_doc, ref_from_text
 from hexamesh.serve.http import HttpConnection, Request
 from hexamesh.serve.jobseal import JobSeal
+from hexamesh.serve.priority import PriorityPolicy, capped
 from hexamesh.serve.requests import ApiError, CompletionRequest, parse_completion, parse_json_body
 from hexamesh.serve.router import Priority
 
@@ -361,6 +362,7 @@ class JobDht(Protocol):
     def is_dead(self, node: bytes) -> bool: ...
     def is_member(self, node: bytes) -> bool: ...
     def withdraw(self, key: str) -> None: ...
+    def alone(self) -> bool: ...  # no other node known: a record held here is all there is
 
 
 class JobBlobs(Protocol):
@@ -393,6 +395,9 @@ class DhtJobs:
     def withdraw(self, key: str) -> None:
         self._dht.withdraw(key)
 
+    def alone(self) -> bool:
+        return int(self._dht.contacts()) == 0
+
     def _doc(self, key: str, value: bytes) -> dict[str, Any] | None:
         opened = self._seal.open(key, value)
         return None if opened is None else decode_record(opened)
@@ -403,6 +408,8 @@ class DhtJobs:
         for record in records:
             doc = self._doc(key, record.value)
             if doc is not None:
+                # "_seq" and "_seen" are what the holders say, never what the record says
+                doc = {k: v for k, v in doc.items() if not str(k).startswith("_")}
                 first = seen.get(record.publisher_id)
                 extra = {"_seq": record.seq} | ({} if first is None else {"_seen": first})
                 out.append((record.publisher_id, doc | extra))
@@ -517,11 +524,13 @@ class Jobs:
         clock: Callable[[], float] = time.time,
         faults: Faults | None = None,
         blobs: JobBlobs | None = None,
+        priorities: PriorityPolicy | None = None,
     ) -> None:
         self.store = store
         self.runner = runner
         self.dht = dht
         self.blobs = blobs
+        self.priorities = priorities or PriorityPolicy()  # a job's ask is capped as a request's
         self.owner = owner  # our peer address, written into job records
         self.node = node
         self.max_jobs = max_jobs
@@ -608,7 +617,7 @@ class Jobs:
             raise ApiError(413, f"a job request is at most {MAX_BODY} bytes, got {len(raw)}")
         body = parse_json_body(raw)
         try:
-            priority = Priority(body.pop("priority", Priority.MEDIUM))
+            priority = capped(Priority(body.pop("priority", Priority.MEDIUM)), self.priorities)
         except ValueError:
             raise ApiError(
                 400, "`priority` must be high, medium or low", param="priority"
@@ -748,12 +757,7 @@ class Jobs:
         is durable, and the DHT catches up at the next change)."""
         if self.dht is None:
             return True
-        try:
-            await self.dht.put(key or f"job:{job.id}", encode_record(job, self.owner), JOB_TTL)
-        except Exception as e:
-            log.warning("could not replicate job %s: %s", job.id, e)
-            return False
-        return True
+        return await replicate(self.dht, key or f"job:{job.id}", encode_record(job, self.owner))
 
     async def trusted_records(
         self, jid: str, credential: str, kind: str = "job"
@@ -803,14 +807,11 @@ class Jobs:
                 nursery.start_soon(self._worker, receive.clone())
             if self.dht is not None:
                 nursery.start_soon(self._takeover_loop)
+            nursery.start_soon(self._prune_loop)  # its deletions wait on peers: not here
             task_status.started()
             running: set[str] = set()
-            next_prune = trio.current_time()
             while True:
                 self._wake = trio.Event()
-                if trio.current_time() >= next_prune:
-                    next_prune = trio.current_time() + PRUNE_INTERVAL
-                    await self.prune()
                 waiting = False  # a low job yields: look again in LOW_WAIT
                 for job in self.store.queued():
                     if job.id in running:
@@ -826,6 +827,14 @@ class Jobs:
                 wait = min(LOW_WAIT if waiting else math.inf, PRUNE_INTERVAL)
                 with trio.move_on_after(wait):
                     await self._wake.wait()
+
+    async def _prune_loop(self) -> None:
+        while True:
+            try:
+                await self.prune()
+            except Exception as e:
+                self.faults.caught(Component.JOBS, e, "deleting finished jobs")
+            await trio.sleep(PRUNE_INTERVAL)
 
     async def prune(self) -> int:
         """Delete finished jobs past their retention (here, their blobs, their
@@ -952,6 +961,8 @@ class Jobs:
             await trio.sleep(TAKEOVER_INTERVAL * (0.5 + self._rng.random()))
             for key, publisher, doc in self.dht.held_jobs():
                 jid = key.removeprefix("job:")
+                if doc.get("id") != jid or not _ID.match(jid):
+                    continue  # a record that names another job than its key: a forgery
                 if _finished(doc) or jid in self._claimed:
                     continue
                 if publisher == self.node or not self.dht.is_dead(publisher):
@@ -996,6 +1007,20 @@ class Jobs:
         self._claimed[jid] = self._clock()
         log.info("job %s: its acceptor is dead; running it here", jid)
         await self._run_one(job, publish_key=f"jobrun:{jid}")
+
+
+async def replicate(dht: JobDht, key: str, value: bytes) -> bool:
+    """Put a record; True only if a node besides this one took it (or this
+    one knows no other): a record only we hold dies with us."""
+    try:
+        stored = await dht.put(key, value, JOB_TTL)
+    except Exception as e:
+        log.warning("could not replicate %s: %s", key, e)
+        return False
+    if stored < 2 and not dht.alone():
+        log.warning("could not replicate %s: no other node took it", key)
+        return False
+    return True
 
 
 def first_claimant(runs: Iterable[tuple[bytes, dict[str, Any]]]) -> bytes | None:

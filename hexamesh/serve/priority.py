@@ -81,9 +81,12 @@ def of_client(
 ) -> Priority:
     """A client's request's priority under ``policy``; ValueError for a bad header."""
     asked = _asked(headers, body) or policy.default
-    if not admin and _RANK[asked] > _RANK[policy.client_max]:
-        return policy.client_max
-    return asked
+    return asked if admin else capped(asked, policy)
+
+
+def capped(asked: Priority, policy: PriorityPolicy) -> Priority:
+    """``asked``, lowered to the policy's ``client_max``."""
+    return policy.client_max if _RANK[asked] > _RANK[policy.client_max] else asked
 
 
 def of_peer(headers: Mapping[str, str]) -> Priority:
@@ -97,7 +100,8 @@ def of_peer(headers: Mapping[str, str]) -> Priority:
 def engine_body(body: bytes, priority: Priority) -> bytes:
     """The body our engine gets: vLLM's ``priority`` set from ours (a byte
     search first: a medium request without the field passes untouched)."""
-    if priority is Priority.MEDIUM and _FIELD not in body:
+    # (an escaped key, "\u0070riority", is the same key to vLLM: then parse)
+    if priority is Priority.MEDIUM and _FIELD not in body and b"\\u" not in body:
         return body
     try:
         doc = json.loads(body)
@@ -109,10 +113,18 @@ def engine_body(body: bytes, priority: Priority) -> bytes:
     return json.dumps(doc).encode()
 
 
+LOW_WAIT_LIMIT = 60.0  # s a low request waits for a slot here; then 503 (the sender moves on)
+
+
+class SlotTimeout(Exception):
+    """A low request waited ``LOW_WAIT_LIMIT`` for a slot of our engine."""
+
+
 class LowGate:
     """Low-priority requests in our engine, per model: at most its batch
     slots less ``reserve`` of them (at least one); more wait here, first
-    come first in."""
+    come first in, at most ``LOW_WAIT_LIMIT`` (less than the sender's wait
+    for an answer: no slot goes to a request whose sender left)."""
 
     def __init__(self, reserve: float) -> None:
         self.reserve = reserve
@@ -132,7 +144,10 @@ class LowGate:
             )
         if gate.value == 0:
             self.waited += 1
-        await gate.acquire()
+        with trio.move_on_after(LOW_WAIT_LIMIT) as waited:
+            await gate.acquire()
+        if waited.cancelled_caught:
+            raise SlotTimeout(f"no engine slot for a low request within {LOW_WAIT_LIMIT:.0f} s")
         released = False
 
         def release() -> None:

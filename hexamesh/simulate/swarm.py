@@ -70,6 +70,7 @@ from hexamesh.comb.service import MODEL_TTL
 from hexamesh.comb.swim import MemberState
 from hexamesh.hexgrid import ORIGIN, Hex, distance, to_cartesian
 from hexamesh.net.sim import GeoLatency, SimHost, SimNetwork
+from hexamesh.serve.affinity import AffinityTable, Marks, marks_of
 from hexamesh.serve.attempts import Attempts, Dial, Finish, GiveUp
 from hexamesh.serve.candidates import Local, Peer, Recent, gather
 from hexamesh.serve.relay import (
@@ -81,7 +82,7 @@ from hexamesh.serve.relay import (
     KEEPALIVE_INTERVAL,
     STALL_TIMEOUT,
 )
-from hexamesh.serve.router import Candidate, rank
+from hexamesh.serve.router import DEFAULT_POLICY, Candidate, RoutingPolicy, rank
 from hexamesh.serve.shun import Shunned
 from hexamesh.serve.view import DHT_CACHE, wants_providers
 from hexamesh.simulate.combmap import CombMap, node_id, spiral_cells
@@ -121,6 +122,16 @@ class Scenario:
     downtime: float = 30.0  # s
     partition_at: float | None = None  # s after the first request: split into two halves
     heal_at: float | None = None
+    # Conversations instead of single requests: ``rate`` new ones per second,
+    # each ``turns`` turns one after another (``think_s`` apart, on average),
+    # a system prompt of its own then its history; routed with prefix
+    # affinity (``serve.affinity``) unless ``affinity`` is off.
+    chat: bool = False
+    turns: int = 6
+    system_tokens: int = 1500
+    turn_tokens: int = 100  # of each user message
+    think_s: float = 2.0
+    affinity: bool = True
     seed: int = 1
 
     def __post_init__(self) -> None:
@@ -133,6 +144,8 @@ class Scenario:
             (0.0 <= self.loss < 1.0, "loss is a probability in [0, 1)"),
             (0.0 <= self.kill < 1.0, "kill is a fraction in [0, 1)"),
             (self.churn >= 0 and self.downtime >= 0, "churn and downtime must not be negative"),
+            (self.turns >= 1 and self.think_s > 0, "turns must be at least 1, think_s above 0"),
+            (self.system_tokens >= 0 and self.turn_tokens >= 1, "a turn has at least a token"),
             (not (self.vanish and self.freeze), "a crash is either vanish or freeze, not both"),
             (
                 self.heal_at is None
@@ -163,6 +176,9 @@ class _Req:
     failovers: int = 0
     continuations: int = 0
     first_dead: bool = False  # the first choice was dead or cut off
+    conv: int | None = None  # the conversation (chat runs)
+    turn: int = 0
+    marks: Marks | None = None  # its prompt's prefix checkpoints (affinity)
 
 
 @dataclass(slots=True)
@@ -219,6 +235,12 @@ class SwarmSim:
         self.on_server: dict[int, set[int]] = {}  # server -> request ids running there
         self.by_entry: dict[int, set[int]] = {}  # entry -> its open request ids
         self.seconds: list[_Second] = []
+        # entry -> its front door's prefix affinity (chat runs)
+        self.affinity: defaultdict[int, AffinityTable] = defaultdict(
+            lambda: AffinityTable(lambda: self.net.now)
+        )
+        self.routing = DEFAULT_POLICY if scenario.affinity else RoutingPolicy(weight_affinity=0.0)
+        self.conversations = 0
         self.views: list[tuple[float, int, int]] = []  # (t, stale pairs, wrong pairs)
         self.faults: list[tuple[float, str]] = []
         self.start = scenario.warmup  # the first request
@@ -344,13 +366,27 @@ class SwarmSim:
             entry = self.rng.randrange(self.s.nodes)
         else:
             return
+        conv = None
+        if self.s.chat:
+            conv, self.conversations = self.conversations, self.conversations + 1
+        self._request(entry, conv, 0)
+
+    def _request(self, entry: int, conv: int | None, turn: int) -> None:
+        now = self.net.now
+        prompt = self.s.prompt_tokens
+        if conv is not None:
+            prompt = self.s.system_tokens + (turn + 1) * self.s.turn_tokens + turn * self.s.tokens
         req = _Req(
             id=len(self.reqs),
             arrived=now,
             entry=entry,
             tokens_left=self.s.tokens,
-            prompt=self.s.prompt_tokens,
+            prompt=prompt,
+            conv=conv,
+            turn=turn,
         )
+        if conv is not None and self.routing.weight_affinity > 0:
+            req.marks = marks_of({"prompt": self._text(conv, turn)}, chat=False)
         self.reqs.append(req)
         self._second(now).arrived += 1
         self.by_entry.setdefault(entry, set()).add(req.id)
@@ -411,7 +447,16 @@ class SwarmSim:
         if req.gen != gen or req.outcome is not None:
             return
         candidates = self.shunned[req.entry].apply(self._candidates(req, providers), self.net.now)
-        req.attempts = Attempts(rank(candidates, ranker=self.ids[req.entry]))
+        marks = req.marks
+        req.attempts = Attempts(
+            rank(
+                candidates,
+                ranker=self.ids[req.entry],
+                policy=self.routing,
+                cached=None if marks is None else self.affinity[req.entry].lookup(marks),
+                salt=b"" if marks is None else marks.root,
+            )
+        )
         self._attempt(req, req.attempts.start())
 
     def _attempt(self, req: _Req, action: Dial | GiveUp) -> None:
@@ -461,7 +506,13 @@ class SwarmSim:
         engine = self.engines[server]
         self._collect(server, engine.advance(now))
         engine.submit(
-            SimRequest(key=req.id, prompt_tokens=req.prompt, tokens=req.tokens_left, arrived=now),
+            SimRequest(
+                key=req.id,
+                prompt_tokens=req.prompt,
+                tokens=req.tokens_left,
+                arrived=now,
+                prefix=req.conv,
+            ),
             now,
         )
         self.on_server.setdefault(server, set()).add(req.id)
@@ -582,10 +633,44 @@ class SwarmSim:
         if outcome == "ok":
             if req.server is not None:
                 self.shunned[req.entry].served(self.ids[req.server])
+                if req.marks is not None:
+                    self.affinity[req.entry].learn(req.marks, self.ids[req.server])
+            if req.conv is not None and req.turn + 1 < self.s.turns:
+                self._next_turn(req)
             second.ok += 1
             second.latencies.append(now - req.arrived)
         else:
             second.failed += 1
+
+    def _next_turn(self, req: _Req) -> None:
+        """The conversation's client reads the answer, thinks, asks again (of
+        the same agent while it lives)."""
+        at = self.net.now + self.rng.expovariate(1.0 / self.s.think_s)
+        if at >= self.end:
+            return
+        conv, turn = req.conv, req.turn + 1
+
+        def ask() -> None:
+            entry = req.entry
+            for _ in range(64):
+                if self.alive(entry):
+                    break
+                entry = self.rng.randrange(self.s.nodes)
+            else:
+                return
+            self._request(entry, conv, turn)
+
+        self.net.call_at(at, ask)
+
+    def _text(self, conv: int, turn: int) -> str:
+        """A conversation's prompt at a turn, as characters (4 per token): its
+        own system prompt, then each turn's user message and answer."""
+        parts = [(f"c{conv} " * self.s.system_tokens)[: self.s.system_tokens * 4]]
+        for t in range(turn + 1):
+            parts.append((f"u{t} " * self.s.turn_tokens)[: self.s.turn_tokens * 4])
+            if t < turn:
+                parts.append((f"a{t} " * self.s.tokens)[: self.s.tokens * 4])
+        return "".join(parts)
 
     # -- engines ----------------------------------------------------------
 
@@ -817,6 +902,16 @@ class SwarmSim:
                     round(p99_during / p99_before, 3) if p99_before and p99_during else None
                 ),
                 ok_frac_fault=(round(len(during_ok) / len(during), 4) if during else None),
+            )
+        if s.chat:
+            later = [1000 * (r.first_token - r.arrived) for r in ok if r.turn and r.first_token]
+            queries = sum(e.prefix_queries for e in self.engines.values())
+            hits = sum(e.prefix_hits for e in self.engines.values())
+            out.update(
+                conversations=self.conversations,
+                ttft_ms_p50_later_turns=percentile(later, 0.5),
+                ttft_ms_p99_later_turns=percentile(later, 0.99),
+                prefix_hit_rate=round(hits / queries, 3) if queries else None,
             )
         served = [self.engines[i].generated for i in self.engines if i in self.ready]
         if served:

@@ -276,6 +276,9 @@ class _JobsDht:
     def withdraw(self, key: str) -> None:
         self.stored.pop(key, None)
 
+    def alone(self) -> bool:
+        return True  # the one agent under attack
+
 
 @pytest.mark.parametrize(
     ("doc", "outcome"),

@@ -114,3 +114,9 @@ async def test_the_next_turn_goes_back_to_the_server_of_the_last() -> None:
         r = await client.post(url, json=chat("first", "after"))
         assert r.headers["x-hexamesh-served-by"] == other.view.node.hex()
         nursery.cancel_scope.cancel()
+
+
+def test_a_forwards_checkpoints_are_bounded() -> None:
+    assert parse_marks("1:0011223344556677," + "9" * 4300 + ":0011223344556677") is None
+    assert parse_marks("4:0011223344556677,2:0011223344556677") is None  # out of order
+    assert parse_marks(f"{1 << 25}:0011223344556677") is None

@@ -230,3 +230,44 @@ async def test_a_batch_whose_runner_dies_is_resumed_and_a_cancel_keeps_what_was_
         assert counts["total"] == 40 and counts["completed"] < 40
         assert len(engine.served) - 4 < 40  # cancelled lines never ran
         nursery.cancel_scope.cancel()
+
+
+async def test_batches_are_bounded_and_forged_records_are_not_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(batches_mod, "MAX_RUNNING_PER_CLIENT", 2)
+    lines, errors = parse_lines(b"[" * 100_000 + b"\n", "/v1/completions")
+    assert lines == [] and errors[0]["code"] == "invalid_json_line"  # not a RecursionError
+    dead: set[bytes] = set()
+    async with (
+        trio.open_nursery() as nursery,
+        httpx.AsyncClient(timeout=10, headers={"authorization": "Bearer k1"}) as client,
+    ):
+        engine, doors, batches = await _swarm(nursery, tmp_path, 3, dead, run=False)
+        api = doors[0].api
+        parts = {f"f{i}": "x" for i in range(9)}
+        r = await client.post(
+            f"{api}/files", files={"file": _lines(1)}, data={"purpose": "batch", **parts}
+        )
+        assert r.status_code == 400 and "parts" in r.text
+        r = await client.post(f"{api}/files", files={"file": b" \n"}, data={"purpose": "batch"})
+        assert r.status_code == 400 and "empty" in r.text
+        r = await client.post(f"{api}/files", files={"file": _lines(2)}, data={"purpose": "batch"})
+        fid = r.json()["id"]
+        ask = {"input_file_id": fid, "endpoint": "/v1/chat/completions"}
+        assert (await client.post(f"{api}/batches", json=ask)).status_code == 200
+        assert (await client.post(f"{api}/batches", json=ask)).status_code == 200
+        r = await client.post(f"{api}/batches", json=ask)
+        assert r.status_code == 429 and r.json()["error"]["code"] == "batches_full"
+        # a member copies a batch's record under another key, from a key held dead
+        runner = batches[doors[0].view.node]
+        victim = runner.store.all("batch")[0]
+        liar = b"l" * 20
+        dead.add(liar)
+        forged = dict(victim) | {"status": "cancelling", "secret": "x"}
+        taker = batches[doors[1].view.node]
+        shared = taker.jobs.dht.store  # type: ignore[union-attr]
+        shared["batch:batch_" + "0" * 32] = {liar: (1, batches_mod._encode(forged), 0.0)}
+        await taker._take_over()
+        assert taker.store.all("batch") == [] and engine.served == []
+        nursery.cancel_scope.cancel()

@@ -38,6 +38,8 @@ async def test_a_blob_is_held_by_three_read_anywhere_and_survives_a_holders_deat
             assert blobs[node].disk.get(ref.id) == PAYLOAD
         reader = next(n for n in blobs if n not in ref.holders)
         assert await blobs[reader].fetch(ref) == PAYLOAD
+        for node in ref.holders:  # each holder knows the others: nothing to repair
+            assert await blobs[node].repair() == 0
         # the maker and one more holder die: the third still answers
         dead.update(ref.holders[:2])
         assert await blobs[reader].fetch(ref) == PAYLOAD
@@ -94,7 +96,7 @@ async def test_too_few_members_to_hold_it_is_an_error_and_leaves_nothing(
 
 
 def test_the_disk_refuses_what_breaks_its_bounds(tmp_path: Path) -> None:
-    disk = BlobDisk(tmp_path / "b.sqlite", budget=1000, share=0.5)
+    disk = BlobDisk(tmp_path / "b.sqlite", budget=4000, share=0.5)  # a row costs 1 KiB too
     now = time.time()
     me, other = b"m" * 20, b"o" * 20
 
@@ -115,7 +117,11 @@ def test_the_disk_refuses_what_breaks_its_bounds(tmp_path: Path) -> None:
     with pytest.raises(BlobRefused, match="kept at most"):
         disk.put(held("f" * 32, b"u", now + 10**9), b"u", sender=me, now=now)
     assert disk.refused == 5
+    assert disk.bytes_held() == 400 + 450 + 2 * 1024
     assert disk.expire(now + 120) == 2 and disk.bytes_held() == 0
+    disk.put(held("8" * 32, b""), b"", sender=other, now=now)  # empty blobs are not free:
+    with pytest.raises(BlobRefused, match="of your blobs"):  # their rows count
+        disk.put(held("9" * 32, b""), b"", sender=other, now=now)
 
 
 async def test_only_members_reach_blobs_and_only_the_maker_deletes_early(
@@ -134,6 +140,13 @@ async def test_only_members_reach_blobs_and_only_the_maker_deletes_early(
         addr = holder_door.peer_addr
         status, _, _ = await other._call(holder, addr, "DELETE", ref.id)
         assert status == 403 and blobs[holder].disk.get(ref.id) == PAYLOAD
+        # a key that is not a live member (it passes the channel) pushes nothing
+        stranger = await start_door(nursery, doors[0].front.keys.keyring, 99)
+        outsider = attach_blobs([stranger], tmp_path, set())[stranger.view.node]
+        head = [("x-hexamesh-blob-digest", digest_of(b"x")), ("x-hexamesh-blob-expires", "1e12")]
+        head.append(("x-hexamesh-blob-owner", stranger.view.node.hex()))
+        status, _, _ = await outsider._call(holder, addr, "PUT", "e" * 32, b"x", head)
+        assert status == 403 and blobs[holder].disk.get("e" * 32) is None
         await maker.delete(ref)
         assert all(blobs[n].disk.get(ref.id) is None for n in ref.holders)
         nursery.cancel_scope.cancel()

@@ -81,6 +81,9 @@ class MemoryJobDht:
     def withdraw(self, key: str) -> None:
         self.withdrawn.add(key)
 
+    def alone(self) -> bool:
+        return False
+
 
 async def start_jobs(
     nursery: trio.Nursery,
@@ -522,3 +525,65 @@ async def test_payload_size_and_deletion(tmp_path: Path) -> None:
         assert (await client.get(f"{other.api}/jobs/gone")).status_code == 404
         assert "job:gone" in jobs[a.view.node].dht.withdrawn  # type: ignore[union-attr]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_record_naming_another_job_than_its_key_is_not_taken_over(
+    tmp_path: Path,
+) -> None:
+    """A member stores ``job:junk`` whose record says it is the victim's job
+    (from a key then held dead): nobody runs it, and the victim's row stays."""
+    ring = KeyRing.generate()
+    shared: dict[str, dict[bytes, tuple[int, bytes, float]]] = {}
+    liar = b"l" * 20
+    dead = {liar}
+    async with trio.open_nursery() as nursery:
+        server = await start_door(nursery, ring, 9, engine=Behaviour())
+        b = await start_door(nursery, ring, 2)
+        link(b, server)
+        jobs = await start_jobs(nursery, b, tmp_path, MemoryJobDht(shared, b.view.node, dead))
+        forged = Job(
+            id="victim",
+            model=MODEL,
+            chat=False,
+            body={"model": MODEL, "prompt": "attacker's", "max_tokens": 1},
+            priority=Priority.MEDIUM,
+            state=JobState.QUEUED,
+        )
+        shared["job:junk"] = {liar: (1, encode_record(forged, "x"), 0.0)}
+        await trio.sleep(0.4)  # several takeover rounds (TAKEOVER_INTERVAL is 0.05 here)
+        assert server.behaviour is not None and server.behaviour.served == []
+        assert jobs.store.get("victim") is None and "jobrun:junk" not in shared
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_job_asks_no_higher_than_the_policy_lets_clients(tmp_path: Path) -> None:
+    from hexamesh.serve.priority import PriorityPolicy
+
+    ring = KeyRing.generate()
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(headers=OWNER) as client:
+        a = await start_door(nursery, ring, 1, engine=Behaviour())
+        jobs = Jobs(
+            JobStore(tmp_path / "j.sqlite"),
+            a.front,
+            None,
+            owner="a",
+            node=a.view.node,
+            max_jobs=4,
+            priorities=PriorityPolicy(client_max=Priority.LOW),
+        )
+        a.front.mount("/v1/jobs", jobs)
+        body = {"model": MODEL, "prompt": "x", "priority": "high", "id": "capped"}
+        r = await client.post(f"{a.api}/jobs", json=body)
+        assert r.status_code == 202 and r.json()["priority"] == "low"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_record_only_this_node_took_is_not_replicated() -> None:
+    class Lonely(MemoryJobDht):
+        async def put(self, key: str, value: bytes, ttl: float) -> int:
+            return 1  # only our own store took it
+
+    lonely = Lonely({}, b"n" * 20, set())
+    assert not await jobs_mod.replicate(lonely, "job:x", b"v")
+    lonely.alone = lambda: True  # type: ignore[method-assign]
+    assert await jobs_mod.replicate(lonely, "job:x", b"v")  # a swarm of one: all there is

@@ -117,3 +117,21 @@ def test_an_engines_slots_are_its_max_num_seqs_or_vllms_default() -> None:
     assert max_num_seqs(spec, cpu) == 8
     spec = ModelSpec(name="m", model="d", extra_args=("--max-num-seqs", "16"))
     assert max_num_seqs(spec, gpu) == 16
+
+
+def test_an_escaped_priority_key_is_rewritten_too() -> None:
+    sneaky = b'{"model": "m", "prompt": "x", "\\u0070riority": -2147483648}'
+    assert json.loads(engine_body(sneaky, Priority.MEDIUM))["priority"] == 0
+
+
+async def test_a_low_request_waits_for_a_slot_only_so_long(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hexamesh.serve import priority as priority_mod
+
+    monkeypatch.setattr(priority_mod, "LOW_WAIT_LIMIT", 0.05)
+    gate = priority_mod.LowGate(reserve=0.5)
+    release = await gate.enter("m", 2)  # the one slot low may take
+    with pytest.raises(priority_mod.SlotTimeout):
+        await gate.enter("m", 2)
+    release()
+    release()  # twice does nothing
+    (await gate.enter("m", 2))()

@@ -121,3 +121,28 @@ def test_every_request_finishes_and_none_beats_running_alone(
     for r in reqs:
         assert r.finished is not None
         assert r.finished >= r.arrived + P.ttft_s + (r.tokens - 1) / 592.0 - 1e-6
+
+
+def test_a_conversations_next_turn_finds_its_prefix_cached() -> None:
+    engine = SimEngine(TINY_CPU)
+    first = SimRequest(key=1, prompt_tokens=1600, tokens=10, arrived=0.0, prefix=7)
+    engine.submit(first, 0.0)
+    while first.finished is None:
+        engine.advance(engine.next_event() or 0.0)
+    assert first.cached == 0 and first.first_token is not None
+    cold = first.first_token - 0.0
+    assert cold == pytest.approx(TINY_CPU.ttft_s + (1600 - 32) / TINY_CPU.prefill_tok_s)
+    now = first.finished
+    second = SimRequest(key=2, prompt_tokens=1710, tokens=10, arrived=now, prefix=7)
+    engine.submit(second, now)
+    engine.advance(now + 1.0)
+    assert second.cached == 1610  # its last prompt and answer
+    assert second.first_token is not None
+    assert second.first_token - now == pytest.approx(
+        TINY_CPU.ttft_s + (100 - 32) / TINY_CPU.prefill_tok_s
+    )
+    assert engine.prefix_hits == 1610 and engine.prefix_queries == 3310
+    for key in range(20, 60):  # others fill the cache: the oldest prefix goes
+        engine._keep(SimRequest(key=key, prompt_tokens=1000, tokens=0, arrived=now, prefix=key))
+    assert 7 not in engine.prefixes
+    assert sum(engine.prefixes.values()) <= TINY_CPU.kv_tokens

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from typing import Any
 
@@ -212,3 +213,15 @@ def test_requests_spread_over_servers_nobody_sees() -> None:
 def test_bad_scenarios_are_refused(changes: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Scenario(**changes)  # type: ignore[arg-type]
+
+
+def test_conversations_come_back_to_their_server_with_affinity() -> None:
+    chat = Scenario(nodes=37, servers=0.2, minutes=0.5, rate=2, turns=4, loss=0.0, chat=True)
+    out, sim = run_scenario(chat)
+    assert out["hung"] == 0 and out["conversations"] > 20
+    assert out["ok"] == out["requests"]
+    assert max(r.turn for r in sim.reqs) == 3  # every conversation went on, turn by turn
+    assert out["prefix_hit_rate"] > 0.6
+    plain, _ = run_scenario(dataclasses.replace(chat, affinity=False))
+    assert abs(plain["conversations"] - out["conversations"]) <= 0.1 * out["conversations"]
+    assert out["prefix_hit_rate"] >= plain["prefix_hit_rate"]
