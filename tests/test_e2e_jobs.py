@@ -189,6 +189,7 @@ def test_the_batch_api_on_real_agents(tmp_path: Path) -> None:
                 return doc if doc.get("status") == "completed" else None
 
             batch = wait_until("the batch to complete", finished, 60)
+            assert batch is not None
             assert batch["request_counts"] == {"total": 5, "completed": 5, "failed": 0}
             out = client.get(f"{api_b}/files/{batch['output_file_id']}/content")
             lines = [json.loads(t) for t in out.text.splitlines()]
