@@ -138,6 +138,7 @@ class FrontDoor:
         self._engine_slots = engine_slots
         self.low_gate = LowGate(self.priorities.low_reserve)
         self.affinity = AffinityTable(clock)  # which server served which prompt prefix
+        self.inflight: dict[bytes, int] = {}  # node -> our requests open at it now
         self.faults = faults or Faults()
         self._health = health  # what /health adds (the services' state)
         self.keys = keys  # our node key and the swarm's: the peer channel's both ends
@@ -494,6 +495,7 @@ class FrontDoor:
             policy=self.routing,
             cached=self.affinity.lookup(marks) if marks is not None else None,
             salt=marks.root if marks is not None else b"",
+            inflight=self.inflight,
         )
 
     def _note(self, attempts: Attempts) -> None:
@@ -557,14 +559,31 @@ class FrontDoor:
         try:
             if cand.local:
                 url = self.view.local_url(model)
-                return action, await self._open_local(target, body, url, priority, model)
-            with self._unless_declared_dead(cand):
-                return action, await self._open_peer(
-                    cand, target, body, route, stream, priority, marks
-                )
+                up = await self._open_local(target, body, url, priority, model)
+            else:
+                with self._unless_declared_dead(cand):
+                    up = await self._open_peer(cand, target, body, route, stream, priority, marks)
+            self._count_open(cand.node, up)
+            return action, up
         except UpstreamError as e:
             log.info("server %s failed before answering: %s", short_id(cand.node), e)
             return attempts.refused(str(e)), None
+
+    def _count_open(self, node: bytes, up: UpstreamResponse) -> None:
+        """``up`` is open at ``node`` until it is closed (``inflight``)."""
+        self.inflight[node] = self.inflight.get(node, 0) + 1
+        before = up.on_close
+
+        def closed() -> None:
+            left = self.inflight.get(node, 1) - 1
+            if left > 0:
+                self.inflight[node] = left
+            else:
+                self.inflight.pop(node, None)
+            if before is not None:
+                before()
+
+        up.on_close = closed
 
     async def _open_peer(
         self,

@@ -152,13 +152,18 @@ def rank(
     policy: RoutingPolicy = DEFAULT_POLICY,
     cached: Mapping[bytes, float] | None = None,
     salt: bytes = b"",
+    inflight: Mapping[bytes, int] | None = None,
 ) -> list[Candidate]:
     """Candidates best first; those on ``path`` (or remote, past the hop limit) left
     out. ``ranker``: the ranking node's id, which breaks ties (see above);
     ``cached``: node -> the share of the prompt it holds (``affinity``);
     ``salt``: the prompt's prefix root, so that ties between equal servers
-    spread distinct prefixes (and keep one prefix on one server)."""
+    spread distinct prefixes (and keep one prefix on one server);
+    ``inflight``: requests the ranking node has open at each, which breaks
+    ties before the loads (the dances' loads are a second old: a burst of
+    new requests would all go to the same server)."""
     cached = cached or {}
+    inflight = inflight or {}
     seen = set(path)
     usable = [c for c in candidates if c.local or (c.node not in seen and may_forward(forwards))]
     if priority is Priority.LOW:
@@ -176,9 +181,9 @@ def rank(
     def tie(c: Candidate) -> bytes:
         return hashlib.blake2b(ranker + salt + c.node, digest_size=8).digest()
 
-    def key(c: Candidate) -> tuple[float, int, float, bytes]:
+    def key(c: Candidate) -> tuple[float, int, int, float, bytes]:
         s = score(c, priority, policy, cached.get(c.node, 0.0))
-        return (-round(s, 9), 0 if c.local else 1, load_of(c), tie(c))
+        return (-round(s, 9), 0 if c.local else 1, inflight.get(c.node, 0), load_of(c), tie(c))
 
     sure = [c for c in unique.values() if not c.doubtful]
     fresh = [c for c in sure if load_of(c) < policy.saturated]

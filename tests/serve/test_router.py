@@ -109,3 +109,15 @@ def test_ties_are_broken_per_ranking_node() -> None:
     # A tie-break only: a better score still wins for every ranker.
     better = Candidate(node=b"z" * 20, load=0.0, distance=3)
     assert all(rank([*providers, better], ranker=bytes([r]) * 20)[0] == better for r in range(20))
+
+
+def test_requests_open_at_a_server_break_ties_before_its_stale_load() -> None:
+    a = Candidate(node=A, load=0.2, distance=1)
+    b = Candidate(node=B, load=0.2, distance=1)
+    first = rank([a, b], ranker=ME)[0].node
+    other = B if first == A else A
+    assert rank([a, b], ranker=ME, inflight={first: 1})[0].node == other
+    assert rank([a, b], ranker=ME, inflight={first: 1, other: 2})[0].node == first
+    # a better score still wins whatever is open there
+    idle = Candidate(node=A, load=0.0, distance=1)
+    assert rank([idle, b], inflight={A: 5})[0].node == A
