@@ -137,6 +137,13 @@ def simulate(
         ),
     ] = False,
     turns: Annotated[int, typer.Option(help="With --chat: turns per conversation")] = 6,
+    jobs: Annotated[
+        float,
+        typer.Option(
+            help="Durable jobs per second besides the requests (taken over when their "
+            "acceptor dies); reports jobs_accepted, jobs_done, jobs_lost"
+        ),
+    ] = 0.0,
     report: Annotated[
         Path | None, typer.Option(help="Write report.md, plots and summary.json here")
     ] = None,
@@ -175,6 +182,7 @@ def simulate(
             seed=seed,
             chat=chat,
             turns=turns,
+            jobs=jobs,
         )
     except ValueError as e:
         raise _fail(str(e)) from None

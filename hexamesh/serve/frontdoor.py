@@ -563,27 +563,28 @@ class FrontDoor:
             else:
                 with self._unless_declared_dead(cand):
                     up = await self._open_peer(cand, target, body, route, stream, priority, marks)
-            self._count_open(cand.node, up)
             return action, up
         except UpstreamError as e:
             log.info("server %s failed before answering: %s", short_id(cand.node), e)
             return attempts.refused(str(e)), None
 
-    def _count_open(self, node: bytes, up: UpstreamResponse) -> None:
-        """``up`` is open at ``node`` until it is closed (``inflight``)."""
-        self.inflight[node] = self.inflight.get(node, 0) + 1
-        before = up.on_close
-
-        def closed() -> None:
-            left = self.inflight.get(node, 1) - 1
-            if left > 0:
-                self.inflight[node] = left
-            else:
-                self.inflight.pop(node, None)
-            if before is not None:
-                before()
-
-        up.on_close = closed
+    @contextlib.contextmanager
+    def _open_at(self, ranked: list[Candidate]) -> Iterator[None]:
+        """Count a request at its first choice while it runs (``inflight``):
+        counted when chosen, so that requests arriving together see each
+        other before any has reached its server."""
+        node = ranked[0].node if ranked else None
+        if node is not None:
+            self.inflight[node] = self.inflight.get(node, 0) + 1
+        try:
+            yield
+        finally:
+            if node is not None:
+                left = self.inflight.get(node, 1) - 1
+                if left > 0:
+                    self.inflight[node] = left
+                else:
+                    self.inflight.pop(node, None)
 
     async def _open_peer(
         self,
@@ -712,7 +713,8 @@ class FrontDoor:
             )
         attempts = Attempts(ranked, what=f"`{req.model}`")
         try:
-            return await self._serve(conn, request, req, route, attempts, priority, marks)
+            with self._open_at(ranked):
+                return await self._serve(conn, request, req, route, attempts, priority, marks)
         finally:
             self._note(attempts)
 
@@ -877,37 +879,42 @@ class FrontDoor:
         marks = marks_of(req.body, req.chat) if self.routing.weight_affinity > 0 else None
         ranked = self.ranked(req.model, None, priority, cands, marks)
         attempts = Attempts(ranked, what=f"`{req.model}`")
-        try:
-            action: Action = attempts.start()
-            while isinstance(action, Dial):
-                self._note(attempts)
-                action, up = await self._dial(
-                    attempts, action, target, body, None, req.model, priority, marks
-                )
-                self._note(attempts)
-                if up is None:
-                    continue
-                cand = attempts.current
-                try:
-                    if up.status != 200:
-                        action = attempts.answered(
-                            up.status, f"{short_id(cand.node)} answered {up.status}"
-                        )
-                        if isinstance(action, PassOn):
-                            detail = (await read_body(up))[:500].decode("utf-8", "replace")
-                            raise JobFailed(f"server refused the request ({up.status}): {detail}")
+        with self._open_at(ranked):
+            try:
+                action: Action = attempts.start()
+                while isinstance(action, Dial):
+                    self._note(attempts)
+                    action, up = await self._dial(
+                        attempts, action, target, body, None, req.model, priority, marks
+                    )
+                    self._note(attempts)
+                    if up is None:
                         continue
-                    with self._unless_declared_dead(cand):
-                        data = await read_body(up)
-                    served = dict(self._served_headers(cand, up)).get(SERVED_BY, cand.node.hex())
-                    self._served(cand.node, marks)
-                    return data, served
-                except UpstreamError as e:
-                    action = attempts.refused(str(e))
-                finally:
-                    await up.aclose()
-        finally:
-            self._note(attempts)
+                    cand = attempts.current
+                    try:
+                        if up.status != 200:
+                            action = attempts.answered(
+                                up.status, f"{short_id(cand.node)} answered {up.status}"
+                            )
+                            if isinstance(action, PassOn):
+                                detail = (await read_body(up))[:500].decode("utf-8", "replace")
+                                raise JobFailed(
+                                    f"server refused the request ({up.status}): {detail}"
+                                )
+                            continue
+                        with self._unless_declared_dead(cand):
+                            data = await read_body(up)
+                        served = dict(self._served_headers(cand, up)).get(
+                            SERVED_BY, cand.node.hex()
+                        )
+                        self._served(cand.node, marks)
+                        return data, served
+                    except UpstreamError as e:
+                        action = attempts.refused(str(e))
+                    finally:
+                        await up.aclose()
+            finally:
+                self._note(attempts)
         assert isinstance(action, GiveUp)
         raise UpstreamError(action.message)
 

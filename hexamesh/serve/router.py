@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -73,6 +74,9 @@ W_AFFINITY = 0.4
 UNKNOWN_LOAD = 0.5  # assumed for DHT-only candidates: neither idle nor busy
 PROVIDER_MATCH = 0.5  # model known from a DHT record only (may be stale)
 SATURATED = 0.95  # load at which a server admits nothing new without queueing
+# Scores closer than this are a tie (then: the local engine, requests open
+# there, the load, a hash): a load 0.025 lower is noise in a second-old dance
+SCORE_QUANTUM = 0.01
 STABILITY_WEIGHT = 0.1  # high priority: bonus per hour of uptime, capped at 1 h
 LOW_MAX_LOAD = 0.5  # low priority: candidates above this load are skipped
 
@@ -181,9 +185,10 @@ def rank(
     def tie(c: Candidate) -> bytes:
         return hashlib.blake2b(ranker + salt + c.node, digest_size=8).digest()
 
-    def key(c: Candidate) -> tuple[float, int, int, float, bytes]:
+    def key(c: Candidate) -> tuple[int, int, int, float, bytes]:
         s = score(c, priority, policy, cached.get(c.node, 0.0))
-        return (-round(s, 9), 0 if c.local else 1, inflight.get(c.node, 0), load_of(c), tie(c))
+        quantised = -math.floor(round(s / SCORE_QUANTUM, 6))
+        return (quantised, 0 if c.local else 1, inflight.get(c.node, 0), load_of(c), tie(c))
 
     sure = [c for c in unique.values() if not c.doubtful]
     fresh = [c for c in sure if load_of(c) < policy.saturated]

@@ -68,11 +68,16 @@ from typing import Any
 from hexamesh.comb.core import Comb, CombConfig
 from hexamesh.comb.service import MODEL_TTL
 from hexamesh.comb.swim import MemberState
+from hexamesh.dht.contact import key_id
+from hexamesh.dht.core import DhtConfig
 from hexamesh.hexgrid import ORIGIN, Hex, distance, to_cartesian
 from hexamesh.net.sim import GeoLatency, SimHost, SimNetwork
 from hexamesh.serve.affinity import AffinityTable, Marks, marks_of
 from hexamesh.serve.attempts import Attempts, Dial, Finish, GiveUp
 from hexamesh.serve.candidates import Local, Peer, Recent, gather
+from hexamesh.serve.jobs import MAX_ATTEMPTS as JOB_MAX_ATTEMPTS
+from hexamesh.serve.jobs import RETRY_DELAY as JOB_RETRY_DELAY
+from hexamesh.serve.jobs import TAKEOVER_INTERVAL, first_claimant
 from hexamesh.serve.relay import (
     CONNECT_TIMEOUT,
     DIAL_STAGGER,
@@ -99,6 +104,8 @@ FAULT_WINDOW = 60.0  # s after the first fault whose requests count as "during t
 # gives up on it: idle time, then unanswered probes
 KEEPALIVE_GIVE_UP = KEEPALIVE_IDLE + KEEPALIVE_COUNT * KEEPALIVE_INTERVAL
 VERDICT_POLL = 0.1  # s between looks for a verdict on a silent server (the agent hears it at once)
+JOB_HOLDERS = DhtConfig().k  # the DHT's k: nodes holding a job's record
+JOB_DRAIN = 180.0  # s after the last arrival for jobs to finish (takeovers, retries)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,6 +139,12 @@ class Scenario:
     turn_tokens: int = 100  # of each user message
     think_s: float = 2.0
     affinity: bool = True
+    # Durable jobs besides the requests: this many per second, each accepted
+    # by a random live agent, its record held by the JOB_HOLDERS live nodes
+    # closest to its key, run by its acceptor through the same routing, and
+    # taken over by a holder (``jobs.first_claimant``) once the holders hold
+    # its runner dead.
+    jobs: float = 0.0
     seed: int = 1
 
     def __post_init__(self) -> None:
@@ -179,6 +192,20 @@ class _Req:
     conv: int | None = None  # the conversation (chat runs)
     turn: int = 0
     marks: Marks | None = None  # its prompt's prefix checkpoints (affinity)
+    job: int | None = None  # the durable job this request runs
+
+
+@dataclass(slots=True, eq=False)
+class _Job:
+    id: int
+    accepted: float
+    runner: int  # its acceptor, then the holder that took it over
+    holders: tuple[int, ...]  # nodes holding its record
+    state: str = "running"  # running, done, failed
+    attempts: int = 0  # rounds over the candidates (MAX_ATTEMPTS, then failed)
+    busy: bool = False  # a request or a retry of it is under way
+    takeovers: int = 0
+    done_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -241,6 +268,7 @@ class SwarmSim:
         )
         self.routing = DEFAULT_POLICY if scenario.affinity else RoutingPolicy(weight_affinity=0.0)
         self.conversations = 0
+        self.jobs: list[_Job] = []
         self.views: list[tuple[float, int, int]] = []  # (t, stale pairs, wrong pairs)
         self.faults: list[tuple[float, str]] = []
         self.start = scenario.warmup  # the first request
@@ -371,7 +399,7 @@ class SwarmSim:
             conv, self.conversations = self.conversations, self.conversations + 1
         self._request(entry, conv, 0)
 
-    def _request(self, entry: int, conv: int | None, turn: int) -> None:
+    def _request(self, entry: int, conv: int | None, turn: int, job: int | None = None) -> None:
         now = self.net.now
         prompt = self.s.prompt_tokens
         if conv is not None:
@@ -384,6 +412,7 @@ class SwarmSim:
             prompt=prompt,
             conv=conv,
             turn=turn,
+            job=job,
         )
         if conv is not None and self.routing.weight_affinity > 0:
             req.marks = marks_of({"prompt": self._text(conv, turn)}, chat=False)
@@ -638,9 +667,85 @@ class SwarmSim:
             if req.conv is not None and req.turn + 1 < self.s.turns:
                 self._next_turn(req)
             second.ok += 1
+            if req.job is not None:
+                self._job_ran(req, outcome)
             second.latencies.append(now - req.arrived)
         else:
             second.failed += 1
+            if req.job is not None:
+                self._job_ran(req, outcome)
+
+    # -- durable jobs --------------------------------------------------------
+
+    def _job_arrive(self) -> None:
+        now = self.net.now
+        if now >= self.end:
+            return
+        self.net.call_at(now + self.rng.expovariate(self.s.jobs), self._job_arrive)
+        live = [i for i in range(self.s.nodes) if self.alive(i)]
+        if not live:
+            return
+        acceptor = self.rng.choice(live)
+        key = int.from_bytes(key_id(f"job:{len(self.jobs)}"), "big")
+        holders = sorted(live, key=lambda i: int.from_bytes(self.ids[i], "big") ^ key)
+        job = _Job(len(self.jobs), now, acceptor, tuple(holders[:JOB_HOLDERS]))
+        self.jobs.append(job)
+        self._run_job(job)
+
+    def _run_job(self, job: _Job) -> None:
+        if job.state != "running" or not self.alive(job.runner):
+            job.busy = False
+            return
+        job.busy = True
+        job.attempts += 1
+        self._request(job.runner, None, 0, job=job.id)
+
+    def _job_ran(self, req: _Req, outcome: str) -> None:
+        """A job's request ended at its runner (one it no longer runs: ignored)."""
+        job = self.jobs[req.job] if req.job is not None else None
+        if job is None or job.state != "running" or req.entry != job.runner:
+            return
+        if outcome == "entry_died":
+            job.busy = False  # its runner died: a holder takes it over
+            return
+        now = self.net.now
+        if outcome == "ok":
+            if any(self.alive(h) for h in job.holders):  # its result reaches a holder
+                job.state, job.done_at, job.busy = "done", now, False
+            else:
+                job.busy = False  # its record is gone with its holders: lost
+            return
+        if job.attempts >= JOB_MAX_ATTEMPTS:
+            job.state, job.busy = "failed", False
+            return
+        delay = JOB_RETRY_DELAY * 2 ** (job.attempts - 1)
+        self.net.call_at(now + delay, partial(self._run_job, job))
+
+    def _job_scan(self) -> None:
+        """Each holder's takeover scan: a job whose runner it holds dead is
+        claimed; the claim first seen wins (``first_claimant``). A runner that
+        came back (a restart) requeues what it was running."""
+        now = self.net.now
+        for job in self.jobs:
+            if job.state != "running" or job.busy:
+                continue
+            if self.alive(job.runner):
+                self._run_job(job)  # it restarted: its store requeues the job
+                continue
+            dead = self.ids[job.runner]
+            claims = [
+                (self.ids[h], {"_seen": now})
+                for h in job.holders
+                if self.alive(h) and self.comb(h).swim.state_of(dead) is MemberState.DEAD
+            ]
+            winner = first_claimant(claims)
+            if winner is not None:
+                job.runner = self.index[winner]
+                job.takeovers += 1
+                job.attempts = 0
+                self._run_job(job)
+        if now < self.end + JOB_DRAIN:
+            self.net.call_at(now + TAKEOVER_INTERVAL, self._job_scan)
 
     def _next_turn(self, req: _Req) -> None:
         """The conversation's client reads the answer, thinks, asks again (of
@@ -818,6 +923,9 @@ class SwarmSim:
         net.call_at(SCRAPE, self._scrape)
         net.call_at(SAMPLE, self._look)
         net.call_at(self.start, self._arrive)
+        if s.jobs:
+            net.call_at(self.start, self._job_arrive)
+            net.call_at(self.start + TAKEOVER_INTERVAL, self._job_scan)
         first_fault: float | None = None
         if s.kill:
             first_fault = self.start + s.kill_at
@@ -848,6 +956,9 @@ class SwarmSim:
         # Let what is in flight finish (no new arrivals), up to the longest timeout.
         drain_end = self.end + FIRST_BYTE_TIMEOUT + 1.0
         while net.now < drain_end and any(r.outcome is None for r in self.reqs):
+            net.run(until=net.now + 1.0)
+        jobs_end = self.end + JOB_DRAIN  # jobs: their takeovers and retries too
+        while net.now < jobs_end and any(j.state == "running" for j in self.jobs):
             net.run(until=net.now + 1.0)
         return self._summary(first_fault, msgs, time.perf_counter() - t0)
 
@@ -912,6 +1023,16 @@ class SwarmSim:
                 ttft_ms_p50_later_turns=percentile(later, 0.5),
                 ttft_ms_p99_later_turns=percentile(later, 0.99),
                 prefix_hit_rate=round(hits / queries, 3) if queries else None,
+            )
+        if s.jobs:
+            done = sum(1 for j in self.jobs if j.state == "done")
+            failed = sum(1 for j in self.jobs if j.state == "failed")
+            out.update(
+                jobs_accepted=len(self.jobs),
+                jobs_done=done,
+                jobs_failed=failed,
+                jobs_lost=len(self.jobs) - done - failed,
+                jobs_taken_over=sum(1 for j in self.jobs if j.takeovers),
             )
         served = [self.engines[i].generated for i in self.engines if i in self.ready]
         if served:
