@@ -54,10 +54,10 @@ _WORDS = (  # noqa: SIM905 - prose reads better than a list of 30 strings
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--conversations", type=int, default=4)
+    parser.add_argument("--conversations", type=int, default=8)
     parser.add_argument("--turns", type=int, default=6)
     parser.add_argument("--tokens", type=int, default=16, help="tokens per answer")
-    parser.add_argument("--max-num-seqs", type=int, default=4)
+    parser.add_argument("--max-num-seqs", type=int, default=8)
     parser.add_argument(
         "--shared-system",
         action="store_true",
@@ -107,8 +107,9 @@ def main() -> None:
         finally:
             for agent in agents:
                 agent.stop(grace=30)
-    none, aff = result["ttft_ms_p50_no_affinity"], result["ttft_ms_p50_affinity"]
-    result["ttft_ratio"] = round(aff / none, 3) if none else None
+    for name, figure in (("", "p50"), ("_p90", "p90"), ("_mean", "mean")):
+        none, aff = result[f"ttft_ms_{figure}_no_affinity"], result[f"ttft_ms_{figure}_affinity"]
+        result[f"ttft_ratio{name}"] = round(aff / none, 3) if none and aff else None
     result |= {
         "conversations": args.conversations,
         "turns": args.turns,
@@ -212,6 +213,7 @@ def _figures(
     return {
         f"ttft_ms_p50_{run}": percentile(ttfts, 0.5),
         f"ttft_ms_p90_{run}": percentile(ttfts, 0.9),
+        f"ttft_ms_mean_{run}": round(statistics.fmean(ttfts), 2) if ttfts else None,
         f"prefix_hit_rate_{run}": round(hits / queries, 3) if queries else None,
         f"load_cv_{run}": round(statistics.pstdev(tokens) / mean, 3) if mean else None,
         f"tokens_per_server_{run}": [int(t) for t in tokens],

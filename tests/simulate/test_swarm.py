@@ -225,3 +225,26 @@ def test_conversations_come_back_to_their_server_with_affinity() -> None:
     plain, _ = run_scenario(dataclasses.replace(chat, affinity=False))
     assert abs(plain["conversations"] - out["conversations"]) <= 0.1 * out["conversations"]
     assert out["prefix_hit_rate"] >= plain["prefix_hit_rate"]
+
+
+def test_jobs_survive_the_death_of_their_acceptors() -> None:
+    """A third of the nodes SIGKILLed mid-run: jobs whose acceptor died are
+    taken over by a holder of their record, and none is lost."""
+    scenario = Scenario(
+        nodes=61,
+        servers=0.15,
+        minutes=1.0,
+        rate=2,
+        jobs=4,
+        tokens=2000,
+        kill=0.3,
+        kill_at=20,
+        seed=2,
+    )
+    out, sim = run_scenario(scenario)
+    assert out["jobs_accepted"] > 100
+    assert out["jobs_taken_over"] > 0  # some acceptors died with jobs under way
+    assert out["jobs_lost"] == 0
+    assert out["jobs_done"] + out["jobs_failed"] == out["jobs_accepted"]
+    taken = [j for j in sim.jobs if j.takeovers]
+    assert all(sim.alive(j.runner) or j.state != "running" for j in taken)
