@@ -43,6 +43,7 @@ from simulations.common import emit, percentile
 from simulations.loadgen import LeanClient
 
 READY_TIMEOUT = 600.0  # s for vLLM to start
+BIND = "VLLM_CPU_OMP_THREADS_BIND"  # the cores vLLM's CPU worker runs on
 SYSTEM_WORDS = 1500  # ~ tokens of the shared system prompt (the model's words are ~1 token each)
 USER_WORDS = 100  # ~ tokens of a user turn
 REPLY_WORDS = 16  # the reply a client appends to its history
@@ -78,12 +79,15 @@ def main() -> None:
             "4096",
             f"--engine-arg=--max-num-seqs={args.max_num_seqs}",
         )
-        s1 = start_agent(work / "s1", *LOOPBACK, *serve)
+        # vLLM's CPU build binds its worker to CPU 0 unless told: two engines
+        # would share one core (and the load on either slows both); each gets
+        # its own, as two servers would have
+        s1 = start_agent(work / "s1", *LOOPBACK, *serve, env={BIND: "0"})
         agents = [s1]
         try:
             seed = s1.wait_ready()["address"]
             key = work / "s1" / "swarm.key"
-            s2 = start_agent(work / "s2", *joining(seed, key), *serve)
+            s2 = start_agent(work / "s2", *joining(seed, key), *serve, env={BIND: "1"})
             agents.append(s2)
             engines = [_engine_url(s) for s in (s1, s2)]
             result: dict[str, Any] = {}
