@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import sqlite3
 from pathlib import Path
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "LOCK_FILE_NAME",
     "DataDirBusy",
     "DataDirLock",
+    "open_private_db",
     "private_dir",
     "private_file",
     "write_text_atomic",
@@ -42,6 +44,17 @@ def private_file(path: Path) -> None:
         os.fchmod(fd, PRIVATE_FILE_MODE)
     finally:
         os.close(fd)
+
+
+def open_private_db(path: Path) -> sqlite3.Connection:
+    """An SQLite database only its owner reads (prompts, answers: its -wal
+    and -shm files get the file's mode), in WAL mode, every write on disk
+    when it returns (synchronous=FULL), autocommit."""
+    private_file(path)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    return db
 
 
 def write_text_atomic(path: Path, text: str) -> None:

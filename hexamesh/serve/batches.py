@@ -38,7 +38,6 @@ import logging
 import math
 import re
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable
 from email.parser import BytesParser
@@ -50,7 +49,7 @@ from typing import Any
 import trio
 
 from hexamesh.faults import Component, Faults
-from hexamesh.fileio import private_file
+from hexamesh.fileio import open_private_db
 from hexamesh.limits import MAX_BODY
 from hexamesh.serve.blobs import BlobError, BlobRef
 from hexamesh.serve.http import HttpConnection, Request
@@ -64,6 +63,7 @@ from hexamesh.serve.jobs import (
     first_claimant,
     owner_tag,
     replicate,
+    retry_later,
 )
 from hexamesh.serve.requests import ApiError
 
@@ -94,10 +94,7 @@ class BatchStore:
     """Files and batches held here (their descriptions: contents are blobs)."""
 
     def __init__(self, path: Path) -> None:
-        private_file(path)
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+        self.db = open_private_db(path)
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS docs (kind TEXT, id TEXT, doc TEXT, created REAL,"
             " PRIMARY KEY (kind, id))"
@@ -346,13 +343,8 @@ class Batches:
         try:
             return [await self.jobs.blobs.store(c, ttl) for c in _chunks(data)]
         except BlobError as e:
-            raise ApiError(
-                503,
-                f"could not store the file with enough members: {e}; retry",
-                type="server_error",
-                code="not_replicated",
-                headers=(("retry-after", "2"),),
-            ) from None
+            message = f"could not store the file with enough members: {e}"
+            raise retry_later(message, "not_replicated") from None
 
     async def _read_chunks(self, chunks: list[Any]) -> bytes:
         if self.jobs.blobs is None:
@@ -360,13 +352,7 @@ class Batches:
         try:
             return b"".join([await self.jobs.blobs.fetch(BlobRef.from_doc(c)) for c in chunks])
         except (BlobError, ValueError) as e:
-            raise ApiError(
-                503,
-                f"the file could not be read now ({e}); retry",
-                type="server_error",
-                code="file_unavailable",
-                headers=(("retry-after", "2"),),
-            ) from None
+            raise retry_later(f"the file could not be read now ({e})", "file_unavailable") from None
 
     async def _delete_chunks(self, doc: dict[str, Any], field: str = "chunks") -> None:
         if self.jobs.blobs is None:
@@ -796,13 +782,7 @@ def _well_formed(doc: dict[str, Any]) -> bool:
 
 
 def _not_replicated() -> ApiError:
-    return ApiError(
-        503,
-        "could not replicate the description in the DHT; retry",
-        type="server_error",
-        code="not_replicated",
-        headers=(("retry-after", "2"),),
-    )
+    return retry_later("could not replicate the description in the DHT", "not_replicated")
 
 
 def _no_file(fid: str) -> ApiError:

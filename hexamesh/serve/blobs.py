@@ -31,7 +31,6 @@ import json
 import logging
 import re
 import secrets
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from typing import Any
 import trio
 
 from hexamesh.dht.contact import key_id
-from hexamesh.fileio import private_file
+from hexamesh.fileio import open_private_db
 from hexamesh.identity import NODE_ID_BYTES, short_id
 from hexamesh.limits import BLOB_BUDGET, BLOB_SHARE, MAX_BLOB_TTL, MAX_BODY
 from hexamesh.net.base import Addr
@@ -149,10 +148,7 @@ class BlobDisk:
     """The copies this agent holds, in SQLite (a write is on disk when it returns)."""
 
     def __init__(self, path: Path, *, budget: int = BLOB_BUDGET, share: float = BLOB_SHARE) -> None:
-        private_file(path)  # prompts and answers
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+        self.db = open_private_db(path)  # prompts and answers
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS blobs (id TEXT PRIMARY KEY, digest TEXT, data BLOB,"
             " size INTEGER, expires REAL, sender TEXT, owner TEXT, holders TEXT)"

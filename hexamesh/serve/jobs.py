@@ -64,7 +64,6 @@ import logging
 import math
 import re
 import secrets
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -78,7 +77,7 @@ import trio
 
 from hexamesh.dht.claim import SIGHT_TOLERANCE
 from hexamesh.faults import Component, Faults
-from hexamesh.fileio import private_file
+from hexamesh.fileio import open_private_db
 from hexamesh.limits import MAX_BODY
 from hexamesh.serve.blobs import BlobError, BlobRef, ref_doc, ref_from_text
 from hexamesh.serve.http import HttpConnection, Request
@@ -202,12 +201,7 @@ class JobStore:
     """Jobs in SQLite, WAL mode; every write is committed before it returns."""
 
     def __init__(self, path: Path) -> None:
-        # Prompts and answers: the owner's only. SQLite gives its -wal and -shm
-        # files the database file's mode.
-        private_file(path)
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+        self.db = open_private_db(path)  # prompts and answers: the owner's only
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, model TEXT, chat INTEGER,"
             " body TEXT, priority TEXT, state TEXT, result TEXT, error TEXT, attempts INTEGER,"
@@ -675,13 +669,7 @@ class Jobs:
             self.store.delete(jid)
             if body_ref is not None and self.blobs is not None:
                 await self.blobs.delete(body_ref)
-            raise ApiError(
-                503,
-                "could not replicate the job in the DHT; retry",
-                type="server_error",
-                code="not_replicated",
-                headers=(("retry-after", "2"),),
-            )
+            raise retry_later("could not replicate the job in the DHT", "not_replicated")
         self._wake.set()
         return 202, job.public() | ({"secret": secret} if secret else {})
 
@@ -728,13 +716,8 @@ class Jobs:
         try:
             return await self.blobs.store(data, ttl)
         except BlobError as e:
-            raise ApiError(
-                503,
-                f"could not store the payload with enough members: {e}; retry",
-                type="server_error",
-                code="not_replicated",
-                headers=(("retry-after", "2"),),
-            ) from None
+            message = f"could not store the payload with enough members: {e}"
+            raise retry_later(message, "not_replicated") from None
 
     async def _read_result(self, ref: BlobRef) -> Any:
         try:
@@ -742,13 +725,8 @@ class Jobs:
                 raise BlobError("this agent reads no blobs")
             return json.loads(await self.blobs.fetch(ref))
         except (BlobError, ValueError) as e:
-            raise ApiError(
-                503,
-                f"the job is done but its result could not be read now ({e}); retry",
-                type="server_error",
-                code="result_unavailable",
-                headers=(("retry-after", "2"),),
-            ) from None
+            message = f"the job is done but its result could not be read now ({e})"
+            raise retry_later(message, "result_unavailable") from None
 
     # -- DHT ------------------------------------------------------------------
 
@@ -1007,6 +985,18 @@ class Jobs:
         self._claimed[jid] = self._clock()
         log.info("job %s: its acceptor is dead; running it here", jid)
         await self._run_one(job, publish_key=f"jobrun:{jid}")
+
+
+def retry_later(message: str, code: str) -> ApiError:
+    """A 503 that a retry in a moment may not get (a peer, a replica, was
+    missing): OpenAI's shape, with ``retry-after``."""
+    return ApiError(
+        503,
+        f"{message}; retry",
+        type="server_error",
+        code=code,
+        headers=(("retry-after", "2"),),
+    )
 
 
 async def replicate(dht: JobDht, key: str, value: bytes) -> bool:
