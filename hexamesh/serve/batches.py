@@ -63,6 +63,7 @@ from hexamesh.serve.jobs import (
     first_claimant,
     owner_tag,
     replicate,
+    retried,
     retry_later,
 )
 from hexamesh.serve.requests import ApiError
@@ -602,15 +603,16 @@ class Batches:
             try:
                 job = await self.jobs.status(jid, secret)
             except ApiError as e:
-                if e.status != 404:
-                    continue  # a result not readable this moment
-                job = {"status": "missing"}
-            if job["status"] == "missing":
-                submitted.discard(n)  # accepted by a runner that died before it was known
-            elif JobState(job["status"]).finished:
+                if e.status == 404:  # accepted by a runner that died before it was known
+                    submitted.discard(n)
+                continue  # (else: a result not readable this moment)
+            if JobState(job["status"]).finished:
                 outcome[n] = job
+        if stopping:
+            return
+        open_now = len(submitted - outcome.keys())
         for n, line in enumerate(lines):
-            if stopping or len(submitted - set(outcome)) >= IN_FLIGHT:
+            if open_now >= IN_FLIGHT:
                 break
             if n in submitted or n in outcome:
                 continue
@@ -618,6 +620,7 @@ class Batches:
             try:
                 await self.jobs.submit(json.dumps(body).encode(), secret)
                 submitted.add(n)
+                open_now += 1
             except ApiError as e:
                 if e.status in (429, 503):
                     break  # full, or not replicated: later
@@ -687,10 +690,7 @@ class Batches:
                 "cancelling_at": held["cancelling_at"],
             }  # came meanwhile
         if doc["status"] in _FINAL:  # the DHT first: what we call final is final everywhere
-            for attempt in range(3):
-                if await self._publish(self._key(doc), doc):
-                    break
-                await trio.sleep(POLL_INTERVAL * 2**attempt)
+            await retried(lambda: self._publish(self._key(doc), doc), 3, POLL_INTERVAL)
             self.store.put("batch", doc)
             return doc
         self.store.put("batch", doc)

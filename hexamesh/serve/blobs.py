@@ -115,8 +115,12 @@ class BlobRef:
 
     @property
     def key(self) -> bytes:
-        """Its place in the DHT's metric: the members closest to it hold copies."""
-        return key_id(f"blob:{self.id}")
+        return blob_key(self.id)
+
+
+def blob_key(bid: str) -> bytes:
+    """A blob's place in the DHT's metric: the members closest to it hold copies."""
+    return key_id(f"blob:{bid}")
 
 
 def _node(text: object) -> bytes:
@@ -428,6 +432,8 @@ class Blobs:
         live holder that repairs (the lowest id). Returns copies pushed."""
         now = self._clock()
         self.disk.expire(now)
+        # (kept only while it bites: the ids of blobs gone would pile up)
+        self._repair_after = {b: t for b, t in self._repair_after.items() if t > now}
         pushed = 0
         for held in self.disk.held():
             live = [h for h in held.holders if h == self.node or self._is_live(h)]
@@ -440,12 +446,12 @@ class Blobs:
             data = self.disk.get(held.id)
             if data is None:  # deleted meanwhile
                 continue
-            candidates = self._others(key_id(f"blob:{held.id}"), set(held.holders))
+            candidates = self._others(blob_key(held.id), set(held.holders))
             renewed = Held(held.id, held.digest, held.size, held.expires, held.owner, tuple(live))
             took = await self._push_to(renewed, data, candidates, self.copies + 1 - len(live))
             if not took:
                 self._repair_after[held.id] = now + REPAIR_BACKOFF
-            if took:
+            else:
                 pushed += len(took)
                 self.repaired += len(took)
                 self.disk.set_holders(held.id, (*live, *took))

@@ -27,7 +27,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from typing import Any, Protocol
 
@@ -701,7 +701,7 @@ class FrontDoor:
                 param=sse.CONTINUES,
             )
         priority = self._priority(request, req, route)
-        marks = self._marks(request, req, route)
+        marks = self._marks(req, route, request.headers)
         cands = await self.known_or_404(req.model)
         ranked = self.ranked(req.model, route, priority, cands, marks)
         if not ranked:
@@ -719,14 +719,14 @@ class FrontDoor:
             self._note(attempts)
 
     def _marks(
-        self, request: Request, req: CompletionRequest, route: PeerRoute | None
+        self, req: CompletionRequest, route: PeerRoute | None, headers: Mapping[str, str]
     ) -> Marks | None:
-        """The prompt's prefix checkpoints (``affinity``): a client's hashed
-        here, a forward's as its sender sent them."""
+        """The prompt's prefix checkpoints (``affinity``): a client's (or a
+        job's) hashed here, a forward's as its sender sent them."""
         if self.routing.weight_affinity <= 0:
             return None
         if route is not None:
-            return parse_marks(request.headers.get(H_PREFIX))
+            return parse_marks(headers.get(H_PREFIX))
         return marks_of(req.body, req.chat)
 
     def _served(self, node: bytes, marks: Marks | None) -> None:
@@ -876,7 +876,7 @@ class FrontDoor:
             raise UpstreamError(e.message) from None
         target = "/v1/chat/completions" if req.chat else "/v1/completions"
         body = json.dumps({**req.body, "stream": False}).encode()
-        marks = marks_of(req.body, req.chat) if self.routing.weight_affinity > 0 else None
+        marks = self._marks(req, None, {})
         ranked = self.ranked(req.model, None, priority, cands, marks)
         attempts = Attempts(ranked, what=f"`{req.model}`")
         with self._open_at(ranked):

@@ -66,7 +66,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from random import Random
@@ -449,10 +449,6 @@ def encode_record(job: Job, owner: str) -> bytes:
     return bytes(msgpack.packb(doc))
 
 
-def _size(payload: object) -> int:
-    return len(json.dumps(payload).encode())
-
-
 def decode_record(value: bytes) -> dict[str, Any] | None:
     try:
         doc = msgpack.unpackb(value)
@@ -650,8 +646,9 @@ class Jobs:
                 headers=(("retry-after", "5"),),
             )
         body_ref = None
-        if _size(body) > INLINE:  # held by two more members before we say accepted
-            body_ref = await self._store_blob(json.dumps(body).encode(), JOB_TTL + self.retention)
+        packed = json.dumps(body).encode()
+        if len(packed) > INLINE:  # held by two more members before we say accepted
+            body_ref = await self._store_blob(packed, JOB_TTL + self.retention)
         job = Job(
             id=jid,
             model=req.model,
@@ -849,18 +846,21 @@ class Jobs:
         if len(data) > MAX_BODY:
             error = f"the result is {len(data)} bytes, over the {MAX_BODY}-byte limit"
             return dataclasses.replace(final, state=JobState.FAILED, result=None, error=error)
-        for attempt in range(MAX_ATTEMPTS):
+        error = "the result could not be stored with enough members"
+        if self.blobs is None:
+            return dataclasses.replace(final, state=JobState.FAILED, result=None, error=error)
+        blobs, stored = self.blobs, []
+
+        async def store() -> bool:
             try:
-                if self.blobs is None:
-                    raise BlobError("this agent stores no blobs")
-                ref = await self.blobs.store(data, self.retention + JOB_TTL)
-                return dataclasses.replace(final, result_ref=ref)
+                stored.append(await blobs.store(data, self.retention + JOB_TTL))
+                return True
             except BlobError as e:
                 log.warning("job %s: could not store its result: %s", final.id, e)
-                if self.blobs is None:
-                    break
-                await trio.sleep(RETRY_DELAY * 2**attempt)
-        error = "the result could not be stored with enough members"
+                return False
+
+        if await retried(store):
+            return dataclasses.replace(final, result_ref=stored[0])
         return dataclasses.replace(final, state=JobState.FAILED, result=None, error=error)
 
     async def _run_one(self, job: Job, *, publish_key: str | None) -> Job:
@@ -905,10 +905,7 @@ class Jobs:
         its death before the DHT had it would leave a stale record, read as
         still running, and a takeover would run it again)."""
         final = await self._keep_result(final)
-        for attempt in range(MAX_ATTEMPTS):
-            if await self._publish(final, key=publish_key):
-                break
-            await trio.sleep(RETRY_DELAY * 2**attempt)
+        await retried(lambda: self._publish(final, key=publish_key))
         if publish_key is None:
             self.store.set_state(
                 job.id,
@@ -997,6 +994,20 @@ def retry_later(message: str, code: str) -> ApiError:
         code=code,
         headers=(("retry-after", "2"),),
     )
+
+
+async def retried(
+    attempt: Callable[[], Awaitable[bool]], tries: int = MAX_ATTEMPTS, delay: float | None = None
+) -> bool:
+    """``attempt`` until it says True, at most ``tries`` times, waiting
+    ``delay`` (``RETRY_DELAY``), doubling, between two; whether it did."""
+    delay = RETRY_DELAY if delay is None else delay
+    for n in range(tries):
+        if await attempt():
+            return True
+        if n + 1 < tries:
+            await trio.sleep(delay * 2**n)
+    return False
 
 
 async def replicate(dht: JobDht, key: str, value: bytes) -> bool:
